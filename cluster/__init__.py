@@ -1,0 +1,3 @@
+"""owc: open-weight cluster."""
+
+__version__ = "0.1.0"

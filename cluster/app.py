@@ -1,0 +1,40 @@
+"""The owc Ray Serve application graph: registry, one engine deployment per model, the
+gateway (ingress). The same graph runs under `owc serve` and in a KubeRay RayService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.config.schema import OwcConfig
+from cluster.engine.launcher import Launcher, vllm_launcher
+from cluster.engine.replica import engine_deployment
+from cluster.gateway.deployment import gateway_deployment
+from cluster.routing.registry import EndpointRegistry
+
+APP_NAME = "owc"
+
+
+def build_application(cfg: OwcConfig, *, launcher: Launcher = vllm_launcher) -> Any:
+    registry = EndpointRegistry.bind()
+    engines = [
+        engine_deployment(name, m).bind(
+            served_name=name,
+            model_config=m.model_dump(mode="json"),
+            cache_dir=cfg.model_cache_dir,
+            registry=registry,
+            launcher=launcher,
+        )
+        for name, m in cfg.models.items()
+    ]
+    # Engines are bound as arguments so Serve deploys them with the gateway's app.
+    return gateway_deployment(cfg).bind(config=cfg.model_dump(mode="json"), registry=registry, _engines=engines)
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Entry for Serve config files / RayService `import_path: cluster.app:app_builder`;
+    `args.config` holds the owc config (a mapping, or a path to YAML)."""
+    from cluster.config.loader import load_config, parse_config
+
+    raw = args.get("config")
+    cfg = load_config(raw) if isinstance(raw, str) or raw is None else parse_config(raw, "serve args")
+    return build_application(cfg)

@@ -1,0 +1,171 @@
+"""`owc` command line: serve, status, config validate, demo-model, gateway."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cluster.config.loader import ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="owc: open-weight LLM serving cluster")
+config_app = typer.Typer(no_args_is_help=True, help="Config files.")
+app.add_typer(config_app, name="config")
+console = Console(stderr=True)
+out = Console()
+
+
+def _load(path: Optional[Path]):
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        console.print(f"[red]invalid config[/red] {e.source}")
+        for p in e.problems:
+            console.print(f"  {p}")
+        raise typer.Exit(2) from None
+
+
+@config_app.command("validate")
+def config_validate(
+    file: Annotated[Path, typer.Argument(help="owc config YAML")],
+    engine_args: Annotated[bool, typer.Option(help="Also check engine_kwargs against vLLM (where installed)")] = True,
+) -> None:
+    """Validate a config file (works without vLLM; checks engine_kwargs where vLLM is)."""
+    from cluster.engine.args import check_engine_kwargs, vllm_engine_arg_names
+
+    cfg = _load(file)
+    known = vllm_engine_arg_names() if engine_args else None
+    problems = [
+        f"models.{name}.engine_kwargs.{p}" for name, m in cfg.models.items() for p in check_engine_kwargs(m.engine_kwargs, known)
+    ]
+    if problems:
+        console.print(f"[red]invalid config[/red] {file}")
+        for p in problems:
+            console.print(f"  {p}")
+        raise typer.Exit(2)
+    checked = "checked against vLLM" if known is not None else "vLLM not installed: engine_kwargs names not checked"
+    out.print(f"[green]ok[/green] {file}: {len(cfg.models)} model(s) ({checked})")
+
+
+@app.command("demo-model")
+def demo_model(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the model to")],
+    name: Annotated[str, typer.Option(help="Demo model")] = "tiny-llama",
+) -> None:
+    """Build the tiny demo model (random weights, locally trained tokenizer) into DIR."""
+    from cluster.engine.demo_model import build_demo_model
+
+    with console.status(f"building {name}"):
+        path = build_demo_model(out_dir, name)
+    out.print(str(path))
+
+
+@app.command()
+def serve(
+    config: Annotated[Optional[Path], typer.Argument(help="owc config YAML; the embedded CPU demo when omitted")] = None,
+) -> None:
+    """Run the cluster on a local Ray: engines, gateway, the OpenAI API."""
+    from cluster.gateway.auth import KeyStore
+    from cluster.gateway.server import UnsafeBindError, check_bind_policy
+    from cluster.runner import LocalCluster, install_signal_handlers
+
+    cfg = _load(config)
+    try:
+        check_bind_policy(cfg.gateway, KeyStore.load(file=cfg.gateway.api_keys_file, env_var=cfg.gateway.api_keys_env))
+    except (UnsafeBindError, OSError, ValueError) as e:
+        console.print(f"[red]refusing to start:[/red] {e}")
+        raise typer.Exit(2) from None
+    cluster = LocalCluster(cfg)
+    install_signal_handlers()
+    try:
+        with console.status("starting") as status:
+            cluster.start(report=lambda msg: status.update(msg))
+        _print_ready(cluster)
+        while True:
+            signal.pause()
+    except KeyboardInterrupt as e:
+        console.print(f"\nstopping ({e or 'interrupt'})…")
+    except Exception as e:
+        console.print(f"[red]failed:[/red] {e}")
+        _stop(cluster)
+        raise typer.Exit(1) from None
+    _stop(cluster)
+
+
+def _stop(cluster) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    cluster.stop()
+    console.print("stopped")
+
+
+def _print_ready(cluster) -> None:
+    base = cluster.url + "/v1"
+    first = next(iter(cluster.cfg.models))
+    out.print(f"[green]owc is serving[/green] the OpenAI API at [bold]{base}[/bold]")
+    for name, m in cluster.cfg.models.items():
+        aka = f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""
+        out.print(f"  model [bold]{name}[/bold]{aka}: {m.replicas.start} replica(s), TP={m.tensor_parallel_size}")
+    out.print("Try:")
+    out.print(
+        f"  curl {base}/chat/completions -H 'Content-Type: application/json' "
+        f"-d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Bonjour\"}}]}}'"
+    )
+    out.print(f"  python -c \"import openai; c = openai.OpenAI(base_url='{base}', api_key='-'); print(c.models.list())\"")
+    out.print("Ctrl-C stops everything.")
+    sys.stdout.flush()
+
+
+@app.command()
+def status(
+    url: Annotated[str, typer.Option(help="Gateway base URL")] = "http://127.0.0.1:8000",
+    api_key: Annotated[Optional[str], typer.Option(envvar="OWC_API_KEY", help="API key")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Models, replicas and health of a running gateway."""
+    import httpx
+
+    try:
+        ready = httpx.get(url.rstrip("/") + "/ready", timeout=5)
+    except httpx.HTTPError as e:
+        console.print(f"[red]gateway unreachable[/red] at {url}: {e}")
+        raise typer.Exit(1) from None
+    data = ready.json()
+    if as_json:
+        out.print_json(json.dumps(data))
+    else:
+        table = Table(title=f"owc at {url} — {'ready' if data.get('ready') else 'NOT ready'}")
+        table.add_column("model")
+        table.add_column("healthy replicas", justify="right")
+        for name, m in data.get("models", {}).items():
+            table.add_row(name, str(m.get("replicas", 0)))
+        out.print(table)
+    raise typer.Exit(0 if data.get("ready") else 3)
+
+
+@app.command()
+def gateway(
+    upstream: Annotated[list[str], typer.Option(help="MODEL=URL of an OpenAI engine server; repeatable")],
+    config: Annotated[Optional[Path], typer.Option(help="owc config YAML (gateway settings, models)")] = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Run only the gateway, in front of engines at fixed URLs (no Ray)."""
+    from cluster.gateway.standalone import run_standalone
+
+    cfg = _load(config) if config else None
+    try:
+        run_standalone(upstream=upstream, cfg=cfg, host=host, port=port)
+    except ValueError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,167 @@
+"""The one owc config schema: models, parallelism, gateway, keys, limits.
+
+Strict everywhere (``extra="forbid"``): an unknown key is an error that names its path.
+Nothing here imports vLLM or Ray, so `owc config validate` runs in the chart CI and the
+controller image; vLLM's own argument check is layered on in ``cluster.engine.args``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Replicas(StrictModel):
+    min: int = Field(1, ge=0, description="Fewest engine replicas kept running.")
+    max: int = Field(1, ge=1, description="Most engine replicas the deployment may run.")
+    initial: int | None = Field(
+        None, ge=0, description="Replicas started with; defaults to `min` (at least 1)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Replicas:
+        if self.min > self.max:
+            raise ValueError(f"replicas.min ({self.min}) > replicas.max ({self.max})")
+        if self.initial is not None and not self.min <= self.initial <= self.max:
+            raise ValueError("replicas.initial must lie within [min, max]")
+        return self
+
+    @property
+    def start(self) -> int:
+        return self.initial if self.initial is not None else max(self.min, 1)
+
+
+class Accelerator(StrictModel):
+    kind: Literal["cpu", "gpu"] = Field("cpu", description="Where the engine runs.")
+    type: str | None = Field(
+        None,
+        description="Ray accelerator type for GPU placement (e.g. H100, H200, A100); "
+        "None places on any GPU.",
+    )
+
+    @model_validator(mode="after")
+    def _type_only_for_gpu(self) -> Accelerator:
+        if self.kind == "cpu" and self.type is not None:
+            raise ValueError("accelerator.type is only meaningful with kind: gpu")
+        return self
+
+
+class ModelConfig(StrictModel):
+    source: str = Field(
+        ...,
+        min_length=1,
+        description="Weights: a local directory, a hub id (GPU users with network), or "
+        "`demo:tiny-llama` for the model owc builds locally with random weights.",
+    )
+    aliases: list[str] = Field(default_factory=list, description="Other names that select this model.")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="TP ranks, packed on one node.")
+    pipeline_parallel_size: int = Field(1, ge=1, le=16, description="PP stages.")
+    max_model_len: int | None = Field(None, ge=16, description="Context length in tokens; engine default when unset.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="Weights/activations dtype.")
+    engine_kwargs: dict[str, object] = Field(
+        default_factory=dict,
+        description="Extra vLLM engine arguments by their Python names (e.g. max_num_seqs); "
+        "checked against vLLM's EngineArgs where vLLM is installed.",
+    )
+    engine_env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables for the engine process."
+    )
+    replicas: Replicas = Field(default_factory=Replicas, description="Replica bounds.")
+    accelerator: Accelerator = Field(default_factory=Accelerator, description="Accelerator kind.")
+    cpus_per_replica: float = Field(
+        1.0, gt=0, description="Logical Ray CPUs reserved per replica (the engine's CPU budget)."
+    )
+    startup_timeout_s: float = Field(600.0, gt=0, description="Seconds an engine may take to become healthy.")
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_names(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if not _NAME.match(a):
+                raise ValueError(f"invalid alias {a!r}")
+        if len(set(v)) != len(v):
+            raise ValueError("duplicate aliases")
+        return v
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+class Limits(StrictModel):
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (bytes); larger is 413.")
+    request_timeout_s: float = Field(600.0, gt=0, description="Upper bound on one request's total time (seconds).")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to open a connection to an engine replica.")
+
+
+class GatewayConfig(StrictModel):
+    host: str = Field("127.0.0.1", description="Address the gateway binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI API.")
+    replicas: int = Field(1, ge=1, le=64, description="Gateway processes sharing the port (SO_REUSEPORT).")
+    api_keys_file: str | None = Field(
+        None, description="YAML/JSON file mapping API key -> tenant name."
+    )
+    api_keys_env: str | None = Field(
+        "OWC_API_KEYS",
+        description="Environment variable holding `key=tenant,key2=tenant2`; merged with the file.",
+    )
+    cpus: float = Field(0.5, gt=0, description="Logical Ray CPUs per gateway replica.")
+    limits: Limits = Field(default_factory=Limits, description="Request limits.")
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(
+        None, description="Existing Ray cluster to join; None starts a private local one."
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPUs of a local Ray (default: enough for the config)."
+    )
+    object_store_memory: int = Field(256 << 20, ge=75 << 20, description="Local Ray object store bytes.")
+
+
+class OwcConfig(StrictModel):
+    models: dict[str, ModelConfig] = Field(..., min_length=1, description="Served models keyed by served name.")
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="The OpenAI gateway.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster.")
+    model_cache_dir: str = Field(
+        "~/.cache/owc/models", description="Where `demo:` models are built and cached."
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> OwcConfig:
+        seen: dict[str, str] = {}
+        for name, m in self.models.items():
+            if not _NAME.match(name):
+                raise ValueError(f"invalid model name {name!r}")
+            for n in (name, *m.aliases):
+                if n in seen:
+                    raise ValueError(f"model name {n!r} used by both {seen[n]!r} and {name!r}")
+                seen[n] = name
+        return self
+
+    def resolve(self, name: str) -> str | None:
+        """Served name for a requested model name or alias; None when unknown."""
+        if name in self.models:
+            return name
+        for served, m in self.models.items():
+            if name in m.aliases:
+                return served
+        return None

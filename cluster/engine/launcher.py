@@ -1,0 +1,26 @@
+"""What an engine replica runs: a launcher turns (served name, ModelConfig, cache dir) into
+the command of one OpenAI-compatible engine process. The vLLM launcher is the default;
+tests inject the fake engine's launcher the same way (no patching)."""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+from cluster.config.schema import ModelConfig
+from cluster.engine.args import engine_env, engine_overrides, server_cli_args
+from cluster.engine.demo_model import resolve_source
+from cluster.engine.process import EngineCommand, vllm_command
+
+
+class Launcher(Protocol):
+    def __call__(self, served_name: str, cfg: ModelConfig, cache_dir: str) -> EngineCommand: ...
+
+
+def vllm_launcher(served_name: str, cfg: ModelConfig, cache_dir: str) -> EngineCommand:
+    model_path = resolve_source(cfg.source, cache_dir)
+    return vllm_command(
+        cli_args=server_cli_args(model_path=model_path, served_name=served_name, cfg=cfg, port="{port}"),
+        kwargs_json=json.dumps(engine_overrides(cfg)),
+        env=engine_env(cfg),
+    )

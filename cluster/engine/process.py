@@ -1,0 +1,125 @@
+"""One engine process (vLLM's OpenAI server, or any OpenAI-compatible command such as the
+fake engine): start it on a free loopback port, wait until healthy, probe, stop it with
+its whole process group."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class EngineStartError(RuntimeError):
+    pass
+
+
+@dataclass
+class EngineCommand:
+    """What to run: argv with `{port}` filled in, plus extra environment."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class EngineProcess:
+    def __init__(self, command: EngineCommand, *, log_path: Path | None = None, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._command = command
+        self._log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> None:
+        argv = [a.replace("{port}", str(self.port)) for a in self._command.argv]
+        env = {**os.environ, **self._command.env}
+        out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            # A new session: the engine and its TP workers form one group we can kill.
+            self._proc = subprocess.Popen(
+                argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            if self._log_path:
+                out.close()
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    raise EngineStartError(f"engine exited with code {self.returncode} during start-up{self._log_hint()}")
+                if await self.probe(session, timeout_s=2.0):
+                    return
+                await asyncio.sleep(0.25)
+        raise EngineStartError(f"engine not healthy after {timeout_s:.0f}s{self._log_hint()}")
+
+    async def probe(self, session: aiohttp.ClientSession, timeout_s: float) -> bool:
+        try:
+            async with session.get(f"{self.url}/health", timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc else None
+
+    def _log_hint(self) -> str:
+        if not self._log_path or not self._log_path.exists():
+            return ""
+        tail = self._log_path.read_bytes()[-2000:].decode(errors="replace")
+        return f"; log {self._log_path}:\n{tail}"
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the group, then SIGKILL what is left after ``grace_s``."""
+        proc = self._proc
+        if proc is None:
+            return
+        pgid = proc.pid
+        _killpg(pgid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        _killpg(pgid, signal.SIGKILL)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def vllm_command(*, cli_args: list[str], kwargs_json: str, env: dict[str, str]) -> EngineCommand:
+    argv = [
+        sys.executable, "-m", "cluster.engine.launch",
+        "--parent-pid", str(os.getpid()), "--kwargs", kwargs_json, "--", *cli_args,
+    ]
+    return EngineCommand(argv=argv, env=env)

@@ -1,0 +1,106 @@
+"""The engine deployment: one Ray Serve replica = one engine process on the replica's
+placement group. Serve owns placement, lifecycle, health and the replica count; the
+replica registers its engine's own OpenAI URL, which is where the gateway sends tokens."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from ray import serve
+
+from cluster.config.schema import ModelConfig
+from cluster.engine.launcher import Launcher, vllm_launcher
+from cluster.engine.placement import placement_for
+from cluster.engine.process import EngineProcess
+
+log = logging.getLogger(__name__)
+
+
+class EngineUnhealthy(RuntimeError):
+    pass
+
+
+class EngineReplica:
+    async def __init__(  # type: ignore[misc]  # Ray actors support async constructors
+        self,
+        *,
+        served_name: str,
+        model_config: dict[str, Any],
+        cache_dir: str,
+        registry: Any,
+        launcher: Launcher = vllm_launcher,
+    ) -> None:
+        self._name = served_name
+        self._cfg = ModelConfig.model_validate(model_config)
+        self._registry = registry
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
+        log_dir = Path(tempfile.gettempdir()) / "owc-logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._proc = EngineProcess(
+            launcher(served_name, self._cfg, cache_dir),
+            log_path=log_dir / f"engine-{served_name.replace('/', '_')}-{self._replica_id}.log",
+        )
+        self._proc.start()
+        self._session = aiohttp.ClientSession()
+        try:
+            await self._proc.wait_ready(self._cfg.startup_timeout_s)
+        except BaseException:
+            self._proc.stop(grace_s=2)
+            await self._session.close()
+            raise
+        await self._registry.register.remote(self._name, self._replica_id, self._proc.url)
+        log.info("engine %s replica %s ready at %s", served_name, self._replica_id, self._proc.url)
+
+    async def check_health(self) -> None:
+        """Called by Serve; raising marks the replica unhealthy and Serve replaces it."""
+        if not self._proc.alive():
+            raise EngineUnhealthy(f"engine process exited with code {self._proc.returncode}")
+        if not await self._proc.probe(self._session, timeout_s=10.0):
+            raise EngineUnhealthy("engine /health did not answer 200 within 10s")
+        await self._registry.heartbeat.remote(self._name, self._replica_id, self._proc.url)
+
+    async def info(self) -> dict[str, Any]:
+        return {"model": self._name, "replica_id": self._replica_id, "url": self._proc.url, "pid": self._proc.pid}
+
+    async def __del__(self) -> None:
+        try:
+            await self._registry.deregister.remote(self._name, self._replica_id)
+        except Exception as e:  # the registry may already be gone at shutdown
+            log.debug("deregister failed: %s", e)
+        self._proc.stop()
+        await self._session.close()
+
+
+def engine_deployment(served_name: str, cfg: ModelConfig):
+    """The Serve deployment (options) for one model."""
+    p = placement_for(
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        pipeline_parallel_size=cfg.pipeline_parallel_size,
+        accelerator_kind=cfg.accelerator.kind,
+        cpus=cfg.cpus_per_replica,
+        accelerator_type=cfg.accelerator.type,
+    )
+    actor_options: dict[str, Any] = {"num_cpus": p.actor_num_cpus}
+    if p.actor_num_gpus:
+        actor_options["num_gpus"] = p.actor_num_gpus
+    if p.actor_resources:
+        actor_options["resources"] = p.actor_resources
+    return serve.deployment(EngineReplica).options(
+        name=deployment_name(served_name),
+        num_replicas=cfg.replicas.start,
+        ray_actor_options=actor_options,
+        placement_group_bundles=p.bundles,
+        placement_group_strategy=p.strategy,
+        max_ongoing_requests=100,
+        health_check_period_s=5,
+        health_check_timeout_s=30,
+        graceful_shutdown_timeout_s=30,
+    )
+
+
+def deployment_name(served_name: str) -> str:
+    return "engine-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in served_name)

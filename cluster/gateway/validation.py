@@ -1,0 +1,127 @@
+"""Request bodies checked before they reach an engine: JSON, field presence and types,
+parameters neither OpenAI nor vLLM know. Semantic checks that need the tokenizer
+(prompt + max_tokens against the context) stay with the engine, whose 400 the gateway
+passes on in the OpenAI shape."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+
+from cluster.gateway.errors import OpenAIError
+
+NonNegInt = Annotated[int, Field(ge=0, strict=True)]
+PosInt = Annotated[int, Field(ge=1, strict=True)]
+Num = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Base):
+    include_usage: StrictBool | None = None
+    continuous_usage_stats: StrictBool | None = None
+
+
+class Message(BaseModel):
+    # Message parts vary (text, images, tool calls): the engine checks their content.
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[dict[str, Any]] | None = None
+
+
+class _Sampling(_Base):
+    model: StrictStr = Field(min_length=1)
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: PosInt | None = None
+    temperature: Annotated[Num, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[Num, Field(gt=0, le=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=128, strict=True)] | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: int | None = None
+    presence_penalty: Annotated[Num, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[Num, Field(ge=-2, le=2)] | None = None
+    logit_bias: dict[str, Num] | None = None
+    user: StrictStr | None = None
+    # vLLM's sampling extensions, passed through.
+    top_k: int | None = None
+    min_p: Num | None = None
+    repetition_penalty: Num | None = None
+    ignore_eos: StrictBool | None = None
+    min_tokens: NonNegInt | None = None
+    skip_special_tokens: StrictBool | None = None
+    spaces_between_special_tokens: StrictBool | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: StrictBool | None = None
+    truncate_prompt_tokens: int | None = None
+    priority: int | None = None
+    structured_outputs: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    return_tokens_as_token_ids: StrictBool | None = None
+    cache_salt: StrictStr | None = None
+    metadata: dict[str, Any] | None = None
+    store: StrictBool | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: PosInt | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: StrictBool | None = None
+    continue_final_message: StrictBool | None = None
+    echo: StrictBool | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: StrictStr | list[StrictStr] | list[int] | list[list[int]]
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    echo: StrictBool | None = None
+    suffix: StrictStr | None = None
+    best_of: PosInt | None = None
+
+
+# Parameters of the OpenAI API that owc's engines do not serve: a clear 400, not silence.
+UNSUPPORTED = {
+    "audio": "audio output is not supported",
+    "modalities": "only text output is supported",
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported",
+}
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise OpenAIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise OpenAIError(400, "request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def validate(data: dict[str, Any], schema: type[_Sampling]) -> _Sampling:
+    for key, why in UNSUPPORTED.items():
+        if data.get(key) is not None:
+            raise OpenAIError(400, f"unsupported parameter '{key}': {why}", param=key, code="unsupported_parameter")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        if first["type"] == "extra_forbidden":
+            raise OpenAIError(
+                400, f"Unrecognized request argument supplied: {param}", param=param, code="unsupported_parameter"
+            ) from None
+        if first["type"] == "missing":
+            raise OpenAIError(400, f"missing required parameter '{param}'", param=param, code="missing_required_parameter") from None
+        raise OpenAIError(400, f"invalid value for '{param}': {first['msg']}", param=param, code="invalid_value") from None

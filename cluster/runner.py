@@ -1,0 +1,124 @@
+"""`owc serve` on a local Ray: start Ray + Serve, deploy the owc application, wait until it
+is ready, and on SIGINT/SIGTERM (also mid start-up) tear down everything it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from cluster.config.schema import OwcConfig
+from cluster.engine.demo_model import build_demo_model, demo_name, is_demo_source
+from cluster.engine.launcher import Launcher, vllm_launcher
+
+RAY_ENV = {
+    # Keep Ray's listeners on 127.0.0.1 and off the network (see ENVIRONMENT.md).
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def ray_cpus(cfg: OwcConfig) -> int:
+    """Logical CPUs a private local Ray needs for this config (never fewer than 4)."""
+    if cfg.ray.num_cpus:
+        return cfg.ray.num_cpus
+    need = sum(m.cpus_per_replica * m.replicas.max for m in cfg.models.values())
+    need += cfg.gateway.cpus * cfg.gateway.replicas
+    return max(4, int(need + 1.999))
+
+
+def prebuild_demo_models(cfg: OwcConfig, report: Callable[[str], None] = lambda _: None) -> None:
+    for m in cfg.models.values():
+        if is_demo_source(m.source):
+            name = demo_name(m.source)
+            report(f"building demo model {name}")
+            build_demo_model(Path(cfg.model_cache_dir).expanduser() / name, name)
+
+
+class LocalCluster:
+    def __init__(self, cfg: OwcConfig, *, launcher: Launcher = vllm_launcher, temp_dir: str | None = None):
+        self.cfg = cfg
+        self._launcher = launcher
+        self._temp_dir = temp_dir or tempfile.mkdtemp(prefix="owc-ray-")
+        self._started_ray = False
+
+    @property
+    def url(self) -> str:
+        g = self.cfg.gateway
+        host = "127.0.0.1" if g.host in ("0.0.0.0", "::") else g.host
+        return f"http://{host}:{g.port}"
+
+    def start(self, report: Callable[[str], None] = lambda _: None, ready_timeout_s: float = 900) -> None:
+        import ray
+        from ray import serve
+
+        from cluster.app import APP_NAME, build_application
+
+        prebuild_demo_models(self.cfg, report)
+        os.environ.update(RAY_ENV)
+        report("starting Ray")
+        if self.cfg.ray.address:
+            ray.init(address=self.cfg.ray.address, log_to_driver=False)
+        else:
+            ray.init(
+                address="local",
+                num_cpus=ray_cpus(self.cfg),
+                num_gpus=None,
+                object_store_memory=self.cfg.ray.object_store_memory,
+                include_dashboard=False,
+                _temp_dir=self._temp_dir,
+                log_to_driver=False,
+                runtime_env={"env_vars": dict(RAY_ENV)},
+            )
+            self._started_ray = True
+        serve.start(proxy_location="Disabled")
+        report("starting engines (loading models)")
+        serve.run(build_application(self.cfg, launcher=self._launcher), name=APP_NAME, route_prefix=None)
+        report("waiting for the gateway")
+        self.wait_ready(ready_timeout_s)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(self.url + "/ready", timeout=2)
+                if r.status_code == 200:
+                    return
+                last = r.text
+            except httpx.HTTPError as e:
+                last = str(e)
+            time.sleep(0.25)
+        raise TimeoutError(f"gateway not ready after {timeout_s:.0f}s: {last}")
+
+    def stop(self) -> None:
+        import ray
+        from ray import serve
+
+        if ray.is_initialized():
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM behaves like Ctrl-C: unwinds the main thread into the teardown path."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

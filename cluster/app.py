@@ -14,7 +14,9 @@ from cluster.routing.registry import EndpointRegistry
 APP_NAME = "owc"
 
 
-def build_application(cfg: OwcConfig, *, launcher: Launcher = vllm_launcher) -> Any:
+def build_application(
+    cfg: OwcConfig, *, launcher: Launcher = vllm_launcher, gateway_env: dict[str, str] | None = None
+) -> Any:
     registry = EndpointRegistry.bind()
     engines = [
         engine_deployment(name, m).bind(
@@ -27,7 +29,7 @@ def build_application(cfg: OwcConfig, *, launcher: Launcher = vllm_launcher) -> 
         for name, m in cfg.models.items()
     ]
     # Engines are bound as arguments so Serve deploys them with the gateway's app.
-    return gateway_deployment(cfg).bind(config=cfg.model_dump(mode="json"), registry=registry, _engines=engines)
+    return gateway_deployment(cfg, gateway_env).bind(config=cfg.model_dump(mode="json"), registry=registry, _engines=engines)
 
 
 def app_builder(args: dict[str, Any]) -> Any:

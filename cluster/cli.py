@@ -157,14 +157,16 @@ def gateway(
     port: Annotated[int, typer.Option()] = 8000,
 ) -> None:
     """Run only the gateway, in front of engines at fixed URLs (no Ray)."""
-    from cluster.gateway.standalone import run_standalone
+    from cluster.gateway.main import config_for_upstreams, parse_upstreams, run
 
-    cfg = _load(config) if config else None
     try:
-        run_standalone(upstream=upstream, cfg=cfg, host=host, port=port)
+        urls = parse_upstreams(upstream)
+        run(cfg=config_for_upstreams(urls, _load(config) if config else None, host, port), upstreams=urls, endpoints_file=None)
     except ValueError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ def prebuild_demo_models(cfg: OwcConfig, report: Callable[[str], None] = lambda 
 
 class LocalCluster:
     def __init__(self, cfg: OwcConfig, *, launcher: Launcher = vllm_launcher, temp_dir: str | None = None):
+        keys_file = cfg.gateway.api_keys_file
+        if keys_file:  # replicas run elsewhere: make the path absolute
+            gw = cfg.gateway.model_copy(update={"api_keys_file": str(Path(keys_file).expanduser().resolve())})
+            cfg = cfg.model_copy(update={"gateway": gw})
         self.cfg = cfg
         self._launcher = launcher
         self._temp_dir = temp_dir or tempfile.mkdtemp(prefix="owc-ray-")
@@ -81,9 +85,15 @@ class LocalCluster:
             self._started_ray = True
         serve.start(proxy_location="Disabled")
         report("starting engines (loading models)")
-        serve.run(build_application(self.cfg, launcher=self._launcher), name=APP_NAME, route_prefix=None)
+        app = build_application(self.cfg, launcher=self._launcher, gateway_env=self._gateway_env())
+        serve.run(app, name=APP_NAME, route_prefix=None)
         report("waiting for the gateway")
         self.wait_ready(ready_timeout_s)
+
+    def _gateway_env(self) -> dict[str, str]:
+        """API keys given to `owc serve` through the environment reach the gateway replicas."""
+        var = self.cfg.gateway.api_keys_env
+        return {var: os.environ[var]} if var and os.environ.get(var) else {}
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

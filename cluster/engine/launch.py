@@ -11,17 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
-import time
 
-
-def _watch_parent(parent_pid: int) -> None:
-    while True:
-        if os.getppid() != parent_pid:
-            os.killpg(os.getpgrp(), signal.SIGKILL)
-        time.sleep(0.5)
+from cluster.process import Command, watch_parent
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,8 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     own.add_argument("--parent-pid", type=int, default=0)
     own.add_argument("--kwargs", default="{}")
     ns = own.parse_args(argv[:split])
-    if ns.parent_pid:
-        threading.Thread(target=_watch_parent, args=(ns.parent_pid,), daemon=True).start()
+    watch_parent(ns.parent_pid)
 
     import uvloop
     from vllm.entrypoints.launchers.api_server.entry import run_server
@@ -51,6 +42,14 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
     uvloop.run(run_server(args))
+
+
+def vllm_command(*, cli_args: list[str], kwargs_json: str, env: dict[str, str]) -> Command:
+    argv = [
+        sys.executable, "-m", "cluster.engine.launch",
+        "--parent-pid", str(os.getpid()), "--kwargs", kwargs_json, "--", *cli_args,
+    ]
+    return Command(argv=argv, env=env)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,15 @@ from typing import Protocol
 from cluster.config.schema import ModelConfig
 from cluster.engine.args import engine_env, engine_overrides, server_cli_args
 from cluster.engine.demo_model import resolve_source
-from cluster.engine.process import EngineCommand, vllm_command
+from cluster.engine.launch import vllm_command
+from cluster.process import Command
 
 
 class Launcher(Protocol):
-    def __call__(self, served_name: str, cfg: ModelConfig, cache_dir: str) -> EngineCommand: ...
+    def __call__(self, served_name: str, cfg: ModelConfig, cache_dir: str) -> Command: ...
 
 
-def vllm_launcher(served_name: str, cfg: ModelConfig, cache_dir: str) -> EngineCommand:
+def vllm_launcher(served_name: str, cfg: ModelConfig, cache_dir: str) -> Command:
     model_path = resolve_source(cfg.source, cache_dir)
     return vllm_command(
         cli_args=server_cli_args(model_path=model_path, served_name=served_name, cfg=cfg, port="{port}"),

@@ -15,7 +15,7 @@ from ray import serve
 from cluster.config.schema import ModelConfig
 from cluster.engine.launcher import Launcher, vllm_launcher
 from cluster.engine.placement import placement_for
-from cluster.engine.process import EngineProcess
+from cluster.process import ServerProcess
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class EngineReplica:
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         log_dir = Path(tempfile.gettempdir()) / "owc-logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._proc = EngineProcess(
+        self._proc = ServerProcess(
             launcher(served_name, self._cfg, cache_dir),
             log_path=log_dir / f"engine-{served_name.replace('/', '_')}-{self._replica_id}.log",
         )

@@ -1,67 +1,92 @@
-"""The gateway as a Ray Serve deployment: each replica serves the OpenAI API itself on the
-shared port (SO_REUSEPORT), with Serve's own HTTP proxy disabled, so Serve owns the
-gateway's lifecycle and replica count while requests take one hop to an engine."""
+"""The gateway as a Ray Serve deployment. Each replica supervises one gateway process
+(`cluster.gateway.main`) that serves the OpenAI API on the shared port (SO_REUSEPORT);
+Serve's own HTTP proxy is disabled. Serve owns the gateway's lifecycle, health and replica
+count; tokens take one hop, engine -> gateway process -> client, never a Ray actor call.
+The replica feeds its process the engine endpoints it polls from the registry."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from ray import serve
 
 from cluster.config.schema import OwcConfig
-from cluster.gateway.app import build_app
 from cluster.gateway.auth import KeyStore
-from cluster.gateway.discovery import PollingEndpoints
-from cluster.gateway.server import bind_socket, check_bind_policy, make_server
+from cluster.gateway.discovery import write_endpoints_file
+from cluster.gateway.server import check_bind_policy
+from cluster.process import Command, ServerProcess
 
 log = logging.getLogger(__name__)
 
 
 class GatewayReplica:
-    async def __init__(  # type: ignore[misc]
+    async def __init__(  # type: ignore[misc]  # Ray actors support async constructors
         self, *, config: dict[str, Any], registry: Any, _engines: list[Any] | None = None
     ) -> None:
-        # _engines: handles to the engine deployments, bound so they deploy with the app.
+        # _engines: the engine deployments, bound here so that Serve deploys them with the app.
         cfg = OwcConfig.model_validate(config)
-        keys = KeyStore.load(file=cfg.gateway.api_keys_file, env_var=cfg.gateway.api_keys_env)
-        check_bind_policy(cfg.gateway, keys)
+        check_bind_policy(cfg.gateway, KeyStore.load(file=cfg.gateway.api_keys_file, env_var=cfg.gateway.api_keys_env))
+        self._registry = registry
+        self._dir = Path(tempfile.mkdtemp(prefix="owc-gw-"))
+        (self._dir / "config.json").write_text(json.dumps(config))
+        self._endpoints_file = str(self._dir / "endpoints.json")
+        self._last: list[Any] | None = None
+        await self._sync()
+        command = Command(argv=[
+            sys.executable, "-m", "cluster.gateway.main", "--config", str(self._dir / "config.json"),
+            "--endpoints-file", self._endpoints_file, "--parent-pid", str(os.getpid()),
+        ])
+        host = cfg.gateway.host if cfg.gateway.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        self._proc = ServerProcess(command, log_path=self._dir / "gateway.log", host=host, port=cfg.gateway.port)
+        self._proc.start()
+        await self._proc.wait_ready(60)
+        self._task = asyncio.get_running_loop().create_task(self._sync_loop())
 
-        async def fetch():
-            return await registry.snapshot.remote()
+    async def _sync(self) -> None:
+        endpoints = await self._registry.snapshot.remote()
+        if endpoints != self._last:
+            write_endpoints_file(self._endpoints_file, endpoints)
+            self._last = endpoints
 
-        source = PollingEndpoints(fetch, period_s=0.5)
-        app = build_app(config=cfg, endpoints=source, keys=keys, registry=CollectorRegistry())
-        self._sock = bind_socket(cfg.gateway.host, cfg.gateway.port)
-        self._server = make_server(app)
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.05)
-        log.info("gateway listening on %s:%s", cfg.gateway.host, cfg.gateway.port)
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                await self._sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # registry restarting: keep the last endpoints
+                log.warning("registry poll failed: %s", e)
+            await asyncio.sleep(0.5)
 
     async def check_health(self) -> None:
+        if not self._proc.alive():
+            raise RuntimeError(f"gateway process exited with code {self._proc.returncode}")
         if self._task.done():
-            raise RuntimeError("gateway server stopped")
+            raise RuntimeError("endpoint sync stopped")
 
     async def __del__(self) -> None:
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(self._task, timeout=10)
-        except (asyncio.TimeoutError, Exception) as e:  # shutting down regardless
-            log.debug("gateway stop: %s", e)
-        self._sock.close()
+        self._task.cancel()
+        self._proc.stop(grace_s=10)
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def gateway_deployment(cfg: OwcConfig):
+def gateway_deployment(cfg: OwcConfig, env: dict[str, str] | None = None):
+    options: dict[str, Any] = {"num_cpus": cfg.gateway.cpus}
+    if env:
+        options["runtime_env"] = {"env_vars": env}
     return serve.deployment(GatewayReplica).options(
         name="owc-gateway",
         num_replicas=cfg.gateway.replicas,
-        ray_actor_options={"num_cpus": cfg.gateway.cpus},
+        ray_actor_options=options,
         max_ongoing_requests=100,
         health_check_period_s=5,
-        graceful_shutdown_timeout_s=15,
+        graceful_shutdown_timeout_s=20,
     )

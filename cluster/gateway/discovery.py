@@ -87,3 +87,70 @@ class PollingEndpoints:
                 await self._task
             except asyncio.CancelledError:
                 pass
+
+
+class FileEndpoints:
+    """Endpoints from a JSON file (`[{"model", "replica_id", "url"}, ...]`) that a supervisor
+    rewrites atomically; re-read when its mtime changes. The gateway process under Ray
+    Serve gets its replicas this way from the Serve replica that supervises it."""
+
+    def __init__(self, path: str, *, period_s: float = 0.2):
+        self._path = path
+        self._period_s = period_s
+        self._mtime: float | None = None
+        self._by_model: dict[str, list[Endpoint]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def endpoints(self, model: str) -> list[Endpoint]:
+        return self._by_model.get(model, [])
+
+    def reload(self) -> None:
+        import json
+        import os
+
+        try:
+            mtime = os.stat(self._path).st_mtime_ns
+        except FileNotFoundError:
+            self._by_model = {}
+            return
+        if mtime == self._mtime:
+            return
+        with open(self._path) as f:
+            rows = json.load(f)
+        by_model: dict[str, list[Endpoint]] = {}
+        for row in rows:
+            ep = Endpoint(model=row["model"], replica_id=row["replica_id"], url=row["url"])
+            by_model.setdefault(ep.model, []).append(ep)
+        self._by_model = by_model
+        self._mtime = mtime
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                self.reload()
+            except (OSError, ValueError, KeyError) as e:  # a torn write is retried next tick
+                log.warning("endpoints file %s unreadable: %s", self._path, e)
+            await asyncio.sleep(self._period_s)
+
+    async def start(self) -> None:
+        self.reload()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+
+def write_endpoints_file(path: str, endpoints: Sequence[Endpoint]) -> None:
+    """Atomically replace the endpoints file."""
+    import json
+    import os
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump([{"model": e.model, "replica_id": e.replica_id, "url": e.url} for e in endpoints], f)
+    os.replace(tmp, path)

@@ -1,6 +1,6 @@
-"""One engine process (vLLM's OpenAI server, or any OpenAI-compatible command such as the
-fake engine): start it on a free loopback port, wait until healthy, probe, stop it with
-its whole process group."""
+"""A supervised HTTP server process (a vLLM engine, the fake engine, a gateway): start it
+on a loopback port, wait until /health answers, probe it, stop it with its whole process
+group. Each such process watches its parent and dies with it (see `watch_parent`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,22 +23,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-class EngineStartError(RuntimeError):
+class ServerStartError(RuntimeError):
     pass
 
 
 @dataclass
-class EngineCommand:
+class Command:
     """What to run: argv with `{port}` filled in, plus extra environment."""
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
 
 
-class EngineProcess:
-    def __init__(self, command: EngineCommand, *, log_path: Path | None = None, port: int | None = None):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+class ServerProcess:
+    def __init__(
+        self, command: Command, *, log_path: Path | None = None, host: str = "127.0.0.1", port: int | None = None
+    ):
+        self.port = port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self._command = command
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
@@ -69,11 +71,11 @@ class EngineProcess:
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if not self.alive():
-                    raise EngineStartError(f"engine exited with code {self.returncode} during start-up{self._log_hint()}")
+                    raise ServerStartError(f"process exited with code {self.returncode} during start-up{self._log_hint()}")
                 if await self.probe(session, timeout_s=2.0):
                     return
                 await asyncio.sleep(0.25)
-        raise EngineStartError(f"engine not healthy after {timeout_s:.0f}s{self._log_hint()}")
+        raise ServerStartError(f"process not healthy after {timeout_s:.0f}s{self._log_hint()}")
 
     async def probe(self, session: aiohttp.ClientSession, timeout_s: float) -> bool:
         try:
@@ -117,9 +119,14 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def vllm_command(*, cli_args: list[str], kwargs_json: str, env: dict[str, str]) -> EngineCommand:
-    argv = [
-        sys.executable, "-m", "cluster.engine.launch",
-        "--parent-pid", str(os.getpid()), "--kwargs", kwargs_json, "--", *cli_args,
-    ]
-    return EngineCommand(argv=argv, env=env)
+def watch_parent(parent_pid: int) -> None:
+    """Start a thread that kills this process group once the parent ``parent_pid`` is gone
+    (even by SIGKILL), so no supervised process outlives its Ray replica."""
+    def loop() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+            time.sleep(0.5)
+
+    if parent_pid:
+        threading.Thread(target=loop, name="watch-parent", daemon=True).start()

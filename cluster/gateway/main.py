@@ -1,0 +1,77 @@
+"""The gateway process: `python -m cluster.gateway.main`. Under Ray Serve a gateway
+replica supervises it (endpoints from a file it rewrites); `owc gateway` runs it in front
+of fixed engine URLs. Either way the same app and token path, on uvloop, in its own
+process (no Ray threads sharing its GIL)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from prometheus_client import CollectorRegistry
+
+from cluster.config.loader import load_config
+from cluster.config.schema import GatewayConfig, ModelConfig, OwcConfig
+from cluster.gateway.app import build_app
+from cluster.gateway.auth import KeyStore
+from cluster.gateway.discovery import FileEndpoints, StaticEndpoints
+from cluster.gateway.server import bind_socket, check_bind_policy, make_server
+from cluster.process import watch_parent
+
+
+def parse_upstreams(items: list[str]) -> dict[str, list[str]]:
+    urls: dict[str, list[str]] = {}
+    for item in items:
+        model, sep, url = item.partition("=")
+        if not sep or not model or not url.startswith(("http://", "https://")):
+            raise ValueError(f"--upstream expects MODEL=http://host:port, got {item!r}")
+        urls.setdefault(model, []).append(url)
+    return urls
+
+
+def run(*, cfg: OwcConfig, upstreams: dict[str, list[str]] | None, endpoints_file: str | None) -> None:
+    keys = KeyStore.load(file=cfg.gateway.api_keys_file, env_var=cfg.gateway.api_keys_env)
+    check_bind_policy(cfg.gateway, keys)
+    source = FileEndpoints(endpoints_file) if endpoints_file else StaticEndpoints(upstreams or {})
+    app = build_app(config=cfg, endpoints=source, keys=keys, registry=CollectorRegistry())
+    sock = bind_socket(cfg.gateway.host, cfg.gateway.port)
+    server = make_server(app)
+
+    import uvloop
+
+    uvloop.run(server.serve(sockets=[sock]))
+
+
+def config_for_upstreams(urls: dict[str, list[str]], cfg: OwcConfig | None, host: str, port: int) -> OwcConfig:
+    if cfg is None:
+        return OwcConfig(models={m: ModelConfig(source="external") for m in urls}, gateway=GatewayConfig(host=host, port=port))
+    return cfg.model_copy(update={"gateway": cfg.gateway.model_copy(update={"host": host, "port": port})})
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="cluster.gateway.main")
+    p.add_argument("--config", help="owc config (YAML or JSON)")
+    p.add_argument("--endpoints-file")
+    p.add_argument("--upstream", action="append", default=[])
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--parent-pid", type=int, default=0)
+    a = p.parse_args(argv)
+    watch_parent(a.parent_pid)
+    try:
+        urls = parse_upstreams(a.upstream)
+        cfg = load_config(a.config) if a.config else None
+        if urls or cfg is None:
+            cfg = config_for_upstreams(urls, cfg, a.host or "127.0.0.1", a.port or 8000)
+        elif a.host or a.port:
+            cfg = config_for_upstreams({}, cfg, a.host or cfg.gateway.host, a.port or cfg.gateway.port)
+        run(cfg=cfg, upstreams=urls, endpoints_file=a.endpoints_file)
+    except (ValueError, OSError) as e:
+        print(f"gateway: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

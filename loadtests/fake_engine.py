@@ -1,0 +1,191 @@
+"""A fake OpenAI engine: vLLM's wire format and metric names, configurable TTFT and
+inter-token latency, a bounded batch (extra requests wait, as in vLLM), no model.
+
+For fast tests and for gateway load tests at rates a CPU model cannot serve. Injectable as
+an engine replica through `fake_launcher` (same seam as the vLLM launcher).
+
+    python -m loadtests.fake_engine --port 8101 --model m --ttft-ms 20 --itl-ms 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from cluster.config.schema import ModelConfig
+from cluster.process import Command, watch_parent
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+class FakeEngine:
+    def __init__(self, *, model: str, ttft_s: float, itl_s: float, max_num_seqs: int, default_max_tokens: int = 16):
+        self.model = model
+        self.ttft_s = ttft_s
+        self.itl_s = itl_s
+        self.default_max_tokens = default_max_tokens
+        self._slots = asyncio.Semaphore(max_num_seqs)
+        self.registry = CollectorRegistry()
+        labels = ["model_name", "engine"]
+        self.running = Gauge("vllm:num_requests_running", "Requests in the batch.", labels, registry=self.registry)
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting.", labels, registry=self.registry)
+        self.kv = Gauge("vllm:kv_cache_usage_perc", "KV-cache use (0-1).", labels, registry=self.registry)
+        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prompt tokens.", labels, registry=self.registry)
+        self.gen_tokens = Counter("vllm:generation_tokens", "Generated tokens.", labels, registry=self.registry)
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "TTFT.", labels, buckets=TTFT_BUCKETS, registry=self.registry
+        )
+        self.aborted = Counter("owc_fake_aborted_requests", "Requests aborted by a client disconnect.", registry=self.registry)
+        self._labels = (model, "0")
+        self.max_num_seqs = max_num_seqs
+
+    def _set_load(self, delta_running: int = 0, delta_waiting: int = 0) -> None:
+        self.running.labels(*self._labels).inc(delta_running)
+        self.waiting.labels(*self._labels).inc(delta_waiting)
+        running = self.running.labels(*self._labels)._value.get()
+        self.kv.labels(*self._labels).set(min(1.0, running / max(1, self.max_num_seqs)))
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=8 << 20)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        return app
+
+    async def health(self, _: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), content_type="text/plain")
+
+    async def models(self, _: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "fake"}]})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return _error(400, "invalid JSON")
+        if body.get("model") != self.model:
+            return _error(404, f"The model `{body.get('model')}` does not exist.")
+        n_out = int(body.get("max_tokens") or body.get("max_completion_tokens") or self.default_max_tokens)
+        prompt = json.dumps(body.get("messages")) if chat else str(body.get("prompt"))
+        n_in = max(1, len(prompt.split()))
+        rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        rid = ("chatcmpl-" if chat else "cmpl-") + rid
+        stream = bool(body.get("stream"))
+        usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+        started = time.monotonic()
+        self._set_load(delta_waiting=1)
+        admitted = False
+        try:
+            async with self._slots:
+                admitted = True
+                self._set_load(delta_running=1, delta_waiting=-1)
+                try:
+                    return await self._run(request, chat, rid, n_in, n_out, stream, body, usage, started)
+                finally:
+                    self._set_load(delta_running=-1)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.aborted.inc()
+            raise
+        finally:
+            if not admitted:
+                self._set_load(delta_waiting=-1)
+
+    async def _run(self, request, chat, rid, n_in, n_out, stream, body, usage, started):
+        self.prompt_tokens.labels(*self._labels).inc(n_in)
+        await asyncio.sleep(self.ttft_s)
+        self.ttft.labels(*self._labels).observe(time.monotonic() - started)
+        created = int(time.time())
+        obj = "chat.completion" if chat else "text_completion"
+        if not stream:
+            await asyncio.sleep(self.itl_s * max(0, n_out - 1))
+            self.gen_tokens.labels(*self._labels).inc(n_out)
+            text = " ".join(f"tok{i}" for i in range(n_out))
+            choice = (
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
+                if chat
+                else {"index": 0, "text": text, "finish_reason": "length"}
+            )
+            return web.json_response({"id": rid, "object": obj, "created": created, "model": self.model, "choices": [choice], "usage": usage})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        chunk_obj = "chat.completion.chunk" if chat else "text_completion"
+        for i in range(n_out):
+            if i:
+                await asyncio.sleep(self.itl_s)
+            delta = {"index": 0, "delta": {"content": f" tok{i}"}, "finish_reason": None} if chat else {"index": 0, "text": f" tok{i}", "finish_reason": None}
+            if i == n_out - 1:
+                delta["finish_reason"] = "length"
+            await resp.write(_sse({"id": rid, "object": chunk_obj, "created": created, "model": self.model, "choices": [delta]}))
+            self.gen_tokens.labels(*self._labels).inc()
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(_sse({"id": rid, "object": chunk_obj, "created": created, "model": self.model, "choices": [], "usage": usage}))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+def _sse(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": "BadRequestError", "param": None, "code": status}}, status=status)
+
+
+def fake_launcher(served_name: str, cfg: ModelConfig, cache_dir: str) -> Command:
+    """Launcher seam: run the fake engine as this model's engine process."""
+    opts = {k: str(v) for k, v in cfg.engine_kwargs.items() if k in ("ttft_ms", "itl_ms", "max_num_seqs")}
+    argv = [sys.executable, "-m", "loadtests.fake_engine", "--port", "{port}", "--model", served_name, "--parent-pid", str(os.getpid())]
+    for k, v in opts.items():
+        argv += [f"--{k.replace('_', '-')}", v]
+    return Command(argv=argv, env=dict(cfg.engine_env))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--model", default="fake")
+    p.add_argument("--ttft-ms", type=float, default=20.0)
+    p.add_argument("--itl-ms", type=float, default=5.0)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--parent-pid", type=int, default=0)
+    a = p.parse_args(argv)
+    watch_parent(a.parent_pid)
+
+    async def serve() -> None:
+        engine = FakeEngine(model=a.model, ttft_s=a.ttft_ms / 1000, itl_s=a.itl_ms / 1000, max_num_seqs=a.max_num_seqs)
+        runner = web.AppRunner(engine.app(), access_log=None, handle_signals=True)
+        await runner.setup()
+        await web.TCPSite(runner, a.host, a.port, backlog=2048).start()
+        await asyncio.Event().wait()
+
+    try:
+        import uvloop
+
+        uvloop.run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

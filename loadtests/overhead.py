@@ -1,0 +1,181 @@
+"""Token-path overhead benchmark: the owc gateway vs bare vLLM on the same engine, with
+vllm-router in the same run as the reference peer.
+
+    python -m loadtests.overhead --runs 5 --out loadtests/results/overhead.json
+
+One vLLM OpenAI server (the embedded default's model and engine settings, i.e. what
+`make serve` runs) is started once; the owc gateway process and vllm-router are put in
+front of it. Each run measures every target in rotated order (interleaved): TTFT p50 at
+concurrency 1, and output tokens/s at concurrency 16 (closed loop, streaming, ignore_eos).
+Ratios are paired per run (target / bare in the same run) and reported as median with
+min-max spread. The gateway's CPU seconds per 1k output tokens come from its process's
+CPU time over the c=16 phases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import psutil
+
+from cluster.config.loader import load_config
+from cluster.engine.launcher import vllm_launcher
+from cluster.process import Command, ServerProcess, free_port
+from loadtests.driver import run_closed_loop
+
+TARGETS_TTFT = 1.10
+TARGETS_TPUT = 0.90
+ROUTER_SLACK = 0.05
+
+
+def _router_bin() -> str:
+    beside = Path(sys.executable).parent / "vllm-router"
+    return str(beside) if beside.exists() else (shutil.which("vllm-router") or "vllm-router")
+
+
+def _spread(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def _cpu_seconds(pid: int) -> float:
+    p = psutil.Process(pid)
+    total = sum(p.cpu_times()[:2])
+    for c in p.children(recursive=True):
+        try:
+            total += sum(c.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+async def _measure(url: str, model: str, args: argparse.Namespace, label: str) -> dict:
+    ttft = await run_closed_loop(url, model, requests=args.ttft_requests, concurrency=1, max_tokens=args.max_tokens, target=label)
+    tput = await run_closed_loop(url, model, requests=args.tput_requests, concurrency=16, max_tokens=args.max_tokens, target=label)
+    return {"ttft_c1": asdict(ttft), "tput_c16": asdict(tput)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--ttft-requests", type=int, default=24)
+    p.add_argument("--tput-requests", type=int, default=96)
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--config", help="owc config whose first model is benchmarked (default: embedded)")
+    p.add_argument("--out", default="loadtests/results/overhead.json")
+    p.add_argument("--no-router", action="store_true", help="skip vllm-router (not installed)")
+    args = p.parse_args(argv)
+
+    cfg = load_config(args.config)
+    model, mcfg = next(iter(cfg.models.items()))
+    procs: list[ServerProcess] = []
+    log_dir = Path("/tmp/owc-bench")
+    log_dir.mkdir(exist_ok=True)
+    try:
+        engine = ServerProcess(vllm_launcher(model, mcfg, cfg.model_cache_dir), log_path=log_dir / "engine.log")
+        procs.append(engine)
+        engine.start()
+        print(f"starting vLLM ({model}) …", file=sys.stderr)
+        asyncio.run(engine.wait_ready(600))
+
+        gw_port = free_port()
+        gateway = ServerProcess(
+            Command([sys.executable, "-m", "cluster.gateway.main", "--upstream", f"{model}={engine.url}", "--port", str(gw_port)]),
+            log_path=log_dir / "gateway.log", port=gw_port,
+        )
+        procs.append(gateway)
+        gateway.start()
+        asyncio.run(gateway.wait_ready(60))
+        targets = {"bare-vllm": engine.url, "owc-gateway": gateway.url}
+        cpu_pids = {"owc-gateway": gateway.pid}
+        if not args.no_router:
+            r_port = free_port()
+            router = ServerProcess(
+                Command([_router_bin(), "--host", "127.0.0.1", "--port", str(r_port), "--worker-urls", engine.url,
+                         "--policy", "round_robin", "--log-level", "warning"]),
+                log_path=log_dir / "router.log", port=r_port,
+            )
+            procs.append(router)
+            router.start()
+            asyncio.run(router.wait_ready(60))
+            targets["vllm-router"] = router.url
+            cpu_pids["vllm-router"] = router.pid
+
+        names = list(targets)
+        for name in names:  # warm-up, not recorded
+            asyncio.run(run_closed_loop(targets[name], model, requests=16, concurrency=4, max_tokens=args.max_tokens))
+        runs = []
+        for r in range(args.runs):
+            order = names[r % len(names):] + names[: r % len(names)]
+            run: dict[str, dict] = {}
+            for name in order:
+                before = _cpu_seconds(cpu_pids[name]) if name in cpu_pids else None
+                run[name] = asyncio.run(_measure(targets[name], model, args, name))
+                if before is not None:
+                    used = _cpu_seconds(cpu_pids[name]) - before
+                    tokens = run[name]["tput_c16"]["output_tokens"] + run[name]["ttft_c1"]["output_tokens"]
+                    run[name]["cpu_s_per_1k_tokens"] = 1000 * used / max(tokens, 1)
+                print(f"run {r + 1}/{args.runs} {name}: ttft_p50={run[name]['ttft_c1']['ttft_p50_s'] * 1000:.1f}ms "
+                      f"tok/s={run[name]['tput_c16']['output_tokens_per_s']:.0f}", file=sys.stderr)
+            runs.append({"order": order, "results": run})
+    finally:
+        for proc in reversed(procs):
+            proc.stop(grace_s=5)
+
+    summary = summarise(runs, names)
+    doc = {
+        "benchmark": "token-path overhead",
+        "command": "python -m loadtests.overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "created_unix": int(time.time()),
+        "machine": {"cpus": psutil.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "model": model,
+        "engine": mcfg.model_dump(mode="json"),
+        "settings": {"runs": args.runs, "ttft_requests": args.ttft_requests, "tput_requests": args.tput_requests,
+                     "max_tokens": args.max_tokens, "tput_concurrency": 16, "ttft_concurrency": 1},
+        "targets": {"ttft_ratio_max": TARGETS_TTFT, "tput_ratio_min": TARGETS_TPUT, "router_slack": ROUTER_SLACK},
+        "summary": summary,
+        "runs": runs,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def summarise(runs: list[dict], names: list[str]) -> dict:
+    out: dict[str, dict] = {}
+    for name in names:
+        ttft = [r["results"][name]["ttft_c1"]["ttft_p50_s"] for r in runs]
+        tput = [r["results"][name]["tput_c16"]["output_tokens_per_s"] for r in runs]
+        entry: dict = {"ttft_p50_s": _spread(ttft), "output_tokens_per_s": _spread(tput)}
+        if name != "bare-vllm":
+            entry["ttft_ratio"] = _spread([r["results"][name]["ttft_c1"]["ttft_p50_s"] / r["results"]["bare-vllm"]["ttft_c1"]["ttft_p50_s"] for r in runs])
+            entry["tput_ratio"] = _spread([r["results"][name]["tput_c16"]["output_tokens_per_s"] / r["results"]["bare-vllm"]["tput_c16"]["output_tokens_per_s"] for r in runs])
+        cpu = [r["results"][name]["cpu_s_per_1k_tokens"] for r in runs if "cpu_s_per_1k_tokens" in r["results"][name]]
+        if cpu:
+            entry["cpu_s_per_1k_tokens"] = _spread(cpu)
+        errors = sum(r["results"][name][k]["errors"] for r in runs for k in ("ttft_c1", "tput_c16"))
+        entry["errors"] = errors
+        out[name] = entry
+    gw = out.get("owc-gateway", {})
+    verdict = {
+        "ttft_ok": gw.get("ttft_ratio", {}).get("median", 99) <= TARGETS_TTFT,
+        "tput_ok": gw.get("tput_ratio", {}).get("median", 0) >= TARGETS_TPUT,
+    }
+    if "vllm-router" in out:
+        verdict["vs_router_ok"] = gw["tput_ratio"]["median"] >= out["vllm-router"]["tput_ratio"]["median"] - ROUTER_SLACK
+    out["verdict"] = verdict
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
 
     async def serve() -> None:
         engine = FakeEngine(model=a.model, ttft_s=a.ttft_ms / 1000, itl_s=a.itl_ms / 1000, max_num_seqs=a.max_num_seqs)
-        runner = web.AppRunner(engine.app(), access_log=None, handle_signals=True)
+        # vLLM aborts a request whose client went away; aiohttp does so only when asked.
+        runner = web.AppRunner(engine.app(), access_log=None, handle_signals=True, handler_cancellation=True)
         await runner.setup()
         await web.TCPSite(runner, a.host, a.port, backlog=2048).start()
         await asyncio.Event().wait()

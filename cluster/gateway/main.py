@@ -15,7 +15,7 @@ from cluster.config.schema import GatewayConfig, ModelConfig, OwcConfig
 from cluster.gateway.app import build_app
 from cluster.gateway.auth import KeyStore
 from cluster.gateway.discovery import FileEndpoints, StaticEndpoints
-from cluster.gateway.server import bind_socket, check_bind_policy, make_server
+from cluster.gateway.server import UnsafeBindError, bind_socket, check_bind_policy, make_server
 from cluster.process import watch_parent
 
 
@@ -61,12 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         urls = parse_upstreams(a.upstream)
         cfg = load_config(a.config) if a.config else None
-        if urls or cfg is None:
-            cfg = config_for_upstreams(urls, cfg, a.host or "127.0.0.1", a.port or 8000)
-        elif a.host or a.port:
-            cfg = config_for_upstreams({}, cfg, a.host or cfg.gateway.host, a.port or cfg.gateway.port)
+        if urls or cfg is None or a.host or a.port is not None:
+            host = a.host or (cfg.gateway.host if cfg else "127.0.0.1")
+            port = a.port if a.port is not None else (cfg.gateway.port if cfg else 8000)
+            cfg = config_for_upstreams(urls, cfg, host, port)
         run(cfg=cfg, upstreams=urls, endpoints_file=a.endpoints_file)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, UnsafeBindError) as e:
         print(f"gateway: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

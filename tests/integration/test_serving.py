@@ -1,0 +1,185 @@
+"""The serving core on real Ray Serve + real vLLM-CPU engines, through the gateway, with
+the official OpenAI client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import engine_urls, metric
+
+pytestmark = pytest.mark.integration
+PROMPTS = ["Bonjour, comment allez-vous ?", "def fib(n):", "Summarise the following report."]
+
+
+def test_models_and_readiness(client, cluster):
+    assert sorted(m.id for m in client.models.list().data) == ["tiny-llama", "tiny-llama-tp2"]
+    assert client.models.retrieve("demo").id == "tiny-llama"
+    ready = httpx.get(cluster.url + "/ready").json()
+    assert ready == {"ready": True, "models": {"tiny-llama": {"replicas": 1}, "tiny-llama-tp2": {"replicas": 1}}}
+    assert httpx.get(cluster.url + "/health").status_code == 200
+
+
+def test_owc_status_command(cluster):
+    p = subprocess.run([sys.executable, "-m", "cluster.cli", "status", "--url", cluster.url, "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert '"tiny-llama-tp2"' in p.stdout and '"ready": true' in p.stdout
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "demo", "tiny-llama-tp2"])
+def test_chat_and_completions_both_models(client, model):
+    chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Bonjour"}], max_tokens=8, temperature=0)
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens >= 1
+    assert chat.model in ("tiny-llama", "tiny-llama-tp2")
+    comp = client.completions.create(model=model, prompt="Translate into French:", max_tokens=8, temperature=0)
+    assert comp.usage.completion_tokens >= 1
+    chunks = list(client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    ))
+    assert chunks[-1].usage.completion_tokens == 8
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 2
+    stream = list(client.completions.create(model=model, prompt="x", max_tokens=5, stream=True, extra_body={"ignore_eos": True}))
+    assert "".join(c.choices[0].text for c in stream)
+
+
+def test_request_id_reaches_engine_and_returns(cluster):
+    r = httpx.post(cluster.url + "/v1/chat/completions", headers={"x-request-id": "itest-123"},
+                   json={"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}, timeout=60)
+    assert r.status_code == 200 and r.headers["x-request-id"] == "itest-123"
+    assert "itest-123" in r.json()["id"]  # vLLM named its request after it
+
+
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        ({"model": "tiny-llama", "prompt": "x", "max_tokens": 5000}, 400, "max_tokens"),  # beyond the 1024 context
+        ({"model": "tiny-llama", "prompt": "hello " * 1100, "max_tokens": 4}, 400, None),  # prompt beyond context
+        ({"model": "nope", "prompt": "x"}, 404, "model"),
+        ({"model": "tiny-llama", "prompt": "x", "best_of": "many"}, 400, "best_of"),
+        ({"model": "tiny-llama", "prompt": "x", "modalities": ["audio"]}, 400, "modalities"),
+        ({"model": "tiny-llama"}, 400, "prompt"),
+    ],
+)
+def test_errors_from_gateway_and_engine_are_openai_shaped(cluster, body, status, param):
+    r = httpx.post(cluster.url + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if param:
+        assert err["param"] == param
+
+
+def test_malformed_json_and_content_type(cluster):
+    r = httpx.post(cluster.url + "/v1/chat/completions", content=b"{oops", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = httpx.post(cluster.url + "/v1/chat/completions", content=b"{}", headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+
+
+def test_streaming_is_incremental(client):
+    """max_tokens=256: at least 50 separate chunks, the first within 25 % of the stream."""
+    t0 = time.perf_counter()
+    arrivals = []
+    stream = client.completions.create(model="tiny-llama", prompt="Once upon a time", max_tokens=256, stream=True,
+                                       temperature=0, extra_body={"ignore_eos": True})
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].text:
+            arrivals.append(time.perf_counter() - t0)
+    total = time.perf_counter() - t0
+    assert len(arrivals) >= 50
+    assert arrivals[0] <= 0.25 * total, (arrivals[0], total)
+
+
+def _wait_idle(url: str, timeout_s: float = 5) -> float:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if metric(url, "vllm:num_requests_running") == 0:
+            return time.monotonic()
+        time.sleep(0.05)
+    raise AssertionError(f"engine at {url} still running requests after {timeout_s}s")
+
+
+def test_client_disconnect_aborts_engine_request(cluster):
+    (url,) = engine_urls("tiny-llama")
+    _wait_idle(url)
+    body = {"model": "tiny-llama", "prompt": "x", "max_tokens": 900, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", cluster.url + "/v1/completions", json=body, timeout=60) as r:
+        for i, _ in enumerate(r.iter_raw()):
+            if i == 0:
+                assert metric(url, "vllm:num_requests_running") == 1
+            if i >= 5:
+                break
+    t_closed = time.monotonic()
+    # 900 tokens would take seconds more; the engine stops as soon as the client has gone.
+    assert _wait_idle(url, timeout_s=3) - t_closed < 3
+    # A non-streamed request whose client times out is aborted too.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(cluster.url + "/v1/completions", json={**body, "stream": False}, timeout=0.5)
+    _wait_idle(url, timeout_s=3)
+
+
+def test_tp2_greedy_output_equals_tp1(client):
+    for prompt in PROMPTS:
+        outs = [
+            client.completions.create(model=m, prompt=prompt, max_tokens=48, temperature=0, extra_body={"ignore_eos": True}).choices[0].text
+            for m in ("tiny-llama", "tiny-llama-tp2")
+        ]
+        assert outs[0] == outs[1] and outs[0]
+
+
+def test_hung_engine_is_replaced(cluster, client):
+    """SIGSTOP the engine: its health check times out, Serve replaces the replica, and the
+    model serves again from a new engine process."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("engine-tiny-llama", app_name="owc")
+    before = handle.info.remote().result()
+    os.kill(before["pid"], signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            urls = engine_urls("tiny-llama")
+            if urls and before["url"] not in urls:
+                break
+            time.sleep(1)
+        else:
+            raise AssertionError("hung engine was not replaced within 180s")
+    finally:
+        try:
+            os.kill(before["pid"], signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            out = client.completions.create(model="tiny-llama", prompt="x", max_tokens=4)
+            break
+        except openai.APIStatusError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert out.usage.completion_tokens >= 1
+    after = handle.info.remote().result()
+    assert after["pid"] != before["pid"]
+    # The hung process was stopped with its replica.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(before["pid"]):
+        time.sleep(0.5)
+    assert not _alive(before["pid"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

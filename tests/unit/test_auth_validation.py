@@ -1,0 +1,66 @@
+import pytest
+
+from cluster.config.schema import GatewayConfig
+from cluster.gateway.auth import ANONYMOUS, KeyStore
+from cluster.gateway.errors import OpenAIError
+from cluster.gateway.server import UnsafeBindError, check_bind_policy
+from cluster.gateway.validation import ChatCompletionRequest, CompletionRequest, parse_json, validate
+
+
+def test_no_keys_means_anonymous():
+    assert KeyStore({}).tenant_for(None) == ANONYMOUS
+
+
+@pytest.mark.parametrize(
+    "header, tenant, code",
+    [("Bearer k1", "acme", None), ("bearer k2", "beta", None), (None, None, "missing_api_key"),
+     ("Bearer nope", None, "invalid_api_key"), ("Token k1", None, "invalid_api_key"), ("Bearer ", None, "invalid_api_key")],
+)
+def test_keys(header, tenant, code):
+    ks = KeyStore({"k1": "acme", "k2": "beta"})
+    if code is None:
+        assert ks.tenant_for(header) == tenant
+    else:
+        with pytest.raises(OpenAIError) as e:
+            ks.tenant_for(header)
+        assert e.value.status == 401 and e.value.code == code
+
+
+def test_keys_from_file_and_env(tmp_path):
+    f = tmp_path / "keys.yaml"
+    f.write_text("keys:\n  sk-1: acme\n")
+    ks = KeyStore.load(file=str(f), env_var="K", environ={"K": "sk-2=beta, sk-3=gamma"})
+    assert [ks.tenant_for(f"Bearer sk-{i}") for i in (1, 2, 3)] == ["acme", "beta", "gamma"]
+    with pytest.raises(ValueError):
+        KeyStore.load(file=None, env_var="K", environ={"K": "no-equals-sign"})
+
+
+@pytest.mark.parametrize(
+    "host, keys, refused",
+    [("127.0.0.1", {}, False), ("localhost", {}, False), ("::1", {}, False), ("0.0.0.0", {}, True),
+     ("10.1.2.3", {}, True), ("0.0.0.0", {"k": "t"}, False)],
+)
+def test_bind_policy(host, keys, refused):
+    gw = GatewayConfig(host=host)
+    if refused:
+        with pytest.raises(UnsafeBindError):
+            check_bind_policy(gw, KeyStore(keys))
+    else:
+        check_bind_policy(gw, KeyStore(keys))
+
+
+def test_validation_passes_vllm_extensions_and_nulls():
+    req = validate(
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], "ignore_eos": True, "top_k": 5,
+         "stream_options": {"include_usage": True}, "audio": None},
+        ChatCompletionRequest,
+    )
+    assert req.ignore_eos and req.top_k == 5 and req.stream_options.include_usage
+    assert validate({"model": "m", "prompt": [1, 2, 3]}, CompletionRequest).prompt == [1, 2, 3]
+
+
+@pytest.mark.parametrize("body", [b"", b"nul", b'"str"', b"1"])
+def test_parse_json_rejects_non_objects(body):
+    with pytest.raises(OpenAIError) as e:
+        parse_json(body)
+    assert e.value.status == 400

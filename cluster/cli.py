@@ -81,7 +81,7 @@ def serve(
     except (UnsafeBindError, OSError, ValueError) as e:
         console.print(f"[red]refusing to start:[/red] {e}")
         raise typer.Exit(2) from None
-    cluster = LocalCluster(cfg)
+    cluster = LocalCluster(cfg, handle_signals=True)
     install_signal_handlers()
     try:
         with console.status("starting") as status:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +45,14 @@ def prebuild_demo_models(cfg: OwcConfig, report: Callable[[str], None] = lambda 
 
 
 class LocalCluster:
-    def __init__(self, cfg: OwcConfig, *, launcher: Launcher = vllm_launcher, temp_dir: str | None = None):
+    def __init__(
+        self,
+        cfg: OwcConfig,
+        *,
+        launcher: Launcher = vllm_launcher,
+        temp_dir: str | None = None,
+        handle_signals: bool = False,
+    ):
         keys_file = cfg.gateway.api_keys_file
         if keys_file:  # replicas run elsewhere: make the path absolute
             gw = cfg.gateway.model_copy(update={"api_keys_file": str(Path(keys_file).expanduser().resolve())})
@@ -53,6 +61,7 @@ class LocalCluster:
         self._launcher = launcher
         self._temp_dir = temp_dir or tempfile.mkdtemp(prefix="owc-ray-")
         self._started_ray = False
+        self._handle_signals = handle_signals
 
     @property
     def url(self) -> str:
@@ -83,6 +92,10 @@ class LocalCluster:
                 runtime_env={"env_vars": dict(RAY_ENV)},
             )
             self._started_ray = True
+        if self._handle_signals:
+            # ray.init installs a fatal-signal handler for SIGTERM: take SIGTERM back so it
+            # unwinds into the teardown like Ctrl-C does.
+            install_signal_handlers()
         serve.start(proxy_location="Disabled")
         report("starting engines (loading models)")
         app = build_application(self.cfg, launcher=self._launcher, gateway_env=self._gateway_env())
@@ -109,15 +122,19 @@ class LocalCluster:
             time.sleep(0.25)
         raise TimeoutError(f"gateway not ready after {timeout_s:.0f}s: {last}")
 
-    def stop(self) -> None:
+    def stop(self, serve_timeout_s: float = 10.0) -> None:
+        """Graceful Serve shutdown (replicas stop their engines), bounded: a replica still
+        loading its model would hold it for minutes. Then Ray itself goes, and with it every
+        worker; engine processes die with their replica (they watch their parent)."""
         import ray
         from ray import serve
 
-        if ray.is_initialized():
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
+        if not ray.is_initialized():
+            return
+        t = threading.Thread(target=serve.shutdown, name="serve-shutdown", daemon=True)
+        t.start()
+        t.join(serve_timeout_s)
+        ray.shutdown()
 
 
 class Interrupted(KeyboardInterrupt):

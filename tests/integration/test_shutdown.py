@@ -1,0 +1,158 @@
+"""`owc serve` stops everything it started on SIGINT/SIGTERM within 30 s — mid-stream and
+during engine start-up: no Ray, Serve or vLLM process survives, the port is free."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from cluster.process import free_port
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _serve(tmp_path: Path, model_cache: str) -> tuple[subprocess.Popen, int]:
+    """`owc serve` with `make serve`'s own settings (the embedded default), on a free port."""
+    cfg = yaml.safe_load((REPO / "cluster" / "config" / "default.yaml").read_text())
+    port = free_port()
+    cfg["gateway"]["port"] = port
+    cfg["model_cache_dir"] = model_cache
+    path = tmp_path / "owc.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, port
+
+
+class Descendants:
+    """Every process the server ever had below it, sampled until it exits."""
+
+    def __init__(self, pid: int):
+        self.root = psutil.Process(pid)
+        self.seen: dict[int, psutil.Process] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(0.2)
+
+    def sample(self) -> None:
+        try:
+            for c in self.root.children(recursive=True):
+                self.seen.setdefault(c.pid, c)
+        except psutil.NoSuchProcess:
+            pass
+
+    def names(self) -> set[str]:
+        out = set()
+        for p in list(self.seen.values()):
+            try:
+                out.add(" ".join(p.cmdline())[:120])
+            except psutil.Error:
+                pass
+        return out
+
+    def survivors(self) -> list[str]:
+        self._stop.set()
+        alive = []
+        for p in self.seen.values():
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{p.pid} {' '.join(p.cmdline())[:100]}")
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+
+def _port_free(port: int) -> bool:
+    """Nothing listens there and a new server could bind it (as servers do, SO_REUSEADDR)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        pass
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _wait_for(pred, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _stop_and_check(proc: subprocess.Popen, tree: Descendants, sig: int, port: int) -> None:
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("owc serve did not exit within 30s")
+    took = time.monotonic() - t0
+    # Within the same 30 s budget, everything below it must be gone too.
+    _wait_for(lambda: not tree.survivors(), max(1.0, 30 - took), "descendants to exit")
+    assert _port_free(port)
+    assert proc.returncode == 0, proc.stdout.read()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_stream_stops_everything(tmp_path, model_cache, sig):
+    proc, port = _serve(tmp_path, model_cache)
+    tree = Descendants(proc.pid)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(lambda: _ready(url), 300, "owc serve to be ready")
+        names = tree.names()
+        assert any("cluster.engine.launch" in n for n in names) and any("raylet" in n for n in names)
+        body = {"model": "tiny-llama", "prompt": "x", "max_tokens": 1000, "stream": True, "ignore_eos": True}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+            it = r.iter_raw()
+            next(it)
+            next(it)  # tokens are flowing
+            tree.sample()
+            _stop_and_check(proc, tree, sig, port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sigint_during_engine_startup_stops_everything(tmp_path, model_cache):
+    proc, port = _serve(tmp_path, model_cache)
+    tree = Descendants(proc.pid)
+    try:
+        _wait_for(lambda: any("cluster.engine.launch" in n for n in tree.names()), 300, "an engine process to start")
+        assert not _ready(f"http://127.0.0.1:{port}")  # still starting up
+        _stop_and_check(proc, tree, signal.SIGINT, port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

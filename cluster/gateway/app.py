@@ -1,16 +1,14 @@
-"""The OpenAI-compatible HTTP layer. Handlers translate HTTP <-> the relay; every error
-becomes the OpenAI shape in one handler (cluster.gateway.errors)."""
+"""The OpenAI-compatible HTTP layer: the generation routes (cluster.gateway.proxy) and, on
+FastAPI, models, health, readiness and metrics. Every error leaves in the OpenAI shape
+(cluster.gateway.errors)."""
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-import aiohttp
-import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -22,8 +20,8 @@ from cluster.config.schema import OwcConfig
 from cluster.gateway.auth import KeyStore
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.metrics import GatewayMetrics
-from cluster.gateway.relay import Outcome, Relay
-from cluster.gateway.validation import ChatCompletionRequest, CompletionRequest, parse_json, validate
+from cluster.gateway.proxy import ROUTES, Proxy, send_error
+from cluster.gateway.relay import Relay
 from cluster.routing.endpoints import Endpoint
 
 
@@ -31,32 +29,6 @@ class EndpointSource(Protocol):
     def endpoints(self, model: str) -> list[Endpoint]: ...
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-
-
-def _session_factory(limit: int) -> Callable[[], aiohttp.ClientSession]:
-    def make() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=None, enable_cleanup_closed=False)
-        return aiohttp.ClientSession(connector=connector, auto_decompress=False)
-
-    return make
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise OpenAIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
-        except ValueError:
-            raise OpenAIError(400, "invalid Content-Length header", code="invalid_request") from None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise OpenAIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def build_app(
@@ -67,14 +39,11 @@ def build_app(
     registry: CollectorRegistry,
     relay: Relay | None = None,
     clock: Callable[[], float] = time.time,
-) -> FastAPI:
+) -> GatewayApp:
     limits = config.gateway.limits
-    relay = relay or Relay(
-        session_factory=_session_factory(limit=0),
-        connect_timeout_s=limits.connect_timeout_s,
-        request_timeout_s=limits.request_timeout_s,
-    )
+    relay = relay or Relay(connect_timeout_s=limits.connect_timeout_s, request_timeout_s=limits.request_timeout_s)
     metrics = GatewayMetrics(registry)
+    proxy = Proxy(config=config, endpoints=endpoints, keys=keys, relay=relay, metrics=metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -89,7 +58,7 @@ def build_app(
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(request: Request, exc: OpenAIError) -> Response:
-        return exc.response({"x-request-id": request.state.request_id} if hasattr(request.state, "request_id") else None)
+        return exc.response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -143,56 +112,22 @@ def build_app(
             raise OpenAIError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
         return JSONResponse(model_card(served))
 
-    async def proxy(request: Request, route: str, schema: type) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id
-        tenant = keys.tenant_for(request.headers.get("authorization"))
-        ctype = request.headers.get("content-type", "")
-        if ctype.split(";")[0].strip().lower() != "application/json":
-            raise OpenAIError(415, "Content-Type must be application/json", code="unsupported_media_type")
-        body = await read_body(request, limits.max_body_bytes)
-        data = parse_json(body)
-        req = validate(data, schema)
-        served = config.resolve(req.model)
-        if served is None:
-            raise OpenAIError(404, f"The model '{req.model}' does not exist", param="model", code="model_not_found")
-        if served != req.model:
-            data["model"] = served
-            body = orjson.dumps(data)
-        outcome = Outcome()
-        metrics.in_flight.labels(served).inc()
-        done = False
+    return GatewayApp(api=app, proxy=proxy)
 
-        def on_done() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            metrics.in_flight.labels(served).dec()
-            metrics.requests.labels(served, tenant, route, str(outcome.status or 500)).inc()
 
-        try:
-            return await relay.forward(
-                request,
-                endpoints=endpoints.endpoints(served),
-                path=route,
-                body=body,
-                stream=bool(req.stream),
-                request_id=request_id,
-                outcome=outcome,
-                on_done=on_done,
-            )
-        except OpenAIError as e:
-            outcome.status = e.status
-            on_done()
-            raise
+class GatewayApp:
+    """ASGI entry: the generation routes go to the proxy, everything else to FastAPI."""
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
-        return await proxy(request, "/v1/chat/completions", ChatCompletionRequest)
+    def __init__(self, *, api: FastAPI, proxy: Proxy):
+        self.api = api
+        self._proxy = proxy
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await proxy(request, "/v1/completions", CompletionRequest)
-
-    return app
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] in ROUTES:
+            if scope["method"] == "POST":
+                await self._proxy(scope, receive, send)
+            else:
+                err = OpenAIError(405, f"Method Not Allowed: {scope['method']} {scope['path']}", headers={"Allow": "POST"})
+                await send_error(send, err, None)
+        else:
+            await self.api(scope, receive, send)

@@ -66,8 +66,8 @@ async def _measure(url: str, model: str, args: argparse.Namespace, label: str) -
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--ttft-requests", type=int, default=24)
-    p.add_argument("--tput-requests", type=int, default=96)
+    p.add_argument("--ttft-requests", type=int, default=32)
+    p.add_argument("--tput-requests", type=int, default=192)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--config", help="owc config whose first model is benchmarked (default: embedded)")
     p.add_argument("--out", default="loadtests/results/overhead.json")

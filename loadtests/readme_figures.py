@@ -1,0 +1,113 @@
+"""README figures, generated from committed raw results (JSON) — never typed by hand.
+
+    python -m loadtests.readme_figures --write   # rewrite the README blocks
+    python -m loadtests.readme_figures --check   # exit 1 when README and JSON disagree
+
+Each block sits between `<!-- figures:NAME -->` and `<!-- /figures:NAME -->` in README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+RESULTS = REPO / "loadtests" / "results"
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1000:.1f}"
+
+
+def _spread(s: dict, fmt: Callable[[float], str]) -> str:
+    return f"{fmt(s['median'])} ({fmt(s['min'])}–{fmt(s['max'])})"
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.2f}×"
+
+
+def overhead_block(doc: dict) -> str:
+    s = doc["summary"]
+    st = doc["settings"]
+    t = doc["targets"]
+    rows = [
+        "| path | TTFT p50, c=1 (ms) | TTFT ratio | output tok/s, c=16 | throughput ratio | CPU s / 1k tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    labels = {"bare-vllm": "bare vLLM OpenAI server", "owc-gateway": "**owc gateway** → vLLM", "vllm-router": "vllm-router (Rust) → vLLM"}
+    for name, label in labels.items():
+        if name not in s:
+            continue
+        e = s[name]
+        rows.append(
+            f"| {label} | {_spread(e['ttft_p50_s'], _ms)} | "
+            f"{_spread(e['ttft_ratio'], _ratio) if 'ttft_ratio' in e else '1'} | "
+            f"{_spread(e['output_tokens_per_s'], lambda x: f'{x:.0f}')} | "
+            f"{_spread(e['tput_ratio'], _ratio) if 'tput_ratio' in e else '1'} | "
+            f"{_spread(e['cpu_s_per_1k_tokens'], lambda x: f'{x:.3f}') if 'cpu_s_per_1k_tokens' in e else '—'} |"
+        )
+    v = s["verdict"]
+    gw, router = s["owc-gateway"], s.get("vllm-router")
+    verdict = [
+        f"- TTFT ratio ≤ {t['ttft_ratio_max']:.2f}: **{'met' if v['ttft_ok'] else 'not met'}** "
+        f"(median {gw['ttft_ratio']['median']:.2f}×).",
+        f"- Throughput ratio ≥ {t['tput_ratio_min']:.2f}: **{'met' if v['tput_ok'] else 'not met'}** "
+        f"(median {gw['tput_ratio']['median']:.2f}×).",
+    ]
+    if router:
+        verdict.append(
+            f"- No worse than vllm-router's ratio − {t['router_slack']:.2f}: **{'met' if v['vs_router_ok'] else 'not met'}** "
+            f"(vllm-router {router['tput_ratio']['median']:.2f}×, TTFT {router['ttft_ratio']['median']:.2f}×)."
+        )
+    return "\n".join([
+        f"Median of {st['runs']} interleaved runs, (min–max) in brackets; ratios are paired per run against bare vLLM "
+        f"on the same engine. {st['max_tokens']} output tokens per request, streaming; c=1: {st['ttft_requests']} requests, "
+        f"c=16: {st['tput_requests']} requests per run. Raw results: `loadtests/results/overhead.json` "
+        f"(`{doc['command']}`).",
+        "",
+        *rows,
+        "",
+        *verdict,
+    ])
+
+
+BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "overhead": ("overhead.json", overhead_block),
+}
+
+
+def render(readme: str) -> str:
+    for name, (file, fn) in BLOCKS.items():
+        doc = json.loads((RESULTS / file).read_text())
+        pattern = re.compile(rf"(<!-- figures:{name} -->\n).*?(\n<!-- /figures:{name} -->)", re.S)
+        if not pattern.search(readme):
+            raise SystemExit(f"README.md has no figures:{name} block")
+        readme = pattern.sub(lambda m: m.group(1) + fn(doc) + m.group(2), readme)
+    return readme
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--write", action="store_true")
+    g.add_argument("--check", action="store_true")
+    a = p.parse_args(argv)
+    current = README.read_text()
+    wanted = render(current)
+    if a.write:
+        README.write_text(wanted)
+        return 0
+    if wanted != current:
+        print("README.md figures disagree with loadtests/results/*.json: run `make readme-figures`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

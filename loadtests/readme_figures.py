@@ -85,10 +85,10 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
 def render(readme: str) -> str:
     for name, (file, fn) in BLOCKS.items():
         doc = json.loads((RESULTS / file).read_text())
-        pattern = re.compile(rf"(<!-- figures:{name} -->\n).*?(\n<!-- /figures:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- figures:{name} -->\n)(?:.*?\n)?(<!-- /figures:{name} -->)", re.S)
         if not pattern.search(readme):
             raise SystemExit(f"README.md has no figures:{name} block")
-        readme = pattern.sub(lambda m: m.group(1) + fn(doc) + m.group(2), readme)
+        readme = pattern.sub(lambda m: m.group(1) + fn(doc) + "\n" + m.group(2), readme)
     return readme
 
 

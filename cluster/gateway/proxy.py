@@ -4,7 +4,8 @@ every streamed chunk; all other routes stay on FastAPI (cluster.gateway.app)."""
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from typing import Any
 
 import orjson
@@ -68,11 +69,15 @@ class Proxy:
         self._relay = relay
         self._metrics = metrics
         self._limit = config.gateway.limits.max_body_bytes
+        # Request ids: a random per-process prefix and a counter (uuid4 per request costs a
+        # getrandom syscall on the hot path); unique across gateway processes.
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count()
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
         route = scope["path"]
         headers = dict(scope["headers"])
-        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1") or uuid.uuid4().hex
+        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1") or f"{self._id_prefix}{next(self._ids):016x}"
         tenant, model, outcome = "unknown", "unknown", Outcome()
         try:
             auth = headers.get(b"authorization")

@@ -127,14 +127,16 @@ class Relay:
         rid = outcome.endpoint.replica_id if outcome.endpoint else ""
         self.in_flight[rid] += 1
         gone.add_done_callback(lambda t: None if t.cancelled() else resp.close())
+        completed = False
         try:
             if resp.status >= 400:
                 raise from_upstream(resp.status, await resp.read())
             out_headers = [(b"x-request-id", request_id.encode())]
             if stream:
-                await self._relay_stream(resp, send, out_headers, outcome, gone)
+                completed = await self._relay_stream(resp, send, out_headers, outcome, gone)
             else:
                 data = await resp.read()
+                completed = True
                 ctype = resp.headers.get("Content-Type", "application/json").encode()
                 outcome.status = resp.status
                 await send({"type": "http.response.start", "status": resp.status,
@@ -149,7 +151,12 @@ class Relay:
             raise OpenAIError(502, f"engine connection broke: {e}", code="engine_connection_lost") from None
         finally:
             gone.cancel()
-            resp.close()
+            # A finished response hands its connection back to the pool (keep-alive); an
+            # unfinished one must drop it, so that the engine aborts the request.
+            if completed and not gone.done():
+                resp.release()
+            else:
+                resp.close()
             self.in_flight[rid] -= 1
 
     async def _relay_stream(
@@ -166,15 +173,18 @@ class Relay:
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             if gone.done():  # we closed it because the client went away
                 outcome.status = CLIENT_CLOSED
-                return
+                return False
             # Headers are gone already: end the stream with an SSE error event, not a hang.
             outcome.status = 502
             await send({"type": "http.response.body", "more_body": True,
                         "body": sse_error_event(OpenAIError(502, f"engine stream broke: {e}", code="engine_stream_broken"))})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return False
         if gone.done():
             outcome.status = CLIENT_CLOSED
-            return
+            return False
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
 
 
 async def _wait_disconnect(receive: Receive) -> None:

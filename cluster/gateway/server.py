@@ -41,6 +41,7 @@ def make_server(app, *, log_level: str = "warning") -> uvicorn.Server:
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,
         log_level=log_level,
         timeout_keep_alive=30,
         timeout_graceful_shutdown=5,

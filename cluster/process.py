@@ -37,9 +37,16 @@ class Command:
 
 class ServerProcess:
     def __init__(
-        self, command: Command, *, log_path: Path | None = None, host: str = "127.0.0.1", port: int | None = None
+        self,
+        command: Command,
+        *,
+        log_path: Path | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        health_path: str = "/health",
     ):
         self.port = port or free_port(host)
+        self._health_path = health_path
         self.url = f"http://{host}:{self.port}"
         self._command = command
         self._log_path = log_path
@@ -79,7 +86,7 @@ class ServerProcess:
 
     async def probe(self, session: aiohttp.ClientSession, timeout_s: float) -> bool:
         try:
-            async with session.get(f"{self.url}/health", timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+            async with session.get(self.url + self._health_path, timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
                 return r.status == 200
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             return False

@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="owc config whose first model is benchmarked (default: embedded)")
     p.add_argument("--out", default="loadtests/results/overhead.json")
     p.add_argument("--no-router", action="store_true", help="skip vllm-router (not installed)")
+    p.add_argument("--with-serve-llm", action="store_true",
+                   help="also measure ray.serve.llm's OpenAI app (DeploymentHandle streaming; own engine, same settings)")
     args = p.parse_args(argv)
 
     cfg = load_config(args.config)
@@ -109,6 +111,19 @@ def main(argv: list[str] | None = None) -> int:
             targets["vllm-router"] = router.url
             cpu_pids["vllm-router"] = router.pid
 
+        if args.with_serve_llm:
+            s_port = free_port()
+            sllm = ServerProcess(
+                Command([sys.executable, "-m", "loadtests.serve_llm_candidate", "--port", str(s_port)]
+                        + (["--config", args.config] if args.config else [])),
+                log_path=log_dir / "serve-llm.log", port=s_port, health_path="/v1/models",
+            )
+            procs.append(sllm)
+            sllm.start()
+            print("starting ray.serve.llm …", file=sys.stderr)
+            asyncio.run(sllm.wait_ready(600))
+            targets["ray-serve-llm"] = sllm.url
+
         names = list(targets)
         for name in names:  # warm-up, not recorded
             asyncio.run(run_closed_loop(targets[name], model, requests=16, concurrency=4, max_tokens=args.max_tokens))
@@ -128,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append({"order": order, "results": run})
     finally:
         for proc in reversed(procs):
-            proc.stop(grace_s=5)
+            proc.stop(grace_s=30)
 
     summary = summarise(runs, names)
     doc = {

@@ -40,7 +40,12 @@ def overhead_block(doc: dict) -> str:
         "| path | TTFT p50, c=1 (ms) | TTFT ratio | output tok/s, c=16 | throughput ratio | CPU s / 1k tokens |",
         "|---|---|---|---|---|---|",
     ]
-    labels = {"bare-vllm": "bare vLLM OpenAI server", "owc-gateway": "**owc gateway** → vLLM", "vllm-router": "vllm-router (Rust) → vLLM"}
+    labels = {
+        "bare-vllm": "bare vLLM OpenAI server",
+        "owc-gateway": "**owc gateway** → vLLM",
+        "vllm-router": "vllm-router (Rust) → vLLM",
+        "ray-serve-llm": "`ray.serve.llm` OpenAI app (own engine, same settings)",
+    }
     for name, label in labels.items():
         if name not in s:
             continue

@@ -248,3 +248,13 @@ def test_non_loopback_bind_without_keys_is_refused():
         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
     )
     assert p.returncode == 2 and "refusing to bind 0.0.0.0:18999" in p.stderr
+
+
+def test_engine_connections_are_kept_alive(gateway, engine, client):
+    import psutil
+
+    for _ in range(20):
+        client.completions.create(model="fake-model", prompt="x", max_tokens=2)
+        list(client.completions.create(model="fake-model", prompt="x", max_tokens=2, stream=True))
+    conns = [c for c in psutil.Process(engine.pid).net_connections() if c.status == psutil.CONN_ESTABLISHED]
+    assert 1 <= len(conns) <= 2, conns

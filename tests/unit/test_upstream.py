@@ -1,0 +1,100 @@
+"""The engine-hop HTTP client against scripted servers: de-chunking, keep-alive reuse,
+stale pooled connections, refused connections, aborts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cluster.gateway.upstream import ConnectFailed, Upstream, UpstreamError
+from cluster.process import free_port
+
+
+class Scripted:
+    """A TCP server that answers each request on a connection with the next scripted reply."""
+
+    def __init__(self, replies: list[bytes], close_after: int | None = None):
+        self.replies = replies
+        self.close_after = close_after
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        served = 0
+        try:
+            while self.replies:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+                self.requests.append(head + await reader.readexactly(length))
+                writer.write(self.replies.pop(0))
+                await writer.drain()
+                served += 1
+                if self.close_after is not None and served >= self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            pass
+        writer.close()
+
+
+async def _serve(s: Scripted):
+    port = free_port()
+    server = await asyncio.start_server(s.handle, "127.0.0.1", port)
+    return server, port
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" \
+          b"6\r\ndata: \r\n3\r\nab\n\r\n0\r\n\r\n"
+PLAIN = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def test_chunked_body_and_keep_alive_reuse():
+    s = Scripted([CHUNKED, PLAIN])
+    server, port = await _serve(s)
+    up = Upstream(connect_timeout_s=2)
+    r = await up.post("127.0.0.1", port, "/v1/x", b'{"a":1}', {"X-Request-Id": "r1"})
+    assert r.status == 200 and r.headers["content-type"] == "text/event-stream"
+    assert b"".join([c async for c in r.chunks()]) == b"data: ab\n"
+    r.release()
+    r = await up.post("127.0.0.1", port, "/v1/x", b"{}", {})
+    assert (r.status, await r.read()) == (400, b"{}")
+    r.release()
+    assert s.connections == 1  # the second request reused the first connection
+    assert s.requests[0].startswith(b"POST /v1/x HTTP/1.1\r\n") and b"X-Request-Id: r1" in s.requests[0]
+    assert s.requests[0].endswith(b'\r\n\r\n{"a":1}')
+    up.close()
+    server.close()
+
+
+async def test_stale_pooled_connection_is_retried_on_a_fresh_one():
+    s = Scripted([PLAIN, PLAIN], close_after=1)  # the server closes after each reply
+    server, port = await _serve(s)
+    up = Upstream(connect_timeout_s=2)
+    for _ in range(2):
+        r = await up.post("127.0.0.1", port, "/", b"{}", {})
+        assert r.status == 400 and await r.read() == b"{}"
+        r.release()
+    assert s.connections == 2
+    server.close()
+
+
+async def test_refused_connection_is_connect_failed():
+    with pytest.raises(ConnectFailed):
+        await Upstream(connect_timeout_s=2).post("127.0.0.1", free_port(), "/", b"{}", {})
+
+
+async def test_engine_closing_mid_body_is_an_error_and_close_aborts():
+    partial = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    s = Scripted([partial], close_after=1)
+    server, port = await _serve(s)
+    up = Upstream(connect_timeout_s=2)
+    r = await up.post("127.0.0.1", port, "/", b"{}", {})
+    got = []
+    with pytest.raises(UpstreamError):
+        async for c in r.chunks():
+            got.append(c)
+    assert got == [b"abc"]
+    r.close()
+    assert not up._idle.get(("127.0.0.1", port))  # a broken connection is never pooled
+    server.close()

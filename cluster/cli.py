@@ -17,8 +17,8 @@ from cluster.config.loader import ConfigError, load_config
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="owc: open-weight LLM serving cluster")
 config_app = typer.Typer(no_args_is_help=True, help="Config files.")
 app.add_typer(config_app, name="config")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _load(path: Optional[Path]):

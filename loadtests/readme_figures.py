@@ -32,10 +32,8 @@ def _ratio(x: float) -> str:
     return f"{x:.2f}×"
 
 
-def overhead_block(doc: dict) -> str:
+def _table(doc: dict) -> list[str]:
     s = doc["summary"]
-    st = doc["settings"]
-    t = doc["targets"]
     rows = [
         "| path | TTFT p50, c=1 (ms) | TTFT ratio | output tok/s, c=16 | throughput ratio | CPU s / 1k tokens |",
         "|---|---|---|---|---|---|",
@@ -57,6 +55,26 @@ def overhead_block(doc: dict) -> str:
             f"{_spread(e['tput_ratio'], _ratio) if 'tput_ratio' in e else '1'} | "
             f"{_spread(e['cpu_s_per_1k_tokens'], lambda x: f'{x:.3f}') if 'cpu_s_per_1k_tokens' in e else '—'} |"
         )
+    return rows
+
+
+def _settings(doc: dict, file: str) -> str:
+    st = doc["settings"]
+    return (
+        f"Median of {st['runs']} interleaved runs, (min–max) in brackets; ratios are paired per run against bare vLLM "
+        f"on the same engine. {st['max_tokens']} output tokens per request, streaming; c=1: {st['ttft_requests']} requests, "
+        f"c=16: {st['tput_requests']} requests per run. Raw results: `loadtests/results/{file}` (`{doc['command']}`)."
+    )
+
+
+def candidates_block(doc: dict) -> str:
+    return "\n".join([_settings(doc, "candidates.json"), "", *_table(doc)])
+
+
+def overhead_block(doc: dict) -> str:
+    s = doc["summary"]
+    t = doc["targets"]
+    rows = _table(doc)
     v = s["verdict"]
     gw, router = s["owc-gateway"], s.get("vllm-router")
     verdict = [
@@ -70,20 +88,12 @@ def overhead_block(doc: dict) -> str:
             f"- No worse than vllm-router's ratio − {t['router_slack']:.2f}: **{'met' if v['vs_router_ok'] else 'not met'}** "
             f"(vllm-router {router['tput_ratio']['median']:.2f}×, TTFT {router['ttft_ratio']['median']:.2f}×)."
         )
-    return "\n".join([
-        f"Median of {st['runs']} interleaved runs, (min–max) in brackets; ratios are paired per run against bare vLLM "
-        f"on the same engine. {st['max_tokens']} output tokens per request, streaming; c=1: {st['ttft_requests']} requests, "
-        f"c=16: {st['tput_requests']} requests per run. Raw results: `loadtests/results/overhead.json` "
-        f"(`{doc['command']}`).",
-        "",
-        *rows,
-        "",
-        *verdict,
-    ])
+    return "\n".join([_settings(doc, "overhead.json"), "", *rows, "", *verdict])
 
 
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "overhead": ("overhead.json", overhead_block),
+    "candidates": ("candidates.json", candidates_block),
 }
 
 

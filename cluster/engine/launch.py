@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from cluster.process import Command, watch_parent
@@ -41,7 +42,13 @@ def main(argv: list[str] | None = None) -> None:
         setattr(args, key, value)
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
-    uvloop.run(run_server(args))
+    try:
+        uvloop.run(run_server(args))
+    finally:
+        # vLLM has shut down what it could; whatever it spawned and left (an engine core
+        # still starting up when SIGTERM came) goes with this process group.
+        if ns.parent_pid:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def vllm_command(*, cli_args: list[str], kwargs_json: str, env: dict[str, str]) -> Command:

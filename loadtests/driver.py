@@ -17,6 +17,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import aiohttp
@@ -74,6 +75,9 @@ class RequestResult:
     output_tokens: int = 0
     chunks: int = 0
     error: str | None = None
+    error_type: str | None = None  # http_<status> | timeout | connection | stream_error | empty
+    text: str = ""
+    started_s: float = 0.0  # since the run began (set by the runner)
 
 
 def _text_of(event: dict, chat: bool) -> str:
@@ -87,27 +91,37 @@ def _text_of(event: dict, chat: bool) -> str:
 
 
 async def one_request(
-    session: aiohttp.ClientSession, url: str, model: str, prompt: str, max_tokens: int, *, chat: bool = True,
-    headers: dict[str, str] | None = None, ignore_eos: bool = True, timeout_s: float = 300,
+    session: aiohttp.ClientSession, url: str, model: str, prompt: str | list[dict], max_tokens: int, *,
+    chat: bool = True, headers: dict[str, str] | None = None, ignore_eos: bool = True, timeout_s: float = 300,
+    stream: bool = True,
 ) -> RequestResult:
+    """One request; ``prompt`` is a string, or (chat) the whole message list."""
     path = "/v1/chat/completions" if chat else "/v1/completions"
-    body: dict = {
-        "model": model, "max_tokens": max_tokens, "stream": True, "temperature": 0,
-        "stream_options": {"include_usage": True}, "ignore_eos": ignore_eos,
-    }
+    body: dict = {"model": model, "max_tokens": max_tokens, "stream": stream, "temperature": 0, "ignore_eos": ignore_eos}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
     if chat:
-        body["messages"] = [{"role": "user", "content": prompt}]
+        body["messages"] = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     else:
         body["prompt"] = prompt
     t0 = time.perf_counter()
     res = RequestResult(ok=False, status=0)
     last = None
     parser = SSEParser()
+    pieces: list[str] = []
     try:
         async with session.post(url + path, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
             res.status = r.status
             if r.status != 200:
-                res.error = f"HTTP {r.status}: {(await r.text())[:200]}"
+                res.error, res.error_type = f"HTTP {r.status}: {(await r.text())[:200]}", f"http_{r.status}"
+                return res
+            if not stream:
+                data = await r.json()
+                res.e2e_s = res.ttft_s = time.perf_counter() - t0
+                res.output_tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
+                c = (data.get("choices") or [{}])[0]
+                res.text = ((c.get("message") or {}).get("content") if chat else c.get("text")) or ""
+                res.ok = True
                 return res
             async for chunk in r.content.iter_any():
                 for data in parser.feed(chunk):
@@ -115,12 +129,14 @@ async def one_request(
                         continue
                     event = json.loads(data)
                     if "error" in event:
-                        res.error = str(event["error"])[:200]
+                        res.error, res.error_type = str(event["error"])[:200], "stream_error"
                         return res
                     if event.get("usage"):
                         res.output_tokens = int(event["usage"].get("completion_tokens") or 0)
-                    if _text_of(event, chat):
+                    text = _text_of(event, chat)
+                    if text:
                         now = time.perf_counter()
+                        pieces.append(text)
                         res.chunks += 1
                         if res.ttft_s is None:
                             res.ttft_s = now - t0
@@ -128,11 +144,14 @@ async def one_request(
                             res.itl_s.append(now - last)
                         last = now
         res.e2e_s = time.perf_counter() - t0
+        res.text = "".join(pieces)
         res.ok = res.ttft_s is not None
         if not res.ok:
-            res.error = "stream carried no text"
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-        res.error = f"{type(e).__name__}: {e}"
+            res.error, res.error_type = "stream carried no text", "empty"
+    except asyncio.TimeoutError:
+        res.error, res.error_type = f"timeout after {timeout_s}s", "timeout"
+    except aiohttp.ClientError as e:
+        res.error, res.error_type = f"{type(e).__name__}: {e}", "connection"
     return res
 
 
@@ -156,9 +175,31 @@ class RunSummary:
     e2e_p50_s: float | None
     e2e_p99_s: float | None
     error_samples: list[str]
+    e2e_p90_s: float | None = None
+    goodput: float | None = None  # share of all requests that succeeded within the SLO
+    errors_by_type: dict[str, int] = field(default_factory=dict)
 
 
-def summarise(target: str, concurrency: int, results: list[RequestResult], duration_s: float) -> RunSummary:
+@dataclass(frozen=True)
+class SLO:
+    """A request is good when it succeeded with TTFT <= ttft_s and mean ITL <= itl_s."""
+
+    ttft_s: float
+    itl_s: float
+
+    def met(self, r: RequestResult) -> bool:
+        if not r.ok or r.ttft_s is None or r.ttft_s > self.ttft_s:
+            return False
+        return not r.itl_s or sum(r.itl_s) / len(r.itl_s) <= self.itl_s
+
+
+def goodput(results: list[RequestResult], slo: SLO) -> float | None:
+    return sum(slo.met(r) for r in results) / len(results) if results else None
+
+
+def summarise(
+    target: str, concurrency: int, results: list[RequestResult], duration_s: float, slo: SLO | None = None
+) -> RunSummary:
     ok = [r for r in results if r.ok]
     ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
     itl = [x for r in ok for x in r.itl_s]
@@ -171,8 +212,10 @@ def summarise(target: str, concurrency: int, results: list[RequestResult], durat
         requests_per_s=len(ok) / duration_s if duration_s > 0 else 0.0,
         ttft_p50_s=percentile(ttft, 50), ttft_p90_s=percentile(ttft, 90), ttft_p99_s=percentile(ttft, 99),
         itl_p50_s=percentile(itl, 50), itl_p90_s=percentile(itl, 90), itl_p99_s=percentile(itl, 99),
-        e2e_p50_s=percentile(e2e, 50), e2e_p99_s=percentile(e2e, 99),
+        e2e_p50_s=percentile(e2e, 50), e2e_p99_s=percentile(e2e, 99), e2e_p90_s=percentile(e2e, 90),
         error_samples=[r.error for r in results if r.error][:5],
+        goodput=goodput(results, slo) if slo else None,
+        errors_by_type=dict(Counter(r.error_type or "unknown" for r in results if not r.ok)),
     )
 
 

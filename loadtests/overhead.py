@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import platform
-import shutil
 import statistics
 import sys
 import time
@@ -27,19 +26,12 @@ from pathlib import Path
 
 import psutil
 
-from cluster.config.loader import load_config
-from cluster.engine.launcher import vllm_launcher
-from cluster.process import Command, ServerProcess, free_port
 from loadtests.driver import run_closed_loop
+from loadtests.stack import comparison_stack
 
 TARGETS_TTFT = 1.10
 TARGETS_TPUT = 0.90
 ROUTER_SLACK = 0.05
-
-
-def _router_bin() -> str:
-    beside = Path(sys.executable).parent / "vllm-router"
-    return str(beside) if beside.exists() else (shutil.which("vllm-router") or "vllm-router")
 
 
 def _spread(xs: list[float]) -> dict[str, float]:
@@ -76,54 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure ray.serve.llm's OpenAI app (DeploymentHandle streaming; own engine, same settings)")
     args = p.parse_args(argv)
 
-    cfg = load_config(args.config)
-    model, mcfg = next(iter(cfg.models.items()))
-    procs: list[ServerProcess] = []
-    log_dir = Path("/tmp/owc-bench")
-    log_dir.mkdir(exist_ok=True)
-    try:
-        engine = ServerProcess(vllm_launcher(model, mcfg, cfg.model_cache_dir), log_path=log_dir / "engine.log")
-        procs.append(engine)
-        engine.start()
-        print(f"starting vLLM ({model}) …", file=sys.stderr)
-        asyncio.run(engine.wait_ready(600))
-
-        gw_port = free_port()
-        gateway = ServerProcess(
-            Command([sys.executable, "-m", "cluster.gateway.main", "--upstream", f"{model}={engine.url}", "--port", str(gw_port)]),
-            log_path=log_dir / "gateway.log", port=gw_port,
-        )
-        procs.append(gateway)
-        gateway.start()
-        asyncio.run(gateway.wait_ready(60))
-        targets = {"bare-vllm": engine.url, "owc-gateway": gateway.url}
-        cpu_pids = {"owc-gateway": gateway.pid}
-        if not args.no_router:
-            r_port = free_port()
-            router = ServerProcess(
-                Command([_router_bin(), "--host", "127.0.0.1", "--port", str(r_port), "--worker-urls", engine.url,
-                         "--policy", "round_robin", "--log-level", "warning"]),
-                log_path=log_dir / "router.log", port=r_port,
-            )
-            procs.append(router)
-            router.start()
-            asyncio.run(router.wait_ready(60))
-            targets["vllm-router"] = router.url
-            cpu_pids["vllm-router"] = router.pid
-
-        if args.with_serve_llm:
-            s_port = free_port()
-            sllm = ServerProcess(
-                Command([sys.executable, "-m", "loadtests.serve_llm_candidate", "--port", str(s_port)]
-                        + (["--config", args.config] if args.config else [])),
-                log_path=log_dir / "serve-llm.log", port=s_port, health_path="/v1/models",
-            )
-            procs.append(sllm)
-            sllm.start()
-            print("starting ray.serve.llm …", file=sys.stderr)
-            asyncio.run(sllm.wait_ready(600))
-            targets["ray-serve-llm"] = sllm.url
-
+    with comparison_stack(args.config, router=not args.no_router, serve_llm=args.with_serve_llm) as stack:
+        model, targets, cpu_pids = stack.model, stack.targets, stack.pids
         names = list(targets)
         for name in names:  # warm-up, not recorded
             asyncio.run(run_closed_loop(targets[name], model, requests=16, concurrency=4, max_tokens=args.max_tokens))
@@ -141,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"run {r + 1}/{args.runs} {name}: ttft_p50={run[name]['ttft_c1']['ttft_p50_s'] * 1000:.1f}ms "
                       f"tok/s={run[name]['tput_c16']['output_tokens_per_s']:.0f}", file=sys.stderr)
             runs.append({"order": order, "results": run})
-    finally:
-        for proc in reversed(procs):
-            proc.stop(grace_s=30)
+        engine_settings = stack.engine_settings
 
     summary = summarise(runs, names)
     doc = {
@@ -152,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "created_unix": int(time.time()),
         "machine": {"cpus": psutil.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "model": model,
-        "engine": mcfg.model_dump(mode="json"),
+        "engine": engine_settings,
         "settings": {"runs": args.runs, "ttft_requests": args.ttft_requests, "tput_requests": args.tput_requests,
                      "max_tokens": args.max_tokens, "tput_concurrency": 16, "ttft_concurrency": 1},
         "targets": {"ttft_ratio_max": TARGETS_TTFT, "tput_ratio_min": TARGETS_TPUT, "router_slack": ROUTER_SLACK},

@@ -91,9 +91,41 @@ def overhead_block(doc: dict) -> str:
     return "\n".join([_settings(doc, "overhead.json"), "", *rows, "", *verdict])
 
 
+def loadtests_block(_: dict) -> str:
+    rows = [
+        "| report | target | TTFT p50 ms | TTFT ratio | output tok/s | tok/s ratio | goodput |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in COMPARE_REPORTS:
+        doc = json.loads((RESULTS / f"{name}-compare.json").read_text())
+        stats = doc["result"]["points"][0]["stats"]
+        for target, st in stats.items():
+            ratio = lambda k: _spread(st[k], _ratio) if st.get(k) else "1"  # noqa: E731
+            rows.append(
+                f"| [`{name}`](loadtests/results/{name}-compare.md) | {target} | {_spread(st['ttft_p50_s'], _ms)} | "
+                f"{ratio('ttft_p50_s_ratio')} | {_spread(st['output_tokens_per_s'], lambda x: f'{x:.0f}')} | "
+                f"{ratio('output_tokens_per_s_ratio')} | {st['goodput']['median'] * 100:.0f}% |"
+            )
+    cap = json.loads((RESULTS / "capacity.json").read_text())
+    c = cap["capacity_rps"]
+    s = cap["settings"]
+    fmt = lambda v: f"{v:g} req/s" if v is not None else "below the lowest step"  # noqa: E731
+    return "\n".join([
+        *rows,
+        "",
+        f"[Gateway capacity](loadtests/results/capacity.md) on {s['engines']} fake engines, stepped Poisson rates "
+        f"{', '.join(f'{r:g}' for r in cap['rates'])} req/s: the highest rate whose p99 stays within "
+        f"{s['budget_ms']:g} ms of going direct is **{fmt(c['owc-gateway'])} through the owc gateway** and "
+        f"{fmt(c['vllm-router'])} through vllm-router, in the same run.",
+    ])
+
+
+COMPARE_REPORTS = ("chat-multilingual", "shared-prefix")
+
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "overhead": ("overhead.json", overhead_block),
     "candidates": ("candidates.json", candidates_block),
+    "loadtests": ("capacity.json", loadtests_block),
 }
 
 

@@ -1,0 +1,77 @@
+"""The comparison stack: one vLLM engine (the owc config's first model and its engine
+settings) with the owc gateway process and vllm-router in front of it, all on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from contextlib import contextmanager
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cluster.config.loader import load_config
+from cluster.engine.launcher import vllm_launcher
+from cluster.process import Command, ServerProcess, free_port
+
+LOG_DIR = Path("/tmp/owc-bench")
+
+
+def router_bin() -> str:
+    beside = Path(sys.executable).parent / "vllm-router"
+    return str(beside) if beside.exists() else (shutil.which("vllm-router") or "vllm-router")
+
+
+@dataclass
+class Stack:
+    model: str
+    targets: dict[str, str] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    engine_settings: dict = field(default_factory=dict)
+
+
+def _start(procs: list[ServerProcess], proc: ServerProcess, timeout_s: float) -> ServerProcess:
+    procs.append(proc)
+    proc.start()
+    asyncio.run(proc.wait_ready(timeout_s))
+    return proc
+
+
+@contextmanager
+def comparison_stack(config: str | None = None, *, router: bool = True, serve_llm: bool = False) -> Iterator[Stack]:
+    cfg = load_config(config)
+    model, mcfg = next(iter(cfg.models.items()))
+    LOG_DIR.mkdir(exist_ok=True)
+    procs: list[ServerProcess] = []
+    try:
+        print(f"starting vLLM ({model}) …", file=sys.stderr)
+        engine = _start(procs, ServerProcess(vllm_launcher(model, mcfg, cfg.model_cache_dir), log_path=LOG_DIR / "engine.log"), 600)
+        stack = Stack(model=model, engine_settings=mcfg.model_dump(mode="json"))
+        stack.targets["bare-vllm"] = engine.url
+        port = free_port()
+        gateway = _start(procs, ServerProcess(
+            Command([sys.executable, "-m", "cluster.gateway.main", "--upstream", f"{model}={engine.url}", "--port", str(port)]),
+            log_path=LOG_DIR / "gateway.log", port=port), 60)
+        stack.targets["owc-gateway"] = gateway.url
+        stack.pids["owc-gateway"] = gateway.pid
+        if router:
+            port = free_port()
+            r = _start(procs, ServerProcess(
+                Command([router_bin(), "--host", "127.0.0.1", "--port", str(port), "--worker-urls", engine.url,
+                         "--policy", "round_robin", "--log-level", "warning"]),
+                log_path=LOG_DIR / "router.log", port=port), 60)
+            stack.targets["vllm-router"] = r.url
+            stack.pids["vllm-router"] = r.pid
+        if serve_llm:
+            port = free_port()
+            print("starting ray.serve.llm …", file=sys.stderr)
+            s = _start(procs, ServerProcess(
+                Command([sys.executable, "-m", "loadtests.serve_llm_candidate", "--port", str(port)]
+                        + (["--config", config] if config else [])),
+                log_path=LOG_DIR / "serve-llm.log", port=port, health_path="/v1/models"), 600)
+            stack.targets["ray-serve-llm"] = s.url
+        yield stack
+    finally:
+        for proc in reversed(procs):
+            proc.stop(grace_s=30)

@@ -14,7 +14,7 @@ else
 PRUNE = @true
 endif
 
-.PHONY: setup serve test test-unit test-integration bench bench-reports readme-figures clean
+.PHONY: setup serve lint test test-unit test-integration bench bench-reports readme-figures clean
 
 setup: $(VENV)/.owc-$(EXTRA)
 
@@ -33,6 +33,9 @@ serve: setup
 test: setup
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: setup
+	$(BIN)/ruff check cluster loadtests tests
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
@@ -54,6 +57,7 @@ bench: setup
 bench-reports: setup
 	$(BIN)/owc bench chat-multilingual --compare --runs 5
 	$(BIN)/owc bench shared-prefix --compare --runs 5
+	$(BIN)/owc bench chat-sweep --compare --runs 3
 	$(BIN)/python -m loadtests.capacity --rates 100,200,400,600,800,1200,1600
 	$(BIN)/python -m loadtests.readme_figures --write
 

@@ -171,7 +171,7 @@ def markdown(doc: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for rate, st in zip(doc["rates"], doc["steps"]):
-        def cell(n: str) -> str:
+        def cell(n: str, st: dict = st) -> str:
             p99 = st[n]["p99_s"]
             if p99 is None:
                 return "—"

@@ -79,9 +79,9 @@ def overhead_block(doc: dict) -> str:
     gw, router = s["owc-gateway"], s.get("vllm-router")
     verdict = [
         f"- TTFT ratio ≤ {t['ttft_ratio_max']:.2f}: **{'met' if v['ttft_ok'] else 'not met'}** "
-        f"(median {gw['ttft_ratio']['median']:.2f}×).",
+        f"(median {gw['ttft_ratio']['median']:.3f}×).",
         f"- Throughput ratio ≥ {t['tput_ratio_min']:.2f}: **{'met' if v['tput_ok'] else 'not met'}** "
-        f"(median {gw['tput_ratio']['median']:.2f}×).",
+        f"(median {gw['tput_ratio']['median']:.3f}×).",
     ]
     if router:
         verdict.append(
@@ -100,7 +100,9 @@ def loadtests_block(_: dict) -> str:
         doc = json.loads((RESULTS / f"{name}-compare.json").read_text())
         stats = doc["result"]["points"][0]["stats"]
         for target, st in stats.items():
-            ratio = lambda k: _spread(st[k], _ratio) if st.get(k) else "1"  # noqa: E731
+            def ratio(k: str, st: dict = st) -> str:
+                return _spread(st[k], _ratio) if st.get(k) else "1"
+
             rows.append(
                 f"| [`{name}`](loadtests/results/{name}-compare.md) | {target} | {_spread(st['ttft_p50_s'], _ms)} | "
                 f"{ratio('ttft_p50_s_ratio')} | {_spread(st['output_tokens_per_s'], lambda x: f'{x:.0f}')} | "
@@ -135,7 +137,8 @@ def render(readme: str) -> str:
         pattern = re.compile(rf"(<!-- figures:{name} -->\n)(?:.*?\n)?(<!-- /figures:{name} -->)", re.S)
         if not pattern.search(readme):
             raise SystemExit(f"README.md has no figures:{name} block")
-        readme = pattern.sub(lambda m: m.group(1) + fn(doc) + "\n" + m.group(2), readme)
+        block = fn(doc)
+        readme = pattern.sub(lambda m, block=block: m.group(1) + block + "\n" + m.group(2), readme)
     return readme
 
 

@@ -122,7 +122,7 @@ class LocalCluster:
             time.sleep(0.25)
         raise TimeoutError(f"gateway not ready after {timeout_s:.0f}s: {last}")
 
-    def stop(self, serve_timeout_s: float = 10.0) -> None:
+    def stop(self, serve_timeout_s: float = 6.0) -> None:
         """Graceful Serve shutdown (replicas stop their engines), bounded: a replica still
         loading its model would hold it for minutes. Then Ray itself goes, and with it every
         worker; engine processes die with their replica (they watch their parent)."""

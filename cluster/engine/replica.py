@@ -71,7 +71,7 @@ class EngineReplica:
             await self._registry.deregister.remote(self._name, self._replica_id)
         except Exception as e:  # the registry may already be gone at shutdown
             log.debug("deregister failed: %s", e)
-        self._proc.stop()
+        self._proc.stop(grace_s=5)
         await self._session.close()
 
 

@@ -130,6 +130,9 @@ def _stop_and_check(proc: subprocess.Popen, tree: Descendants, sig: int, port: i
     # Within the same 30 s budget, everything below it must be gone too.
     try:
         _wait_for(lambda: not tree.survivors(), max(1.0, 30 - took), "descendants to exit")
+    except AssertionError:
+        raise AssertionError(f"owc serve exited after {took:.1f}s, but 30s after the signal these live on: "
+                             f"{tree.survivors()}") from None
     finally:
         tree.stop()
     assert tree.groups, "no descendant process was seen"

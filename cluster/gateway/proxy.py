@@ -5,6 +5,7 @@ every streamed chunk; all other routes stay on FastAPI (cluster.gateway.app)."""
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from typing import Any
 
@@ -16,6 +17,8 @@ from cluster.gateway.errors import OpenAIError
 from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.relay import CLIENT_CLOSED, Outcome, Receive, Relay, Send
 from cluster.gateway.validation import ChatCompletionRequest, CompletionRequest, parse_json, validate
+
+log = logging.getLogger(__name__)
 
 ROUTES: dict[str, type] = {
     "/v1/chat/completions": ChatCompletionRequest,
@@ -108,5 +111,10 @@ class Proxy:
             await send_error(send, err, request_id)
         except ClientGone:
             outcome.status = CLIENT_CLOSED
+        except Exception:  # a gateway bug: still an OpenAI-shaped answer if none has started
+            log.exception("request %s failed in the gateway", request_id)
+            if not outcome.status:
+                outcome.status = 500
+                await send_error(send, OpenAIError(500, "internal gateway error", type="server_error"), request_id)
         finally:
             self._metrics.requests.labels(model, tenant, route, str(outcome.status or 500)).inc()

@@ -258,3 +258,30 @@ def test_engine_connections_are_kept_alive(gateway, engine, client):
         list(client.completions.create(model="fake-model", prompt="x", max_tokens=2, stream=True))
     conns = [c for c in psutil.Process(engine.pid).net_connections() if c.status == psutil.CONN_ESTABLISHED]
     assert 1 <= len(conns) <= 2, conns
+
+
+async def test_unexpected_proxy_failure_is_an_openai_500():
+    """A bug inside the gateway still answers in the OpenAI shape (never a bare 500 page)."""
+    import httpx as hx
+    from prometheus_client import CollectorRegistry
+
+    from cluster.config.loader import parse_config
+    from cluster.gateway.app import build_app
+    from cluster.gateway.auth import KeyStore
+
+    class Broken:
+        def endpoints(self, model):
+            raise RuntimeError("boom")
+
+        async def start(self):
+            return None
+
+        async def stop(self):
+            return None
+
+    app = build_app(config=parse_config({"models": {"m": {"source": "x"}}}), endpoints=Broken(), keys=KeyStore({}),
+                    registry=CollectorRegistry())
+    async with hx.AsyncClient(transport=hx.ASGITransport(app=app), base_url="http://gw") as c:
+        r = await c.post("/v1/completions", json={"model": "m", "prompt": "x"})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    assert r.headers["x-request-id"]

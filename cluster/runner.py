@@ -3,6 +3,7 @@ is ready, and on SIGINT/SIGTERM (also mid start-up) tear down everything it star
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import tempfile
@@ -17,6 +18,8 @@ import httpx
 from cluster.config.schema import OwcConfig
 from cluster.engine.demo_model import build_demo_model, demo_name, is_demo_source
 from cluster.engine.launcher import Launcher, vllm_launcher
+
+log = logging.getLogger(__name__)
 
 RAY_ENV = {
     # Keep Ray's listeners on 127.0.0.1 and off the network (see ENVIRONMENT.md).
@@ -131,7 +134,14 @@ class LocalCluster:
 
         if not ray.is_initialized():
             return
-        t = threading.Thread(target=serve.shutdown, name="serve-shutdown", daemon=True)
+
+        def graceful() -> None:
+            try:
+                serve.shutdown()
+            except Exception as e:  # Ray went away under it (the bound below ran out): expected
+                log.debug("serve.shutdown ended early: %s", e)
+
+        t = threading.Thread(target=graceful, name="serve-shutdown", daemon=True)
         t.start()
         t.join(serve_timeout_s)
         ray.shutdown()

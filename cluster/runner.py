@@ -138,7 +138,7 @@ class LocalCluster:
         def graceful() -> None:
             try:
                 serve.shutdown()
-            except Exception as e:  # Ray went away under it (the bound below ran out): expected
+            except (Exception, SystemExit) as e:  # Ray went away under it (the bound ran out): expected
                 log.debug("serve.shutdown ended early: %s", e)
 
         t = threading.Thread(target=graceful, name="serve-shutdown", daemon=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+import psutil
 
 from cluster.config.schema import OwcConfig
 from cluster.engine.demo_model import build_demo_model, demo_name, is_demo_source
@@ -144,7 +145,32 @@ class LocalCluster:
         t = threading.Thread(target=graceful, name="serve-shutdown", daemon=True)
         t.start()
         t.join(serve_timeout_s)
+        node = _ray_node_processes() if self._started_ray else []
         ray.shutdown()
+        # Ray's per-node agents (dashboard agent, runtime-env agent) sometimes outlive their
+        # raylet by tens of seconds: whatever of the Ray we started is left goes now.
+        _, alive = psutil.wait_procs(node, timeout=5)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+
+
+def _ray_node_processes() -> list[psutil.Process]:
+    """The processes of the local Ray node this process started (gcs_server, raylet, their
+    agents and workers, and what those spawned)."""
+    out: list[psutil.Process] = []
+    for child in psutil.Process().children():
+        try:
+            cmd = " ".join(child.cmdline())
+            if "gcs_server" in cmd or "raylet" in cmd or "/ray/" in cmd:
+                out.append(child)
+                out.extend(child.children(recursive=True))
+        except psutil.Error:
+            continue
+    return out
 
 
 class Interrupted(KeyboardInterrupt):

@@ -9,7 +9,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 
@@ -142,20 +142,29 @@ class LocalCluster:
             except (Exception, SystemExit) as e:  # Ray went away under it (the bound ran out): expected
                 log.debug("serve.shutdown ended early: %s", e)
 
-        t = threading.Thread(target=graceful, name="serve-shutdown", daemon=True)
-        t.start()
-        t.join(serve_timeout_s)
         node = _ray_node_processes() if self._started_ray else []
-        ray.shutdown()
-        # Ray's per-node agents (dashboard agent, runtime-env agent) sometimes outlive their
-        # raylet by tens of seconds: whatever of the Ray we started is left goes now.
-        _, alive = psutil.wait_procs(node, timeout=5)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        try:
+            t = threading.Thread(target=graceful, name="serve-shutdown", daemon=True)
+            t.start()
+            t.join(serve_timeout_s)
+            ray.shutdown()
+        except (Exception, SystemExit) as e:  # seen: SystemExit from the core worker mid-shutdown
+            log.warning("Ray did not shut down cleanly: %r", e)
+        finally:
+            if self._started_ray:
+                _reap(list({p.pid: p for p in [*node, *_ray_node_processes()]}.values()))
+
+
+def _reap(procs: Iterable[psutil.Process], grace_s: float = 5.0) -> None:
+    """Ray's per-node agents (dashboard agent, runtime-env agent) sometimes outlive their
+    raylet by tens of seconds: whatever of the Ray node we started is left goes now."""
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 def _ray_node_processes() -> list[psutil.Process]:

@@ -9,13 +9,14 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import httpx
 import psutil
 
+from cluster import reaper
 from cluster.config.schema import OwcConfig
 from cluster.engine.demo_model import build_demo_model, demo_name, is_demo_source
 from cluster.engine.launcher import Launcher, vllm_launcher
@@ -142,29 +143,17 @@ class LocalCluster:
             except (Exception, SystemExit) as e:  # Ray went away under it (the bound ran out): expected
                 log.debug("serve.shutdown ended early: %s", e)
 
-        node = _ray_node_processes() if self._started_ray else []
+        if self._started_ray:
+            # Started before Ray goes down, in its own session: it finishes the job even if
+            # Ray's core worker ends this process abruptly during the shutdown.
+            reaper.spawn(_ray_node_processes(), timeout_s=serve_timeout_s + 8.0)
+        t = threading.Thread(target=graceful, name="serve-shutdown", daemon=True)
+        t.start()
+        t.join(serve_timeout_s)
         try:
-            t = threading.Thread(target=graceful, name="serve-shutdown", daemon=True)
-            t.start()
-            t.join(serve_timeout_s)
             ray.shutdown()
-        except (Exception, SystemExit) as e:  # seen: SystemExit from the core worker mid-shutdown
+        except (Exception, SystemExit) as e:
             log.warning("Ray did not shut down cleanly: %r", e)
-        finally:
-            if self._started_ray:
-                _reap(list({p.pid: p for p in [*node, *_ray_node_processes()]}.values()))
-
-
-def _reap(procs: Iterable[psutil.Process], grace_s: float = 5.0) -> None:
-    """Ray's per-node agents (dashboard agent, runtime-env agent) sometimes outlive their
-    raylet by tens of seconds: whatever of the Ray node we started is left goes now."""
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=grace_s)
 
 
 def _ray_node_processes() -> list[psutil.Process]:

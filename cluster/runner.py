@@ -3,11 +3,11 @@ is ready, and on SIGINT/SIGTERM (also mid start-up) tear down everything it star
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,23 +137,17 @@ class LocalCluster:
         if not ray.is_initialized():
             return
 
-        def graceful() -> None:
-            try:
-                serve.shutdown()
-            except (Exception, SystemExit) as e:  # Ray went away under it (the bound ran out): expected
-                log.debug("serve.shutdown ended early: %s", e)
-
         if self._started_ray:
             # Started before Ray goes down, in its own session: it finishes the job even if
-            # Ray's core worker ends this process abruptly during the shutdown.
+            # this process ends abruptly during the shutdown.
             reaper.spawn(_ray_node_processes(), timeout_s=serve_timeout_s + 8.0)
-        t = threading.Thread(target=graceful, name="serve-shutdown", daemon=True)
-        t.start()
-        t.join(serve_timeout_s)
+        # Bounded with asyncio rather than a thread: a thread left blocked in ray.get when
+        # ray.shutdown() runs makes Ray's core worker end the whole process (exit 1).
         try:
-            ray.shutdown()
-        except (Exception, SystemExit) as e:
-            log.warning("Ray did not shut down cleanly: %r", e)
+            asyncio.run(asyncio.wait_for(serve.shutdown_async(), timeout=serve_timeout_s))
+        except (Exception, asyncio.TimeoutError) as e:
+            log.warning("Serve did not shut down within %.0fs: %r", serve_timeout_s, e)
+        ray.shutdown()
 
 
 def _ray_node_processes() -> list[psutil.Process]:

@@ -9,6 +9,7 @@ import os
 import signal
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -18,6 +19,8 @@ import psutil
 
 from cluster import reaper
 from cluster.config.schema import OwcConfig
+from cluster.metrics.targets import file_sd_dir, remove_targets, write_targets
+from cluster.process import free_port
 from cluster.engine.demo_model import build_demo_model, demo_name, is_demo_source
 from cluster.engine.launcher import Launcher, vllm_launcher
 
@@ -67,6 +70,8 @@ class LocalCluster:
         self._temp_dir = temp_dir or tempfile.mkdtemp(prefix="owc-ray-")
         self._started_ray = False
         self._handle_signals = handle_signals
+        self._sd_dir = file_sd_dir(cfg.monitoring.file_sd_dir)
+        self._sd_name = f"ray-{uuid.uuid4().hex[:12]}"
 
     @property
     def url(self) -> str:
@@ -86,8 +91,10 @@ class LocalCluster:
         if self.cfg.ray.address:
             ray.init(address=self.cfg.ray.address, log_to_driver=False)
         else:
+            metrics_port = free_port()
             ray.init(
                 address="local",
+                _metrics_export_port=metrics_port,
                 num_cpus=ray_cpus(self.cfg),
                 num_gpus=None,
                 object_store_memory=self.cfg.ray.object_store_memory,
@@ -97,6 +104,8 @@ class LocalCluster:
                 runtime_env={"env_vars": dict(RAY_ENV)},
             )
             self._started_ray = True
+            if self._sd_dir is not None:  # Ray Serve's metrics (replicas, health) for `owc monitor`
+                write_targets(self._sd_dir, self._sd_name, [{"targets": [f"127.0.0.1:{metrics_port}"], "labels": {}}])
         if self._handle_signals:
             # ray.init installs a fatal-signal handler for SIGTERM: take SIGTERM back so it
             # unwinds into the teardown like Ctrl-C does.
@@ -134,6 +143,8 @@ class LocalCluster:
         import ray
         from ray import serve
 
+        if self._sd_dir is not None:
+            remove_targets(self._sd_dir, self._sd_name)
         if not ray.is_initialized():
             return
 

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+
 from cluster.process import Command, ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,3 +39,17 @@ def gateway_argv(*upstreams: str, config: str | None = None) -> list[str]:
     if config:
         argv += ["--config", config]
     return argv
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if head.split("{")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total

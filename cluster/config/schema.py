@@ -103,6 +103,32 @@ class Limits(StrictModel):
     connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to open a connection to an engine replica.")
 
 
+class TenantLimits(StrictModel):
+    requests_per_minute: float | None = Field(
+        None, gt=0, description="Sustained request rate allowed (token bucket); beyond it 429 with Retry-After."
+    )
+    burst: int | None = Field(
+        None, ge=1, description="Requests allowed at once above the sustained rate (default: a tenth of a minute's worth, at least 1)."
+    )
+    max_concurrent: int | None = Field(None, ge=1, description="Requests in flight at once; beyond it 429.")
+
+
+class AccessLog(StrictModel):
+    enabled: bool = Field(True, description="Write one JSON line per finished request.")
+    path: str | None = Field(None, description="File to append to; stdout when unset.")
+    include_prompts: bool = Field(
+        False, description="Also log the request's messages/prompt. Off by default: prompts may hold personal data."
+    )
+
+
+class Tracing(StrictModel):
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces endpoint (e.g. http://otel-collector:4318/v1/traces); no tracing when unset."
+    )
+    service_name: str = Field("owc-gateway", description="service.name resource attribute of the gateway's spans.")
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="Fraction of new traces sampled (parent decision wins).")
+
+
 class GatewayConfig(StrictModel):
     host: str = Field("127.0.0.1", description="Address the gateway binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI API.")
@@ -116,6 +142,12 @@ class GatewayConfig(StrictModel):
     )
     cpus: float = Field(0.5, gt=0, description="Logical Ray CPUs per gateway replica.")
     limits: Limits = Field(default_factory=Limits, description="Request limits.")
+    tenants: dict[str, TenantLimits] = Field(
+        default_factory=dict,
+        description="Per-tenant limits keyed by tenant name (tenants come from the API keys; `anonymous` without keys).",
+    )
+    access_log: AccessLog = Field(default_factory=AccessLog, description="Structured access log.")
+    tracing: Tracing = Field(default_factory=Tracing, description="OpenTelemetry traces of the request path.")
 
     @property
     def loopback(self) -> bool:
@@ -137,10 +169,19 @@ class RayConfig(StrictModel):
     object_store_memory: int = Field(256 << 20, ge=75 << 20, description="Local Ray object store bytes.")
 
 
+class Monitoring(StrictModel):
+    file_sd_dir: str | None = Field(
+        "~/.cache/owc/prometheus-targets",
+        description="Local mode: directory where the gateway replicas and Ray's metrics port are listed as "
+        "Prometheus file-SD targets (`owc monitor` scrapes it). None disables it (Kubernetes uses monitors).",
+    )
+
+
 class OwcConfig(StrictModel):
     models: dict[str, ModelConfig] = Field(..., min_length=1, description="Served models keyed by served name.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="The OpenAI gateway.")
     ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster.")
+    monitoring: Monitoring = Field(default_factory=Monitoring, description="Metrics discovery in local mode.")
     model_cache_dir: str = Field(
         "~/.cache/owc/models", description="Where `demo:` models are built and cached."
     )

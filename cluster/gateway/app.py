@@ -17,11 +17,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cluster.config.schema import OwcConfig
+from cluster.gateway.access_log import AccessLog
 from cluster.gateway.auth import KeyStore
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.proxy import ROUTES, Proxy, send_error
 from cluster.gateway.relay import Relay
+from cluster.gateway.tracing import RequestTracer
 from cluster.routing.endpoints import Endpoint
 
 
@@ -38,12 +40,21 @@ def build_app(
     keys: KeyStore,
     registry: CollectorRegistry,
     relay: Relay | None = None,
+    access_log: AccessLog | None = None,
+    tracer: RequestTracer | None = None,
     clock: Callable[[], float] = time.time,
 ) -> GatewayApp:
-    limits = config.gateway.limits
-    relay = relay or Relay(connect_timeout_s=limits.connect_timeout_s, request_timeout_s=limits.request_timeout_s)
-    metrics = GatewayMetrics(registry)
-    proxy = Proxy(config=config, endpoints=endpoints, keys=keys, relay=relay, metrics=metrics)
+    """``access_log`` and ``tracer`` default to what the config asks for."""
+    gw = config.gateway
+    relay = relay or Relay(connect_timeout_s=gw.limits.connect_timeout_s, request_timeout_s=gw.limits.request_timeout_s)
+    metrics = GatewayMetrics(registry, replicas=lambda: [(n, len(endpoints.endpoints(n))) for n in config.models])
+    metrics.init_models(config.models, relay.policy)
+    if access_log is None and gw.access_log.enabled:
+        access_log = AccessLog(gw.access_log)
+    tracer = tracer or RequestTracer.from_config(gw.tracing)
+    proxy = Proxy(
+        config=config, endpoints=endpoints, keys=keys, relay=relay, metrics=metrics, access_log=access_log, tracer=tracer,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -53,6 +64,8 @@ def build_app(
         finally:
             await endpoints.stop()
             await relay.close()
+            if tracer is not None:
+                tracer.shutdown()
 
     app = FastAPI(title="owc gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from cluster.config.schema import OwcConfig
 from cluster.gateway.auth import KeyStore
 from cluster.gateway.discovery import write_endpoints_file
 from cluster.gateway.server import check_bind_policy
-from cluster.process import Command, ServerProcess
+from cluster.metrics.targets import engine_groups, file_sd_dir, host_port, remove_targets, write_targets
+from cluster.process import Command, ServerProcess, free_port
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +41,31 @@ class GatewayReplica:
         (self._dir / "config.json").write_text(json.dumps(config))
         self._endpoints_file = str(self._dir / "endpoints.json")
         self._last: list[Any] | None = None
+        self._sd_dir = file_sd_dir(cfg.monitoring.file_sd_dir)
+        self._sd_name = uuid.uuid4().hex[:12]
+        host = cfg.gateway.host if cfg.gateway.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        self._metrics_port = free_port()
         await self._sync()
         command = Command(argv=[
             sys.executable, "-m", "cluster.gateway.main", "--config", str(self._dir / "config.json"),
-            "--endpoints-file", self._endpoints_file, "--parent-pid", str(os.getpid()),
+            "--endpoints-file", self._endpoints_file, "--metrics-port", str(self._metrics_port),
+            "--parent-pid", str(os.getpid()),
         ])
-        host = cfg.gateway.host if cfg.gateway.host not in ("0.0.0.0", "::") else "127.0.0.1"
         self._proc = ServerProcess(command, log_path=self._dir / "gateway.log", host=host, port=cfg.gateway.port)
         self._proc.start()
         await self._proc.wait_ready(60)
+        if self._sd_dir is not None:
+            write_targets(self._sd_dir, f"gateway-{self._sd_name}", [
+                {"targets": [host_port(host, self._metrics_port)], "labels": {"gateway_replica": self._sd_name}}
+            ])
         self._task = asyncio.get_running_loop().create_task(self._sync_loop())
 
     async def _sync(self) -> None:
         endpoints = await self._registry.snapshot.remote()
         if endpoints != self._last:
             write_endpoints_file(self._endpoints_file, endpoints)
+            if self._sd_dir is not None:
+                write_targets(self._sd_dir, f"engines-{self._sd_name}", engine_groups(endpoints))
             self._last = endpoints
 
     async def _sync_loop(self) -> None:
@@ -74,6 +86,9 @@ class GatewayReplica:
 
     async def __del__(self) -> None:
         self._task.cancel()
+        if self._sd_dir is not None:
+            remove_targets(self._sd_dir, f"gateway-{self._sd_name}")
+            remove_targets(self._sd_dir, f"engines-{self._sd_name}")
         self._proc.stop(grace_s=10)
         shutil.rmtree(self._dir, ignore_errors=True)
 

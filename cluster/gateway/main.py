@@ -29,17 +29,23 @@ def parse_upstreams(items: list[str]) -> dict[str, list[str]]:
     return urls
 
 
-def run(*, cfg: OwcConfig, upstreams: dict[str, list[str]] | None, endpoints_file: str | None) -> None:
+def run(
+    *, cfg: OwcConfig, upstreams: dict[str, list[str]] | None, endpoints_file: str | None, metrics_port: int | None = None
+) -> None:
     keys = KeyStore.load(file=cfg.gateway.api_keys_file, env_var=cfg.gateway.api_keys_env)
     check_bind_policy(cfg.gateway, keys)
     source = FileEndpoints(endpoints_file) if endpoints_file else StaticEndpoints(upstreams or {})
     app = build_app(config=cfg, endpoints=source, keys=keys, registry=CollectorRegistry())
-    sock = bind_socket(cfg.gateway.host, cfg.gateway.port)
+    sockets = [bind_socket(cfg.gateway.host, cfg.gateway.port)]
+    if metrics_port:
+        # This process's own port, so that Prometheus scrapes each gateway process (the
+        # shared port lands on any one of them).
+        sockets.append(bind_socket(cfg.gateway.host, metrics_port))
     server = make_server(app)
 
     import uvloop
 
-    uvloop.run(server.serve(sockets=[sock]))
+    uvloop.run(server.serve(sockets=sockets))
 
 
 def config_for_upstreams(urls: dict[str, list[str]], cfg: OwcConfig | None, host: str, port: int) -> OwcConfig:
@@ -55,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--upstream", action="append", default=[])
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--metrics-port", type=int, help="also serve on this port (per-process scrape target)")
     p.add_argument("--parent-pid", type=int, default=0)
     a = p.parse_args(argv)
     watch_parent(a.parent_pid)
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             host = a.host or (cfg.gateway.host if cfg else "127.0.0.1")
             port = a.port if a.port is not None else (cfg.gateway.port if cfg else 8000)
             cfg = config_for_upstreams(urls, cfg, host, port)
-        run(cfg=cfg, upstreams=urls, endpoints_file=a.endpoints_file)
+        run(cfg=cfg, upstreams=urls, endpoints_file=a.endpoints_file, metrics_port=a.metrics_port)
     except (ValueError, OSError, UnsafeBindError) as e:
         print(f"gateway: {e}", file=sys.stderr)
         sys.exit(2)

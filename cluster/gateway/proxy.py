@@ -7,15 +7,19 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from typing import Any
 
 import orjson
 
 from cluster.config.schema import OwcConfig
+from cluster.gateway.access_log import AccessLog, prompt_of
 from cluster.gateway.auth import KeyStore
 from cluster.gateway.errors import OpenAIError
+from cluster.gateway.limits import TenantLimiter
 from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.relay import CLIENT_CLOSED, Outcome, Receive, Relay, Send
+from cluster.gateway.tracing import RequestTracer
 from cluster.gateway.validation import ChatCompletionRequest, CompletionRequest, parse_json, validate
 
 log = logging.getLogger(__name__)
@@ -65,12 +69,18 @@ async def send_error(send: Send, err: OpenAIError, request_id: str | None) -> No
 
 
 class Proxy:
-    def __init__(self, *, config: OwcConfig, endpoints: Any, keys: KeyStore, relay: Relay, metrics: GatewayMetrics):
+    def __init__(
+        self, *, config: OwcConfig, endpoints: Any, keys: KeyStore, relay: Relay, metrics: GatewayMetrics,
+        limiter: TenantLimiter | None = None, access_log: AccessLog | None = None, tracer: RequestTracer | None = None,
+    ):
         self._config = config
         self._endpoints = endpoints
         self._keys = keys
         self._relay = relay
         self._metrics = metrics
+        self._limiter = limiter or TenantLimiter(config.gateway.tenants)
+        self._access_log = access_log
+        self._tracer = tracer
         self._limit = config.gateway.limits.max_body_bytes
         # Request ids: a random per-process prefix and a counter (uuid4 per request costs a
         # getrandom syscall on the hot path); unique across gateway processes.
@@ -81,7 +91,9 @@ class Proxy:
         route = scope["path"]
         headers = dict(scope["headers"])
         request_id = (headers.get(b"x-request-id") or b"").decode("latin-1") or f"{self._id_prefix}{next(self._ids):016x}"
-        tenant, model, outcome = "unknown", "unknown", Outcome()
+        tenant, model, outcome, data = "unknown", "unknown", Outcome(), None
+        span = self._tracer.server_span(route, headers) if self._tracer else None
+        stream = False
         try:
             auth = headers.get(b"authorization")
             tenant = self._keys.tenant_for(auth.decode("latin-1") if auth else None)
@@ -94,20 +106,16 @@ class Proxy:
             served = self._config.resolve(req.model)
             if served is None:
                 raise OpenAIError(404, f"The model '{req.model}' does not exist", param="model", code="model_not_found")
-            model = served
-            if served != req.model:
-                data["model"] = served
-                body = orjson.dumps(data)
-            self._metrics.in_flight.labels(model).inc()
+            model, stream = served, bool(req.stream)
+            release = self._limiter.admit(tenant)
             try:
-                await self._relay.forward(
-                    receive, send, endpoints=self._endpoints.endpoints(served), path=route, body=body,
-                    stream=bool(req.stream), request_id=request_id, outcome=outcome,
-                )
+                await self._forward(receive, send, data, body, route, served, req, request_id, outcome, span)
             finally:
-                self._metrics.in_flight.labels(model).dec()
+                release()
         except OpenAIError as err:
             outcome.status = err.status
+            if err.status in (429, 503) and err.code:
+                self._metrics.rejections.labels(model, err.code).inc()
             await send_error(send, err, request_id)
         except ClientGone:
             outcome.status = CLIENT_CLOSED
@@ -117,4 +125,89 @@ class Proxy:
                 outcome.status = 500
                 await send_error(send, OpenAIError(500, "internal gateway error", type="server_error"), request_id)
         finally:
-            self._metrics.requests.labels(model, tenant, route, str(outcome.status or 500)).inc()
+            self._record(route, model, tenant, request_id, stream, outcome, data, span)
+
+    async def _forward(
+        self, receive: Receive, send: Send, data: dict, body: bytes, route: str, served: str, req: Any,
+        request_id: str, outcome: Outcome, span: Any,
+    ) -> None:
+        rewrite = served != req.model
+        if rewrite:
+            data["model"] = served
+        if req.stream and not (data.get("stream_options") or {}).get("include_usage"):
+            # Token accounting needs the engine's usage event; the client did not ask for
+            # it, so the relay drops it again.
+            data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
+            outcome.strip_usage = rewrite = True
+        if rewrite:
+            body = orjson.dumps(data)
+        m = self._metrics
+        in_flight, queued = m.in_flight.labels(served), m.queued.labels(served)
+        in_flight.inc()
+        queued.inc()
+        answered = False
+
+        def on_answer() -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                queued.dec()
+
+        outcome.on_answer = on_answer
+        engine_span, trace_headers = self._tracer.engine_span(span, served) if span is not None else (None, None)
+        try:
+            await self._relay.forward(
+                receive, send, endpoints=self._endpoints.endpoints(served), path=route, body=body,
+                stream=bool(req.stream), request_id=request_id, outcome=outcome, extra_headers=trace_headers,
+            )
+        finally:
+            on_answer()
+            in_flight.dec()
+            if engine_span is not None:
+                RequestTracer.finish(engine_span, outcome.status or 500, {
+                    "server.address": outcome.endpoint.url if outcome.endpoint else None,
+                    "owc.replica_id": outcome.endpoint.replica_id if outcome.endpoint else None,
+                })
+
+    def _record(
+        self, route: str, model: str, tenant: str, request_id: str, stream: bool, outcome: Outcome,
+        data: dict | None, span: Any,
+    ) -> None:
+        m = self._metrics
+        status = outcome.status or 500
+        latency = time.perf_counter() - outcome.started
+        m.requests.labels(model, tenant, route, str(status)).inc()
+        if model != "unknown":
+            m.duration.labels(model, route).observe(latency)
+        if outcome.decisions:
+            m.decisions.labels(model, self._relay.policy).inc(len(outcome.decisions))
+            hist = m.decision_seconds.labels(self._relay.policy)
+            for d in outcome.decisions:
+                hist.observe(d)
+        if outcome.retries:
+            m.retries.labels(model, "connect_refused").inc(outcome.retries)
+        if outcome.ttft_s is not None:
+            m.ttft.labels(model).observe(outcome.ttft_s)
+        if outcome.itl:
+            hist = m.itl.labels(model)
+            for gap in outcome.itl:
+                hist.observe(gap)
+        if outcome.prompt_tokens:
+            m.prompt_tokens.labels(model, tenant).inc(outcome.prompt_tokens)
+        if outcome.completion_tokens:
+            m.completion_tokens.labels(model, tenant).inc(outcome.completion_tokens)
+        record = {
+            "request_id": request_id, "tenant": tenant, "model": model, "route": route, "status": status,
+            "stream": stream, "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
+            "latency_s": round(latency, 6), "ttft_s": None if outcome.ttft_s is None else round(outcome.ttft_s, 6),
+            "replica": outcome.endpoint.replica_id if outcome.endpoint else None, "retries": outcome.retries,
+        }
+        if span is not None:
+            RequestTracer.finish(span, status, {
+                "owc.request_id": request_id, "owc.tenant": tenant, "gen_ai.request.model": model,
+                "gen_ai.usage.input_tokens": outcome.prompt_tokens, "gen_ai.usage.output_tokens": outcome.completion_tokens,
+            })
+        if self._access_log is not None:
+            if self._access_log.include_prompts and data is not None:
+                record["prompt"] = prompt_of(data)
+            self._access_log.write(record)

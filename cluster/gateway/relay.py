@@ -11,10 +11,13 @@ an engine request is aborted: vLLM aborts a request whose client went away.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+import orjson
 
 from cluster.gateway.errors import OpenAIError, from_upstream, sse_error_event
 from cluster.gateway.upstream import ConnectFailed, Response, Upstream, UpstreamError
@@ -28,10 +31,25 @@ Receive = Callable[[], Awaitable[dict]]
 
 @dataclass
 class Outcome:
-    """What happened to one request, for metrics and logs."""
+    """What happened to one request, for metrics, logs and traces."""
 
     status: int = 0
     endpoint: Endpoint | None = None
+    started: float = field(default_factory=time.perf_counter)
+    retries: int = 0
+    decisions: list[float] = field(default_factory=list)  # seconds per routing decision
+    ttft_s: float | None = None
+    itl: list[float] = field(default_factory=list)  # seconds between token events
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    # The gateway asked the engine for a usage event the client did not ask for: drop it.
+    strip_usage: bool = False
+    on_answer: Callable[[], None] | None = None  # the engine answered (response headers)
+
+    def usage(self, usage: object) -> None:
+        if isinstance(usage, dict):
+            self.prompt_tokens = usage.get("prompt_tokens")
+            self.completion_tokens = usage.get("completion_tokens")
 
 
 class _Deadline:
@@ -59,6 +77,7 @@ class Relay:
         self._upstream = Upstream(connect_timeout_s=connect_timeout_s)
         self._request_timeout_s = request_timeout_s
         self._picker = picker or LeastInFlightPicker()
+        self.policy = self._picker.name
         self._addresses: dict[str, tuple[str, int]] = {}
         self.in_flight: dict[str, int] = defaultdict(int)
 
@@ -78,8 +97,10 @@ class Relay:
         """POST to a replica; a replica refusing the connection is skipped (nothing was sent)."""
         tried: set[str] = set()
         while True:
+            t0 = time.perf_counter()
             views = [ReplicaView(endpoint=e, in_flight=self.in_flight[e.replica_id]) for e in endpoints]
             ep = self._picker.pick(views, exclude=frozenset(tried))
+            outcome.decisions.append(time.perf_counter() - t0)
             if ep is None:
                 raise OpenAIError(
                     503, "no engine replica of this model is reachable; retry shortly",
@@ -90,6 +111,7 @@ class Relay:
             try:
                 resp = await self._upstream.post(host, port, path, body, headers)
             except ConnectFailed:
+                outcome.retries += 1
                 continue
             except UpstreamError as e:
                 raise OpenAIError(502, f"engine connection failed: {e}", code="engine_unreachable") from None
@@ -107,9 +129,12 @@ class Relay:
         stream: bool,
         request_id: str,
         outcome: Outcome,
+        extra_headers: dict[str, str] | None = None,
     ) -> None:
         """Relay one request; raises OpenAIError before any response byte is sent."""
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+        if extra_headers:
+            headers.update(extra_headers)
         deadline = _Deadline(self._request_timeout_s)
         # Once the body is consumed, receive() only returns on disconnect. Before the engine
         # answers (a non-streamed response comes all at the end), a disconnect cancels the
@@ -129,6 +154,8 @@ class Relay:
             if opening.cancelled():
                 raise OpenAIError(504, "engine did not answer in time", code="engine_timeout")
             resp = deadline.resp = opening.result()
+            if outcome.on_answer is not None:
+                outcome.on_answer()
             await self._relay(resp, send, stream=stream, request_id=request_id, outcome=outcome, gone=gone, deadline=deadline)
         finally:
             deadline.cancel()
@@ -153,6 +180,10 @@ class Relay:
             else:
                 data = await resp.read()
                 completed = True
+                try:
+                    outcome.usage(orjson.loads(data).get("usage"))
+                except (orjson.JSONDecodeError, AttributeError):
+                    pass
                 ctype = resp.headers.get("content-type", "application/json").encode()
                 outcome.status = resp.status
                 await send({"type": "http.response.start", "status": resp.status,
@@ -183,9 +214,33 @@ class Relay:
             (b"x-accel-buffering", b"no"), *out_headers,
         ]})
         outcome.status = 200
+        tail = b""
+        last = 0.0
         try:
             async for chunk in resp.chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                # Whole SSE events only: a partial event waits for the rest (clients cannot
+                # use half an event anyway), so that usage events can be read and stripped.
+                if tail:
+                    chunk, tail = tail + chunk, b""
+                if not chunk.endswith(b"\n\n"):
+                    cut = chunk.rfind(b"\n\n") + 2
+                    if cut == 1:
+                        tail = chunk
+                        continue
+                    chunk, tail = chunk[:cut], chunk[cut:]
+                now = time.perf_counter()
+                if b'"choices":[]' in chunk:
+                    chunk = _take_usage(chunk, outcome)
+                elif not chunk.startswith(b"data: [DONE]"):
+                    if outcome.ttft_s is None:
+                        outcome.ttft_s = now - outcome.started
+                    else:
+                        outcome.itl.append(now - last)
+                    last = now
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if tail:
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
         except UpstreamError as e:
             if gone.done():  # we closed it because the client went away
                 outcome.status = CLIENT_CLOSED
@@ -203,6 +258,22 @@ class Relay:
             return False
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
+
+
+def _take_usage(chunk: bytes, outcome: Outcome) -> bytes:
+    """Read the usage of the final `"choices":[]` event; drop that event when the gateway,
+    not the client, asked for it."""
+    at = chunk.find(b'"choices":[]')
+    start = chunk.rfind(b"data:", 0, at)
+    end = chunk.find(b"\n\n", at)
+    if start < 0 or end < 0:
+        return chunk
+    end += 2
+    try:
+        outcome.usage(orjson.loads(chunk[start + 5:end]).get("usage"))
+    except (orjson.JSONDecodeError, AttributeError):
+        return chunk
+    return chunk[:start] + chunk[end:] if outcome.strip_usage else chunk
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -19,6 +19,8 @@ class ReplicaView:
 
 
 class LeastInFlightPicker:
+    name = "least_in_flight"
+
     def __init__(self) -> None:
         self._turn = 0
 

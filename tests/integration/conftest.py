@@ -8,10 +8,12 @@ import os
 import httpx
 import openai
 import pytest
+import yaml
 
 from cluster.config.loader import parse_config
 from cluster.process import free_port
 from cluster.runner import LocalCluster
+from tests.conftest import metric  # noqa: F401  (re-exported for the tests)
 
 ENGINE_KWARGS = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "max_num_seqs": 16}
 
@@ -35,8 +37,21 @@ def model_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("models"))
 
 
+# The session cluster requires API keys: tenant `itest` for the tests, `limited` with a
+# one-request-per-minute limit (the observability test's 429).
+API_KEY = "sk-itest"
+KEYS = {API_KEY: "itest", "sk-limited": "limited"}
+
+
 @pytest.fixture(scope="session")
-def cluster(model_cache, tmp_path_factory):
+def file_sd_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("targets")
+
+
+@pytest.fixture(scope="session")
+def cluster(model_cache, tmp_path_factory, file_sd_dir):
+    keys_file = tmp_path_factory.mktemp("keys") / "keys.yaml"
+    keys_file.write_text(yaml.safe_dump(KEYS))
     cfg = parse_config({
         "models": {
             "tiny-llama": model_entry(aliases=["demo"]),
@@ -45,7 +60,11 @@ def cluster(model_cache, tmp_path_factory):
                 engine_env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "0|1"},
             ),
         },
-        "gateway": {"host": "127.0.0.1", "port": free_port()},
+        "gateway": {
+            "host": "127.0.0.1", "port": free_port(), "api_keys_file": str(keys_file),
+            "tenants": {"limited": {"requests_per_minute": 1, "burst": 1}},
+        },
+        "monitoring": {"file_sd_dir": str(file_sd_dir)},
         "model_cache_dir": model_cache,
     })
     c = LocalCluster(cfg, temp_dir=str(tmp_path_factory.mktemp("ray")))
@@ -58,7 +77,13 @@ def cluster(model_cache, tmp_path_factory):
 
 @pytest.fixture
 def client(cluster):
-    return openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=cluster.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def http(cluster):
+    with httpx.Client(base_url=cluster.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
+        yield c
 
 
 def engine_urls(model: str) -> list[str]:
@@ -66,20 +91,6 @@ def engine_urls(model: str) -> list[str]:
 
     registry = serve.get_deployment_handle("owc-registry", app_name="owc")
     return [e.url for e in registry.snapshot.remote().result() if e.model == model]
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus metric's samples whose labels include ``labels``."""
-    total = 0.0
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, value = line.rsplit(" ", 1)
-        if head.split("{")[0] != name:
-            continue
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -19,12 +19,12 @@ pytestmark = pytest.mark.integration
 PROMPTS = ["Bonjour, comment allez-vous ?", "def fib(n):", "Summarise the following report."]
 
 
-def test_models_and_readiness(client, cluster):
+def test_models_and_readiness(client, cluster, http):
     assert sorted(m.id for m in client.models.list().data) == ["tiny-llama", "tiny-llama-tp2"]
     assert client.models.retrieve("demo").id == "tiny-llama"
-    ready = httpx.get(cluster.url + "/ready").json()
+    ready = http.get("/ready").json()
     assert ready == {"ready": True, "models": {"tiny-llama": {"replicas": 1}, "tiny-llama-tp2": {"replicas": 1}}}
-    assert httpx.get(cluster.url + "/health").status_code == 200
+    assert http.get("/health").status_code == 200
 
 
 def test_owc_status_command(cluster):
@@ -51,8 +51,8 @@ def test_chat_and_completions_both_models(client, model):
     assert "".join(c.choices[0].text for c in stream)
 
 
-def test_request_id_reaches_engine_and_returns(cluster):
-    r = httpx.post(cluster.url + "/v1/chat/completions", headers={"x-request-id": "itest-123"},
+def test_request_id_reaches_engine_and_returns(cluster, http):
+    r = http.post("/v1/chat/completions", headers={"x-request-id": "itest-123"},
                    json={"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}, timeout=60)
     assert r.status_code == 200 and r.headers["x-request-id"] == "itest-123"
     assert "itest-123" in r.json()["id"]  # vLLM named its request after it
@@ -69,8 +69,8 @@ def test_request_id_reaches_engine_and_returns(cluster):
         ({"model": "tiny-llama"}, 400, "prompt"),
     ],
 )
-def test_errors_from_gateway_and_engine_are_openai_shaped(cluster, body, status, param):
-    r = httpx.post(cluster.url + "/v1/completions", json=body, timeout=60)
+def test_errors_from_gateway_and_engine_are_openai_shaped(cluster, http, body, status, param):
+    r = http.post("/v1/completions", json=body, timeout=60)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["message"]
@@ -78,10 +78,10 @@ def test_errors_from_gateway_and_engine_are_openai_shaped(cluster, body, status,
         assert err["param"] == param
 
 
-def test_malformed_json_and_content_type(cluster):
-    r = httpx.post(cluster.url + "/v1/chat/completions", content=b"{oops", headers={"content-type": "application/json"})
+def test_malformed_json_and_content_type(cluster, http):
+    r = http.post("/v1/chat/completions", content=b"{oops", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
-    r = httpx.post(cluster.url + "/v1/chat/completions", content=b"{}", headers={"content-type": "text/plain"})
+    r = http.post("/v1/chat/completions", content=b"{}", headers={"content-type": "text/plain"})
     assert r.status_code == 415
 
 
@@ -118,11 +118,11 @@ def _wait_idle(url: str, timeout_s: float = 5) -> float:
     raise AssertionError(f"engine at {url} still running requests after {timeout_s}s")
 
 
-def test_client_disconnect_aborts_engine_request(cluster):
+def test_client_disconnect_aborts_engine_request(cluster, http):
     (url,) = engine_urls("tiny-llama")
     _wait_idle(url)
     body = {"model": "tiny-llama", "prompt": "x", "max_tokens": 900, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", cluster.url + "/v1/completions", json=body, timeout=60) as r:
+    with http.stream("POST", "/v1/completions", json=body, timeout=60) as r:
         for i, _ in enumerate(r.iter_raw()):
             if i == 0:
                 assert metric(url, "vllm:num_requests_running") == 1
@@ -133,7 +133,7 @@ def test_client_disconnect_aborts_engine_request(cluster):
     assert _wait_idle(url, timeout_s=3) - t_closed < 3
     # A non-streamed request whose client times out is aborted too.
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(cluster.url + "/v1/completions", json={**body, "stream": False}, timeout=0.5)
+        http.post("/v1/completions", json={**body, "stream": False}, timeout=0.5)
     _wait_idle(url, timeout_s=3)
 
 

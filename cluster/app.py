@@ -25,6 +25,7 @@ def build_application(
             cache_dir=cfg.model_cache_dir,
             registry=registry,
             launcher=launcher,
+            network=cfg.engine_network.model_dump(mode="json"),
         )
         for name, m in cfg.models.items()
     ]

@@ -151,10 +151,11 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": "BadRequestError", "param": None, "code": status}}, status=status)
 
 
-def fake_launcher(served_name: str, cfg: ModelConfig, cache_dir: str) -> Command:
+def fake_launcher(served_name: str, cfg: ModelConfig, cache_dir: str, *, host: str = "127.0.0.1") -> Command:
     """Launcher seam: run the fake engine as this model's engine process."""
     opts = {k: str(v) for k, v in cfg.engine_kwargs.items() if k in ("ttft_ms", "itl_ms", "max_num_seqs")}
-    argv = [sys.executable, "-m", "loadtests.fake_engine", "--port", "{port}", "--model", served_name, "--parent-pid", str(os.getpid())]
+    argv = [sys.executable, "-m", "loadtests.fake_engine", "--host", host, "--port", "{port}", "--model", served_name,
+            "--parent-pid", str(os.getpid())]
     for k, v in opts.items():
         argv += [f"--{k.replace('_', '-')}", v]
     return Command(argv=argv, env=dict(cfg.engine_env))

@@ -142,6 +142,10 @@ class GatewayConfig(StrictModel):
     )
     cpus: float = Field(0.5, gt=0, description="Logical Ray CPUs per gateway replica.")
     limits: Limits = Field(default_factory=Limits, description="Request limits.")
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each gateway replica needs (Kubernetes: pins gateways to their worker group).",
+    )
     tenants: dict[str, TenantLimits] = Field(
         default_factory=dict,
         description="Per-tenant limits keyed by tenant name (tenants come from the API keys; `anonymous` without keys).",
@@ -169,6 +173,19 @@ class RayConfig(StrictModel):
     object_store_memory: int = Field(256 << 20, ge=75 << 20, description="Local Ray object store bytes.")
 
 
+class EngineNetwork(StrictModel):
+    bind_host: str = Field(
+        "127.0.0.1",
+        description="Address engine servers bind. 0.0.0.0 on multi-node clusters (Kubernetes): each replica "
+        "then registers its node's IP, so gateways on other nodes reach it.",
+    )
+    port: int | None = Field(
+        None, ge=1024, le=65535,
+        description="Fixed engine server port (Kubernetes: one replica per worker pod, scraped through a "
+        "named container port). A free port per replica when unset.",
+    )
+
+
 class Monitoring(StrictModel):
     file_sd_dir: str | None = Field(
         "~/.cache/owc/prometheus-targets",
@@ -181,6 +198,7 @@ class OwcConfig(StrictModel):
     models: dict[str, ModelConfig] = Field(..., min_length=1, description="Served models keyed by served name.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="The OpenAI gateway.")
     ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster.")
+    engine_network: EngineNetwork = Field(default_factory=EngineNetwork, description="How engine servers listen.")
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Metrics discovery in local mode.")
     model_cache_dir: str = Field(
         "~/.cache/owc/models", description="Where `demo:` models are built and cached."

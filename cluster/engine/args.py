@@ -38,12 +38,14 @@ def check_engine_kwargs(kwargs: dict[str, object], known: frozenset[str] | None)
     return problems
 
 
-def server_cli_args(*, model_path: str, served_name: str, cfg: ModelConfig, port: int | str) -> list[str]:
+def server_cli_args(
+    *, model_path: str, served_name: str, cfg: ModelConfig, port: int | str, host: str = "127.0.0.1"
+) -> list[str]:
     """Arguments for vLLM's OpenAI server parser (owc-owned settings only)."""
     args = [
         "--model", model_path,
         "--served-model-name", served_name,
-        "--host", "127.0.0.1",
+        "--host", host,
         "--port", str(port),
         "--tensor-parallel-size", str(cfg.tensor_parallel_size),
         "--pipeline-parallel-size", str(cfg.pipeline_parallel_size),

@@ -15,13 +15,13 @@ from cluster.process import Command
 
 
 class Launcher(Protocol):
-    def __call__(self, served_name: str, cfg: ModelConfig, cache_dir: str) -> Command: ...
+    def __call__(self, served_name: str, cfg: ModelConfig, cache_dir: str, *, host: str = "127.0.0.1") -> Command: ...
 
 
-def vllm_launcher(served_name: str, cfg: ModelConfig, cache_dir: str) -> Command:
+def vllm_launcher(served_name: str, cfg: ModelConfig, cache_dir: str, *, host: str = "127.0.0.1") -> Command:
     model_path = resolve_source(cfg.source, cache_dir)
     return vllm_command(
-        cli_args=server_cli_args(model_path=model_path, served_name=served_name, cfg=cfg, port="{port}"),
+        cli_args=server_cli_args(model_path=model_path, served_name=served_name, cfg=cfg, port="{port}", host=host),
         kwargs_json=json.dumps(engine_overrides(cfg)),
         env=engine_env(cfg),
     )

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import ray
 from ray import serve
 
-from cluster.config.schema import ModelConfig
+from cluster.config.schema import EngineNetwork, ModelConfig
 from cluster.engine.launcher import Launcher, vllm_launcher
 from cluster.engine.placement import placement_for
 from cluster.process import ServerProcess
@@ -33,6 +34,7 @@ class EngineReplica:
         cache_dir: str,
         registry: Any,
         launcher: Launcher = vllm_launcher,
+        network: dict[str, Any] | None = None,
     ) -> None:
         self._name = served_name
         self._cfg = ModelConfig.model_validate(model_config)
@@ -40,9 +42,14 @@ class EngineReplica:
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         log_dir = Path(tempfile.gettempdir()) / "owc-logs"
         log_dir.mkdir(parents=True, exist_ok=True)
+        net = EngineNetwork.model_validate(network or {})
+        # Bound beyond loopback, a replica advertises its node's IP (gateways run elsewhere).
+        advertise = "127.0.0.1" if net.bind_host in ("127.0.0.1", "localhost") else ray.util.get_node_ip_address()
         self._proc = ServerProcess(
-            launcher(served_name, self._cfg, cache_dir),
+            launcher(served_name, self._cfg, cache_dir, host=net.bind_host),
             log_path=log_dir / f"engine-{served_name.replace('/', '_')}-{self._replica_id}.log",
+            host=advertise,
+            port=net.port,
         )
         self._proc.start()
         self._session = aiohttp.ClientSession()

@@ -95,6 +95,8 @@ class GatewayReplica:
 
 def gateway_deployment(cfg: OwcConfig, env: dict[str, str] | None = None):
     options: dict[str, Any] = {"num_cpus": cfg.gateway.cpus}
+    if cfg.gateway.ray_resources:
+        options["resources"] = dict(cfg.gateway.ray_resources)
     if env:
         options["runtime_env"] = {"env_vars": env}
     return serve.deployment(GatewayReplica).options(

@@ -1,0 +1,97 @@
+{{/* Chart name, truncated to 63 characters. */}}
+{{- define "owc.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-qualified name, 63-character truncation. */}}
+{{- define "owc.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "owc.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "owc.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "owc.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "owc.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "owc.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "owc.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "owc.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "owc.apiKeysSecret" -}}
+{{- .Values.apiKeys.existingSecret | default (printf "%s-api-keys" (include "owc.fullname" .)) }}
+{{- end }}
+
+{{- define "owc.modelCacheClaim" -}}
+{{- .Values.modelCache.existingClaim | default (printf "%s-models" (include "owc.fullname" .)) }}
+{{- end }}
+
+{{/* Worker group name of a model: DNS-safe, short. */}}
+{{- define "owc.engineGroup" -}}
+{{- printf "engine-%s" (regexReplaceAll "[^a-z0-9-]+" (lower .) "-") | trunc 40 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The owc config the cluster runs: the user's, with the Kubernetes-specific settings. */}}
+{{- define "owc.config" -}}
+{{- $cfg := deepCopy .Values.owc }}
+{{- $gw := deepCopy (default (dict) $cfg.gateway) }}
+{{- $_ := set $gw "host" "0.0.0.0" }}
+{{- $_ = set $gw "port" 9000 }}
+{{- $_ = set $gw "api_keys_file" (printf "/etc/owc/keys/%s" .Values.apiKeys.secretKey) }}
+{{- $_ = set $gw "api_keys_env" nil }}
+{{- $_ = set $gw "ray_resources" (dict "owc-gateway" 1) }}
+{{- $_ = set $cfg "gateway" $gw }}
+{{- $_ = set $cfg "engine_network" (dict "bind_host" "0.0.0.0" "port" (int .Values.engineWorkers.port)) }}
+{{- $_ = set $cfg "monitoring" (dict "file_sd_dir" nil) }}
+{{- if .Values.modelCache.enabled }}
+{{- $_ = set $cfg "model_cache_dir" (printf "%s/owc" .Values.modelCache.mountPath) }}
+{{- else }}
+{{- $_ = set $cfg "model_cache_dir" "/home/owc/.cache/owc/models" }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/* Pod security context shared by every pod of the release. */}}
+{{- define "owc.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "owc.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: [ALL]
+{{- end }}
+
+{{/* Writable scratch space on a read-only root filesystem: Ray's session dir, caches. */}}
+{{- define "owc.scratchMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: cache
+  mountPath: /home/owc/.cache
+{{- end }}
+
+{{- define "owc.scratchVolumes" -}}
+- name: tmp
+  emptyDir: {}
+- name: cache
+  emptyDir: {}
+{{- end }}

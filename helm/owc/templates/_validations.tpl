@@ -1,0 +1,36 @@
+{{/* Impossible values fail the render with a message that names the value to fix. */}}
+{{- define "owc.validate" -}}
+{{- $models := default (dict) .Values.owc.models }}
+{{- if not $models }}
+{{- fail "owc.models is empty: configure at least one model (see helm/owc/ci/*.yaml)" }}
+{{- end }}
+{{- if and (not .Values.apiKeys.keys) (not .Values.apiKeys.existingSecret) }}
+{{- fail "apiKeys: set apiKeys.keys or apiKeys.existingSecret — the gateway listens beyond loopback and refuses to run without API keys" }}
+{{- end }}
+{{- range $name, $m := $models }}
+{{- $tp := int (default 1 $m.tensor_parallel_size) }}
+{{- $pp := int (default 1 $m.pipeline_parallel_size) }}
+{{- $kind := (default (dict) $m.accelerator).kind | default "cpu" }}
+{{- if and (eq $kind "gpu") (gt (mul $tp $pp) (int $.Values.engineWorkers.gpusPerNode)) }}
+{{- fail (printf "owc.models.%s: tensor_parallel_size x pipeline_parallel_size = %d GPUs, more than engineWorkers.gpusPerNode = %d (one replica's GPUs must fit on one node)" $name (mul $tp $pp) (int $.Values.engineWorkers.gpusPerNode)) }}
+{{- end }}
+{{- if and (eq $kind "cpu") (gt $tp 1) }}
+{{- fail (printf "owc.models.%s: tensor parallelism needs accelerator.kind gpu on Kubernetes" $name) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.ingress.enabled (not .Values.ingress.host) }}
+{{- fail "ingress.enabled needs ingress.host" }}
+{{- end }}
+{{- if and .Values.ingress.tls.enabled (not .Values.ingress.tls.secretName) }}
+{{- fail "ingress.tls.enabled needs ingress.tls.secretName" }}
+{{- end }}
+{{- if and .Values.gcsFaultTolerance.enabled (not .Values.gcsFaultTolerance.redisAddress) }}
+{{- fail "gcsFaultTolerance.enabled needs gcsFaultTolerance.redisAddress" }}
+{{- end }}
+{{- if not (has .Values.upgradeStrategy (list "NewCluster" "None")) }}
+{{- fail "upgradeStrategy must be NewCluster or None" }}
+{{- end }}
+{{- if ne .Values.rayVersion "2.60.0" }}
+{{- fail (printf "rayVersion %s: the owc image carries Ray 2.60.0" .Values.rayVersion) }}
+{{- end }}
+{{- end }}

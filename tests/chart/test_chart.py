@@ -1,0 +1,215 @@
+"""The Helm chart with real binaries: helm lint/template for every helm/owc/ci values
+file; impossible values fail; built-in objects pass kubernetes-validate --strict (1.30 and
+1.35); custom resources pass their CRDs (../shared/crds) with unknown fields rejected; the
+embedded Serve config passes Ray's Serve schema and `owc config validate`; checkov finds
+nothing outside helm/owc/.checkov.yaml's skip list."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from cluster.config.chart_schema import render as render_values_schema
+from cluster.metrics.monitor import PROMETHEUS_DIR
+from tests.conftest import REPO
+from tests.tools import TOOLS_BIN, tool
+
+CHART = REPO / "helm" / "owc"
+CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
+INVALID = sorted((REPO / "tests" / "chart" / "invalid").glob("*.yaml"))
+CRDS = REPO.parent / "shared" / "crds"
+K8S_VERSIONS = ("1.30.0", "1.35.0")
+CUSTOM = {"RayService", "PodMonitor", "PrometheusRule"}
+
+
+def helm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("helm"), *args], capture_output=True, text=True, timeout=120)
+
+
+@functools.cache
+def rendered(values: Path) -> list[dict]:
+    r = helm("template", "owc", str(CHART), "--namespace", "llm", "-f", str(values))
+    assert r.returncode == 0, r.stderr
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+def ids(paths):
+    return [p.stem for p in paths]
+
+
+def test_ci_values_cover_the_required_cases():
+    assert {"minimal-values", "gpt-oss-20b-1gpu-values", "gpt-oss-120b-tp2-values", "two-models-values"} <= {p.stem for p in CI_VALUES}
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=ids(CI_VALUES))
+def test_helm_lint_strict(values):
+    r = helm("lint", "--strict", str(CHART), "-f", str(values))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("values", INVALID, ids=ids(INVALID))
+def test_impossible_values_fail_rendering(values):
+    expect = values.read_text().splitlines()[0].removeprefix("# expect:").strip()
+    r = helm("template", "owc", str(CHART), "-f", str(values))
+    assert r.returncode != 0, f"{values.name} rendered"
+    assert expect in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=ids(CI_VALUES))
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_builtin_objects_validate_strict(values, version):
+    for doc in rendered(values):
+        if doc["kind"] in CUSTOM:
+            continue
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def _strict(schema):
+    """Structural schemas prune unknown fields except under preserve-unknown-fields: treat
+    every other object as closed, as the API server's strict field validation does."""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        if schema.get("type") == "object" and "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema.setdefault("additionalProperties", False)
+        return schema
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    return schema
+
+
+@functools.cache
+def crd_schema(kind: str, version: str) -> dict:
+    for path in CRDS.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        if crd["spec"]["names"]["kind"] == kind:
+            v = next(v for v in crd["spec"]["versions"] if v["name"] == version)
+            return _strict(copy.deepcopy(v["schema"]["openAPIV3Schema"]))
+    raise KeyError(kind)
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=ids(CI_VALUES))
+def test_custom_resources_validate_against_crds(values):
+    seen = set()
+    for doc in rendered(values):
+        if doc["kind"] not in CUSTOM:
+            continue
+        schema = crd_schema(doc["kind"], doc["apiVersion"].split("/")[1])
+        jsonschema.Draft7Validator(schema).validate(doc)
+        seen.add(doc["kind"])
+    assert "RayService" in seen
+
+
+def rayservice(values: Path) -> dict:
+    return next(d for d in rendered(values) if d["kind"] == "RayService")
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=ids(CI_VALUES))
+def test_embedded_serve_config_passes_ray_and_owc_validation(values, tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    serve_cfg = yaml.safe_load(rayservice(values)["spec"]["serveConfigV2"])
+    ServeDeploySchema.parse_obj(serve_cfg)
+    (app,) = serve_cfg["applications"]
+    assert app["import_path"] == "cluster.app:app_builder"
+    path = tmp_path / "owc.yaml"
+    path.write_text(yaml.safe_dump(app["args"]["config"]))
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", "config", "validate", str(path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # The model config is the user's, as `owc serve` would read it.
+    user = yaml.safe_load(values.read_text())["owc"]["models"]
+    assert app["args"]["config"]["models"] == user
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=ids(CI_VALUES))
+def test_worker_groups_sized_from_parallelism_and_pods_hardened(values):
+    spec = rayservice(values)["spec"]["rayClusterConfig"]
+    models = yaml.safe_load(values.read_text())["owc"]["models"]
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert "gateway" in groups
+    for name, m in models.items():
+        g = next(g for g in groups.values() if g["template"]["metadata"].get("annotations", {}).get("owc.io/model") == name)
+        limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
+        if (m.get("accelerator") or {}).get("kind") == "gpu":
+            assert limits["nvidia.com/gpu"] == m.get("tensor_parallel_size", 1) * m.get("pipeline_parallel_size", 1)
+        else:
+            assert "nvidia.com/gpu" not in limits
+        r = m.get("replicas", {})
+        assert g["minReplicas"] == r.get("min", 1) and g["maxReplicas"] == r.get("max", 1)
+        probe = g["template"]["spec"]["containers"][0]["startupProbe"]
+        assert probe["periodSeconds"] * probe["failureThreshold"] >= m.get("startup_timeout_s", 600)
+    pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    for pod in pods:
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        for c in pod["spec"]["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+            assert sc["readOnlyRootFilesystem"] is True
+            assert c["resources"]["limits"] and c["resources"]["requests"]
+    # Ray's dashboard/job API stays inside: ClusterIP head, nothing else exposes 8265.
+    assert spec["headGroupSpec"]["serviceType"] == "ClusterIP"
+    for doc in rendered(values):
+        if doc["kind"] in ("Service", "Ingress"):
+            assert "8265" not in json.dumps(doc) and "dashboard" not in json.dumps(doc)
+
+
+def test_network_policy_admits_outside_traffic_only_to_the_gateway():
+    docs = rendered(CHART / "ci" / "minimal-values.yaml")
+    pols = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    gw = pols["owc-gateway"]
+    assert gw["spec"]["podSelector"]["matchLabels"]["owc.io/component"] == "gateway"
+    assert [p["port"] for r in gw["spec"]["ingress"] for p in r["ports"]] == [9000]
+    ray = pols["owc-ray"]
+    for rule in ray["spec"]["ingress"]:
+        assert rule.get("from"), "an open ingress rule on Ray's ports"
+
+
+def test_rules_dashboards_and_schema_copies_are_current():
+    for f in (PROMETHEUS_DIR / "rules").glob("*.yml"):
+        assert (CHART / "files" / "rules" / f.name).read_text() == f.read_text(), f"run `make chart-files` ({f.name})"
+    for f in (REPO / "deploy" / "grafana").glob("*.json"):
+        assert (CHART / "files" / "dashboards" / f.name).read_text() == f.read_text(), f"run `make chart-files` ({f.name})"
+    assert (CHART / "values.schema.json").read_text() == render_values_schema(), "run `make chart-files`"
+    rule = next(d for d in rendered(CHART / "ci" / "gpt-oss-20b-1gpu-values.yaml") if d["kind"] == "PrometheusRule")
+    shipped = [g for f in sorted((PROMETHEUS_DIR / "rules").glob("*.yml")) for g in yaml.safe_load(f.read_text())["groups"]]
+    assert rule["spec"]["groups"] == shipped
+
+
+def test_image_and_ray_version_follow_the_pins():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert f'ray[serve]=={values["rayVersion"]}' in pyproject
+    assert f"ARG RAY_VERSION={values['rayVersion']}" in (REPO / "deploy" / "Dockerfile").read_text()
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert rayservice(CHART / "ci" / "minimal-values.yaml")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"].endswith(":" + chart["appVersion"])
+
+
+def test_checkov_finds_nothing_outside_the_skip_list(tmp_path):
+    out = tmp_path / "rendered"
+    out.mkdir()
+    for values in CI_VALUES:
+        r = helm("template", "owc", str(CHART), "--namespace", "llm", "-f", str(values))
+        (out / f"{values.stem}.yaml").write_text(r.stdout)
+    checkov = tool("checkov")
+    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "PATH": f"{TOOLS_BIN}{os.pathsep}{os.environ['PATH']}"}
+    argv = [checkov, "-d", str(out), "--config-file", str(CHART / ".checkov.yaml"), "--skip-download", "-o", "json", "--quiet"]
+    # No network: offline by construction, not by hope.
+    r = subprocess.run(["unshare", "-n", *argv], capture_output=True, text=True, env=env, timeout=300)
+    if r.returncode not in (0, 1) or not r.stdout.strip():
+        r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)  # no unshare (unprivileged)
+    report = json.loads(r.stdout)
+    reports = report if isinstance(report, list) else [report]
+    failed = [(c["check_id"], c["resource"]) for rep in reports for c in rep["results"].get("failed_checks", [])]
+    passed = sum(rep["summary"]["passed"] for rep in reports)
+    assert passed > 100 and all(rep["summary"]["parsing_errors"] == 0 for rep in reports)
+    assert not failed, failed

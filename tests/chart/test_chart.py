@@ -27,7 +27,9 @@ from tests.tools import TOOLS_BIN, tool
 CHART = REPO / "helm" / "owc"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 INVALID = sorted((REPO / "tests" / "chart" / "invalid").glob("*.yaml"))
-CRDS = REPO.parent / "shared" / "crds"
+# Upstream CRDs, vendored unchanged from ../shared/crds (see tests/chart/crds/README.md).
+CRDS = REPO / "tests" / "chart" / "crds"
+SHARED_CRDS = REPO.parent / "shared" / "crds"
 K8S_VERSIONS = ("1.30.0", "1.35.0")
 CUSTOM = {"RayService", "PodMonitor", "PrometheusRule"}
 
@@ -45,6 +47,12 @@ def rendered(values: Path) -> list[dict]:
 
 def ids(paths):
     return [p.stem for p in paths]
+
+
+@pytest.mark.skipif(not SHARED_CRDS.is_dir(), reason="no ../shared checkout next to this one")
+def test_vendored_crds_equal_shared():
+    for f in SHARED_CRDS.glob("*.yaml"):
+        assert (CRDS / f.name).read_bytes() == f.read_bytes(), f.name
 
 
 def test_ci_values_cover_the_required_cases():

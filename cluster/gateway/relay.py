@@ -230,8 +230,11 @@ class Relay:
                     chunk, tail = chunk[:cut], chunk[cut:]
                 now = time.perf_counter()
                 if b'"choices":[]' in chunk:
-                    chunk = _take_usage(chunk, outcome)
-                elif not chunk.startswith(b"data: [DONE]"):
+                    # A fast engine's whole answer may arrive in one read with its usage.
+                    chunk, tokens = _take_usage(chunk, outcome)
+                else:
+                    tokens = not chunk.startswith(b"data: [DONE]")
+                if tokens:
                     if outcome.ttft_s is None:
                         outcome.ttft_s = now - outcome.started
                     else:
@@ -260,20 +263,20 @@ class Relay:
         return True
 
 
-def _take_usage(chunk: bytes, outcome: Outcome) -> bytes:
+def _take_usage(chunk: bytes, outcome: Outcome) -> tuple[bytes, bool]:
     """Read the usage of the final `"choices":[]` event; drop that event when the gateway,
-    not the client, asked for it."""
+    not the client, asked for it. Also says whether token events precede it in the chunk."""
     at = chunk.find(b'"choices":[]')
     start = chunk.rfind(b"data:", 0, at)
     end = chunk.find(b"\n\n", at)
     if start < 0 or end < 0:
-        return chunk
+        return chunk, True
     end += 2
     try:
         outcome.usage(orjson.loads(chunk[start + 5:end]).get("usage"))
     except (orjson.JSONDecodeError, AttributeError):
-        return chunk
-    return chunk[:start] + chunk[end:] if outcome.strip_usage else chunk
+        return chunk, True
+    return (chunk[:start] + chunk[end:] if outcome.strip_usage else chunk), start > 0
 
 
 async def _wait_disconnect(receive: Receive) -> None:

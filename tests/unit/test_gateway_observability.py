@@ -184,3 +184,18 @@ def test_traces_continue_the_callers_trace(stack, collector):
     assert attrs["gen_ai.usage.output_tokens"].int_value == 2
     service = {a.key: a.value.string_value for r in collector.requests for rs in r.resource_spans for a in rs.resource.attributes}
     assert service["service.name"] == "owc-gateway-test"
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_whole_answer_in_one_read_still_counts_ttft_and_usage(strip):
+    """A fast engine's events can reach the gateway in one read, usage event included."""
+    from cluster.gateway.relay import Outcome, _take_usage
+
+    events = b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[{"text":"b"}]}\n\n'
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+    outcome = Outcome(strip_usage=strip)
+    chunk, tokens = _take_usage(events + usage + b"data: [DONE]\n\n", outcome)
+    assert tokens and (outcome.prompt_tokens, outcome.completion_tokens) == (3, 2)
+    assert chunk == (events + b"data: [DONE]\n\n" if strip else events + usage + b"data: [DONE]\n\n")
+    _, tokens = _take_usage(usage, Outcome())
+    assert not tokens

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,18 @@ def gateway_argv(*upstreams: str, config: str | None = None) -> list[str]:
     if config:
         argv += ["--config", config]
     return argv
+
+
+def wait_for(pred, timeout_s: float, what: str, *, period_s: float = 0.2):
+    """Poll ``pred`` until it returns something truthy (returned), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(period_s)
 
 
 def metric(url: str, name: str, **labels: str) -> float:

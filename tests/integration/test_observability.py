@@ -20,6 +20,7 @@ import yaml
 from cluster.metrics.dashboards import DASHBOARDS, render
 from cluster.metrics.monitor import PROMETHEUS_DIR
 from cluster.process import free_port
+from tests.conftest import wait_for
 from tests.integration.conftest import API_KEY
 from tests.unit.test_dashboards import promql
 from tests.tools import tool
@@ -58,17 +59,6 @@ def query(url: str, expr: str) -> list:
     r = httpx.get(url + "/api/v1/query", params={"query": expr}, timeout=10).json()
     assert r["status"] == "success", (expr, r)
     return r["data"]["result"]
-
-
-def wait_for(what: str, check, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 def counts(url: str) -> collections.Counter:
@@ -115,7 +105,7 @@ def test_live_prometheus_sees_everything(cluster, prometheus):
         jobs = collections.Counter(t["labels"]["job"] for t in active if t["health"] == "up")
         return jobs if jobs["owc-gateway"] >= 1 and jobs["owc-engine"] >= 2 and jobs["ray"] >= 1 else None
 
-    wait_for("gateway, engine and Ray targets up", targets_up, 60)
+    wait_for(targets_up, 60, "gateway, engine and Ray targets up", period_s=0.5)
     time.sleep(2)  # a scrape of the current state
     before = counts(prometheus)
     sent = workload(cluster.url)
@@ -127,7 +117,7 @@ def test_live_prometheus_sees_everything(cluster, prometheus):
         return delta if delta == dict(sent) else None
 
     try:
-        wait_for("PromQL request counts to match the script", settled, 20)
+        wait_for(settled, 20, "PromQL request counts to match the script", period_s=0.5)
     except AssertionError:
         now = counts(prometheus)
         raise AssertionError(f"sent {dict(sent)}, PromQL delta {dict(now - before)}") from None

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from cluster.process import free_port
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -110,15 +111,6 @@ def _port_free(port: int) -> bool:
             return False
 
 
-def _wait_for(pred, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _stop_and_check(proc: subprocess.Popen, tree: Descendants, sig: int, port: int) -> None:
     t0 = time.monotonic()
     proc.send_signal(sig)
@@ -130,7 +122,7 @@ def _stop_and_check(proc: subprocess.Popen, tree: Descendants, sig: int, port: i
     took = time.monotonic() - t0
     # Within the same 30 s budget, everything below it must be gone too.
     try:
-        _wait_for(lambda: not tree.survivors(), max(1.0, 30 - took), "descendants to exit")
+        wait_for(lambda: not tree.survivors(), max(1.0, 30 - took), "descendants to exit")
     except AssertionError:
         raise AssertionError(f"owc serve exited after {took:.1f}s, but 30s after the signal these live on: "
                              f"{tree.survivors()}") from None
@@ -147,7 +139,7 @@ def test_signal_mid_stream_stops_everything(tmp_path, model_cache, sig):
     tree = Descendants(proc.pid)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(lambda: _ready(url), 300, "owc serve to be ready")
+        wait_for(lambda: _ready(url), 300, "owc serve to be ready")
         names = tree.names()
         assert any("cluster.engine.launch" in n for n in names) and any("raylet" in n for n in names)
         body = {"model": "tiny-llama", "prompt": "x", "max_tokens": 1000, "stream": True, "ignore_eos": True}
@@ -166,7 +158,7 @@ def test_sigint_during_engine_startup_stops_everything(tmp_path, model_cache):
     proc, port = _serve(tmp_path, model_cache)
     tree = Descendants(proc.pid)
     try:
-        _wait_for(lambda: any("cluster.engine.launch" in n for n in tree.names()), 300, "an engine process to start")
+        wait_for(lambda: any("cluster.engine.launch" in n for n in tree.names()), 300, "an engine process to start")
         assert not _ready(f"http://127.0.0.1:{port}")  # still starting up
         _stop_and_check(proc, tree, signal.SIGINT, port)
     finally:

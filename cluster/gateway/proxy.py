@@ -196,18 +196,18 @@ class Proxy:
             m.prompt_tokens.labels(model, tenant).inc(outcome.prompt_tokens)
         if outcome.completion_tokens:
             m.completion_tokens.labels(model, tenant).inc(outcome.completion_tokens)
-        record = {
-            "request_id": request_id, "tenant": tenant, "model": model, "route": route, "status": status,
-            "stream": stream, "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
-            "latency_s": round(latency, 6), "ttft_s": None if outcome.ttft_s is None else round(outcome.ttft_s, 6),
-            "replica": outcome.endpoint.replica_id if outcome.endpoint else None, "retries": outcome.retries,
-        }
         if span is not None:
             RequestTracer.finish(span, status, {
                 "owc.request_id": request_id, "owc.tenant": tenant, "gen_ai.request.model": model,
                 "gen_ai.usage.input_tokens": outcome.prompt_tokens, "gen_ai.usage.output_tokens": outcome.completion_tokens,
             })
         if self._access_log is not None:
+            record = {
+                "request_id": request_id, "tenant": tenant, "model": model, "route": route, "status": status,
+                "stream": stream, "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
+                "latency_s": round(latency, 6), "ttft_s": None if outcome.ttft_s is None else round(outcome.ttft_s, 6),
+                "replica": outcome.endpoint.replica_id if outcome.endpoint else None, "retries": outcome.retries,
+            }
             if self._access_log.include_prompts and data is not None:
                 record["prompt"] = prompt_of(data)
             self._access_log.write(record)

@@ -95,3 +95,20 @@ capabilities:
 - name: cache
   emptyDir: {}
 {{- end }}
+
+{{- define "owc.imagePullSecrets" -}}
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Liveness of a Ray worker: its raylet answers through the dashboard agent. */}}
+{{- define "owc.rayletLiveness" -}}
+exec:
+  command: ["bash", "-c", "wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success"]
+periodSeconds: 10
+failureThreshold: 6
+{{- end }}

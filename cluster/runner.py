@@ -76,8 +76,7 @@ class LocalCluster:
     @property
     def url(self) -> str:
         g = self.cfg.gateway
-        host = "127.0.0.1" if g.host in ("0.0.0.0", "::") else g.host
-        return f"http://{host}:{g.port}"
+        return f"http://{g.local_host}:{g.port}"
 
     def start(self, report: Callable[[str], None] = lambda _: None, ready_timeout_s: float = 900) -> None:
         import ray

@@ -154,6 +154,11 @@ class GatewayConfig(StrictModel):
     tracing: Tracing = Field(default_factory=Tracing, description="OpenTelemetry traces of the request path.")
 
     @property
+    def local_host(self) -> str:
+        """Where a client on this host reaches the gateway (a wildcard bind answers on loopback)."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+
+    @property
     def loopback(self) -> bool:
         if self.host == "localhost":
             return True

@@ -43,7 +43,7 @@ class GatewayReplica:
         self._last: list[Any] | None = None
         self._sd_dir = file_sd_dir(cfg.monitoring.file_sd_dir)
         self._sd_name = uuid.uuid4().hex[:12]
-        host = cfg.gateway.host if cfg.gateway.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        host = cfg.gateway.local_host
         self._metrics_port = free_port()
         await self._sync()
         command = Command(argv=[

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cluster.routing.policies import FILTERS, PICKERS, POLICIES, SCORERS
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
@@ -55,6 +57,71 @@ class Accelerator(StrictModel):
         return self
 
 
+Policy = Literal[tuple(POLICIES)]  # type: ignore[valid-type]
+FilterName = Literal[FILTERS]  # type: ignore[valid-type]
+ScorerName = Literal[SCORERS]  # type: ignore[valid-type]
+PickerName = Literal[PICKERS]  # type: ignore[valid-type]
+
+
+class RoutingConfig(StrictModel):
+    policy: Policy = Field(
+        "affinity",
+        description="Named plugin set: affinity (session > prefix > LoRA > load), prefix_affinity, "
+        "session_affinity, lora_affinity, least_load (power of two choices), round_robin.",
+    )
+    filters: list[FilterName] | None = Field(None, description="Override the policy's filters, in order.")
+    scorers: dict[ScorerName, float] | None = Field(
+        None, description="Override the policy's scorers: plugin name -> weight (>= 0)."
+    )
+    picker: PickerName | None = Field(None, description="Override the policy's picker.")
+    bounded_load: float = Field(
+        1.25, gt=1, le=10,
+        description="Prefix affinity: a home replica above this many times the mean load spills to the next.",
+    )
+    prefix_chars: int = Field(
+        1024, ge=16, le=1 << 20,
+        description="Prefix affinity key: this many leading characters of the rendered prompt (~4 per token).",
+    )
+    max_queue_per_replica: int | None = Field(
+        64, ge=1,
+        description="queue_bound filter: when every replica has this many requests waiting, 429 with Retry-After.",
+    )
+    max_retries: int = Field(
+        2, ge=0, le=8,
+        description="Re-sends to another replica when one fails before the client got a byte.",
+    )
+
+    @field_validator("scorers")
+    @classmethod
+    def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and any(w < 0 for w in v.values()):
+            raise ValueError("scorer weights must be >= 0")
+        return v
+
+    @property
+    def custom(self) -> bool:
+        return self.filters is not None or self.scorers is not None or self.picker is not None
+
+    @property
+    def label(self) -> str:
+        """The policy name in metrics: the preset, or `custom` when overridden."""
+        return "custom" if self.custom else self.policy
+
+    def plugins(self) -> tuple[list[str], dict[str, float], str]:
+        preset = POLICIES[self.policy]
+        filters = list(self.filters if self.filters is not None else preset["filters"])
+        scorers = dict(self.scorers if self.scorers is not None else preset["scorers"])
+        return filters, scorers, self.picker or preset["picker"]
+
+
+class RoutingStats(StrictModel):
+    period_s: float = Field(0.25, gt=0, le=60, description="How often each gateway scrapes every engine's /metrics.")
+    stale_after_s: float = Field(
+        2.0, gt=0, description="Stats older than this are ignored: routing turns load-blind, never fails."
+    )
+    timeout_s: float = Field(1.0, gt=0, description="Timeout of one scrape; a failed scrape marks the replica unhealthy.")
+
+
 class ModelConfig(StrictModel):
     source: str = Field(
         ...,
@@ -81,6 +148,7 @@ class ModelConfig(StrictModel):
         1.0, gt=0, description="Logical Ray CPUs reserved per replica (the engine's CPU budget)."
     )
     startup_timeout_s: float = Field(600.0, gt=0, description="Seconds an engine may take to become healthy.")
+    routing: RoutingConfig = Field(default_factory=RoutingConfig, description="How the gateway picks this model's replica.")
 
     @field_validator("aliases")
     @classmethod
@@ -152,6 +220,9 @@ class GatewayConfig(StrictModel):
     )
     access_log: AccessLog = Field(default_factory=AccessLog, description="Structured access log.")
     tracing: Tracing = Field(default_factory=Tracing, description="OpenTelemetry traces of the request path.")
+    routing_stats: RoutingStats = Field(
+        default_factory=RoutingStats, description="Engine stats feeding routing, scraped off the request path."
+    )
 
     @property
     def local_host(self) -> str:

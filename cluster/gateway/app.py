@@ -23,8 +23,11 @@ from cluster.gateway.errors import OpenAIError
 from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.proxy import ROUTES, Proxy, send_error
 from cluster.gateway.relay import Relay
+from cluster.gateway.stats_poller import StatsPoller
 from cluster.gateway.tracing import RequestTracer
 from cluster.routing.endpoints import Endpoint
+from cluster.routing.router import Routing
+from cluster.routing.stats import StatsStore
 
 
 class EndpointSource(Protocol):
@@ -43,12 +46,26 @@ def build_app(
     access_log: AccessLog | None = None,
     tracer: RequestTracer | None = None,
     clock: Callable[[], float] = time.time,
+    stats_poller: StatsPoller | None = None,
+    poll_stats: bool = True,
 ) -> GatewayApp:
-    """``access_log`` and ``tracer`` default to what the config asks for."""
+    """``access_log``, ``tracer``, routing and its stats poller default to what the config
+    asks for."""
     gw = config.gateway
-    relay = relay or Relay(connect_timeout_s=gw.limits.connect_timeout_s, request_timeout_s=gw.limits.request_timeout_s)
-    metrics = GatewayMetrics(registry, replicas=lambda: [(n, len(endpoints.endpoints(n))) for n in config.models])
-    metrics.init_models(config.models, relay.policy)
+    metrics = GatewayMetrics(registry, replicas=lambda: replica_counts(config, endpoints, routing))
+    if relay is None:
+        store = StatsStore(stale_after_s=gw.routing_stats.stale_after_s)
+        routing = Routing.from_config({n: m.routing for n, m in config.models.items()}, stats=store,
+                                      observe=metrics.observe_plugin)
+        relay = Relay(connect_timeout_s=gw.limits.connect_timeout_s, request_timeout_s=gw.limits.request_timeout_s,
+                      routing=routing)
+    routing = relay.routing
+    if stats_poller is None and poll_stats:
+        stats_poller = StatsPoller(
+            endpoints=lambda: [e for n in config.models for e in endpoints.endpoints(n)], store=routing.stats,
+            period_s=gw.routing_stats.period_s, timeout_s=gw.routing_stats.timeout_s,
+        )
+    metrics.init_models({n: routing.policy(n) for n in config.models}, routing.plugins())
     if access_log is None and gw.access_log.enabled:
         access_log = AccessLog(gw.access_log)
     tracer = tracer or RequestTracer.from_config(gw.tracing)
@@ -59,9 +76,13 @@ def build_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await endpoints.start()
+        if stats_poller is not None:
+            await stats_poller.start()
         try:
             yield
         finally:
+            if stats_poller is not None:
+                await stats_poller.stop()
             await endpoints.stop()
             await relay.close()
             if tracer is not None:
@@ -122,6 +143,15 @@ def build_app(
         return JSONResponse(model_card(served))
 
     return GatewayApp(api=app, proxy=proxy)
+
+
+def replica_counts(config: OwcConfig, endpoints: EndpointSource, routing: Routing) -> list[tuple[str, int, int]]:
+    out = []
+    for name in config.models:
+        eps = endpoints.endpoints(name)
+        views = routing.views(eps)
+        out.append((name, len(eps), sum(1 for v in views if v.healthy and not v.endpoint.draining)))
+    return out
 
 
 class GatewayApp:

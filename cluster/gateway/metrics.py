@@ -17,13 +17,18 @@ from prometheus_client.registry import Collector
 # (a token every 2-20 ms is normal on GPUs).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, *LATENCY_BUCKETS)
-REJECTION_REASONS = ("rate_limit_exceeded", "concurrency_limit_exceeded", "no_healthy_replica")
-RETRY_REASONS = ("connect_refused",)
+REJECTION_REASONS = ("rate_limit_exceeded", "concurrency_limit_exceeded", "queue_full", "no_healthy_replica")
+# connect_refused: no connection to the replica; engine_lost: it closed or died before the
+# first response byte. Either way the client had received nothing.
+RETRY_REASONS = ("connect_refused", "engine_lost")
 DECISION_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2)
+PLUGIN_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3)
 
 
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry, *, replicas: Callable[[], Iterable[tuple[str, int]]] | None = None):
+    def __init__(
+        self, registry: CollectorRegistry, *, replicas: Callable[[], Iterable[tuple[str, int, int]]] | None = None
+    ):
         self.requests = Counter(
             "owc_requests",
             "Requests finished by the gateway, by served model, tenant, route and HTTP status.",
@@ -100,32 +105,58 @@ class GatewayMetrics:
             buckets=DECISION_BUCKETS,
             registry=registry,
         )
+        self.plugin_seconds = Histogram(
+            "owc_routing_plugin_seconds",
+            "Time one routing plugin (filter, scorer or picker) took in one decision, by plugin.",
+            ["plugin"],
+            buckets=PLUGIN_BUCKETS,
+            registry=registry,
+        )
+        self._plugin_children: dict[str, object] = {}
         if replicas is not None:
             registry.register(_ReplicaCollector(replicas))
 
-    def init_models(self, models: Iterable[str], policy: str) -> None:
+    def observe_plugin(self, plugin: str, seconds: float) -> None:
+        child = self._plugin_children.get(plugin)
+        if child is None:
+            child = self._plugin_children[plugin] = self.plugin_seconds.labels(plugin)
+        child.observe(seconds)  # type: ignore[attr-defined]
+
+    def init_models(self, policies: dict[str, str], plugins: Iterable[str] = ()) -> None:
         """Create each model's labelled series at 0, so that rates and alerts see them
-        before the first event (a retry or rejection may never have happened yet)."""
-        for m in models:
+        before the first event (a retry or rejection may never have happened yet).
+        ``policies``: model -> its routing policy label; ``plugins``: the routing plugins."""
+        for plugin in plugins:
+            self._plugin_children.setdefault(plugin, self.plugin_seconds.labels(plugin))
+        for m, policy in policies.items():
             for reason in REJECTION_REASONS:
                 self.rejections.labels(m, reason)
             for reason in RETRY_REASONS:
                 self.retries.labels(m, reason)
             self.decisions.labels(m, policy)
+            self.decision_seconds.labels(policy)
             self.in_flight.labels(m)
             self.queued.labels(m)
 
 
 class _ReplicaCollector(Collector):
-    """owc_engine_replicas, read from the endpoint source at scrape time."""
+    """owc_engine_replicas and owc_engine_replicas_routable, read at scrape time."""
 
-    def __init__(self, replicas: Callable[[], Iterable[tuple[str, int]]]):
+    def __init__(self, replicas: Callable[[], Iterable[tuple[str, int, int]]]):
         self._replicas = replicas
 
     def collect(self):
         g = GaugeMetricFamily(
-            "owc_engine_replicas", "Engine replicas the gateway can route to now, by served model.", labels=["model"]
+            "owc_engine_replicas", "Engine replicas registered for the served model (incl. unhealthy, draining).",
+            labels=["model"],
         )
-        for model, n in self._replicas():
+        r = GaugeMetricFamily(
+            "owc_engine_replicas_routable",
+            "Engine replicas taking new requests now: healthy as this gateway last saw them, not draining.",
+            labels=["model"],
+        )
+        for model, n, routable in self._replicas():
             g.add_metric([model], n)
+            r.add_metric([model], routable)
         yield g
+        yield r

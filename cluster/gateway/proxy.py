@@ -21,6 +21,8 @@ from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.relay import CLIENT_CLOSED, Outcome, Receive, Relay, Send
 from cluster.gateway.tracing import RequestTracer
 from cluster.gateway.validation import ChatCompletionRequest, CompletionRequest, parse_json, validate
+from cluster.routing.keys import prefix_key, session_key
+from cluster.routing.types import RequestInfo
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ class Proxy:
             model, stream = served, bool(req.stream)
             release = self._limiter.admit(tenant)
             try:
-                await self._forward(receive, send, data, body, route, served, req, request_id, outcome, span)
+                await self._forward(receive, send, headers, data, body, route, served, req, request_id, outcome, span)
             finally:
                 release()
         except OpenAIError as err:
@@ -128,7 +130,8 @@ class Proxy:
             self._record(route, model, tenant, request_id, stream, outcome, data, span)
 
     async def _forward(
-        self, receive: Receive, send: Send, data: dict, body: bytes, route: str, served: str, req: Any,
+        self, receive: Receive, send: Send, headers: dict[bytes, bytes], data: dict, body: bytes, route: str,
+        served: str, req: Any,
         request_id: str, outcome: Outcome, span: Any,
     ) -> None:
         rewrite = served != req.model
@@ -155,9 +158,12 @@ class Proxy:
 
         outcome.on_answer = on_answer
         engine_span, trace_headers = self._tracer.engine_span(span, served) if span is not None else (None, None)
+        routing = self._config.models[served].routing
+        info = RequestInfo(model=served, prefix_key=prefix_key(data, routing.prefix_chars),
+                           session_key=session_key(headers, data))
         try:
             await self._relay.forward(
-                receive, send, endpoints=self._endpoints.endpoints(served), path=route, body=body,
+                receive, send, endpoints=self._endpoints.endpoints(served), route=info, path=route, body=body,
                 stream=bool(req.stream), request_id=request_id, outcome=outcome, extra_headers=trace_headers,
             )
         finally:
@@ -180,12 +186,13 @@ class Proxy:
         if model != "unknown":
             m.duration.labels(model, route).observe(latency)
         if outcome.decisions:
-            m.decisions.labels(model, self._relay.policy).inc(len(outcome.decisions))
-            hist = m.decision_seconds.labels(self._relay.policy)
+            policy = self._relay.routing.policy(model)
+            m.decisions.labels(model, policy).inc(len(outcome.decisions))
+            hist = m.decision_seconds.labels(policy)
             for d in outcome.decisions:
                 hist.observe(d)
-        if outcome.retries:
-            m.retries.labels(model, "connect_refused").inc(outcome.retries)
+        for reason in outcome.retry_reasons:
+            m.retries.labels(model, reason).inc()
         if outcome.ttft_s is not None:
             m.ttft.labels(model).observe(outcome.ttft_s)
         if outcome.itl:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -22,7 +21,9 @@ import orjson
 from cluster.gateway.errors import OpenAIError, from_upstream, sse_error_event
 from cluster.gateway.upstream import ConnectFailed, Response, Upstream, UpstreamError
 from cluster.routing.endpoints import Endpoint
-from cluster.routing.picker import LeastInFlightPicker, ReplicaView
+from cluster.routing.filters import QueueFull
+from cluster.routing.router import NoReplica, Routing
+from cluster.routing.types import RequestInfo
 
 CLIENT_CLOSED = 499
 Send = Callable[[dict], Awaitable[None]]
@@ -37,6 +38,7 @@ class Outcome:
     endpoint: Endpoint | None = None
     started: float = field(default_factory=time.perf_counter)
     retries: int = 0
+    retry_reasons: list[str] = field(default_factory=list)
     decisions: list[float] = field(default_factory=list)  # seconds per routing decision
     ttft_s: float | None = None
     itl: list[float] = field(default_factory=list)  # seconds between token events
@@ -73,13 +75,11 @@ class _Deadline:
 
 
 class Relay:
-    def __init__(self, *, connect_timeout_s: float, request_timeout_s: float, picker: LeastInFlightPicker | None = None):
+    def __init__(self, *, connect_timeout_s: float, request_timeout_s: float, routing: Routing):
         self._upstream = Upstream(connect_timeout_s=connect_timeout_s)
         self._request_timeout_s = request_timeout_s
-        self._picker = picker or LeastInFlightPicker()
-        self.policy = self._picker.name
+        self.routing = routing
         self._addresses: dict[str, tuple[str, int]] = {}
-        self.in_flight: dict[str, int] = defaultdict(int)
 
     async def close(self) -> None:
         self._upstream.close()
@@ -92,31 +92,65 @@ class Relay:
         return addr
 
     async def _open(
-        self, endpoints: list[Endpoint], path: str, body: bytes, headers: dict[str, str], outcome: Outcome
-    ) -> Response:
-        """POST to a replica; a replica refusing the connection is skipped (nothing was sent)."""
+        self, endpoints: list[Endpoint], route: RequestInfo, path: str, body: bytes, headers: dict[str, str],
+        outcome: Outcome, stream: bool,
+    ) -> tuple[Response, bytes]:
+        """Send the request to the replica routing picks and wait for its first body bytes
+        (a non-streamed response: all of it). Until then the client has received nothing,
+        so a replica that refuses the connection or dies is retried on another one."""
+        routing = self.routing
         tried: set[str] = set()
+        lost: str | None = None
         while True:
             t0 = time.perf_counter()
-            views = [ReplicaView(endpoint=e, in_flight=self.in_flight[e.replica_id]) for e in endpoints]
-            ep = self._picker.pick(views, exclude=frozenset(tried))
-            outcome.decisions.append(time.perf_counter() - t0)
-            if ep is None:
+            try:
+                ep = routing.choose(endpoints, route, frozenset(tried))
+            except QueueFull as e:
+                raise OpenAIError(429, f"{e}; retry shortly", code="queue_full", headers={"Retry-After": "1"}) from None
+            except NoReplica:
+                if lost is not None:
+                    raise OpenAIError(502, f"engine connection broke: {lost}", code="engine_connection_lost") from None
                 raise OpenAIError(
                     503, "no engine replica of this model is reachable; retry shortly",
                     code="no_healthy_replica", headers={"Retry-After": "1"},
-                )
-            tried.add(ep.replica_id)
+                ) from None
+            finally:
+                outcome.decisions.append(time.perf_counter() - t0)
+            rid = ep.replica_id
+            tried.add(rid)
+            outcome.endpoint = ep
+            routing.in_flight[rid] += 1
             host, port = self._address(ep.url)
+            resp: Response | None = None
             try:
                 resp = await self._upstream.post(host, port, path, body, headers)
-            except ConnectFailed:
-                outcome.retries += 1
-                continue
+                if stream and resp.status < 400:
+                    first = await anext(aiter(resp.chunks()), b"")
+                else:
+                    first = await resp.read()
+                return resp, first
             except UpstreamError as e:
-                raise OpenAIError(502, f"engine connection failed: {e}", code="engine_unreachable") from None
-            outcome.endpoint = ep
-            return resp
+                if resp is not None:
+                    resp.close()
+                routing.in_flight[rid] -= 1
+                outcome.endpoint = None
+                routing.failed(rid)
+                reason = "connect_refused" if isinstance(e, ConnectFailed) else "engine_lost"
+                if reason == "engine_lost":
+                    lost = str(e)
+                if outcome.retries >= routing.max_retries(route.model):
+                    if reason == "engine_lost":
+                        raise OpenAIError(502, f"engine connection broke: {e}", code="engine_connection_lost") from None
+                    raise OpenAIError(503, f"no engine replica reachable: {e}", code="no_healthy_replica",
+                                      headers={"Retry-After": "1"}) from None
+                outcome.retries += 1
+                outcome.retry_reasons.append(reason)
+            except BaseException:
+                if resp is not None:
+                    resp.close()
+                routing.in_flight[rid] -= 1
+                outcome.endpoint = None
+                raise
 
     async def forward(
         self,
@@ -124,6 +158,7 @@ class Relay:
         send: Send,
         *,
         endpoints: list[Endpoint],
+        route: RequestInfo,
         path: str,
         body: bytes,
         stream: bool,
@@ -140,7 +175,9 @@ class Relay:
         # answers (a non-streamed response comes all at the end), a disconnect cancels the
         # call; after, it closes the engine connection. Either way vLLM aborts the request.
         gone = asyncio.ensure_future(_wait_disconnect(receive))
-        opening = deadline.opening = asyncio.ensure_future(self._open(endpoints, path, body, headers, outcome))
+        opening = deadline.opening = asyncio.ensure_future(
+            self._open(endpoints, route, path, body, headers, outcome, stream)
+        )
         try:
             try:
                 await asyncio.wait({gone, opening}, return_when=asyncio.FIRST_COMPLETED)
@@ -153,32 +190,35 @@ class Relay:
                 return
             if opening.cancelled():
                 raise OpenAIError(504, "engine did not answer in time", code="engine_timeout")
-            resp = deadline.resp = opening.result()
-            if outcome.on_answer is not None:
-                outcome.on_answer()
-            await self._relay(resp, send, stream=stream, request_id=request_id, outcome=outcome, gone=gone, deadline=deadline)
+            resp, first = opening.result()
+            deadline.resp = resp
+            rid = outcome.endpoint.replica_id if outcome.endpoint else ""
+            try:
+                if outcome.on_answer is not None:
+                    outcome.on_answer()
+                await self._relay(resp, first, send, stream=stream, request_id=request_id, outcome=outcome,
+                                  gone=gone, deadline=deadline)
+            finally:
+                self.routing.in_flight[rid] -= 1
         finally:
             deadline.cancel()
             gone.cancel()
 
     async def _relay(
-        self, resp: Response, send: Send, *, stream: bool, request_id: str, outcome: Outcome,
+        self, resp: Response, first: bytes, send: Send, *, stream: bool, request_id: str, outcome: Outcome,
         gone: asyncio.Future, deadline: _Deadline,
     ) -> None:
-        rid = outcome.endpoint.replica_id if outcome.endpoint else ""
-        self.in_flight[rid] += 1
         gone.add_done_callback(lambda t: None if t.cancelled() else resp.close())
         completed = False
         try:
             if resp.status >= 400:
-                data = await resp.read()
                 completed = True
-                raise from_upstream(resp.status, data)
+                raise from_upstream(resp.status, first)
             out_headers = [(b"x-request-id", request_id.encode())]
             if stream:
-                completed = await self._relay_stream(resp, send, out_headers, outcome, gone, deadline)
+                completed = await self._relay_stream(resp, first, send, out_headers, outcome, gone, deadline)
             else:
-                data = await resp.read()
+                data = first
                 completed = True
                 try:
                     outcome.usage(orjson.loads(data).get("usage"))
@@ -189,13 +229,6 @@ class Relay:
                 await send({"type": "http.response.start", "status": resp.status,
                             "headers": [(b"content-type", ctype), (b"content-length", str(len(data)).encode()), *out_headers]})
                 await send({"type": "http.response.body", "body": data, "more_body": False})
-        except UpstreamError as e:
-            if gone.done():
-                outcome.status = CLIENT_CLOSED
-                return
-            if deadline.expired:
-                raise OpenAIError(504, "engine did not finish in time", code="engine_timeout") from None
-            raise OpenAIError(502, f"engine connection broke: {e}", code="engine_connection_lost") from None
         finally:
             # A finished response hands its connection back to the pool (keep-alive); an
             # unfinished one drops it, so that the engine aborts the request.
@@ -203,10 +236,10 @@ class Relay:
                 resp.release()
             else:
                 resp.close()
-            self.in_flight[rid] -= 1
 
     async def _relay_stream(
-        self, resp: Response, send: Send, out_headers: list, outcome: Outcome, gone: asyncio.Future, deadline: _Deadline
+        self, resp: Response, first: bytes, send: Send, out_headers: list, outcome: Outcome, gone: asyncio.Future,
+        deadline: _Deadline,
     ) -> bool:
         """Relay the SSE stream; True when the engine finished it."""
         await send({"type": "http.response.start", "status": 200, "headers": [
@@ -217,7 +250,7 @@ class Relay:
         tail = b""
         last = 0.0
         try:
-            async for chunk in resp.chunks():
+            async for chunk in _then(first, resp.chunks()):
                 # Whole SSE events only: a partial event waits for the rest (clients cannot
                 # use half an event anyway), so that usage events can be read and stripped.
                 if tail:
@@ -253,6 +286,8 @@ class Relay:
                 outcome.status, err = 504, OpenAIError(504, "engine did not finish in time", code="engine_timeout")
             else:
                 outcome.status, err = 502, OpenAIError(502, f"engine stream broke: {e}", code="engine_stream_broken")
+                if outcome.endpoint is not None:
+                    self.routing.failed(outcome.endpoint.replica_id)
             await send({"type": "http.response.body", "body": sse_error_event(err), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return False
@@ -261,6 +296,13 @@ class Relay:
             return False
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
+
+
+async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _take_usage(chunk: bytes, outcome: Outcome) -> tuple[bytes, bool]:

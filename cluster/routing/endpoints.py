@@ -15,6 +15,8 @@ class Endpoint:
     model: str
     replica_id: str
     url: str
+    # Being removed by a scale-down: takes no new requests, finishes its in-flight ones.
+    draining: bool = False
 
 
 class EndpointTable:

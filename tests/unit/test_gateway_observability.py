@@ -114,7 +114,7 @@ def test_non_stream_tokens_by_tenant_and_duration(stack):
     assert metric(g.url, "owc_request_duration_seconds_count", route="/v1/chat/completions") == n0 + 1
     assert metric(g.url, "owc_requests_total", tenant="team-a", code="200") >= 1
     assert metric(g.url, "owc_engine_replicas", model="fake-model") == 1
-    assert metric(g.url, "owc_routing_decisions_total", model="fake-model", policy="least_in_flight") >= 1
+    assert metric(g.url, "owc_routing_decisions_total", model="fake-model", policy="affinity") >= 1
 
 
 def test_tenant_rate_limit_is_a_429_with_retry_after(stack):

@@ -32,8 +32,8 @@ def contract() -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     registry = CollectorRegistry()
-    g = GatewayMetrics(registry, replicas=lambda: [("m", 1)])
-    g.init_models(["m"], "p")
+    g = GatewayMetrics(registry, replicas=lambda: [("m", 1, 1)])
+    g.init_models({"m": "p"}, ["filter:healthy"])
     for h in (g.duration.labels("m", "/r"), g.ttft.labels("m"), g.itl.labels("m"), g.decision_seconds.labels("p")):
         h.observe(0.1)
     for c in (g.prompt_tokens.labels("m", "t"), g.completion_tokens.labels("m", "t"), g.requests.labels("m", "t", "/r", "200")):

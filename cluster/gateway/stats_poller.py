@@ -1,0 +1,84 @@
+"""Feeds routing with engine stats off the request path: every ``period_s`` each gateway
+process scrapes every engine replica's own /metrics (vLLM's gauges) and, less often, its
+/v1/models (loaded LoRA adapters). A replica that cannot be reached is marked unhealthy;
+the next good scrape puts it back. One that answers without usable stats stays routable,
+its stats go stale. Requests never wait on this loop; stale stats make routing
+load-blind (cluster.routing.stats)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+import httpx
+
+from cluster.routing.endpoints import Endpoint
+from cluster.routing.stats import StatsStore, lora_adapters, parse_vllm_metrics
+
+log = logging.getLogger(__name__)
+
+ADAPTERS_EVERY = 8  # rounds between /v1/models reads
+
+
+class StatsPoller:
+    def __init__(
+        self, *, endpoints: Callable[[], Iterable[Endpoint]], store: StatsStore, period_s: float, timeout_s: float,
+        transport: httpx.AsyncBaseTransport | None = None, clock: Callable[[], float] = time.monotonic,
+    ):
+        self._endpoints = endpoints
+        self._store = store
+        self._period_s = period_s
+        self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
+        self._clock = clock
+        self._adapters: dict[str, frozenset[str]] = {}
+        self._round = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def scrape(self, ep: Endpoint, with_adapters: bool) -> None:
+        try:
+            resp = await self._client.get(f"{ep.url}/metrics")
+            resp.raise_for_status()
+            if with_adapters or ep.replica_id not in self._adapters:
+                models = await self._client.get(f"{ep.url}/v1/models")
+                self._adapters[ep.replica_id] = lora_adapters(models.json()) if models.status_code == 200 else frozenset()
+            stats = parse_vllm_metrics(resp.text, self._adapters.get(ep.replica_id, frozenset()))
+        except httpx.TransportError as e:
+            log.debug("stats scrape of %s failed: %s", ep.url, e)
+            self._store.failed(ep.replica_id, self._clock())
+            return
+        except (httpx.HTTPError, ValueError) as e:
+            log.debug("no stats from %s: %s", ep.url, e)
+            return
+        self._store.update(ep.replica_id, stats, self._clock())
+
+    async def poll_once(self) -> None:
+        eps = {e.replica_id: e for e in self._endpoints()}
+        self._store.forget(eps)
+        for rid in [r for r in self._adapters if r not in eps]:
+            del self._adapters[rid]
+        with_adapters = self._round % ADAPTERS_EVERY == 0
+        self._round += 1
+        await asyncio.gather(*(self.scrape(e, with_adapters) for e in eps.values()))
+
+    async def _loop(self) -> None:
+        while True:
+            t0 = self._clock()
+            try:
+                await self.poll_once()
+            except Exception:  # never let the loop die: routing turns load-blind instead
+                log.exception("stats poll failed")
+            await asyncio.sleep(max(0.0, self._period_s - (self._clock() - t0)))
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._client.aclose()

@@ -1,0 +1,47 @@
+"""Named routing policies: each is a set of plugins by name (filters, weighted scorers, a
+picker). A model's `routing:` config picks one by name and may override any part.
+Pure data: the config schema imports it where neither Ray nor vLLM is installed."""
+
+from __future__ import annotations
+
+FILTERS = ("healthy", "not_draining", "adapter_loaded", "queue_bound")
+SCORERS = ("least_load", "kv_cache", "prefix_affinity", "session_affinity", "lora_affinity")
+PICKERS = ("max_score", "p2c", "round_robin", "random")
+
+_BASE_FILTERS = ("healthy", "not_draining", "adapter_loaded", "queue_bound")
+
+# Weights are chosen so that an affinity's home outranks every lower tier combined:
+# session (4) > prefix (2) > LoRA (1) > load (<= 0.5 + 0.25).
+POLICIES: dict[str, dict] = {
+    "affinity": {
+        "filters": _BASE_FILTERS,
+        "scorers": {"session_affinity": 4.0, "prefix_affinity": 2.0, "lora_affinity": 1.0,
+                    "least_load": 0.5, "kv_cache": 0.25},
+        "picker": "max_score",
+    },
+    "prefix_affinity": {
+        "filters": _BASE_FILTERS,
+        "scorers": {"prefix_affinity": 2.0, "least_load": 0.5},
+        "picker": "max_score",
+    },
+    "session_affinity": {
+        "filters": _BASE_FILTERS,
+        "scorers": {"session_affinity": 2.0, "least_load": 0.5},
+        "picker": "max_score",
+    },
+    "lora_affinity": {
+        "filters": _BASE_FILTERS,
+        "scorers": {"lora_affinity": 2.0, "least_load": 0.5},
+        "picker": "max_score",
+    },
+    "least_load": {
+        "filters": _BASE_FILTERS,
+        "scorers": {"least_load": 1.0, "kv_cache": 0.5},
+        "picker": "p2c",
+    },
+    "round_robin": {
+        "filters": _BASE_FILTERS,
+        "scorers": {},
+        "picker": "round_robin",
+    },
+}

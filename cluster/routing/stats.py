@@ -1,0 +1,92 @@
+"""Per-replica engine stats for routing: parsed from vLLM's own Prometheus /metrics (and
+its /v1/models for loaded LoRA adapters), kept with the time they were taken, together
+with each replica's health as the gateway last saw it. Pure: the scraping loop lives in
+the gateway (cluster.gateway.stats_poller) and feeds this store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from cluster.routing.types import ReplicaStats
+
+_WANTED = {
+    "vllm:num_requests_waiting": "waiting",
+    "vllm:num_requests_running": "running",
+    "vllm:kv_cache_usage_perc": "kv_usage",
+}
+
+
+def parse_vllm_metrics(text: str, adapters: Iterable[str] = ()) -> ReplicaStats:
+    """Sum each wanted gauge over its series (one per engine core / model name)."""
+    values = {field: 0.0 for field in _WANTED.values()}
+    seen = False
+    for family in text_string_to_metric_families(text):
+        field = _WANTED.get(family.name)
+        if field is None:
+            continue
+        seen = True
+        for sample in family.samples:
+            if sample.name == family.name:
+                values[field] += sample.value
+    if not seen:
+        raise ValueError("no vLLM scheduler gauges in the metrics text")
+    return ReplicaStats(waiting=values["waiting"], running=values["running"], kv_usage=values["kv_usage"],
+                        adapters=frozenset(adapters))
+
+
+def lora_adapters(models_body: dict) -> frozenset[str]:
+    """Adapter names from an engine's /v1/models: the cards that have a parent model."""
+    return frozenset(
+        card["id"] for card in models_body.get("data", [])
+        if isinstance(card, dict) and card.get("parent") and card.get("parent") != card.get("id")
+    )
+
+
+@dataclass
+class _Entry:
+    stats: ReplicaStats | None = None
+    at: float = float("-inf")
+    healthy: bool = True
+    failed_at: float | None = None
+
+
+class StatsStore:
+    """Latest stats and health per replica id. A replica is unhealthy from a failed scrape
+    or a failed request until its next successful scrape, or ``retry_after_s`` after the
+    failure when no scrape has come since (so a replica is never out for good on one
+    gateway's word)."""
+
+    def __init__(self, *, stale_after_s: float, retry_after_s: float = 10.0):
+        self._stale_after_s = stale_after_s
+        self._retry_after_s = retry_after_s
+        self._entries: dict[str, _Entry] = {}
+
+    def update(self, replica_id: str, stats: ReplicaStats, now: float) -> None:
+        e = self._entries.setdefault(replica_id, _Entry())
+        e.stats, e.at, e.healthy, e.failed_at = stats, now, True, None
+
+    def failed(self, replica_id: str, now: float) -> None:
+        e = self._entries.setdefault(replica_id, _Entry())
+        e.healthy, e.failed_at = False, now
+
+    def stats(self, replica_id: str, now: float) -> ReplicaStats | None:
+        e = self._entries.get(replica_id)
+        if e is None or e.stats is None or now - e.at > self._stale_after_s:
+            return None
+        return e.stats
+
+    def healthy(self, replica_id: str, now: float) -> bool:
+        e = self._entries.get(replica_id)
+        if e is None or e.healthy:
+            return True
+        if e.failed_at is not None and now - e.failed_at >= self._retry_after_s:
+            return True  # put back on probation: the next failure takes it out again
+        return False
+
+    def forget(self, keep: Iterable[str]) -> None:
+        keep = set(keep)
+        for rid in [r for r in self._entries if r not in keep]:
+            del self._entries[rid]

@@ -64,6 +64,7 @@ bench: setup
 	$(PRUNE)
 	$(BIN)/python -m loadtests.overhead --runs 7 --with-serve-llm --out loadtests/results/candidates.json
 	$(BIN)/python -m loadtests.overhead --runs 7 --out loadtests/results/overhead.json
+	$(BIN)/python -m loadtests.prefix_routing --runs 5 --out loadtests/results/prefix-routing.json
 	$(BIN)/python -m loadtests.readme_figures --write
 
 # The committed load-test reports: owc vs bare vLLM vs vllm-router on chat and shared-prefix

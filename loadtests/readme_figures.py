@@ -122,12 +122,65 @@ def loadtests_block(_: dict) -> str:
     ])
 
 
+ROUTING_LABELS = {
+    "owc-prefix_affinity": "**owc `prefix_affinity`**",
+    "owc-round_robin": "owc `round_robin`",
+    "owc-least_load": "owc `least_load` (P2C)",
+    "vllm-router-cache_aware": "vllm-router `cache_aware`",
+    "vllm-router-round_robin": "vllm-router `round_robin`",
+}
+
+
+def routing_block(doc: dict) -> str:
+    st, w, e = doc["stats"], doc["workload"], doc["engines"]
+    pct = lambda x: f"{x * 100:.1f}%"  # noqa: E731
+    rows = [
+        "| router | prefix-cache hit rate | of ideal | TTFT p50 (ms) | TTFT p90 (ms) | p90 vs owc round-robin | "
+        "decision p99 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, label in ROUTING_LABELS.items():
+        x = st[name]
+        p99 = x.get("decision_p99_le_s")
+        rows.append(
+            f"| {label} | {_spread(x['hit_rate'], pct)} | {_spread(x['hit_rate_of_ideal'], _ratio)} | "
+            f"{_spread(x['ttft_p50_s'], _ms)} | {_spread(x['ttft_p90_s'], _ms)} | "
+            f"{_spread(x['ttft_p90_vs_owc_round_robin'], _ratio)} | "
+            f"{'≤ ' + f'{p99 * 1e6:g} µs' if p99 is not None else '—'} |"
+        )
+    pa = st["owc-prefix_affinity"]
+    p99 = pa["decision_p99_le_s"]
+    verdict = [
+        f"- Hit rate ≥ 0.9 of ideal: **{'met' if pa['hit_rate_of_ideal']['median'] >= 0.9 else 'not met'}** "
+        f"({pa['hit_rate_of_ideal']['median']:.2f}).",
+        f"- TTFT p90 ≥ 2× better than round-robin: "
+        f"**{'met' if pa['ttft_p90_vs_owc_round_robin']['median'] >= 2 else 'not met'}** "
+        f"({pa['ttft_p90_vs_owc_round_robin']['median']:.2f}×).",
+        f"- Routing decision p99 < 1 ms (gateway histogram, {pa['decisions']:.0f} decisions): "
+        f"**{'met' if p99 is not None and p99 <= 1e-3 else 'not met'}** (bucket ≤ {p99 * 1e6:g} µs).",
+    ]
+    return "\n".join([
+        f"Two vLLM-CPU replicas, each KV cache {e['kv_cache_tokens']} tokens ({e['kv_blocks']} blocks of "
+        f"{e['block_size']}) = {e['documents_per_cache']:.1f} of the {w['documents']} documents "
+        f"(~{w['shared_prefix_tokens_median']:.0f} shared tokens each); {w['requests']} streamed chat requests per run "
+        f"({w['per_doc']} questions per document, seed {w['seed']}), closed loop at concurrency {w['concurrency']}, "
+        f"caches reset before each. Ideal hit rate (every request but a document's first reuses its whole-block "
+        f"prefix): **{pct(doc['ideal_hit_rate'])}**. Median of {doc['runs']} interleaved runs (min–max). "
+        f"Raw results: `loadtests/results/prefix-routing.json` (`python -m loadtests.prefix_routing`).",
+        "",
+        *rows,
+        "",
+        *verdict,
+    ])
+
+
 COMPARE_REPORTS = ("chat-multilingual", "shared-prefix")
 
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "overhead": ("overhead.json", overhead_block),
     "candidates": ("candidates.json", candidates_block),
     "loadtests": ("capacity.json", loadtests_block),
+    "routing": ("prefix-routing.json", routing_block),
 }
 
 

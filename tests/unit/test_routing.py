@@ -105,7 +105,7 @@ def test_prefix_affinity_home_then_spill_over():
     key = b"the shared manual"
     scorer = S.prefix_affinity(bounded_load=1.25)
     idle = [ReplicaView(A), ReplicaView(B), ReplicaView(C)]
-    home = ids(idle)[S.prefix_affinity(1.25)(idle, RequestInfo("m", prefix_key=key)).index(1.0)]
+    home = ids(idle)[S.prefix_affinity(2.0)(idle, RequestInfo("m", prefix_key=key)).index(1.0)]
     assert home == "abc"[ranking(key, ["a", "b", "c"])[0]]
     # one more request above the mean is fine …
     near = [ReplicaView(e, in_flight=1 if e.replica_id == home else 0) for e in (A, B, C)]
@@ -231,7 +231,7 @@ def test_affinity_policy_tiers():
     s_home = ids(views)[S.session_affinity(views, req).index(1.0)]
     assert r.pick(views, req).replica_id == s_home
     p_req = RequestInfo("m", prefix_key=b"doc")
-    p_home = ids(views)[S.prefix_affinity(1.25)(views, p_req).index(1.0)]
+    p_home = ids(views)[S.prefix_affinity(2.0)(views, p_req).index(1.0)]
     loaded = [ReplicaView(v.endpoint, stats=st(running=1 if v.replica_id == p_home else 0)) for v in views]
     assert r.pick(loaded, p_req).replica_id == p_home
 

@@ -1,0 +1,113 @@
+"""The capacity policy: a pure function from one model's signals to a replica target and a
+reason. No I/O, no clock: the controller loop (cluster.capacity.controller) and the
+simulator (cluster.capacity.simulator) both call it.
+
+Up fast (at once on queueing, KV pressure, a TTFT SLO miss or more load than the replicas
+are sized for; several replicas per step), down slowly (the load must fit in one replica
+fewer at ``down_utilization`` of the target for ``down_stabilization_s`` without a break,
+one replica per step, after a cooldown), always within [min, max]. Missing or stale signals
+hold. Scale to zero only after ``idle_to_zero_s`` without a request; a request arriving
+for a model at zero wakes it at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from cluster.config.schema import Autoscaling, Replicas
+
+
+@dataclass(frozen=True)
+class Signals:
+    """One model's load, as read (from Prometheus) at time ``at``. None: not available."""
+
+    at: float
+    ongoing: float | None  # requests in flight at the gateways (incl. held while waking)
+    queue: float | None = None  # requests waiting in the engines' queues (sum)
+    kv_usage: float | None = None  # mean KV-cache use over replicas, [0, 1]
+    ttft_p95_s: float | None = None  # over the last minute
+    tokens_per_s: float | None = None  # generated tokens per second (reported, not used to decide)
+    request_rate: float | None = None  # requests per second over the last minute
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    last_up: float | None = None
+    last_down: float | None = None
+    low_since: float | None = None  # the scale-down condition has held since
+    idle_since: float | None = None  # no request since
+
+
+@dataclass(frozen=True)
+class Decision:
+    target: int
+    reason: str
+    state: PolicyState
+
+    @property
+    def changed(self) -> bool:
+        return not self.reason.startswith("hold")
+
+
+def decide(
+    signals: Signals | None, *, current: int, settings: Autoscaling, bounds: Replicas, state: PolicyState, now: float,
+) -> Decision:
+    """``current``: the replica target in force (starting replicas count: they are coming)."""
+    s = settings
+    if current < bounds.min:
+        return Decision(bounds.min, "up:below_min", replace(state, last_up=now, low_since=None))
+    if current > bounds.max:
+        return Decision(bounds.max, "down:above_max", replace(state, last_down=now, low_since=None))
+    if signals is None or signals.ongoing is None or now - signals.at > s.stale_after_s:
+        return Decision(current, "hold:no_data", replace(state, low_since=None))
+
+    ongoing = max(0.0, signals.ongoing)
+    if current == 0:
+        if ongoing > 0:
+            return Decision(max(1, bounds.min), "up:wake", replace(state, last_up=now, idle_since=None))
+        return Decision(0, "hold:zero", state)
+
+    desired = math.ceil(ongoing / s.target_ongoing_per_replica)
+    pressure = _pressure(signals, current, desired, s)
+    if pressure is not None:
+        state = replace(state, low_since=None, idle_since=None)
+        if current >= bounds.max:
+            return Decision(current, f"hold:at_max:{pressure}", state)
+        if state.last_up is not None and now - state.last_up < s.up_cooldown_s:
+            return Decision(current, f"hold:up_cooldown:{pressure}", state)
+        step = min(s.max_step_up, max(1, desired - current))
+        return Decision(min(bounds.max, current + step), f"up:{pressure}", replace(state, last_up=now))
+
+    # Idle: scale to zero after idle_to_zero_s without requests.
+    idle = ongoing == 0 and (signals.request_rate or 0.0) == 0
+    state = replace(state, idle_since=(state.idle_since if state.idle_since is not None else now) if idle else None)
+    if idle and bounds.min == 0 and s.idle_to_zero_s is not None and now - state.idle_since >= s.idle_to_zero_s:
+        return Decision(0, "down:idle", replace(state, last_down=now, low_since=None, idle_since=None))
+
+    floor = max(bounds.min, 1)
+    fits = ongoing <= (current - 1) * s.target_ongoing_per_replica * s.down_utilization
+    quiet = (signals.queue or 0.0) == 0 and (signals.ttft_p95_s is None or signals.ttft_p95_s <= s.ttft_slo_s)
+    if current > floor and fits and quiet:
+        low_since = state.low_since if state.low_since is not None else now
+        state = replace(state, low_since=low_since)
+        last_change = max((t for t in (state.last_up, state.last_down) if t is not None), default=None)
+        if now - low_since < s.down_stabilization_s:
+            return Decision(current, "hold:down_stabilizing", state)
+        if last_change is not None and now - last_change < s.down_cooldown_s:
+            return Decision(current, "hold:down_cooldown", state)
+        lower = max(floor, desired, current - s.max_step_down)
+        return Decision(lower, "down:low_load", replace(state, last_down=now, low_since=None))
+    return Decision(current, "hold:steady", replace(state, low_since=None))
+
+
+def _pressure(sig: Signals, current: int, desired: int, s: Autoscaling) -> str | None:
+    if sig.queue is not None and sig.queue / current > s.target_queue_per_replica:
+        return "queue"
+    if sig.ttft_p95_s is not None and sig.ttft_p95_s > s.ttft_slo_s:
+        return "ttft_slo"
+    if sig.kv_usage is not None and sig.kv_usage > s.target_kv_usage:
+        return "kv_cache"
+    if desired > current:
+        return "load"
+    return None

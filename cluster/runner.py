@@ -112,7 +112,9 @@ class LocalCluster:
         serve.start(proxy_location="Disabled")
         report("starting engines (loading models)")
         app = build_application(self.cfg, launcher=self._launcher, gateway_env=self._gateway_env())
-        serve.run(app, name=APP_NAME, route_prefix=None)
+        # external_scaler_enabled: the capacity controller sets replica counts (Serve's own
+        # autoscaling is not used by owc).
+        serve.run(app, name=APP_NAME, route_prefix=None, external_scaler_enabled=True)
         report("waiting for the gateway")
         self.wait_ready(ready_timeout_s)
 

@@ -199,6 +199,11 @@ class ModelConfig(StrictModel):
         return v
 
     @property
+    def wakes_on_request(self) -> bool:
+        """Scaled to zero by the controller, a request for this model wakes it."""
+        return self.autoscaling.enabled and self.replicas.min == 0
+
+    @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
 

@@ -4,8 +4,10 @@ replica registers its engine's own OpenAI URL, which is where the gateway sends 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,13 @@ from ray import serve
 
 from cluster.config.schema import EngineNetwork, ModelConfig
 from cluster.engine.launcher import Launcher, vllm_launcher
+from cluster.engine.names import deployment_name
 from cluster.engine.placement import placement_for
 from cluster.process import ServerProcess
+from cluster.routing.stats import parse_vllm_metrics
 
 log = logging.getLogger(__name__)
+DRAIN_NOTICE_S = 2.0  # registry poll (0.5 s) + endpoints file poll (0.2 s) + margin
 
 
 class EngineUnhealthy(RuntimeError):
@@ -74,12 +79,37 @@ class EngineReplica:
         return {"model": self._name, "replica_id": self._replica_id, "url": self._proc.url, "pid": self._proc.pid}
 
     async def __del__(self) -> None:
+        """Serve stops this replica (scale-down or shutdown): drain first. The replica leaves
+        routing (``draining`` in the registry; every gateway sees it within ~1 s), then its
+        engine finishes the requests it has, up to ``autoscaling.drain_timeout_s``; only
+        then does the engine stop."""
+        try:
+            await self._registry.drain.remote(self._name, self._replica_id)
+            await asyncio.sleep(DRAIN_NOTICE_S)
+            await self._wait_idle(self._cfg.autoscaling.drain_timeout_s)
+        except Exception as e:  # the registry may already be gone at shutdown
+            log.debug("drain failed: %s", e)
         try:
             await self._registry.deregister.remote(self._name, self._replica_id)
-        except Exception as e:  # the registry may already be gone at shutdown
+        except Exception as e:
             log.debug("deregister failed: %s", e)
         self._proc.stop(grace_s=5)
         await self._session.close()
+
+    async def _wait_idle(self, timeout_s: float) -> None:
+        """Until the engine has no request running or waiting (vLLM's own gauges)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self._proc.alive():
+            try:
+                async with self._session.get(f"{self._proc.url}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    text = await r.text()
+                stats = parse_vllm_metrics(text)
+                if stats.running + stats.waiting == 0:
+                    return
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                return
+            await asyncio.sleep(0.5)
+        log.warning("engine %s replica %s still busy after %.0fs of draining", self._name, self._replica_id, timeout_s)
 
 
 def engine_deployment(served_name: str, cfg: ModelConfig):
@@ -105,9 +135,6 @@ def engine_deployment(served_name: str, cfg: ModelConfig):
         max_ongoing_requests=100,
         health_check_period_s=5,
         health_check_timeout_s=30,
-        graceful_shutdown_timeout_s=30,
+        # Scale-down drains in __del__: Serve must give it the drain timeout.
+        graceful_shutdown_timeout_s=cfg.autoscaling.drain_timeout_s + DRAIN_NOTICE_S + 15,
     )
-
-
-def deployment_name(served_name: str) -> str:
-    return "engine-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in served_name)

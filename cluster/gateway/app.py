@@ -121,8 +121,12 @@ def build_app(
 
     @app.get("/ready")
     async def ready() -> Response:
-        models = {name: {"replicas": len(endpoints.endpoints(name))} for name in config.models}
-        ok = all(m["replicas"] > 0 for m in models.values())
+        models: dict[str, dict] = {}
+        for name, _, routable in replica_counts(config, endpoints, routing):
+            models[name] = {"replicas": routable}
+            if routable == 0 and config.models[name].wakes_on_request:
+                models[name]["scaled_to_zero"] = True  # ready: a request wakes it
+        ok = all(m["replicas"] > 0 or m.get("scaled_to_zero") for m in models.values())
         return JSONResponse({"ready": ok, "models": models}, status_code=200 if ok else 503)
 
     @app.get("/metrics")

@@ -4,6 +4,7 @@ every streamed chunk; all other routes stay on FastAPI (cluster.gateway.app)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -158,12 +159,18 @@ class Proxy:
 
         outcome.on_answer = on_answer
         engine_span, trace_headers = self._tracer.engine_span(span, served) if span is not None else (None, None)
-        routing = self._config.models[served].routing
+        mc = self._config.models[served]
+        routing = mc.routing
+        endpoints = self._endpoints.endpoints(served)
+        if mc.wakes_on_request and not any(not e.draining for e in endpoints):
+            # Scaled to zero: hold the request (it counts as in flight, which is what wakes
+            # the model through the controller) until a replica registers.
+            endpoints = await self._wait_for_replica(served, mc.autoscaling.wake_timeout_s)
         info = RequestInfo(model=served, prefix_key=prefix_key(data, routing.prefix_chars),
                            session_key=session_key(headers, data))
         try:
             await self._relay.forward(
-                receive, send, endpoints=self._endpoints.endpoints(served), route=info, path=route, body=body,
+                receive, send, endpoints=endpoints, route=info, path=route, body=body,
                 stream=bool(req.stream), request_id=request_id, outcome=outcome, extra_headers=trace_headers,
             )
         finally:
@@ -174,6 +181,16 @@ class Proxy:
                     "server.address": outcome.endpoint.url if outcome.endpoint else None,
                     "owc.replica_id": outcome.endpoint.replica_id if outcome.endpoint else None,
                 })
+
+    async def _wait_for_replica(self, model: str, timeout_s: float) -> list:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            endpoints = self._endpoints.endpoints(model)
+            if any(not e.draining for e in endpoints):
+                return endpoints
+            await asyncio.sleep(0.1)
+        raise OpenAIError(503, f"model {model} is scaled to zero and no replica started within {timeout_s:g}s",
+                          code="no_healthy_replica", headers={"Retry-After": "10"})
 
     def _record(
         self, route: str, model: str, tenant: str, request_id: str, stream: bool, outcome: Outcome,

@@ -34,6 +34,15 @@ class EndpointTable:
         self._entries[key] = (self._entries[key][0], now)
         return True
 
+    def drain(self, model: str, replica_id: str) -> bool:
+        """Mark a replica as leaving: still listed (its requests finish), routed no more."""
+        key = (model, replica_id)
+        if key not in self._entries:
+            return False
+        ep, seen = self._entries[key]
+        self._entries[key] = (Endpoint(ep.model, ep.replica_id, ep.url, draining=True), seen)
+        return True
+
     def deregister(self, model: str, replica_id: str) -> None:
         self._entries.pop((model, replica_id), None)
 

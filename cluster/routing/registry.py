@@ -32,6 +32,9 @@ class EndpointRegistry:
         if not self._table.heartbeat(model, replica_id, time.monotonic()):
             self.register(model, replica_id, url)
 
+    def drain(self, model: str, replica_id: str) -> None:
+        self._table.drain(model, replica_id)
+
     def deregister(self, model: str, replica_id: str) -> None:
         self._table.deregister(model, replica_id)
 

@@ -14,7 +14,7 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import fake_engine_argv, gateway_argv, server
+from tests.conftest import fake_engine_argv, gateway_argv, server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,11 @@ def _err(r: httpx.Response) -> dict:
 
 def test_health_and_ready(gateway):
     assert httpx.get(gateway.url + "/health").json() == {"status": "ok"}
-    r = httpx.get(gateway.url + "/ready")
-    assert r.status_code == 200 and r.json()["models"]["fake-model"]["replicas"] == 1
+    # dark-model's one replica cannot be reached: the gateway is not ready for it (its stats
+    # scrape fails within one poll), while fake-model has its healthy replica
+    r = wait_for(lambda: (x := httpx.get(gateway.url + "/ready")).json()["models"]["dark-model"]["replicas"] == 0 and x,
+                 5, "the unreachable replica out of routing")
+    assert r.status_code == 503 and r.json()["models"]["fake-model"]["replicas"] == 1
 
 
 def test_models_list_and_alias_lookup(client):

@@ -171,3 +171,29 @@ def test_replica_that_goes_away_leaves_routing_and_comes_back(good, tmp_path):
         assert metric(gw.url, "owc_retries_total", model="m") == 0
         with server(fake_engine_argv("m", itl_ms=1), port=port):
             wait_for(lambda: routable(2), 5, "the restarted replica back in routing")
+
+
+def test_model_scaled_to_zero_is_ready_and_a_request_waits_for_its_first_replica(good, tmp_path):
+    """A request for a model at zero replicas is held (counted in flight, which is what the
+    controller wakes the model on) until a replica registers, then served."""
+    from cluster.gateway.discovery import write_endpoints_file
+    from cluster.routing.endpoints import Endpoint
+
+    cfg = tmp_path / "owc.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "models": {"m": {"source": "external", "replicas": {"min": 0, "max": 2},
+                         "autoscaling": {"enabled": True, "wake_timeout_s": 20}}},
+        "gateway": {"api_keys_env": None},
+    }))
+    eps = str(tmp_path / "endpoints.json")
+    write_endpoints_file(eps, [])
+    argv = [*gateway_argv(config=str(cfg)), "--endpoints-file", eps]
+    with server(argv) as gw, ThreadPoolExecutor(1) as pool:
+        r = httpx.get(gw.url + "/ready")
+        assert r.status_code == 200 and r.json()["models"]["m"] == {"replicas": 0, "scaled_to_zero": True}
+        held = pool.submit(_chat, gw.url)
+        wait_for(lambda: metric(gw.url, "owc_requests_in_flight", model="m") == 1, 5, "the request held")
+        time.sleep(0.5)
+        assert not held.done()
+        write_endpoints_file(eps, [Endpoint("m", "r1", good.url)])
+        assert held.result().status_code == 200

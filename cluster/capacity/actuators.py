@@ -1,0 +1,176 @@
+"""Where a replica target takes effect.
+
+- ``RayServeActuator``: a local (or any reachable) Ray Serve application started with
+  ``external_scaler_enabled``; the target goes to the Serve controller, which starts or
+  stops replicas without touching the others.
+- ``KubernetesActuator``: patches the RayService's ``serveConfigV2`` (the engine
+  deployment's ``num_replicas`` in the owc application), with the object's
+  resourceVersion so that a concurrent change (a ``helm upgrade``) is never overwritten;
+  KubeRay applies it and the Ray autoscaler adds or removes GPU worker pods.
+  Ownership: the controller owns ``applications[owc].deployments[engine-*].num_replicas``
+  and nothing else; the chart renders those entries from the live object (``lookup``), so
+  an upgrade keeps the controller's counts.
+- ``LeaseElector``: a coordination.k8s.io Lease, so that of several controller pods only
+  the holder acts.
+
+Scale-down drains in every case: the engine replica being stopped first leaves routing
+(``draining`` in the registry), then waits for its in-flight requests (cluster.engine.replica).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any, Protocol
+
+import yaml
+
+from cluster.engine.names import deployment_name
+
+log = logging.getLogger(__name__)
+APP_NAME = "owc"
+
+
+class Actuator(Protocol):
+    def replicas(self, model: str) -> tuple[int, int]:
+        """(target in force, replicas running)."""
+        ...
+
+    def scale(self, model: str, target: int) -> None: ...
+
+
+class RayServeActuator:
+    def __init__(self, *, controller: Any = None, app_name: str = APP_NAME):
+        if controller is None:
+            import ray
+            from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+            controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        self._controller = controller
+        self._app = app_name
+
+    def replicas(self, model: str) -> tuple[int, int]:
+        from ray import serve
+
+        app = serve.status().applications[self._app]
+        dep = app.deployments[deployment_name(model)]
+        states = {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()}
+        running = states.get("RUNNING", 0)
+        target = sum(v for k, v in states.items() if k in ("RUNNING", "STARTING", "UPDATING", "RECOVERING",
+                                                            "PENDING_MIGRATION"))
+        return target, running
+
+    def scale(self, model: str, target: int) -> None:
+        import ray
+        from ray.serve._private.common import DeploymentID
+
+        ray.get(self._controller.update_deployment_replicas.remote(
+            DeploymentID(name=deployment_name(model), app_name=self._app), target))
+
+
+class Conflict(Exception):
+    """The object changed since it was read; retry on the next loop."""
+
+
+class KubernetesActuator:
+    GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
+
+    def __init__(self, *, api: Any, namespace: str, name: str, app_name: str = APP_NAME):
+        self._api = api  # kubernetes.client.CustomObjectsApi
+        self._ns, self._name, self._app = namespace, name, app_name
+
+    def _get(self) -> dict:
+        return self._api.get_namespaced_custom_object(self.GROUP, self.VERSION, self._ns, self.PLURAL, self._name)
+
+    def _app_of(self, serve_cfg: dict) -> dict:
+        for app in serve_cfg.get("applications", []):
+            if app.get("name") == self._app:
+                return app
+        raise KeyError(f"RayService {self._ns}/{self._name} has no Serve application {self._app!r}")
+
+    def replicas(self, model: str) -> tuple[int, int]:
+        obj = self._get()
+        app = self._app_of(yaml.safe_load(obj["spec"]["serveConfigV2"]))
+        name = deployment_name(model)
+        for d in app.get("deployments", []):
+            if d.get("name") == name and "num_replicas" in d:
+                return int(d["num_replicas"]), int(d["num_replicas"])
+        m = app["args"]["config"]["models"][model].get("replicas", {})
+        start = m.get("initial") if m.get("initial") is not None else max(m.get("min", 1), 1)
+        return int(start), int(start)
+
+    def scale(self, model: str, target: int) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        obj = self._get()
+        serve_cfg = yaml.safe_load(obj["spec"]["serveConfigV2"])
+        app = self._app_of(serve_cfg)
+        name = deployment_name(model)
+        deps = app.setdefault("deployments", [])
+        entry = next((d for d in deps if d.get("name") == name), None)
+        if entry is None:
+            entry = {"name": name}
+            deps.append(entry)
+        entry["num_replicas"] = int(target)
+        body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                "spec": {"serveConfigV2": yaml.safe_dump(serve_cfg, sort_keys=False)}}
+        try:
+            self._api.patch_namespaced_custom_object(self.GROUP, self.VERSION, self._ns, self.PLURAL, self._name, body)
+        except ApiException as e:
+            if e.status == 409:
+                raise Conflict(str(e.reason)) from None
+            raise
+
+
+class LeaseElector:
+    """Leader election on a coordination.k8s.io/v1 Lease: acquire when absent or expired,
+    renew while held; every write carries the resourceVersion read, so two candidates can
+    never both win the same round."""
+
+    def __init__(self, *, api: Any, namespace: str, name: str, identity: str, duration_s: int = 15,
+                 clock: Any = None):
+        self._api = api  # kubernetes.client.CoordinationV1Api
+        self._ns, self._name, self.identity, self._duration = namespace, name, identity, duration_s
+        self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+
+    def _body(self, now: dt.datetime, transitions: int, acquired: dt.datetime, rv: str | None = None):
+        from kubernetes import client
+
+        return client.V1Lease(
+            metadata=client.V1ObjectMeta(name=self._name, namespace=self._ns, resource_version=rv),
+            spec=client.V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=self._duration,
+                                    acquire_time=acquired, renew_time=now, lease_transitions=transitions),
+        )
+
+    def is_leader(self) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        now = self._clock()
+        try:
+            lease = self._api.read_namespaced_lease(self._name, self._ns)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            try:
+                self._api.create_namespaced_lease(self._ns, self._body(now, 0, now))
+                return True
+            except ApiException as e2:
+                if e2.status == 409:
+                    return False
+                raise
+        spec = lease.spec
+        holder = spec.holder_identity
+        renew = spec.renew_time
+        expired = renew is None or (now - renew).total_seconds() > (spec.lease_duration_seconds or self._duration)
+        if holder != self.identity and not expired:
+            return False
+        transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
+        acquired = spec.acquire_time if holder == self.identity and spec.acquire_time else now
+        try:
+            self._api.replace_namespaced_lease(self._name, self._ns,
+                                               self._body(now, transitions, acquired, lease.metadata.resource_version))
+            return True
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise

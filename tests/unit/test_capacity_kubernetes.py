@@ -1,0 +1,244 @@
+"""The Kubernetes actuator and Lease election through the real `kubernetes` client against
+an in-test HTTP server implementing the endpoints they use (RayService get/patch with
+merge patches and resourceVersion conflicts; Lease get/create/replace). Every patched
+RayService validates against the KubeRay CRD, and its embedded Serve config with Ray's own
+schema and `owc config validate`."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jsonschema
+import pytest
+import yaml
+from kubernetes import client
+
+from cluster.capacity.actuators import Conflict, KubernetesActuator, LeaseElector
+from cluster.capacity.controller import CapacityController
+from cluster.capacity.policy import Signals
+from cluster.config.loader import parse_config
+from tests.chart.test_chart import crd_schema
+
+NS, NAME = "serving", "owc"
+OWC = {
+    "models": {
+        "gpt-oss-20b": {"source": "openai/gpt-oss-20b", "accelerator": {"kind": "gpu"},
+                        "replicas": {"min": 1, "max": 4}, "autoscaling": {"enabled": True, "up_cooldown_s": 0}},
+        "tiny": {"source": "demo:tiny-llama"},
+    },
+    "gateway": {"host": "0.0.0.0", "api_keys_file": "/etc/owc/keys.yaml"},
+}
+
+
+def rayservice() -> dict:
+    serve = {"proxy_location": "EveryNode", "http_options": {"host": "0.0.0.0", "port": 8000},
+             "applications": [{"name": "owc", "import_path": "cluster.app:app_builder", "route_prefix": None,
+                               "args": {"config": OWC}}]}
+    return {
+        "apiVersion": "ray.io/v1", "kind": "RayService",
+        "metadata": {"name": NAME, "namespace": NS, "resourceVersion": "1"},
+        "spec": {"serveConfigV2": yaml.safe_dump(serve), "rayClusterConfig": {
+            "rayVersion": "2.60.0",
+            "headGroupSpec": {"rayStartParams": {}, "template": {"spec": {"containers": [
+                {"name": "ray-head", "image": "owc:1"}]}}},
+        }},
+    }
+
+
+def merge_patch(target, patch):
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+class FakeApi:
+    """The few Kubernetes API endpoints the controller uses, with optimistic concurrency."""
+
+    def __init__(self):
+        self.objects: dict[str, dict] = {f"/apis/ray.io/v1/namespaces/{NS}/rayservices/{NAME}": rayservice()}
+        self.lock = threading.Lock()
+        self.rv = 1
+        self.patches: list[dict] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, body):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self):
+                return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+
+            def _status(self, code, reason):
+                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
+                                  "code": code, "message": reason})
+
+            def do_GET(self):
+                with api.lock:
+                    obj = api.objects.get(self.path)
+                    self._send(200, obj) if obj else self._status(404, "NotFound")
+
+            def do_POST(self):  # create a Lease
+                body = self._body()
+                path = f"{self.path}/{body['metadata']['name']}"
+                with api.lock:
+                    if path in api.objects:
+                        return self._status(409, "AlreadyExists")
+                    api.rv += 1
+                    body["metadata"]["resourceVersion"] = str(api.rv)
+                    api.objects[path] = body
+                    self._send(201, body)
+
+            def _write(self, new):
+                old = api.objects.get(self.path)
+                if old is None:
+                    return self._status(404, "NotFound")
+                sent = (new.get("metadata") or {}).get("resourceVersion")
+                if sent and sent != old["metadata"]["resourceVersion"]:
+                    return self._status(409, "Conflict")
+                api.rv += 1
+                new["metadata"] = {**old["metadata"], **new.get("metadata", {}), "resourceVersion": str(api.rv)}
+                api.objects[self.path] = new
+                self._send(200, new)
+
+            def do_PUT(self):
+                with api.lock:
+                    self._write(self._body())
+
+            def do_PATCH(self):
+                assert self.headers["Content-Type"] == "application/merge-patch+json"
+                patch = self._body()
+                with api.lock:
+                    api.patches.append(patch)
+                    old = api.objects.get(self.path)
+                    if old is None:
+                        return self._status(404, "NotFound")
+                    self._write(merge_patch(copy.deepcopy(old), patch))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def rayservice(self) -> dict:
+        return self.objects[f"/apis/ray.io/v1/namespaces/{NS}/rayservices/{NAME}"]
+
+    def serve_config(self) -> dict:
+        return yaml.safe_load(self.rayservice()["spec"]["serveConfigV2"])
+
+
+@pytest.fixture
+def api():
+    a = FakeApi()
+    yield a
+    a.server.shutdown()
+
+
+def clients(url: str) -> tuple[client.CustomObjectsApi, client.CoordinationV1Api]:
+    conf = client.Configuration(host=url)
+    c = client.ApiClient(conf)
+    return client.CustomObjectsApi(c), client.CoordinationV1Api(c)
+
+
+def test_actuator_reads_and_patches_the_engine_replica_count(api, tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    custom, _ = clients(api.url)
+    act = KubernetesActuator(api=custom, namespace=NS, name=NAME)
+    assert act.replicas("gpt-oss-20b") == (1, 1)  # replicas.min, before the controller ever acted
+    act.scale("gpt-oss-20b", 3)
+    assert act.replicas("gpt-oss-20b") == (3, 3)
+    act.scale("gpt-oss-20b", 2)
+    cfg = api.serve_config()
+    (app,) = cfg["applications"]
+    assert app["deployments"] == [{"name": "engine-gpt-oss-20b", "num_replicas": 2}]
+    assert app["args"]["config"] == OWC  # nothing but the count changed
+    # every patch carried the resourceVersion it was based on, and only serveConfigV2
+    assert all(set(p) == {"metadata", "spec"} and set(p["spec"]) == {"serveConfigV2"} for p in api.patches)
+    jsonschema.Draft7Validator(crd_schema("RayService", "v1")).validate(api.rayservice())
+    ServeDeploySchema.parse_obj(cfg)
+    path = tmp_path / "owc.yaml"
+    path.write_text(yaml.safe_dump(app["args"]["config"]))
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", "config", "validate", "--no-engine-args", str(path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_concurrent_change_is_a_conflict_not_an_overwrite(api):
+    custom, _ = clients(api.url)
+    act = KubernetesActuator(api=custom, namespace=NS, name=NAME)
+    real_get = act._get
+
+    def stale_get():  # read, then someone else (a helm upgrade) writes before our patch
+        obj = real_get()
+        with api.lock:
+            api.rv += 1
+            api.rayservice()["metadata"]["resourceVersion"] = str(api.rv)
+        return obj
+
+    act._get = stale_get
+    with pytest.raises(Conflict):
+        act.scale("gpt-oss-20b", 4)
+    assert "deployments" not in api.serve_config()["applications"][0]
+
+
+def test_lease_allows_one_leader_and_fails_over_when_it_expires(api):
+    _, coord = clients(api.url)
+    now = [dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)]
+    a = LeaseElector(api=coord, namespace=NS, name="owc-controller", identity="pod-a", duration_s=15,
+                     clock=lambda: now[0])
+    b = LeaseElector(api=coord, namespace=NS, name="owc-controller", identity="pod-b", duration_s=15,
+                     clock=lambda: now[0])
+    assert a.is_leader() and not b.is_leader()
+    now[0] += dt.timedelta(seconds=10)
+    assert a.is_leader() and not b.is_leader()  # a renews
+    now[0] += dt.timedelta(seconds=16)  # a stopped renewing: b takes over
+    assert b.is_leader() and not a.is_leader()
+    lease = coord.read_namespaced_lease("owc-controller", NS)
+    assert lease.spec.holder_identity == "pod-b" and lease.spec.lease_transitions == 1
+
+
+class FixedSignals:
+    def __init__(self, ongoing):
+        self.ongoing = ongoing
+
+    def read(self, model):
+        return Signals(at=1000.0, ongoing=self.ongoing)
+
+
+def test_two_controllers_only_the_lease_holder_scales(api):
+    from prometheus_client import CollectorRegistry
+
+    cfg = parse_config(OWC)
+    ctls = []
+    for who in ("pod-a", "pod-b"):
+        custom, coord = clients(api.url)
+        ctls.append(CapacityController(
+            config=cfg, signals=FixedSignals(ongoing=20), registry=CollectorRegistry(), clock=lambda: 1001.0,
+            actuator=KubernetesActuator(api=custom, namespace=NS, name=NAME),
+            elector=LeaseElector(api=coord, namespace=NS, name="owc-controller", identity=who),
+        ))
+    assert ctls[0].models == ["gpt-oss-20b"]  # only models with autoscaling.enabled
+    first = ctls[0].reconcile_once()
+    second = ctls[1].reconcile_once()
+    assert first["gpt-oss-20b"].target == 3 and second == {}  # 20 in flight / 8 per replica
+    assert len(api.patches) == 1
+    assert ctls[1].metrics.leader._value.get() == 0 and ctls[0].metrics.last_reconcile._value.get() == 1001.0

@@ -4,8 +4,8 @@
 
 For each trace shape (steady, diurnal, bursty) two seeded traces are generated from the
 measured engine profile (loadtests/results/engine-profile.json): seed 1 tunes, seed 2
-reports. On the tuning seed, owc's `target_ongoing_per_replica` × `down_stabilization_s`
-(controller every 5 s) and the KEDA threshold on `vllm:num_requests_waiting` are swept; each keeps its cheapest setting (fewest
+reports. On the tuning seed, owc's `target_ongoing_per_replica` × `down_stabilization_s` ×
+`max_step_up` (controller every 5 s) and the KEDA threshold on `vllm:num_requests_waiting` are swept; each keeps its cheapest setting (fewest
 replica-hours) that meets the SLO for ≥ 99 % of requests (else its best attainment). Ray
 Serve's default autoscaling is not tuned (target_ongoing_requests=2, upscale delay 30 s,
 downscale delay 600 s). The held-out seed is then replayed under the three chosen
@@ -24,18 +24,19 @@ from cluster.capacity.simulator import EngineProfile, KedaThreshold, OwcPolicy, 
 from cluster.config.schema import Autoscaling, Replicas
 
 BOUNDS = Replicas(min=1, max=12)
-OWC_GRID = [(t, d) for t in (8, 16, 32) for d in (180, 600)]  # target_ongoing_per_replica, down_stabilization_s
+# target_ongoing_per_replica, down_stabilization_s, max_step_up
+OWC_GRID = [(t, d, u) for t in (8, 16, 32) for d in (180, 600) for u in (4, 12)]
 OWC_INTERVAL_S = 5.0
 KEDA_THRESHOLDS = (1, 2, 4, 8, 16, 32)
 
 
-def owc_settings(setting: tuple[float, float]) -> Autoscaling:
-    target, down_s = setting
+def owc_settings(setting: tuple[float, float, int]) -> Autoscaling:
+    target, down_s, step = setting
     return Autoscaling(enabled=True, target_ongoing_per_replica=target, target_queue_per_replica=2, ttft_slo_s=0.5,
-                       up_cooldown_s=10, down_cooldown_s=60, down_stabilization_s=down_s, max_step_up=4)
+                       up_cooldown_s=10, down_cooldown_s=60, down_stabilization_s=down_s, max_step_up=step)
 
 
-def owc_policy(setting: tuple[float, float]) -> OwcPolicy:
+def owc_policy(setting: tuple[float, float, int]) -> OwcPolicy:
     return OwcPolicy(owc_settings(setting), BOUNDS, interval_s=OWC_INTERVAL_S)
 
 
@@ -85,11 +86,12 @@ def main(argv: list[str] | None = None) -> None:
         better = min(ok, key=lambda b: b.replica_hours) if ok else max(baselines, key=lambda b: b.attainment)
         report["traces"][kind] = {
             "requests": len(held), "sha256_16": digest,
-            "tuning": {"owc": [{"target_ongoing_per_replica": x[0], "down_stabilization_s": x[1], **r.summary()}
-                               for x, r in zip(OWC_GRID, owc_runs)],
+            "tuning": {"owc": [{"target_ongoing_per_replica": x[0], "down_stabilization_s": x[1], "max_step_up": x[2],
+                                **r.summary()} for x, r in zip(OWC_GRID, owc_runs)],
                        "keda": [{"threshold": x, **r.summary()} for x, r in zip(KEDA_THRESHOLDS, keda_runs)],
                        "owc_chosen": {"target_ongoing_per_replica": owc_setting[0],
-                                      "down_stabilization_s": owc_setting[1], "interval_s": OWC_INTERVAL_S},
+                                      "down_stabilization_s": owc_setting[1], "max_step_up": owc_setting[2],
+                                      "interval_s": OWC_INTERVAL_S},
                        "keda_threshold": keda_threshold},
             "held_out": [r.summary() for r in final],
             "better_baseline": better.policy,

@@ -174,6 +174,49 @@ def routing_block(doc: dict) -> str:
     ])
 
 
+def autoscaling_block(doc: dict) -> str:
+    prof = json.loads((REPO / doc["profile"]).read_text())
+    rows = [
+        "| trace (held-out seed) | policy | within TTFT SLO | replica-hours | scale events | peak |",
+        "|---|---|---|---|---|---|",
+    ]
+    verdict = []
+    for kind, t in doc["traces"].items():
+        for r in t["held_out"]:
+            name = f"**{r['policy']}**" if r["policy"] == "owc" else r["policy"]
+            rows.append(f"| {kind} ({t['requests']} requests) | {name} | {r['attainment'] * 100:.2f}% | "
+                        f"{r['replica_hours']:.2f} | {r['scale_events']} | {r['peak_replicas']} |")
+        owc = t["held_out"][0]
+        better = next(r for r in t["held_out"] if r["policy"] == t["better_baseline"])
+        saving = t["replica_hours_saving_vs_better_baseline"]
+        if kind == "bursty":
+            met = owc["attainment"] >= 0.99 and saving >= 0.25 and owc["attainment"] >= better["attainment"]
+            verdict.append(
+                f"- Bursty trace, ≥ 99 % within the SLO with ≥ 25 % fewer replica-hours than the better baseline: "
+                f"**{'met' if met else 'not met'}** — owc {owc['attainment'] * 100:.2f}% with "
+                f"{owc['replica_hours']:.2f} replica-h; {better['policy']} {better['attainment'] * 100:.2f}% with "
+                f"{better['replica_hours']:.2f} replica-h.")
+    chosen = {k: t["tuning"]["owc_chosen"] for k, t in doc["traces"].items()}
+    keda = {k: t["tuning"]["keda_threshold"] for k, t in doc["traces"].items()}
+    return "\n".join([
+        f"TTFT SLO {doc['slo_s']:g} s; replicas {doc['bounds']['min']}–{doc['bounds']['max']}; "
+        f"{doc['duration_s'] / 60:.0f}-minute traces tuned on seed {doc['tune_seed']}, reported on seed "
+        f"{doc['report_seed']}. Engine profile (measured, `loadtests/results/engine-profile.json`): "
+        f"{prof['max_num_seqs']} sequences, prefill {prof['prefill_tokens_per_s'] / 1000:.0f}k tokens/s, decode step "
+        f"{prof['decode_step_base_s'] * 1000:.2f} ms + {prof['decode_step_per_seq_s'] * 1e6:.0f} µs per sequence, "
+        f"start-up {prof['startup_s']:.1f} s. owc's chosen settings: "
+        + "; ".join(f"{k}: {v['target_ongoing_per_replica']:g} per replica, down after {v['down_stabilization_s']:g} s, "
+                    f"up by ≤ {v['max_step_up']}" for k, v in chosen.items())
+        + ". KEDA thresholds chosen: " + ", ".join(f"{k} {v:g}" for k, v in keda.items())
+        + ". Raw results: `loadtests/results/autoscaling.json` (`python -m loadtests.autoscaling`); plots "
+        + ", ".join(f"[{k}](loadtests/results/{t['plot']})" for k, t in doc["traces"].items()) + ".",
+        "",
+        *rows,
+        "",
+        *verdict,
+    ])
+
+
 COMPARE_REPORTS = ("chat-multilingual", "shared-prefix")
 
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
@@ -181,6 +224,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "candidates": ("candidates.json", candidates_block),
     "loadtests": ("capacity.json", loadtests_block),
     "routing": ("prefix-routing.json", routing_block),
+    "autoscaling": ("autoscaling.json", autoscaling_block),
 }
 
 

@@ -4,6 +4,9 @@ demo Llama at TP=1, and the same weights at TP=2), the gateway on a free port.""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import httpx
 import openai
@@ -12,9 +15,15 @@ import yaml
 
 from cluster.config.loader import parse_config
 from cluster.process import free_port
+from tests.tools import tool
 from cluster.runner import LocalCluster
 from tests.conftest import metric  # noqa: F401  (re-exported for the tests)
 
+CAPACITY_TEST_SETTINGS = {
+    "enabled": True, "target_ongoing_per_replica": 4, "down_utilization": 0.9, "target_queue_per_replica": 100,
+    "ttft_slo_s": 60, "up_cooldown_s": 0, "down_cooldown_s": 0, "down_stabilization_s": 3, "stale_after_s": 30,
+    "drain_timeout_s": 120,
+}
 ENGINE_KWARGS = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "max_num_seqs": 16}
 
 
@@ -54,7 +63,12 @@ def cluster(model_cache, tmp_path_factory, file_sd_dir):
     keys_file.write_text(yaml.safe_dump(KEYS))
     cfg = parse_config({
         "models": {
-            "tiny-llama": model_entry(aliases=["demo"]),
+            # Autoscaled between 1 and 2 replicas by the capacity test's controller (windows
+            # shortened to seconds); round-robin, so that streams land on both replicas.
+            "tiny-llama": model_entry(
+                aliases=["demo"], max_model_len=4096, replicas={"min": 1, "max": 2},
+                routing={"policy": "round_robin"}, autoscaling=CAPACITY_TEST_SETTINGS,
+            ),
             "tiny-llama-tp2": model_entry(
                 tensor_parallel_size=2,
                 engine_env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "0|1"},
@@ -91,6 +105,31 @@ def engine_urls(model: str) -> list[str]:
 
     registry = serve.get_deployment_handle("owc-registry", app_name="owc")
     return [e.url for e in registry.snapshot.remote().result() if e.model == model]
+
+
+@pytest.fixture(scope="session")
+def prometheus(cluster, tmp_path_factory):
+    """`owc monitor`: a real Prometheus scraping the session cluster every second."""
+    d = tmp_path_factory.mktemp("monitor")
+    cfg = d / "owc.yaml"
+    cfg.write_text(yaml.safe_dump(cluster.cfg.model_dump(mode="json")))
+    port = free_port()
+    env = {**os.environ, "PATH": f"{os.path.dirname(tool('prometheus'))}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", "monitor", str(cfg), "--port", str(port), "--data-dir", str(d / "prom"),
+         "--scrape-interval", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        line = proc.stdout.readline()
+        assert url in line, line + proc.stdout.read(2000) if proc.poll() is not None else line
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

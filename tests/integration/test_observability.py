@@ -6,53 +6,22 @@ data, and the request counts in PromQL equal what the script sent."""
 from __future__ import annotations
 
 import collections
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
-import yaml
 
 from cluster.metrics.dashboards import DASHBOARDS, render
 from cluster.metrics.monitor import PROMETHEUS_DIR
-from cluster.process import free_port
 from tests.conftest import wait_for
 from tests.integration.conftest import API_KEY
 from tests.unit.test_dashboards import promql
-from tests.tools import tool
 
 pytestmark = pytest.mark.integration
 
 # Panels whose metrics this cluster cannot move, and why.
 EXEMPT = {"Accelerator utilisation": "DCGM GPU telemetry: no GPU on this machine"}
-
-
-@pytest.fixture(scope="module")
-def prometheus(cluster, tmp_path_factory):
-    d = tmp_path_factory.mktemp("monitor")
-    cfg = d / "owc.yaml"
-    cfg.write_text(yaml.safe_dump(cluster.cfg.model_dump(mode="json")))
-    port = free_port()
-    env = {**os.environ, "PATH": f"{os.path.dirname(tool('prometheus'))}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", "monitor", str(cfg), "--port", str(port), "--data-dir", str(d / "prom"),
-         "--scrape-interval", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        line = proc.stdout.readline()
-        assert url in line, line + proc.stdout.read(2000) if proc.poll() is not None else line
-        yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def query(url: str, expr: str) -> list:

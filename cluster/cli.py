@@ -275,9 +275,6 @@ def bench(
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
 
-if __name__ == "__main__":
-    app()
-
 
 @app.command()
 def controller(
@@ -380,3 +377,7 @@ def simulate(
         console.print(f"{r.policy:>22}: {r.attainment * 100:6.2f}% within {slo:g}s TTFT, "
                       f"{r.replica_hours:7.3f} replica-h, {r.scale_events} scale events, peak {r.peak_replicas}")
     console.print(f"report: {out / (trace.stem + '.json')}, plot: {out / (trace.stem + '.png')}")
+
+
+if __name__ == "__main__":
+    app()

@@ -27,8 +27,10 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 
 
 class FakeEngine:
-    def __init__(self, *, model: str, ttft_s: float, itl_s: float, max_num_seqs: int, default_max_tokens: int = 16):
+    def __init__(self, *, model: str, ttft_s: float, itl_s: float, max_num_seqs: int, default_max_tokens: int = 16,
+                 adapters: tuple[str, ...] = ()):
         self.model = model
+        self.adapters = adapters  # LoRA adapters "loaded": listed by /v1/models, accepted as model names
         self.ttft_s = ttft_s
         self.itl_s = itl_s
         self.default_max_tokens = default_max_tokens
@@ -69,7 +71,9 @@ class FakeEngine:
         return web.Response(body=generate_latest(self.registry), content_type="text/plain")
 
     async def models(self, _: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "fake"}]})
+        cards = [{"id": self.model, "object": "model", "owned_by": "fake", "parent": None}]
+        cards += [{"id": a, "object": "model", "owned_by": "fake", "parent": self.model} for a in self.adapters]
+        return web.json_response({"object": "list", "data": cards})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=True)
@@ -82,7 +86,7 @@ class FakeEngine:
             body = await request.json()
         except json.JSONDecodeError:
             return _error(400, "invalid JSON")
-        if body.get("model") != self.model:
+        if body.get("model") != self.model and body.get("model") not in self.adapters:
             return _error(404, f"The model `{body.get('model')}` does not exist.")
         n_out = int(body.get("max_tokens") or body.get("max_completion_tokens") or self.default_max_tokens)
         prompt = json.dumps(body.get("messages")) if chat else str(body.get("prompt"))
@@ -170,11 +174,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--itl-ms", type=float, default=5.0)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--parent-pid", type=int, default=0)
+    p.add_argument("--lora", action="append", default=[], help="a LoRA adapter name this engine has loaded")
     a = p.parse_args(argv)
     watch_parent(a.parent_pid)
 
     async def serve() -> None:
-        engine = FakeEngine(model=a.model, ttft_s=a.ttft_ms / 1000, itl_s=a.itl_ms / 1000, max_num_seqs=a.max_num_seqs)
+        engine = FakeEngine(model=a.model, ttft_s=a.ttft_ms / 1000, itl_s=a.itl_ms / 1000, max_num_seqs=a.max_num_seqs,
+                            adapters=tuple(a.lora))
         # vLLM aborts a request whose client went away; aiohttp does so only when asked.
         runner = web.AppRunner(engine.app(), access_log=None, handle_signals=True, handler_cancellation=True)
         await runner.setup()

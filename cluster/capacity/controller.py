@@ -87,8 +87,7 @@ class CapacityController:
         self.state[model] = d.state
         self.metrics.current.labels(model).set(current)
         self.metrics.target.labels(model).set(d.target)
-        self.metrics.decisions.labels(model, d.reason.split(":")[0] + ":" + d.reason.split(":")[1]
-                                      if ":" in d.reason else d.reason).inc()
+        self.metrics.decisions.labels(model, ":".join(d.reason.split(":")[:2])).inc()  # e.g. hold:up_cooldown
         return d
 
     def run(self, interval_s: float, stop: threading.Event) -> None:

@@ -188,6 +188,7 @@ class SimResult:
     replica_hours: float
     scale_events: int
     peak_replicas: int
+    unfinished: int = 0  # requests not done when the simulation ended
     timeline: list[dict] = field(default_factory=list)  # t, arrivals/s, ongoing, replicas (every 10 s)
     events: list[dict] = field(default_factory=list)  # t, from, to
 
@@ -316,6 +317,7 @@ def simulate(
         policy=policy.name, requests=len(reqs), slo_s=slo_s, attainment=met / len(reqs) if reqs else 1.0,
         ttft_p50_s=_pct(ttfts, 50), ttft_p95_s=_pct(ttfts, 95), replica_hours=replica_s / 3600.0,
         scale_events=len(events), peak_replicas=peak, timeline=timeline, events=events,
+        unfinished=sum(1 for q in reqs if q.done is None),
     )
 
 

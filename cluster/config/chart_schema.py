@@ -73,6 +73,10 @@ def values_schema() -> dict[str, Any]:
         "networkPolicy": obj({"enabled": BOOL, "operatorNamespace": STR, "prometheusNamespace": STR, "gatewayFrom": LIST}),
         "podDisruptionBudget": obj({"enabled": BOOL}),
         "tests": obj({"image": STR}),
+        "controller": obj({
+            "enabled": BOOL, "replicas": {"type": "integer", "minimum": 1}, "prometheusUrl": STR,
+            "interval": {"type": "number", "exclusiveMinimum": 0}, "resources": RESOURCES,
+        }),
         "global": ANY_MAP,
     })
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "$defs": defs}

@@ -167,6 +167,12 @@ class ModelConfig(StrictModel):
         "`demo:tiny-llama` for the model owc builds locally with random weights.",
     )
     aliases: list[str] = Field(default_factory=list, description="Other names that select this model.")
+    adapters: list[str] = Field(
+        default_factory=list,
+        description="LoRA adapter names served on this model's engines (vLLM `lora_modules` in engine_kwargs, or "
+        "loaded at run time). A request naming one goes to this model's replicas, preferring those that have it "
+        "loaded (routing: adapter_loaded, lora_affinity); the name reaches the engine unchanged.",
+    )
     tensor_parallel_size: int = Field(1, ge=1, le=64, description="TP ranks, packed on one node.")
     pipeline_parallel_size: int = Field(1, ge=1, le=16, description="PP stages.")
     max_model_len: int | None = Field(None, ge=16, description="Context length in tokens; engine default when unset.")
@@ -188,7 +194,7 @@ class ModelConfig(StrictModel):
     routing: RoutingConfig = Field(default_factory=RoutingConfig, description="How the gateway picks this model's replica.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Capacity controller settings.")
 
-    @field_validator("aliases")
+    @field_validator("aliases", "adapters")
     @classmethod
     def _alias_names(cls, v: list[str]) -> list[str]:
         for a in v:
@@ -329,7 +335,7 @@ class OwcConfig(StrictModel):
         for name, m in self.models.items():
             if not _NAME.match(name):
                 raise ValueError(f"invalid model name {name!r}")
-            for n in (name, *m.aliases):
+            for n in (name, *m.aliases, *m.adapters):
                 if n in seen:
                     raise ValueError(f"model name {n!r} used by both {seen[n]!r} and {name!r}")
                 seen[n] = name
@@ -340,6 +346,6 @@ class OwcConfig(StrictModel):
         if name in self.models:
             return name
         for served, m in self.models.items():
-            if name in m.aliases:
+            if name in m.aliases or name in m.adapters:
                 return served
         return None

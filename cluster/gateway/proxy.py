@@ -135,7 +135,9 @@ class Proxy:
         served: str, req: Any,
         request_id: str, outcome: Outcome, span: Any,
     ) -> None:
-        rewrite = served != req.model
+        mc = self._config.models[served]
+        adapter = req.model if req.model in mc.adapters else None
+        rewrite = served != req.model and adapter is None  # an adapter's name reaches the engine unchanged
         if rewrite:
             data["model"] = served
         if req.stream and not (data.get("stream_options") or {}).get("include_usage"):
@@ -159,7 +161,6 @@ class Proxy:
 
         outcome.on_answer = on_answer
         engine_span, trace_headers = self._tracer.engine_span(span, served) if span is not None else (None, None)
-        mc = self._config.models[served]
         routing = mc.routing
         endpoints = self._endpoints.endpoints(served)
         if mc.wakes_on_request and not any(not e.draining for e in endpoints):
@@ -167,7 +168,7 @@ class Proxy:
             # the model through the controller) until a replica registers.
             endpoints = await self._wait_for_replica(served, mc.autoscaling.wake_timeout_s)
         info = RequestInfo(model=served, prefix_key=prefix_key(data, routing.prefix_chars),
-                           session_key=session_key(headers, data))
+                           session_key=session_key(headers, data), adapter=adapter)
         try:
             await self._relay.forward(
                 receive, send, endpoints=endpoints, route=info, path=route, body=body,

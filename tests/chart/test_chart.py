@@ -221,3 +221,33 @@ def test_checkov_finds_nothing_outside_the_skip_list(tmp_path):
     passed = sum(rep["summary"]["passed"] for rep in reports)
     assert passed > 100 and all(rep["summary"]["parsing_errors"] == 0 for rep in reports)
     assert not failed, failed
+
+
+def test_controller_objects_scale_only_their_rayservice():
+    values = CHART / "ci" / "gpt-oss-20b-autoscaled-values.yaml"
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in rendered(values)}
+    rs = next(d for (k, _), d in docs.items() if k == "RayService")
+    name = rs["metadata"]["name"]
+    dep = docs[("Deployment", f"{name}-controller")]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    args = c["command"]
+    assert args[:3] == ["owc", "controller", "/etc/owc/config/owc.yaml"] and "--kubernetes" in args
+    assert args[args.index("--rayservice") + 1] == name and args[args.index("--lease") + 1] == f"{name}-controller"
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == f"{name}-controller"
+    # the controller reads the same owc config the RayService runs
+    cm = yaml.safe_load(docs[("ConfigMap", f"{name}-controller")]["data"]["owc.yaml"])
+    assert cm == yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["config"]
+    # its Role: get/patch on this RayService, its own Lease, nothing else
+    rules = docs[("Role", f"{name}-controller")]["rules"]
+    assert rules == [
+        {"apiGroups": ["ray.io"], "resources": ["rayservices"], "resourceNames": [name], "verbs": ["get", "patch"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [f"{name}-controller"],
+         "verbs": ["get", "update"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ]
+    assert ("PodMonitor", f"{name}-controller") in docs
+    # every flag the chart passes exists
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", "controller", "--help"], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "COLUMNS": "200"})
+    for flag in [a for a in args if a.startswith("--")]:
+        assert flag in r.stdout, flag

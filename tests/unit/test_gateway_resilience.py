@@ -197,3 +197,20 @@ def test_model_scaled_to_zero_is_ready_and_a_request_waits_for_its_first_replica
         assert not held.done()
         write_endpoints_file(eps, [Endpoint("m", "r1", good.url)])
         assert held.result().status_code == 200
+
+
+def test_lora_request_goes_to_the_replica_with_the_adapter_loaded(tmp_path):
+    cfg = tmp_path / "owc.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "models": {"m": {"source": "external", "adapters": ["fr-legal"], "routing": {"policy": "affinity"}}},
+        "gateway": {"api_keys_env": None, "routing_stats": {"period_s": 0.1}},
+    }))
+    with server(fake_engine_argv("m")) as plain, server([*fake_engine_argv("m"), "--lora", "fr-legal"]) as lora, \
+            server(gateway_argv(f"m={plain.url}", f"m={lora.url}", config=str(cfg))) as gw:
+        time.sleep(0.5)  # the first stats scrape reads each engine's /v1/models
+        for _ in range(6):
+            r = httpx.post(gw.url + CHAT, json={"model": "fr-legal", "messages": [{"role": "user", "content": "x"}],
+                                                "max_tokens": 2}, timeout=30)
+            assert r.status_code == 200 and r.json()["model"] == "m"
+        assert metric(lora.url, "vllm:generation_tokens_total") == 12
+        assert metric(plain.url, "vllm:generation_tokens_total") == 0

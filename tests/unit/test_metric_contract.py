@@ -53,6 +53,26 @@ def test_gateway_metrics_match_the_table():
     assert table == gateway_metrics()
 
 
+def test_controller_metrics_match_the_table():
+    from cluster.capacity.controller import ControllerMetrics
+
+    registry = CollectorRegistry()
+    m = ControllerMetrics(registry)
+    m.target.labels("m")
+    m.current.labels("m")
+    m.decisions.labels("m", "up:load")
+    m.errors.labels("m")
+    out = {}
+    for fam in registry.collect():
+        name = fam.name + ("_total" if fam.type == "counter" else "")
+        labels: set[str] = set()
+        for smp in fam.samples:
+            labels |= set(smp.labels)
+        out[name] = (fam.type, tuple(sorted(labels)))
+    table = {n: v for n, v in contract().items() if n.startswith("owc_controller_")}
+    assert table == out
+
+
 def _base(name: str) -> str:
     return re.sub(r"_(bucket|count|sum)$", "", name)
 

@@ -18,6 +18,18 @@
 {{- fail (printf "owc.models.%s: tensor parallelism needs accelerator.kind gpu on Kubernetes" $name) }}
 {{- end }}
 {{- end }}
+{{- if .Values.controller.enabled }}
+{{- $scaled := false }}
+{{- range $name, $m := $models }}
+{{- if (default (dict) $m.autoscaling).enabled }}{{ $scaled = true }}{{ end }}
+{{- end }}
+{{- if not $scaled }}
+{{- fail "controller.enabled but no owc.models.*.autoscaling.enabled: the controller would have nothing to scale" }}
+{{- end }}
+{{- if not .Values.controller.prometheusUrl }}
+{{- fail "controller.enabled needs controller.prometheusUrl (the controller's signals come from Prometheus)" }}
+{{- end }}
+{{- end }}
 {{- if and .Values.ingress.enabled (not .Values.ingress.host) }}
 {{- fail "ingress.enabled needs ingress.host" }}
 {{- end }}

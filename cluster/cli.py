@@ -327,18 +327,29 @@ def controller(
     registry = CollectorRegistry()
     ctl = CapacityController(config=cfg, signals=PrometheusSignals(prometheus), actuator=actuator, registry=registry,
                              elector=elector)
+    sd_dir = None
     if metrics_port:
         start_http_server(metrics_port, registry=registry)
+        if not kubernetes and cfg.monitoring.file_sd_dir:  # local mode: `owc monitor` scrapes it
+            from cluster.metrics.targets import file_sd_dir, write_targets
+
+            sd_dir = file_sd_dir(cfg.monitoring.file_sd_dir)
+            write_targets(sd_dir, f"controller-{metrics_port}", [{"targets": [f"127.0.0.1:{metrics_port}"]}])
     console.print(f"capacity controller: {', '.join(ctl.models)} every {interval:g}s (Prometheus {prometheus})")
-    if once:
-        for model, d in ctl.reconcile_once().items():
-            console.print(f"{model}: {d.target} ({d.reason})")
-        return
     stop = threading.Event()
     try:
-        ctl.run(interval, stop)
+        if once:
+            for model, d in ctl.reconcile_once().items():
+                console.print(f"{model}: {d.target} ({d.reason})")
+        else:
+            ctl.run(interval, stop)
     except KeyboardInterrupt:
         stop.set()
+    finally:
+        if sd_dir is not None:
+            from cluster.metrics.targets import remove_targets
+
+            remove_targets(sd_dir, f"controller-{metrics_port}")
 
 
 @app.command()

@@ -87,6 +87,13 @@ CAPACITY = Dashboard(
            ("histogram_quantile(0.95, sum by (model_name, le) (rate(vllm:time_to_first_token_seconds_bucket[$__rate_interval])))", "{{model_name}}"), unit="s"),
         _p("Accelerator utilisation", ("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} GPU {{gpu}}"), unit="percent",
            optional="GPU telemetry from NVIDIA's DCGM exporter; absent on CPU-only clusters."),
+        _p("Capacity controller: replica target",
+           (f"max by (model) (owc_controller_target_replicas{{{M}}})", "{{model}} decided"),
+           (f"max by (model) (owc_controller_current_replicas{{{M}}})", "{{model}} in force"),
+           optional="From `owc controller`, for models with autoscaling.enabled."),
+        _p("Capacity controller: decisions by reason",
+           (f"sum by (model, reason) (rate(owc_controller_decisions_total{{{M}}}[$__rate_interval]))", "{{model}} {{reason}}"),
+           unit="ops", optional="From `owc controller`, for models with autoscaling.enabled."),
     ),
 )
 

@@ -119,6 +119,8 @@ def _print_ready(cluster) -> None:
         f"-d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Bonjour\"}}]}}'"
     )
     out.print(f"  python -c \"import openai; c = openai.OpenAI(base_url='{base}', api_key='-'); print(c.models.list())\"")
+    if any(m.autoscaling.enabled for m in cluster.cfg.models.values()):
+        out.print(f"Autoscaled models: run `owc monitor` and `owc controller --ray-address {cluster.gcs_address}`.")
     out.print("Ctrl-C stops everything.")
     sys.stdout.flush()
 
@@ -318,10 +320,14 @@ def controller(
         elector = LeaseElector(api=client.CoordinationV1Api(), namespace=namespace, name=lease,
                                identity=identity or socket.gethostname())
     else:
+        import os
+
         import ray
 
         from cluster.capacity.actuators import RayServeActuator
+        from cluster.runner import RAY_ENV
 
+        os.environ.update(RAY_ENV)
         ray.init(address=ray_address or "auto", log_to_driver=False)
         actuator = RayServeActuator()
     registry = CollectorRegistry()

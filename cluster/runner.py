@@ -74,6 +74,13 @@ class LocalCluster:
         self._sd_name = f"ray-{uuid.uuid4().hex[:12]}"
 
     @property
+    def gcs_address(self) -> str:
+        """Where another process (`owc controller --ray-address`) joins this cluster's Ray."""
+        import ray
+
+        return ray.get_runtime_context().gcs_address
+
+    @property
     def url(self) -> str:
         g = self.cfg.gateway
         return f"http://{g.local_host}:{g.port}"

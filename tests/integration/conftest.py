@@ -20,9 +20,9 @@ from cluster.runner import LocalCluster
 from tests.conftest import metric  # noqa: F401  (re-exported for the tests)
 
 CAPACITY_TEST_SETTINGS = {
-    "enabled": True, "target_ongoing_per_replica": 4, "down_utilization": 0.9, "target_queue_per_replica": 100,
+    "enabled": True, "target_ongoing_per_replica": 3, "down_utilization": 0.9, "target_queue_per_replica": 100,
     "ttft_slo_s": 60, "up_cooldown_s": 0, "down_cooldown_s": 0, "down_stabilization_s": 3, "stale_after_s": 30,
-    "drain_timeout_s": 120,
+    "drain_timeout_s": 300,
 }
 ENGINE_KWARGS = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "max_num_seqs": 16}
 
@@ -64,10 +64,13 @@ def cluster(model_cache, tmp_path_factory, file_sd_dir):
     cfg = parse_config({
         "models": {
             # Autoscaled between 1 and 2 replicas by the capacity test's controller (windows
-            # shortened to seconds); round-robin, so that streams land on both replicas.
+            # shortened to seconds); no queue bound: that test is about scaling, not admission.
             "tiny-llama": model_entry(
-                aliases=["demo"], max_model_len=4096, replicas={"min": 1, "max": 2},
-                routing={"policy": "round_robin"}, autoscaling=CAPACITY_TEST_SETTINGS,
+                aliases=["demo"], max_model_len=8192, replicas={"min": 1, "max": 2},
+                # beyond the demo model's 4096 positions (RoPE; random weights): streams ≥ 10 s
+                engine_env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                            "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
+                routing={"max_queue_per_replica": 1000}, autoscaling=CAPACITY_TEST_SETTINGS,
             ),
             "tiny-llama-tp2": model_entry(
                 tensor_parallel_size=2,

@@ -1,8 +1,8 @@
 """The capacity controller on the session cluster with a real Prometheus (`owc monitor`,
 1 s scrapes): load makes it add a replica of tiny-llama, quiet makes it remove one, and
 the replica being removed drains — long streams running on it finish with every token.
-Then the simulator, fed the same load and an engine profile measured in the same run,
-predicts the same scaling within a stated tolerance."""
+Then the simulator, replaying the requests as they were served, predicts the same
+scaling within a stated tolerance."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from cluster.capacity.actuators import RayServeActuator
 from cluster.capacity.controller import CapacityController
 from cluster.capacity.signals import PrometheusSignals
 from cluster.capacity.simulator import EngineProfile, OwcPolicy, TraceRequest, simulate
+from cluster.routing.hashing import ranking
 from tests.conftest import REPO, metric, wait_for
 from tests.integration.conftest import API_KEY
 
 pytestmark = pytest.mark.integration
 MODEL = "tiny-llama"
-LONG_TOKENS = 3800
 # The simulator's scale-up and scale-down must land within this many seconds of the real ones.
 TOLERANCE_S = 15.0
 
@@ -37,24 +37,26 @@ def _registry_endpoints():
     return [e for e in registry.snapshot.remote().result() if e.model == MODEL]
 
 
-def _long_stream(url: str, i: int) -> dict:
+def _long_stream(url: str, i: int, session: str, tokens: int) -> dict:
     began = time.monotonic()
-    tokens, finish, usage = 0, None, None
-    body = {"model": MODEL, "prompt": f"A long story, part {i}:", "max_tokens": LONG_TOKENS, "ignore_eos": True,
+    events, finish, usage = 0, None, None
+    body = {"model": MODEL, "prompt": f"A long story, part {i}:", "max_tokens": tokens, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
-    with httpx.Client(timeout=300, headers={"Authorization": f"Bearer {API_KEY}"}) as c, \
+    headers = {"Authorization": f"Bearer {API_KEY}", "x-session-id": session}
+    with httpx.Client(timeout=300, headers=headers) as c, \
             c.stream("POST", f"{url}/v1/completions", json=body) as r:
-        assert r.status_code == 200
+        if r.status_code != 200:
+            raise AssertionError(f"{r.status_code}: {r.read().decode()}")
         for line in r.iter_lines():
             if not line.startswith("data: {"):
                 continue
             event = orjson.loads(line[6:])
             assert "error" not in event, event
             for ch in event.get("choices", []):
-                tokens += 1 if ch.get("text") else 0
+                events += 1 if ch.get("text") else 0
                 finish = ch.get("finish_reason") or finish
             usage = event.get("usage") or usage
-    return {"began": began, "ended": time.monotonic(), "finish": finish, "usage": usage, "events": tokens}
+    return {"began": began, "ended": time.monotonic(), "finish": finish, "usage": usage, "events": events}
 
 
 def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster, prometheus):
@@ -65,78 +67,92 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
     wait_for(lambda: (sig := signals.read(MODEL)) is not None and time.time() - sig.at < 5, 30,
              "Prometheus to have the gateway's series")
     t0 = time.monotonic()
-    arrivals: list[TraceRequest] = []
-    per_token: list[float] = []
+    served: list[tuple[float, float, int]] = []  # (arrival, duration, prompt tokens) since t0
     decisions: list[tuple[float, str, int]] = []
-    stop_load = threading.Event()
-    client = httpx.Client(base_url=cluster.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120,
-                          limits=httpx.Limits(max_connections=64))
+    stop_load, stop_ctl = threading.Event(), threading.Event()
+    client = httpx.Client(base_url=cluster.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=300,
+                          limits=httpx.Limits(max_connections=128))
 
-    def one(i: int) -> None:
-        t = time.monotonic() - t0
-        r = client.post("/v1/completions", json={"model": MODEL, "prompt": f"load {i}", "max_tokens": 300,
-                                                 "ignore_eos": True})
-        assert r.status_code == 200, r.text
-        u = r.json()["usage"]
-        arrivals.append(TraceRequest(t, u["prompt_tokens"], u["completion_tokens"]))
-        per_token.append((time.monotonic() - t0 - t) / u["completion_tokens"])
-
-    def load(pool: ThreadPoolExecutor) -> list:
-        """Open loop, 4 requests a second (replayable as a trace): ~2 s each here, so ~8 in flight."""
-        sent, i = [], 0
+    def worker(i: int) -> None:
+        """Closed loop: one 600-token request after another, so 8 workers keep 8 in flight
+        (over 3 per replica) whatever the machine's speed."""
         while not stop_load.is_set():
-            sent.append(pool.submit(one, i))
-            i += 1
-            stop_load.wait(0.25)
-        return sent
+            t = time.monotonic() - t0
+            r = client.post("/v1/completions", json={"model": MODEL, "prompt": f"load {i}", "max_tokens": 600,
+                                                     "ignore_eos": True})
+            assert r.status_code == 200, r.text
+            served.append((t, time.monotonic() - t0 - t, r.json()["usage"]["prompt_tokens"]))
 
-    def reconcile():
-        d = ctl.reconcile_once().get(MODEL)
-        if d is not None:
-            decisions.append((time.monotonic() - t0, d.reason, d.target))
-        return d
+    def controller() -> None:  # the controller loop, every second, recording its decisions
+        while not stop_ctl.is_set():
+            d = ctl.reconcile_once().get(MODEL)
+            if d is not None:
+                decisions.append((time.monotonic() - t0, d.reason, d.target))
+            stop_ctl.wait(1.0)
 
-    with ThreadPoolExecutor(4) as pool, ThreadPoolExecutor(64) as load_pool:
-        loader = pool.submit(load, load_pool)  # ~8 in flight > 4 per replica
-        up = wait_for(lambda: (d := reconcile()) is not None and d.reason.startswith("up") and d, 60,
-                      "the controller to scale up", period_s=1)
-        assert up.target == 2 and up.reason == "up:load"
-        t_up = decisions[-1][0]
-        wait_for(lambda: actuator.replicas(MODEL) == (2, 2), 180, "the second replica running")
-        startup_s = time.monotonic() - t0 - t_up
-        wait_for(lambda: metric(cluster.url, "owc_engine_replicas_routable", model=MODEL) == 2, 10,
-                 "the gateway routing to both replicas")
-        # Three long streams, round-robin over both replicas; then the load stops: what is
-        # left (3 in flight) fits one replica, so the controller scales down while they run.
-        streams = [pool.submit(_long_stream, cluster.url, i) for i in range(3)]
-        time.sleep(1.0)
-        stop_load.set()
-        for f in loader.result():
+    def decided(prefix: str):
+        return next(((t, r, n) for t, r, n in decisions if r.startswith(prefix)), None)
+
+    with ThreadPoolExecutor(6) as pool, ThreadPoolExecutor(8) as load_pool:
+        loop = pool.submit(controller)
+        loaders = [load_pool.submit(worker, i) for i in range(8)]
+        try:
+            t_up, reason, target = wait_for(lambda: decided("up"), 60, "the controller to scale up")
+            assert (reason, target) == ("up:load", 2)
+            wait_for(lambda: actuator.replicas(MODEL) == (2, 2), 180, "the second replica running")
+            startup_s = time.monotonic() - t0 - t_up
+            wait_for(lambda: metric(cluster.url, "owc_engine_replicas_routable", model=MODEL) == 2, 10,
+                     "the gateway routing to both replicas")
+            time.sleep(8)  # the load on two replicas for a while
+            # One long stream on each replica (a session whose rendezvous home it is); then the
+            # load stops: what is left (2 in flight) fits one replica, so the controller scales
+            # down while they run, whichever replica Serve stops.
+            ids = [e.replica_id for e in _registry_endpoints()]
+            sessions = [next(f"s{k}" for k in range(1000) if ranking(f"s{k}".encode(), ids)[0] == i)
+                        for i in range(len(ids))]
+            # Long enough for ≥ 10 s on this machine now: ~25 s at the load's recent speed per
+            # token (streams alone run faster), within the 8192-token context.
+            recent = sorted(served, key=lambda x: x[0])[-8:]
+            per_token = statistics.median(d / 600 for _, d, _ in recent)
+            long_tokens = int(min(7500, max(1000, 25 / per_token)))
+            streams = [pool.submit(_long_stream, cluster.url, i, s, long_tokens) for i, s in enumerate(sessions)]
+            time.sleep(0.2)
+            stop_load.set()
+            t_down, reason, target = wait_for(lambda: decided("down"), 120, "the controller to scale down")
+            assert (reason, target) == ("down:low_load", 1)
+            # the leaving replica stops taking requests but stays until its streams are done
+            wait_for(lambda: any(e.draining for e in _registry_endpoints()), 20, "a replica draining")
+            results = [f.result() for f in streams]
+            wait_for(lambda: len(_registry_endpoints()) == 1 and actuator.replicas(MODEL) == (1, 1), 60,
+                     "the drained replica gone")
+        finally:
+            stop_load.set()
+            stop_ctl.set()
+            loop.result()
+            print("decisions:", decisions[:3], "…", decisions[-6:])
+        for f in loaders:
             f.result()
-        down = wait_for(lambda: (d := reconcile()) is not None and d.reason.startswith("down") and d, 60,
-                        "the controller to scale down", period_s=1)
-        t_down = time.monotonic()
-        assert down.target == 1 and down.reason == "down:low_load"
-        # the leaving replica stops taking requests but stays until its streams are done
-        wait_for(lambda: any(e.draining for e in _registry_endpoints()), 20, "a replica draining")
-        results = [f.result() for f in streams]
-        wait_for(lambda: len(_registry_endpoints()) == 1 and actuator.replicas(MODEL) == (1, 1), 60,
-                 "the drained replica gone")
+
+    assert not [d for d in decisions if d[1].startswith(("up", "down"))][2:], decisions  # no flapping
+    t_down += t0
     for r in results:
-        assert r["finish"] == "length" and r["usage"]["completion_tokens"] == LONG_TOKENS, r
+        assert r["finish"] == "length" and r["usage"]["completion_tokens"] == long_tokens, r
         assert r["ended"] > t_down  # running when the scale-down began …
         assert r["ended"] - r["began"] >= 10  # … and long
     assert ctl.metrics.last_reconcile._value.get() > 0
 
-    # The simulator, given this load under the same policy. Its engine profile is the
-    # committed one (one engine alone on the machine) with this run's own service time per
-    # token and replica start-up time: here three engines share two cores.
-    committed = EngineProfile.load(REPO / "loadtests" / "results" / "engine-profile.json")
-    profile = dataclasses.replace(committed, decode_step_base_s=statistics.median(per_token), decode_step_per_seq_s=0.0,
-                                  startup_s=startup_s)
-    long = [TraceRequest(r["began"] - t0, r["usage"]["prompt_tokens"], LONG_TOKENS) for r in results]
-    trace = sorted(arrivals + long, key=lambda r: r.t)
+    # The simulator replays what was served — every request at its arrival time, with the
+    # service time it had here (as output tokens at a fixed 10 ms per token), on replicas
+    # with this engine's batch size and this run's start-up time — under the same policy,
+    # and predicts when the controller scales.
     mc = cluster.cfg.models[MODEL]
+    step = 0.01
+    profile = dataclasses.replace(
+        EngineProfile.load(REPO / "loadtests" / "results" / "engine-profile.json"), decode_step_base_s=step,
+        decode_step_per_seq_s=0.0, startup_s=startup_s, max_num_seqs=int(mc.engine_kwargs["max_num_seqs"]))
+    done = [(t, d, p) for t, d, p in served] + [(r["began"] - t0, r["ended"] - r["began"], r["usage"]["prompt_tokens"])
+                                                  for r in results]
+    trace = sorted((TraceRequest(t, p, max(1, round(d / step))) for t, d, p in done), key=lambda r: r.t)
     sim = simulate(trace, profile, OwcPolicy(mc.autoscaling, mc.replicas, interval_s=1.0), slo_s=60, initial=1)
     sim_up = next(e["t"] for e in sim.events if e["to"] > e["from"])
     sim_down = next(e["t"] for e in sim.events if e["to"] < e["from"])

@@ -62,7 +62,7 @@ def test_request_id_reaches_engine_and_returns(cluster, http):
     "body, status, param",
     [
         ({"model": "tiny-llama", "prompt": "x", "max_tokens": 9000}, 400, "max_tokens"),  # beyond the 8192 context
-        ({"model": "tiny-llama", "prompt": "hello " * 1100, "max_tokens": 4}, 400, None),  # prompt beyond context
+        ({"model": "tiny-llama", "prompt": "hello " * 9000, "max_tokens": 4}, 400, None),  # prompt beyond context
         ({"model": "nope", "prompt": "x"}, 404, "model"),
         ({"model": "tiny-llama", "prompt": "x", "best_of": "many"}, 400, "best_of"),
         ({"model": "tiny-llama", "prompt": "x", "modalities": ["audio"]}, 400, "modalities"),

@@ -3,7 +3,7 @@ Pure data; the plugins (filters, scorers, pickers) are pure functions of it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cluster.routing.endpoints import Endpoint
 
@@ -54,4 +54,3 @@ class RequestInfo:
     prefix_key: bytes = b""  # the prompt's leading text, after a canonical chat rendering
     session_key: str | None = None  # x-session-id header, else the `user` field
     adapter: str | None = None  # LoRA adapter requested
-    extra: dict[str, str] = field(default_factory=dict)

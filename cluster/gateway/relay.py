@@ -37,8 +37,7 @@ class Outcome:
     status: int = 0
     endpoint: Endpoint | None = None
     started: float = field(default_factory=time.perf_counter)
-    retries: int = 0
-    retry_reasons: list[str] = field(default_factory=list)
+    retry_reasons: list[str] = field(default_factory=list)  # one per re-send to another replica
     decisions: list[float] = field(default_factory=list)  # seconds per routing decision
     ttft_s: float | None = None
     itl: list[float] = field(default_factory=list)  # seconds between token events
@@ -47,6 +46,10 @@ class Outcome:
     # The gateway asked the engine for a usage event the client did not ask for: drop it.
     strip_usage: bool = False
     on_answer: Callable[[], None] | None = None  # the engine answered (response headers)
+
+    @property
+    def retries(self) -> int:
+        return len(self.retry_reasons)
 
     def usage(self, usage: object) -> None:
         if isinstance(usage, dict):
@@ -129,11 +132,14 @@ class Relay:
                 else:
                     first = await resp.read()
                 return resp, first
-            except UpstreamError as e:
+            except BaseException as e:
+                # Not this replica after all: its connection goes, its in-flight count too.
                 if resp is not None:
                     resp.close()
                 routing.in_flight[rid] -= 1
                 outcome.endpoint = None
+                if not isinstance(e, UpstreamError):
+                    raise
                 routing.failed(rid)
                 reason = "connect_refused" if isinstance(e, ConnectFailed) else "engine_lost"
                 if reason == "engine_lost":
@@ -143,14 +149,7 @@ class Relay:
                         raise OpenAIError(502, f"engine connection broke: {e}", code="engine_connection_lost") from None
                     raise OpenAIError(503, f"no engine replica reachable: {e}", code="no_healthy_replica",
                                       headers={"Retry-After": "1"}) from None
-                outcome.retries += 1
                 outcome.retry_reasons.append(reason)
-            except BaseException:
-                if resp is not None:
-                    resp.close()
-                routing.in_flight[rid] -= 1
-                outcome.endpoint = None
-                raise
 
     async def forward(
         self,

@@ -167,8 +167,9 @@ class Proxy:
             # Scaled to zero: hold the request (it counts as in flight, which is what wakes
             # the model through the controller) until a replica registers.
             endpoints = await self._wait_for_replica(served, mc.autoscaling.wake_timeout_s)
-        info = RequestInfo(model=served, prefix_key=prefix_key(data, routing.prefix_chars),
-                           session_key=session_key(headers, data), adapter=adapter)
+        # The prefix key only where a prefix scorer will read it (rendering it is per-request work).
+        prefix = prefix_key(data, routing.prefix_chars) if self._relay.routing.uses_prefix(served) else b""
+        info = RequestInfo(model=served, prefix_key=prefix, session_key=session_key(headers, data), adapter=adapter)
         try:
             await self._relay.forward(
                 receive, send, endpoints=endpoints, route=info, path=route, body=body,

@@ -43,6 +43,7 @@ class Router:
         filters, scorers, picker = cfg.plugins()
         self.policy = cfg.label
         self.max_retries = cfg.max_retries
+        self.uses_prefix = scorers.get("prefix_affinity", 0) > 0  # the prompt prefix key is needed
         self._filters = [(f"filter:{n}", build_filter(n, cfg)) for n in filters]
         self._scorers = [(f"scorer:{n}", build_scorer(n, cfg), w) for n, w in scorers.items() if w > 0]
         self._picker_name = f"picker:{picker}"
@@ -105,6 +106,9 @@ class Routing:
 
     def max_retries(self, model: str) -> int:
         return self._routers[model].max_retries
+
+    def uses_prefix(self, model: str) -> bool:
+        return self._routers[model].uses_prefix
 
     def views(self, endpoints: Sequence[Endpoint], exclude: frozenset[str] = frozenset()) -> list[ReplicaView]:
         now = self._clock()

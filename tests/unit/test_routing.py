@@ -252,6 +252,10 @@ def test_routing_config_overrides_and_rejects_unknown_plugins():
     cfg = RoutingConfig(policy="least_load", scorers={"prefix_affinity": 1.0})
     assert cfg.label == "custom" and cfg.plugins()[1] == {"prefix_affinity": 1.0}
     assert RoutingConfig().label == "affinity"
+    # the prompt's prefix key is rendered only for routers that score it
+    assert [Router(RoutingConfig(policy=p)).uses_prefix for p in ("affinity", "prefix_affinity", "least_load",
+                                                                     "round_robin", "session_affinity")] == \
+        [True, True, False, False, False]
     for bad in ({"scorers": {"nope": 1}}, {"filters": ["nope"]}, {"picker": "nope"}, {"policy": "nope"},
                 {"scorers": {"least_load": -1}}, {"bounded_load": 1.0}):
         with pytest.raises(ValidationError):

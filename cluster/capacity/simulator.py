@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -101,12 +102,15 @@ class View:
     request_rate: float
 
 
-class ScalingPolicy:
+class ScalingPolicy(ABC):
+    """A scaling policy the simulator consults every ``interval_s``."""
+
     name = "policy"
     interval_s = 15.0
 
-    def target(self, v: View) -> int:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def target(self, v: View) -> int:
+        """The replica target given what the policy can see now."""
 
 
 class OwcPolicy(ScalingPolicy):

@@ -137,8 +137,10 @@ def test_access_log_lines(stack):
              **{"x-request-id": "obs-log-1"})
     assert r.status_code == 200
     post(g.url, {"model": "nope", "messages": [{"role": "user", "content": SECRET}]})
-    deadline = time.time() + 5
-    while time.time() < deadline and "obs-log-1" not in log.read_text():
+    # A line is written once the request is finished, which can be just after the client has
+    # its response: wait for both lines.
+    deadline = time.time() + 10
+    while time.time() < deadline and not ("obs-log-1" in log.read_text() and '"status":404' in log.read_text()):
         time.sleep(0.05)
     text = log.read_text()
     assert SECRET not in text, "prompt text logged without include_prompts"

@@ -55,8 +55,7 @@ def build_app(
     metrics = GatewayMetrics(registry, replicas=lambda: replica_counts(config, endpoints, routing))
     if relay is None:
         store = StatsStore(stale_after_s=gw.routing_stats.stale_after_s)
-        routing = Routing.from_config({n: m.routing for n, m in config.models.items()}, stats=store,
-                                      observe=metrics.observe_plugin)
+        routing = Routing.from_config({n: m.routing for n, m in config.models.items()}, stats=store)
         relay = Relay(connect_timeout_s=gw.limits.connect_timeout_s, request_timeout_s=gw.limits.request_timeout_s,
                       routing=routing)
     routing = relay.routing

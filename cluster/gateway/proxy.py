@@ -210,6 +210,8 @@ class Proxy:
             hist = m.decision_seconds.labels(policy)
             for d in outcome.decisions:
                 hist.observe(d)
+            for plugin, seconds in outcome.plugin_timings:
+                m.observe_plugin(plugin, seconds)
         for reason in outcome.retry_reasons:
             m.retries.labels(model, reason).inc()
         if outcome.ttft_s is not None:

@@ -39,6 +39,7 @@ class Outcome:
     started: float = field(default_factory=time.perf_counter)
     retry_reasons: list[str] = field(default_factory=list)  # one per re-send to another replica
     decisions: list[float] = field(default_factory=list)  # seconds per routing decision
+    plugin_timings: list[tuple[str, float]] = field(default_factory=list)  # (plugin, seconds), every decision
     ttft_s: float | None = None
     itl: list[float] = field(default_factory=list)  # seconds between token events
     prompt_tokens: int | None = None
@@ -107,7 +108,7 @@ class Relay:
         while True:
             t0 = time.perf_counter()
             try:
-                ep = routing.choose(endpoints, route, frozenset(tried))
+                ep = routing.choose(endpoints, route, frozenset(tried), outcome.plugin_timings)
             except QueueFull as e:
                 raise OpenAIError(429, f"{e}; retry shortly", code="queue_full", headers={"Retry-After": "1"}) from None
             except NoReplica:

@@ -1,6 +1,7 @@
 """The routing pipeline: filters -> weighted scorers -> picker, one per model, built from
-the model's `routing:` config by plugin name. Each plugin's time is reported to an
-injected ``observe(plugin, seconds)`` (the gateway records it as a histogram)."""
+the model's `routing:` config by plugin name. Each plugin's time is appended to a list the
+caller passes (``timings``), which the gateway records as a histogram once the request is
+done: nothing but the decision runs inside the decision."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from cluster.routing.endpoints import Endpoint
 from cluster.routing.stats import StatsStore
 from cluster.routing.types import ReplicaView, RequestInfo
 
-Observe = Callable[[str, float], None]
+Timings = list[tuple[str, float]]  # (plugin, seconds) in the order they ran
 
 
 def build_filter(name: str, cfg: RoutingConfig) -> F.Filter:
@@ -39,7 +40,7 @@ def build_picker(name: str, rng: random.Random) -> P.Picker:
 
 
 class Router:
-    def __init__(self, cfg: RoutingConfig, *, rng: random.Random | None = None, observe: Observe | None = None):
+    def __init__(self, cfg: RoutingConfig, *, rng: random.Random | None = None):
         filters, scorers, picker = cfg.plugins()
         self.policy = cfg.label
         self.max_retries = cfg.max_retries
@@ -48,20 +49,20 @@ class Router:
         self._scorers = [(f"scorer:{n}", build_scorer(n, cfg), w) for n, w in scorers.items() if w > 0]
         self._picker_name = f"picker:{picker}"
         self._picker = build_picker(picker, rng or random.Random())
-        self._observe = observe or (lambda plugin, s: None)
 
     @property
     def plugins(self) -> list[str]:
         return [n for n, _ in self._filters] + [n for n, _, _ in self._scorers] + [self._picker_name]
 
-    def pick(self, views: Sequence[ReplicaView], req: RequestInfo) -> ReplicaView | None:
+    def pick(self, views: Sequence[ReplicaView], req: RequestInfo, timings: Timings | None = None) -> ReplicaView | None:
         """The chosen replica; None when no candidate is left. Raises QueueFull."""
-        clock, observe = time.perf_counter, self._observe
+        clock = time.perf_counter
+        took = timings.append if timings is not None else (lambda item: None)
         cands = list(views)
         for name, f in self._filters:
             t0 = clock()
             cands = f(cands, req)
-            observe(name, clock() - t0)
+            took((name, clock() - t0))
         if not cands:
             return None
         if len(cands) == 1:
@@ -71,10 +72,10 @@ class Router:
             t0 = clock()
             for i, s in enumerate(scorer(cands, req)):
                 total[i] += w * s
-            observe(name, clock() - t0)
+            took((name, clock() - t0))
         t0 = clock()
         chosen = cands[self._picker(cands, total)]
-        observe(self._picker_name, clock() - t0)
+        took((self._picker_name, clock() - t0))
         return chosen
 
 
@@ -94,9 +95,9 @@ class Routing:
         self.in_flight: dict[str, int] = defaultdict(int)
 
     @classmethod
-    def from_config(cls, models: Mapping[str, RoutingConfig], *, stats: StatsStore, observe: Observe | None = None,
+    def from_config(cls, models: Mapping[str, RoutingConfig], *, stats: StatsStore,
                     rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> Routing:
-        return cls({m: Router(r, rng=rng, observe=observe) for m, r in models.items()}, stats=stats, clock=clock)
+        return cls({m: Router(r, rng=rng) for m, r in models.items()}, stats=stats, clock=clock)
 
     def policy(self, model: str) -> str:
         return self._routers[model].policy
@@ -118,9 +119,10 @@ class Routing:
             for e in endpoints if e.replica_id not in exclude
         ]
 
-    def choose(self, endpoints: Sequence[Endpoint], req: RequestInfo, exclude: frozenset[str] = frozenset()) -> Endpoint:
+    def choose(self, endpoints: Sequence[Endpoint], req: RequestInfo, exclude: frozenset[str] = frozenset(),
+               timings: Timings | None = None) -> Endpoint:
         """Raises NoReplica, or filters.QueueFull."""
-        view = self._routers[req.model].pick(self.views(endpoints, exclude), req)
+        view = self._routers[req.model].pick(self.views(endpoints, exclude), req, timings)
         if view is None:
             raise NoReplica(req.model)
         return view.endpoint

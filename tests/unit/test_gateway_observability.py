@@ -107,6 +107,8 @@ def test_non_stream_tokens_by_tenant_and_duration(stack):
     g, _ = stack
     before = metric(g.url, "owc_prompt_tokens_total", tenant="team-a")
     n0 = metric(g.url, "owc_request_duration_seconds_count", route="/v1/chat/completions")
+    picks0 = metric(g.url, "owc_routing_plugin_seconds_count", plugin="picker:max_score")
+    filters0 = metric(g.url, "owc_routing_plugin_seconds_count", plugin="filter:healthy")
     r = post(g.url, {"model": "fake-model", "messages": [{"role": "user", "content": "one two three"}], "max_tokens": 3})
     assert r.status_code == 200
     usage = r.json()["usage"]
@@ -115,6 +117,9 @@ def test_non_stream_tokens_by_tenant_and_duration(stack):
     assert metric(g.url, "owc_requests_total", tenant="team-a", code="200") >= 1
     assert metric(g.url, "owc_engine_replicas", model="fake-model") == 1
     assert metric(g.url, "owc_routing_decisions_total", model="fake-model", policy="affinity") >= 1
+    # With one replica the picker has nothing to choose; the filters ran.
+    assert metric(g.url, "owc_routing_plugin_seconds_count", plugin="filter:healthy") == filters0 + 1
+    assert metric(g.url, "owc_routing_plugin_seconds_count", plugin="picker:max_score") == picks0
 
 
 def test_tenant_rate_limit_is_a_429_with_retry_after(stack):

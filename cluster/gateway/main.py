@@ -6,6 +6,7 @@ process (no Ray threads sharing its GIL)."""
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 from prometheus_client import CollectorRegistry
@@ -42,6 +43,11 @@ def run(
         # shared port lands on any one of them).
         sockets.append(bind_socket(cfg.gateway.host, metrics_port))
     server = make_server(app)
+    # What exists now lives as long as the process: keep it out of every later collection,
+    # so that an oldest-generation pass scans only what requests allocate (~88k objects fewer;
+    # Ray Serve's proxy does the same).
+    gc.collect(2)
+    gc.freeze()
 
     import uvloop
 

@@ -19,7 +19,7 @@ from cluster.gateway.auth import KeyStore
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.limits import TenantLimiter
 from cluster.gateway.metrics import GatewayMetrics
-from cluster.gateway.relay import CLIENT_CLOSED, Outcome, Receive, Relay, Send
+from cluster.gateway.relay import CLIENT_CLOSED, Outcome, Receive, Relay, Send, wait_disconnect
 from cluster.gateway.tracing import RequestTracer
 from cluster.gateway.validation import ChatCompletionRequest, CompletionRequest, parse_json, validate
 from cluster.routing.keys import prefix_key, session_key
@@ -162,15 +162,15 @@ class Proxy:
         outcome.on_answer = on_answer
         engine_span, trace_headers = self._tracer.engine_span(span, served) if span is not None else (None, None)
         routing = mc.routing
-        endpoints = self._endpoints.endpoints(served)
-        if mc.wakes_on_request and not any(not e.draining for e in endpoints):
-            # Scaled to zero: hold the request (it counts as in flight, which is what wakes
-            # the model through the controller) until a replica registers.
-            endpoints = await self._wait_for_replica(served, mc.autoscaling.wake_timeout_s)
-        # The prefix key only where a prefix scorer will read it (rendering it is per-request work).
-        prefix = prefix_key(data, routing.prefix_chars) if self._relay.routing.uses_prefix(served) else b""
-        info = RequestInfo(model=served, prefix_key=prefix, session_key=session_key(headers, data), adapter=adapter)
         try:
+            endpoints = self._endpoints.endpoints(served)
+            if mc.wakes_on_request and not any(not e.draining for e in endpoints):
+                # Scaled to zero: hold the request (it counts as in flight, which is what wakes
+                # the model through the controller) until a replica registers.
+                endpoints = await self._wait_for_replica(served, mc.autoscaling.wake_timeout_s, receive)
+            # The prefix key only where a prefix scorer will read it (rendering it is per-request work).
+            prefix = prefix_key(data, routing.prefix_chars) if self._relay.routing.uses_prefix(served) else b""
+            info = RequestInfo(model=served, prefix_key=prefix, session_key=session_key(headers, data), adapter=adapter)
             await self._relay.forward(
                 receive, send, endpoints=endpoints, route=info, path=route, body=body,
                 stream=bool(req.stream), request_id=request_id, outcome=outcome, extra_headers=trace_headers,
@@ -184,13 +184,21 @@ class Proxy:
                     "owc.replica_id": outcome.endpoint.replica_id if outcome.endpoint else None,
                 })
 
-    async def _wait_for_replica(self, model: str, timeout_s: float) -> list:
+    async def _wait_for_replica(self, model: str, timeout_s: float, receive: Receive) -> list:
+        """The model's endpoints once one is routable; a client that leaves meanwhile stops
+        the wait (it no longer counts in flight, so it no longer keeps the model awake)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            endpoints = self._endpoints.endpoints(model)
-            if any(not e.draining for e in endpoints):
-                return endpoints
-            await asyncio.sleep(0.1)
+        gone = asyncio.ensure_future(wait_disconnect(receive))
+        try:
+            while time.monotonic() < deadline:
+                endpoints = self._endpoints.endpoints(model)
+                if any(not e.draining for e in endpoints):
+                    return endpoints
+                await asyncio.wait({gone}, timeout=0.1)
+                if gone.done():
+                    raise ClientGone()
+        finally:
+            gone.cancel()
         raise OpenAIError(503, f"model {model} is scaled to zero and no replica started within {timeout_s:g}s",
                           code="no_healthy_replica", headers={"Retry-After": "10"})
 

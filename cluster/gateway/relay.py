@@ -174,7 +174,7 @@ class Relay:
         # Once the body is consumed, receive() only returns on disconnect. Before the engine
         # answers (a non-streamed response comes all at the end), a disconnect cancels the
         # call; after, it closes the engine connection. Either way vLLM aborts the request.
-        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        gone = asyncio.ensure_future(wait_disconnect(receive))
         opening = deadline.opening = asyncio.ensure_future(
             self._open(endpoints, route, path, body, headers, outcome, stream)
         )
@@ -321,7 +321,7 @@ def _take_usage(chunk: bytes, outcome: Outcome) -> tuple[bytes, bool]:
     return (chunk[:start] + chunk[end:] if outcome.strip_usage else chunk), start > 0
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def wait_disconnect(receive: Receive) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

@@ -199,6 +199,39 @@ def test_model_scaled_to_zero_is_ready_and_a_request_waits_for_its_first_replica
         assert held.result().status_code == 200
 
 
+def test_a_held_request_ends_when_its_client_leaves_or_the_wake_timeout_passes(tmp_path):
+    """While a model at zero is held for, a client that hangs up stops counting in flight (it
+    would otherwise keep the model awake until the wake timeout) and is logged as 499; a
+    request nobody wakes the model for gets a 503 after ``wake_timeout_s``, and is not left
+    counted in flight either."""
+    from cluster.gateway.discovery import write_endpoints_file
+
+    cfg = tmp_path / "owc.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "models": {"m": {"source": "external", "replicas": {"min": 0, "max": 2},
+                         "autoscaling": {"enabled": True, "wake_timeout_s": 30}},
+                   "n": {"source": "external", "replicas": {"min": 0, "max": 2},
+                         "autoscaling": {"enabled": True, "wake_timeout_s": 1}}},
+        "gateway": {"api_keys_env": None},
+    }))
+    eps = str(tmp_path / "endpoints.json")
+    write_endpoints_file(eps, [])
+    argv = [*gateway_argv(config=str(cfg)), "--endpoints-file", eps]
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    with server(argv) as gw:
+        t0 = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(gw.url + CHAT, json=body, timeout=1.5)  # the client gives up and hangs up
+        wait_for(lambda: metric(gw.url, "owc_requests_total", model="m", code="499") == 1, 5, "the 499 recorded")
+        assert metric(gw.url, "owc_requests_in_flight", model="m") == 0
+        assert time.monotonic() - t0 < 10  # not the 30 s wake timeout
+        r = httpx.post(gw.url + CHAT, json={**body, "model": "n"}, timeout=10)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "no_healthy_replica"
+        assert r.headers["retry-after"] == "10"
+        assert metric(gw.url, "owc_requests_in_flight", model="n") == 0
+        assert metric(gw.url, "owc_requests_queued", model="n") == 0
+
+
 def test_lora_request_goes_to_the_replica_with_the_adapter_loaded(tmp_path):
     cfg = tmp_path / "owc.yaml"
     cfg.write_text(yaml.safe_dump({

@@ -164,7 +164,11 @@ def routing_block(doc: dict) -> str:
         f"{e['block_size']}) = {e['documents_per_cache']:.1f} of the {w['documents']} documents "
         f"(~{w['shared_prefix_tokens_median']:.0f} shared tokens each); {w['requests']} streamed chat requests per run "
         f"({w['per_doc']} questions per document, seed {w['seed']}), closed loop at concurrency {w['concurrency']}, "
-        f"caches reset before each. Ideal hit rate (every request but a document's first reuses its whole-block "
+        f"caches reset before each"
+        + (f"; every router front-end (owc and vllm-router alike) runs under `{w['front_end_priority']}`, "
+           f"precedence over the engines standing in for the CPUs of its own it has when deployed"
+           if w.get("front_end_priority", "none") != "none" else "")
+        + f". Ideal hit rate (every request but a document's first reuses its whole-block "
         f"prefix): **{pct(doc['ideal_hit_rate'])}**. Median of {doc['runs']} interleaved runs (min–max). "
         f"Raw results: `loadtests/results/prefix-routing.json` (`python -m loadtests.prefix_routing`).",
         "",

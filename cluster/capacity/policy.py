@@ -3,9 +3,11 @@ reason. No I/O, no clock: the controller loop (cluster.capacity.controller) and 
 simulator (cluster.capacity.simulator) both call it.
 
 Up fast (at once on queueing, KV pressure, a TTFT SLO miss or more load than the replicas
-are sized for; several replicas per step), down slowly (the load must fit in one replica
-fewer at ``down_utilization`` of the target for ``down_stabilization_s`` without a break,
-one replica per step, after a cooldown), always within [min, max]. Missing or stale signals
+are sized for; several replicas per step), down slowly: the load must have fitted in fewer
+replicas at ``down_utilization`` of the target for ``down_stabilization_s`` without a break;
+then down to the most replicas it needed during that window (at most ``max_step_down`` per
+step, steps ``down_cooldown_s`` apart, the window kept while the load stays low) — the
+stabilization window of Kubernetes' HPA. Always within [min, max]. Missing or stale signals
 hold. Scale to zero only after ``idle_to_zero_s`` without a request; a request arriving
 for a model at zero wakes it at once.
 """
@@ -36,6 +38,7 @@ class PolicyState:
     last_up: float | None = None
     last_down: float | None = None
     low_since: float | None = None  # the scale-down condition has held since
+    low_peak: int = 0  # the most replicas the load needed (at down_utilization) since low_since
     idle_since: float | None = None  # no request since
 
 
@@ -86,19 +89,21 @@ def decide(
         return Decision(0, "down:idle", replace(state, last_down=now, low_since=None, idle_since=None))
 
     floor = max(bounds.min, 1)
-    fits = ongoing <= (current - 1) * s.target_ongoing_per_replica * s.down_utilization
+    need = math.ceil(ongoing / (s.target_ongoing_per_replica * s.down_utilization))
     quiet = (signals.queue or 0.0) == 0 and (signals.ttft_p95_s is None or signals.ttft_p95_s <= s.ttft_slo_s)
-    if current > floor and fits and quiet:
+    if current > floor and need < current and quiet:
         low_since = state.low_since if state.low_since is not None else now
-        state = replace(state, low_since=low_since)
+        peak = need if state.low_since is None else max(need, state.low_peak)
+        state = replace(state, low_since=low_since, low_peak=peak)
         last_change = max((t for t in (state.last_up, state.last_down) if t is not None), default=None)
         if now - low_since < s.down_stabilization_s:
             return Decision(current, "hold:down_stabilizing", state)
         if last_change is not None and now - last_change < s.down_cooldown_s:
             return Decision(current, "hold:down_cooldown", state)
-        lower = max(floor, desired, current - s.max_step_down)
-        return Decision(lower, "down:low_load", replace(state, last_down=now, low_since=None))
-    return Decision(current, "hold:steady", replace(state, low_since=None))
+        lower = max(floor, peak, current - s.max_step_down)
+        # The window stays open: while the load stays this low, the next step needs only the cooldown.
+        return Decision(lower, "down:low_load", replace(state, last_down=now))
+    return Decision(current, "hold:steady", replace(state, low_since=None, low_peak=0))
 
 
 def _pressure(sig: Signals, current: int, desired: int, s: Autoscaling) -> str | None:

@@ -137,15 +137,18 @@ class Autoscaling(StrictModel):
     ttft_slo_s: float = Field(2.0, gt=0, description="TTFT p95 objective; above it, scale up.")
     down_utilization: float = Field(
         0.6, gt=0, lt=1,
-        description="Hysteresis: scale down only if the load fits in one replica fewer at this fraction of the target.",
+        description="Hysteresis: scale down only to replicas the load fits at this fraction of the target.",
     )
     up_cooldown_s: float = Field(30.0, ge=0, description="Least time between two scale-ups.")
     down_cooldown_s: float = Field(120.0, ge=0, description="Least time after any scaling before a scale-down.")
     down_stabilization_s: float = Field(
-        300.0, ge=0, description="The scale-down condition must hold this long without a break."
+        300.0, ge=0, description="The load must have fitted fewer replicas this long without a break before a "
+        "scale-down, which goes to the most replicas it needed in that time."
     )
     max_step_up: int = Field(4, ge=1, description="Most replicas added in one decision.")
-    max_step_down: int = Field(1, ge=1, description="Most replicas removed in one decision.")
+    max_step_down: int = Field(
+        1, ge=1, description="Most replicas removed in one decision (further steps follow down_cooldown_s apart)."
+    )
     idle_to_zero_s: float | None = Field(
         None, gt=0,
         description="With replicas.min 0: no request for this long scales the model to zero (None: never).",

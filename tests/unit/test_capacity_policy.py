@@ -50,6 +50,9 @@ def run(signals, current, state=None, bounds=B, settings=S, now=NOW) -> Decision
     (sig(1, queue=1), 3, PolicyState(low_since=NOW - 500), B, 3, "hold:steady"),  # a queue: not idle enough
     (sig(5), 3, PolicyState(low_since=NOW - 500), B, 3, "hold:steady"),  # 5 > (3-1) x 4 x 0.6: hysteresis
     (sig(0), 1, PolicyState(low_since=NOW - 500), B, 1, "hold:steady"),  # never below min (1)
+    # the window stays open while the load stays low: the next step needs only the cooldown
+    (sig(1), 3, PolicyState(low_since=NOW - 500, last_down=NOW - 61), B, 2, "down:low_load"),
+    (sig(1), 3, PolicyState(low_since=NOW - 500, last_down=NOW - 30), B, 3, "hold:down_cooldown"),
     # scale to zero after idle_to_zero_s without requests, and wake-up
     (sig(0, request_rate=0), 1, PolicyState(idle_since=NOW - 599), Z, 1, "hold:steady"),
     (sig(0, request_rate=0), 1, PolicyState(idle_since=NOW - 600), Z, 0, "down:idle"),
@@ -66,9 +69,12 @@ def test_decide(signals, current, state, bounds, target, reason):
 
 def test_state_carries_the_windows():
     d = run(sig(1), 3)
-    assert d.state.low_since == NOW
+    assert d.state.low_since == NOW and d.state.low_peak == 1
     d2 = run(sig(1, at=NOW + 120), 3, d.state, now=NOW + 121)
-    assert d2.target == 2 and d2.state.last_down == NOW + 121 and d2.state.low_since is None
+    assert d2.target == 2 and d2.state.last_down == NOW + 121 and d2.state.low_since == NOW
+    # at the level the load needs, the window closes
+    d3 = run(sig(4, at=NOW + 200), 2, d2.state, now=NOW + 201)
+    assert d3.reason == "hold:steady" and d3.state.low_since is None
     # a burst in between resets the window
     d3 = run(sig(30), 3, PolicyState(low_since=NOW - 100))
     assert d3.reason == "up:load" and d3.state.low_since is None and d3.state.last_up == NOW
@@ -78,3 +84,19 @@ def test_idle_window_starts_at_the_first_idle_reading():
     d = run(sig(0, request_rate=0), 1, bounds=Z)
     assert d.state.idle_since == NOW and d.target == 1
     assert run(sig(0, request_rate=0, at=NOW + 599), 1, d.state, bounds=Z, now=NOW + 600).reason == "down:idle"
+
+
+@pytest.mark.parametrize("readings, target", [
+    # (in flight, seconds after the window opened), replicas 6, up to 6 down per step:
+    # down to the most replicas any reading of the window needed (4 per replica at 0.6 -> 2.4)
+    ([(1, 0), (9, 60), (2, 121)], 4),   # 9 in flight needed ceil(9 / 2.4) = 4
+    ([(1, 0), (2, 60), (2, 121)], 1),   # never more than 1 needed
+    ([(1, 0), (20, 60), (2, 121)], 6),  # 20 needed 9 > 6: the window broke at 60 s and restarts
+])
+def test_scale_down_goes_to_the_peak_need_of_the_window(readings, target):
+    settings = S.model_copy(update={"max_step_down": 6})
+    state, d = PolicyState(), None
+    for ongoing, dt in readings:
+        d = run(sig(ongoing, at=NOW + dt), 6, state, settings=settings, now=NOW + dt)
+        state = d.state
+    assert d.target == target

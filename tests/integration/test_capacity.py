@@ -110,11 +110,13 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
             ids = [e.replica_id for e in _registry_endpoints()]
             sessions = [next(f"s{k}" for k in range(1000) if ranking(f"s{k}".encode(), ids)[0] == i)
                         for i in range(len(ids))]
-            # Long enough for ≥ 10 s on this machine now: ~25 s at the load's recent speed per
-            # token (streams alone run faster), within the 8192-token context.
+            # Long enough to be running when the scale-down begins, which is only once the
+            # load's last 600-token requests are done: 600 tokens plus ~50 s at the load's
+            # recent speed per token (streams alone run faster: in practice ~20 s more after
+            # the load's end), within the 8192-token context.
             recent = sorted(served, key=lambda x: x[0])[-8:]
             per_token = statistics.median(d / 600 for _, d, _ in recent)
-            long_tokens = int(min(7500, max(1000, 25 / per_token)))
+            long_tokens = int(min(7500, 600 + 50 / per_token))
             streams = [pool.submit(_long_stream, cluster.url, i, s, long_tokens) for i, s in enumerate(sessions)]
             time.sleep(0.2)
             stop_load.set()

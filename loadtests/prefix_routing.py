@@ -14,8 +14,8 @@ precedence over the engines (`--front-priority`: real-time round-robin by defaul
 root; recorded in the results): in a deployment a router has CPUs of its own, here it
 shares two cores with two busy engines, and a decision that takes ~15 µs of CPU otherwise
 waits milliseconds for a core now and then (at the engines' priority the decision p99 read
-≤ 2.5 ms; at nice -10 still ~1 % over 1 ms). Ideal hit rate: the prompt tokens that perfect affinity could
-serve from cache — every request about a document except its first reuses the document's
+≤ 2.5 ms; at nice -10 still ~1 % over 1 ms). Ideal hit rate: the prompt tokens that
+perfect affinity could serve from cache — every request about a document except its first reuses the document's
 common token prefix, rounded down to whole KV blocks — over all prompt tokens.
 """
 

@@ -38,7 +38,7 @@ class PolicyState:
     last_up: float | None = None
     last_down: float | None = None
     low_since: float | None = None  # the scale-down condition has held since
-    low_peak: int = 0  # the most replicas the load needed (at down_utilization) since low_since
+    low_peak: int = 0  # the most replicas the load needed (at down_utilization) since low_since (read only while it is set)
     idle_since: float | None = None  # no request since
 
 
@@ -103,7 +103,7 @@ def decide(
         lower = max(floor, peak, current - s.max_step_down)
         # The window stays open: while the load stays this low, the next step needs only the cooldown.
         return Decision(lower, "down:low_load", replace(state, last_down=now))
-    return Decision(current, "hold:steady", replace(state, low_since=None, low_peak=0))
+    return Decision(current, "hold:steady", replace(state, low_since=None))
 
 
 def _pressure(sig: Signals, current: int, desired: int, s: Autoscaling) -> str | None:

@@ -37,6 +37,11 @@ class ClientGone(Exception):
     pass
 
 
+def _taking_requests(endpoints: list) -> bool:
+    """Some replica is registered and not draining (a model at zero has none)."""
+    return any(not e.draining for e in endpoints)
+
+
 async def read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
     declared = headers.get(b"content-length")
@@ -164,7 +169,7 @@ class Proxy:
         routing = mc.routing
         try:
             endpoints = self._endpoints.endpoints(served)
-            if mc.wakes_on_request and not any(not e.draining for e in endpoints):
+            if mc.wakes_on_request and not _taking_requests(endpoints):
                 # Scaled to zero: hold the request (it counts as in flight, which is what wakes
                 # the model through the controller) until a replica registers.
                 endpoints = await self._wait_for_replica(served, mc.autoscaling.wake_timeout_s, receive)
@@ -191,12 +196,12 @@ class Proxy:
         gone = asyncio.ensure_future(wait_disconnect(receive))
         try:
             while time.monotonic() < deadline:
-                endpoints = self._endpoints.endpoints(model)
-                if any(not e.draining for e in endpoints):
-                    return endpoints
                 await asyncio.wait({gone}, timeout=0.1)
                 if gone.done():
                     raise ClientGone()
+                endpoints = self._endpoints.endpoints(model)
+                if _taking_requests(endpoints):
+                    return endpoints
         finally:
             gone.cancel()
         raise OpenAIError(503, f"model {model} is scaled to zero and no replica started within {timeout_s:g}s",

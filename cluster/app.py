@@ -1,5 +1,7 @@
 """The owc Ray Serve application graph: registry, one engine deployment per model, the
-gateway (ingress). The same graph runs under `owc serve` and in a KubeRay RayService."""
+gateway (ingress). The same graph runs under `owc serve` and in a KubeRay RayService.
+Deployments receive the validated config objects (pydantic models pickle); JSON appears
+only where a process starts (the gateway process's config file)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from cluster.config.schema import OwcConfig
 from cluster.engine.launcher import Launcher, vllm_launcher
 from cluster.engine.replica import engine_deployment
 from cluster.gateway.deployment import gateway_deployment
-from cluster.routing.registry import EndpointRegistry
+from cluster.discovery.registry import EndpointRegistry
 
 APP_NAME = "owc"
 
@@ -21,16 +23,16 @@ def build_application(
     engines = [
         engine_deployment(name, m).bind(
             served_name=name,
-            model_config=m.model_dump(mode="json"),
+            model_config=m,
             cache_dir=cfg.model_cache_dir,
             registry=registry,
             launcher=launcher,
-            network=cfg.engine_network.model_dump(mode="json"),
+            network=cfg.engine_network,
         )
         for name, m in cfg.models.items()
     ]
     # Engines are bound as arguments so Serve deploys them with the gateway's app.
-    return gateway_deployment(cfg, gateway_env).bind(config=cfg.model_dump(mode="json"), registry=registry, _engines=engines)
+    return gateway_deployment(cfg, gateway_env).bind(config=cfg, registry=registry, _engines=engines)
 
 
 def app_builder(args: dict[str, Any]) -> Any:

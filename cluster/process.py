@@ -101,8 +101,23 @@ class ServerProcess:
         tail = self._log_path.read_bytes()[-2000:].decode(errors="replace")
         return f"; log {self._log_path}:\n{tail}"
 
+    async def stop_async(self, grace_s: float = 10.0) -> None:
+        """``stop`` for async code: waits without blocking the event loop."""
+        proc = self._proc
+        if proc is None:
+            return
+        _killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        _killpg(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the group, then SIGKILL what is left after ``grace_s``."""
+        """SIGTERM the group, then SIGKILL what is left after ``grace_s`` (blocks: from
+        async code use ``stop_async``)."""
         proc = self._proc
         if proc is None:
             return

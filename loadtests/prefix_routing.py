@@ -38,9 +38,9 @@ from cluster.config.schema import ModelConfig
 from cluster.engine.demo_model import resolve_source
 from cluster.engine.launcher import vllm_launcher
 from cluster.process import Command, ServerProcess, free_port
-from loadtests.driver import one_request, percentile
+from cluster.bench.driver import one_request, percentile
 from loadtests.prefix_workload import PrefixRequest, workload
-from loadtests.stack import LOG_DIR, router_bin
+from cluster.bench.stack import LOG_DIR, router_bin
 
 MODEL = "tiny-llama"
 OWC_POLICIES = ("prefix_affinity", "round_robin", "least_load")
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg_path = LOG_DIR / f"prefix-{policy}.json"
             cfg_path.write_text(json.dumps({
                 "models": {MODEL: {"source": "external", "routing": {"policy": policy, **(
-                    {"bounded_load": args.bounded_load} if args.bounded_load and policy == "prefix_affinity" else {})}}},
+                    {"params": {"prefix_affinity": {"bounded_load": args.bounded_load}}} if args.bounded_load and policy == "prefix_affinity" else {})}}},
                 "gateway": {"api_keys_env": None, "access_log": {"enabled": False}},
             }))
             port = free_port()

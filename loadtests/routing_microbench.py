@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from cluster.config.schema import RoutingConfig
 from cluster.gateway.metrics import GatewayMetrics
-from cluster.routing.endpoints import Endpoint
+from cluster.discovery.endpoints import Endpoint
 from cluster.routing.policies import POLICIES
 from cluster.routing.router import Routing
 from cluster.routing.stats import StatsStore
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     eps = [Endpoint("m", f"m-{i}", f"http://127.0.0.1:{9000 + i}") for i in range(a.replicas)]
     for policy in POLICIES:
         store = StatsStore(stale_after_s=60)
-        routing = Routing.from_config({"m": RoutingConfig(policy=policy)}, stats=store)
+        routing = Routing.build({"m": RoutingConfig(policy=policy).spec()}, stats=store)
         for e in eps:
             store.update(e.replica_id, ReplicaStats(running=3, waiting=1, kv_usage=0.4), time.monotonic())
         took = []

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config.schema import OwcConfig
+from cluster.metrics.buckets import TTFT_BUCKETS
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "owc"
 
@@ -66,6 +67,8 @@ def values_schema() -> dict[str, Any]:
                                   "redisPasswordSecret": obj({"name": STR, "key": STR})}),
         "upgradeStrategy": {"enum": ["NewCluster", "None"]},
         "monitoring": obj({
+            # The rules' SLO bucket: a bound of the gateway's TTFT histogram, else the SLO rules read nothing.
+            "ttftSloSeconds": {"type": "number", "enum": list(TTFT_BUCKETS)},
             "podMonitors": obj({"enabled": BOOL, "interval": STR, "labels": STR_MAP}),
             "prometheusRule": obj({"enabled": BOOL, "labels": STR_MAP}),
             "grafanaDashboards": obj({"enabled": BOOL, "labels": STR_MAP}),

@@ -16,6 +16,7 @@ import ray
 from ray import serve
 
 from cluster.config.schema import EngineNetwork, ModelConfig
+from cluster.discovery.timing import DRAIN_NOTICE_S, HEALTH_CHECK_PERIOD_S
 from cluster.engine.launcher import Launcher, vllm_launcher
 from cluster.engine.names import deployment_name
 from cluster.engine.placement import placement_for
@@ -23,7 +24,6 @@ from cluster.process import ServerProcess
 from cluster.routing.stats import parse_vllm_metrics
 
 log = logging.getLogger(__name__)
-DRAIN_NOTICE_S = 2.0  # registry poll (0.5 s) + endpoints file poll (0.2 s) + margin
 
 
 class EngineUnhealthy(RuntimeError):
@@ -35,19 +35,19 @@ class EngineReplica:
         self,
         *,
         served_name: str,
-        model_config: dict[str, Any],
+        model_config: ModelConfig,
         cache_dir: str,
         registry: Any,
         launcher: Launcher = vllm_launcher,
-        network: dict[str, Any] | None = None,
+        network: EngineNetwork | None = None,
     ) -> None:
         self._name = served_name
-        self._cfg = ModelConfig.model_validate(model_config)
+        self._cfg = model_config
         self._registry = registry
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         log_dir = Path(tempfile.gettempdir()) / "owc-logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        net = EngineNetwork.model_validate(network or {})
+        net = network or EngineNetwork()
         # Bound beyond loopback, a replica advertises its node's IP (gateways run elsewhere).
         advertise = "127.0.0.1" if net.bind_host in ("127.0.0.1", "localhost") else ray.util.get_node_ip_address()
         self._proc = ServerProcess(
@@ -61,7 +61,7 @@ class EngineReplica:
         try:
             await self._proc.wait_ready(self._cfg.startup_timeout_s)
         except BaseException:
-            self._proc.stop(grace_s=2)
+            await self._proc.stop_async(grace_s=2)
             await self._session.close()
             raise
         await self._registry.register.remote(self._name, self._replica_id, self._proc.url)
@@ -93,7 +93,7 @@ class EngineReplica:
             await self._registry.deregister.remote(self._name, self._replica_id)
         except Exception as e:
             log.debug("deregister failed: %s", e)
-        self._proc.stop(grace_s=5)
+        await self._proc.stop_async(grace_s=5)
         await self._session.close()
 
     async def _wait_idle(self, timeout_s: float) -> None:
@@ -133,7 +133,7 @@ def engine_deployment(served_name: str, cfg: ModelConfig):
         placement_group_bundles=p.bundles,
         placement_group_strategy=p.strategy,
         max_ongoing_requests=100,
-        health_check_period_s=5,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,  # each check heartbeats to the registry
         health_check_timeout_s=30,
         # Scale-down drains in __del__: Serve must give it the drain timeout.
         graceful_shutdown_timeout_s=cfg.autoscaling.drain_timeout_s + DRAIN_NOTICE_S + 15,

@@ -4,9 +4,11 @@ Pure data: the config schema imports it where neither Ray nor vLLM is installed.
 
 from __future__ import annotations
 
-FILTERS = ("healthy", "not_draining", "adapter_loaded", "queue_bound")
-SCORERS = ("least_load", "kv_cache", "prefix_affinity", "session_affinity", "lora_affinity")
-PICKERS = ("max_score", "p2c", "round_robin", "random")
+from cluster.routing.plugins import names
+
+FILTERS = names("filter")
+SCORERS = names("scorer")
+PICKERS = names("picker")
 
 _BASE_FILTERS = ("healthy", "not_draining", "adapter_loaded", "queue_bound")
 

@@ -9,46 +9,45 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
-from cluster.config.schema import RoutingConfig
-from cluster.routing import filters as F
-from cluster.routing import pickers as P
-from cluster.routing import scorers as S
-from cluster.routing.endpoints import Endpoint
+from cluster.discovery.endpoints import Endpoint
+from cluster.routing import plugins
+from cluster.routing.plugins import PluginParams
 from cluster.routing.stats import StatsStore
 from cluster.routing.types import ReplicaView, RequestInfo
 
 Timings = list[tuple[str, float]]  # (plugin, seconds) in the order they ran
 
 
-def build_filter(name: str, cfg: RoutingConfig) -> F.Filter:
-    if name == "queue_bound":
-        return F.queue_bound(cfg.max_queue_per_replica) if cfg.max_queue_per_replica else (lambda v, r: list(v))
-    return {"healthy": F.healthy, "not_draining": F.not_draining, "adapter_loaded": F.adapter_loaded}[name]
+@dataclass(frozen=True)
+class RouterSpec:
+    """One model's routing, resolved: plugin names, weights and parameters (the config's
+    `routing:` section turns into this; routing itself never reads the config)."""
 
+    filters: tuple[str, ...]
+    scorers: Mapping[str, float]
+    picker: str
+    params: Mapping[str, PluginParams] = field(default_factory=dict)
+    label: str = "custom"  # the policy name in metrics
+    max_retries: int = 2
 
-def build_scorer(name: str, cfg: RoutingConfig) -> S.Scorer:
-    if name == "prefix_affinity":
-        return S.prefix_affinity(cfg.bounded_load)
-    return {"least_load": S.least_load, "kv_cache": S.kv_cache, "session_affinity": S.session_affinity,
-            "lora_affinity": S.lora_affinity}[name]
-
-
-def build_picker(name: str, rng: random.Random) -> P.Picker:
-    return {"max_score": P.MaxScore, "round_robin": P.RoundRobin}[name]() if name in ("max_score", "round_robin") \
-        else {"p2c": P.PowerOfTwo, "random": P.Random}[name](rng)
+    def param(self, plugin: str) -> PluginParams:
+        return self.params.get(plugin) or plugins.PLUGINS[plugin].params()
 
 
 class Router:
-    def __init__(self, cfg: RoutingConfig, *, rng: random.Random | None = None):
-        filters, scorers, picker = cfg.plugins()
-        self.policy = cfg.label
-        self.max_retries = cfg.max_retries
-        self.uses_prefix = scorers.get("prefix_affinity", 0) > 0  # the prompt prefix key is needed
-        self._filters = [(f"filter:{n}", build_filter(n, cfg)) for n in filters]
-        self._scorers = [(f"scorer:{n}", build_scorer(n, cfg), w) for n, w in scorers.items() if w > 0]
-        self._picker_name = f"picker:{picker}"
-        self._picker = build_picker(picker, rng or random.Random())
+    def __init__(self, spec: RouterSpec, *, rng: random.Random | None = None):
+        rng = rng or random.Random()
+        self.policy = spec.label
+        self.max_retries = spec.max_retries
+        self.uses_prefix = spec.scorers.get("prefix_affinity", 0) > 0  # the prompt prefix key is needed
+        # The prompt prefix key's length, when a scorer reads the key (rendering it is per-request work).
+        self.prefix_chars: int | None = spec.param("prefix_affinity").prefix_chars if self.uses_prefix else None
+        self._filters = [(f"filter:{n}", plugins.build(n, spec.param(n), rng)) for n in spec.filters]
+        self._scorers = [(f"scorer:{n}", plugins.build(n, spec.param(n), rng), w) for n, w in spec.scorers.items() if w > 0]
+        self._picker_name = f"picker:{spec.picker}"
+        self._picker = plugins.build(spec.picker, spec.param(spec.picker), rng)
 
     @property
     def plugins(self) -> list[str]:
@@ -84,7 +83,8 @@ class NoReplica(Exception):
 
 
 class Routing:
-    """Every model's router, the shared stats store and this gateway's in-flight counts."""
+    """Every model's router, the shared stats store and this gateway's in-flight counts
+    (taken with ``acquire`` when a request is sent to a replica, given back with ``release``)."""
 
     def __init__(
         self, routers: Mapping[str, Router], *, stats: StatsStore, clock: Callable[[], float] = time.monotonic
@@ -92,12 +92,27 @@ class Routing:
         self._routers = dict(routers)
         self.stats = stats
         self._clock = clock
-        self.in_flight: dict[str, int] = defaultdict(int)
+        self._in_flight: dict[str, int] = defaultdict(int)
 
     @classmethod
-    def from_config(cls, models: Mapping[str, RoutingConfig], *, stats: StatsStore,
-                    rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> Routing:
-        return cls({m: Router(r, rng=rng) for m, r in models.items()}, stats=stats, clock=clock)
+    def build(cls, specs: Mapping[str, RouterSpec], *, stats: StatsStore,
+              rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> Routing:
+        return cls({m: Router(s, rng=rng) for m, s in specs.items()}, stats=stats, clock=clock)
+
+    def acquire(self, replica_id: str) -> None:
+        """A request of this gateway is now on the replica."""
+        self._in_flight[replica_id] += 1
+
+    def release(self, replica_id: str) -> None:
+        """That request is done (answered, failed or abandoned)."""
+        left = self._in_flight[replica_id] - 1
+        if left > 0:
+            self._in_flight[replica_id] = left
+        else:
+            self._in_flight.pop(replica_id, None)
+
+    def in_flight(self, replica_id: str) -> int:
+        return self._in_flight.get(replica_id, 0)
 
     def policy(self, model: str) -> str:
         return self._routers[model].policy
@@ -111,10 +126,14 @@ class Routing:
     def uses_prefix(self, model: str) -> bool:
         return self._routers[model].uses_prefix
 
+    def prefix_chars(self, model: str) -> int | None:
+        """How much of the prompt the model's prefix key takes; None when no scorer reads it."""
+        return self._routers[model].prefix_chars
+
     def views(self, endpoints: Sequence[Endpoint], exclude: frozenset[str] = frozenset()) -> list[ReplicaView]:
         now = self._clock()
         return [
-            ReplicaView(endpoint=e, in_flight=self.in_flight[e.replica_id], stats=self.stats.stats(e.replica_id, now),
+            ReplicaView(endpoint=e, in_flight=self._in_flight.get(e.replica_id, 0), stats=self.stats.stats(e.replica_id, now),
                         healthy=self.stats.healthy(e.replica_id, now))
             for e in endpoints if e.replica_id not in exclude
         ]

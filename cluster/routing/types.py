@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cluster.routing.endpoints import Endpoint
+from cluster.discovery.endpoints import Endpoint
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def cluster(model_cache, tmp_path_factory, file_sd_dir):
                 # beyond the demo model's 4096 positions (RoPE; random weights): streams ≥ 10 s
                 engine_env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
                             "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
-                routing={"max_queue_per_replica": 1000}, autoscaling=CAPACITY_TEST_SETTINGS,
+                routing={"params": {"queue_bound": {"max_queue_per_replica": 1000}}}, autoscaling=CAPACITY_TEST_SETTINGS,
             ),
             "tiny-llama-tp2": model_entry(
                 tensor_parallel_size=2,

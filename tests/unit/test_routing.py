@@ -10,10 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from cluster.config.schema import RoutingConfig
-from cluster.gateway.discovery import FileEndpoints, StaticEndpoints, write_endpoints_file
+from cluster.discovery.sources import FileEndpoints, StaticEndpoints, write_endpoints_file
 from cluster.routing import filters as F
 from cluster.routing import scorers as S
-from cluster.routing.endpoints import Endpoint, EndpointTable
+from cluster.discovery.endpoints import Endpoint, EndpointTable
 from cluster.routing.hashing import bounded_home, load_bound, ranking
 from cluster.routing.keys import canonical_prompt, prefix_key, session_key
 from cluster.routing.pickers import MaxScore, PowerOfTwo, Random, RoundRobin
@@ -191,7 +191,7 @@ def test_bounded_load_keeps_a_hot_key_under_the_bound():
 
 def test_two_routers_with_different_histories_choose_the_same_home():
     cfg = RoutingConfig(policy="prefix_affinity")
-    r1, r2 = Router(cfg), Router(cfg, rng=random.Random(99))
+    r1, r2 = Router(cfg.spec()), Router(cfg.spec(), rng=random.Random(99))
     views = [ReplicaView(A), ReplicaView(B), ReplicaView(C)]
     for i in range(50):  # r1 has seen other traffic (its tie-break turn and stats moved on)
         r1.pick(views, RequestInfo("m", prefix_key=f"other-{i}".encode()))
@@ -204,7 +204,7 @@ def test_two_routers_with_different_histories_choose_the_same_home():
 
 def test_router_records_each_plugin_and_falls_back_to_load_blind():
     seen = []
-    r = Router(RoutingConfig(policy="least_load"))
+    r = Router(RoutingConfig(policy="least_load").spec())
     views = [ReplicaView(A, in_flight=5), ReplicaView(B, in_flight=0)]  # no stats at all
     assert r.pick(views, REQ, seen).replica_id in ("a", "b")
     assert [p for p, _ in seen] == r.plugins and all(s >= 0 for _, s in seen)
@@ -220,12 +220,12 @@ def test_router_records_each_plugin_and_falls_back_to_load_blind():
     ("affinity", [ReplicaView(D), ReplicaView(A, stats=st(running=9))], REQ, "a"),
 ])
 def test_policies(policy, views, req, expected):
-    assert Router(RoutingConfig(policy=policy)).pick(views, req).replica_id == expected
+    assert Router(RoutingConfig(policy=policy).spec()).pick(views, req).replica_id == expected
 
 
 def test_affinity_policy_tiers():
     """Session beats prefix, prefix beats load."""
-    r = Router(RoutingConfig())
+    r = Router(RoutingConfig().spec())
     views = [ReplicaView(A, stats=st()), ReplicaView(B, stats=st()), ReplicaView(C, stats=st())]
     req = RequestInfo("m", prefix_key=b"doc", session_key="s1")
     s_home = ids(views)[S.session_affinity(views, req).index(1.0)]
@@ -239,7 +239,7 @@ def test_affinity_policy_tiers():
 def test_routing_marks_failures_and_raises_when_nothing_is_left():
     now = [0.0]
     store = StatsStore(stale_after_s=2, retry_after_s=10)
-    routing = Routing.from_config({"m": RoutingConfig(policy="round_robin")}, stats=store, clock=lambda: now[0])
+    routing = Routing.build({"m": RoutingConfig(policy="round_robin").spec()}, stats=store, clock=lambda: now[0])
     routing.failed("a")
     assert routing.choose([A, B], REQ).replica_id == "b"
     with pytest.raises(NoReplica):
@@ -250,14 +250,15 @@ def test_routing_marks_failures_and_raises_when_nothing_is_left():
 
 def test_routing_config_overrides_and_rejects_unknown_plugins():
     cfg = RoutingConfig(policy="least_load", scorers={"prefix_affinity": 1.0})
-    assert cfg.label == "custom" and cfg.plugins()[1] == {"prefix_affinity": 1.0}
+    assert cfg.label == "custom" and cfg.spec().scorers == {"prefix_affinity": 1.0}
     assert RoutingConfig().label == "affinity"
     # the prompt's prefix key is rendered only for routers that score it
-    assert [Router(RoutingConfig(policy=p)).uses_prefix for p in ("affinity", "prefix_affinity", "least_load",
+    assert [Router(RoutingConfig(policy=p).spec()).uses_prefix for p in ("affinity", "prefix_affinity", "least_load",
                                                                      "round_robin", "session_affinity")] == \
         [True, True, False, False, False]
     for bad in ({"scorers": {"nope": 1}}, {"filters": ["nope"]}, {"picker": "nope"}, {"policy": "nope"},
-                {"scorers": {"least_load": -1}}, {"bounded_load": 1.0}):
+                {"scorers": {"least_load": -1}}, {"params": {"prefix_affinity": {"bounded_load": 1.0}}},
+                {"params": {"nope": {}}}, {"params": {"queue_bound": {"bounded_load": 2}}}):
         with pytest.raises(ValidationError):
             RoutingConfig(**bad)
 

@@ -12,10 +12,20 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
-from cluster.routing.endpoints import Endpoint
+from cluster.discovery.endpoints import Endpoint
+from cluster.discovery.timing import ENDPOINTS_FILE_POLL_S
 
 log = logging.getLogger(__name__)
+
+
+class EndpointSource(Protocol):
+    """What the gateway process reads: each model's endpoints, from the last snapshot."""
+
+    def endpoints(self, model: str) -> list[Endpoint]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
 
 
 class StaticEndpoints:
@@ -40,7 +50,7 @@ class FileEndpoints:
     rewrites atomically; re-read when its mtime changes. The gateway process under Ray
     Serve gets its replicas this way from the Serve replica that supervises it."""
 
-    def __init__(self, path: str, *, period_s: float = 0.2):
+    def __init__(self, path: str, *, period_s: float = ENDPOINTS_FILE_POLL_S):
         self._path = path
         self._period_s = period_s
         self._mtime: float | None = None

@@ -9,16 +9,15 @@ import time
 
 from ray import serve
 
-from cluster.routing.endpoints import Endpoint, EndpointTable
-
-HEARTBEAT_TTL_S = 20.0
+from cluster.discovery.endpoints import Endpoint, EndpointTable
+from cluster.discovery.timing import HEALTH_CHECK_PERIOD_S, HEARTBEAT_TTL_S
 
 
 @serve.deployment(
     name="owc-registry",
     num_replicas=1,
     ray_actor_options={"num_cpus": 0},
-    health_check_period_s=5,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
     max_ongoing_requests=1000,
 )
 class EndpointRegistry:

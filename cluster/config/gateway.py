@@ -1,0 +1,84 @@
+"""The gateway's settings: bind address, keys, request limits, tenants, access log, traces."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import Field
+
+from cluster.config.base import StrictModel
+from cluster.config.routing import RoutingStats
+
+
+class Limits(StrictModel):
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (bytes); larger is 413.")
+    request_timeout_s: float = Field(600.0, gt=0, description="Upper bound on one request's total time (seconds).")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to open a connection to an engine replica.")
+
+
+class TenantLimits(StrictModel):
+    requests_per_minute: float | None = Field(
+        None, gt=0, description="Sustained request rate allowed (token bucket); beyond it 429 with Retry-After."
+    )
+    burst: int | None = Field(
+        None, ge=1, description="Requests allowed at once above the sustained rate (default: a tenth of a minute's worth, at least 1)."
+    )
+    max_concurrent: int | None = Field(None, ge=1, description="Requests in flight at once; beyond it 429.")
+
+
+class AccessLog(StrictModel):
+    enabled: bool = Field(True, description="Write one JSON line per finished request.")
+    path: str | None = Field(None, description="File to append to; stdout when unset.")
+    include_prompts: bool = Field(
+        False, description="Also log the request's messages/prompt. Off by default: prompts may hold personal data."
+    )
+
+
+class Tracing(StrictModel):
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces endpoint (e.g. http://otel-collector:4318/v1/traces); no tracing when unset."
+    )
+    service_name: str = Field("owc-gateway", description="service.name resource attribute of the gateway's spans.")
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="Fraction of new traces sampled (parent decision wins).")
+
+
+class GatewayConfig(StrictModel):
+    host: str = Field("127.0.0.1", description="Address the gateway binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI API.")
+    replicas: int = Field(1, ge=1, le=64, description="Gateway processes sharing the port (SO_REUSEPORT).")
+    api_keys_file: str | None = Field(
+        None, description="YAML/JSON file mapping API key -> tenant name."
+    )
+    api_keys_env: str | None = Field(
+        "OWC_API_KEYS",
+        description="Environment variable holding `key=tenant,key2=tenant2`; merged with the file.",
+    )
+    cpus: float = Field(0.5, gt=0, description="Logical Ray CPUs per gateway replica.")
+    limits: Limits = Field(default_factory=Limits, description="Request limits.")
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each gateway replica needs (Kubernetes: pins gateways to their worker group).",
+    )
+    tenants: dict[str, TenantLimits] = Field(
+        default_factory=dict,
+        description="Per-tenant limits keyed by tenant name (tenants come from the API keys; `anonymous` without keys).",
+    )
+    access_log: AccessLog = Field(default_factory=AccessLog, description="Structured access log.")
+    tracing: Tracing = Field(default_factory=Tracing, description="OpenTelemetry traces of the request path.")
+    routing_stats: RoutingStats = Field(
+        default_factory=RoutingStats, description="Engine stats feeding routing, scraped off the request path."
+    )
+
+    @property
+    def local_host(self) -> str:
+        """Where a client on this host reaches the gateway (a wildcard bind answers on loopback)."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False

@@ -1,9 +1,15 @@
 """Structured access log: one JSON line per finished request. The prompt is never logged
-unless `gateway.access_log.include_prompts` is set (prompts may hold personal data)."""
+unless `gateway.access_log.include_prompts` is set (prompts may hold personal data).
+
+Lines are serialised on the event loop (cheap) and written by a thread of their own, so a
+slow disk or a full pipe never stalls the request path; the writer flushes whenever its
+queue runs empty."""
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from typing import IO, Any
@@ -20,17 +26,48 @@ class AccessLog:
         if stream is not None:
             self._out = stream
         elif cfg.path:
-            self._out = open(cfg.path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
+            self._out = open(cfg.path, "ab")  # noqa: SIM115 - lives as long as the process
         else:
             self._out = sys.stdout.buffer
+        self._queue: queue.SimpleQueue[bytes | threading.Event | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_lines, name="access-log", daemon=True)
+        self._writer.start()
 
     def write(self, record: dict[str, Any]) -> None:
         ts = datetime.fromtimestamp(self._clock(), tz=timezone.utc).isoformat(timespec="milliseconds")
-        line = orjson.dumps({"ts": ts, **record}, option=orjson.OPT_APPEND_NEWLINE)
+        self._queue.put(orjson.dumps({"ts": ts, **record}, option=orjson.OPT_APPEND_NEWLINE))
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Until every line written so far is out."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout_s)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join(timeout=5)
+
+    def _write_lines(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._flush()
+                return
+            if isinstance(item, threading.Event):
+                self._flush()
+                item.set()
+                continue
+            try:
+                self._out.write(item)
+            except (OSError, ValueError):  # a closed or full log must not fail the request
+                pass
+            if self._queue.empty():
+                self._flush()
+
+    def _flush(self) -> None:
         try:
-            self._out.write(line)
             self._out.flush()
-        except (OSError, ValueError):  # a closed or full log must not fail the request
+        except (OSError, ValueError):
             pass
 
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP layer: the generation routes (cluster.gateway.proxy) and, on
+"""The OpenAI-compatible HTTP layer: the generation routes (cluster.gateway.admission) and, on
 FastAPI, models, health, readiness and metrics. Every error leaves in the OpenAI shape
 (cluster.gateway.errors)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -17,23 +17,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cluster.config.schema import OwcConfig
+from cluster.discovery.sources import EndpointSource
 from cluster.gateway.access_log import AccessLog
+from cluster.gateway.accounting import Accounting
+from cluster.gateway.admission import ROUTES, Admission, send_error
 from cluster.gateway.auth import KeyStore
+from cluster.gateway.engine_client import EngineClient
 from cluster.gateway.errors import OpenAIError
+from cluster.gateway.forwarder import Forwarder
 from cluster.gateway.metrics import GatewayMetrics
-from cluster.gateway.proxy import ROUTES, Proxy, send_error
-from cluster.gateway.relay import Relay
 from cluster.gateway.stats_poller import StatsPoller
 from cluster.gateway.tracing import RequestTracer
-from cluster.routing.endpoints import Endpoint
 from cluster.routing.router import Routing
 from cluster.routing.stats import StatsStore
 
 
-class EndpointSource(Protocol):
-    def endpoints(self, model: str) -> list[Endpoint]: ...
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
+def build_routing(config: OwcConfig) -> Routing:
+    """Every model's router from its `routing:` section, over one stats store."""
+    store = StatsStore(stale_after_s=config.gateway.routing_stats.stale_after_s)
+    return Routing.build({n: m.routing.spec() for n, m in config.models.items()}, stats=store)
 
 
 def build_app(
@@ -42,23 +44,18 @@ def build_app(
     endpoints: EndpointSource,
     keys: KeyStore,
     registry: CollectorRegistry,
-    relay: Relay | None = None,
+    routing: Routing | None = None,
     access_log: AccessLog | None = None,
     tracer: RequestTracer | None = None,
     clock: Callable[[], float] = time.time,
     stats_poller: StatsPoller | None = None,
     poll_stats: bool = True,
 ) -> GatewayApp:
-    """``access_log``, ``tracer``, routing and its stats poller default to what the config
-    asks for."""
+    """``routing``, ``access_log``, ``tracer`` and the stats poller default to what the
+    config asks for."""
     gw = config.gateway
+    routing = routing or build_routing(config)
     metrics = GatewayMetrics(registry, replicas=lambda: replica_counts(config, endpoints, routing))
-    if relay is None:
-        store = StatsStore(stale_after_s=gw.routing_stats.stale_after_s)
-        routing = Routing.from_config({n: m.routing for n, m in config.models.items()}, stats=store)
-        relay = Relay(connect_timeout_s=gw.limits.connect_timeout_s, request_timeout_s=gw.limits.request_timeout_s,
-                      routing=routing)
-    routing = relay.routing
     if stats_poller is None and poll_stats:
         stats_poller = StatsPoller(
             endpoints=lambda: [e for n in config.models for e in endpoints.endpoints(n)], store=routing.stats,
@@ -68,8 +65,14 @@ def build_app(
     if access_log is None and gw.access_log.enabled:
         access_log = AccessLog(gw.access_log)
     tracer = tracer or RequestTracer.from_config(gw.tracing)
-    proxy = Proxy(
-        config=config, endpoints=endpoints, keys=keys, relay=relay, metrics=metrics, access_log=access_log, tracer=tracer,
+    forwarder = Forwarder(
+        routing=routing, endpoints=endpoints, engine=EngineClient(connect_timeout_s=gw.limits.connect_timeout_s),
+        metrics=metrics, request_timeout_s=gw.limits.request_timeout_s, tracer=tracer,
+        wake_timeouts={n: m.autoscaling.wake_timeout_s for n, m in config.models.items() if m.wakes_on_request},
+    )
+    admission = Admission(
+        config=config, keys=keys, forwarder=forwarder, metrics=metrics, tracer=tracer,
+        accounting=Accounting(metrics=metrics, routing=routing, access_log=access_log),
     )
 
     @asynccontextmanager
@@ -83,7 +86,9 @@ def build_app(
             if stats_poller is not None:
                 await stats_poller.stop()
             await endpoints.stop()
-            await relay.close()
+            await forwarder.close()
+            if access_log is not None:
+                access_log.close()
             if tracer is not None:
                 tracer.shutdown()
 
@@ -145,10 +150,11 @@ def build_app(
             raise OpenAIError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
         return JSONResponse(model_card(served))
 
-    return GatewayApp(api=app, proxy=proxy)
+    return GatewayApp(api=app, admission=admission)
 
 
 def replica_counts(config: OwcConfig, endpoints: EndpointSource, routing: Routing) -> list[tuple[str, int, int]]:
+    """(model, registered replicas, routable replicas: healthy and not draining)."""
     out = []
     for name in config.models:
         eps = endpoints.endpoints(name)
@@ -158,16 +164,16 @@ def replica_counts(config: OwcConfig, endpoints: EndpointSource, routing: Routin
 
 
 class GatewayApp:
-    """ASGI entry: the generation routes go to the proxy, everything else to FastAPI."""
+    """ASGI entry: the generation routes go to admission, everything else to FastAPI."""
 
-    def __init__(self, *, api: FastAPI, proxy: Proxy):
+    def __init__(self, *, api: FastAPI, admission: Admission):
         self.api = api
-        self._proxy = proxy
+        self._admission = admission
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] in ROUTES:
             if scope["method"] == "POST":
-                await self._proxy(scope, receive, send)
+                await self._admission(scope, receive, send)
             else:
                 err = OpenAIError(405, f"Method Not Allowed: {scope['method']} {scope['path']}", headers={"Allow": "POST"})
                 await send_error(send, err, None)

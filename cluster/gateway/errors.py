@@ -6,6 +6,12 @@ from __future__ import annotations
 import orjson
 from starlette.responses import Response
 
+# Retry-After, in one place: a refusal that clears within a scrape or two (a full queue, no
+# replica reachable, a tenant's concurrency) says "soon"; a model scaled to zero whose first
+# replica did not start in time says "a replica is starting" (an engine start takes ~10 s+).
+RETRY_SOON = {"Retry-After": "1"}
+RETRY_STARTING = {"Retry-After": "10"}
+
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cluster.config.schema import TenantLimits
-from cluster.gateway.errors import OpenAIError
+from cluster.gateway.errors import RETRY_SOON, OpenAIError
 
 
 @dataclass
@@ -44,7 +44,7 @@ class TenantLimiter:
         if lim.max_concurrent is not None and self._in_flight.get(tenant, 0) >= lim.max_concurrent:
             raise OpenAIError(
                 429, f"tenant '{tenant}' has {lim.max_concurrent} requests in flight, its limit; retry shortly",
-                type="rate_limit_error", code="concurrency_limit_exceeded", headers={"Retry-After": "1"},
+                type="rate_limit_error", code="concurrency_limit_exceeded", headers=RETRY_SOON,
             )
         if lim.requests_per_minute is not None:
             now = self._clock()

@@ -14,9 +14,8 @@ from prometheus_client import CollectorRegistry
 from cluster.config.loader import load_config
 from cluster.config.schema import GatewayConfig, ModelConfig, OwcConfig
 from cluster.gateway.app import build_app
-from cluster.gateway.auth import KeyStore
-from cluster.gateway.discovery import FileEndpoints, StaticEndpoints
-from cluster.gateway.server import UnsafeBindError, bind_socket, check_bind_policy, make_server
+from cluster.discovery.sources import FileEndpoints, StaticEndpoints
+from cluster.gateway.server import UnsafeBindError, bind_socket, keys_for_bind, make_server
 from cluster.process import watch_parent
 
 
@@ -33,8 +32,7 @@ def parse_upstreams(items: list[str]) -> dict[str, list[str]]:
 def run(
     *, cfg: OwcConfig, upstreams: dict[str, list[str]] | None, endpoints_file: str | None, metrics_port: int | None = None
 ) -> None:
-    keys = KeyStore.load(file=cfg.gateway.api_keys_file, env_var=cfg.gateway.api_keys_env)
-    check_bind_policy(cfg.gateway, keys)
+    keys = keys_for_bind(cfg.gateway)
     source = FileEndpoints(endpoints_file) if endpoints_file else StaticEndpoints(upstreams or {})
     app = build_app(config=cfg, endpoints=source, keys=keys, registry=CollectorRegistry())
     sockets = [bind_socket(cfg.gateway.host, cfg.gateway.port)]

@@ -13,10 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-# 10 ms ... 60 s: request latency and TTFT. Inter-token latency adds finer low buckets
-# (a token every 2-20 ms is normal on GPUs).
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
-ITL_BUCKETS = (0.001, 0.0025, 0.005, *LATENCY_BUCKETS)
+from cluster.metrics.buckets import ITL_BUCKETS, LATENCY_BUCKETS, TTFT_BUCKETS
+
 REJECTION_REASONS = ("rate_limit_exceeded", "concurrency_limit_exceeded", "queue_full", "no_healthy_replica")
 # connect_refused: no connection to the replica; engine_lost: it closed or died before the
 # first response byte. Either way the client had received nothing.
@@ -46,7 +44,7 @@ class GatewayMetrics:
             "owc_time_to_first_token_seconds",
             "Streamed requests: time from request received to the first token event relayed.",
             ["model"],
-            buckets=LATENCY_BUCKETS,
+            buckets=TTFT_BUCKETS,
             registry=registry,
         )
         self.itl = Histogram(

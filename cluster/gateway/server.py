@@ -24,6 +24,15 @@ def check_bind_policy(gateway: GatewayConfig, keys: KeyStore) -> None:
         )
 
 
+def keys_for_bind(gateway: GatewayConfig) -> KeyStore:
+    """The gateway's API keys, refused (UnsafeBindError) when the address it binds needs keys
+    and there are none. The gateway process calls it before it binds; `owc serve` calls it
+    up front too, so that a refusal comes before Ray and the engines start, not minutes later."""
+    keys = KeyStore.load(file=gateway.api_keys_file, env_var=gateway.api_keys_env)
+    check_bind_policy(gateway, keys)
+    return keys
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

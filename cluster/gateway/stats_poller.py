@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 import httpx
 
-from cluster.routing.endpoints import Endpoint
+from cluster.discovery.endpoints import Endpoint
 from cluster.routing.stats import StatsStore, lora_adapters, parse_vllm_metrics
 
 log = logging.getLogger(__name__)

@@ -162,6 +162,7 @@ def test_access_log_includes_prompts_only_when_enabled():
     log = AccessLog(AccessLogConfig(include_prompts=True), stream=buf, clock=lambda: 0.0)
     assert log.include_prompts
     log.write({"request_id": "r", "prompt": prompt_of({"messages": [{"role": "user", "content": SECRET}]})})
+    log.flush()
     row = json.loads(buf.getvalue())
     assert row["ts"] == "1970-01-01T00:00:00.000+00:00" and row["prompt"][0]["content"] == SECRET
     assert prompt_of({"prompt": "p"}) == "p"
@@ -196,13 +197,14 @@ def test_traces_continue_the_callers_trace(stack, collector):
 @pytest.mark.parametrize("strip", [True, False])
 def test_whole_answer_in_one_read_still_counts_ttft_and_usage(strip):
     """A fast engine's events can reach the gateway in one read, usage event included."""
-    from cluster.gateway.relay import Outcome, _take_usage
+    from cluster.gateway.context import Delivery
+    from cluster.gateway.streaming import take_usage
 
     events = b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[{"text":"b"}]}\n\n'
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
-    outcome = Outcome(strip_usage=strip)
-    chunk, tokens = _take_usage(events + usage + b"data: [DONE]\n\n", outcome)
+    outcome = Delivery()
+    chunk, tokens = take_usage(events + usage + b"data: [DONE]\n\n", outcome, strip=strip)
     assert tokens and (outcome.prompt_tokens, outcome.completion_tokens) == (3, 2)
     assert chunk == (events + b"data: [DONE]\n\n" if strip else events + usage + b"data: [DONE]\n\n")
-    _, tokens = _take_usage(usage, Outcome())
+    _, tokens = take_usage(usage, Delivery(), strip=False)
     assert not tokens

@@ -142,7 +142,7 @@ def test_per_request_timeout_is_a_504(tmp_path):
 
 def test_full_queues_are_a_429_with_retry_after(tmp_path):
     with server(fake_engine_argv("m", itl_ms=40, max_num_seqs=1)) as slow, \
-            server(gateway_argv(f"m={slow.url}", config=_config(tmp_path, max_queue_per_replica=2))) as gw:
+            server(gateway_argv(f"m={slow.url}", config=_config(tmp_path, params={"queue_bound": {"max_queue_per_replica": 2}}))) as gw:
         with ThreadPoolExecutor(4) as pool:
             busy = []
             for n in range(3):  # 1 running, then 2 queued
@@ -176,8 +176,8 @@ def test_replica_that_goes_away_leaves_routing_and_comes_back(good, tmp_path):
 def test_model_scaled_to_zero_is_ready_and_a_request_waits_for_its_first_replica(good, tmp_path):
     """A request for a model at zero replicas is held (counted in flight, which is what the
     controller wakes the model on) until a replica registers, then served."""
-    from cluster.gateway.discovery import write_endpoints_file
-    from cluster.routing.endpoints import Endpoint
+    from cluster.discovery.sources import write_endpoints_file
+    from cluster.discovery.endpoints import Endpoint
 
     cfg = tmp_path / "owc.yaml"
     cfg.write_text(yaml.safe_dump({
@@ -204,7 +204,7 @@ def test_a_held_request_ends_when_its_client_leaves_or_the_wake_timeout_passes(t
     would otherwise keep the model awake until the wake timeout) and is logged as 499; a
     request nobody wakes the model for gets a 503 after ``wake_timeout_s``, and is not left
     counted in flight either."""
-    from cluster.gateway.discovery import write_endpoints_file
+    from cluster.discovery.sources import write_endpoints_file
 
     cfg = tmp_path / "owc.yaml"
     cfg.write_text(yaml.safe_dump({

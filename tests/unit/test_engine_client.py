@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from cluster.gateway.upstream import ConnectFailed, Upstream, UpstreamError
+from cluster.gateway.engine_client import ConnectFailed, EngineClient, EngineError
 from cluster.process import free_port
 
 
@@ -52,7 +52,7 @@ PLAIN = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-
 async def test_chunked_body_and_keep_alive_reuse():
     s = Scripted([CHUNKED, PLAIN])
     server, port = await _serve(s)
-    up = Upstream(connect_timeout_s=2)
+    up = EngineClient(connect_timeout_s=2)
     r = await up.post("127.0.0.1", port, "/v1/x", b'{"a":1}', {"X-Request-Id": "r1"})
     assert r.status == 200 and r.headers["content-type"] == "text/event-stream"
     assert b"".join([c async for c in r.chunks()]) == b"data: ab\n"
@@ -70,7 +70,7 @@ async def test_chunked_body_and_keep_alive_reuse():
 async def test_stale_pooled_connection_is_retried_on_a_fresh_one():
     s = Scripted([PLAIN, PLAIN], close_after=1)  # the server closes after each reply
     server, port = await _serve(s)
-    up = Upstream(connect_timeout_s=2)
+    up = EngineClient(connect_timeout_s=2)
     for _ in range(2):
         r = await up.post("127.0.0.1", port, "/", b"{}", {})
         assert r.status == 400 and await r.read() == b"{}"
@@ -81,17 +81,17 @@ async def test_stale_pooled_connection_is_retried_on_a_fresh_one():
 
 async def test_refused_connection_is_connect_failed():
     with pytest.raises(ConnectFailed):
-        await Upstream(connect_timeout_s=2).post("127.0.0.1", free_port(), "/", b"{}", {})
+        await EngineClient(connect_timeout_s=2).post("127.0.0.1", free_port(), "/", b"{}", {})
 
 
 async def test_engine_closing_mid_body_is_an_error_and_close_aborts():
     partial = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
     s = Scripted([partial], close_after=1)
     server, port = await _serve(s)
-    up = Upstream(connect_timeout_s=2)
+    up = EngineClient(connect_timeout_s=2)
     r = await up.post("127.0.0.1", port, "/", b"{}", {})
     got = []
-    with pytest.raises(UpstreamError):
+    with pytest.raises(EngineError):
         async for c in r.chunks():
             got.append(c)
     assert got == [b"abc"]

@@ -1,5 +1,5 @@
 """A minimal keep-alive HTTP/1.1 client for the engine hop, on httptools' C parser (the one
-uvicorn uses). It does only what the relay needs: POST a JSON body, read the status and
+uvicorn uses). It does only what the forwarder needs: POST a JSON body, read the status and
 headers, then hand over the (de-chunked) body bytes as they arrive, coalescing whatever is
 buffered into one piece. Measured against aiohttp's client on this path (README, `make
 bench`): less CPU per request and per chunk. Everything else uses a general client.
@@ -11,16 +11,18 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 
+from urllib.parse import urlsplit
+
 import httptools
 
 _HIGH_WATER = 1 << 20  # pause reading the engine when this much is waiting for the client
 
 
-class UpstreamError(Exception):
+class EngineError(Exception):
     """The engine connection failed or broke."""
 
 
-class ConnectFailed(UpstreamError):
+class ConnectFailed(EngineError):
     """No connection could be opened: nothing was sent, another replica may be tried."""
 
 
@@ -46,13 +48,13 @@ class _Conn(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
-            self._fail(UpstreamError(f"bad HTTP from engine: {e}"))
+            self._fail(EngineError(f"bad HTTP from engine: {e}"))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         if not self.complete:
-            self._fail(UpstreamError(f"engine closed the connection{': ' + str(exc) if exc else ''}"))
+            self._fail(EngineError(f"engine closed the connection{': ' + str(exc) if exc else ''}"))
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -86,7 +88,7 @@ class _Conn(asyncio.Protocol):
             self._head.set_exception(err)
         self._wake()
 
-    # used by Upstream
+    # used by EngineClient
     def send(self, data: bytes) -> None:
         self._headers = {}
         self._chunks.clear()
@@ -132,7 +134,7 @@ class _Conn(asyncio.Protocol):
 
 
 class Response:
-    def __init__(self, conn: _Conn, pool: Upstream, key: tuple[str, int], status: int, headers: dict[str, str]):
+    def __init__(self, conn: _Conn, pool: EngineClient, key: tuple[str, int], status: int, headers: dict[str, str]):
         self._conn = conn
         self._pool = pool
         self._key = key
@@ -163,12 +165,21 @@ class Response:
             self._conn.close()
 
 
-class Upstream:
+class EngineClient:
     """Keep-alive connections per engine (host, port)."""
 
     def __init__(self, *, connect_timeout_s: float):
         self._connect_timeout_s = connect_timeout_s
         self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._addresses: dict[str, tuple[str, int]] = {}
+
+    def address(self, url: str) -> tuple[str, int]:
+        """(host, port) of an engine base URL, parsed once."""
+        addr = self._addresses.get(url)
+        if addr is None:
+            parts = urlsplit(url)
+            addr = self._addresses[url] = (parts.hostname or "127.0.0.1", parts.port or 80)
+        return addr
 
     async def _acquire(self, key: tuple[str, int]) -> tuple[_Conn, bool]:
         idle = self._idle.get(key)
@@ -193,7 +204,7 @@ class Upstream:
             conn.send(data)
             try:
                 status, hdrs = await conn.head()
-            except UpstreamError:
+            except EngineError:
                 conn.close()
                 # A pooled connection the engine closed while idle (keep-alive timeout):
                 # the request never reached it, so send it again on a fresh connection.

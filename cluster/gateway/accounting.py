@@ -1,0 +1,85 @@
+"""Settling a finished request: its metrics, access-log line and tracing span, from what
+admission knew (route, tenant, model, final status) and what the forwarder delivered."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cluster.gateway.access_log import AccessLog, prompt_of
+from cluster.gateway.context import Delivery
+from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.tracing import RequestTracer
+from cluster.routing.router import Routing
+
+UNKNOWN = "unknown"  # model or tenant not (yet) known when the request ended
+
+
+@dataclass(frozen=True)
+class Settled:
+    """One request as it ended."""
+
+    request_id: str
+    route: str
+    status: int
+    tenant: str = UNKNOWN
+    model: str = UNKNOWN
+    stream: bool = False
+    data: dict[str, Any] | None = None  # the parsed body, when it got that far
+    span: Any = None
+
+
+class Accounting:
+    def __init__(self, *, metrics: GatewayMetrics, routing: Routing, access_log: AccessLog | None = None):
+        self._metrics = metrics
+        self._routing = routing
+        self._access_log = access_log
+
+    def settle(self, req: Settled, delivery: Delivery) -> None:
+        m = self._metrics
+        latency = time.perf_counter() - delivery.started
+        model = req.model
+        m.requests.labels(model, req.tenant, req.route, str(req.status)).inc()
+        if model != UNKNOWN:
+            m.duration.labels(model, req.route).observe(latency)
+        if delivery.decisions:
+            policy = self._routing.policy(model)
+            m.decisions.labels(model, policy).inc(len(delivery.decisions))
+            hist = m.decision_seconds.labels(policy)
+            for d in delivery.decisions:
+                hist.observe(d)
+            for plugin, seconds in delivery.plugin_timings:
+                m.observe_plugin(plugin, seconds)
+        for reason in delivery.retry_reasons:
+            m.retries.labels(model, reason).inc()
+        if delivery.ttft_s is not None:
+            m.ttft.labels(model).observe(delivery.ttft_s)
+        if delivery.itl:
+            hist = m.itl.labels(model)
+            for gap in delivery.itl:
+                hist.observe(gap)
+        if delivery.prompt_tokens:
+            m.prompt_tokens.labels(model, req.tenant).inc(delivery.prompt_tokens)
+        if delivery.completion_tokens:
+            m.completion_tokens.labels(model, req.tenant).inc(delivery.completion_tokens)
+        if req.span is not None:
+            RequestTracer.finish(req.span, req.status, {
+                "owc.request_id": req.request_id, "owc.tenant": req.tenant, "gen_ai.request.model": model,
+                "gen_ai.usage.input_tokens": delivery.prompt_tokens,
+                "gen_ai.usage.output_tokens": delivery.completion_tokens,
+            })
+        if self._access_log is not None:
+            self._access_log.write(self._log_record(req, delivery, latency))
+
+    def _log_record(self, req: Settled, delivery: Delivery, latency: float) -> dict[str, Any]:
+        record = {
+            "request_id": req.request_id, "tenant": req.tenant, "model": req.model, "route": req.route,
+            "status": req.status, "stream": req.stream, "prompt_tokens": delivery.prompt_tokens,
+            "completion_tokens": delivery.completion_tokens, "latency_s": round(latency, 6),
+            "ttft_s": None if delivery.ttft_s is None else round(delivery.ttft_s, 6),
+            "replica": delivery.endpoint.replica_id if delivery.endpoint else None, "retries": delivery.retries,
+        }
+        if self._access_log is not None and self._access_log.include_prompts and req.data is not None:
+            record["prompt"] = prompt_of(req.data)
+        return record

@@ -1,0 +1,147 @@
+"""Admission, the first layer of the generation routes (a plain ASGI handler, so that no
+framework middleware wraps every streamed chunk): request id -> auth (tenant) -> body ->
+validation -> model and adapter -> tenant limits -> a Job for the forwarder; then the
+request is settled (metrics, access log, trace) whatever happened. All other routes stay
+on FastAPI (cluster.gateway.app)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+
+import orjson
+
+from cluster.config.schema import OwcConfig
+from cluster.gateway.accounting import UNKNOWN, Accounting, Settled
+from cluster.gateway.auth import KeyStore
+from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send
+from cluster.gateway.errors import OpenAIError
+from cluster.gateway.forwarder import ClientGone, Forwarder
+from cluster.gateway.limits import TenantLimiter
+from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.tracing import RequestTracer
+from cluster.gateway.validation import ChatCompletionRequest, CompletionRequest, parse_json, validate
+
+log = logging.getLogger(__name__)
+
+ROUTES: dict[str, type] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+}
+
+
+async def read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = headers.get(b"content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise OpenAIError(400, "invalid Content-Length header", code="invalid_request") from None
+        if size > limit:
+            raise OpenAIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise OpenAIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def send_error(send: Send, err: OpenAIError, request_id: str | None) -> None:
+    body = orjson.dumps(err.body())
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+    if request_id:
+        headers.append((b"x-request-id", request_id.encode()))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class Admission:
+    def __init__(
+        self, *, config: OwcConfig, keys: KeyStore, forwarder: Forwarder, accounting: Accounting,
+        metrics: GatewayMetrics, limiter: TenantLimiter | None = None, tracer: RequestTracer | None = None,
+    ):
+        self._config = config
+        self._keys = keys
+        self._forwarder = forwarder
+        self._accounting = accounting
+        self._metrics = metrics
+        self._limiter = limiter or TenantLimiter(config.gateway.tenants)
+        self._tracer = tracer
+        self._limit = config.gateway.limits.max_body_bytes
+        # Request ids: a random per-process prefix and a counter (uuid4 per request costs a
+        # getrandom syscall on the hot path); unique across gateway processes.
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count()
+
+    async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
+        route = scope["path"]
+        headers = dict(scope["headers"])
+        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1") or f"{self._id_prefix}{next(self._ids):016x}"
+        span = self._tracer.server_span(route, headers) if self._tracer else None
+        delivery = Delivery()
+        tenant, job, data, status = UNKNOWN, None, None, 0
+        try:
+            auth = headers.get(b"authorization")
+            tenant = self._keys.tenant_for(auth.decode("latin-1") if auth else None)
+            ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if ctype != b"application/json":
+                raise OpenAIError(415, "Content-Type must be application/json", code="unsupported_media_type")
+            body = await read_body(headers, receive, self._limit)
+            data = parse_json(body)
+            job = self._job(route, validate(data, ROUTES[route]), data, body,
+                            headers=headers, tenant=tenant, request_id=request_id, span=span)
+            release = self._limiter.admit(tenant)
+            try:
+                await self._forwarder.forward(job, receive, send, delivery)
+            finally:
+                release()
+            status = delivery.status
+        except OpenAIError as err:
+            status = err.status
+            if err.status in (429, 503) and err.code:
+                self._metrics.rejections.labels(job.model if job else UNKNOWN, err.code).inc()
+            await send_error(send, err, request_id)
+        except ClientGone:
+            status = CLIENT_CLOSED
+        except Exception:  # a gateway bug: still an OpenAI-shaped answer if none has started
+            log.exception("request %s failed in the gateway", request_id)
+            status = delivery.status
+            if not status:
+                status = 500
+                await send_error(send, OpenAIError(500, "internal gateway error", type="server_error"), request_id)
+        finally:
+            self._accounting.settle(Settled(
+                request_id=request_id, route=route, status=status or 500, tenant=tenant,
+                model=job.model if job else UNKNOWN, stream=job.stream if job else False, data=data, span=span,
+            ), delivery)
+
+    def _job(self, route: str, req, data: dict, body: bytes, *, headers: dict[bytes, bytes], tenant: str,
+             request_id: str, span) -> Job:
+        """The request as the engine will receive it: the served model's name (an adapter's
+        name reaches the engine unchanged), and a usage event asked for on every stream."""
+        served = self._config.resolve(req.model)
+        if served is None:
+            raise OpenAIError(404, f"The model '{req.model}' does not exist", param="model", code="model_not_found")
+        adapter = req.model if req.model in self._config.models[served].adapters else None
+        rewrite = served != req.model and adapter is None
+        if rewrite:
+            data["model"] = served
+        strip_usage = False
+        if req.stream and not (data.get("stream_options") or {}).get("include_usage"):
+            # Token accounting needs the engine's usage event; the client did not ask for
+            # it, so the stream relay drops it again.
+            data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
+            strip_usage = rewrite = True
+        return Job(request_id=request_id, route=route, model=served, tenant=tenant, data=data,
+                   body=orjson.dumps(data) if rewrite else body, stream=bool(req.stream), headers=headers,
+                   adapter=adapter, strip_usage=strip_usage, span=span)

@@ -1,0 +1,69 @@
+"""What crosses the layers of the request path, typed.
+
+admission builds a ``Job`` (who asked for what, as the engine will receive it) and hands it
+to the forwarder; the forwarder alone writes the ``Delivery`` (which replica, retries,
+status, timings, tokens); accounting reads both once the request is over.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster.discovery.endpoints import Endpoint
+
+CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before the answer
+Send = Callable[[dict], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict]]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One admitted request."""
+
+    request_id: str
+    route: str  # the OpenAI path, e.g. /v1/chat/completions
+    model: str  # the served model it resolved to
+    tenant: str
+    data: dict[str, Any]  # the parsed body, as sent to the engine
+    body: bytes  # its bytes
+    stream: bool
+    headers: dict[bytes, bytes]  # the client's request headers (ASGI form)
+    adapter: str | None = None  # the LoRA adapter requested, if any
+    # The gateway asked the engine for a usage event the client did not ask for: drop it.
+    strip_usage: bool = False
+    span: Any = None  # the request's tracing span, when tracing is on
+
+
+@dataclass
+class Delivery:
+    """What the forwarder did with a job, for metrics, logs and traces."""
+
+    status: int = 0
+    endpoint: Endpoint | None = None
+    started: float = field(default_factory=time.perf_counter)
+    retry_reasons: list[str] = field(default_factory=list)  # one per re-send to another replica
+    decisions: list[float] = field(default_factory=list)  # seconds per routing decision
+    plugin_timings: list[tuple[str, float]] = field(default_factory=list)  # (plugin, seconds), every decision
+    ttft_s: float | None = None
+    itl: list[float] = field(default_factory=list)  # seconds between token events
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    @property
+    def retries(self) -> int:
+        return len(self.retry_reasons)
+
+    def usage(self, usage: object) -> None:
+        if isinstance(usage, dict):
+            self.prompt_tokens = usage.get("prompt_tokens")
+            self.completion_tokens = usage.get("completion_tokens")
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

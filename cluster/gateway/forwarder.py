@@ -1,0 +1,218 @@
+"""Forwarding: an admitted job goes to one engine replica's own OpenAI HTTP server and its
+answer back to the client (cluster.gateway.streaming), tokens never crossing a Ray actor.
+
+Here: the model's in-flight and queued gauges; holding a job while its model is scaled to
+zero; the routing inputs (prefix and session keys); the replica choice and the retries
+until the first byte (a replica that refuses the connection or dies before answering is
+retried on another); the request deadline; the engine span. Closing the engine connection
+is how an engine request is aborted: vLLM aborts a request whose client went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+
+from cluster.discovery.endpoints import Endpoint
+from cluster.discovery.sources import EndpointSource
+from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send, wait_disconnect
+from cluster.gateway.engine_client import ConnectFailed, EngineClient, EngineError, Response
+from cluster.gateway.errors import RETRY_SOON, RETRY_STARTING, OpenAIError
+from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.streaming import respond
+from cluster.gateway.tracing import RequestTracer
+from cluster.routing.filters import QueueFull
+from cluster.routing.keys import prefix_key, session_key
+from cluster.routing.router import NoReplica, Routing
+from cluster.routing.types import RequestInfo
+
+
+class ClientGone(Exception):
+    """The client disconnected before an answer started."""
+
+
+class _Deadline:
+    """Ends a request that outlives ``request_timeout_s``: closes its engine connection."""
+
+    def __init__(self, timeout_s: float):
+        self.expired = False
+        self.resp: Response | None = None
+        self.opening: asyncio.Future | None = None
+        self._handle = asyncio.get_running_loop().call_later(timeout_s, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        if self.resp is not None:
+            self.resp.close()
+        elif self.opening is not None:
+            self.opening.cancel()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+def _taking_requests(endpoints: list[Endpoint]) -> bool:
+    """Some replica is registered and not draining (a model at zero has none)."""
+    return any(not e.draining for e in endpoints)
+
+
+class Forwarder:
+    def __init__(
+        self, *, routing: Routing, endpoints: EndpointSource, engine: EngineClient, metrics: GatewayMetrics,
+        request_timeout_s: float, wake_timeouts: Mapping[str, float] | None = None,
+        tracer: RequestTracer | None = None,
+    ):
+        """``wake_timeouts``: for each model that a request wakes from zero, how long to hold it."""
+        self._routing = routing
+        self._endpoints = endpoints
+        self._engine = engine
+        self._metrics = metrics
+        self._request_timeout_s = request_timeout_s
+        self._wake_timeouts = dict(wake_timeouts or {})
+        self._tracer = tracer
+
+    async def close(self) -> None:
+        self._engine.close()
+
+    async def forward(self, job: Job, receive: Receive, send: Send, delivery: Delivery) -> None:
+        """Forward one job; raises OpenAIError (or ClientGone) before any response byte is sent."""
+        m = self._metrics
+        in_flight, queued = m.in_flight.labels(job.model), m.queued.labels(job.model)
+        in_flight.inc()
+        queued.inc()
+        answered = False
+
+        def on_answer() -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                queued.dec()
+
+        engine_span, trace_headers = (self._tracer.engine_span(job.span, job.model)
+                                      if self._tracer is not None and job.span is not None else (None, None))
+        try:
+            endpoints = self._endpoints.endpoints(job.model)
+            wake_s = self._wake_timeouts.get(job.model)
+            if wake_s is not None and not _taking_requests(endpoints):
+                # Scaled to zero: hold the request (it counts as in flight, which is what wakes
+                # the model through the controller) until a replica registers.
+                endpoints = await self._wait_for_replica(job.model, wake_s, receive)
+            chars = self._routing.prefix_chars(job.model)
+            info = RequestInfo(model=job.model, prefix_key=prefix_key(job.data, chars) if chars else b"",
+                               session_key=session_key(job.headers, job.data), adapter=job.adapter)
+            headers = {"Content-Type": "application/json", "X-Request-Id": job.request_id, **(trace_headers or {})}
+            await self._send(job, receive, send, info=info, endpoints=endpoints, headers=headers, delivery=delivery,
+                             on_answer=on_answer)
+        finally:
+            on_answer()
+            in_flight.dec()
+            if engine_span is not None:
+                ep = delivery.endpoint
+                RequestTracer.finish(engine_span, delivery.status or 500, {
+                    "server.address": ep.url if ep else None, "owc.replica_id": ep.replica_id if ep else None,
+                })
+
+    async def _send(self, job: Job, receive: Receive, send: Send, *, info: RequestInfo, endpoints: list[Endpoint],
+                    headers: dict[str, str], delivery: Delivery, on_answer: Callable[[], None]) -> None:
+        deadline = _Deadline(self._request_timeout_s)
+        # Once the body is consumed, receive() only returns on disconnect. Before the engine
+        # answers (a non-streamed response comes all at the end), a disconnect cancels the
+        # call; after, it closes the engine connection. Either way vLLM aborts the request.
+        gone = asyncio.ensure_future(wait_disconnect(receive))
+        opening = deadline.opening = asyncio.ensure_future(self._open(job, info, endpoints, headers, delivery))
+        try:
+            try:
+                await asyncio.wait({gone, opening}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                opening.cancel()
+                raise
+            if not opening.done():
+                opening.cancel()
+                delivery.status = CLIENT_CLOSED
+                return
+            if opening.cancelled():
+                raise OpenAIError(504, "engine did not answer in time", code="engine_timeout")
+            resp, first = opening.result()
+            deadline.resp = resp
+            rid = delivery.endpoint.replica_id if delivery.endpoint else ""
+            try:
+                on_answer()
+                await respond(resp, first, send, job=job, delivery=delivery, gone=gone,
+                              timed_out=lambda: deadline.expired, on_broken=lambda: self._routing.failed(rid))
+            finally:
+                self._routing.release(rid)
+        finally:
+            deadline.cancel()
+            gone.cancel()
+
+    async def _open(self, job: Job, info: RequestInfo, endpoints: list[Endpoint], headers: dict[str, str],
+                    delivery: Delivery) -> tuple[Response, bytes]:
+        """Send the job to the replica routing picks and wait for its first body bytes
+        (a non-streamed response: all of it). Until then the client has received nothing,
+        so a replica that refuses the connection or dies is retried on another one."""
+        routing = self._routing
+        tried: set[str] = set()
+        lost: str | None = None
+        while True:
+            t0 = time.perf_counter()
+            try:
+                ep = routing.choose(endpoints, info, frozenset(tried), delivery.plugin_timings)
+            except QueueFull as e:
+                raise OpenAIError(429, f"{e}; retry shortly", code="queue_full", headers=RETRY_SOON) from None
+            except NoReplica:
+                if lost is not None:
+                    raise OpenAIError(502, f"engine connection broke: {lost}", code="engine_connection_lost") from None
+                raise OpenAIError(503, "no engine replica of this model is reachable; retry shortly",
+                                  code="no_healthy_replica", headers=RETRY_SOON) from None
+            finally:
+                delivery.decisions.append(time.perf_counter() - t0)
+            rid = ep.replica_id
+            tried.add(rid)
+            delivery.endpoint = ep
+            routing.acquire(rid)
+            host, port = self._engine.address(ep.url)
+            resp: Response | None = None
+            try:
+                resp = await self._engine.post(host, port, job.route, job.body, headers)
+                if job.stream and resp.status < 400:
+                    first = await anext(aiter(resp.chunks()), b"")
+                else:
+                    first = await resp.read()
+                return resp, first
+            except BaseException as e:
+                # Not this replica after all: its connection goes, its in-flight count too.
+                if resp is not None:
+                    resp.close()
+                routing.release(rid)
+                delivery.endpoint = None
+                if not isinstance(e, EngineError):
+                    raise
+                routing.failed(rid)
+                reason = "connect_refused" if isinstance(e, ConnectFailed) else "engine_lost"
+                if reason == "engine_lost":
+                    lost = str(e)
+                if delivery.retries >= routing.max_retries(info.model):
+                    if reason == "engine_lost":
+                        raise OpenAIError(502, f"engine connection broke: {e}", code="engine_connection_lost") from None
+                    raise OpenAIError(503, f"no engine replica reachable: {e}", code="no_healthy_replica",
+                                      headers=RETRY_SOON) from None
+                delivery.retry_reasons.append(reason)
+
+    async def _wait_for_replica(self, model: str, timeout_s: float, receive: Receive) -> list[Endpoint]:
+        """The model's endpoints once one is routable; a client that leaves meanwhile stops
+        the wait (it no longer counts in flight, so it no longer keeps the model awake)."""
+        deadline = time.monotonic() + timeout_s
+        gone = asyncio.ensure_future(wait_disconnect(receive))
+        try:
+            while time.monotonic() < deadline:
+                await asyncio.wait({gone}, timeout=0.1)
+                if gone.done():
+                    raise ClientGone()
+                endpoints = self._endpoints.endpoints(model)
+                if _taking_requests(endpoints):
+                    return endpoints
+        finally:
+            gone.cancel()
+        raise OpenAIError(503, f"model {model} is scaled to zero and no replica started within {timeout_s:g}s",
+                          code="no_healthy_replica", headers=RETRY_STARTING)

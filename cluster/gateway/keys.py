@@ -1,0 +1,123 @@
+"""API keys as secrets: files hold the SHA-256 of each key (`sha256:<hex>`), never the key.
+
+Keys are random (`owc keys create` makes 256-bit ones), so a plain SHA-256 is the right
+lookup key: a dict hit per request, no per-request slow hash, no loop over candidates that
+returns early on a match. Files of plaintext `key: tenant` entries still load, with a
+warning, and are hashed as they load."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+HASH_PREFIX = "sha256:"
+KEY_PREFIX = "owc-"
+
+
+def hash_key(key: str) -> str:
+    return HASH_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+
+
+def is_hash(entry: str) -> bool:
+    digest = entry[len(HASH_PREFIX):]
+    return entry.startswith(HASH_PREFIX) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+
+
+def new_key() -> str:
+    """A fresh random key (256 bits)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hashed(entries: Mapping[str, str], *, source: str = "") -> dict[str, str]:
+    """`key-or-hash -> name` as `hash -> name`; plaintext entries are hashed (and warned of
+    when they come from a file, ``source``)."""
+    out: dict[str, str] = {}
+    plain = 0
+    for key, name in entries.items():
+        if not isinstance(key, str) or not key or not isinstance(name, str) or not name:
+            raise ValueError(f"{source or 'API keys'}: every entry must map a non-empty key to a non-empty name")
+        if is_hash(key):
+            out[key] = name
+        else:
+            plain += 1
+            out[hash_key(key)] = name
+    if plain and source:
+        log.warning("%s holds %d plaintext API key(s): store SHA-256 hashes instead (`owc keys create`)", source, plain)
+    return out
+
+
+def read_key_file(path: str | Path) -> dict[str, str]:
+    """A keys file as `hash -> name` (YAML or JSON: a mapping, optionally under `keys:`)."""
+    p = Path(path).expanduser()
+    data = yaml.safe_load(p.read_text()) or {}
+    if isinstance(data, dict) and isinstance(data.get("keys"), dict):
+        data = data["keys"]
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a mapping of key hash -> name")
+    return hashed({str(k): str(v) for k, v in data.items()}, source=str(p))
+
+
+def parse_env(raw: str, var: str) -> dict[str, str]:
+    """`key=name,key2=name2` (a key may be given as its hash) as `hash -> name`."""
+    entries: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        key, sep, name = item.partition("=")
+        if not sep:
+            raise ValueError(f"{var}: expected key=name pairs separated by commas")
+        entries[key.strip()] = name.strip()
+    return hashed(entries)
+
+
+def add_to_file(path: str | Path, key_hash: str, name: str) -> None:
+    """Add one hashed entry to a keys file (created with mode 0600), keeping the others."""
+    p = Path(path).expanduser()
+    current: dict[str, str] = {}
+    if p.exists():
+        data = yaml.safe_load(p.read_text()) or {}
+        if isinstance(data, dict) and isinstance(data.get("keys"), dict):
+            data = data["keys"]
+        current = {str(k): str(v) for k, v in (data or {}).items()}
+    current[key_hash] = name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("# owc API keys: SHA-256 of each key -> name (tenant, or admin). `owc keys create` adds one.\n")
+        yaml.safe_dump(current, f, sort_keys=True)
+    os.replace(tmp, p)
+
+
+class KeyTable:
+    """`hash -> name`, looked up by the hash of the presented key."""
+
+    def __init__(self, by_hash: Mapping[str, str]):
+        self._by_hash = dict(by_hash)
+
+    @classmethod
+    def load(cls, *, files: Iterable[str | None], env_var: str | None,
+             environ: Mapping[str, str] | None = None) -> KeyTable:
+        by_hash: dict[str, str] = {}
+        for f in files:
+            if f:
+                by_hash.update(read_key_file(f))
+        env = os.environ if environ is None else environ
+        if env_var and env.get(env_var):
+            by_hash.update(parse_env(env[env_var], env_var))
+        return cls(by_hash)
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_hash)
+
+    def lookup(self, key: str) -> str | None:
+        return self._by_hash.get(hash_key(key))

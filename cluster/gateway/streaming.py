@@ -1,0 +1,136 @@
+"""The engine's answer, passed to the client: a whole JSON response, or its SSE stream
+relayed unparsed as it is read (several events ready at once travel as one chunk), with
+the usage, TTFT and inter-token gaps read on the way. No framework layer sits between the
+engine read and the client write."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import orjson
+
+from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Send
+from cluster.gateway.engine_client import EngineError, Response
+from cluster.gateway.errors import OpenAIError, from_upstream, sse_error_event
+
+
+async def respond(
+    resp: Response, first: bytes, send: Send, *, job: Job, delivery: Delivery, gone: asyncio.Future,
+    timed_out: Callable[[], bool], on_broken: Callable[[], None],
+) -> None:
+    """Send the engine's response (``first``: its first body bytes, already read). Raises
+    OpenAIError for an engine error status, before anything was sent."""
+    gone.add_done_callback(lambda t: None if t.cancelled() else resp.close())
+    completed = False
+    try:
+        if resp.status >= 400:
+            completed = True
+            raise from_upstream(resp.status, first)
+        out_headers = [(b"x-request-id", job.request_id.encode())]
+        if job.stream:
+            completed = await _relay_stream(resp, first, send, out_headers=out_headers, job=job, delivery=delivery,
+                                            gone=gone, timed_out=timed_out, on_broken=on_broken)
+        else:
+            completed = True
+            try:
+                delivery.usage(orjson.loads(first).get("usage"))
+            except (orjson.JSONDecodeError, AttributeError):
+                pass
+            ctype = resp.headers.get("content-type", "application/json").encode()
+            delivery.status = resp.status
+            await send({"type": "http.response.start", "status": resp.status,
+                        "headers": [(b"content-type", ctype), (b"content-length", str(len(first)).encode()), *out_headers]})
+            await send({"type": "http.response.body", "body": first, "more_body": False})
+    finally:
+        # A finished response hands its connection back to the pool (keep-alive); an
+        # unfinished one drops it, so that the engine aborts the request.
+        if completed and not gone.done():
+            resp.release()
+        else:
+            resp.close()
+
+
+async def _relay_stream(
+    resp: Response, first: bytes, send: Send, *, out_headers: list, job: Job, delivery: Delivery,
+    gone: asyncio.Future, timed_out: Callable[[], bool], on_broken: Callable[[], None],
+) -> bool:
+    """Relay the SSE stream; True when the engine finished it."""
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"), *out_headers,
+    ]})
+    delivery.status = 200
+    tail = b""
+    last = 0.0
+    try:
+        async for chunk in _then(first, resp.chunks()):
+            # Whole SSE events only: a partial event waits for the rest (clients cannot
+            # use half an event anyway), so that usage events can be read and stripped.
+            if tail:
+                chunk, tail = tail + chunk, b""
+            if not chunk.endswith(b"\n\n"):
+                cut = chunk.rfind(b"\n\n") + 2
+                if cut == 1:
+                    tail = chunk
+                    continue
+                chunk, tail = chunk[:cut], chunk[cut:]
+            now = time.perf_counter()
+            if b'"choices":[]' in chunk:
+                # A fast engine's whole answer may arrive in one read with its usage.
+                chunk, tokens = take_usage(chunk, delivery, strip=job.strip_usage)
+            else:
+                tokens = not chunk.startswith(b"data: [DONE]")
+            if tokens:
+                if delivery.ttft_s is None:
+                    delivery.ttft_s = now - delivery.started
+                else:
+                    delivery.itl.append(now - last)
+                last = now
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if tail:
+            await send({"type": "http.response.body", "body": tail, "more_body": True})
+    except EngineError as e:
+        if gone.done():  # we closed it because the client went away
+            delivery.status = CLIENT_CLOSED
+            return False
+        # Headers are gone already: end the stream with an SSE error event, not a hang.
+        if timed_out():
+            delivery.status, err = 504, OpenAIError(504, "engine did not finish in time", code="engine_timeout")
+        else:
+            delivery.status, err = 502, OpenAIError(502, f"engine stream broke: {e}", code="engine_stream_broken")
+            on_broken()
+        await send({"type": "http.response.body", "body": sse_error_event(err), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return False
+    if gone.done():
+        delivery.status = CLIENT_CLOSED
+        return False
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return True
+
+
+async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def take_usage(chunk: bytes, delivery: Delivery, *, strip: bool) -> tuple[bytes, bool]:
+    """Read the usage of the final `"choices":[]` event; drop that event when the gateway,
+    not the client, asked for it (``strip``). Also says whether token events precede it in
+    the chunk."""
+    at = chunk.find(b'"choices":[]')
+    start = chunk.rfind(b"data:", 0, at)
+    end = chunk.find(b"\n\n", at)
+    if start < 0 or end < 0:
+        return chunk, True
+    end += 2
+    try:
+        delivery.usage(orjson.loads(chunk[start + 5:end]).get("usage"))
+    except (orjson.JSONDecodeError, AttributeError):
+        return chunk, True
+    return (chunk[:start] + chunk[end:] if strip else chunk), start > 0

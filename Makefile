@@ -33,8 +33,8 @@ tools:
 # Regenerate the dashboards and the chart's copies of rules, dashboards and values schema.
 chart-files: setup
 	$(BIN)/python -m cluster.metrics.dashboards --write
-	cp deploy/prometheus/rules/*.yml helm/owc/files/rules/
-	cp deploy/grafana/*.json helm/owc/files/dashboards/
+	cp cluster/metrics/prometheus/rules/*.yml helm/owc/files/rules/
+	cp cluster/metrics/grafana/*.json helm/owc/files/dashboards/
 	$(BIN)/python -m cluster.config.chart_schema --write
 
 serve: setup

@@ -26,8 +26,8 @@ from pathlib import Path
 import aiohttp
 
 from cluster.process import Command, ServerProcess, free_port
-from loadtests.driver import one_request, percentile
-from loadtests.stack import LOG_DIR, router_bin
+from cluster.bench.driver import one_request, percentile
+from cluster.bench.stack import LOG_DIR, router_bin
 
 MODEL = "fake"
 

@@ -26,12 +26,21 @@ from pathlib import Path
 
 import psutil
 
-from loadtests.driver import run_closed_loop
-from loadtests.stack import comparison_stack
+from cluster.bench.driver import run_closed_loop
+from cluster.bench.stack import Candidate, comparison_stack
 
 TARGETS_TTFT = 1.10
 TARGETS_TPUT = 0.90
 ROUTER_SLACK = 0.05
+
+
+def serve_llm(config: str | None) -> Candidate:
+    """ray.serve.llm's OpenAI app on its own engine (loadtests.serve_llm_candidate)."""
+    return Candidate(
+        name="ray-serve-llm", label="ray.serve.llm", log_name="serve-llm.log", health_path="/v1/models",
+        argv=lambda port: [sys.executable, "-m", "loadtests.serve_llm_candidate", "--port", str(port)]
+        + (["--config", config] if config else []),
+    )
 
 
 def _spread(xs: list[float]) -> dict[str, float]:
@@ -68,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure ray.serve.llm's OpenAI app (DeploymentHandle streaming; own engine, same settings)")
     args = p.parse_args(argv)
 
-    with comparison_stack(args.config, router=not args.no_router, serve_llm=args.with_serve_llm) as stack:
+    extra = [serve_llm(args.config)] if args.with_serve_llm else []
+    with comparison_stack(args.config, router=not args.no_router, extra=extra) as stack:
         model, targets, cpu_pids = stack.model, stack.targets, stack.pids
         names = list(targets)
         for name in names:  # warm-up, not recorded

@@ -20,11 +20,12 @@ import pytest
 import yaml
 
 from cluster.config.chart_schema import render as render_values_schema
-from cluster.metrics.monitor import PROMETHEUS_DIR
 from tests.conftest import REPO
 from tests.tools import TOOLS_BIN, tool
 
 CHART = REPO / "helm" / "owc"
+PROMETHEUS_DIR = REPO / "cluster" / "metrics" / "prometheus"
+GRAFANA_DIR = REPO / "cluster" / "metrics" / "grafana"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 INVALID = sorted((REPO / "tests" / "chart" / "invalid").glob("*.yaml"))
 # Upstream CRDs, vendored unchanged from ../shared/crds (see tests/chart/crds/README.md).
@@ -185,12 +186,30 @@ def test_network_policy_admits_outside_traffic_only_to_the_gateway():
 def test_rules_dashboards_and_schema_copies_are_current():
     for f in (PROMETHEUS_DIR / "rules").glob("*.yml"):
         assert (CHART / "files" / "rules" / f.name).read_text() == f.read_text(), f"run `make chart-files` ({f.name})"
-    for f in (REPO / "deploy" / "grafana").glob("*.json"):
+    for f in GRAFANA_DIR.glob("*.json"):
         assert (CHART / "files" / "dashboards" / f.name).read_text() == f.read_text(), f"run `make chart-files` ({f.name})"
     assert (CHART / "values.schema.json").read_text() == render_values_schema(), "run `make chart-files`"
     rule = next(d for d in rendered(CHART / "ci" / "gpt-oss-20b-1gpu-values.yaml") if d["kind"] == "PrometheusRule")
-    shipped = [g for f in sorted((PROMETHEUS_DIR / "rules").glob("*.yml")) for g in yaml.safe_load(f.read_text())["groups"]]
-    assert rule["spec"]["groups"] == shipped
+    assert rule["spec"]["groups"] == shipped_rule_groups("2.0")
+
+
+def shipped_rule_groups(slo: str) -> list[dict]:
+    """The shipped rules with the TTFT SLO's bucket (2.0 s) replaced, as the chart does."""
+    def text(f: Path) -> str:
+        return f.read_text().replace('le="2.0"', f'le="{slo}"').replace("2.0 s", f"{slo} s")
+    return [g for f in sorted((PROMETHEUS_DIR / "rules").glob("*.yml")) for g in yaml.safe_load(text(f))["groups"]]
+
+
+@pytest.mark.parametrize("value, label", [("5", "5.0"), ("2.5", "2.5"), ("1.0", "1.0")])
+def test_ttft_slo_value_renders_into_rules_and_dashboards(value, label):
+    r = helm("template", "owc", str(CHART), "--namespace", "llm", "-f", str(CHART / "ci" / "gpt-oss-20b-1gpu-values.yaml"),
+             "--set-json", f"monitoring.ttftSloSeconds={value}")
+    assert r.returncode == 0, r.stderr
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    assert rule["spec"]["groups"] == shipped_rule_groups(label)
+    overview = next(d for d in docs if d["kind"] == "ConfigMap" and "owc-overview.json" in d.get("data", {}))
+    assert f"first token ≤ {label} s" in overview["data"]["owc-overview.json"]
 
 
 def test_image_and_ray_version_follow_the_pins():

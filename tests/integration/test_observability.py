@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from cluster.metrics.dashboards import DASHBOARDS, render
-from cluster.metrics.monitor import PROMETHEUS_DIR
+from cluster.metrics.monitor import rule_files
 from tests.conftest import wait_for
 from tests.integration.conftest import API_KEY
 from tests.unit.test_dashboards import promql
@@ -103,7 +103,7 @@ def test_live_prometheus_sees_everything(cluster, prometheus):
     time.sleep(3)  # rates need two samples after the workload
     groups = httpx.get(prometheus + "/api/v1/rules", timeout=10).json()["data"]["groups"]
     rules = [r for g in groups for r in g["rules"]]
-    assert {g["file"].rsplit("/", 1)[-1] for g in groups} == {p.name for p in (PROMETHEUS_DIR / "rules").glob("*.yml")}
+    assert {g["file"].rsplit("/", 1)[-1] for g in groups} == {p.name for p in rule_files()}
     bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not bad, bad
     empty = [r["name"] for r in rules if r["type"] == "recording" and not query(prometheus, r["name"])]

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loadtests.bench import _thin, spread
+from cluster.bench.runner import _thin, spread
 from tests.conftest import REPO, fake_engine_argv, gateway_argv, server
 
 
@@ -38,7 +38,7 @@ def test_owc_bench_smoke_through_the_gateway(tmp_path):
 
 
 def test_compare_report_renders_ratios(tmp_path):
-    from loadtests.report import markdown, write_report
+    from cluster.bench.report import markdown, write_report
 
     stats = {
         "bare-vllm": {m: {"median": 0.01, "min": 0.009, "max": 0.011, "n": 2} for m in

@@ -1,6 +1,7 @@
-"""deploy/grafana: the committed dashboards are the generator's output, panel ids are
-unique, panels fit the 24-column grid without overlapping, and promtool parses every
-expression (wrapped as recording rules, Grafana's variables filled in)."""
+"""cluster/metrics/grafana (deploy/grafana links to it): the committed dashboards are the
+generator's output, panel ids are unique, panels fit the 24-column grid without
+overlapping, and promtool parses every expression (wrapped as recording rules, Grafana's
+variables filled in)."""
 
 from __future__ import annotations
 

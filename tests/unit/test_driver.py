@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from loadtests.driver import RequestResult, SSEParser, percentile, run_closed_loop, summarise
+from cluster.bench.driver import RequestResult, SSEParser, percentile, run_closed_loop, summarise
 from tests.conftest import fake_engine_argv, server
 
 

@@ -11,7 +11,6 @@ from prometheus_client import CollectorRegistry
 
 from cluster.gateway.metrics import GatewayMetrics
 from cluster.metrics.dashboards import DASHBOARDS, render
-from cluster.metrics.monitor import PROMETHEUS_DIR
 from tests.conftest import REPO
 
 DOC = REPO / "docs" / "metrics.md"
@@ -80,7 +79,7 @@ def _base(name: str) -> str:
 def test_rules_and_dashboards_use_only_listed_metrics():
     listed = set(contract())
     used: dict[str, str] = {}
-    for f in (PROMETHEUS_DIR / "rules").glob("*.yml"):
+    for f in (REPO / "cluster" / "metrics" / "prometheus" / "rules").glob("*.yml"):
         for g in yaml.safe_load(f.read_text())["groups"]:
             for r in g["rules"]:
                 for n in NAME.findall(r["expr"]):

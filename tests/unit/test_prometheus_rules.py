@@ -1,6 +1,7 @@
-"""deploy/prometheus: promtool accepts the config and rules, and every alert has a firing
-and a non-firing case (`promtool test rules`, generated from the table below so that the
-expected annotations are the rules' own runbooks)."""
+"""cluster/metrics/prometheus (deploy/prometheus links to it): promtool accepts the config
+and rules, and every alert has a firing and a non-firing case (`promtool test rules`,
+generated from the table below so that the expected annotations are the rules' own
+runbooks)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.metrics.monitor import PROMETHEUS_DIR, prepare
+from cluster.metrics.monitor import prepare, rule_files
+from tests.conftest import REPO
 from tests.tools import tool
 
+PROMETHEUS_DIR = REPO / "cluster" / "metrics" / "prometheus"
 RULES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 ALERTS = {
     r["alert"]: r
@@ -23,9 +26,11 @@ ALERTS = {
 }
 
 # alert -> (series firing, series quiet, eval time, labels when firing, summary when firing)
-TTFT_BAD = [("owc_time_to_first_token_seconds_bucket{model=\"m\",le=\"2.5\"}", "0+50x90"),
+# The TTFT SLO bucket is 2.0 s (the config's default autoscaling.ttft_slo_s), labelled as
+# prometheus_client renders it.
+TTFT_BAD = [("owc_time_to_first_token_seconds_bucket{model=\"m\",le=\"2.0\"}", "0+50x90"),
             ("owc_time_to_first_token_seconds_count{model=\"m\"}", "0+100x90")]
-TTFT_GOOD = [("owc_time_to_first_token_seconds_bucket{model=\"m\",le=\"2.5\"}", "0+100x90"),
+TTFT_GOOD = [("owc_time_to_first_token_seconds_bucket{model=\"m\",le=\"2.0\"}", "0+100x90"),
              ("owc_time_to_first_token_seconds_count{model=\"m\"}", "0+100x90")]
 CASES = {
     "OwcHighErrorRatio": (
@@ -93,6 +98,38 @@ def test_promtool_check_rules_and_config(tmp_path):
     cfg = prepare(tmp_path / "run", tmp_path / "sd")
     r = subprocess.run([promtool, "check", "config", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_prepare_copies_the_shipped_rules(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "rules").symlink_to(tmp_path, target_is_directory=True)  # as earlier versions left it
+    prepare(run, tmp_path / "sd", interval_s=2)
+    assert not (run / "rules").is_symlink()
+    assert {f.name for f in (run / "rules").iterdir()} == {f.name for f in rule_files()} == {f.name for f in RULES}
+    for f in RULES:
+        assert (run / "rules" / f.name).read_text() == f.read_text()
+    assert (run / "targets").resolve() == (tmp_path / "sd").resolve()
+    cfg = yaml.safe_load((run / "prometheus.yml").read_text())
+    assert cfg["global"]["scrape_interval"] == "2s" and cfg["rule_files"] == ["rules/*.yml"]
+
+
+def test_the_ttft_slo_bucket_is_the_configs_default_and_a_gateway_bucket():
+    """The rules' SLO bucket is autoscaling.ttft_slo_s's default, and the gateway's TTFT
+    histogram exports that bucket (under the same label): otherwise the SLO rules are empty."""
+    from prometheus_client import CollectorRegistry
+
+    from cluster.config.schema import Autoscaling
+    from cluster.gateway.metrics import GatewayMetrics
+
+    le = str(Autoscaling.model_fields["ttft_slo_s"].default)  # 2.0 -> "2.0", as prometheus_client renders it
+    recording = (PROMETHEUS_DIR / "rules" / "owc-recording.yml").read_text()
+    assert recording.count(f'owc_time_to_first_token_seconds_bucket{{le="{le}"}}') == 2
+    registry = CollectorRegistry()
+    GatewayMetrics(registry).ttft.labels(model="m").observe(0.1)
+    exported = {s.labels["le"] for fam in registry.collect() if fam.name == "owc_time_to_first_token_seconds"
+                for s in fam.samples if s.name.endswith("_bucket")}
+    assert le in exported, f"the gateway's TTFT histogram has no {le} s bucket: {sorted(exported, key=float)}"
 
 
 @pytest.mark.parametrize("alert", sorted(CASES))

@@ -6,10 +6,10 @@ import statistics
 import pytest
 from pydantic import ValidationError
 
-from loadtests.driver import SLO, RequestResult, goodput, summarise
-from loadtests.scenario import SCENARIO_DIR, Arrival, Scenario, load_scenario
+from cluster.bench.driver import SLO, RequestResult, goodput, summarise
+from cluster.bench.scenario import Arrival, Scenario, load_scenario, shipped_scenarios
 
-SHIPPED = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+SHIPPED = shipped_scenarios()
 
 
 def test_the_promised_scenarios_ship():

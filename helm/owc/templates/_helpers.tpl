@@ -112,3 +112,11 @@ exec:
 periodSeconds: 10
 failureThreshold: 6
 {{- end }}
+
+{{/* monitoring.ttftSloSeconds as the gateway's TTFT histogram labels its bucket bound
+(Python's float repr: 2 -> "2.0", 2.5 -> "2.5"); the shipped rules and dashboards say 2.0. */}}
+{{- define "owc.ttftSloLabel" -}}
+{{- $s := toString .Values.monitoring.ttftSloSeconds }}
+{{- if not (contains "." $s) }}{{ $s = printf "%s.0" $s }}{{ end }}
+{{- $s }}
+{{- end }}

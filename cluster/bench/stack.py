@@ -1,13 +1,14 @@
 """The comparison stack: one vLLM engine (the owc config's first model and its engine
-settings) with the owc gateway process and vllm-router in front of it, all on loopback."""
+settings) with the owc gateway process and vllm-router in front of it, all on loopback.
+Benchmarks add further candidates (their own server processes) with `extra`."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,19 @@ class Stack:
     engine_settings: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A further target, started after the others: ``argv(port)`` is its server's command
+    line, ready when ``health_path`` answers."""
+
+    name: str
+    argv: Callable[[int], list[str]]
+    label: str = ""
+    log_name: str = ""
+    health_path: str = "/health"
+    timeout_s: float = 600
+
+
 def _start(procs: list[ServerProcess], proc: ServerProcess, timeout_s: float) -> ServerProcess:
     procs.append(proc)
     proc.start()
@@ -39,7 +53,7 @@ def _start(procs: list[ServerProcess], proc: ServerProcess, timeout_s: float) ->
 
 
 @contextmanager
-def comparison_stack(config: str | None = None, *, router: bool = True, serve_llm: bool = False) -> Iterator[Stack]:
+def comparison_stack(config: str | None = None, *, router: bool = True, extra: Sequence[Candidate] = ()) -> Iterator[Stack]:
     cfg = load_config(config)
     model, mcfg = next(iter(cfg.models.items()))
     LOG_DIR.mkdir(exist_ok=True)
@@ -63,14 +77,13 @@ def comparison_stack(config: str | None = None, *, router: bool = True, serve_ll
                 log_path=LOG_DIR / "router.log", port=port), 60)
             stack.targets["vllm-router"] = r.url
             stack.pids["vllm-router"] = r.pid
-        if serve_llm:
+        for c in extra:
             port = free_port()
-            print("starting ray.serve.llm …", file=sys.stderr)
+            print(f"starting {c.label or c.name} …", file=sys.stderr)
             s = _start(procs, ServerProcess(
-                Command([sys.executable, "-m", "loadtests.serve_llm_candidate", "--port", str(port)]
-                        + (["--config", config] if config else [])),
-                log_path=LOG_DIR / "serve-llm.log", port=port, health_path="/v1/models"), 600)
-            stack.targets["ray-serve-llm"] = s.url
+                Command(c.argv(port)),
+                log_path=LOG_DIR / (c.log_name or f"{c.name}.log"), port=port, health_path=c.health_path), c.timeout_s)
+            stack.targets[c.name] = s.url
         yield stack
     finally:
         for proc in reversed(procs):

@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from loadtests.driver import SLO, RequestResult, RunSummary, one_request, summarise
-from loadtests.scenario import Scenario
+from cluster.bench.driver import SLO, RequestResult, RunSummary, one_request, summarise
+from cluster.bench.scenario import Scenario
 
 
 async def run_scenario(

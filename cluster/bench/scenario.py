@@ -5,13 +5,15 @@ that goodput is measured against. Strict, like the owc config."""
 from __future__ import annotations
 
 import random
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+# The shipped scenarios: package data, found by name.
+SCENARIOS = resources.files("cluster.bench").joinpath("scenarios")
 
 
 class _Strict(BaseModel):
@@ -106,11 +108,16 @@ class Scenario(_Strict):
         return "\n\n".join(m["content"] for m in self.first_messages(i))
 
 
+def shipped_scenarios() -> list[str]:
+    """Names of the shipped scenarios, sorted."""
+    return sorted(f.name.removesuffix(".yaml") for f in SCENARIOS.iterdir() if f.name.endswith(".yaml"))
+
+
 def load_scenario(name_or_path: str) -> Scenario:
+    """A YAML file's scenario, or a shipped one by name."""
     path = Path(name_or_path)
-    if not path.exists():
-        path = SCENARIO_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
+    source = path if path.exists() else SCENARIOS.joinpath(f"{name_or_path}.yaml")
+    if not source.is_file():
+        known = ", ".join(shipped_scenarios())
         raise FileNotFoundError(f"no scenario {name_or_path!r} (known: {known})")
-    return Scenario.model_validate(yaml.safe_load(path.read_text()))
+    return Scenario.model_validate(yaml.safe_load(source.read_text()))

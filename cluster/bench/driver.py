@@ -1,7 +1,7 @@
 """Async OpenAI streaming load driver: TTFT, inter-token latency, end-to-end latency,
 output tokens/s; JSON out.
 
-    python -m loadtests.driver --url http://127.0.0.1:8000 --model tiny-llama \
+    python -m cluster.bench.driver --url http://127.0.0.1:8000 --model tiny-llama \
         --requests 64 --concurrency 16 --max-tokens 32 --out result.json
 
 TTFT is the time to the first chunk carrying generated text; ITL the gaps between later

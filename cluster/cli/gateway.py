@@ -1,0 +1,29 @@
+"""`owc gateway`: only the gateway, in front of fixed engine URLs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cluster.cli._common import _load, console
+
+
+def gateway(
+    upstream: Annotated[list[str], typer.Option(help="MODEL=URL of an OpenAI engine server; repeatable")],
+    config: Annotated[Optional[Path], typer.Option(help="owc config YAML (gateway settings, models)")] = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Run only the gateway, in front of engines at fixed URLs (no Ray)."""
+    from cluster.gateway.main import config_for_upstreams, parse_upstreams, run
+
+    try:
+        urls = parse_upstreams(upstream)
+        run(cfg=config_for_upstreams(urls, _load(config) if config else None, host, port), upstreams=urls, endpoints_file=None)
+    except ValueError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        pass

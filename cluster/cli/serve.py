@@ -1,0 +1,96 @@
+"""`owc serve` (a local cluster) and `owc status` (of a running gateway)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cluster.cli._common import _load, console, out
+
+
+def serve(
+    config: Annotated[Optional[Path], typer.Argument(help="owc config YAML; the embedded CPU demo when omitted")] = None,
+) -> None:
+    """Run the cluster on a local Ray: engines, gateway, the OpenAI API."""
+    from cluster.gateway.server import UnsafeBindError, keys_for_bind
+    from cluster.runner import LocalCluster, install_signal_handlers
+
+    cfg = _load(config)
+    try:
+        keys_for_bind(cfg.gateway)  # before minutes of start-up; the gateway process checks it again as it binds
+    except (UnsafeBindError, OSError, ValueError) as e:
+        console.print(f"[red]refusing to start:[/red] {e}")
+        raise typer.Exit(2) from None
+    cluster = LocalCluster(cfg, handle_signals=True)
+    install_signal_handlers()
+    try:
+        with console.status("starting") as status:
+            cluster.start(report=lambda msg: status.update(msg))
+        _print_ready(cluster)
+        while True:
+            signal.pause()
+    except KeyboardInterrupt as e:
+        console.print(f"\nstopping ({e or 'interrupt'})…")
+    except Exception as e:
+        console.print(f"[red]failed:[/red] {e}")
+        _stop(cluster)
+        raise typer.Exit(1) from None
+    _stop(cluster)
+
+
+def _stop(cluster) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    cluster.stop()
+    console.print("stopped")
+
+
+def _print_ready(cluster) -> None:
+    base = cluster.url + "/v1"
+    first = next(iter(cluster.cfg.models))
+    out.print(f"[green]owc is serving[/green] the OpenAI API at [bold]{base}[/bold]")
+    for name, m in cluster.cfg.models.items():
+        aka = f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""
+        out.print(f"  model [bold]{name}[/bold]{aka}: {m.replicas.start} replica(s), TP={m.tensor_parallel_size}")
+    out.print("Try:")
+    out.print(
+        f"  curl {base}/chat/completions -H 'Content-Type: application/json' "
+        f"-d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Bonjour\"}}]}}'"
+    )
+    out.print(f"  python -c \"import openai; c = openai.OpenAI(base_url='{base}', api_key='-'); print(c.models.list())\"")
+    if any(m.autoscaling.enabled for m in cluster.cfg.models.values()):
+        out.print(f"Autoscaled models: run `owc monitor` and `owc controller --ray-address {cluster.gcs_address}`.")
+    out.print("Ctrl-C stops everything.")
+    sys.stdout.flush()
+
+
+def status(
+    url: Annotated[str, typer.Option(help="Gateway base URL")] = "http://127.0.0.1:8000",
+    api_key: Annotated[Optional[str], typer.Option(envvar="OWC_API_KEY", help="API key")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Models, replicas and health of a running gateway."""
+    import httpx
+
+    try:
+        ready = httpx.get(url.rstrip("/") + "/ready", timeout=5)
+    except httpx.HTTPError as e:
+        console.print(f"[red]gateway unreachable[/red] at {url}: {e}")
+        raise typer.Exit(1) from None
+    data = ready.json()
+    if as_json:
+        out.print_json(json.dumps(data))
+    else:
+        table = Table(title=f"owc at {url} — {'ready' if data.get('ready') else 'NOT ready'}")
+        table.add_column("model")
+        table.add_column("healthy replicas", justify="right")
+        for name, m in data.get("models", {}).items():
+            table.add_row(name, str(m.get("replicas", 0)))
+        out.print(table)
+    raise typer.Exit(0 if data.get("ready") else 3)

@@ -9,7 +9,8 @@
   KubeRay applies it and the Ray autoscaler adds or removes GPU worker pods.
   Ownership: the controller owns ``applications[owc].deployments[engine-*].num_replicas``
   and nothing else; the chart renders those entries from the live object (``lookup``), so
-  an upgrade keeps the controller's counts.
+  an upgrade keeps the controller's counts. What runs comes from the RayService status,
+  which carries each Serve deployment's status but no replica count (see ``replicas``).
 - ``LeaseElector``: a coordination.k8s.io Lease, so that of several controller pods only
   the holder acts.
 
@@ -32,8 +33,8 @@ APP_NAME = "owc"
 
 
 class Actuator(Protocol):
-    def replicas(self, model: str) -> tuple[int, int]:
-        """(target in force, replicas running)."""
+    def replicas(self, model: str) -> tuple[int, int | None]:
+        """(target in force, replicas running; None where the actuator cannot tell)."""
         ...
 
     def scale(self, model: str, target: int) -> None: ...
@@ -88,16 +89,37 @@ class KubernetesActuator:
                 return app
         raise KeyError(f"RayService {self._ns}/{self._name} has no Serve application {self._app!r}")
 
-    def replicas(self, model: str) -> tuple[int, int]:
+    def replicas(self, model: str) -> tuple[int, int | None]:
+        """The target is the engine deployment's ``num_replicas`` in ``serveConfigV2`` (the
+        model's initial count before the controller ever wrote one). KubeRay's status has no
+        replica count (``status.activeServiceStatus.applicationStatuses.<app>
+        .serveDeploymentStatuses.<deployment>`` is only ``status`` and ``message``), so the
+        running count is the target only when that status is of this very spec
+        (``observedGeneration`` == ``metadata.generation``: KubeRay has applied it) and says
+        the application RUNNING and the deployment HEALTHY (Serve has all target replicas
+        up; it turns DEPLOYING/UPSCALING/DOWNSCALING on applying a new count); otherwise
+        None (unknown)."""
         obj = self._get()
-        app = self._app_of(yaml.safe_load(obj["spec"]["serveConfigV2"]))
+        target = self._target(self._app_of(yaml.safe_load(obj["spec"]["serveConfigV2"])), model)
+        return target, (target if self._healthy(obj, deployment_name(model)) else None)
+
+    def _target(self, app: dict, model: str) -> int:
         name = deployment_name(model)
         for d in app.get("deployments", []):
             if d.get("name") == name and "num_replicas" in d:
-                return int(d["num_replicas"]), int(d["num_replicas"])
+                return int(d["num_replicas"])
         m = app["args"]["config"]["models"][model].get("replicas", {})
         start = m.get("initial") if m.get("initial") is not None else max(m.get("min", 1), 1)
-        return int(start), int(start)
+        return int(start)
+
+    def _healthy(self, obj: dict, deployment: str) -> bool:
+        status = obj.get("status") or {}
+        generation = (obj.get("metadata") or {}).get("generation")
+        if generation is None or status.get("observedGeneration") != generation:
+            return False
+        app = ((status.get("activeServiceStatus") or {}).get("applicationStatuses") or {}).get(self._app) or {}
+        dep = (app.get("serveDeploymentStatuses") or {}).get(deployment) or {}
+        return app.get("status") == "RUNNING" and dep.get("status") == "HEALTHY"
 
     def scale(self, model: str, target: int) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -1,14 +1,17 @@
 """TP x PP -> Ray placement bundles. Pure; tested without accelerators.
 
-One bundle per pipeline stage, each holding that stage's TP ranks, so the ranks of a stage
-(which talk every layer) always land on one node, while stages (which talk once per
-micro-batch) may span nodes. The replica process itself lives in bundle 0 with the CPU
-budget. CPU engines get one bundle holding the whole CPU budget.
+A GPU engine gets one bundle holding its TP ranks and the replica's CPU budget, packed on
+one node (the ranks talk every layer). Pipeline parallelism on GPUs is refused until the
+placement group is really handed to the vLLM process: one bundle per stage would reserve
+GPUs that nothing uses (the replica actor holds only the first stage's). CPU engines get
+one bundle holding the whole CPU budget.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from cluster.config.schema import PP_UNSUPPORTED
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,11 @@ def placement_for(
     if accelerator_type:
         # Ray's accelerator_type resource: a tiny fraction pins the node type.
         extra = {f"accelerator_type:{accelerator_type}": 0.001}
-    first = {"CPU": float(cpus), "GPU": float(tp), **extra}
-    rest = [{"GPU": float(tp), **extra} for _ in range(pp - 1)]
+    if pp > 1:
+        raise ValueError(PP_UNSUPPORTED)
     return Placement(
-        bundles=[first, *rest],
-        strategy="STRICT_PACK" if pp == 1 else "PACK",
+        bundles=[{"CPU": float(cpus), "GPU": float(tp), **extra}],
+        strategy="STRICT_PACK",
         actor_num_cpus=float(cpus),
         actor_num_gpus=float(tp),
         actor_resources=dict(extra),

@@ -1,8 +1,9 @@
 """The Kubernetes actuator and Lease election through the real `kubernetes` client against
 an in-test HTTP server implementing the endpoints they use (RayService get/patch with
-merge patches and resourceVersion conflicts; Lease get/create/replace). Every patched
-RayService validates against the KubeRay CRD, and its embedded Serve config with Ray's own
-schema and `owc config validate`."""
+merge patches and resourceVersion conflicts, a generation bumped by spec changes, a status
+only KubeRay writes; Lease get/create/replace). Every patched RayService validates against
+the KubeRay CRD, and its embedded Serve config with Ray's own schema and `owc config
+validate`."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def rayservice() -> dict:
                                "args": {"config": OWC}}]}
     return {
         "apiVersion": "ray.io/v1", "kind": "RayService",
-        "metadata": {"name": NAME, "namespace": NS, "resourceVersion": "1"},
+        "metadata": {"name": NAME, "namespace": NS, "resourceVersion": "1", "generation": 1},
         "spec": {"serveConfigV2": yaml.safe_dump(serve), "rayClusterConfig": {
             "rayVersion": "2.60.0",
             "headGroupSpec": {"rayStartParams": {}, "template": {"spec": {"containers": [
@@ -117,6 +118,11 @@ class FakeApi:
                     return self._status(409, "Conflict")
                 api.rv += 1
                 new["metadata"] = {**old["metadata"], **new.get("metadata", {}), "resourceVersion": str(api.rv)}
+                if "generation" in old["metadata"]:  # a custom resource with a status subresource
+                    new["metadata"]["generation"] = old["metadata"]["generation"] + (new.get("spec") != old.get("spec"))
+                    new.pop("status", None)  # writes to the main resource leave the status alone
+                    if "status" in old:
+                        new["status"] = old["status"]
                 api.objects[self.path] = new
                 self._send(200, new)
 
@@ -144,6 +150,21 @@ class FakeApi:
     def serve_config(self) -> dict:
         return yaml.safe_load(self.rayservice()["spec"]["serveConfigV2"])
 
+    def kuberay_reports(self, app: str, deployments: dict[str, str], *, app_status: str = "RUNNING") -> None:
+        """What KubeRay writes to the status subresource after a reconcile: Serve's
+        application and deployment statuses (no replica counts: the CRD has none)."""
+        with self.lock:
+            obj = self.rayservice()
+            self.rv += 1
+            obj["metadata"]["resourceVersion"] = str(self.rv)
+            obj["status"] = {
+                "observedGeneration": obj["metadata"]["generation"],
+                "serviceStatus": "Running",
+                "activeServiceStatus": {"rayClusterName": f"{NAME}-abc12", "applicationStatuses": {app: {
+                    "status": app_status, "serveDeploymentStatuses": {d: {"status": st} for d, st in deployments.items()},
+                }}},
+            }
+
 
 @pytest.fixture
 def api():
@@ -163,9 +184,9 @@ def test_actuator_reads_and_patches_the_engine_replica_count(api, tmp_path):
 
     custom, _ = clients(api.url)
     act = KubernetesActuator(api=custom, namespace=NS, name=NAME)
-    assert act.replicas("gpt-oss-20b") == (1, 1)  # replicas.min, before the controller ever acted
+    assert act.replicas("gpt-oss-20b") == (1, None)  # replicas.min, before the controller ever acted
     act.scale("gpt-oss-20b", 3)
-    assert act.replicas("gpt-oss-20b") == (3, 3)
+    assert act.replicas("gpt-oss-20b") == (3, None)  # no status yet: running unknown
     act.scale("gpt-oss-20b", 2)
     cfg = api.serve_config()
     (app,) = cfg["applications"]
@@ -180,6 +201,33 @@ def test_actuator_reads_and_patches_the_engine_replica_count(api, tmp_path):
     r = subprocess.run([sys.executable, "-m", "cluster.cli", "config", "validate", "--no-engine-args", str(path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_running_comes_from_the_rayservice_status_not_the_target(api):
+    custom, _ = clients(api.url)
+    act = KubernetesActuator(api=custom, namespace=NS, name=NAME)
+    engine = "engine-gpt-oss-20b"
+    api.kuberay_reports("owc", {engine: "HEALTHY", "gateway": "HEALTHY"})
+    assert act.replicas("gpt-oss-20b") == (1, 1)  # KubeRay saw this spec and Serve has it all up
+    act.scale("gpt-oss-20b", 3)
+    assert api.rayservice()["metadata"]["generation"] == 2
+    # the status still says HEALTHY, but of the spec before the patch: not 3 running
+    assert act.replicas("gpt-oss-20b") == (3, None)
+    api.kuberay_reports("owc", {engine: "UPSCALING", "gateway": "HEALTHY"}, app_status="DEPLOYING")
+    assert act.replicas("gpt-oss-20b") == (3, None)  # the worker pods are still coming
+    jsonschema.Draft7Validator(crd_schema("RayService", "v1")).validate(api.rayservice())
+    api.kuberay_reports("owc", {engine: "HEALTHY", "gateway": "HEALTHY"})
+    assert act.replicas("gpt-oss-20b") == (3, 3)
+    api.kuberay_reports("owc", {engine: "UNHEALTHY", "gateway": "HEALTHY"}, app_status="UNHEALTHY")
+    assert act.replicas("gpt-oss-20b") == (3, None)
+    api.kuberay_reports("other-app", {engine: "HEALTHY"})
+    assert act.replicas("gpt-oss-20b") == (3, None)
+    # the controller acts on the target alone: an unknown running count changes nothing
+    from prometheus_client import CollectorRegistry
+
+    ctl = CapacityController(config=parse_config(OWC), signals=FixedSignals(ongoing=20), registry=CollectorRegistry(),
+                             clock=lambda: 1001.0, actuator=act)
+    assert ctl.reconcile_once()["gpt-oss-20b"].target == 3 and len(api.patches) == 1
 
 
 def test_a_concurrent_change_is_a_conflict_not_an_overwrite(api):

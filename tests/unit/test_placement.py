@@ -4,7 +4,7 @@ from cluster.engine.placement import placement_for
 
 
 @pytest.mark.parametrize("tp", [1, 2, 4, 8])
-@pytest.mark.parametrize("pp", [1, 2])
+@pytest.mark.parametrize("pp", [1])
 def test_gpu_bundles_one_per_stage_with_tp_gpus(tp, pp):
     p = placement_for(tensor_parallel_size=tp, pipeline_parallel_size=pp, accelerator_kind="gpu", cpus=2)
     assert len(p.bundles) == pp
@@ -22,8 +22,15 @@ def test_cpu_engine_is_one_bundle_of_its_cpu_budget(tp, pp):
     assert p.bundles == [{"CPU": 3.0}] and p.strategy == "STRICT_PACK" and p.actor_num_gpus == 0
 
 
+@pytest.mark.parametrize("tp", [1, 2])
+def test_gpu_pipeline_parallelism_is_refused_until_the_placement_group_reaches_vllm(tp):
+    # One bundle per stage would reserve GPUs the engine never receives.
+    with pytest.raises(ValueError, match="pipeline_parallel_size > 1 is not supported on GPUs"):
+        placement_for(tensor_parallel_size=tp, pipeline_parallel_size=2, accelerator_kind="gpu", cpus=1)
+
+
 def test_accelerator_type_pins_every_bundle():
-    p = placement_for(tensor_parallel_size=2, pipeline_parallel_size=2, accelerator_kind="gpu", cpus=1, accelerator_type="H200")
+    p = placement_for(tensor_parallel_size=2, pipeline_parallel_size=1, accelerator_kind="gpu", cpus=1, accelerator_type="H200")
     assert all(b["accelerator_type:H200"] == 0.001 for b in p.bundles)
     assert p.actor_resources == {"accelerator_type:H200": 0.001}
 

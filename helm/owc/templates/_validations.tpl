@@ -11,6 +11,9 @@
 {{- $tp := int (default 1 $m.tensor_parallel_size) }}
 {{- $pp := int (default 1 $m.pipeline_parallel_size) }}
 {{- $kind := (default (dict) $m.accelerator).kind | default "cpu" }}
+{{- if and (eq $kind "gpu") (gt $pp 1) }}
+{{- fail (printf "owc.models.%s.pipeline_parallel_size > 1 is not supported yet: the engine's placement group is not handed to vLLM; use tensor_parallel_size" $name) }}
+{{- end }}
 {{- if and (eq $kind "gpu") (gt (mul $tp $pp) (int $.Values.engineWorkers.gpusPerNode)) }}
 {{- fail (printf "owc.models.%s: tensor_parallel_size x pipeline_parallel_size = %d GPUs, more than engineWorkers.gpusPerNode = %d (one replica's GPUs must fit on one node)" $name (mul $tp $pp) (int $.Values.engineWorkers.gpusPerNode)) }}
 {{- end }}

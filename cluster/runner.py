@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import tempfile
 import time
@@ -22,6 +23,7 @@ from cluster.config.schema import OwcConfig
 from cluster.metrics.targets import file_sd_dir, remove_targets, write_targets
 from cluster.process import free_port
 from cluster.engine.demo_model import build_demo_model, demo_name, is_demo_source
+from cluster.engine.guard import ENGINE_KEY_ENV
 from cluster.engine.launcher import Launcher, vllm_launcher
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,17 @@ class LocalCluster:
         return ray.get_runtime_context().gcs_address
 
     @property
+    def engine_key(self) -> str | None:
+        """The engine credential the replicas and gateways of this cluster share."""
+        return os.environ.get(ENGINE_KEY_ENV)
+
+    @property
+    def metrics_url(self) -> str | None:
+        """The gateway's metrics-only server, where `gateway.metrics_port` fixes it (one gateway)."""
+        g = self.cfg.gateway
+        return f"http://{g.local_host}:{g.metrics_port}" if g.metrics_port else None
+
+    @property
     def url(self) -> str:
         g = self.cfg.gateway
         return f"http://{g.local_host}:{g.port}"
@@ -93,6 +106,11 @@ class LocalCluster:
 
         prebuild_demo_models(self.cfg, report)
         os.environ.update(RAY_ENV)
+        if not self.cfg.ray.address and not os.environ.get(ENGINE_KEY_ENV):
+            # The engine credential of this deployment: the Ray started below (and every
+            # replica process it forks) inherits it from this process's environment: not
+            # argv, not Ray's runtime_env. A Ray cluster of your own needs it set on its nodes.
+            os.environ[ENGINE_KEY_ENV] = secrets.token_urlsafe(32)
         report("starting Ray")
         if self.cfg.ray.address:
             ray.init(address=self.cfg.ray.address, log_to_driver=False)

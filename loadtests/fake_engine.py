@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from cluster.config.schema import ModelConfig
+from cluster.engine.guard import ENGINE_KEY_ENV, authorized, bearer
 from cluster.process import Command, watch_parent
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -46,6 +47,10 @@ class FakeEngine:
             "vllm:time_to_first_token_seconds", "TTFT.", labels, buckets=TTFT_BUCKETS, registry=self.registry
         )
         self.aborted = Counter("owc_fake_aborted_requests", "Requests aborted by a client disconnect.", registry=self.registry)
+        self.denied = Counter("owc_fake_denied_requests", "Requests refused without the engine credential.",
+                              registry=self.registry)
+        self.served = Counter("owc_fake_generation_requests", "Generation requests that reached the engine.",
+                              registry=self.registry)
         self._labels = (model, "0")
         self.max_num_seqs = max_num_seqs
 
@@ -56,7 +61,23 @@ class FakeEngine:
         self.kv.labels(*self._labels).set(min(1.0, running / max(1, self.max_num_seqs)))
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=8 << 20)
+        middlewares = []
+        key = os.environ.get(ENGINE_KEY_ENV)
+        if key:  # the same door as a vLLM engine behind EngineGuard
+            expected = bearer(key)
+
+            @web.middleware
+            async def guard(request: web.Request, handler):
+                auth = request.headers.get("Authorization")
+                if not authorized(request.path, auth.encode("latin-1") if auth else None, expected):
+                    self.denied.inc()
+                    return web.json_response({"error": {"message": "missing or wrong engine credential",
+                                                        "type": "authentication_error", "code": "invalid_engine_key"}},
+                                             status=401)
+                return await handler(request)
+
+            middlewares.append(guard)
+        app = web.Application(client_max_size=8 << 20, middlewares=middlewares)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/models", self.models)
@@ -82,6 +103,7 @@ class FakeEngine:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        self.served.inc()
         try:
             body = await request.json()
         except json.JSONDecodeError:
@@ -155,14 +177,19 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": "BadRequestError", "param": None, "code": status}}, status=status)
 
 
-def fake_launcher(served_name: str, cfg: ModelConfig, cache_dir: str, *, host: str = "127.0.0.1") -> Command:
-    """Launcher seam: run the fake engine as this model's engine process."""
+def fake_launcher(served_name: str, cfg: ModelConfig, cache_dir: str, *, host: str = "127.0.0.1",
+                  engine_key: str | None = None) -> Command:
+    """Launcher seam: run the fake engine as this model's engine process (guarded like a
+    vLLM engine when given the engine key)."""
     opts = {k: str(v) for k, v in cfg.engine_kwargs.items() if k in ("ttft_ms", "itl_ms", "max_num_seqs")}
     argv = [sys.executable, "-m", "loadtests.fake_engine", "--host", host, "--port", "{port}", "--model", served_name,
             "--parent-pid", str(os.getpid())]
     for k, v in opts.items():
         argv += [f"--{k.replace('_', '-')}", v]
-    return Command(argv=argv, env=dict(cfg.engine_env))
+    env = dict(cfg.engine_env)
+    if engine_key:
+        env[ENGINE_KEY_ENV] = engine_key
+    return Command(argv=argv, env=env)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,13 +8,15 @@ from functools import lru_cache
 
 from cluster.config.schema import ModelConfig
 
-# Set by owc itself; a config may not override them through engine_kwargs.
+# Set by owc itself; a config may not override them through engine_kwargs (api_key and
+# middleware: the engine's door is owc's EngineGuard, cluster/engine/guard.py).
 RESERVED_KWARGS = frozenset(
     {
         "model", "served_model_name", "host", "port", "tensor_parallel_size",
-        "pipeline_parallel_size", "max_model_len", "dtype",
+        "pipeline_parallel_size", "max_model_len", "dtype", "api_key", "middleware",
     }
 )
+GUARD = "cluster.engine.guard.EngineGuard"
 
 
 @lru_cache(maxsize=1)
@@ -31,7 +33,9 @@ def check_engine_kwargs(kwargs: dict[str, object], known: frozenset[str] | None)
     """Problems with ``engine_kwargs`` (key names only: vLLM checks values at start)."""
     problems = []
     for key in kwargs:
-        if key in RESERVED_KWARGS:
+        if key in ("api_key", "middleware"):
+            problems.append(f"{key}: the engine's door is owc's (EngineGuard, the engine key); not an engine_kwarg")
+        elif key in RESERVED_KWARGS:
             problems.append(f"{key}: set by owc from the model's own fields; not an engine_kwarg")
         elif known is not None and key not in known:
             problems.append(f"{key}: not a vLLM engine argument")
@@ -39,9 +43,11 @@ def check_engine_kwargs(kwargs: dict[str, object], known: frozenset[str] | None)
 
 
 def server_cli_args(
-    *, model_path: str, served_name: str, cfg: ModelConfig, port: int | str, host: str = "127.0.0.1"
+    *, model_path: str, served_name: str, cfg: ModelConfig, port: int | str, host: str = "127.0.0.1",
+    guarded: bool = False,
 ) -> list[str]:
-    """Arguments for vLLM's OpenAI server parser (owc-owned settings only)."""
+    """Arguments for vLLM's OpenAI server parser (owc-owned settings only). ``guarded``:
+    install EngineGuard (the key itself goes through the environment, never argv)."""
     args = [
         "--model", model_path,
         "--served-model-name", served_name,
@@ -54,6 +60,8 @@ def server_cli_args(
     ]
     if cfg.max_model_len is not None:
         args += ["--max-model-len", str(cfg.max_model_len)]
+    if guarded:
+        args += ["--middleware", GUARD]
     return args
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from ray import serve
 
 from cluster.config.schema import EngineNetwork, ModelConfig
 from cluster.discovery.timing import DRAIN_NOTICE_S, HEALTH_CHECK_PERIOD_S
+from cluster.engine.guard import ENGINE_KEY_ENV
 from cluster.engine.launcher import Launcher, vllm_launcher
 from cluster.engine.names import deployment_name
 from cluster.engine.placement import placement_for
@@ -50,8 +52,12 @@ class EngineReplica:
         net = network or EngineNetwork()
         # Bound beyond loopback, a replica advertises its node's IP (gateways run elsewhere).
         advertise = "127.0.0.1" if net.bind_host in ("127.0.0.1", "localhost") else ray.util.get_node_ip_address()
+        key = os.environ.get(ENGINE_KEY_ENV)
+        if not key:  # fail closed: an engine owc starts answers only the gateway
+            raise EngineUnhealthy(f"{ENGINE_KEY_ENV} is not set in this Ray worker's environment: `owc serve` sets it "
+                                  "for a Ray it starts; on a Ray cluster of your own (or Kubernetes) set it on every node")
         self._proc = ServerProcess(
-            launcher(served_name, self._cfg, cache_dir, host=net.bind_host),
+            launcher(served_name, self._cfg, cache_dir, host=net.bind_host, engine_key=key),
             log_path=log_dir / f"engine-{served_name.replace('/', '_')}-{self._replica_id}.log",
             host=advertise,
             port=net.port,

@@ -165,11 +165,19 @@ class Response:
             self._conn.close()
 
 
+def engine_headers(key: str | None) -> dict[str, str]:
+    """What every gateway -> engine call carries: the engine credential (the engines answer
+    nothing else but /health and /metrics without it). The one place it is put on a request:
+    the generation client below and the stats poller both take it from here."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 class EngineClient:
     """Keep-alive connections per engine (host, port)."""
 
-    def __init__(self, *, connect_timeout_s: float):
+    def __init__(self, *, connect_timeout_s: float, key: str | None = None):
         self._connect_timeout_s = connect_timeout_s
+        self._auth_lines = [f"{k}: {v}" for k, v in engine_headers(key).items()]
         self._idle: dict[tuple[str, int], list[_Conn]] = {}
         self._addresses: dict[str, tuple[str, int]] = {}
 
@@ -196,7 +204,7 @@ class EngineClient:
 
     async def post(self, host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> Response:
         key = (host, port)
-        head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+        head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}", *self._auth_lines]
         head += [f"{k}: {v}" for k, v in headers.items()]
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         while True:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 import httpx
 
 from cluster.discovery.endpoints import Endpoint
+from cluster.gateway.engine_client import engine_headers
 from cluster.routing.stats import StatsStore, lora_adapters, parse_vllm_metrics
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,12 @@ class StatsPoller:
     def __init__(
         self, *, endpoints: Callable[[], Iterable[Endpoint]], store: StatsStore, period_s: float, timeout_s: float,
         transport: httpx.AsyncBaseTransport | None = None, clock: Callable[[], float] = time.monotonic,
+        engine_key: str | None = None,
     ):
         self._endpoints = endpoints
         self._store = store
         self._period_s = period_s
-        self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
+        self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport, headers=engine_headers(engine_key))
         self._clock = clock
         self._adapters: dict[str, frozenset[str]] = {}
         self._round = 0

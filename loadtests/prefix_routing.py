@@ -169,13 +169,14 @@ def reset_caches(engines: list[ServerProcess]) -> None:
             raise RuntimeError(f"could not reset the prefix cache of {e.url}")
 
 
-def measure(name: str, url: str, engines: list[ServerProcess], reqs: list[PrefixRequest], args) -> dict:
+def measure(name: str, url: str, engines: list[ServerProcess], reqs: list[PrefixRequest], args, *,
+            metrics_url: str | None = None) -> dict:
     reset_caches(engines)
     texts = [httpx.get(f"{e.url}/metrics", timeout=10).text for e in engines]
     hits0 = sum(_metric(t, "vllm:prefix_cache_hits_total") for t in texts)
     queries0 = sum(_metric(t, "vllm:prefix_cache_queries_total") for t in texts)
     owc = name.startswith("owc-")
-    before = decision_buckets(url) if owc else {}
+    before = decision_buckets(metrics_url) if owc else {}
     t0 = time.perf_counter()
     results = asyncio.run(_run(url, reqs, args.concurrency, args.max_tokens))
     duration = time.perf_counter() - t0
@@ -189,7 +190,7 @@ def measure(name: str, url: str, engines: list[ServerProcess], reqs: list[Prefix
         "requests": len(results), "duration_s": duration,
     }
     if owc:
-        after = decision_buckets(url)
+        after = decision_buckets(metrics_url)
         run["decision_p99_le_s"] = quantile_bound(before, after, 0.99)
         run["decision_buckets"] = {str(le): after[le] - before.get(le, 0.0) for le in sorted(after)}
     return run
@@ -255,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         blocks = int(float(_label(info, "vllm:cache_config_info", "num_gpu_blocks") or 0))
         ideal, shape = ideal_hit_rate(reqs, tokens, block)
         targets: dict[str, str] = {}
+        metrics_urls: dict[str, str] = {}  # owc gateways: their metrics-only ports
         for policy in OWC_POLICIES:
             cfg_path = LOG_DIR / f"prefix-{policy}.json"
             cfg_path.write_text(json.dumps({
@@ -262,12 +264,14 @@ def main(argv: list[str] | None = None) -> None:
                     {"params": {"prefix_affinity": {"bounded_load": args.bounded_load}}} if args.bounded_load and policy == "prefix_affinity" else {})}}},
                 "gateway": {"api_keys_env": None, "access_log": {"enabled": False}},
             }))
-            port = free_port()
-            argv = [*front, sys.executable, "-m", "cluster.gateway.main", "--config", str(cfg_path), "--port", str(port)]
+            port, mport = free_port(), free_port()
+            argv = [*front, sys.executable, "-m", "cluster.gateway.main", "--config", str(cfg_path), "--port", str(port),
+                    "--metrics-port", str(mport)]
             for e in engines:
                 argv += ["--upstream", f"{MODEL}={e.url}"]
             targets[f"owc-{policy}"] = start(ServerProcess(Command(argv), log_path=LOG_DIR / f"prefix-gw-{policy}.log",
                                                            port=port), 60).url
+            metrics_urls[f"owc-{policy}"] = f"http://127.0.0.1:{mport}"
         for policy in ROUTER_POLICIES:
             port = free_port()
             targets[f"vllm-router-{policy}"] = start(ServerProcess(Command(
@@ -282,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
             order = names[r % len(names):] + names[: r % len(names)]
             run = {}
             for name in order:
-                run[name] = measure(name, targets[name], engines, reqs, args)
+                run[name] = measure(name, targets[name], engines, reqs, args, metrics_url=metrics_urls.get(name))
                 print(f"run {r + 1}/{args.runs} {name}: hit {run[name]['hit_rate']:.3f} "
                       f"ttft p50 {run[name]['ttft_p50_s'] * 1e3:.1f} ms p90 {run[name]['ttft_p90_s'] * 1e3:.1f} ms",
                       file=sys.stderr)

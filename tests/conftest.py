@@ -18,8 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @contextmanager
 def server(argv: list[str], *, port: int | None = None, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[ServerProcess]:
+    """A server process on ``{port}``; a gateway's metrics-only port (``{metrics_port}``) is at
+    ``proc.metrics_url``."""
     port = port or free_port()
-    proc = ServerProcess(Command([a.replace("{port}", str(port)) for a in argv], env=env or {}), log_path=log, port=port)
+    metrics_port = free_port()
+    argv = [a.replace("{port}", str(port)).replace("{metrics_port}", str(metrics_port)) for a in argv]
+    proc = ServerProcess(Command(argv, env=env or {}), log_path=log, port=port)
+    proc.metrics_url = f"http://127.0.0.1:{metrics_port}"
     proc.start()
     try:
         asyncio.run(proc.wait_ready(60))
@@ -34,7 +39,7 @@ def fake_engine_argv(model: str, *, ttft_ms: float = 5, itl_ms: float = 2, max_n
 
 
 def gateway_argv(*upstreams: str, config: str | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "cluster.gateway.main", "--port", "{port}"]
+    argv = [sys.executable, "-m", "cluster.gateway.main", "--port", "{port}", "--metrics-port", "{metrics_port}"]
     for u in upstreams:
         argv += ["--upstream", u]
     if config:

@@ -1,5 +1,5 @@
 """`owc` command line: serve, status, config validate, demo-model, gateway, monitor, bench,
-controller, simulate. One module per command group; this one builds the typer app."""
+controller, simulate, keys. One module per command group; this one builds the typer app."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from cluster.cli.bench import bench
 from cluster.cli.config import config_validate
 from cluster.cli.controller import controller, simulate
 from cluster.cli.gateway import gateway
+from cluster.cli.keys import keys_create
 from cluster.cli.models import demo_model
 from cluster.cli.monitor import monitor
 from cluster.cli.serve import serve, status
@@ -16,6 +17,9 @@ from cluster.cli.serve import serve, status
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="owc: open-weight LLM serving cluster")
 config_app = typer.Typer(no_args_is_help=True, help="Config files.")
 app.add_typer(config_app, name="config")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored as SHA-256 hashes).")
+app.add_typer(keys_app, name="keys")
+keys_app.command("create")(keys_create)
 config_app.command("validate")(config_validate)
 app.command("demo-model")(demo_model)
 app.command()(serve)

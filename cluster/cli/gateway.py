@@ -11,17 +11,23 @@ from cluster.cli._common import _load, console
 
 
 def gateway(
+    *,
     upstream: Annotated[list[str], typer.Option(help="MODEL=URL of an OpenAI engine server; repeatable")],
     config: Annotated[Optional[Path], typer.Option(help="owc config YAML (gateway settings, models)")] = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Port of the metrics-only server (/metrics)")] = None,
+    engine_key: Annotated[Optional[str], typer.Option(envvar="OWC_ENGINE_KEY", show_envvar=True,
+                                                      help="Credential the engines require (owc's EngineGuard); "
+                                                      "omit for keyless engines")] = None,
 ) -> None:
     """Run only the gateway, in front of engines at fixed URLs (no Ray)."""
     from cluster.gateway.main import config_for_upstreams, parse_upstreams, run
 
     try:
         urls = parse_upstreams(upstream)
-        run(cfg=config_for_upstreams(urls, _load(config) if config else None, host, port), upstreams=urls, endpoints_file=None)
+        run(cfg=config_for_upstreams(urls, _load(config) if config else None, host, port), upstreams=urls,
+            endpoints_file=None, metrics_port=metrics_port, engine_key=engine_key or "")
     except ValueError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None

@@ -18,12 +18,12 @@ def serve(
     config: Annotated[Optional[Path], typer.Argument(help="owc config YAML; the embedded CPU demo when omitted")] = None,
 ) -> None:
     """Run the cluster on a local Ray: engines, gateway, the OpenAI API."""
-    from cluster.gateway.server import UnsafeBindError, keys_for_bind
+    from cluster.gateway.server import UnsafeBindError, auth_for_bind
     from cluster.runner import LocalCluster, install_signal_handlers
 
     cfg = _load(config)
     try:
-        keys_for_bind(cfg.gateway)  # before minutes of start-up; the gateway process checks it again as it binds
+        auth_for_bind(cfg.gateway)  # before minutes of start-up; the gateway process checks it again as it binds
     except (UnsafeBindError, OSError, ValueError) as e:
         console.print(f"[red]refusing to start:[/red] {e}")
         raise typer.Exit(2) from None

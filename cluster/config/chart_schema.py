@@ -39,10 +39,11 @@ def values_schema() -> dict[str, Any]:
     defs = owc.pop("$defs", {})
     # The chart supplies these itself (gateway bind, keys file, engine network, caches).
     owc.pop("required", None)
-    owc["required"] = ["models"]
+    owc["properties"]["models"].pop("minProperties", None)  # empty: the chart's defaultModel
     pods = {"resources": RESOURCES, "nodeSelector": STR_MAP, "tolerations": LIST}
     schema = obj({
         "owc": owc,
+        "defaultModel": obj({"name": STR, "config": {"$ref": "#/$defs/ModelConfig"}}, required=["name", "config"]),
         "nameOverride": STR,
         "fullnameOverride": STR,
         "image": obj({"repository": STR, "tag": STR, "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from cluster.config.auth import JwtConfig, TenantConfig
 from cluster.config.base import StrictModel
 from cluster.config.routing import RoutingStats
 
@@ -14,16 +15,6 @@ class Limits(StrictModel):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (bytes); larger is 413.")
     request_timeout_s: float = Field(600.0, gt=0, description="Upper bound on one request's total time (seconds).")
     connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to open a connection to an engine replica.")
-
-
-class TenantLimits(StrictModel):
-    requests_per_minute: float | None = Field(
-        None, gt=0, description="Sustained request rate allowed (token bucket); beyond it 429 with Retry-After."
-    )
-    burst: int | None = Field(
-        None, ge=1, description="Requests allowed at once above the sustained rate (default: a tenth of a minute's worth, at least 1)."
-    )
-    max_concurrent: int | None = Field(None, ge=1, description="Requests in flight at once; beyond it 429.")
 
 
 class AccessLog(StrictModel):
@@ -53,21 +44,51 @@ class GatewayConfig(StrictModel):
         "OWC_API_KEYS",
         description="Environment variable holding `key=tenant,key2=tenant2`; merged with the file.",
     )
+    admin_keys_file: str | None = Field(
+        None, description="Keys file of the admin API (`sha256:<hex>: name`); the only keys admin routes accept.",
+    )
+    admin_keys_env: str | None = Field(
+        "OWC_ADMIN_KEYS", description="Environment variable holding admin `key=name` pairs; merged with the file.",
+    )
+    jwt: JwtConfig | None = Field(None, description="Accept tenants from JWTs an upstream API gateway signs.")
+    tenant_header: str | None = Field(
+        None, description="Header naming the tenant, set by an upstream API gateway; accepted only from "
+        "trusted_proxies addresses, ignored from any other.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="Addresses or CIDRs of upstream gateways whose tenant_header is trusted.",
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Port of each gateway process's metrics-only server (/metrics); a free port per process when "
+        "unset (local mode). Not the API port: the API port serves no metrics.",
+    )
     cpus: float = Field(0.5, gt=0, description="Logical Ray CPUs per gateway replica.")
     limits: Limits = Field(default_factory=Limits, description="Request limits.")
     ray_resources: dict[str, float] = Field(
         default_factory=dict,
         description="Custom Ray resources each gateway replica needs (Kubernetes: pins gateways to their worker group).",
     )
-    tenants: dict[str, TenantLimits] = Field(
+    tenants: dict[str, TenantConfig] = Field(
         default_factory=dict,
-        description="Per-tenant limits keyed by tenant name (tenants come from the API keys; `anonymous` without keys).",
+        description="Per-tenant limits and allow-lists keyed by tenant name (tenants come from API keys, JWTs or the "
+        "trusted header; `anonymous` without credentials).",
     )
     access_log: AccessLog = Field(default_factory=AccessLog, description="Structured access log.")
     tracing: Tracing = Field(default_factory=Tracing, description="OpenTelemetry traces of the request path.")
     routing_stats: RoutingStats = Field(
         default_factory=RoutingStats, description="Engine stats feeding routing, scraped off the request path."
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an address or CIDR: {item!r}") from None
+        return v
 
     @property
     def local_host(self) -> str:

@@ -14,7 +14,8 @@ from pydantic import Field, field_validator, model_validator
 from cluster.config.autoscaling import Autoscaling
 from cluster.config.base import NAME as _NAME
 from cluster.config.base import StrictModel
-from cluster.config.gateway import AccessLog, GatewayConfig, Limits, TenantLimits, Tracing
+from cluster.config.auth import JwtConfig, TenantConfig, TenantLimits
+from cluster.config.gateway import AccessLog, GatewayConfig, Limits, Tracing
 from cluster.config.routing import RoutingConfig, RoutingStats
 
 PP_UNSUPPORTED = (
@@ -25,6 +26,7 @@ PP_UNSUPPORTED = (
 __all__ = [
     "AccessLog", "Accelerator", "Autoscaling", "EngineNetwork", "GatewayConfig", "Limits", "ModelConfig", "Monitoring",
     "OwcConfig", "RayConfig", "Replicas", "RoutingConfig", "RoutingStats", "StrictModel", "TenantLimits", "Tracing",
+    "JwtConfig", "TenantConfig",
 ]
 
 
@@ -178,6 +180,13 @@ class OwcConfig(StrictModel):
                 if n in seen:
                     raise ValueError(f"model name {n!r} used by both {seen[n]!r} and {name!r}")
                 seen[n] = name
+        for tenant, t in self.gateway.tenants.items():
+            for m in t.models or ():
+                if m not in self.models:
+                    raise ValueError(f"gateway.tenants.{tenant}.models: {m!r} is not a served model")
+            for a in t.adapters or ():
+                if not any(a in mc.adapters for mc in self.models.values()):
+                    raise ValueError(f"gateway.tenants.{tenant}.adapters: {a!r} is no model's adapter")
         return self
 
     def resolve(self, name: str) -> str | None:

@@ -14,7 +14,7 @@ import orjson
 
 from cluster.config.schema import OwcConfig
 from cluster.gateway.accounting import UNKNOWN, Accounting, Settled
-from cluster.gateway.auth import KeyStore
+from cluster.gateway.auth import Authenticator, allowed
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.forwarder import ClientGone, Forwarder
@@ -67,11 +67,11 @@ async def send_error(send: Send, err: OpenAIError, request_id: str | None) -> No
 
 class Admission:
     def __init__(
-        self, *, config: OwcConfig, keys: KeyStore, forwarder: Forwarder, accounting: Accounting,
+        self, *, config: OwcConfig, auth: Authenticator, forwarder: Forwarder, accounting: Accounting,
         metrics: GatewayMetrics, limiter: TenantLimiter | None = None, tracer: RequestTracer | None = None,
     ):
         self._config = config
-        self._keys = keys
+        self._auth = auth
         self._forwarder = forwarder
         self._accounting = accounting
         self._metrics = metrics
@@ -91,8 +91,8 @@ class Admission:
         delivery = Delivery()
         tenant, job, data, status = UNKNOWN, None, None, 0
         try:
-            auth = headers.get(b"authorization")
-            tenant = self._keys.tenant_for(auth.decode("latin-1") if auth else None)
+            client = scope.get("client")
+            tenant = self._auth.tenant(headers, client[0] if client else None)
             ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if ctype != b"application/json":
                 raise OpenAIError(415, "Content-Type must be application/json", code="unsupported_media_type")
@@ -133,6 +133,10 @@ class Admission:
         if served is None:
             raise OpenAIError(404, f"The model '{req.model}' does not exist", param="model", code="model_not_found")
         adapter = req.model if req.model in self._config.models[served].adapters else None
+        if not allowed(self._config.gateway.tenants, tenant, served, adapter):
+            what = f"adapter '{adapter}'" if adapter and allowed(self._config.gateway.tenants, tenant, served) \
+                else f"model '{req.model}'"
+            raise OpenAIError(403, f"tenant '{tenant}' may not use {what}", param="model", code="permission_denied")
         rewrite = served != req.model and adapter is None
         if rewrite:
             data["model"] = served

@@ -1,6 +1,7 @@
-"""The OpenAI-compatible HTTP layer: the generation routes (cluster.gateway.admission) and, on
-FastAPI, models, health, readiness and metrics. Every error leaves in the OpenAI shape
-(cluster.gateway.errors)."""
+"""The gateway app, wired: the generation routes (cluster.gateway.admission) and, on
+FastAPI, the route table's other routes (cluster.gateway.routes). Every error leaves in the
+OpenAI shape (cluster.gateway.errors). Metrics are served by a separate metrics-only app
+on each process's own port (``metrics_app``), never on the API port."""
 
 from __future__ import annotations
 
@@ -11,21 +12,22 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from cluster.config.schema import OwcConfig
 from cluster.discovery.sources import EndpointSource
 from cluster.gateway.access_log import AccessLog
 from cluster.gateway.accounting import Accounting
 from cluster.gateway.admission import ROUTES, Admission, send_error
-from cluster.gateway.auth import KeyStore
+from cluster.gateway.auth import Authenticator
 from cluster.gateway.engine_client import EngineClient
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.forwarder import Forwarder
 from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.routes import Route, RouteTable, add_routes, replica_counts
 from cluster.gateway.stats_poller import StatsPoller
 from cluster.gateway.tracing import RequestTracer
 from cluster.routing.router import Routing
@@ -42,7 +44,7 @@ def build_app(
     *,
     config: OwcConfig,
     endpoints: EndpointSource,
-    keys: KeyStore,
+    auth: Authenticator,
     registry: CollectorRegistry,
     routing: Routing | None = None,
     access_log: AccessLog | None = None,
@@ -50,28 +52,29 @@ def build_app(
     clock: Callable[[], float] = time.time,
     stats_poller: StatsPoller | None = None,
     poll_stats: bool = True,
+    engine_key: str | None = None,
 ) -> GatewayApp:
     """``routing``, ``access_log``, ``tracer`` and the stats poller default to what the
-    config asks for."""
+    config asks for; ``engine_key`` goes with every call to an engine."""
     gw = config.gateway
     routing = routing or build_routing(config)
     metrics = GatewayMetrics(registry, replicas=lambda: replica_counts(config, endpoints, routing))
     if stats_poller is None and poll_stats:
         stats_poller = StatsPoller(
             endpoints=lambda: [e for n in config.models for e in endpoints.endpoints(n)], store=routing.stats,
-            period_s=gw.routing_stats.period_s, timeout_s=gw.routing_stats.timeout_s,
+            period_s=gw.routing_stats.period_s, timeout_s=gw.routing_stats.timeout_s, engine_key=engine_key,
         )
     metrics.init_models({n: routing.policy(n) for n in config.models}, routing.plugins())
     if access_log is None and gw.access_log.enabled:
         access_log = AccessLog(gw.access_log)
     tracer = tracer or RequestTracer.from_config(gw.tracing)
     forwarder = Forwarder(
-        routing=routing, endpoints=endpoints, engine=EngineClient(connect_timeout_s=gw.limits.connect_timeout_s),
+        routing=routing, endpoints=endpoints, engine=EngineClient(connect_timeout_s=gw.limits.connect_timeout_s, key=engine_key),
         metrics=metrics, request_timeout_s=gw.limits.request_timeout_s, tracer=tracer,
         wake_timeouts={n: m.autoscaling.wake_timeout_s for n, m in config.models.items() if m.wakes_on_request},
     )
     admission = Admission(
-        config=config, keys=keys, forwarder=forwarder, metrics=metrics, tracer=tracer,
+        config=config, auth=auth, forwarder=forwarder, metrics=metrics, tracer=tracer,
         accounting=Accounting(metrics=metrics, routing=routing, access_log=access_log),
     )
 
@@ -80,9 +83,13 @@ def build_app(
         await endpoints.start()
         if stats_poller is not None:
             await stats_poller.start()
+        if auth.jwt is not None:
+            await auth.jwt.start()
         try:
             yield
         finally:
+            if auth.jwt is not None:
+                await auth.jwt.stop()
             if stats_poller is not None:
                 await stats_poller.stop()
             await endpoints.stop()
@@ -111,64 +118,22 @@ def build_app(
     async def _internal(request: Request, exc: Exception) -> Response:
         return OpenAIError(500, f"internal gateway error: {type(exc).__name__}", type="server_error").response()
 
-    def model_card(name: str) -> dict[str, Any]:
-        m = config.models[name]
-        card: dict[str, Any] = {"id": name, "object": "model", "created": int(clock()), "owned_by": "owc"}
-        if m.max_model_len:
-            card["max_model_len"] = m.max_model_len
-        card["aliases"] = list(m.aliases)
-        return card
-
-    @app.get("/health")
-    async def health() -> Response:
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/ready")
-    async def ready() -> Response:
-        models: dict[str, dict] = {}
-        for name, _, routable in replica_counts(config, endpoints, routing):
-            models[name] = {"replicas": routable}
-            if routable == 0 and config.models[name].wakes_on_request:
-                models[name]["scaled_to_zero"] = True  # ready: a request wakes it
-        ok = all(m["replicas"] > 0 or m.get("scaled_to_zero") for m in models.values())
-        return JSONResponse({"ready": ok, "models": models}, status_code=200 if ok else 503)
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> Response:
-        keys.tenant_for(request.headers.get("authorization"))
-        return JSONResponse({"object": "list", "data": [model_card(n) for n in config.models]})
-
-    @app.get("/v1/models/{model:path}")
-    async def get_model(model: str, request: Request) -> Response:
-        keys.tenant_for(request.headers.get("authorization"))
-        served = config.resolve(model)
-        if served is None:
-            raise OpenAIError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
-        return JSONResponse(model_card(served))
-
-    return GatewayApp(api=app, admission=admission)
-
-
-def replica_counts(config: OwcConfig, endpoints: EndpointSource, routing: Routing) -> list[tuple[str, int, int]]:
-    """(model, registered replicas, routable replicas: healthy and not draining)."""
-    out = []
-    for name in config.models:
-        eps = endpoints.endpoints(name)
-        views = routing.views(eps)
-        out.append((name, len(eps), sum(1 for v in views if v.healthy and not v.endpoint.draining)))
-    return out
+    table = RouteTable(app, auth, audit=access_log.write if access_log is not None else None)
+    add_routes(table, config=config, endpoints=endpoints, routing=routing, clock=clock)
+    return GatewayApp(api=app, admission=admission, table=table)
 
 
 class GatewayApp:
     """ASGI entry: the generation routes go to admission, everything else to FastAPI."""
 
-    def __init__(self, *, api: FastAPI, admission: Admission):
+    def __init__(self, *, api: FastAPI, admission: Admission, table: RouteTable):
         self.api = api
         self._admission = admission
+        self._table = table
+
+    def route_table(self) -> list[Route]:
+        """Every route this app serves, with its access class."""
+        return [Route("POST", path, "tenant") for path in ROUTES] + list(self._table.routes)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] in ROUTES:
@@ -179,3 +144,18 @@ class GatewayApp:
                 await send_error(send, err, None)
         else:
             await self.api(scope, receive, send)
+
+
+def metrics_app(registry: CollectorRegistry) -> Any:
+    """The metrics-only ASGI app of a gateway process's own metrics port (never the API
+    port): GET /metrics, and 404 for anything else."""
+    exporter = make_asgi_app(registry=registry)
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
+            await exporter(scope, receive, send)
+        elif scope["type"] == "http":
+            await send_error(send, OpenAIError(404, f"unknown route: {scope['method']} {scope['path']} "
+                                               "(this port serves GET /metrics only)"), None)
+
+    return app

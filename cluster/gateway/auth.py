@@ -1,64 +1,162 @@
-"""API keys: a mapping key -> tenant, from a YAML/JSON file and/or an environment variable.
+"""Who is calling, and may they: tenant API keys, admin keys, JWTs from an upstream API
+gateway, or a tenant header set by a trusted proxy -> a Principal; then per-tenant
+allow-lists of models and adapters.
 
-With no keys configured every request belongs to tenant ``anonymous`` (loopback demo);
-with keys, every route except /health and /ready needs ``Authorization: Bearer KEY``.
-"""
+With no tenant credential configured every tenant request belongs to ``anonymous``
+(loopback demo; binding beyond loopback is then refused). Admin routes accept admin keys
+only, and tenant routes tenant credentials only (403 for the other kind). 401: missing,
+malformed or unknown credential."""
 
 from __future__ import annotations
 
-import hmac
-import os
-from collections.abc import Mapping
-from pathlib import Path
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-import yaml
-
+from cluster.config.schema import GatewayConfig, TenantConfig
 from cluster.gateway.errors import OpenAIError
+from cluster.gateway.jwt_auth import JwtVerifier, looks_like_jwt
+from cluster.gateway.keys import KeyTable, hashed
 
 ANONYMOUS = "anonymous"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str  # the tenant, or the admin key's name
+    admin: bool = False
+    via: str = "key"  # key | jwt | header | anonymous
 
 
 class KeyStore:
-    def __init__(self, keys: Mapping[str, str]):
-        for key, tenant in keys.items():
-            if not key or not isinstance(key, str) or not isinstance(tenant, str) or not tenant:
-                raise ValueError("API keys file: every entry must map a non-empty key to a tenant name")
-        self._keys = dict(keys)
+    """Tenant API keys (`hash -> tenant`); plaintext keys given here are hashed at once."""
+
+    def __init__(self, keys: Mapping[str, str] | KeyTable):
+        self._table = keys if isinstance(keys, KeyTable) else KeyTable(hashed(keys))
 
     @classmethod
     def load(cls, *, file: str | None, env_var: str | None, environ: Mapping[str, str] | None = None) -> KeyStore:
-        keys: dict[str, str] = {}
-        if file:
-            data = yaml.safe_load(Path(file).expanduser().read_text()) or {}
-            if isinstance(data, dict) and "keys" in data and isinstance(data["keys"], dict):
-                data = data["keys"]
-            if not isinstance(data, dict):
-                raise ValueError(f"{file}: expected a mapping of API key -> tenant")
-            keys.update({str(k): str(v) for k, v in data.items()})
-        env = os.environ if environ is None else environ
-        raw = env.get(env_var, "") if env_var else ""
-        for item in filter(None, (p.strip() for p in raw.split(","))):
-            key, sep, tenant = item.partition("=")
-            if not sep:
-                raise ValueError(f"{env_var}: expected key=tenant pairs separated by commas")
-            keys[key.strip()] = tenant.strip()
-        return cls(keys)
+        return cls(KeyTable.load(files=[file], env_var=env_var, environ=environ))
 
     @property
     def enabled(self) -> bool:
-        return bool(self._keys)
+        return bool(self._table)
+
+    def lookup(self, key: str) -> str | None:
+        return self._table.lookup(key)
 
     def tenant_for(self, authorization: str | None) -> str:
-        """Tenant of the request, or an OpenAI 401."""
-        if not self._keys:
+        """Tenant of a request that carries only an Authorization header, or an OpenAI 401."""
+        if not self.enabled:
             return ANONYMOUS
-        if not authorization:
-            raise OpenAIError(401, "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise OpenAIError(401, "malformed Authorization header: expected 'Bearer <key>'", code="invalid_api_key")
-        token = token.strip()
-        for key, tenant in self._keys.items():
-            if hmac.compare_digest(key.encode(), token.encode()):
-                return tenant
+        tenant = self._table.lookup(bearer_token(authorization))
+        if tenant is None:
+            raise OpenAIError(401, "invalid API key", code="invalid_api_key")
+        return tenant
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise OpenAIError(401, "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise OpenAIError(401, "malformed Authorization header: expected 'Bearer <key>'", code="invalid_api_key")
+    return token.strip()
+
+
+def _token(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def parse_networks(items: Iterable[str]) -> list[Network]:
+    return [ipaddress.ip_network(i, strict=False) for i in items]
+
+
+class Authenticator:
+    def __init__(self, *, keys: KeyStore, admin_keys: KeyTable | None = None, jwt: JwtVerifier | None = None,
+                 tenant_header: str | None = None, trusted_proxies: Sequence[Network] = ()):
+        self._keys = keys
+        self._admin = admin_keys or KeyTable({})
+        self.jwt = jwt
+        self._header = tenant_header.lower().encode() if tenant_header else None
+        self._trusted = list(trusted_proxies)
+
+    @classmethod
+    def from_config(cls, gw: GatewayConfig, *, environ: Mapping[str, str] | None = None) -> Authenticator:
+        return cls(
+            keys=KeyStore.load(file=gw.api_keys_file, env_var=gw.api_keys_env, environ=environ),
+            admin_keys=KeyTable.load(files=[gw.admin_keys_file], env_var=gw.admin_keys_env, environ=environ),
+            jwt=JwtVerifier.from_config(gw.jwt) if gw.jwt else None,
+            tenant_header=gw.tenant_header, trusted_proxies=parse_networks(gw.trusted_proxies),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """Some tenant credential is configured (what binding beyond loopback needs)."""
+        return self._keys.enabled or self.jwt is not None or self._header is not None
+
+    def _trusted_client(self, client: str | None) -> bool:
+        if not client or not self._trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._trusted)
+
+    def principal(self, headers: Mapping[bytes, bytes], client: str | None) -> Principal:
+        """Who sent the request (ASGI headers, lower-case names); raises the OpenAI 401.
+
+        Order: the trusted header (from a trusted proxy only), then the bearer token as an
+        admin key, a tenant key, a JWT. With no tenant credential configured, anything
+        but an admin key is ``anonymous``."""
+        if self._header is not None and self._trusted_client(client):
+            tenant = headers.get(self._header, b"").decode("latin-1").strip()
+            if tenant:
+                return Principal(tenant, via="header")
+        raw = headers.get(b"authorization")
+        token = _token(raw.decode("latin-1")) if raw is not None else None
+        if token and (name := self._admin.lookup(token)) is not None:
+            return Principal(name, admin=True)
+        if not self.enabled:
+            return Principal(ANONYMOUS, via="anonymous")
+        token = bearer_token(raw.decode("latin-1") if raw is not None else None)  # the 401 that says why
+        if (tenant := self._keys.lookup(token)) is not None:
+            return Principal(tenant)
+        if self.jwt is not None and looks_like_jwt(token):
+            return Principal(self.jwt.tenant(token), via="jwt")
         raise OpenAIError(401, "invalid API key", code="invalid_api_key")
+
+    def tenant(self, headers: Mapping[bytes, bytes], client: str | None) -> str:
+        """The tenant of a tenant route's request; an admin key is refused here (403)."""
+        p = self.principal(headers, client)
+        if p.admin:
+            raise OpenAIError(403, "admin keys are for the admin API only; use a tenant key", code="permission_denied")
+        return p.name
+
+    def admin(self, headers: Mapping[bytes, bytes], client: str | None) -> Principal:
+        """The admin behind an admin route's request; tenant credentials are refused (403)."""
+        if not self._admin:
+            raise OpenAIError(401, "no admin keys are configured (gateway.admin_keys_file or OWC_ADMIN_KEYS)",
+                              code="invalid_api_key")
+        p = self.principal(headers, client)
+        if not p.admin:
+            if p.via == "anonymous":
+                raise OpenAIError(401, "missing admin key: send 'Authorization: Bearer <admin key>'",
+                                  code="missing_api_key")
+            raise OpenAIError(403, "this route needs an admin key", code="permission_denied")
+        return p
+
+
+def allowed(tenants: Mapping[str, TenantConfig], tenant: str, model: str, adapter: str | None = None) -> bool:
+    """Whether a tenant may use a served model (and adapter): no allow-list means all."""
+    cfg = tenants.get(tenant)
+    if cfg is None:
+        return True
+    if cfg.models is not None and model not in cfg.models:
+        return False
+    return adapter is None or cfg.adapters is None or adapter in cfg.adapters

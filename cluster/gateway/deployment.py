@@ -37,7 +37,7 @@ class GatewayReplica:
         self._sync = EndpointSync(registry=registry, endpoints_file=str(self._dir / "endpoints.json"),
                                   sd_dir=self._sd_dir, sd_name=self._sd_name)
         host = config.gateway.local_host
-        metrics_port = free_port()
+        metrics_port = config.gateway.metrics_port or free_port()
         await self._sync.sync()
         command = Command(argv=[
             sys.executable, "-m", "cluster.gateway.main", "--config", str(config_file),

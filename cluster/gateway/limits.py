@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cluster.config.schema import TenantLimits
+from cluster.config.schema import TenantConfig
 from cluster.gateway.errors import RETRY_SOON, OpenAIError
 
 
@@ -30,7 +30,7 @@ class _Bucket:
 
 
 class TenantLimiter:
-    def __init__(self, limits: Mapping[str, TenantLimits], *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, limits: Mapping[str, TenantConfig], *, clock: Callable[[], float] = time.monotonic):
         self._limits = dict(limits)
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 
 from prometheus_client import CollectorRegistry
 
 from cluster.config.loader import load_config
 from cluster.config.schema import GatewayConfig, ModelConfig, OwcConfig
-from cluster.gateway.app import build_app
+from cluster.engine.guard import ENGINE_KEY_ENV
+from cluster.gateway.app import build_app, metrics_app
 from cluster.discovery.sources import FileEndpoints, StaticEndpoints
-from cluster.gateway.server import UnsafeBindError, bind_socket, keys_for_bind, make_server
+from cluster.gateway.server import UnsafeBindError, auth_for_bind, bind_socket, make_server, serve
 from cluster.process import watch_parent
 
 
@@ -30,17 +32,22 @@ def parse_upstreams(items: list[str]) -> dict[str, list[str]]:
 
 
 def run(
-    *, cfg: OwcConfig, upstreams: dict[str, list[str]] | None, endpoints_file: str | None, metrics_port: int | None = None
+    *, cfg: OwcConfig, upstreams: dict[str, list[str]] | None, endpoints_file: str | None, metrics_port: int | None = None,
+    engine_key: str | None = None,
 ) -> None:
-    keys = keys_for_bind(cfg.gateway)
+    """``engine_key``: the engine credential (default: OWC_ENGINE_KEY from the environment;
+    none for keyless engines behind `owc gateway --upstream`)."""
+    auth = auth_for_bind(cfg.gateway)
     source = FileEndpoints(endpoints_file) if endpoints_file else StaticEndpoints(upstreams or {})
-    app = build_app(config=cfg, endpoints=source, keys=keys, registry=CollectorRegistry())
-    sockets = [bind_socket(cfg.gateway.host, cfg.gateway.port)]
-    if metrics_port:
-        # This process's own port, so that Prometheus scrapes each gateway process (the
-        # shared port lands on any one of them).
-        sockets.append(bind_socket(cfg.gateway.host, metrics_port))
-    server = make_server(app)
+    registry = CollectorRegistry()
+    key = engine_key if engine_key is not None else os.environ.get(ENGINE_KEY_ENV) or None
+    app = build_app(config=cfg, endpoints=source, auth=auth, registry=registry, engine_key=key)
+    api_socket = bind_socket(cfg.gateway.host, cfg.gateway.port)
+    metrics_port = metrics_port or cfg.gateway.metrics_port
+    # This process's own metrics port, so that Prometheus scrapes each gateway process (the
+    # shared API port lands on any one of them); a metrics-only app, not a second API door.
+    side = make_server(metrics_app(registry), side=True) if metrics_port else None
+    side_socket = bind_socket(cfg.gateway.host, metrics_port) if metrics_port else None
     # What exists now lives as long as the process: keep it out of every later collection,
     # so that an oldest-generation pass scans only what requests allocate (~88k objects fewer;
     # Ray Serve's proxy does the same).
@@ -49,7 +56,7 @@ def run(
 
     import uvloop
 
-    uvloop.run(server.serve(sockets=sockets))
+    uvloop.run(serve(make_server(app), api_socket, side=side, side_socket=side_socket))
 
 
 def config_for_upstreams(urls: dict[str, list[str]], cfg: OwcConfig | None, host: str, port: int) -> OwcConfig:
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--upstream", action="append", default=[])
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--metrics-port", type=int, help="also serve on this port (per-process scrape target)")
+    p.add_argument("--metrics-port", type=int, help="serve /metrics on this port (per-process scrape target)")
     p.add_argument("--parent-pid", type=int, default=0)
     a = p.parse_args(argv)
     watch_parent(a.parent_pid)

@@ -3,20 +3,24 @@ on one host share the port and the kernel spreads connections) and a uvicorn ser
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
+from typing import Any
 
 import uvicorn
 
 from cluster.config.schema import GatewayConfig
-from cluster.gateway.auth import KeyStore
+from cluster.gateway.auth import Authenticator
 
 
 class UnsafeBindError(RuntimeError):
     pass
 
 
-def check_bind_policy(gateway: GatewayConfig, keys: KeyStore) -> None:
-    """Binding beyond loopback without API keys is refused."""
+def check_bind_policy(gateway: GatewayConfig, keys: Any) -> None:
+    """Binding beyond loopback without a tenant credential (``keys.enabled``: API keys, a
+    JWT issuer or a trusted proxy header) is refused."""
     if not gateway.loopback and not keys.enabled:
         raise UnsafeBindError(
             f"refusing to bind {gateway.host}:{gateway.port} without API keys: configure "
@@ -24,13 +28,13 @@ def check_bind_policy(gateway: GatewayConfig, keys: KeyStore) -> None:
         )
 
 
-def keys_for_bind(gateway: GatewayConfig) -> KeyStore:
-    """The gateway's API keys, refused (UnsafeBindError) when the address it binds needs keys
-    and there are none. The gateway process calls it before it binds; `owc serve` calls it
+def auth_for_bind(gateway: GatewayConfig) -> Authenticator:
+    """The gateway's authenticator, refused (UnsafeBindError) when the address it binds
+    needs credentials and there are none. The gateway process calls it before it binds; `owc serve` calls it
     up front too, so that a refusal comes before Ray and the engines start, not minutes later."""
-    keys = KeyStore.load(file=gateway.api_keys_file, env_var=gateway.api_keys_env)
-    check_bind_policy(gateway, keys)
-    return keys
+    auth = Authenticator.from_config(gateway)
+    check_bind_policy(gateway, auth)
+    return auth
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -44,15 +48,36 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app, *, log_level: str = "warning") -> uvicorn.Server:
+class _SideServer(uvicorn.Server):
+    """A second server in the same process (the metrics port): the API server owns the
+    signals and stops this one when it stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def make_server(app, *, log_level: str = "warning", side: bool = False) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         http="httptools",
-        lifespan="on",
+        lifespan="off" if side else "on",
         access_log=False,
         proxy_headers=False,
         log_level=log_level,
         timeout_keep_alive=30,
         timeout_graceful_shutdown=5,
     )
-    return uvicorn.Server(config)
+    return _SideServer(config) if side else uvicorn.Server(config)
+
+
+async def serve(api: uvicorn.Server, api_socket: socket.socket, *, side: uvicorn.Server | None = None,
+                side_socket: socket.socket | None = None) -> None:
+    """Run the API server (and a side server) until the API server stops."""
+    task = asyncio.create_task(side.serve(sockets=[side_socket])) if side is not None else None
+    try:
+        await api.serve(sockets=[api_socket])
+    finally:
+        if task is not None:
+            side.should_exit = True
+            await task

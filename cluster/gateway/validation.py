@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
 from cluster.gateway.errors import OpenAIError
 
@@ -26,11 +26,23 @@ class StreamOptions(_Base):
     continuous_usage_stats: StrictBool | None = None
 
 
+class ContentPart(BaseModel):
+    # Part kinds vary (text, images, audio, files): the engine checks the others' fields.
+    model_config = ConfigDict(extra="allow")
+    type: StrictStr
+
+    @model_validator(mode="after")
+    def _text_is_text(self) -> ContentPart:
+        if self.type == "text" and not isinstance(getattr(self, "text", None), str):
+            raise ValueError("a text content part needs a string 'text'")
+        return self
+
+
 class Message(BaseModel):
-    # Message parts vary (text, images, tool calls): the engine checks their content.
+    # Message fields vary (tool calls, names, reasoning): the engine checks them.
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: StrictStr | list[dict[str, Any]] | None = None
+    content: StrictStr | list[ContentPart] | None = None
 
 
 class _Sampling(_Base):

@@ -16,8 +16,15 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts: keep the text ones, mark the others
-        return "".join(p.get("text", "") if isinstance(p, dict) and p.get("type") == "text" else "\x1f" for p in content)
+        return "".join(_part_text(p) for p in content)
     return ""
+
+
+def _part_text(part: Any) -> str:
+    """A text part's text; any other part (or a malformed one) is a marker."""
+    if isinstance(part, dict) and part.get("type") == "text" and isinstance(text := part.get("text"), str):
+        return text
+    return "\x1f"
 
 
 def canonical_prompt(data: dict[str, Any], limit: int) -> str:

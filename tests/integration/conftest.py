@@ -78,7 +78,7 @@ def cluster(model_cache, tmp_path_factory, file_sd_dir):
             ),
         },
         "gateway": {
-            "host": "127.0.0.1", "port": free_port(), "api_keys_file": str(keys_file),
+            "host": "127.0.0.1", "port": free_port(), "metrics_port": free_port(), "api_keys_file": str(keys_file),
             "tenants": {"limited": {"requests_per_minute": 1, "burst": 1}},
         },
         "monitoring": {"file_sd_dir": str(file_sd_dir)},

@@ -101,7 +101,7 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
             assert (reason, target) == ("up:load", 2)
             wait_for(lambda: actuator.replicas(MODEL) == (2, 2), 180, "the second replica running")
             startup_s = time.monotonic() - t0 - t_up
-            wait_for(lambda: metric(cluster.url, "owc_engine_replicas_routable", model=MODEL) == 2, 10,
+            wait_for(lambda: metric(cluster.metrics_url, "owc_engine_replicas_routable", model=MODEL) == 2, 10,
                      "the gateway routing to both replicas")
             time.sleep(8)  # the load on two replicas for a while
             # One long stream on each replica (a session whose rendezvous home it is); then the

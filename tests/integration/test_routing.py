@@ -98,12 +98,12 @@ def test_prefix_affinity_through_one_and_two_gateway_replicas(engines, gateways)
     assert one > 1.1 * rr
     assert two >= 0.95 * one
     for g in ("g1", "g2"):
-        assert metric(gateways[g].url, "owc_routing_decisions_total", model=MODEL, policy="prefix_affinity") >= 20
-        assert metric(gateways[g].url, "owc_routing_plugin_seconds_count", plugin="scorer:prefix_affinity") >= 20
+        assert metric(gateways[g].metrics_url, "owc_routing_decisions_total", model=MODEL, policy="prefix_affinity") >= 20
+        assert metric(gateways[g].metrics_url, "owc_routing_plugin_seconds_count", plugin="scorer:prefix_affinity") >= 20
 
 
 def test_sigkill_of_a_busy_replica_is_invisible_to_non_streamed_requests(engines, gateways):
-    url = gateways["rr"].url
+    url, metrics_url = gateways["rr"].url, gateways["rr"].metrics_url
     prompts = [[{"role": "user", "content": f"Write item {i} of the list, in French and English."}] for i in range(12)]
     extra = {"ignore_eos": True}
     expected = [_chat(url, p, max_tokens=24, **extra).json()["choices"][0]["message"]["content"] for p in prompts]
@@ -119,5 +119,5 @@ def test_sigkill_of_a_busy_replica_is_invisible_to_non_streamed_requests(engines
     assert [r.status_code for r in results] == [200] * len(prompts), [r.text for r in results if r.status_code != 200]
     assert [r.json()["choices"][0]["message"]["content"] for r in results] == expected
     assert time.monotonic() - t0 < 60
-    assert metric(url, "owc_retries_total", model=MODEL, reason="engine_lost") >= 1
-    wait_for(lambda: metric(url, "owc_engine_replicas_routable", model=MODEL) == 1, 5, "the dead replica out of routing")
+    assert metric(metrics_url, "owc_retries_total", model=MODEL, reason="engine_lost") >= 1
+    wait_for(lambda: metric(metrics_url, "owc_engine_replicas_routable", model=MODEL) == 1, 5, "the dead replica out of routing")

@@ -64,3 +64,19 @@ def test_parse_json_rejects_non_objects(body):
     with pytest.raises(OpenAIError) as e:
         parse_json(body)
     assert e.value.status == 400
+
+
+@pytest.mark.parametrize("part", [{"type": "text", "text": 5}, {"type": "text"}, {"type": "text", "text": None},
+                                  {"text": "no type"}, 7])
+def test_malformed_content_parts_are_a_400(part):
+    """The schemathesis run that found 25 x 500: a text part whose text is not a string."""
+    with pytest.raises(OpenAIError) as e:
+        validate({"model": "m", "messages": [{"role": "user", "content": [part]}]}, ChatCompletionRequest)
+    assert e.value.status == 400
+
+
+def test_prefix_key_rendering_survives_any_content_part():
+    from cluster.routing.keys import canonical_prompt
+
+    odd = [{"type": "text", "text": 5}, {"type": "text", "text": ["x"]}, None, 3, {"type": "image_url"}]
+    assert canonical_prompt({"messages": [{"role": "user", "content": odd}]}, 100) == "\x1euser\x1d" + "\x1f" * 5

@@ -204,9 +204,9 @@ def test_disconnect_aborts_non_streamed_request(gateway, engine):
 
 
 def test_gateway_metrics_count_requests(gateway, client):
-    before = _metric(gateway.url, 'owc_requests_total{code="200",model="fake-model"')
+    before = _metric(gateway.metrics_url, 'owc_requests_total{code="200",model="fake-model"')
     client.completions.create(model="fake-model", prompt="x", max_tokens=1)
-    text = httpx.get(gateway.url + "/metrics").text
+    text = httpx.get(gateway.metrics_url + "/metrics").text
     assert "owc_requests_total" in text and "owc_requests_in_flight" in text
     line = next(line for line in text.splitlines() if line.startswith("owc_requests_total") and 'code="200"' in line and 'route="/v1/completions"' in line)
     assert 'tenant="anonymous"' in line and float(line.rsplit(" ", 1)[1]) >= 1
@@ -242,7 +242,7 @@ class TestApiKeys:
 
     def test_tenant_comes_from_the_key(self, keyed):
         httpx.post(keyed.url + "/v1/completions", json={"model": "fake-model", "prompt": "x", "max_tokens": 1}, headers={"Authorization": "Bearer sk-env"})
-        assert 'tenant="beta"' in httpx.get(keyed.url + "/metrics").text
+        assert 'tenant="beta"' in httpx.get(keyed.metrics_url + "/metrics").text
 
 
 def test_non_loopback_bind_without_keys_is_refused():
@@ -270,7 +270,7 @@ async def test_unexpected_proxy_failure_is_an_openai_500():
 
     from cluster.config.loader import parse_config
     from cluster.gateway.app import build_app
-    from cluster.gateway.auth import KeyStore
+    from cluster.gateway.auth import Authenticator, KeyStore
 
     class Broken:
         def endpoints(self, model):
@@ -282,7 +282,7 @@ async def test_unexpected_proxy_failure_is_an_openai_500():
         async def stop(self):
             return None
 
-    app = build_app(config=parse_config({"models": {"m": {"source": "x"}}}), endpoints=Broken(), keys=KeyStore({}),
+    app = build_app(config=parse_config({"models": {"m": {"source": "x"}}}), endpoints=Broken(), auth=Authenticator(keys=KeyStore({})),
                     registry=CollectorRegistry())
     async with hx.AsyncClient(transport=hx.ASGITransport(app=app), base_url="http://gw") as c:
         r = await c.post("/v1/completions", json={"model": "m", "prompt": "x"})

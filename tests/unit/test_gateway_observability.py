@@ -85,7 +85,7 @@ def events(text: str) -> list:
 
 def test_stream_tokens_ttft_itl_and_usage_stripping(stack):
     g, _ = stack
-    before = {n: metric(g.url, n, model="fake-model") for n in (
+    before = {n: metric(g.metrics_url, n, model="fake-model") for n in (
         "owc_completion_tokens_total", "owc_time_to_first_token_seconds_count", "owc_inter_token_latency_seconds_count")}
     body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 7, "stream": True}
     r = post(g.url, body)
@@ -96,7 +96,7 @@ def test_stream_tokens_ttft_itl_and_usage_stripping(stack):
     r = post(g.url, {**body, "stream_options": {"include_usage": True}})
     evs = events(r.text)
     assert evs[-1]["choices"] == [] and evs[-1]["usage"]["completion_tokens"] == 7, "client-requested usage dropped"
-    after = {n: metric(g.url, n, model="fake-model") for n in before}
+    after = {n: metric(g.metrics_url, n, model="fake-model") for n in before}
     assert after["owc_completion_tokens_total"] - before["owc_completion_tokens_total"] == 14
     assert after["owc_time_to_first_token_seconds_count"] - before["owc_time_to_first_token_seconds_count"] == 2
     # Token events arrive one by one here (1 ms apart); coalesced reads would count fewer.
@@ -105,21 +105,21 @@ def test_stream_tokens_ttft_itl_and_usage_stripping(stack):
 
 def test_non_stream_tokens_by_tenant_and_duration(stack):
     g, _ = stack
-    before = metric(g.url, "owc_prompt_tokens_total", tenant="team-a")
-    n0 = metric(g.url, "owc_request_duration_seconds_count", route="/v1/chat/completions")
-    picks0 = metric(g.url, "owc_routing_plugin_seconds_count", plugin="picker:max_score")
-    filters0 = metric(g.url, "owc_routing_plugin_seconds_count", plugin="filter:healthy")
+    before = metric(g.metrics_url, "owc_prompt_tokens_total", tenant="team-a")
+    n0 = metric(g.metrics_url, "owc_request_duration_seconds_count", route="/v1/chat/completions")
+    picks0 = metric(g.metrics_url, "owc_routing_plugin_seconds_count", plugin="picker:max_score")
+    filters0 = metric(g.metrics_url, "owc_routing_plugin_seconds_count", plugin="filter:healthy")
     r = post(g.url, {"model": "fake-model", "messages": [{"role": "user", "content": "one two three"}], "max_tokens": 3})
     assert r.status_code == 200
     usage = r.json()["usage"]
-    assert metric(g.url, "owc_prompt_tokens_total", tenant="team-a") - before == usage["prompt_tokens"]
-    assert metric(g.url, "owc_request_duration_seconds_count", route="/v1/chat/completions") == n0 + 1
-    assert metric(g.url, "owc_requests_total", tenant="team-a", code="200") >= 1
-    assert metric(g.url, "owc_engine_replicas", model="fake-model") == 1
-    assert metric(g.url, "owc_routing_decisions_total", model="fake-model", policy="affinity") >= 1
+    assert metric(g.metrics_url, "owc_prompt_tokens_total", tenant="team-a") - before == usage["prompt_tokens"]
+    assert metric(g.metrics_url, "owc_request_duration_seconds_count", route="/v1/chat/completions") == n0 + 1
+    assert metric(g.metrics_url, "owc_requests_total", tenant="team-a", code="200") >= 1
+    assert metric(g.metrics_url, "owc_engine_replicas", model="fake-model") == 1
+    assert metric(g.metrics_url, "owc_routing_decisions_total", model="fake-model", policy="affinity") >= 1
     # With one replica the picker has nothing to choose; the filters ran.
-    assert metric(g.url, "owc_routing_plugin_seconds_count", plugin="filter:healthy") == filters0 + 1
-    assert metric(g.url, "owc_routing_plugin_seconds_count", plugin="picker:max_score") == picks0
+    assert metric(g.metrics_url, "owc_routing_plugin_seconds_count", plugin="filter:healthy") == filters0 + 1
+    assert metric(g.metrics_url, "owc_routing_plugin_seconds_count", plugin="picker:max_score") == picks0
 
 
 def test_tenant_rate_limit_is_a_429_with_retry_after(stack):
@@ -130,8 +130,8 @@ def test_tenant_rate_limit_is_a_429_with_retry_after(stack):
     err = codes[1].json()["error"]
     assert err["code"] == "rate_limit_exceeded" and err["type"] == "rate_limit_error"
     assert int(codes[1].headers["retry-after"]) >= 1
-    assert metric(g.url, "owc_rejections_total", model="fake-model", reason="rate_limit_exceeded") == 2
-    assert metric(g.url, "owc_requests_total", tenant="limited", code="429") == 2
+    assert metric(g.metrics_url, "owc_rejections_total", model="fake-model", reason="rate_limit_exceeded") == 2
+    assert metric(g.metrics_url, "owc_requests_total", tenant="limited", code="429") == 2
     # Another tenant is not affected.
     assert post(g.url, body).status_code == 200
 

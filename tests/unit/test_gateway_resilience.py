@@ -114,8 +114,8 @@ def test_replica_dying_before_its_first_byte_is_retried_invisibly(good, tmp_path
             assert r.status_code == 200, r.text
             assert "tok3" in r.text and "error" not in r.text
         assert bad.posts >= 1
-        assert metric(gw.url, "owc_retries_total", model="m", reason="engine_lost") == bad.posts
-        assert metric(gw.url, "owc_requests_total", code="200") == 4
+        assert metric(gw.metrics_url, "owc_retries_total", model="m", reason="engine_lost") == bad.posts
+        assert metric(gw.metrics_url, "owc_requests_total", code="200") == 4
 
 
 def test_stream_broken_mid_way_ends_with_an_sse_error_event(tmp_path):
@@ -129,7 +129,7 @@ def test_stream_broken_mid_way_ends_with_an_sse_error_event(tmp_path):
         err = orjson.loads(events[-2].removeprefix("data: "))["error"]
         assert err["code"] == "engine_stream_broken"
         # a broken stream is not retried: the client had its first token already
-        assert bad.posts == 1 and metric(gw.url, "owc_requests_total", code="502") == 1
+        assert bad.posts == 1 and metric(gw.metrics_url, "owc_requests_total", code="502") == 1
 
 
 def test_per_request_timeout_is_a_504(tmp_path):
@@ -152,7 +152,7 @@ def test_full_queues_are_a_429_with_retry_after(tmp_path):
             r = wait_for(lambda: (x := _chat(gw.url)).status_code == 429 and x, 5, "a 429")
             assert r.json()["error"]["code"] == "queue_full" and r.headers["retry-after"] == "1"
             assert all(f.result().status_code == 200 for f in busy)
-        assert metric(gw.url, "owc_rejections_total", model="m", reason="queue_full") >= 1
+        assert metric(gw.metrics_url, "owc_rejections_total", model="m", reason="queue_full") >= 1
         assert _chat(gw.url).status_code == 200  # queue drained: admitted again
 
 
@@ -163,12 +163,12 @@ def test_replica_that_goes_away_leaves_routing_and_comes_back(good, tmp_path):
     other.__enter__()
     url = f"http://127.0.0.1:{port}"
     with server(gateway_argv(f"m={good.url}", f"m={url}", config=cfg)) as gw:
-        routable = lambda n: metric(gw.url, "owc_engine_replicas_routable", model="m") == n  # noqa: E731
+        routable = lambda n: metric(gw.metrics_url, "owc_engine_replicas_routable", model="m") == n  # noqa: E731
         wait_for(lambda: routable(2), 5, "both replicas routable")
         other.__exit__(None, None, None)
         wait_for(lambda: routable(1), 5, "the stopped replica out of routing")
         assert all(_chat(gw.url).status_code == 200 for _ in range(4))  # none sent to the dead one
-        assert metric(gw.url, "owc_retries_total", model="m") == 0
+        assert metric(gw.metrics_url, "owc_retries_total", model="m") == 0
         with server(fake_engine_argv("m", itl_ms=1), port=port):
             wait_for(lambda: routable(2), 5, "the restarted replica back in routing")
 
@@ -192,7 +192,7 @@ def test_model_scaled_to_zero_is_ready_and_a_request_waits_for_its_first_replica
         r = httpx.get(gw.url + "/ready")
         assert r.status_code == 200 and r.json()["models"]["m"] == {"replicas": 0, "scaled_to_zero": True}
         held = pool.submit(_chat, gw.url)
-        wait_for(lambda: metric(gw.url, "owc_requests_in_flight", model="m") == 1, 5, "the request held")
+        wait_for(lambda: metric(gw.metrics_url, "owc_requests_in_flight", model="m") == 1, 5, "the request held")
         time.sleep(0.5)
         assert not held.done()
         write_endpoints_file(eps, [Endpoint("m", "r1", good.url)])
@@ -222,14 +222,14 @@ def test_a_held_request_ends_when_its_client_leaves_or_the_wake_timeout_passes(t
         t0 = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(gw.url + CHAT, json=body, timeout=1.5)  # the client gives up and hangs up
-        wait_for(lambda: metric(gw.url, "owc_requests_total", model="m", code="499") == 1, 5, "the 499 recorded")
-        assert metric(gw.url, "owc_requests_in_flight", model="m") == 0
+        wait_for(lambda: metric(gw.metrics_url, "owc_requests_total", model="m", code="499") == 1, 5, "the 499 recorded")
+        assert metric(gw.metrics_url, "owc_requests_in_flight", model="m") == 0
         assert time.monotonic() - t0 < 10  # not the 30 s wake timeout
         r = httpx.post(gw.url + CHAT, json={**body, "model": "n"}, timeout=10)
         assert r.status_code == 503 and r.json()["error"]["code"] == "no_healthy_replica"
         assert r.headers["retry-after"] == "10"
-        assert metric(gw.url, "owc_requests_in_flight", model="n") == 0
-        assert metric(gw.url, "owc_requests_queued", model="n") == 0
+        assert metric(gw.metrics_url, "owc_requests_in_flight", model="n") == 0
+        assert metric(gw.metrics_url, "owc_requests_queued", model="n") == 0
 
 
 def test_lora_request_goes_to_the_replica_with_the_adapter_loaded(tmp_path):

@@ -1,0 +1,136 @@
+"""The gateway's routes other than generation, on FastAPI: health, readiness, models and
+the admin API — and the one route table every route is declared in with its access class
+(public, tenant, admin). The check is applied by the table itself, so a handler cannot
+forget it, and the auth tests enumerate the table (a route added later is covered the day
+it appears)."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from cluster.config.schema import OwcConfig
+from cluster.discovery.sources import EndpointSource
+from cluster.gateway.auth import Authenticator, Principal, allowed
+from cluster.gateway.errors import OpenAIError
+from cluster.routing.router import Routing
+
+Access = Literal["public", "tenant", "admin"]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    access: Access
+
+
+class RouteTable:
+    """Registers FastAPI routes with their access class and enforces it."""
+
+    def __init__(self, api: FastAPI, auth: Authenticator, *, audit: Callable[[dict[str, Any]], None] | None = None):
+        self.api = api
+        self._auth = auth
+        self._audit = audit
+        self.routes: list[Route] = []
+
+    def add(self, method: str, path: str, access: Access) -> Callable:
+        def register(handler: Callable[..., Awaitable[Response]]) -> Callable:
+            @functools.wraps(handler)
+            async def guarded(request: Request, **kwargs: Any) -> Response:
+                client = request.client.host if request.client else None
+                headers = {k: v for k, v in request.headers.raw}
+                if access == "tenant":
+                    request.state.tenant = self._auth.tenant(headers, client)
+                elif access == "admin":
+                    admin = self._auth.admin(headers, client)
+                    response = await handler(request, **kwargs)
+                    self._audited(admin, request, response.status_code)
+                    return response
+                return await handler(request, **kwargs)
+
+            self.api.add_api_route(path, guarded, methods=[method])
+            self.routes.append(Route(method, path, access))
+            return guarded
+
+        return register
+
+    def _audited(self, admin: Principal, request: Request, status: int) -> None:
+        if self._audit is not None:
+            self._audit({"admin": admin.name, "method": request.method, "route": request.url.path, "status": status})
+
+
+def add_routes(
+    table: RouteTable, *, config: OwcConfig, endpoints: EndpointSource, routing: Routing,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    tenants = config.gateway.tenants
+
+    def model_card(name: str) -> dict[str, Any]:
+        m = config.models[name]
+        card: dict[str, Any] = {"id": name, "object": "model", "created": int(clock()), "owned_by": "owc"}
+        if m.max_model_len:
+            card["max_model_len"] = m.max_model_len
+        card["aliases"] = list(m.aliases)
+        return card
+
+    @table.add("GET", "/health", "public")
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @table.add("GET", "/ready", "public")
+    async def ready(request: Request) -> Response:
+        models: dict[str, dict] = {}
+        for name, _, routable in replica_counts(config, endpoints, routing):
+            models[name] = {"replicas": routable}
+            if routable == 0 and config.models[name].wakes_on_request:
+                models[name]["scaled_to_zero"] = True  # ready: a request wakes it
+        ok = all(m["replicas"] > 0 or m.get("scaled_to_zero") for m in models.values())
+        return JSONResponse({"ready": ok, "models": models}, status_code=200 if ok else 503)
+
+    @table.add("GET", "/v1/models", "tenant")
+    async def list_models(request: Request) -> Response:
+        tenant = request.state.tenant
+        return JSONResponse({"object": "list", "data": [model_card(n) for n in config.models
+                                                        if allowed(tenants, tenant, n)]})
+
+    @table.add("GET", "/v1/models/{model:path}", "tenant")
+    async def get_model(request: Request, model: str) -> Response:
+        served = config.resolve(model)
+        if served is None or not allowed(tenants, request.state.tenant, served):
+            raise OpenAIError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
+        return JSONResponse(model_card(served))
+
+    @table.add("GET", "/admin/v1/replicas", "admin")
+    async def admin_replicas(request: Request) -> Response:
+        """Every model's replicas as this gateway process sees them: URL, draining,
+        healthy, its own requests on each, the last engine stats."""
+        out = {name: [_replica_row(v) for v in routing.views(endpoints.endpoints(name))] for name in config.models}
+        return JSONResponse({"models": out})
+
+
+def _replica_row(view: Any) -> Mapping[str, Any]:
+    s = view.stats
+    return {
+        "replica_id": view.replica_id, "url": view.endpoint.url, "draining": view.endpoint.draining,
+        "healthy": view.healthy, "in_flight": view.in_flight,
+        "stats": None if s is None else {"waiting": s.waiting, "running": s.running, "kv_usage": s.kv_usage,
+                                         "adapters": sorted(s.adapters)},
+    }
+
+
+def replica_counts(config: OwcConfig, endpoints: EndpointSource, routing: Routing) -> list[tuple[str, int, int]]:
+    """(model, registered replicas, routable replicas: healthy and not draining)."""
+    out = []
+    for name in config.models:
+        eps = endpoints.endpoints(name)
+        views = routing.views(eps)
+        out.append((name, len(eps), sum(1 for v in views if v.healthy and not v.endpoint.draining)))
+    return out

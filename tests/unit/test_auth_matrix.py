@@ -1,0 +1,160 @@
+"""Every route of the gateway, taken from its own route table, under every kind of
+credential: no key, a malformed header, an unknown key, another tenant's key on a model
+outside its allow-list, an admin key on tenant routes, a tenant key on admin routes, and
+the valid credential. The engines behind it are guarded (they answer only the engine key),
+and a counter on each engine shows that no request without a valid credential reaches one.
+A route added later is in the table, so it is in this matrix the day it appears."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import yaml
+from fastapi.routing import APIRoute
+from prometheus_client import CollectorRegistry
+
+from cluster.config.loader import parse_config
+from cluster.discovery.sources import StaticEndpoints
+from cluster.gateway.app import build_app
+from cluster.gateway.auth import Authenticator
+from cluster.gateway.keys import hash_key
+from tests.conftest import fake_engine_argv, gateway_argv, metric, server
+
+ENGINE_KEY = "engine-secret-for-tests"
+KEYS = {"sk-alpha": "alpha", "sk-beta": "beta"}  # beta may use only m2
+ADMIN = {"sk-admin": "ops"}
+CONFIG = {
+    "models": {"m1": {"source": "external"}, "m2": {"source": "external"}},
+    "gateway": {"api_keys_env": None, "admin_keys_env": None, "tenants": {"beta": {"models": ["m2"]}}},
+}
+
+CREDENTIALS = {
+    "none": None,
+    "malformed": "Basic c2stYWxwaGE6",
+    "unknown": "Bearer sk-nobody",
+    "other_tenant": "Bearer sk-beta",  # a valid key whose allow-list lacks m1
+    "admin": "Bearer sk-admin",
+    "tenant": "Bearer sk-alpha",
+}
+# access class -> credential -> expected status (the valid credential of each class: 200)
+EXPECTED = {
+    "public": dict.fromkeys(CREDENTIALS, 200),
+    "tenant": {"none": 401, "malformed": 401, "unknown": 401, "other_tenant": 403, "admin": 403, "tenant": 200},
+    "admin": {"none": 401, "malformed": 401, "unknown": 401, "other_tenant": 403, "admin": 200, "tenant": 403},
+}
+# Routes that answer a tenant outside its allow-list as if the model did not exist.
+NOT_FOUND_OUTSIDE_LIST = {"/v1/models/{model:path}"}
+BODIES = {
+    "/v1/chat/completions": {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    "/v1/completions": {"model": "m1", "prompt": "hi", "max_tokens": 2},
+}
+
+
+def _table(cfg):
+    app = build_app(config=cfg, endpoints=StaticEndpoints({}), auth=Authenticator.from_config(cfg.gateway, environ={}),
+                    registry=CollectorRegistry(), poll_stats=False)
+    return app
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    d = tmp_path_factory.mktemp("auth")
+    (d / "keys.yaml").write_text(yaml.safe_dump({hash_key(k): t for k, t in KEYS.items()}))
+    (d / "admin.yaml").write_text(yaml.safe_dump({hash_key(k): n for k, n in ADMIN.items()}))
+    cfg = {**CONFIG, "gateway": {**CONFIG["gateway"], "api_keys_file": str(d / "keys.yaml"),
+                                 "admin_keys_file": str(d / "admin.yaml")}}
+    (d / "owc.yaml").write_text(yaml.safe_dump(cfg))
+    env = {"OWC_ENGINE_KEY": ENGINE_KEY}
+    with server(fake_engine_argv("m1"), env=env) as e1, server(fake_engine_argv("m2"), env=env) as e2, \
+            server(gateway_argv(f"m1={e1.url}", f"m2={e2.url}", config=str(d / "owc.yaml")), env=env) as gw:
+        yield gw, (e1, e2), parse_config(cfg)
+
+
+def test_every_fastapi_route_is_in_the_route_table(stack):
+    _, _, cfg = stack
+    app = _table(cfg)
+    declared = {(r.method, r.path) for r in app.route_table()}
+    served = {(m, r.path) for r in app.api.routes if isinstance(r, APIRoute) for m in r.methods}
+    assert served <= declared and served, served - declared
+    assert {r.access for r in app.route_table()} == {"public", "tenant", "admin"}
+
+
+def _call(url: str, method: str, path: str, authorization: str | None) -> httpx.Response:
+    headers = {"Authorization": authorization} if authorization else {}
+    real = path.replace("{model:path}", "m1")
+    if method == "POST":
+        return httpx.post(url + real, json=BODIES[path], headers=headers, timeout=30)
+    return httpx.request(method, url + real, headers=headers, timeout=30)
+
+
+def _reached(engines) -> float:
+    return sum(metric(e.url, "owc_fake_generation_requests_total") for e in engines)
+
+
+def test_auth_matrix(stack):
+    gw, engines, cfg = stack
+    routes = _table(cfg).route_table()
+    cells, leaks = [], []
+    for route in routes:
+        for cred, header in CREDENTIALS.items():
+            before = _reached(engines)
+            r = _call(gw.url, route.method, route.path, header)
+            expected = EXPECTED[route.access][cred]
+            if cred == "other_tenant" and route.path in NOT_FOUND_OUTSIDE_LIST:
+                expected = 404
+            if route.path == "/v1/models" and cred == "other_tenant":
+                expected = 200  # listed, without m1 (below)
+            cells.append((route.method, route.path, cred, r.status_code, expected))
+            reached = _reached(engines) - before
+            valid = expected == 200 and route.access == "tenant" and route.method == "POST"
+            if reached and not valid:
+                leaks.append((route.path, cred, reached))
+            if r.status_code >= 400:
+                body = r.json()
+                assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    wrong = [c for c in cells if c[3] != c[4]]
+    assert wrong == [], wrong
+    assert leaks == []
+    assert len(cells) == len(routes) * len(CREDENTIALS) >= 7 * 6
+    # The gateway's own calls carried the engine key: the engines refused nothing.
+    assert sum(metric(e.url, "owc_fake_denied_requests_total") for e in engines) == 0
+
+
+def test_a_tenant_sees_only_its_models(stack):
+    gw, _, _ = stack
+    ids = lambda key: [m["id"] for m in httpx.get(gw.url + "/v1/models", headers={"Authorization": key}).json()["data"]]  # noqa: E731
+    assert ids("Bearer sk-alpha") == ["m1", "m2"]
+    assert ids("Bearer sk-beta") == ["m2"]
+    r = httpx.post(gw.url + "/v1/chat/completions", json={**BODIES["/v1/chat/completions"], "model": "m2"},
+                   headers={"Authorization": "Bearer sk-beta"})
+    assert r.status_code == 200
+    r = httpx.post(gw.url + "/v1/chat/completions", json=BODIES["/v1/chat/completions"],
+                   headers={"Authorization": "Bearer sk-beta"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
+
+
+def test_metrics_are_off_the_api_port(stack):
+    gw, _, _ = stack
+    assert httpx.get(gw.url + "/metrics").status_code == 404
+    assert httpx.get(gw.url + "/metrics", headers={"Authorization": "Bearer sk-admin"}).status_code == 404
+    text = httpx.get(gw.metrics_url + "/metrics").text
+    assert "owc_requests_total" in text
+    # the metrics port is metrics only: no API door
+    assert httpx.post(gw.metrics_url + "/v1/completions", json=BODIES["/v1/completions"]).status_code == 404
+
+
+def test_admin_route_lists_replicas_with_stats_read_through_the_engine_key(stack):
+    gw, engines, _ = stack
+    r = httpx.get(gw.url + "/admin/v1/replicas", headers={"Authorization": "Bearer sk-admin"})
+    assert r.status_code == 200
+    rows = r.json()["models"]
+    assert [x["url"] for x in rows["m1"]] == [engines[0].url] and [x["url"] for x in rows["m2"]] == [engines[1].url]
+
+
+def test_engines_refuse_callers_without_the_engine_key(stack):
+    _, engines, _ = stack
+    e = engines[0]
+    assert httpx.post(e.url + "/v1/completions", json={**BODIES["/v1/completions"]}).status_code == 401
+    assert httpx.get(e.url + "/v1/models").status_code == 401
+    assert httpx.get(e.url + "/v1/models", headers={"Authorization": f"Bearer {ENGINE_KEY}"}).status_code == 200
+    assert httpx.get(e.url + "/health").status_code == 200 and httpx.get(e.url + "/metrics").status_code == 200

@@ -14,7 +14,7 @@ else
 PRUNE = @true
 endif
 
-.PHONY: setup tools chart-files serve lint test test-unit test-integration test-chart bench bench-reports readme-figures clean
+.PHONY: setup tools chart-files serve lint test test-unit test-integration test-chart fuzz bench bench-reports readme-figures clean
 
 setup: $(VENV)/.owc-$(EXTRA)
 
@@ -56,6 +56,11 @@ test-integration: setup tools
 
 test-chart: setup tools
 	$(BIN)/python -m pytest tests/chart $(PYTEST_ARGS)
+
+# The gateway fuzz test with more cases than CI runs (OpenAI's own OpenAPI description).
+FUZZ_EXAMPLES ?= 5000
+fuzz: setup
+	OWC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/unit/test_fuzz.py -s $(PYTEST_ARGS)
 
 # Token-path candidates (incl. ray.serve.llm, which needs the bench extra), then the
 # overhead benchmark alone; the README figures are regenerated from the JSON they write.

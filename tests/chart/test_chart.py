@@ -135,15 +135,21 @@ def test_embedded_serve_config_passes_ray_and_owc_validation(values, tmp_path):
     r = subprocess.run([sys.executable, "-m", "cluster.cli", "config", "validate", str(path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    # The model config is the user's, as `owc serve` would read it.
-    user = yaml.safe_load(values.read_text())["owc"]["models"]
-    assert app["args"]["config"]["models"] == user
+    # The model config is the user's, as `owc serve` would read it (none: the chart's default model).
+    assert app["args"]["config"]["models"] == _user_models(values)
+
+
+def _user_models(values: Path) -> dict:
+    """The values file's models, or the chart's default model when it sets none."""
+    user = (yaml.safe_load(values.read_text()) or {}).get("owc", {}).get("models")
+    default = yaml.safe_load((CHART / "values.yaml").read_text())["defaultModel"]
+    return user or {default["name"]: default["config"]}
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=ids(CI_VALUES))
 def test_worker_groups_sized_from_parallelism_and_pods_hardened(values):
     spec = rayservice(values)["spec"]["rayClusterConfig"]
-    models = yaml.safe_load(values.read_text())["owc"]["models"]
+    models = _user_models(values)
     groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
     assert "gateway" in groups
     for name, m in models.items():
@@ -181,6 +187,79 @@ def test_network_policy_admits_outside_traffic_only_to_the_gateway():
     ray = pols["owc-ray"]
     for rule in ray["spec"]["ingress"]:
         assert rule.get("from"), "an open ingress rule on Ray's ports"
+
+
+def _admits(rule: dict, port: int) -> bool:
+    """Whether a NetworkPolicy ingress rule admits TCP ``port`` (no ports: every port)."""
+    ports = rule.get("ports")
+    if not ports:
+        return True
+    return any(p.get("protocol", "TCP") == "TCP" and p["port"] <= port <= p.get("endPort", p["port"]) for p in ports)
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=ids(CI_VALUES))
+def test_engine_port_admits_only_gateway_pods_and_prometheus(values):
+    """Across every policy that selects engine pods, the engine port's peers are the
+    release's gateway pods and the Prometheus namespace, nothing else."""
+    docs = rendered(values)
+    port = int(yaml.safe_load((CHART / "values.yaml").read_text())["engineWorkers"]["port"])
+    engine_labels = next(g["template"]["metadata"]["labels"] for d in docs if d["kind"] == "RayService"
+                         for g in d["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] != "gateway")
+    peers = []
+    for pol in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        sel = pol["spec"]["podSelector"].get("matchLabels", {})
+        if not all(engine_labels.get(k) == v for k, v in sel.items()):
+            continue
+        for rule in pol["spec"].get("ingress", []):
+            if _admits(rule, port):
+                assert rule.get("from"), f"{pol['metadata']['name']}: the engine port open to anyone"
+                peers += rule["from"]
+    assert peers, "no policy covers the engine port"
+    for peer in peers:
+        if "podSelector" in peer:
+            assert peer["podSelector"]["matchLabels"].get("owc.io/component") == "gateway", peer
+        else:
+            assert set(peer) == {"namespaceSelector"}, peer
+            assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}, peer
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=ids(CI_VALUES))
+def test_engine_key_reaches_gateways_and_engines_from_a_secret_only(values):
+    docs = rendered(values)
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "owc-engine-key")
+    assert len(secret["stringData"]["engine-key"]) >= 40
+    groups = next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    for g in groups:
+        env = {e["name"]: e for c in g["template"]["spec"]["containers"] for e in c.get("env", [])}
+        assert env["OWC_ENGINE_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "owc-engine-key", "key": "engine-key"}
+    serve = next(d for d in docs if d["kind"] == "RayService")["spec"]["serveConfigV2"]
+    assert secret["stringData"]["engine-key"] not in serve  # never in the Serve config (Ray's runtime_env)
+
+
+def test_the_defaults_install_gpt_oss_20b_with_a_generated_key():
+    r = helm("lint", "--strict", str(CHART))
+    assert r.returncode == 0, r.stdout + r.stderr
+    docs = rendered(CHART / "ci" / "defaults-values.yaml")
+    serve = yaml.safe_load(next(d for d in docs if d["kind"] == "RayService")["spec"]["serveConfigV2"])
+    models = serve["applications"][0]["args"]["config"]["models"]
+    assert list(models) == ["gpt-oss-20b"] and models["gpt-oss-20b"]["accelerator"] == {"kind": "gpu"}
+    keys = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "owc-api-keys")["stringData"]
+    import hashlib
+
+    digest = hashlib.sha256(keys["api-key"].encode()).hexdigest()
+    assert yaml.safe_load(keys["api-keys.yaml"]) == {f"sha256:{digest}": "default"}
+    assert keys["api-key"] not in keys["api-keys.yaml"]
+    notes = helm("install", "owc", str(CHART), "--dry-run=client", "--namespace", "llm")
+    assert notes.returncode == 0, notes.stderr
+    assert "jsonpath='{.data.api-key}'" in notes.stdout and "gpt-oss-20b" in notes.stdout
+
+
+def test_gateway_metrics_are_scraped_off_the_api_port():
+    docs = rendered(CHART / "ci" / "gpt-oss-20b-1gpu-values.yaml")  # PodMonitors on
+    pm = next(d for d in docs if d["kind"] == "PodMonitor" and d["metadata"]["name"] == "owc-gateway")
+    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["gw-metrics"]
+    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "owc")
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] in (["http"], [9000])
 
 
 def test_rules_dashboards_and_schema_copies_are_current():

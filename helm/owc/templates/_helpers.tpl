@@ -30,6 +30,29 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
+{{/* The engine credential: only the gateway holds it; the engines answer nothing else. */}}
+{{- define "owc.engineKeySecret" -}}
+{{- printf "%s-engine-key" (include "owc.fullname" .) }}
+{{- end }}
+
+{{- define "owc.engineKeyEnv" -}}
+- name: OWC_ENGINE_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "owc.engineKeySecret" . }}
+      key: engine-key
+{{- end }}
+
+{{/* A random secret value kept across `helm upgrade`: the live Secret's when it exists. */}}
+{{- define "owc.keptSecret" -}}
+{{- $live := lookup "v1" "Secret" .ctx.Release.Namespace .name }}
+{{- if and $live $live.data (hasKey $live.data .key) }}
+{{- index $live.data .key | b64dec }}
+{{- else }}
+{{- printf "owc-%s" (randAlphaNum 43) }}
+{{- end }}
+{{- end }}
+
 {{- define "owc.apiKeysSecret" -}}
 {{- .Values.apiKeys.existingSecret | default (printf "%s-api-keys" (include "owc.fullname" .)) }}
 {{- end }}
@@ -43,12 +66,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "engine-%s" (regexReplaceAll "[^a-z0-9-]+" (lower .) "-") | trunc 40 | trimSuffix "-" }}
 {{- end }}
 
-{{/* The owc config the cluster runs: the user's, with the Kubernetes-specific settings. */}}
+{{/* The owc config the cluster runs: the user's, with the Kubernetes-specific settings.
+     No models configured: the chart's default model (defaultModel). */}}
 {{- define "owc.config" -}}
 {{- $cfg := deepCopy .Values.owc }}
+{{- if not $cfg.models }}
+{{- $_ := set $cfg "models" (dict .Values.defaultModel.name (deepCopy .Values.defaultModel.config)) }}
+{{- end }}
 {{- $gw := deepCopy (default (dict) $cfg.gateway) }}
 {{- $_ := set $gw "host" "0.0.0.0" }}
 {{- $_ = set $gw "port" 9000 }}
+{{- $_ = set $gw "metrics_port" 9001 }}
 {{- $_ = set $gw "api_keys_file" (printf "/etc/owc/keys/%s" .Values.apiKeys.secretKey) }}
 {{- $_ = set $gw "api_keys_env" nil }}
 {{- $_ = set $gw "ray_resources" (dict "owc-gateway" 1) }}

@@ -1,12 +1,6 @@
 {{/* Impossible values fail the render with a message that names the value to fix. */}}
 {{- define "owc.validate" -}}
-{{- $models := default (dict) .Values.owc.models }}
-{{- if not $models }}
-{{- fail "owc.models is empty: configure at least one model (see helm/owc/ci/*.yaml)" }}
-{{- end }}
-{{- if and (not .Values.apiKeys.keys) (not .Values.apiKeys.existingSecret) }}
-{{- fail "apiKeys: set apiKeys.keys or apiKeys.existingSecret — the gateway listens beyond loopback and refuses to run without API keys" }}
-{{- end }}
+{{- $models := (fromYaml (include "owc.config" .)).models }}
 {{- range $name, $m := $models }}
 {{- $tp := int (default 1 $m.tensor_parallel_size) }}
 {{- $pp := int (default 1 $m.pipeline_parallel_size) }}

@@ -37,6 +37,7 @@ import psutil
 from cluster.config.loader import load_config
 from cluster.engine.launcher import vllm_launcher
 from cluster.process import Command, ServerProcess, free_port
+from loadtests.overhead import cpu_seconds
 
 try:
     from cluster.bench.driver import run_closed_loop
@@ -69,17 +70,6 @@ def _spread(xs: list[float | None]) -> dict[str, float] | None:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
-
-
-def _cpu_seconds(pid: int) -> float:
-    p = psutil.Process(pid)
-    total = sum(p.cpu_times()[:2])
-    for c in p.children(recursive=True):
-        try:
-            total += sum(c.cpu_times()[:2])
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def _in_tree(tree: Path, argv: list[str]) -> list[str]:
@@ -242,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, dict] = {}
             for side in order:
                 gw = gateways[side]
-                before = _cpu_seconds(gw.pid)
+                before = cpu_seconds(gw.pid)
                 results[side] = asyncio.run(_measure(gw.url, model, args, side))
                 tokens = results[side]["tput_c16"]["output_tokens"] + results[side]["ttft_c1"]["output_tokens"]
-                results[side]["cpu_s_per_1k_tokens"] = 1000 * (_cpu_seconds(gw.pid) - before) / max(tokens, 1)
+                results[side]["cpu_s_per_1k_tokens"] = 1000 * (cpu_seconds(gw.pid) - before) / max(tokens, 1)
                 print(f"round {r}/{args.rounds} {side}: ttft_p50={results[side]['ttft_c1']['ttft_p50_s'] * 1000:.1f}ms "
                       f"tok/s={results[side]['tput_c16']['output_tokens_per_s']:.0f}", file=sys.stderr)
             rounds.append({"round": r, "order": order, "concurrency": args.concurrency, "results": results})

@@ -47,7 +47,8 @@ def _spread(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children so far."""
     p = psutil.Process(pid)
     total = sum(p.cpu_times()[:2])
     for c in p.children(recursive=True):
@@ -88,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             order = names[r % len(names):] + names[: r % len(names)]
             run: dict[str, dict] = {}
             for name in order:
-                before = _cpu_seconds(cpu_pids[name]) if name in cpu_pids else None
+                before = cpu_seconds(cpu_pids[name]) if name in cpu_pids else None
                 run[name] = asyncio.run(_measure(targets[name], model, args, name))
                 if before is not None:
-                    used = _cpu_seconds(cpu_pids[name]) - before
+                    used = cpu_seconds(cpu_pids[name]) - before
                     tokens = run[name]["tput_c16"]["output_tokens"] + run[name]["ttft_c1"]["output_tokens"]
                     run[name]["cpu_s_per_1k_tokens"] = 1000 * used / max(tokens, 1)
                 print(f"run {r + 1}/{args.runs} {name}: ttft_p50={run[name]['ttft_c1']['ttft_p50_s'] * 1000:.1f}ms "

@@ -144,9 +144,13 @@ class LocalCluster:
         self.wait_ready(ready_timeout_s)
 
     def _gateway_env(self) -> dict[str, str]:
-        """API keys given to `owc serve` through the environment reach the gateway replicas."""
-        var = self.cfg.gateway.api_keys_env
-        return {var: os.environ[var]} if var and os.environ.get(var) else {}
+        """On a Ray cluster of your own (`ray.address`), the key env vars given to `owc serve`
+        reach the gateway replicas through Serve's runtime_env; a Ray this process starts
+        inherits its environment, so nothing secret goes into a runtime_env then."""
+        if not self.cfg.ray.address:
+            return {}
+        gw = self.cfg.gateway
+        return {v: os.environ[v] for v in (gw.api_keys_env, gw.admin_keys_env) if v and os.environ.get(v)}
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from cluster.config.auth import JwtConfig, TenantConfig
 from cluster.config.base import StrictModel
@@ -61,7 +61,8 @@ class GatewayConfig(StrictModel):
     metrics_port: int | None = Field(
         None, ge=1, le=65535,
         description="Port of each gateway process's metrics-only server (/metrics); a free port per process when "
-        "unset (local mode). Not the API port: the API port serves no metrics.",
+        "unset (local mode; leave it unset with several gateway replicas on one host: the port is not shared). "
+        "Not the API port: the API port serves no metrics.",
     )
     cpus: float = Field(0.5, gt=0, description="Logical Ray CPUs per gateway replica.")
     limits: Limits = Field(default_factory=Limits, description="Request limits.")
@@ -89,6 +90,12 @@ class GatewayConfig(StrictModel):
             except ValueError:
                 raise ValueError(f"not an address or CIDR: {item!r}") from None
         return v
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> GatewayConfig:
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError("gateway.metrics_port must differ from gateway.port (the API port serves no metrics)")
+        return self
 
     @property
     def local_host(self) -> str:

@@ -23,6 +23,9 @@ PP_UNSUPPORTED = (
     "vLLM, so the other stages' GPUs would be reserved and unused; use tensor_parallel_size"
 )
 
+# engine_kwargs that would move the engine's door (owc's guard, its address): never from config.
+ENGINE_DOOR_KWARGS = frozenset({"api_key", "middleware", "host", "port"})
+
 __all__ = [
     "AccessLog", "Accelerator", "Autoscaling", "EngineNetwork", "GatewayConfig", "Limits", "ModelConfig", "Monitoring",
     "OwcConfig", "RayConfig", "Replicas", "RoutingConfig", "RoutingStats", "StrictModel", "TenantLimits", "Tracing",
@@ -111,6 +114,13 @@ class ModelConfig(StrictModel):
                 raise ValueError(f"invalid alias {a!r}")
         if len(set(v)) != len(v):
             raise ValueError("duplicate aliases")
+        return v
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _door_is_owcs(cls, v: dict[str, object]) -> dict[str, object]:
+        if bad := sorted(ENGINE_DOOR_KWARGS & set(v)):
+            raise ValueError(f"{', '.join(bad)}: set by owc (the engine's guard and address); not engine_kwargs")
         return v
 
     @model_validator(mode="after")

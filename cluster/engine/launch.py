@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+from cluster.engine.args import RESERVED_KWARGS
 from cluster.process import Command, watch_parent
 
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = make_arg_parser(FlexibleArgumentParser(prog="owc-engine"))
     args = parser.parse_args(argv[split + 1:])
     for key, value in json.loads(ns.kwargs).items():
+        if key in RESERVED_KWARGS:  # owc's own settings (the guard, the address): never replaced here
+            parser.error(f"engine argument {key!r} is set by owc")
         if not hasattr(args, key):
             parser.error(f"unknown engine argument {key!r}")
         setattr(args, key, value)

@@ -169,9 +169,9 @@ class Forwarder:
                 delivery.decisions.append(time.perf_counter() - t0)
             rid = ep.replica_id
             tried.add(rid)
+            host, port = self._engine.address(ep.url)
             delivery.endpoint = ep
             routing.acquire(rid)
-            host, port = self._engine.address(ep.url)
             resp: Response | None = None
             try:
                 resp = await self._engine.post(host, port, job.route, job.body, headers)

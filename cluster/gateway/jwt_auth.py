@@ -47,8 +47,10 @@ class JwtVerifier:
                    algorithms=list(cfg.algorithms), jwks=jwks, jwks_url=cfg.jwks_url, leeway_s=cfg.leeway_s,
                    refresh_s=cfg.jwks_refresh_s)
 
-    def _set(self, jwks: dict[str, Any]) -> None:
-        keys = {k.key_id: k for k in PyJWKSet.from_dict(jwks).keys if k.key_id}
+    def _set(self, jwks: Any) -> None:
+        if not isinstance(jwks, dict):
+            raise ValueError("a JWKS is a JSON object with a `keys` list")
+        keys = {k.key_id: k for k in PyJWKSet.from_dict(jwks).keys if k.key_id and (k.public_key_use in (None, "sig"))}
         if not keys:
             raise ValueError("JWKS holds no key with a key id (kid)")
         self._keys = keys
@@ -65,7 +67,9 @@ class JwtVerifier:
         while True:
             try:
                 await self.refresh()
-            except (httpx.HTTPError, ValueError, jwt.PyJWTError) as e:  # keep the last good keys
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # keep the last good keys; never let the refresher die
                 log.warning("JWKS refresh from %s failed: %s", self._url, e)
             await asyncio.sleep(self._refresh_s)
 
@@ -87,7 +91,9 @@ class JwtVerifier:
         if key is None:
             raise _invalid(f"unknown signing key id {kid!r}" if kid else "token has no key id (kid)")
         try:
-            claims = jwt.decode(token, key=key.key, algorithms=self._algorithms, audience=self._audience,
+            # The PyJWK itself, not its raw key: PyJWT then requires the token's `alg` to be the
+            # key's own algorithm (no RS/ES confusion between a token header and the key).
+            claims = jwt.decode(token, key=key, algorithms=self._algorithms, audience=self._audience,
                                 issuer=self._issuer, leeway=self._leeway_s,
                                 options={"require": ["exp", "iss", "aud"]})
         except jwt.ExpiredSignatureError:
@@ -96,8 +102,8 @@ class JwtVerifier:
             raise _invalid("wrong audience") from None
         except jwt.InvalidIssuerError:
             raise _invalid("wrong issuer") from None
-        except jwt.PyJWTError as e:
-            raise _invalid(str(e)) from None
+        except (jwt.PyJWTError, TypeError, ValueError) as e:  # a key/algorithm mismatch raises TypeError
+            raise _invalid(str(e) or type(e).__name__) from None
         tenant = claims.get(self._claim)
         if not isinstance(tenant, str) or not tenant:
             raise _invalid(f"claim {self._claim!r} naming the tenant is missing")

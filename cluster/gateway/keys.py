@@ -27,7 +27,7 @@ def hash_key(key: str) -> str:
 
 
 def is_hash(entry: str) -> bool:
-    digest = entry[len(HASH_PREFIX):]
+    digest = entry[len(HASH_PREFIX):].lower()
     return entry.startswith(HASH_PREFIX) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
 
 
@@ -45,7 +45,7 @@ def hashed(entries: Mapping[str, str], *, source: str = "") -> dict[str, str]:
         if not isinstance(key, str) or not key or not isinstance(name, str) or not name:
             raise ValueError(f"{source or 'API keys'}: every entry must map a non-empty key to a non-empty name")
         if is_hash(key):
-            out[key] = name
+            out[key.lower()] = name
         else:
             plain += 1
             out[hash_key(key)] = name
@@ -62,7 +62,11 @@ def read_key_file(path: str | Path) -> dict[str, str]:
         data = data["keys"]
     if not isinstance(data, dict):
         raise ValueError(f"{p}: expected a mapping of key hash -> name")
-    return hashed({str(k): str(v) for k, v in data.items()}, source=str(p))
+    for k, v in data.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not v:
+            raise ValueError(f"{p}: every entry must map a key (or its sha256:<hex>) to a name, as strings "
+                             f"(quote keys YAML would read as numbers)")
+    return hashed(data, source=str(p))
 
 
 def parse_env(raw: str, var: str) -> dict[str, str]:

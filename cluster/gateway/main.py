@@ -47,7 +47,7 @@ def run(
     # This process's own metrics port, so that Prometheus scrapes each gateway process (the
     # shared API port lands on any one of them); a metrics-only app, not a second API door.
     side = make_server(metrics_app(registry), side=True) if metrics_port else None
-    side_socket = bind_socket(cfg.gateway.host, metrics_port) if metrics_port else None
+    side_socket = bind_socket(cfg.gateway.host, metrics_port, shared=False) if metrics_port else None
     # What exists now lives as long as the process: keep it out of every later collection,
     # so that an oldest-generation pass scans only what requests allocate (~88k objects fewer;
     # Ray Serve's proxy does the same).

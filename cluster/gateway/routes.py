@@ -50,7 +50,11 @@ class RouteTable:
                 if access == "tenant":
                     request.state.tenant = self._auth.tenant(headers, client)
                 elif access == "admin":
-                    admin = self._auth.admin(headers, client)
+                    try:
+                        admin = self._auth.admin(headers, client)
+                    except OpenAIError as err:
+                        self._audited(None, request, err.status)  # refused attempts are audited too
+                        raise
                     response = await handler(request, **kwargs)
                     self._audited(admin, request, response.status_code)
                     return response
@@ -62,9 +66,10 @@ class RouteTable:
 
         return register
 
-    def _audited(self, admin: Principal, request: Request, status: int) -> None:
+    def _audited(self, admin: Principal | None, request: Request, status: int) -> None:
         if self._audit is not None:
-            self._audit({"admin": admin.name, "method": request.method, "route": request.url.path, "status": status})
+            self._audit({"admin": admin.name if admin else None, "method": request.method, "route": request.url.path,
+                         "status": status, "client": request.client.host if request.client else None})
 
 
 def add_routes(
@@ -104,7 +109,8 @@ def add_routes(
     @table.add("GET", "/v1/models/{model:path}", "tenant")
     async def get_model(request: Request, model: str) -> Response:
         served = config.resolve(model)
-        if served is None or not allowed(tenants, request.state.tenant, served):
+        adapter = model if served is not None and model in config.models[served].adapters else None
+        if served is None or not allowed(tenants, request.state.tenant, served, adapter):
             raise OpenAIError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
         return JSONResponse(model_card(served))
 

@@ -37,11 +37,14 @@ def auth_for_bind(gateway: GatewayConfig) -> Authenticator:
     return auth
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, *, shared: bool = True) -> socket.socket:
+    """``shared``: SO_REUSEPORT (the API port, shared by the gateway processes of a host); a
+    process's own metrics port is not shared, so a clash fails loudly instead of splitting."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.setblocking(False)

@@ -25,6 +25,12 @@ async def respond(
     gone.add_done_callback(lambda t: None if t.cancelled() else resp.close())
     completed = False
     try:
+        if resp.status in (401, 403):
+            # The gateway never forwards a client's credential: an engine that refuses is
+            # refusing the engine key (a mismatch of deployments), not the tenant.
+            completed = True
+            on_broken()
+            raise OpenAIError(502, "the engine refused the gateway's engine credential", code="engine_auth_failed")
         if resp.status >= 400:
             completed = True
             raise from_upstream(resp.status, first)

@@ -151,6 +151,13 @@ def test_admin_route_lists_replicas_with_stats_read_through_the_engine_key(stack
     assert [x["url"] for x in rows["m1"]] == [engines[0].url] and [x["url"] for x in rows["m2"]] == [engines[1].url]
 
 
+def test_a_gateway_without_the_engine_key_answers_502_not_the_tenants_401(stack, tmp_path):
+    _, engines, _ = stack
+    with server(gateway_argv(f"m1={engines[0].url}")) as keyless:
+        r = httpx.post(keyless.url + "/v1/completions", json=BODIES["/v1/completions"], timeout=30)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "engine_auth_failed"
+
+
 def test_engines_refuse_callers_without_the_engine_key(stack):
     _, engines, _ = stack
     e = engines[0]

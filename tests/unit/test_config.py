@@ -105,3 +105,13 @@ def test_engine_kwargs_checked_against_real_vllm_when_installed():
 def test_resolve_aliases():
     cfg = parse_config({"models": {"a": {"source": "x", "aliases": ["alpha"]}}})
     assert cfg.resolve("a") == "a" and cfg.resolve("alpha") == "a" and cfg.resolve("b") is None
+
+
+def test_the_metrics_port_is_not_the_api_port():
+    from pydantic import ValidationError
+
+    from cluster.config.schema import GatewayConfig
+
+    with pytest.raises(ValidationError, match="metrics_port must differ"):
+        GatewayConfig(port=8000, metrics_port=8000)
+    assert GatewayConfig(port=8000, metrics_port=8001).metrics_port == 8001

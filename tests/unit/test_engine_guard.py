@@ -69,6 +69,14 @@ def test_the_key_goes_through_the_environment_not_argv(tmp_path):
     assert "--middleware" not in open_cmd.argv and ENGINE_KEY_ENV not in open_cmd.env
 
 
+@pytest.mark.parametrize("name", ["api_key", "middleware", "host", "port"])
+def test_the_config_cannot_move_the_engines_door(name):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="set by owc"):
+        ModelConfig(source="x", engine_kwargs={name: []})
+
+
 @pytest.mark.parametrize("name", ["api_key", "middleware"])
 def test_engine_kwargs_cannot_replace_the_guard(name):
     assert name in RESERVED_KWARGS

@@ -61,7 +61,12 @@ def test_no_generated_request_makes_the_gateway_fail(gateway, path):
         try:
             r = client.post(path, json=body)
         except httpx.TimeoutException:
-            failures.append((0, "timeout over 10 s", json.dumps(body)[:300]))
+            alive = gateway.alive()
+            try:
+                again = client.post(path, json=body).status_code
+            except httpx.HTTPError as e:
+                again = repr(e)
+            failures.append((0, f"timeout over 10 s (gateway alive {alive}, again: {again})", json.dumps(body)[:200]))
             return
         statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
         if r.status_code >= 500:

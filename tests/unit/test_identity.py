@@ -117,6 +117,20 @@ def test_a_token_signed_by_another_key_is_refused(signer):
     assert e.value.status == 401
 
 
+def test_a_token_whose_alg_is_not_its_keys_is_refused_not_a_500(signer):
+    """An ES256 header naming an RSA key's kid: PyJWT would raise TypeError on the raw key."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    _, jwks = signer
+    auth = Authenticator(keys=KeyStore({}), jwt=JwtVerifier(issuer=ISS, audience=AUD, tenant_claim="tenant",
+                                                             algorithms=["RS256", "ES256"], jwks=jwks))
+    forged = jwt.encode({"iss": ISS, "aud": AUD, "exp": int(time.time()) + 60, "tenant": "x"},
+                        ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers={"kid": "k1"})
+    with pytest.raises(OpenAIError) as e:
+        auth.principal(bearer(forged), None)
+    assert e.value.status == 401
+
+
 def test_jwt_config_refuses_symmetric_algorithms():
     with pytest.raises(ValueError):
         GatewayConfig(jwt={"jwks_file": "x", "issuer": ISS, "audience": AUD, "algorithms": ["HS256"]})

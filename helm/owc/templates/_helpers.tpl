@@ -32,7 +32,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* The engine credential: only the gateway holds it; the engines answer nothing else. */}}
 {{- define "owc.engineKeySecret" -}}
-{{- printf "%s-engine-key" (include "owc.fullname" .) }}
+{{- .Values.engineKey.existingSecret | default (printf "%s-engine-key" (include "owc.fullname" .)) }}
 {{- end }}
 
 {{- define "owc.engineKeyEnv" -}}
@@ -40,7 +40,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   valueFrom:
     secretKeyRef:
       name: {{ include "owc.engineKeySecret" . }}
-      key: engine-key
+      key: {{ .Values.engineKey.secretKey }}
 {{- end }}
 
 {{/* A random secret value kept across `helm upgrade`: the live Secret's when it exists. */}}

@@ -39,6 +39,10 @@
 {{- if not (has .Values.upgradeStrategy (list "NewCluster" "None")) }}
 {{- fail "upgradeStrategy must be NewCluster or None" }}
 {{- end }}
+{{- $engine := int .Values.engineWorkers.port }}
+{{- if has $engine (list 6379 8000 8080 8265 9000 9001 9500 10001 52365) }}
+{{- fail (printf "engineWorkers.port %d is a port of Ray, the gateway or the controller: choose another (e.g. 8100)" $engine) }}
+{{- end }}
 {{- if ne .Values.rayVersion "2.60.0" }}
 {{- fail (printf "rayVersion %s: the owc image carries Ray 2.60.0" .Values.rayVersion) }}
 {{- end }}

@@ -4,6 +4,7 @@ is ready, and on SIGINT/SIGTERM (also mid start-up) tear down everything it star
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -11,7 +12,7 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -74,6 +75,7 @@ class LocalCluster:
         self._handle_signals = handle_signals
         self._sd_dir = file_sd_dir(cfg.monitoring.file_sd_dir)
         self._sd_name = f"ray-{uuid.uuid4().hex[:12]}"
+        self._engine_key: str | None = None
 
     @property
     def gcs_address(self) -> str:
@@ -85,7 +87,7 @@ class LocalCluster:
     @property
     def engine_key(self) -> str | None:
         """The engine credential the replicas and gateways of this cluster share."""
-        return os.environ.get(ENGINE_KEY_ENV)
+        return self._engine_key
 
     @property
     def metrics_url(self) -> str | None:
@@ -106,27 +108,19 @@ class LocalCluster:
 
         prebuild_demo_models(self.cfg, report)
         os.environ.update(RAY_ENV)
-        if not self.cfg.ray.address and not os.environ.get(ENGINE_KEY_ENV):
-            # The engine credential of this deployment: the Ray started below (and every
-            # replica process it forks) inherits it from this process's environment: not
-            # argv, not Ray's runtime_env. A Ray cluster of your own needs it set on its nodes.
-            os.environ[ENGINE_KEY_ENV] = secrets.token_urlsafe(32)
         report("starting Ray")
         if self.cfg.ray.address:
+            self._engine_key = os.environ.get(ENGINE_KEY_ENV)  # a Ray of your own: set on its nodes
             ray.init(address=self.cfg.ray.address, log_to_driver=False)
         else:
             metrics_port = free_port()
-            ray.init(
-                address="local",
-                _metrics_export_port=metrics_port,
-                num_cpus=ray_cpus(self.cfg),
-                num_gpus=None,
-                object_store_memory=self.cfg.ray.object_store_memory,
-                include_dashboard=False,
-                _temp_dir=self._temp_dir,
-                log_to_driver=False,
-                runtime_env={"env_vars": dict(RAY_ENV)},
-            )
+            # The engine credential of this deployment: the Ray node started here (raylet,
+            # and every replica process it forks later) inherits it from this process's
+            # environment while ray.init starts it: not argv, not Ray's runtime_env. It is
+            # taken out again afterwards, so nothing else this process starts inherits it.
+            self._engine_key = os.environ.get(ENGINE_KEY_ENV) or secrets.token_urlsafe(32)
+            with _environ(ENGINE_KEY_ENV, self._engine_key):
+                self._init_local_ray(metrics_port)
             self._started_ray = True
             if self._sd_dir is not None:  # Ray Serve's metrics (replicas, health) for `owc monitor`
                 write_targets(self._sd_dir, self._sd_name, [{"targets": [f"127.0.0.1:{metrics_port}"], "labels": {}}])
@@ -142,6 +136,21 @@ class LocalCluster:
         serve.run(app, name=APP_NAME, route_prefix=None, external_scaler_enabled=True)
         report("waiting for the gateway")
         self.wait_ready(ready_timeout_s)
+
+    def _init_local_ray(self, metrics_port: int) -> None:
+        import ray
+
+        ray.init(
+            address="local",
+            _metrics_export_port=metrics_port,
+            num_cpus=ray_cpus(self.cfg),
+            num_gpus=None,
+            object_store_memory=self.cfg.ray.object_store_memory,
+            include_dashboard=False,
+            _temp_dir=self._temp_dir,
+            log_to_driver=False,
+            runtime_env={"env_vars": dict(RAY_ENV)},
+        )
 
     def _gateway_env(self) -> dict[str, str]:
         """On a Ray cluster of your own (`ray.address`), the key env vars given to `owc serve`
@@ -204,6 +213,20 @@ def _ray_node_processes() -> list[psutil.Process]:
         except psutil.Error:
             continue
     return out
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in this process's environment for the duration only."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 class Interrupted(KeyboardInterrupt):

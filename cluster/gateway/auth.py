@@ -56,20 +56,24 @@ class KeyStore:
         return tenant
 
 
-def bearer_token(authorization: str | None) -> str:
+def _token(authorization: str | None) -> str | None:
+    """The token of `Bearer <token>`; None when the header is missing or not of that form."""
     if not authorization:
-        raise OpenAIError(401, "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise OpenAIError(401, "malformed Authorization header: expected 'Bearer <key>'", code="invalid_api_key")
-    return token.strip()
-
-
-def _token(authorization: str) -> str | None:
+        return None
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The bearer token, or the OpenAI 401 that says what is wrong with the header."""
+    token = _token(authorization)
+    if token is not None:
+        return token
+    if not authorization:
+        raise OpenAIError(401, "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
+    raise OpenAIError(401, "malformed Authorization header: expected 'Bearer <key>'", code="invalid_api_key")
 
 
 def parse_networks(items: Iterable[str]) -> list[Network]:
@@ -119,12 +123,13 @@ class Authenticator:
             if tenant:
                 return Principal(tenant, via="header")
         raw = headers.get(b"authorization")
-        token = _token(raw.decode("latin-1")) if raw is not None else None
+        authorization = raw.decode("latin-1") if raw is not None else None
+        token = _token(authorization)
         if token and (name := self._admin.lookup(token)) is not None:
             return Principal(name, admin=True)
         if not self.enabled:
             return Principal(ANONYMOUS, via="anonymous")
-        token = bearer_token(raw.decode("latin-1") if raw is not None else None)  # the 401 that says why
+        token = bearer_token(authorization)  # the 401 that says why
         if (tenant := self._keys.lookup(token)) is not None:
             return Principal(tenant)
         if self.jwt is not None and looks_like_jwt(token):

@@ -43,7 +43,8 @@ def hashed(entries: Mapping[str, str], *, source: str = "") -> dict[str, str]:
     plain = 0
     for key, name in entries.items():
         if not isinstance(key, str) or not key or not isinstance(name, str) or not name:
-            raise ValueError(f"{source or 'API keys'}: every entry must map a non-empty key to a non-empty name")
+            raise ValueError(f"{source or 'API keys'}: every entry must map a non-empty key (or its sha256:<hex>) to a "
+                             "non-empty name, as strings (quote keys YAML would read as numbers)")
         if is_hash(key):
             out[key.lower()] = name
         else:
@@ -54,19 +55,20 @@ def hashed(entries: Mapping[str, str], *, source: str = "") -> dict[str, str]:
     return out
 
 
-def read_key_file(path: str | Path) -> dict[str, str]:
-    """A keys file as `hash -> name` (YAML or JSON: a mapping, optionally under `keys:`)."""
-    p = Path(path).expanduser()
+def _file_entries(p: Path) -> dict:
+    """A keys file's entries as written (YAML or JSON: a mapping, optionally under `keys:`)."""
     data = yaml.safe_load(p.read_text()) or {}
     if isinstance(data, dict) and isinstance(data.get("keys"), dict):
         data = data["keys"]
     if not isinstance(data, dict):
         raise ValueError(f"{p}: expected a mapping of key hash -> name")
-    for k, v in data.items():
-        if not isinstance(k, str) or not isinstance(v, str) or not v:
-            raise ValueError(f"{p}: every entry must map a key (or its sha256:<hex>) to a name, as strings "
-                             f"(quote keys YAML would read as numbers)")
-    return hashed(data, source=str(p))
+    return data
+
+
+def read_key_file(path: str | Path) -> dict[str, str]:
+    """A keys file as `hash -> name`."""
+    p = Path(path).expanduser()
+    return hashed(_file_entries(p), source=str(p))
 
 
 def parse_env(raw: str, var: str) -> dict[str, str]:
@@ -83,12 +85,7 @@ def parse_env(raw: str, var: str) -> dict[str, str]:
 def add_to_file(path: str | Path, key_hash: str, name: str) -> None:
     """Add one hashed entry to a keys file (created with mode 0600), keeping the others."""
     p = Path(path).expanduser()
-    current: dict[str, str] = {}
-    if p.exists():
-        data = yaml.safe_load(p.read_text()) or {}
-        if isinstance(data, dict) and isinstance(data.get("keys"), dict):
-            data = data["keys"]
-        current = {str(k): str(v) for k, v in (data or {}).items()}
+    current = _file_entries(p) if p.exists() else {}
     current[key_hash] = name
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")

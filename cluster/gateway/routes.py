@@ -46,7 +46,7 @@ class RouteTable:
             @functools.wraps(handler)
             async def guarded(request: Request, **kwargs: Any) -> Response:
                 client = request.client.host if request.client else None
-                headers = {k: v for k, v in request.headers.raw}
+                headers = dict(request.headers.raw)
                 if access == "tenant":
                     request.state.tenant = self._auth.tenant(headers, client)
                 elif access == "admin":

@@ -123,9 +123,6 @@ class Routing:
     def max_retries(self, model: str) -> int:
         return self._routers[model].max_retries
 
-    def uses_prefix(self, model: str) -> bool:
-        return self._routers[model].uses_prefix
-
     def prefix_chars(self, model: str) -> int | None:
         """How much of the prompt the model's prefix key takes; None when no scorer reads it."""
         return self._routers[model].prefix_chars

@@ -23,8 +23,9 @@ PP_UNSUPPORTED = (
     "vLLM, so the other stages' GPUs would be reserved and unused; use tensor_parallel_size"
 )
 
-# engine_kwargs that would move the engine's door (owc's guard, its address): never from config.
-ENGINE_DOOR_KWARGS = frozenset({"api_key", "middleware", "host", "port"})
+# engine_kwargs that would move the engine's door (owc's guard, its address, or a vLLM config
+# file that could set either): never from config.
+ENGINE_DOOR_KWARGS = frozenset({"api_key", "middleware", "host", "port", "uds", "config"})
 
 __all__ = [
     "AccessLog", "Accelerator", "Autoscaling", "EngineNetwork", "GatewayConfig", "Limits", "ModelConfig", "Monitoring",
@@ -91,8 +92,12 @@ class ModelConfig(StrictModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="Weights/activations dtype.")
     engine_kwargs: dict[str, object] = Field(
         default_factory=dict,
-        description="Extra vLLM engine arguments by their Python names (e.g. max_num_seqs); "
-        "checked against vLLM's EngineArgs where vLLM is installed.",
+        description="vLLM engine and server (frontend) arguments by their Python names, as `vllm serve` "
+        "takes them: engine ones (max_num_seqs, async_scheduling) and server ones (tool_call_parser, "
+        "enable_auto_tool_choice, reasoning_parser) alike; true/false for flags, YAML maps for vLLM's JSON arguments "
+        "(compilation_config), null for vLLM's default. `owc config validate` checks names and values with vLLM's own parser where vLLM is "
+        "installed. owc's own settings (model, parallelism, max_model_len, dtype, the engine's address and key) "
+        "are refused.",
     )
     engine_env: dict[str, str] = Field(
         default_factory=dict, description="Environment variables for the engine process."

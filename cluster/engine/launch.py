@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from cluster.engine.args import RESERVED_KWARGS
+from cluster.engine.args import RESERVED_KWARGS, KwargError, kwargs_cli, settable_actions
 from cluster.process import Command, watch_parent
 
 
@@ -36,13 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     cli_env_setup()
     parser = make_arg_parser(FlexibleArgumentParser(prog="owc-engine"))
-    args = parser.parse_args(argv[split + 1:])
-    for key, value in json.loads(ns.kwargs).items():
-        if key in RESERVED_KWARGS:  # owc's own settings (the guard, the address): never replaced here
-            parser.error(f"engine argument {key!r} is set by owc")
-        if not hasattr(args, key):
-            parser.error(f"unknown engine argument {key!r}")
-        setattr(args, key, value)
+    args = server_namespace(parser, argv[split + 1:], json.loads(ns.kwargs))
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
     try:
@@ -52,6 +46,20 @@ def main(argv: list[str] | None = None) -> None:
         # still starting up when SIGTERM came) goes with this process group.
         if ns.parent_pid:
             os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def server_namespace(parser: argparse.ArgumentParser, owc_args: list[str], kwargs: dict[str, object]) -> argparse.Namespace:
+    """owc's server arguments, then engine_kwargs (engine and server arguments alike) in their
+    command-line form, through vLLM's parser: each is read as `vllm serve --flag value` would
+    read it (a bool switches --flag / --no-flag), which is what `owc config validate` checks."""
+    for key in kwargs:
+        if key in RESERVED_KWARGS:  # owc's own settings (the guard, the address): never replaced here
+            parser.error(f"engine argument {key!r} is set by owc")
+    try:
+        extra = kwargs_cli(kwargs, settable_actions(parser))
+    except KwargError as e:
+        parser.error(f"engine argument {e}")
+    return parser.parse_args([*owc_args, *extra])
 
 
 def vllm_command(*, cli_args: list[str], kwargs_json: str, env: dict[str, str]) -> Command:

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from cluster.config import ConfigError, load_config, parse_config
-from cluster.engine.args import check_engine_kwargs, vllm_engine_arg_names
+from cluster.engine.args import check_engine_kwargs, vllm_engine_arg_names, vllm_server_args
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = sorted((REPO / "deploy").glob("*.yaml"))
@@ -22,7 +22,7 @@ def test_embedded_default_is_the_local_cpu_demo():
 def test_every_deploy_example_validates(path):
     cfg = load_config(path)
     assert cfg.models
-    known = vllm_engine_arg_names()
+    known = vllm_server_args()  # engine and server arguments, names and values (None: no vLLM)
     for m in cfg.models.values():
         assert check_engine_kwargs(m.engine_kwargs, known) == []
 
@@ -85,7 +85,8 @@ def test_unknown_file_and_bad_yaml(tmp_path):
     "kwargs, known, problems",
     [
         ({"max_num_seqs": 4}, frozenset({"max_num_seqs"}), []),
-        ({"max_num_seq": 4}, frozenset({"max_num_seqs"}), ["max_num_seq: not a vLLM engine argument"]),
+        ({"max_num_seq": 4}, frozenset({"max_num_seqs"}),
+         ["max_num_seq: not a vLLM engine argument or server argument (did you mean max_num_seqs?)"]),
         ({"tensor_parallel_size": 2}, None, ["tensor_parallel_size: set by owc from the model's own fields; not an engine_kwarg"]),
         ({"anything": 1}, None, []),  # vLLM not installed: names cannot be checked
     ],
@@ -98,8 +99,9 @@ def test_engine_kwargs_checked_against_real_vllm_when_installed():
     known = vllm_engine_arg_names()
     if known is None:
         pytest.skip("vLLM not installed")
-    assert {"max_num_seqs", "enforce_eager", "kv_cache_memory_bytes"} <= known
-    assert check_engine_kwargs({"max_num_seqz": 1}, known) == ["max_num_seqz: not a vLLM engine argument"]
+    assert {"max_num_seqs", "enforce_eager", "kv_cache_memory_bytes", "tool_call_parser"} <= known
+    assert check_engine_kwargs({"max_num_seqz": 1}, vllm_server_args()) == [
+        "max_num_seqz: not a vLLM engine argument or server argument (did you mean max_num_seqs?)"]
 
 
 def test_resolve_aliases():

@@ -43,6 +43,12 @@ class TenantConfig(StrictModel):
     adapters: list[str] | None = Field(
         None, description="LoRA adapters this tenant may use (None: all of its models' adapters); others answer 403.",
     )
+    max_n: int | None = Field(None, ge=1, le=128, description="This tenant's `n` cap (default: gateway.limits.max_n).")
+    max_best_of: int | None = Field(None, ge=1, description="This tenant's `best_of` cap (default: gateway.limits).")
+    max_prompts: int | None = Field(None, ge=1, description="This tenant's prompt-list cap (default: gateway.limits).")
+    max_output_tokens: int | None = Field(
+        None, ge=1, description="This tenant's output-token cap (default: gateway.limits.max_output_tokens).",
+    )
 
 
 TenantLimits = TenantConfig  # the section's earlier name

@@ -12,9 +12,45 @@ from cluster.config.routing import RoutingStats
 
 
 class Limits(StrictModel):
+    """What one client may hold or ask for. The connection bounds apply per gateway process,
+    before any credential is read; the request caps are defaults a tenant may override."""
+
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (bytes); larger is 413.")
     request_timeout_s: float = Field(600.0, gt=0, description="Upper bound on one request's total time (seconds).")
     connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to open a connection to an engine replica.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a client has to send a request's headers, from its connection (or its "
+        "request's first byte); slower is 408 and the connection is closed.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds a client has to send a request's body once its headers are in; slower is "
+        "408 and the connection is closed.",
+    )
+    keepalive_timeout_s: float = Field(
+        75.0, gt=0, description="Seconds an idle keep-alive connection stays open (above the common 60 s idle "
+        "timeout of load balancers in front, so they close first).",
+    )
+    max_header_bytes: int = Field(
+        32 << 10, ge=1024, le=1 << 20, description="Largest request line plus headers (bytes); larger is 431 and "
+        "the connection is closed.",
+    )
+    max_connections: int | None = Field(
+        None, ge=1, description="Client connections one gateway process holds at once; None: half of the process's "
+        "open-file limit (raised to its hard limit at start) less a reserve, since each request also holds an engine "
+        "connection. At the bound the oldest idle connection is closed for a new one; with none idle the new one gets "
+        "503 with Retry-After.",
+    )
+    auth_failures_per_minute: float = Field(
+        60.0, gt=0, description="Failed authentications one client address may make per minute (sustained); beyond "
+        "it its failed attempts get 429 with Retry-After. Valid credentials from the same address are never refused.",
+    )
+    auth_failures_burst: int = Field(20, ge=1, description="Failed authentications allowed at once above the rate.")
+    max_n: int = Field(16, ge=1, le=128, description="Largest `n` (choices per request); tenants may override.")
+    max_best_of: int = Field(16, ge=1, description="Largest `best_of` (completions); tenants may override.")
+    max_prompts: int = Field(64, ge=1, description="Most prompts in one completions request's prompt list.")
+    max_output_tokens: int = Field(
+        32768, ge=1, description="Largest max_tokens / max_completion_tokens / max_output_tokens; tenants may override.",
+    )
 
 
 class AccessLog(StrictModel):
@@ -49,6 +85,10 @@ class GatewayConfig(StrictModel):
     )
     admin_keys_env: str | None = Field(
         "OWC_ADMIN_KEYS", description="Environment variable holding admin `key=name` pairs; merged with the file.",
+    )
+    keys_reload_s: float = Field(
+        5.0, gt=0, description="Seconds between checks of the keys files (and the JWKS file) for changes; a changed "
+        "file is reloaded without a restart (also on SIGHUP). A file that fails to load keeps the keys in force.",
     )
     jwt: JwtConfig | None = Field(None, description="Accept tenants from JWTs an upstream API gateway signs.")
     tenant_header: str | None = Field(

@@ -9,12 +9,15 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 
 import orjson
 
 from cluster.config.schema import OwcConfig
 from cluster.gateway.accounting import UNKNOWN, Accounting, Settled
 from cluster.gateway.auth import Authenticator, allowed
+from cluster.gateway.caps import CapTable
+from cluster.gateway.connections import CLOSED_KEY
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.forwarder import ClientGone, Forwarder
@@ -29,6 +32,22 @@ ROUTES: dict[str, type] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
 }
+
+
+# A client's X-Request-Id reaches the engine, the response and the access log: bounded and
+# plain (UUIDs, ULIDs, base64, W3C trace ids fit).
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._~:/+=@-]{1,128}")
+
+
+def client_request_id(headers: dict[bytes, bytes]) -> str | None:
+    """The client's request id, None when it sent none; a 400 when it is not plain."""
+    raw = headers.get(b"x-request-id")
+    if not raw:
+        return None
+    if not REQUEST_ID.fullmatch(raw):
+        raise OpenAIError(400, "X-Request-Id must be 1-128 characters of A-Z a-z 0-9 . _ ~ : / + = @ -",
+                          code="invalid_request_id")
+    return raw.decode("ascii")
 
 
 async def read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:
@@ -78,6 +97,7 @@ class Admission:
         self._limiter = limiter or TenantLimiter(config.gateway.tenants)
         self._tracer = tracer
         self._limit = config.gateway.limits.max_body_bytes
+        self._caps = CapTable(config.gateway.limits, config.gateway.tenants)
         # Request ids: a random per-process prefix and a counter (uuid4 per request costs a
         # getrandom syscall on the hot path); unique across gateway processes.
         self._id_prefix = os.urandom(8).hex()
@@ -86,11 +106,12 @@ class Admission:
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
         route = scope["path"]
         headers = dict(scope["headers"])
-        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1") or f"{self._id_prefix}{next(self._ids):016x}"
+        request_id = f"{self._id_prefix}{next(self._ids):016x}"
         span = self._tracer.server_span(route, headers) if self._tracer else None
         delivery = Delivery()
         tenant, job, data, status = UNKNOWN, None, None, 0
         try:
+            request_id = client_request_id(headers) or request_id
             client = scope.get("client")
             tenant = self._auth.tenant(headers, client[0] if client else None)
             ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
@@ -98,7 +119,9 @@ class Admission:
                 raise OpenAIError(415, "Content-Type must be application/json", code="unsupported_media_type")
             body = await read_body(headers, receive, self._limit)
             data = parse_json(body)
-            job = self._job(route, validate(data, ROUTES[route]), data, body,
+            req = validate(data, ROUTES[route])
+            self._caps.check(tenant, data)
+            job = self._job(route, req, data, body,
                             headers=headers, tenant=tenant, request_id=request_id, span=span)
             release = self._limiter.admit(tenant)
             try:
@@ -112,7 +135,8 @@ class Admission:
                 self._metrics.rejections.labels(job.model if job else UNKNOWN, err.code).inc()
             await send_error(send, err, request_id)
         except ClientGone:
-            status = CLIENT_CLOSED
+            # The connection layer ended a request whose body came too slowly (it answered 408).
+            status = 408 if scope.get(CLOSED_KEY) == "body_timeout" else CLIENT_CLOSED
         except Exception:  # a gateway bug: still an OpenAI-shaped answer if none has started
             log.exception("request %s failed in the gateway", request_id)
             status = delivery.status

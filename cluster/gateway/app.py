@@ -5,6 +5,7 @@ on each process's own port (``metrics_app``), never on the API port."""
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from cluster.gateway.access_log import AccessLog
 from cluster.gateway.accounting import Accounting
 from cluster.gateway.admission import ROUTES, Admission, send_error
 from cluster.gateway.auth import Authenticator
+from cluster.gateway.connections import Bounds, ConnectionGuard
 from cluster.gateway.engine_client import EngineClient
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.forwarder import Forwarder
@@ -53,12 +55,21 @@ def build_app(
     stats_poller: StatsPoller | None = None,
     poll_stats: bool = True,
     engine_key: str | None = None,
+    open_files: int | None = None,
 ) -> GatewayApp:
     """``routing``, ``access_log``, ``tracer`` and the stats poller default to what the
-    config asks for; ``engine_key`` goes with every call to an engine."""
+    config asks for; ``engine_key`` goes with every call to an engine; ``open_files``: the
+    process's open-file limit the connection bound is derived from (default: its soft limit)."""
     gw = config.gateway
     routing = routing or build_routing(config)
     metrics = GatewayMetrics(registry, replicas=lambda: replica_counts(config, endpoints, routing))
+    open_files = open_files or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    connections = ConnectionGuard(Bounds.from_limits(gw.limits, open_files),
+                                  on_close=lambda reason: metrics.connections_closed.labels(reason).inc())
+    metrics.connections.set_function(lambda: connections.live)
+    auth.on_failure = metrics.auth_failed
+    if auth.reloader is not None:
+        auth.reloader.on_result = lambda keys, result: metrics.key_reloads.labels(keys, result).inc()
     if stats_poller is None and poll_stats:
         stats_poller = StatsPoller(
             endpoints=lambda: [e for n in config.models for e in endpoints.endpoints(n)], store=routing.stats,
@@ -85,9 +96,13 @@ def build_app(
             await stats_poller.start()
         if auth.jwt is not None:
             await auth.jwt.start()
+        if auth.reloader is not None:
+            await auth.reloader.start()
         try:
             yield
         finally:
+            if auth.reloader is not None:
+                await auth.reloader.stop()
             if auth.jwt is not None:
                 await auth.jwt.stop()
             if stats_poller is not None:
@@ -120,16 +135,18 @@ def build_app(
 
     table = RouteTable(app, auth, audit=access_log.write if access_log is not None else None)
     add_routes(table, config=config, endpoints=endpoints, routing=routing, clock=clock)
-    return GatewayApp(api=app, admission=admission, table=table)
+    return GatewayApp(api=app, admission=admission, table=table, connections=connections)
 
 
 class GatewayApp:
-    """ASGI entry: the generation routes go to admission, everything else to FastAPI."""
+    """ASGI entry: the generation routes go to admission, everything else to FastAPI.
+    ``connections``: the bounds the HTTP server applies to this app's connections."""
 
-    def __init__(self, *, api: FastAPI, admission: Admission, table: RouteTable):
+    def __init__(self, *, api: FastAPI, admission: Admission, table: RouteTable, connections: ConnectionGuard):
         self.api = api
         self._admission = admission
         self._table = table
+        self.connections = connections
 
     def route_table(self) -> list[Route]:
         """Every route this app serves, with its access class."""

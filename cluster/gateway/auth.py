@@ -10,12 +10,14 @@ malformed or unknown credential."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cluster.config.schema import GatewayConfig, TenantConfig
+from cluster.gateway.auth_throttle import FailedAuthLimiter, client_address, is_trusted
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.jwt_auth import JwtVerifier, looks_like_jwt
+from cluster.gateway.key_reload import KeyReloader, Watched, jwks_reload, key_table_reload
 from cluster.gateway.keys import KeyTable, hashed
 
 ANONYMOUS = "anonymous"
@@ -42,6 +44,10 @@ class KeyStore:
     @property
     def enabled(self) -> bool:
         return bool(self._table)
+
+    @property
+    def table(self) -> KeyTable:
+        return self._table
 
     def lookup(self, key: str) -> str | None:
         return self._table.lookup(key)
@@ -80,22 +86,41 @@ def parse_networks(items: Iterable[str]) -> list[Network]:
     return [ipaddress.ip_network(i, strict=False) for i in items]
 
 
+# Observes each failed authentication: (the 401's code, whether the address was throttled).
+FailureHook = Callable[[str, bool], None]
+
+
 class Authenticator:
     def __init__(self, *, keys: KeyStore, admin_keys: KeyTable | None = None, jwt: JwtVerifier | None = None,
-                 tenant_header: str | None = None, trusted_proxies: Sequence[Network] = ()):
+                 tenant_header: str | None = None, trusted_proxies: Sequence[Network] = (),
+                 throttle: FailedAuthLimiter | None = None, reloader: KeyReloader | None = None):
         self._keys = keys
-        self._admin = admin_keys or KeyTable({})
+        self._admin = admin_keys if admin_keys is not None else KeyTable({})
         self.jwt = jwt
         self._header = tenant_header.lower().encode() if tenant_header else None
         self._trusted = list(trusted_proxies)
+        self._throttle = throttle
+        self.reloader = reloader
+        self.on_failure: FailureHook = lambda code, throttled: None
 
     @classmethod
     def from_config(cls, gw: GatewayConfig, *, environ: Mapping[str, str] | None = None) -> Authenticator:
+        keys = KeyStore.load(file=gw.api_keys_file, env_var=gw.api_keys_env, environ=environ)
+        admin = KeyTable.load(files=[gw.admin_keys_file], env_var=gw.admin_keys_env, environ=environ)
+        jwt = JwtVerifier.from_config(gw.jwt) if gw.jwt else None
+        watched = [
+            Watched("api_keys", [f for f in [gw.api_keys_file] if f],
+                    key_table_reload(keys.table, files=[gw.api_keys_file], env_var=gw.api_keys_env)),
+            Watched("admin_keys", [f for f in [gw.admin_keys_file] if f],
+                    key_table_reload(admin, files=[gw.admin_keys_file], env_var=gw.admin_keys_env)),
+        ]
+        if jwt is not None and gw.jwt.jwks_file:
+            watched.append(Watched("jwks", [gw.jwt.jwks_file], jwks_reload(jwt, gw.jwt.jwks_file)))
         return cls(
-            keys=KeyStore.load(file=gw.api_keys_file, env_var=gw.api_keys_env, environ=environ),
-            admin_keys=KeyTable.load(files=[gw.admin_keys_file], env_var=gw.admin_keys_env, environ=environ),
-            jwt=JwtVerifier.from_config(gw.jwt) if gw.jwt else None,
+            keys=keys, admin_keys=admin, jwt=jwt,
             tenant_header=gw.tenant_header, trusted_proxies=parse_networks(gw.trusted_proxies),
+            throttle=FailedAuthLimiter(per_minute=gw.limits.auth_failures_per_minute, burst=gw.limits.auth_failures_burst),
+            reloader=KeyReloader(watched, period_s=gw.keys_reload_s),
         )
 
     @property
@@ -103,22 +128,34 @@ class Authenticator:
         """Some tenant credential is configured (what binding beyond loopback needs)."""
         return self._keys.enabled or self.jwt is not None or self._header is not None
 
-    def _trusted_client(self, client: str | None) -> bool:
-        if not client or not self._trusted:
-            return False
-        try:
-            addr = ipaddress.ip_address(client)
-        except ValueError:
-            return False
-        return any(addr in net for net in self._trusted)
+    def client_address(self, headers: Mapping[bytes, bytes], client: str | None) -> str | None:
+        """The real client's address (behind trusted proxies, from X-Forwarded-For)."""
+        return client_address(headers, client, self._trusted)
 
     def principal(self, headers: Mapping[bytes, bytes], client: str | None) -> Principal:
-        """Who sent the request (ASGI headers, lower-case names); raises the OpenAI 401.
+        """Who sent the request (ASGI headers, lower-case names); raises the OpenAI 401, or
+        a 429 when the client's address has failed too often (cluster.gateway.auth_throttle).
 
         Order: the trusted header (from a trusted proxy only), then the bearer token as an
         admin key, a tenant key, a JWT. With no tenant credential configured, anything
         but an admin key is ``anonymous``."""
-        if self._header is not None and self._trusted_client(client):
+        try:
+            return self._identify(headers, client)
+        except OpenAIError as err:
+            if err.status != 401:
+                raise
+            wait = self._throttle.failed(self.client_address(headers, client)) if self._throttle else 0.0
+            self.on_failure(err.code or "invalid_api_key", wait > 0)
+            if wait > 0:
+                raise OpenAIError(
+                    429, "too many failed authentications from this address; retry later",
+                    type="rate_limit_error", code="too_many_auth_failures",
+                    headers={"Retry-After": FailedAuthLimiter.retry_after(wait)},
+                ) from None
+            raise
+
+    def _identify(self, headers: Mapping[bytes, bytes], client: str | None) -> Principal:
+        if self._header is not None and is_trusted(client, self._trusted):
             tenant = headers.get(self._header, b"").decode("latin-1").strip()
             if tenant:
                 return Principal(tenant, via="header")

@@ -11,6 +11,7 @@ is how an engine request is aborted: vLLM aborts a request whose client went awa
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 
@@ -26,6 +27,9 @@ from cluster.routing.filters import QueueFull
 from cluster.routing.keys import prefix_key, session_key
 from cluster.routing.router import NoReplica, Routing
 from cluster.routing.types import RequestInfo
+
+log = logging.getLogger(__name__)
+ENGINE_LOST = "the engine replica's connection broke before it answered; retry"
 
 
 class ClientGone(Exception):
@@ -162,7 +166,7 @@ class Forwarder:
                 raise OpenAIError(429, f"{e}; retry shortly", code="queue_full", headers=RETRY_SOON) from None
             except NoReplica:
                 if lost is not None:
-                    raise OpenAIError(502, f"engine connection broke: {lost}", code="engine_connection_lost") from None
+                    raise OpenAIError(502, ENGINE_LOST, code="engine_connection_lost") from None
                 raise OpenAIError(503, "no engine replica of this model is reachable; retry shortly",
                                   code="no_healthy_replica", headers=RETRY_SOON) from None
             finally:
@@ -190,13 +194,15 @@ class Forwarder:
                     raise
                 routing.failed(rid)
                 reason = "connect_refused" if isinstance(e, ConnectFailed) else "engine_lost"
+                # The detail names the engine's address: the log has it, the client does not.
+                log.warning("request %s: replica %s failed before its first byte: %s", job.request_id, rid, e)
                 if reason == "engine_lost":
-                    lost = str(e)
+                    lost = reason
                 if delivery.retries >= routing.max_retries(info.model):
                     if reason == "engine_lost":
-                        raise OpenAIError(502, f"engine connection broke: {e}", code="engine_connection_lost") from None
-                    raise OpenAIError(503, f"no engine replica reachable: {e}", code="no_healthy_replica",
-                                      headers=RETRY_SOON) from None
+                        raise OpenAIError(502, ENGINE_LOST, code="engine_connection_lost") from None
+                    raise OpenAIError(503, "no engine replica of this model is reachable; retry shortly",
+                                      code="no_healthy_replica", headers=RETRY_SOON) from None
                 delivery.retry_reasons.append(reason)
 
     async def _wait_for_replica(self, model: str, timeout_s: float, receive: Receive) -> list[Endpoint]:

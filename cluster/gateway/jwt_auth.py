@@ -38,7 +38,7 @@ class JwtVerifier:
         self._keys: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
         if jwks is not None:
-            self._set(jwks)
+            self.set_jwks(jwks)
 
     @classmethod
     def from_config(cls, cfg: Any) -> JwtVerifier:
@@ -47,7 +47,7 @@ class JwtVerifier:
                    algorithms=list(cfg.algorithms), jwks=jwks, jwks_url=cfg.jwks_url, leeway_s=cfg.leeway_s,
                    refresh_s=cfg.jwks_refresh_s)
 
-    def _set(self, jwks: Any) -> None:
+    def set_jwks(self, jwks: Any) -> None:
         if not isinstance(jwks, dict):
             raise ValueError("a JWKS is a JSON object with a `keys` list")
         keys = {k.key_id: k for k in PyJWKSet.from_dict(jwks).keys if k.key_id and (k.public_key_use in (None, "sig"))}
@@ -61,7 +61,7 @@ class JwtVerifier:
         async with httpx.AsyncClient(timeout=10) as client:
             resp = await client.get(self._url)
             resp.raise_for_status()
-            self._set(resp.json())
+            self.set_jwks(resp.json())
 
     async def _loop(self) -> None:
         while True:

@@ -122,3 +122,8 @@ class KeyTable:
 
     def lookup(self, key: str) -> str | None:
         return self._by_hash.get(hash_key(key))
+
+    def replace(self, other: KeyTable) -> None:
+        """Take ``other``'s entries (a reload): one reference swap, so a lookup sees the
+        old table or the new one, never a mix."""
+        self._by_hash = other._by_hash

@@ -6,6 +6,7 @@ process (no Ray threads sharing its GIL)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import sys
@@ -16,9 +17,13 @@ from cluster.config.loader import load_config
 from cluster.config.schema import GatewayConfig, ModelConfig, OwcConfig
 from cluster.engine.guard import ENGINE_KEY_ENV
 from cluster.gateway.app import build_app, metrics_app
+from cluster.gateway.connections import ConnectionGuard, raise_open_file_limit
 from cluster.discovery.sources import FileEndpoints, StaticEndpoints
 from cluster.gateway.server import UnsafeBindError, auth_for_bind, bind_socket, make_server, serve
 from cluster.process import watch_parent
+
+
+METRICS_CONNECTIONS = 64  # scrapers, not clients
 
 
 def parse_upstreams(items: list[str]) -> dict[str, list[str]]:
@@ -41,12 +46,15 @@ def run(
     source = FileEndpoints(endpoints_file) if endpoints_file else StaticEndpoints(upstreams or {})
     registry = CollectorRegistry()
     key = engine_key if engine_key is not None else os.environ.get(ENGINE_KEY_ENV) or None
-    app = build_app(config=cfg, endpoints=source, auth=auth, registry=registry, engine_key=key)
+    open_files = raise_open_file_limit()  # the connection bound is derived from it
+    app = build_app(config=cfg, endpoints=source, auth=auth, registry=registry, engine_key=key, open_files=open_files)
     api_socket = bind_socket(cfg.gateway.host, cfg.gateway.port)
     metrics_port = metrics_port or cfg.gateway.metrics_port
     # This process's own metrics port, so that Prometheus scrapes each gateway process (the
     # shared API port lands on any one of them); a metrics-only app, not a second API door.
-    side = make_server(metrics_app(registry), side=True) if metrics_port else None
+    # The metrics port gets the same deadlines and a small connection bound of its own.
+    side_bounds = dataclasses.replace(app.connections.bounds, max_connections=METRICS_CONNECTIONS)
+    side = make_server(metrics_app(registry), side=True, connections=ConnectionGuard(side_bounds)) if metrics_port else None
     side_socket = bind_socket(cfg.gateway.host, metrics_port, shared=False) if metrics_port else None
     # What exists now lives as long as the process: keep it out of every later collection,
     # so that an oldest-generation pass scans only what requests allocate (~88k objects fewer;
@@ -56,7 +64,7 @@ def run(
 
     import uvloop
 
-    uvloop.run(serve(make_server(app), api_socket, side=side, side_socket=side_socket))
+    uvloop.run(serve(make_server(app, connections=app.connections), api_socket, side=side, side_socket=side_socket))
 
 
 def config_for_upstreams(urls: dict[str, list[str]], cfg: OwcConfig | None, host: str, port: int) -> OwcConfig:

@@ -20,6 +20,10 @@ REJECTION_REASONS = ("rate_limit_exceeded", "concurrency_limit_exceeded", "queue
 # first response byte. Either way the client had received nothing.
 RETRY_REASONS = ("connect_refused", "engine_lost")
 DECISION_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2)
+# Why the connection bounds (cluster.gateway.connections) closed or refused a connection.
+CONNECTION_CLOSE_REASONS = ("header_timeout", "body_timeout", "header_too_large", "evicted", "over_capacity")
+AUTH_FAILURE_CODES = ("missing_api_key", "invalid_api_key")
+KEY_FILES = ("api_keys", "admin_keys", "jwks")
 PLUGIN_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3)
 
 
@@ -110,9 +114,41 @@ class GatewayMetrics:
             buckets=PLUGIN_BUCKETS,
             registry=registry,
         )
+        self.connections = Gauge(
+            "owc_connections", "Client connections this gateway process holds now.", registry=registry,
+        )
+        self.connections_closed = Counter(
+            "owc_connections_closed",
+            "Client connections the gateway's bounds closed or refused, by reason (header_timeout, body_timeout, "
+            "header_too_large, evicted: idle and closed for a new one, over_capacity: refused with 503).",
+            ["reason"],
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            "owc_auth_failures",
+            "Failed authentications, by the 401's code and whether the client's address was over its failure "
+            "budget (answered 429 instead).",
+            ["code", "throttled"],
+            registry=registry,
+        )
+        self.key_reloads = Counter(
+            "owc_key_reloads", "Reloads of changed credential files, by file and result (ok, failed).",
+            ["keys", "result"], registry=registry,
+        )
+        for reason in CONNECTION_CLOSE_REASONS:
+            self.connections_closed.labels(reason)
+        for keys in KEY_FILES:
+            for result in ("ok", "failed"):
+                self.key_reloads.labels(keys, result)
+        for code in AUTH_FAILURE_CODES:
+            for throttled in ("false", "true"):
+                self.auth_failures.labels(code, throttled)
         self._plugin_children: dict[str, object] = {}
         if replicas is not None:
             registry.register(_ReplicaCollector(replicas))
+
+    def auth_failed(self, code: str, throttled: bool) -> None:
+        self.auth_failures.labels(code, "true" if throttled else "false").inc()
 
     def observe_plugin(self, plugin: str, seconds: float) -> None:
         child = self._plugin_children.get(plugin)

@@ -12,6 +12,7 @@ import uvicorn
 
 from cluster.config.schema import GatewayConfig
 from cluster.gateway.auth import Authenticator
+from cluster.gateway.connections import ConnectionGuard, protocol_factory
 
 
 class UnsafeBindError(RuntimeError):
@@ -60,15 +61,18 @@ class _SideServer(uvicorn.Server):
         yield
 
 
-def make_server(app, *, log_level: str = "warning", side: bool = False) -> uvicorn.Server:
+def make_server(app, *, log_level: str = "warning", side: bool = False,
+                connections: ConnectionGuard | None = None) -> uvicorn.Server:
+    """``connections``: the bounds on client connections (cluster.gateway.connections);
+    the API server has them, the metrics side server (Prometheus only) does not."""
     config = uvicorn.Config(
         app,
-        http="httptools",
+        http=protocol_factory(connections) if connections is not None else "httptools",
         lifespan="off" if side else "on",
         access_log=False,
         proxy_headers=False,
         log_level=log_level,
-        timeout_keep_alive=30,
+        timeout_keep_alive=connections.bounds.keepalive_timeout_s if connections is not None else 30,
         timeout_graceful_shutdown=5,
     )
     return _SideServer(config) if side else uvicorn.Server(config)

@@ -5,6 +5,8 @@ engine read and the client write."""
 
 from __future__ import annotations
 
+import logging
+
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +16,9 @@ import orjson
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Send
 from cluster.gateway.engine_client import EngineError, Response
 from cluster.gateway.errors import OpenAIError, from_upstream, sse_error_event
+
+
+log = logging.getLogger(__name__)
 
 
 async def respond(
@@ -106,7 +111,8 @@ async def _relay_stream(
         if timed_out():
             delivery.status, err = 504, OpenAIError(504, "engine did not finish in time", code="engine_timeout")
         else:
-            delivery.status, err = 502, OpenAIError(502, f"engine stream broke: {e}", code="engine_stream_broken")
+            log.warning("request %s: the engine's stream broke: %s", job.request_id, e)  # its address: not for the client
+            delivery.status, err = 502, OpenAIError(502, "the engine's stream broke", code="engine_stream_broken")
             on_broken()
         await send({"type": "http.response.body", "body": sse_error_event(err), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

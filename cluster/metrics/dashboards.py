@@ -63,6 +63,12 @@ OVERVIEW = Dashboard(
         _p("Retries by reason", (f"sum by (model, reason) (rate(owc_retries_total{{{M}}}[$__rate_interval]))", "{{model}} {{reason}}"), unit="reqps"),
         _p("Routing decisions by policy", (f"sum by (model, policy) (rate(owc_routing_decisions_total{{{M}}}[$__rate_interval]))", "{{model}} {{policy}}"), unit="ops"),
         _p("Routing decision time p99", ("histogram_quantile(0.99, sum by (policy, le) (rate(owc_routing_decision_seconds_bucket[$__rate_interval])))", "{{policy}}"), unit="s"),
+        _p("Failed authentications", ("sum by (code, throttled) (rate(owc_auth_failures_total[$__rate_interval]))", "{{code}} throttled={{throttled}}"),
+           unit="ops", description="401s by code; throttled=true: the client's address was over its failure budget and got 429."),
+        _p("Client connections: held, and closed by the bounds", ("sum(owc_connections)", "held"),
+           ("sum by (reason) (rate(owc_connections_closed_total[$__rate_interval]))", "closed: {{reason}}"),
+           description="Held: all gateway processes. Closed per second by reason: deadlines (408), header size (431), "
+           "evicted idle at the connection bound, refused over capacity (503)."),
     ),
 )
 

@@ -349,3 +349,16 @@ def test_controller_objects_scale_only_their_rayservice():
                        timeout=60, env={**os.environ, "COLUMNS": "200"})
     for flag in [a for a in args if a.startswith("--")]:
         assert flag in r.stdout, flag
+
+
+def test_the_keys_secret_is_mounted_whole_so_a_rotation_reaches_running_gateways():
+    """kubelet updates a mounted Secret in place (the gateway reloads the changed file:
+    gateway.keys_reload_s) — except where it is mounted with subPath, which never updates."""
+    docs = rendered(CHART / "ci" / "defaults-values.yaml")
+    groups = next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    mounts = [m for g in groups for c in g["template"]["spec"]["containers"] for m in c.get("volumeMounts", [])
+              if m["name"] == "api-keys"]
+    assert mounts and all("subPath" not in m for m in mounts)
+    serve = yaml.safe_load(next(d for d in docs if d["kind"] == "RayService")["spec"]["serveConfigV2"])
+    gw = serve["applications"][0]["args"]["config"]["gateway"]
+    assert gw["api_keys_file"].startswith(mounts[0]["mountPath"] + "/")

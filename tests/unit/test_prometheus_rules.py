@@ -67,6 +67,16 @@ CASES = {
         [("owc_controller_last_reconcile_timestamp_seconds", "0+60x20")],
         "15m", {}, "the capacity controller has not reconciled for 15m 0s",
     ),
+    "OwcAuthFailureSpike": (
+        [('owc_auth_failures_total{instance="g:1",code="invalid_api_key",throttled="true"}', "0+300x30")],
+        [('owc_auth_failures_total{instance="g:1",code="invalid_api_key",throttled="false"}', "0+6x30")],
+        "25m", {"instance": "g:1"}, "gateway g:1: 5 failed authentications/s",
+    ),
+    "OwcConnectionsRefused": (
+        [('owc_connections_closed_total{instance="g:1",reason="over_capacity"}', "0+120x30")],
+        [('owc_connections_closed_total{instance="g:1",reason="header_timeout"}', "0+120x30")],
+        "20m", {"instance": "g:1"}, "gateway g:1: 2 connections/s closed or refused at the connection bound",
+    ),
     "OwcScrapeTargetDown": (
         [('up{job="owc-engine",instance="e:1"}', "0x10")],
         [('up{job="owc-engine",instance="e:1"}', "1x10")],

@@ -73,8 +73,9 @@ class ModelConfig(StrictModel):
     source: str = Field(
         ...,
         min_length=1,
-        description="Weights: a local directory, a hub id (GPU users with network), or "
-        "`demo:tiny-llama` for the model owc builds locally with random weights.",
+        description="Weights: a local directory, a hub id (GPU users with network), or a model owc builds "
+        "locally, offline: `demo:tiny-llama` (random weights) or `demo:tiny-gpt-oss` (a tiny gpt-oss whose "
+        "weights follow the harmony frame: reasoning, final answer, tool calls).",
     )
     aliases: list[str] = Field(default_factory=list, description="Other names that select this model.")
     adapters: list[str] = Field(

@@ -1,7 +1,10 @@
-"""Build the embedded demo model: a tiny Llama with random weights and a locally trained
-byte-level BPE tokenizer. Nothing is downloaded; the same seed gives the same files.
+"""Build the embedded demo models. Nothing is downloaded; the same seed gives the same files.
 
-Used by `owc demo-model DIR` and by `source: demo:tiny-llama` in a config.
+- `tiny-llama`: a tiny Llama with random weights and a locally trained byte-level BPE tokenizer.
+- `tiny-gpt-oss`: a tiny `GptOssForCausalLM` with the o200k/harmony tokenizer and weights shaped
+  so that greedy decoding follows the harmony frame (see `cluster.engine.demo_gptoss`).
+
+Used by `owc demo-model [--name NAME] DIR` and by `source: demo:NAME` in a config.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 DEMO_SCHEME = "demo:"
-DEMO_MODELS = ("tiny-llama",)
+DEMO_MODELS = ("tiny-llama", "tiny-gpt-oss")
 _MARKER = "owc-demo.json"
 _BUILD_VERSION = 1
 
@@ -83,39 +86,24 @@ def build_demo_model(out_dir: str | Path, name: str = "tiny-llama", *, seed: int
     if marker.exists():
         try:
             meta = json.loads(marker.read_text())
-            if meta.get("name") == name and meta.get("version") == _BUILD_VERSION:
+            if meta.get("name") == name and meta.get("version") == _build_version(name):
                 return out
         except ValueError:
             pass
     if name not in DEMO_MODELS:
         raise ValueError(f"unknown demo model {name!r}")
 
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        tokenizer = _train_tokenizer(vocab_size=2048)
-        tokenizer.save_pretrained(tmp)
-        torch.manual_seed(seed)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=256,
-            intermediate_size=512,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=False,
-            torch_dtype="float32",
-        )
-        model = LlamaForCausalLM(config)
-        model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / _MARKER).write_text(json.dumps({"name": name, "version": _BUILD_VERSION, "seed": seed}))
+        if name == "tiny-gpt-oss":
+            from cluster.engine.demo_gptoss import write_tiny_gptoss
+
+            write_tiny_gptoss(tmp, seed)
+        else:
+            _write_tiny_llama(tmp, seed)
+        meta = {"name": name, "version": _build_version(name), "seed": seed}
+        (tmp / _MARKER).write_text(json.dumps(meta))
         if out.exists():
             shutil.rmtree(out)
         tmp.chmod(0o755)
@@ -124,6 +112,39 @@ def build_demo_model(out_dir: str | Path, name: str = "tiny-llama", *, seed: int
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _build_version(name: str) -> int:
+    if name == "tiny-gpt-oss":
+        from cluster.engine.demo_gptoss import BUILD_VERSION
+
+        return BUILD_VERSION
+    return _BUILD_VERSION
+
+
+def _write_tiny_llama(tmp: Path, seed: int) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _train_tokenizer(vocab_size=2048)
+    tokenizer.save_pretrained(tmp)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(tmp, safe_serialization=True)
 
 
 def resolve_source(source: str, cache_dir: str | Path) -> str:

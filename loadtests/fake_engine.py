@@ -24,6 +24,7 @@ from cluster.config.schema import ModelConfig
 from cluster.engine.guard import ENGINE_KEY_ENV, authorized, bearer
 from cluster.process import Command, watch_parent
 
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
@@ -83,6 +84,7 @@ class FakeEngine:
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/responses", self.responses)
         return app
 
     async def health(self, _: web.Request) -> web.Response:
@@ -102,7 +104,10 @@ class FakeEngine:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
 
-    async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False, responses=True)
+
+    async def _generate(self, request: web.Request, *, chat: bool, responses: bool = False) -> web.StreamResponse:
         self.served.inc()
         try:
             body = await request.json()
@@ -110,8 +115,14 @@ class FakeEngine:
             return _error(400, "invalid JSON")
         if body.get("model") != self.model and body.get("model") not in self.adapters:
             return _error(404, f"The model `{body.get('model')}` does not exist.")
-        n_out = int(body.get("max_tokens") or body.get("max_completion_tokens") or self.default_max_tokens)
-        prompt = json.dumps(body.get("messages")) if chat else str(body.get("prompt"))
+        reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
+        effort = body.get("reasoning_effort") if chat else reasoning.get("effort")
+        if effort is not None and effort not in REASONING_EFFORTS:  # vLLM's request schema
+            return _error(400, f"Input should be one of {', '.join(REASONING_EFFORTS)}")
+        n_out = int(body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
+                    or self.default_max_tokens)
+        prompt = json.dumps(body.get("messages")) if chat else json.dumps(body.get("input")) if responses \
+            else str(body.get("prompt"))
         n_in = max(1, len(prompt.split()))
         rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         rid = ("chatcmpl-" if chat else "cmpl-") + rid
@@ -125,6 +136,8 @@ class FakeEngine:
                 admitted = True
                 self._set_load(delta_running=1, delta_waiting=-1)
                 try:
+                    if responses:
+                        return await self._respond(request, body, n_in, n_out, started)
                     return await self._run(request, chat, rid, n_in, n_out, stream, body, usage, started)
                 finally:
                     self._set_load(delta_running=-1)
@@ -167,6 +180,84 @@ class FakeEngine:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+    async def _respond(self, request, body, n_in, n_out, started):
+        """/v1/responses as vLLM serves it: its own `resp_` id (not the X-Request-Id), the
+        named events in vLLM's order when streamed, the usage in response.completed."""
+        self.prompt_tokens.labels(*self._labels).inc(n_in)
+        await asyncio.sleep(self.ttft_s)
+        self.ttft.labels(*self._labels).observe(time.monotonic() - started)
+        n_reason = min(2, n_out - 1) if body.get("reasoning") else 0
+        rid = f"resp_{uuid.uuid4().hex}"
+        items = _response_items(body, n_reason, n_out - n_reason)
+        usage = {"input_tokens": n_in, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": n_out,
+                 "output_tokens_details": {"reasoning_tokens": n_reason}, "total_tokens": n_in + n_out}
+        shown = [i for i in items if i["type"] != "reasoning" or body.get("include_reasoning", True) is not False]
+        final = {"id": rid, "object": "response", "created_at": int(time.time()), "model": self.model,
+                 "status": "completed", "output": shown, "usage": usage}
+        if not body.get("stream"):
+            await asyncio.sleep(self.itl_s * max(0, n_out - 1))
+            self.gen_tokens.labels(*self._labels).inc(n_out)
+            return web.json_response(final)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        seq = 0
+        for kind, event in _response_events({**final, "status": "in_progress", "output": [], "usage": None}, shown, final):
+            if kind == "delta":
+                if seq:
+                    await asyncio.sleep(self.itl_s)
+                self.gen_tokens.labels(*self._labels).inc()
+            await resp.write(b"event: %s\ndata: %s\n\n" % (event["type"].encode(), json.dumps(
+                {**event, "sequence_number": seq}, separators=(",", ":")).encode()))
+            seq += 1
+        await resp.write_eof()
+        return resp
+
+
+def _response_items(body: dict, n_reason: int, n_text: int) -> list[dict]:
+    """The output items: reasoning (when asked for), then a function call (a named or
+    required tool choice) or a message."""
+    items = []
+    if n_reason:
+        items.append({"id": "rs_0", "type": "reasoning", "summary": [],
+                      "content": [{"type": "reasoning_text", "text": " think" * n_reason}]})
+    choice, tools = body.get("tool_choice"), body.get("tools") or []
+    name = choice.get("name") if isinstance(choice, dict) else tools[0].get("name") if choice == "required" and tools else None
+    if name:
+        items.append({"id": "fc_0", "type": "function_call", "call_id": "call_0", "name": name,
+                      "arguments": json.dumps({"n": n_text}), "status": "completed"})
+    else:
+        items.append({"id": "msg_0", "type": "message", "role": "assistant", "status": "completed", "content": [
+            {"type": "output_text", "text": "".join(f" tok{i}" for i in range(n_text)), "annotations": []}]})
+    return items
+
+
+def _response_events(start: dict, items: list[dict], final: dict):
+    """(kind, event) in vLLM's order; kind "delta" marks a token event."""
+    yield "meta", {"type": "response.created", "response": start}
+    yield "meta", {"type": "response.in_progress", "response": start}
+    for index, item in enumerate(items):
+        where = {"output_index": index, "item_id": item["id"]}
+        if item["type"] == "function_call":
+            yield "meta", {"type": "response.output_item.added", "output_index": index,
+                           "item": {**item, "arguments": "", "status": "in_progress"}}
+            yield "delta", {"type": "response.function_call_arguments.delta", **where, "delta": item["arguments"]}
+            yield "meta", {"type": "response.function_call_arguments.done", **where, "arguments": item["arguments"]}
+        else:
+            text = item["content"][0]["text"]
+            kind = "reasoning_text" if item["type"] == "reasoning" else "output_text"
+            part = {"type": kind, "text": ""}
+            yield "meta", {"type": "response.output_item.added", "output_index": index,
+                           "item": {**item, "content": [], "status": "in_progress"}}
+            yield "meta", {"type": "response.content_part.added", **where, "content_index": 0, "part": part}
+            for piece in text.split(" ")[1:]:
+                yield "delta", {"type": f"response.{kind}.delta", **where, "content_index": 0, "delta": " " + piece}
+            yield "meta", {"type": f"response.{kind}.done", **where, "content_index": 0, "text": text}
+            yield "meta", {"type": "response.content_part.done", **where, "content_index": 0,
+                           "part": {**part, "text": text}}
+        yield "meta", {"type": "response.output_item.done", "output_index": index, "item": item}
+    yield "meta", {"type": "response.completed", "response": final}
 
 
 def _sse(obj: dict) -> bytes:

@@ -1,5 +1,5 @@
 """`owc` command line: serve, status, config validate, demo-model, gateway, monitor, bench,
-controller, simulate, keys. One module per command group; this one builds the typer app."""
+conformance, controller, simulate, keys. One module per command group; this one builds the typer app."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import typer
 
 from cluster.cli.bench import bench
 from cluster.cli.config import config_validate
+from cluster.cli.conformance import conformance
 from cluster.cli.controller import controller, simulate
 from cluster.cli.gateway import gateway
 from cluster.cli.keys import keys_create
@@ -27,6 +28,7 @@ app.command()(status)
 app.command()(monitor)
 app.command()(gateway)
 app.command()(bench)
+app.command()(conformance)
 app.command()(controller)
 app.command()(simulate)
 

@@ -10,10 +10,19 @@ from typing import Any
 from cluster.gateway.access_log import AccessLog, prompt_of
 from cluster.gateway.context import Delivery
 from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.params import RESPONSES
 from cluster.gateway.tracing import RequestTracer
 from cluster.routing.router import Routing
 
 UNKNOWN = "unknown"  # model or tenant not (yet) known when the request ended
+
+
+def _prompt(route: str, data: dict[str, Any]) -> Any:
+    """The user's text: a Responses request's instructions and input (its `prompt` is a
+    stored template's reference), else the messages or prompt."""
+    if route == RESPONSES:
+        return {k: data[k] for k in ("instructions", "input") if k in data}
+    return prompt_of(data)
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class Accounting:
                 "owc.request_id": req.request_id, "owc.tenant": req.tenant, "gen_ai.request.model": model,
                 "gen_ai.usage.input_tokens": delivery.prompt_tokens,
                 "gen_ai.usage.output_tokens": delivery.completion_tokens,
+                "owc.usage.reasoning_tokens": delivery.reasoning_tokens,
             })
         if self._access_log is not None:
             self._access_log.write(self._log_record(req, delivery, latency))
@@ -76,10 +86,11 @@ class Accounting:
         record = {
             "request_id": req.request_id, "tenant": req.tenant, "model": req.model, "route": req.route,
             "status": req.status, "stream": req.stream, "prompt_tokens": delivery.prompt_tokens,
-            "completion_tokens": delivery.completion_tokens, "latency_s": round(latency, 6),
+            "completion_tokens": delivery.completion_tokens, "reasoning_tokens": delivery.reasoning_tokens,
+            "latency_s": round(latency, 6),
             "ttft_s": None if delivery.ttft_s is None else round(delivery.ttft_s, 6),
             "replica": delivery.endpoint.replica_id if delivery.endpoint else None, "retries": delivery.retries,
         }
         if self._access_log is not None and self._access_log.include_prompts and req.data is not None:
-            record["prompt"] = prompt_of(req.data)
+            record["prompt"] = _prompt(req.route, req.data)
         return record

@@ -24,13 +24,15 @@ from cluster.gateway.forwarder import ClientGone, Forwarder
 from cluster.gateway.limits import TenantLimiter
 from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.tracing import RequestTracer
-from cluster.gateway.validation import ChatCompletionRequest, CompletionRequest, parse_json, validate
+from cluster.gateway.params import RESPONSES, drop_for_engine
+from cluster.gateway.validation import ChatCompletionRequest, CompletionRequest, ResponsesRequest, parse_json, validate
 
 log = logging.getLogger(__name__)
 
 ROUTES: dict[str, type] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
+    "/v1/responses": ResponsesRequest,
 }
 
 
@@ -152,7 +154,8 @@ class Admission:
     def _job(self, route: str, req, data: dict, body: bytes, *, headers: dict[bytes, bytes], tenant: str,
              request_id: str, span) -> Job:
         """The request as the engine will receive it: the served model's name (an adapter's
-        name reaches the engine unchanged), and a usage event asked for on every stream."""
+        name reaches the engine unchanged), without the parameters owc accepts and vLLM does
+        not take, and a usage event asked for on every chat or completions stream."""
         served = self._config.resolve(req.model)
         if served is None:
             raise OpenAIError(404, f"The model '{req.model}' does not exist", param="model", code="model_not_found")
@@ -164,8 +167,11 @@ class Admission:
         rewrite = served != req.model and adapter is None
         if rewrite:
             data["model"] = served
+        # OpenAI parameters that change nothing here and that vLLM does not take: not sent.
+        rewrite = drop_for_engine(data, route) or rewrite
         strip_usage = False
-        if req.stream and not (data.get("stream_options") or {}).get("include_usage"):
+        # A Responses stream always ends with response.completed, which carries the usage.
+        if req.stream and route != RESPONSES and not (data.get("stream_options") or {}).get("include_usage"):
             # Token accounting needs the engine's usage event; the client did not ask for
             # it, so the stream relay drops it again.
             data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}

@@ -50,16 +50,25 @@ class Delivery:
     ttft_s: float | None = None
     itl: list[float] = field(default_factory=list)  # seconds between token events
     prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    completion_tokens: int | None = None  # reasoning tokens included, as OpenAI counts them
+    reasoning_tokens: int | None = None
 
     @property
     def retries(self) -> int:
         return len(self.retry_reasons)
 
     def usage(self, usage: object) -> None:
+        """The engine's usage report: chat and completions name the counts prompt/completion
+        tokens, Responses input/output tokens; reasoning tokens are in their details."""
         if isinstance(usage, dict):
-            self.prompt_tokens = usage.get("prompt_tokens")
-            self.completion_tokens = usage.get("completion_tokens")
+            self.prompt_tokens = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+            self.completion_tokens = _count(usage.get("completion_tokens", usage.get("output_tokens")))
+            details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+            self.reasoning_tokens = _count(details.get("reasoning_tokens")) if isinstance(details, dict) else None
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 async def wait_disconnect(receive: Receive) -> None:

@@ -16,10 +16,15 @@ import orjson
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Send
 from cluster.gateway.engine_client import EngineError, Response
 from cluster.gateway.errors import OpenAIError, from_upstream, sse_error_event
+from cluster.gateway.params import RESPONSES
+
+# The Responses stream's last event (completed, incomplete or failed) carries the whole
+# response, usage included. An event line ends with a raw newline, which JSON text cannot
+# hold: a model's output never matches these.
+_FINAL_EVENTS = (b"event: response.completed\n", b"event: response.incomplete\n", b"event: response.failed\n")
 
 
 log = logging.getLogger(__name__)
-
 
 async def respond(
     resp: Response, first: bytes, send: Send, *, job: Job, delivery: Delivery, gone: asyncio.Future,
@@ -75,6 +80,7 @@ async def _relay_stream(
     delivery.status = 200
     tail = b""
     last = 0.0
+    responses = job.route == RESPONSES
     try:
         async for chunk in _then(first, resp.chunks()):
             # Whole SSE events only: a partial event waits for the rest (clients cannot
@@ -88,7 +94,12 @@ async def _relay_stream(
                     continue
                 chunk, tail = chunk[:cut], chunk[cut:]
             now = time.perf_counter()
-            if b'"choices":[]' in chunk:
+            if responses:
+                # Named events, no [DONE]: the token events are the deltas (text, reasoning,
+                # tool arguments); the usage is in the final response event, relayed as is.
+                tokens = b".delta\n" in chunk
+                take_response_usage(chunk, delivery)
+            elif b'"choices":[]' in chunk:
                 # A fast engine's whole answer may arrive in one read with its usage.
                 chunk, tokens = take_usage(chunk, delivery, strip=job.strip_usage)
             else:
@@ -114,7 +125,8 @@ async def _relay_stream(
             log.warning("request %s: the engine's stream broke: %s", job.request_id, e)  # its address: not for the client
             delivery.status, err = 502, OpenAIError(502, "the engine's stream broke", code="engine_stream_broken")
             on_broken()
-        await send({"type": "http.response.body", "body": sse_error_event(err), "more_body": True})
+        event = responses_error_event(err) if responses else sse_error_event(err)
+        await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return False
     if gone.done():
@@ -146,3 +158,29 @@ def take_usage(chunk: bytes, delivery: Delivery, *, strip: bool) -> tuple[bytes,
     except (orjson.JSONDecodeError, AttributeError):
         return chunk, True
     return (chunk[:start] + chunk[end:] if strip else chunk), start > 0
+
+
+def take_response_usage(chunk: bytes, delivery: Delivery) -> bool:
+    """Read the usage of a Responses stream's final event (``response.usage``) when the
+    chunk holds it; True when it did. The event itself is relayed unchanged."""
+    for marker in _FINAL_EVENTS:
+        at = chunk.rfind(marker)
+        if at >= 0:
+            break
+    else:
+        return False
+    start = chunk.find(b"data:", at)
+    end = chunk.find(b"\n\n", start)
+    if start < 0 or end < 0:
+        return False
+    try:
+        response = orjson.loads(chunk[start + 5:end]).get("response")
+        delivery.usage(response.get("usage"))
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
+    return True
+
+
+def responses_error_event(err: OpenAIError) -> bytes:
+    """A broken Responses stream's end: an `error` event (the OpenAI SDK raises on it)."""
+    return b"event: error\ndata: " + orjson.dumps(err.body()) + b"\n\n"

@@ -47,6 +47,7 @@ NOT_FOUND_OUTSIDE_LIST = {"/v1/models/{model:path}"}
 BODIES = {
     "/v1/chat/completions": {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
     "/v1/completions": {"model": "m1", "prompt": "hi", "max_tokens": 2},
+    "/v1/responses": {"model": "m1", "input": "hi", "max_output_tokens": 2},
 }
 
 

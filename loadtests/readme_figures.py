@@ -248,6 +248,28 @@ def gateway_ab_block(doc: dict) -> str:
     ])
 
 
+def tenancy_block(doc: dict) -> str:
+    runs = {(r["kind"], r["gateways"]): r for r in doc["runs"]}
+    req, tok = runs[("requests", 1)], runs[("tokens", 1)]
+    lines = [
+        f"{req['seconds']:g} s of over-limit traffic per run (one Redis, gateways on separate ports, the client "
+        f"round-robin; {doc['host_cpus']} CPUs). Requests: `requests_per_minute: "
+        f"{req['limits']['requests_per_minute']}`, `burst: {req['limits']['burst']}`, expected "
+        f"{req['expected']:.0f}; tokens: `tokens_per_minute: {tok['limits']['tokens_per_minute']}`, expected "
+        f"{tok['expected']:.0f} (engine-counted tokens of the accepted requests).",
+        "",
+        "| gateways | requests accepted | vs 1 gateway | tokens accepted | vs 1 gateway | answers |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in sorted({g for _, g in runs}):
+        r, t = runs[("requests", n)], runs[("tokens", n)]
+        answers = ", ".join(f"{k}: {v}" for k, v in sorted({**{k: 0 for k in r["statuses"]}, **{
+            k: r["statuses"].get(k, 0) + t["statuses"].get(k, 0) for k in {*r["statuses"], *t["statuses"]}}}.items()))
+        lines.append(f"| {n} | {r['count']} | {r['count'] / req['count']:.2f}× | {t['count']} | "
+                     f"{t['count'] / tok['count']:.2f}× | {answers} |")
+    return "\n".join(lines)
+
+
 COMPARE_REPORTS = ("chat-multilingual", "shared-prefix")
 
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
@@ -257,6 +279,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "routing": ("prefix-routing.json", routing_block),
     "autoscaling": ("autoscaling.json", autoscaling_block),
     "gateway-ab": ("gateway-ab.json", gateway_ab_block),
+    "tenancy": ("tenancy-limits.json", tenancy_block),
 }
 # Blocks whose results may not exist yet: skipped while neither the JSON nor the README
 # block does (a block without its JSON, or a JSON without its block, still fails).

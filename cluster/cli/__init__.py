@@ -1,5 +1,5 @@
 """`owc` command line: serve, status, config validate, demo-model, gateway, monitor, bench,
-conformance, controller, simulate, keys. One module per command group; this one builds the typer app."""
+controller, simulate, keys, usage. One module per command group; this one builds the typer app."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from cluster.cli.keys import keys_create
 from cluster.cli.models import demo_model
 from cluster.cli.monitor import monitor
 from cluster.cli.serve import serve, status
+from cluster.cli.usage import usage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="owc: open-weight LLM serving cluster")
 config_app = typer.Typer(no_args_is_help=True, help="Config files.")
@@ -31,5 +32,6 @@ app.command()(bench)
 app.command()(conformance)
 app.command()(controller)
 app.command()(simulate)
+app.command()(usage)
 
 __all__ = ["app"]

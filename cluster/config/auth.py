@@ -36,6 +36,16 @@ class TenantConfig(StrictModel):
         None, ge=1, description="Requests allowed at once above the sustained rate (default: a tenth of a minute's worth, at least 1)."
     )
     max_concurrent: int | None = Field(None, ge=1, description="Requests in flight at once; beyond it 429.")
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="Sustained tokens (prompt + output) per minute, a minute's worth at once; each request "
+        "reserves its prompt estimate plus its output allowance before the work and is settled with the engine's usage.",
+    )
+    daily_tokens: int | None = Field(
+        None, ge=1, description="Tokens per UTC day; beyond it 429 insufficient_quota until the next UTC midnight.",
+    )
+    monthly_tokens: int | None = Field(
+        None, ge=1, description="Tokens per UTC calendar month; beyond it 429 insufficient_quota until the next month.",
+    )
     models: list[str] | None = Field(
         None, description="Served models this tenant may use (None: all). Others answer 403 and are absent from its "
         "/v1/models.",

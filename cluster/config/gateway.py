@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -69,6 +70,34 @@ class Tracing(StrictModel):
     sample_ratio: float = Field(1.0, ge=0, le=1, description="Fraction of new traces sampled (parent decision wins).")
 
 
+class StoreConfig(StrictModel):
+    """The shared tenancy store: every gateway replica counts against the same limits."""
+
+    url: str = Field(..., pattern=r"^rediss?://", description="Redis URL, `redis://HOST:PORT/DB` (a password as "
+                     "`redis://:PASSWORD@HOST:PORT/DB`, or in the env var named by url_env).")
+    url_env: str | None = Field(None, description="Environment variable whose value, when set, replaces url "
+                                "(a Kubernetes Secret's).")
+    on_failure: Literal["open", "closed", "local"] = Field(
+        "local", description="When the store fails: `open` admits without limits, `closed` refuses with 429 "
+        "tenancy_store_unavailable, `local` applies each gateway's share of every limit (the limit divided by the "
+        "live gateway count) in process. The store is retried every second.",
+    )
+    timeout_s: float = Field(1.0, gt=0, le=5, description="Seconds one store call may take before it counts as failed.")
+    lease_ttl_s: float = Field(30.0, ge=3, description="Seconds a concurrency slot outlives its gateway (renewed "
+                               "every third of it while the request runs).")
+    usage_retention_days: int = Field(400, ge=1, description="Days usage records are kept.")
+
+
+class OutputAllowance(StrictModel):
+    """Output tokens reserved for a request that sets no max_tokens, by reasoning effort."""
+
+    default: int = Field(1024, ge=1, description="Without reasoning_effort (or an unlisted one).")
+    by_effort: dict[str, int] = Field(
+        default_factory=lambda: {"minimal": 1024, "low": 2048, "medium": 8192, "high": 32768},
+        description="reasoning_effort (chat) / reasoning.effort (Responses) -> tokens reserved.",
+    )
+
+
 class GatewayConfig(StrictModel):
     host: str = Field("127.0.0.1", description="Address the gateway binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI API.")
@@ -114,6 +143,14 @@ class GatewayConfig(StrictModel):
         default_factory=dict,
         description="Per-tenant limits and allow-lists keyed by tenant name (tenants come from API keys, JWTs or the "
         "trusted header; `anonymous` without credentials).",
+    )
+    store: StoreConfig | None = Field(
+        None, description="Shared tenancy store (Redis) for limits, quotas and usage; unset: each gateway process "
+        "counts alone, in memory.",
+    )
+    output_allowance: dict[str, OutputAllowance] = Field(
+        default_factory=lambda: {"*": OutputAllowance()},
+        description="Per served model (`*`: any other) output tokens reserved when a request sets no max_tokens.",
     )
     access_log: AccessLog = Field(default_factory=AccessLog, description="Structured access log.")
     tracing: Tracing = Field(default_factory=Tracing, description="OpenTelemetry traces of the request path.")

@@ -22,6 +22,7 @@ from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.forwarder import ClientGone, Forwarder
 from cluster.gateway.limits import TenantLimiter
+from cluster.gateway.tenancy_admission import GatewayTenancy
 from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.tracing import RequestTracer
 from cluster.gateway.params import RESPONSES, drop_for_engine
@@ -90,13 +91,15 @@ class Admission:
     def __init__(
         self, *, config: OwcConfig, auth: Authenticator, forwarder: Forwarder, accounting: Accounting,
         metrics: GatewayMetrics, limiter: TenantLimiter | None = None, tracer: RequestTracer | None = None,
+        tenancy: GatewayTenancy | None = None,
     ):
         self._config = config
         self._auth = auth
         self._forwarder = forwarder
         self._accounting = accounting
         self._metrics = metrics
-        self._limiter = limiter or TenantLimiter(config.gateway.tenants)
+        self._limiter = limiter  # the in-process limiter of old, when a caller passes one
+        self._tenancy = tenancy or GatewayTenancy(config, metrics)  # limits, quotas, usage (cluster.tenancy)
         self._tracer = tracer
         self._limit = config.gateway.limits.max_body_bytes
         self._caps = CapTable(config.gateway.limits, config.gateway.tenants)
@@ -112,6 +115,8 @@ class Admission:
         span = self._tracer.server_span(route, headers) if self._tracer else None
         delivery = Delivery()
         tenant, job, data, status = UNKNOWN, None, None, 0
+        ticket = self._tenancy.ticket(send)  # its send adds the x-ratelimit-* headers
+        send = ticket.send
         try:
             request_id = client_request_id(headers) or request_id
             client = scope.get("client")
@@ -125,7 +130,8 @@ class Admission:
             self._caps.check(tenant, data)
             job = self._job(route, req, data, body,
                             headers=headers, tenant=tenant, request_id=request_id, span=span)
-            release = self._limiter.admit(tenant)
+            await self._tenancy.admit(ticket, job)  # 429 before any engine sees it
+            release = self._limiter.admit(tenant) if self._limiter else _noop
             try:
                 await self._forwarder.forward(job, receive, send, delivery)
             finally:
@@ -146,6 +152,7 @@ class Admission:
                 status = 500
                 await send_error(send, OpenAIError(500, "internal gateway error", type="server_error"), request_id)
         finally:
+            await self._tenancy.settle(ticket, status or 500, delivery)  # charged once, for what was received
             self._accounting.settle(Settled(
                 request_id=request_id, route=route, status=status or 500, tenant=tenant,
                 model=job.model if job else UNKNOWN, stream=job.stream if job else False, data=data, span=span,
@@ -179,3 +186,7 @@ class Admission:
         return Job(request_id=request_id, route=route, model=served, tenant=tenant, data=data,
                    body=orjson.dumps(data) if rewrite else body, stream=bool(req.stream), headers=headers,
                    adapter=adapter, strip_usage=strip_usage, span=span)
+
+
+def _noop() -> None:
+    return None

@@ -15,7 +15,8 @@ from prometheus_client.registry import Collector
 
 from cluster.metrics.buckets import ITL_BUCKETS, LATENCY_BUCKETS, TTFT_BUCKETS
 
-REJECTION_REASONS = ("rate_limit_exceeded", "concurrency_limit_exceeded", "queue_full", "no_healthy_replica")
+REJECTION_REASONS = ("rate_limit_exceeded", "concurrency_limit_exceeded", "insufficient_quota", "queue_full",
+                     "no_healthy_replica")
 # connect_refused: no connection to the replica; engine_lost: it closed or died before the
 # first response byte. Either way the client had received nothing.
 RETRY_REASONS = ("connect_refused", "engine_lost")
@@ -134,6 +135,19 @@ class GatewayMetrics:
         self.key_reloads = Counter(
             "owc_key_reloads", "Reloads of changed credential files, by file and result (ok, failed).",
             ["keys", "result"], registry=registry,
+        )
+        self.tenancy_store_up = Gauge(
+            "owc_tenancy_store_up", "1 while this gateway reaches its shared tenancy store (Redis), 0 while it "
+            "applies gateway.store.on_failure (and without a store).", registry=registry,
+        )
+        self.tenancy_store_errors = Counter(
+            "owc_tenancy_store_errors", "Tenancy store calls that failed (connection, timeout, error).",
+            registry=registry,
+        )
+        self.tenant_quota_used = Gauge(
+            "owc_tenant_quota_used_ratio", "Share of a tenant's token quota used in the current period (day: UTC "
+            "day, month: UTC month), as of its last request through this gateway.", ["tenant", "period"],
+            registry=registry,
         )
         for reason in CONNECTION_CLOSE_REASONS:
             self.connections_closed.labels(reason)

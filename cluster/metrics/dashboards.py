@@ -116,6 +116,9 @@ TENANTS = Dashboard(
            kind="stat"),
         _p("Rate-limited (429) by tenant", (f'sum by (tenant) (rate(owc_requests_total{{{M},code="429"}}[$__rate_interval]))', "{{tenant}}"), unit="reqps"),
         _p("Errors by tenant and status", (f'sum by (tenant, code) (rate(owc_requests_total{{{M},code=~"[45].."}}[$__rate_interval]))', "{{tenant}} {{code}}"), unit="reqps"),
+        _p("Token quota used by tenant (day, month)", (f"max by (tenant, period) (owc_tenant_quota_used_ratio{{{M}}})", "{{tenant}} {{period}}"),
+           unit="percentunit"),
+        _p("Tenancy store up (min over gateways)", (f"min(owc_tenancy_store_up{{{M}}})", "store up"), kind="stat"),
     ),
 )
 

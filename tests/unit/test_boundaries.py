@@ -1,6 +1,6 @@
 """Package boundaries, read from the source (imports inside functions count too):
 - only cluster/engine touches vLLM; routing is pure (no Ray, no HTTP);
-- the product never imports its benchmarks (loadtests);
+- the product never imports its benchmarks (loadtests); cluster.tenancy never imports the gateway;
 - no import cycle among cluster's top-level folders and modules;
 - files stay small and functions take few positional parameters;
 - config validation works where vLLM (and Ray) are not installed (chart CI, controller image)."""
@@ -103,6 +103,12 @@ def test_routing_is_pure_even_through_what_it_imports():
             if bad:
                 offenders[m] = bad
     assert offenders == {}
+
+
+def test_tenancy_never_imports_the_gateway():
+    """cluster.tenancy (limits, quotas, usage) is used by the gateway, never the reverse."""
+    assert sorted(m for m in _graph() if m.startswith("cluster.tenancy")
+                  and any(d.startswith("cluster.gateway") for d in _reachable(m))) == []
 
 
 def test_the_product_never_imports_its_benchmarks():

@@ -67,6 +67,11 @@ CASES = {
         [("owc_controller_last_reconcile_timestamp_seconds", "0+60x20")],
         "15m", {}, "the capacity controller has not reconciled for 15m 0s",
     ),
+    "OwcTenancyStoreDown": (
+        [('owc_tenancy_store_errors_total{instance="g:1"}', "0+60x20"), ('owc_tenancy_store_up{instance="g:1"}', "0x20")],
+        [('owc_tenancy_store_errors_total{instance="g:1"}', "0+60x5 300x15"), ('owc_tenancy_store_up{instance="g:1"}', "0x5 1x15")],
+        "10m", {"instance": "g:1"}, "gateway g:1 cannot reach its tenancy store",
+    ),
     "OwcAuthFailureSpike": (
         [('owc_auth_failures_total{instance="g:1",code="invalid_api_key",throttled="true"}', "0+300x30")],
         [('owc_auth_failures_total{instance="g:1",code="invalid_api_key",throttled="false"}', "0+6x30")],

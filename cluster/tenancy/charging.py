@@ -1,0 +1,126 @@
+"""The charging arithmetic, pure: what admission reserves before the work (the prompt's
+estimated tokens plus the output allowance), what a finished request is charged (what the
+client received), and the OpenAI rate-limit header values.
+
+The gateway has no tokenizer: the prompt estimate is the prompt text's UTF-8 bytes / 4
+(rounded up), OpenAI's rule of thumb; settlement corrects it with the engine's count."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+BYTES_PER_TOKEN = 4
+PROMPT_FIELDS = ("messages", "prompt", "input", "instructions")
+OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def _text_bytes(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, Mapping):
+        return sum(_text_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_text_bytes(v) for v in value)
+    return 0
+
+
+def prompt_estimate(data: Mapping[str, Any]) -> int:
+    """Tokens of the prompt, estimated: bytes of every string in messages / prompt /
+    input / instructions, divided by 4, rounded up; at least 1."""
+    size = sum(_text_bytes(data.get(f)) for f in PROMPT_FIELDS)
+    return max(1, math.ceil(size / BYTES_PER_TOKEN))
+
+
+def reasoning_effort(data: Mapping[str, Any]) -> str | None:
+    """`reasoning_effort` (chat) or `reasoning.effort` (Responses)."""
+    effort = data.get("reasoning_effort")
+    reasoning = data.get("reasoning")
+    if effort is None and isinstance(reasoning, Mapping):
+        effort = reasoning.get("effort")
+    return effort if isinstance(effort, str) else None
+
+
+def output_allowance(data: Mapping[str, Any], *, cap: int, defaults: Mapping[str, int], n: int = 1) -> int:
+    """The output tokens reserved: the request's max_tokens / max_completion_tokens /
+    max_output_tokens when set, else the model's default for its reasoning effort
+    (``defaults``: effort -> tokens, key "default" when no effort or an unlisted one);
+    capped by the tenant's cap; times `n` choices."""
+    asked = next((data[f] for f in OUTPUT_FIELDS if isinstance(data.get(f), int) and data[f] > 0), None)
+    if asked is None:
+        effort = reasoning_effort(data)
+        asked = defaults.get(effort, defaults.get("default", cap)) if effort else defaults.get("default", cap)
+    return min(int(asked), cap) * max(1, n)
+
+
+def reservation(data: Mapping[str, Any], *, cap: int, defaults: Mapping[str, int]) -> int:
+    """Tokens charged before the work: prompt estimate + output allowance."""
+    n = data.get("n") if isinstance(data.get("n"), int) else 1
+    return prompt_estimate(data) + output_allowance(data, cap=cap, defaults=defaults, n=n)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the client received, as settlement sees it."""
+
+    status: int
+    prompt_tokens: int | None = None  # the engine's counts, when its usage arrived
+    completion_tokens: int | None = None
+    token_events: int = 0  # token events relayed (a stream that ended early)
+
+
+def charge(outcome: Outcome, *, estimate: int) -> tuple[int, int]:
+    """(prompt, completion) tokens a finished request is charged: the engine's usage when
+    it reported one; a stream cut short is charged the prompt estimate and one token per
+    event relayed; a request that delivered nothing (refused, failed before any output) is
+    charged nothing."""
+    if outcome.prompt_tokens is not None or outcome.completion_tokens is not None:
+        return outcome.prompt_tokens or 0, outcome.completion_tokens or 0
+    if outcome.token_events > 0:
+        return estimate, outcome.token_events
+    return 0, 0
+
+
+def settlement(reserved: int, charged: int) -> int:
+    """Tokens to add to what was reserved (negative: a refund)."""
+    return charged - reserved
+
+
+def format_reset(seconds: float) -> str:
+    """OpenAI's x-ratelimit-reset-* form: `1s`, `6m0s`, `1h2m3s`, `250ms`."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{max(1, round(seconds * 1000))}ms"
+    total = math.ceil(seconds)
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m}m{s}s"
+    return f"{m}m{s}s" if m else f"{s}s"
+
+
+@dataclass(frozen=True)
+class Window:
+    """One limit's state after a decision."""
+
+    limit: float
+    remaining: float
+    reset_s: float  # until the bucket is full again
+
+
+def ratelimit_headers(requests: Window | None, tokens: Window | None) -> dict[str, str]:
+    """x-ratelimit-limit|remaining|reset-requests|tokens for the limits a tenant has."""
+    out: dict[str, str] = {}
+    for kind, w in (("requests", requests), ("tokens", tokens)):
+        if w is not None:
+            out[f"x-ratelimit-limit-{kind}"] = f"{w.limit:g}"
+            out[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(w.remaining)))
+            out[f"x-ratelimit-reset-{kind}"] = format_reset(w.reset_s)
+    return out
+
+
+def retry_after(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))

@@ -1,0 +1,110 @@
+"""The in-process store: the same decisions as the Redis scripts, counted by this gateway
+alone. With no shared store configured it is the store (today's per-process behaviour,
+now with token limits and quotas too); as on_failure `local` each gateway applies its
+share of every limit (the limit divided by the live gateway count)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cluster.tenancy.charging import Window
+from cluster.tenancy.model import CONCURRENCY, DAILY, MONTHLY, REQUESTS, TOKENS, TOO_LARGE, Decision, Limits, month_of
+
+
+@dataclass
+class _Bucket:
+    rate: float  # per second
+    cap: float
+    level: float
+    stamp: float
+
+    def refill(self, now: float) -> float:
+        self.level = min(self.cap, self.level + max(0.0, now - self.stamp) * self.rate)
+        self.stamp = now
+        return self.level
+
+    def reset_s(self) -> float:
+        return (self.cap - self.level) / self.rate
+
+
+class LocalStore:
+    def __init__(self, *, clock: Callable[[], float] = time.time):
+        self._clock = clock
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._in_flight: dict[str, set[str]] = {}
+        self._quota: dict[tuple[str, str, int], int] = {}
+
+    def _bucket(self, tenant: str, kind: str, rate: float, cap: float, now: float) -> _Bucket:
+        b = self._buckets.get((tenant, kind))
+        if b is None or b.rate != rate or b.cap != cap:  # new, or the limit changed (gateway count)
+            level = cap if b is None else min(cap, b.refill(now))
+            b = self._buckets[(tenant, kind)] = _Bucket(rate, cap, level, now)
+        b.refill(now)
+        return b
+
+    async def reserve(self, tenant: str, limits: Limits, cost: int) -> Decision:
+        return self.reserve_now(tenant, limits, cost)
+
+    def reserve_now(self, tenant: str, limits: Limits, cost: int) -> Decision:
+        now = self._clock()
+        day = int(now // 86400)
+        month, next_month = month_of(day)
+        dreset, mreset = (day + 1) * 86400 - now, next_month * 86400 - now
+        rq = tk = None
+        if limits.requests_per_minute:
+            rq = self._bucket(tenant, "rq", limits.requests_per_minute / 60, float(limits.burst or 1), now)
+        if limits.tokens_per_minute:
+            tk = self._bucket(tenant, "tk", limits.tokens_per_minute / 60, float(limits.tokens_per_minute), now)
+        dused = self._quota.get((tenant, "d", day), 0) if limits.daily_tokens is not None else None
+        mused = self._quota.get((tenant, "m", month), 0) if limits.monthly_tokens is not None else None
+        slots = self._in_flight.setdefault(tenant, set())
+
+        def out(code: str | None, retry: float = 0.0, lease: str | None = None) -> Decision:
+            return Decision(
+                refused=code, retry_s=retry, lease=lease, day=day, month=month, day_used=dused, month_used=mused,
+                requests=Window(limits.requests_per_minute, rq.level, rq.reset_s()) if rq else None,
+                tokens=Window(limits.tokens_per_minute, tk.level, tk.reset_s()) if tk else None,
+                day_reset_s=dreset, month_reset_s=mreset, source="local", cost=0 if code else cost,
+            )
+
+        if dused is not None and dused + cost > limits.daily_tokens:
+            return out(DAILY, dreset)
+        if mused is not None and mused + cost > limits.monthly_tokens:
+            return out(MONTHLY, mreset)
+        if limits.max_concurrent is not None and len(slots) >= limits.max_concurrent:
+            return out(CONCURRENCY, 1.0)
+        if rq is not None and rq.level < 1:
+            return out(REQUESTS, (1 - rq.level) / rq.rate)
+        if tk is not None and cost > tk.cap:
+            return out(TOO_LARGE, 60.0)
+        if tk is not None and tk.level < cost:
+            return out(TOKENS, (cost - tk.level) / tk.rate)
+        if rq is not None:
+            rq.level -= 1
+        if tk is not None:
+            tk.level -= cost
+        if dused is not None:
+            dused = self._quota[(tenant, "d", day)] = dused + cost
+        if mused is not None:
+            mused = self._quota[(tenant, "m", month)] = mused + cost
+        lease = None
+        if limits.max_concurrent is not None:
+            lease = uuid.uuid4().hex
+            slots.add(lease)
+        return out(None, lease=lease)
+
+    async def settle(self, tenant: str, model: str, d: Decision, *, limits: Limits, delta: int,
+                     usage: tuple[int, int, int, int, int]) -> None:
+        if d.lease:
+            self._in_flight.get(tenant, set()).discard(d.lease)
+        if delta and limits.tokens_per_minute:
+            b = self._buckets.get((tenant, "tk"))
+            if b is not None:
+                b.refill(self._clock())
+                b.level = min(b.cap, b.level - delta)
+        for kind, period, on in (("d", d.day, limits.daily_tokens), ("m", d.month, limits.monthly_tokens)):
+            if delta and on is not None and (tenant, kind, period) in self._quota:
+                self._quota[(tenant, kind, period)] += delta

@@ -1,0 +1,142 @@
+"""Tenancy as admission uses it: a decision before the work, a settlement after, whatever
+the store's state. With a shared store (Redis) every gateway counts against the same
+limits; when the store fails, ``on_failure`` decides: `open` admits without limits,
+`closed` refuses (429 tenancy_store_unavailable, never a 5xx), `local` applies each
+gateway's share of every limit in process. A failed store is retried after retry_s."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from cluster.config.auth import TenantConfig
+from cluster.tenancy.charging import Outcome, charge, settlement
+from cluster.tenancy.local_store import LocalStore
+from cluster.tenancy.model import UNAVAILABLE, Decision, Limits
+
+log = logging.getLogger(__name__)
+OPEN, CLOSED, LOCAL = "open", "closed", "local"
+
+
+def _noop(*_a) -> None:
+    return None
+
+
+@dataclass
+class Hooks:
+    """What the tenancy reports (the gateway's metrics)."""
+
+    store_error: Callable[[], None] = _noop
+    store_up: Callable[[bool], None] = _noop
+    quota: Callable[[str, str, float], None] = _noop  # (tenant, period, used / limit)
+
+
+def limits_of(cfg: TenantConfig) -> Limits:
+    burst = cfg.burst
+    if cfg.requests_per_minute is not None and burst is None:
+        burst = max(1, int(cfg.requests_per_minute / 10))
+    return Limits(cfg.requests_per_minute, None if burst is None else float(burst), cfg.tokens_per_minute,
+                  cfg.max_concurrent, cfg.daily_tokens, cfg.monthly_tokens)
+
+
+@dataclass
+class Ticket:
+    """One request's decision, settled once."""
+
+    tenant: str
+    model: str
+    estimate: int  # the prompt's estimated tokens
+    decision: Decision
+    limits: Limits
+    settled: bool = field(default=False)
+
+
+class Tenancy:
+    def __init__(
+        self, tenants: Mapping[str, TenantConfig], *, store=None, on_failure: str = LOCAL,
+        gateways: Callable[[], int] = lambda: 1, hooks: Hooks | None = None, retry_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._limits = {t: limits_of(c) for t, c in tenants.items()}
+        self.store = store
+        self.on_failure = on_failure
+        self._gateways = gateways
+        self._hooks = hooks or Hooks()
+        self._local = LocalStore()
+        self._retry_s = retry_s
+        self._clock = clock
+        self._down_until = 0.0
+        self._hooks.store_up(store is not None)
+
+    @property
+    def active(self) -> bool:
+        return self.store is not None or any(lim != Limits() for lim in self._limits.values())
+
+    def limits(self, tenant: str) -> Limits:
+        return self._limits.get(tenant, Limits())
+
+    async def admit(self, tenant: str, model: str, *, cost: int, estimate: int) -> Ticket:
+        """The decision for one request reserving ``cost`` tokens (refused: ``decision.refused``)."""
+        lim = self.limits(tenant)
+        if self.store is None:
+            return Ticket(tenant, model, estimate, self._local.reserve_now(tenant, lim, cost), lim)
+        if self._clock() >= self._down_until:
+            try:
+                d = await self.store.reserve(tenant, lim, cost)
+                self._up()
+                self._report(tenant, lim, d)
+                return Ticket(tenant, model, estimate, d, lim)
+            except Exception as e:  # the store is down or answered nonsense: never a 500
+                self._failed(e)
+        if self.on_failure == OPEN:
+            return Ticket(tenant, model, estimate, Decision(None, source="open"), Limits())
+        if self.on_failure == CLOSED:
+            return Ticket(tenant, model, estimate, Decision(UNAVAILABLE, retry_s=self._retry_s, source="open"), lim)
+        share = lim.divided(max(1, int(self._gateways())))
+        return Ticket(tenant, model, estimate, self._local.reserve_now(tenant, share, cost), share)
+
+    async def settle(self, ticket: Ticket | None, outcome: Outcome, *, reasoning: int = 0) -> None:
+        """Charge a finished request for what its client received (refund or top-up of its
+        reservation), release its slot, record its usage; once."""
+        if ticket is None or ticket.settled or not ticket.decision.admitted:
+            return
+        ticket.settled = True
+        d = ticket.decision
+        prompt, completion = charge(outcome, estimate=ticket.estimate)
+        delta = settlement(d.cost, prompt + completion)
+        usage = (1, prompt, completion, reasoning, int(outcome.status >= 400))
+        if d.source == "open":
+            return
+        if d.source == "local":
+            await self._local.settle(ticket.tenant, ticket.model, d, limits=ticket.limits, delta=delta, usage=usage)
+            return
+        try:
+            await self.store.settle(ticket.tenant, ticket.model, d, limits=ticket.limits, delta=delta, usage=usage)
+        except Exception as e:  # the charge is lost with the store; its lease lapses
+            self._failed(e)
+
+    def _up(self) -> None:
+        if self._down_until:
+            log.warning("tenancy store %s is back", getattr(self.store, "url", ""))
+            self._down_until = 0.0
+            self._hooks.store_up(True)
+
+    def _failed(self, e: Exception) -> None:
+        self._hooks.store_error()
+        if not self._down_until:
+            log.warning("tenancy store %s failed (%s): on_failure=%s", getattr(self.store, "url", ""), e,
+                        self.on_failure)
+        self._hooks.store_up(False)
+        self._down_until = self._clock() + self._retry_s
+
+    def _report(self, tenant: str, lim: Limits, d: Decision) -> None:
+        if d.day_used is not None and lim.daily_tokens:
+            self._hooks.quota(tenant, "day", d.day_used / lim.daily_tokens)
+        if d.month_used is not None and lim.monthly_tokens:
+            self._hooks.quota(tenant, "month", d.month_used / lim.monthly_tokens)
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()

@@ -1,0 +1,112 @@
+"""The charging arithmetic and the rate-limit header values (cluster.tenancy.charging), and
+the in-process store's decisions (cluster.tenancy.local_store), table-driven."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cluster.tenancy.charging import (Outcome, Window, charge, format_reset, output_allowance, prompt_estimate,
+                                      ratelimit_headers, reservation, settlement)
+from cluster.tenancy.local_store import LocalStore
+from cluster.tenancy.model import Limits
+
+DEFAULTS = {"default": 1024, "low": 2048, "high": 32768}
+
+
+@pytest.mark.parametrize("data, tokens", [
+    ({"messages": [{"role": "user", "content": "abcd"}]}, 2),  # "user" + "abcd": 8 bytes
+    ({"prompt": "x" * 9}, 3),
+    ({"prompt": ["ab", "cd"]}, 1),
+    ({"input": "héllo", "instructions": "be brief"}, 4),  # 6 + 8 bytes
+    ({}, 1),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 40}]}]}, 12),
+])
+def test_prompt_estimate_is_bytes_over_four(data, tokens):
+    assert prompt_estimate(data) == tokens
+
+
+@pytest.mark.parametrize("data, cap, n, allowance", [
+    ({"max_tokens": 100}, 32768, 1, 100),
+    ({"max_completion_tokens": 50_000}, 4096, 1, 4096),  # the tenant's cap
+    ({"max_output_tokens": 10}, 32768, 3, 30),  # times n
+    ({}, 32768, 1, 1024),  # no effort: the model's default
+    ({"reasoning_effort": "high"}, 32768, 1, 32768),
+    ({"reasoning_effort": "high"}, 8000, 1, 8000),
+    ({"reasoning": {"effort": "low"}}, 32768, 1, 2048),  # Responses
+    ({"reasoning_effort": "unlisted"}, 32768, 1, 1024),
+    ({"max_tokens": 0}, 32768, 1, 1024),
+])
+def test_output_allowance(data, cap, n, allowance):
+    assert output_allowance(data, cap=cap, defaults=DEFAULTS, n=n) == allowance
+
+
+def test_reservation_is_prompt_estimate_plus_allowance():
+    assert reservation({"prompt": "x" * 40, "max_tokens": 20, "n": 2}, cap=100, defaults=DEFAULTS) == 10 + 40
+
+
+@pytest.mark.parametrize("outcome, charged", [
+    (Outcome(200, 11, 20), (11, 20)),  # the engine's usage
+    (Outcome(499, None, None, token_events=5), (10, 5)),  # a stream cut short: estimate + events relayed
+    (Outcome(502), (0, 0)),  # nothing delivered
+    (Outcome(200, 7, None), (7, 0)),
+])
+def test_charge_is_what_the_client_received(outcome, charged):
+    assert charge(outcome, estimate=10) == charged
+
+
+@pytest.mark.parametrize("reserved, charged, delta", [(100, 31, -69), (10, 25, 15), (0, 0, 0)])
+def test_settlement_refunds_or_tops_up(reserved, charged, delta):
+    assert settlement(reserved, charged) == delta
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0, "0s"), (0.25, "250ms"), (0.0001, "1ms"), (1, "1s"), (1.2, "2s"), (59, "59s"), (60, "1m0s"), (360, "6m0s"),
+    (3723, "1h2m3s"),
+])
+def test_reset_format_is_openais(seconds, text):
+    assert format_reset(seconds) == text
+
+
+def test_header_values():
+    h = ratelimit_headers(Window(60, 9.7, 3.2), Window(1000, 0, 0.5))
+    assert h == {
+        "x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "9", "x-ratelimit-reset-requests": "4s",
+        "x-ratelimit-limit-tokens": "1000", "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "500ms",
+    }
+    assert ratelimit_headers(None, None) == {}
+    assert ratelimit_headers(Window(1000, -5, 61), None)["x-ratelimit-remaining-requests"] == "0"
+
+
+class Clock:
+    def __init__(self, t: float = 86400 * 20000 + 3600):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_local_store_buckets_quota_and_settlement():
+    clock = Clock()
+    store = LocalStore(clock=clock)
+    lim = Limits(requests_per_minute=60, burst=2, tokens_per_minute=100, max_concurrent=5, daily_tokens=150)
+    a, b = store.reserve_now("t", lim, 40), store.reserve_now("t", lim, 40)
+    assert a.admitted and b.admitted and a.tokens.remaining == 60 and b.requests.remaining == 0
+    assert store.reserve_now("t", lim, 1).refused == "requests"
+    clock.t += 1  # one request back; tokens 20 + 100/60
+    assert store.reserve_now("t", lim, 40).refused == "tokens"
+    asyncio.run(store.settle("t", "m", a, limits=lim, delta=-30, usage=(1, 5, 5, 0, 0)))  # refund
+    c = store.reserve_now("t", lim, 40)
+    assert c.admitted and c.day_used == 80 + 40 - 30
+    assert store.reserve_now("t", Limits(daily_tokens=150), 100).refused == "daily"
+    assert store.reserve_now("t", Limits(tokens_per_minute=100), 101).refused == "too_large"
+    assert c.day_reset_s == 86400 - 3600 - 1
+
+
+def test_limits_divided_among_gateways():
+    lim = Limits(requests_per_minute=60, burst=10, tokens_per_minute=900, max_concurrent=4, daily_tokens=1000)
+    share = lim.divided(3)
+    assert (share.requests_per_minute, share.tokens_per_minute, share.max_concurrent, share.daily_tokens) == \
+        (20, 300, 1, 333)
+    assert share.burst == pytest.approx(10 / 3) and lim.divided(1) is lim

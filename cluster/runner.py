@@ -23,6 +23,7 @@ from cluster import reaper
 from cluster.config.schema import OwcConfig
 from cluster.metrics.targets import file_sd_dir, remove_targets, write_targets
 from cluster.process import free_port
+from cluster.tenancy.local_redis import LocalRedis
 from cluster.engine.demo_model import build_demo_model, demo_name, is_demo_source
 from cluster.engine.guard import ENGINE_KEY_ENV
 from cluster.engine.launcher import Launcher, vllm_launcher
@@ -72,6 +73,7 @@ class LocalCluster:
         self._launcher = launcher
         self._temp_dir = temp_dir or tempfile.mkdtemp(prefix="owc-ray-")
         self._started_ray = False
+        self._redis: LocalRedis | None = None  # the tenancy store owc started, if it started one
         self._handle_signals = handle_signals
         self._sd_dir = file_sd_dir(cfg.monitoring.file_sd_dir)
         self._sd_name = f"ray-{uuid.uuid4().hex[:12]}"
@@ -107,6 +109,9 @@ class LocalCluster:
         from cluster.app import APP_NAME, build_application
 
         prebuild_demo_models(self.cfg, report)
+        store = self.cfg.gateway.store
+        if store is not None and not self.cfg.ray.address:  # one machine: its tenancy store too
+            self._redis = LocalRedis.ensure(store.url)
         os.environ.update(RAY_ENV)
         report("starting Ray")
         if self.cfg.ray.address:
@@ -184,6 +189,9 @@ class LocalCluster:
 
         if self._sd_dir is not None:
             remove_targets(self._sd_dir, self._sd_name)
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
         if not ray.is_initialized():
             return
 

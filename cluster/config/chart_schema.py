@@ -67,6 +67,15 @@ def values_schema() -> dict[str, Any]:
         "hubToken": obj({"existingSecret": STR, "secretKey": STR}),
         "gcsFaultTolerance": obj({"enabled": BOOL, "redisAddress": STR, "externalStorageNamespace": STR,
                                   "redisPasswordSecret": obj({"name": STR, "key": STR})}),
+        "tenancyStore": obj({
+            "mode": {"enum": ["none", "internal", "external"]},
+            "onFailure": {"enum": ["open", "closed", "local"]},
+            "external": obj({"url": {"type": "string", "pattern": "^(rediss?://.*)?$"}, "existingSecret": STR,
+                             "secretKey": STR}),
+            "internal": obj({"image": obj({"repository": STR, "tag": STR,
+                                           "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]}}),
+                             "resources": RESOURCES, "storage": obj({"size": STR, "storageClass": STR})}),
+        }),
         "upgradeStrategy": {"enum": ["NewCluster", "None"]},
         "monitoring": obj({
             # The rules' SLO bucket: a bound of the gateway's TTFT histogram, else the SLO rules read nothing.

@@ -362,3 +362,36 @@ def test_the_keys_secret_is_mounted_whole_so_a_rotation_reaches_running_gateways
     serve = yaml.safe_load(next(d for d in docs if d["kind"] == "RayService")["spec"]["serveConfigV2"])
     gw = serve["applications"][0]["args"]["config"]["gateway"]
     assert gw["api_keys_file"].startswith(mounts[0]["mountPath"] + "/")
+
+
+def test_the_tenancy_store_is_shared_by_every_gateway_and_reachable_only_from_them():
+    docs = rendered(CHART / "ci" / "tenancy-redis-values.yaml")
+    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "owc-redis")
+    sts = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "owc-redis")
+    assert sts["spec"]["replicas"] == 1 and sts["spec"]["volumeClaimTemplates"]
+    serve = yaml.safe_load(next(d for d in docs if d["kind"] == "RayService")["spec"]["serveConfigV2"])
+    gw = serve["applications"][0]["args"]["config"]["gateway"]
+    assert gw["store"] == {"url": "redis://owc-redis:6379/0", "on_failure": "local"} and gw["replicas"] == 2
+    assert svc["spec"]["selector"] == sts["spec"]["template"]["metadata"]["labels"]
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "owc-redis")
+    assert policy["spec"]["podSelector"]["matchLabels"] == svc["spec"]["selector"]
+    sources = [s for rule in policy["spec"]["ingress"] for s in rule["from"]]
+    assert sources == [{"podSelector": {"matchLabels": {**{k: v for k, v in svc["spec"]["selector"].items()
+                                                           if k != "owc.io/component"}, "owc.io/component": "gateway"}}}]
+
+
+def test_an_external_store_url_from_a_secret_reaches_gateway_pods_only(tmp_path):
+    values = tmp_path / "v.yaml"
+    values.write_text(yaml.safe_dump({"tenancyStore": {"mode": "external", "onFailure": "closed",
+                                                       "external": {"existingSecret": "tenancy-redis"}}}))
+    docs = rendered(values)
+    rs = next(d for d in docs if d["kind"] == "RayService")
+    gw = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["config"]["gateway"]
+    assert gw["store"]["url_env"] == "OWC_TENANCY_STORE_URL" and gw["store"]["on_failure"] == "closed"
+    for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        env = {e["name"]: e for c in g["template"]["spec"]["containers"] for e in c.get("env", [])}
+        if g["groupName"] == "gateway":
+            assert env["OWC_TENANCY_STORE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "tenancy-redis", "key": "url"}
+        else:
+            assert "OWC_TENANCY_STORE_URL" not in env
+    assert not [d for d in docs if d["kind"] == "StatefulSet"]

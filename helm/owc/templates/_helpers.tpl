@@ -80,6 +80,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ = set $gw "api_keys_file" (printf "/etc/owc/keys/%s" .Values.apiKeys.secretKey) }}
 {{- $_ = set $gw "api_keys_env" nil }}
 {{- $_ = set $gw "ray_resources" (dict "owc-gateway" 1) }}
+{{- with (include "owc.storeConfig" . | fromYaml) }}
+{{- $_ = set $gw "store" . }}
+{{- end }}
 {{- $_ = set $cfg "gateway" $gw }}
 {{- $_ = set $cfg "engine_network" (dict "bind_host" "0.0.0.0" "port" (int .Values.engineWorkers.port)) }}
 {{- $_ = set $cfg "monitoring" (dict "file_sd_dir" nil) }}
@@ -147,4 +150,31 @@ failureThreshold: 6
 {{- $s := toString .Values.monitoring.ttftSloSeconds }}
 {{- if not (contains "." $s) }}{{ $s = printf "%s.0" $s }}{{ end }}
 {{- $s }}
+{{- end }}
+
+{{/* gateway.store from tenancyStore: the internal Redis's Service, or the external URL
+     (from a Secret through OWC_TENANCY_STORE_URL on gateway pods when one is given). */}}
+{{- define "owc.storeConfig" -}}
+{{- $t := .Values.tenancyStore }}
+{{- if eq $t.mode "internal" }}
+url: {{ printf "redis://%s-redis:6379/0" (include "owc.fullname" .) | quote }}
+on_failure: {{ $t.onFailure }}
+{{- else if eq $t.mode "external" }}
+url: {{ $t.external.url | default "redis://unset.invalid:6379/0" | quote }}
+{{- if $t.external.existingSecret }}
+url_env: OWC_TENANCY_STORE_URL
+{{- end }}
+on_failure: {{ $t.onFailure }}
+{{- end }}
+{{- end }}
+
+{{/* Gateway-only env: the tenancy store's URL from its Secret. */}}
+{{- define "owc.gatewayStoreEnv" -}}
+{{- if and (eq .Values.tenancyStore.mode "external") .Values.tenancyStore.external.existingSecret }}
+- name: OWC_TENANCY_STORE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.tenancyStore.external.existingSecret }}
+      key: {{ .Values.tenancyStore.external.secretKey }}
+{{- end }}
 {{- end }}

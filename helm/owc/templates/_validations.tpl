@@ -36,6 +36,12 @@
 {{- if and .Values.gcsFaultTolerance.enabled (not .Values.gcsFaultTolerance.redisAddress) }}
 {{- fail "gcsFaultTolerance.enabled needs gcsFaultTolerance.redisAddress" }}
 {{- end }}
+{{- if not (has .Values.tenancyStore.mode (list "none" "internal" "external")) }}
+{{- fail "tenancyStore.mode must be none, internal or external" }}
+{{- end }}
+{{- if and (eq .Values.tenancyStore.mode "external") (not .Values.tenancyStore.external.url) (not .Values.tenancyStore.external.existingSecret) }}
+{{- fail "tenancyStore.mode external needs tenancyStore.external.url or tenancyStore.external.existingSecret" }}
+{{- end }}
 {{- if not (has .Values.upgradeStrategy (list "NewCluster" "None")) }}
 {{- fail "upgradeStrategy must be NewCluster or None" }}
 {{- end }}

@@ -79,9 +79,9 @@ def cluster(model_cache, tmp_path_factory, file_sd_dir):
         },
         "gateway": {
             "host": "127.0.0.1", "port": free_port(), "metrics_port": free_port(), "api_keys_file": str(keys_file),
-            # Tenancy through the real cluster: the store is a Redis `owc serve` starts itself
-            # (nothing listens on that port); `itest` has a daily budget (the quota panel's data).
-            "store": {"url": f"redis://127.0.0.1:{free_port()}/0", "on_failure": "closed"},
+            # Tenancy through the real cluster: the store is a Redis `owc serve` starts itself (the
+            # observability test checks it stays up); `itest` has a daily budget (the quota panel).
+            "store": {"url": f"redis://127.0.0.1:{free_port()}/0", "on_failure": "local"},
             "tenants": {"limited": {"requests_per_minute": 1, "burst": 1}, "itest": {"daily_tokens": 10**9}},
         },
         "monitoring": {"file_sd_dir": str(file_sd_dir)},

@@ -98,6 +98,9 @@ def test_live_prometheus_sees_everything(cluster, prometheus):
     streamed = query(prometheus, 'sum(owc_time_to_first_token_seconds_count{model=~"tiny-llama.*"})')
     assert float(streamed[0]["value"][1]) >= 3
     assert query(prometheus, 'sum(owc_rejections_total{reason="rate_limit_exceeded"}) >= 1')
+    # The session's tenancy store (a Redis `owc serve` started) answered throughout.
+    assert query(prometheus, "min(owc_tenancy_store_up) == 1")
+    assert query(prometheus, "sum(owc_tenancy_store_errors_total) == 0")
 
     # Every recording rule evaluates to data; every rule is healthy.
     time.sleep(3)  # rates need two samples after the workload

@@ -32,7 +32,7 @@ class FakeEngine:
     def __init__(self, *, model: str, ttft_s: float, itl_s: float, max_num_seqs: int, default_max_tokens: int = 16,
                  adapters: tuple[str, ...] = ()):
         self.model = model
-        self.adapters = adapters  # LoRA adapters "loaded": listed by /v1/models, accepted as model names
+        self.adapters = tuple(adapters)  # LoRA adapters "loaded": listed by /v1/models, accepted as model names
         self.ttft_s = ttft_s
         self.itl_s = itl_s
         self.default_max_tokens = default_max_tokens
@@ -85,7 +85,27 @@ class FakeEngine:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/responses", self.responses)
+        app.router.add_post("/v1/load_lora_adapter", self.load_lora)
+        app.router.add_post("/v1/unload_lora_adapter", self.unload_lora)
         return app
+
+    async def load_lora(self, request: web.Request) -> web.Response:
+        """vLLM's run-time load: a path containing "fail" fails, as a missing one would."""
+        body = await request.json()
+        name, path = body.get("lora_name"), body.get("lora_path", "")
+        if name in self.adapters:
+            return _error(400, f"The lora adapter '{name}' has already been loaded.")
+        if "fail" in path:
+            return _error(400, f"No adapter found for {path}")
+        self.adapters += (name,)
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def unload_lora(self, request: web.Request) -> web.Response:
+        name = (await request.json()).get("lora_name")
+        if name not in self.adapters:
+            return _error(404, f"The lora adapter '{name}' cannot be found.")
+        self.adapters = tuple(a for a in self.adapters if a != name)
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def health(self, _: web.Request) -> web.Response:
         return web.Response(status=200)

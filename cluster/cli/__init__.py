@@ -1,10 +1,11 @@
 """`owc` command line: serve, status, config validate, demo-model, gateway, monitor, bench,
-controller, simulate, keys, usage. One module per command group; this one builds the typer app."""
+controller, simulate, keys, usage, adapter. One module per command group; this one builds the typer app."""
 
 from __future__ import annotations
 
 import typer
 
+from cluster.cli import adapter as adapter_cli
 from cluster.cli.bench import bench
 from cluster.cli.config import config_validate
 from cluster.cli.conformance import conformance
@@ -22,6 +23,12 @@ app.add_typer(config_app, name="config")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored as SHA-256 hashes).")
 app.add_typer(keys_app, name="keys")
 keys_app.command("create")(keys_create)
+adapter_app = typer.Typer(no_args_is_help=True, help="LoRA adapters: train one, add, list, remove at run time.")
+app.add_typer(adapter_app, name="adapter")
+adapter_app.command("train")(adapter_cli.train)
+adapter_app.command("add")(adapter_cli.add)
+adapter_app.command("list")(adapter_cli.list_)
+adapter_app.command("remove")(adapter_cli.remove)
 config_app.command("validate")(config_validate)
 app.command("demo-model")(demo_model)
 app.command()(serve)

@@ -25,6 +25,12 @@ def config_validate(
         f"models.{name}.engine_kwargs{'' if p.startswith(':') else '.'}{p}"
         for name, m in cfg.models.items() for p in check_engine_kwargs(m.engine_kwargs, known)
     ]
+    from cluster.config.adapters import lora_engine_kwargs
+
+    problems += [  # the LoRA flags owc derives from `lora:` and `adapters:`, through the same parser
+        f"models.{name}.lora: {p.lstrip(': ')}" for name, m in cfg.models.items()
+        for p in check_engine_kwargs(lora_engine_kwargs(m.lora, m.adapters), known)
+    ]
     if problems:
         console.print(f"[red]invalid config[/red] {file}")
         for p in problems:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from cluster.config.base import StrictModel
+from cluster.config.responses import ReasoningPolicy
 
 
 class JwtConfig(StrictModel):
@@ -58,6 +59,9 @@ class TenantConfig(StrictModel):
     max_prompts: int | None = Field(None, ge=1, description="This tenant's prompt-list cap (default: gateway.limits).")
     max_output_tokens: int | None = Field(
         None, ge=1, description="This tenant's output-token cap (default: gateway.limits.max_output_tokens).",
+    )
+    reasoning: ReasoningPolicy | None = Field(
+        None, description="This tenant's reasoning exposure on every model (default: each model's `reasoning`).",
     )
 
 

@@ -11,12 +11,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from cluster.config.adapters import AdapterSpec, LoraConfig, check_lora, migrate_adapters
 from cluster.config.autoscaling import Autoscaling
 from cluster.config.base import NAME as _NAME
 from cluster.config.base import StrictModel
 from cluster.config.auth import JwtConfig, TenantConfig, TenantLimits
 from cluster.config.gateway import AccessLog, GatewayConfig, Limits, Tracing
 from cluster.config.routing import RoutingConfig, RoutingStats
+from cluster.config.responses import ReasoningPolicy, ResponsesStore
 
 PP_UNSUPPORTED = (
     "pipeline_parallel_size > 1 is not supported on GPUs yet: the engine's placement group is not handed to "
@@ -78,12 +80,15 @@ class ModelConfig(StrictModel):
         "weights follow the harmony frame: reasoning, final answer, tool calls).",
     )
     aliases: list[str] = Field(default_factory=list, description="Other names that select this model.")
-    adapters: list[str] = Field(
-        default_factory=list,
-        description="LoRA adapter names served on this model's engines (vLLM `lora_modules` in engine_kwargs, or "
-        "loaded at run time). A request naming one goes to this model's replicas, preferring those that have it "
-        "loaded (routing: adapter_loaded, lora_affinity); the name reaches the engine unchanged.",
+    adapters: dict[str, AdapterSpec] = Field(
+        default_factory=dict,
+        description="LoRA adapters served on this model's engines, by name: `{name: {source: dir-or-hub-id}}` "
+        "(the list form `[name]` of old: adapters the engine has already). Every replica loads them at start; "
+        "more are added at run time (`owc adapter add`). A request naming one goes to this model's replicas, "
+        "preferring those that have it loaded (routing: adapter_loaded, lora_affinity), and the gateway loads it "
+        "on the chosen replica when none has; the name reaches the engine unchanged.",
     )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="The engine's LoRA limits (vLLM's LoRA flags).")
     tensor_parallel_size: int = Field(1, ge=1, le=64, description="TP ranks, packed on one node.")
     pipeline_parallel_size: int = Field(
         1, ge=1, le=16,
@@ -111,8 +116,25 @@ class ModelConfig(StrictModel):
     startup_timeout_s: float = Field(600.0, gt=0, description="Seconds an engine may take to become healthy.")
     routing: RoutingConfig = Field(default_factory=RoutingConfig, description="How the gateway picks this model's replica.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Capacity controller settings.")
+    reasoning: ReasoningPolicy = Field(default_factory=ReasoningPolicy, description="Reasoning exposure to clients.")
+    responses_store: ResponsesStore = Field(
+        default_factory=ResponsesStore, description="Stored responses (previous_response_id, retrieval), bounded.",
+    )
 
-    @field_validator("aliases", "adapters")
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _adapters_map(cls, v: object) -> object:
+        return migrate_adapters(v)
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, v: dict[str, AdapterSpec]) -> dict[str, AdapterSpec]:
+        for a in v:
+            if not _NAME.match(a):
+                raise ValueError(f"invalid adapter name {a!r}")
+        return v
+
+    @field_validator("aliases")
     @classmethod
     def _alias_names(cls, v: list[str]) -> list[str]:
         for a in v:
@@ -133,6 +155,7 @@ class ModelConfig(StrictModel):
     def _no_gpu_pipeline_parallelism(self) -> ModelConfig:
         if self.accelerator.kind == "gpu" and self.pipeline_parallel_size > 1:
             raise ValueError(PP_UNSUPPORTED)
+        check_lora(self.lora, self.adapters, self.engine_kwargs)
         return self
 
     @property

@@ -17,7 +17,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
+from cluster.config.adapters import RUNTIME_ENV, lora_enabled, lora_engine_kwargs
 from cluster.config.schema import ENGINE_DOOR_KWARGS, ModelConfig
+from cluster.engine.responses_store import MIDDLEWARE as STORE_BOUND
+from cluster.engine.responses_store import store_env
 
 # Set by owc itself; a config may not override them through engine_kwargs (api_key and
 # middleware: the engine's door is owc's EngineGuard, cluster/engine/guard.py; uds and config
@@ -249,6 +252,8 @@ def server_cli_args(
         args += ["--max-model-len", str(cfg.max_model_len)]
     if guarded:
         args += ["--middleware", GUARD]
+    if cfg.responses_store.enabled:  # vLLM's store never evicts: owc bounds it (cluster.engine.responses_store)
+        args += ["--middleware", STORE_BOUND]
     return args
 
 
@@ -261,12 +266,16 @@ def engine_env(cfg: ModelConfig) -> dict[str, str]:
             # vLLM-CPU's default binding fails ("Not enough allowed NUMA nodes"): give each
             # rank its own core range; its Ray executor is refused on CPU, so use mp.
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i) for i in range(cfg.world_size)))
+    if lora_enabled(cfg.lora, cfg.adapters):
+        env[RUNTIME_ENV] = "True"  # the gateway loads and unloads adapters at run time
+    s = cfg.responses_store
+    env.update(store_env(s.enabled, s.max_entries, s.ttl_s))  # VLLM_ENABLE_RESPONSES_API_STORE only when on
     env.update(cfg.engine_env)
     return env
 
 
 def engine_overrides(cfg: ModelConfig) -> dict[str, object]:
-    kwargs = dict(cfg.engine_kwargs)
+    kwargs = {**cfg.engine_kwargs, **lora_engine_kwargs(cfg.lora, cfg.adapters)}
     if cfg.accelerator.kind == "cpu" and cfg.world_size > 1:
         kwargs.setdefault("distributed_executor_backend", "mp")
     return kwargs

@@ -70,6 +70,11 @@ class EngineReplica:
             await self._proc.stop_async(grace_s=2)
             await self._session.close()
             raise
+        if self._cfg.lora.enabled is not False:  # run-time adapters (`owc adapter add`) before it takes traffic
+            from cluster.adapters.store import load_recorded
+
+            for problem in await load_recorded(self._proc.url, served_name, cache_dir, key):
+                log.warning("engine %s replica %s: adapter not loaded: %s", served_name, self._replica_id, problem)
         await self._registry.register.remote(self._name, self._replica_id, self._proc.url)
         log.info("engine %s replica %s ready at %s", served_name, self._replica_id, self._proc.url)
 

@@ -18,6 +18,8 @@ from cluster.gateway.accounting import UNKNOWN, Accounting, Settled
 from cluster.gateway.auth import Authenticator, allowed
 from cluster.gateway.caps import CapTable
 from cluster.gateway.connections import CLOSED_KEY
+from cluster.gateway.conversations import Conversations
+from cluster.gateway.response_ids import ResponseIds
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.forwarder import ClientGone, Forwarder
@@ -91,7 +93,7 @@ class Admission:
     def __init__(
         self, *, config: OwcConfig, auth: Authenticator, forwarder: Forwarder, accounting: Accounting,
         metrics: GatewayMetrics, limiter: TenantLimiter | None = None, tracer: RequestTracer | None = None,
-        tenancy: GatewayTenancy | None = None,
+        tenancy: GatewayTenancy | None = None, conversations: Conversations | None = None,
     ):
         self._config = config
         self._auth = auth
@@ -101,6 +103,8 @@ class Admission:
         self._limiter = limiter  # the in-process limiter of old, when a caller passes one
         self._tenancy = tenancy or GatewayTenancy(config, metrics)  # limits, quotas, usage (cluster.tenancy)
         self._tracer = tracer
+        # Reasoning policy and Responses affinity (cluster.gateway.conversations).
+        self._conversations = conversations or Conversations(config, ResponseIds.from_env(None))
         self._limit = config.gateway.limits.max_body_bytes
         self._caps = CapTable(config.gateway.limits, config.gateway.tenants)
         # Request ids: a random per-process prefix and a counter (uuid4 per request costs a
@@ -130,6 +134,7 @@ class Admission:
             self._caps.check(tenant, data)
             job = self._job(route, req, data, body,
                             headers=headers, tenant=tenant, request_id=request_id, span=span)
+            job = self._conversations.prepare(job)
             await self._tenancy.admit(ticket, job)  # 429 before any engine sees it
             release = self._limiter.admit(tenant) if self._limiter else _noop
             try:

@@ -22,6 +22,7 @@ from cluster.config.schema import OwcConfig
 from cluster.discovery.sources import EndpointSource
 from cluster.gateway.access_log import AccessLog
 from cluster.gateway.accounting import Accounting
+from cluster.gateway.adapter_routes import add_adapter_routes, build_loader
 from cluster.gateway.admission import ROUTES, Admission, send_error
 from cluster.gateway.auth import Authenticator
 from cluster.gateway.connections import Bounds, ConnectionGuard
@@ -30,6 +31,9 @@ from cluster.gateway.errors import OpenAIError
 from cluster.gateway.forwarder import Forwarder
 from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.routes import Route, RouteTable, add_routes, replica_counts
+from cluster.gateway.conversations import Conversations
+from cluster.gateway.response_ids import ResponseIds
+from cluster.gateway.responses_routes import add_responses_routes
 from cluster.gateway.stats_poller import StatsPoller
 from cluster.gateway.tracing import RequestTracer
 from cluster.routing.router import Routing
@@ -79,19 +83,24 @@ def build_app(
     if access_log is None and gw.access_log.enabled:
         access_log = AccessLog(gw.access_log)
     tracer = tracer or RequestTracer.from_config(gw.tracing)
+    engine_client = EngineClient(connect_timeout_s=gw.limits.connect_timeout_s, key=engine_key)
+    conversations = Conversations(config, ResponseIds.from_env(engine_key))  # responses affinity, reasoning policy
     forwarder = Forwarder(
-        routing=routing, endpoints=endpoints, engine=EngineClient(connect_timeout_s=gw.limits.connect_timeout_s, key=engine_key),
+        routing=routing, endpoints=endpoints, engine=engine_client,
         metrics=metrics, request_timeout_s=gw.limits.request_timeout_s, tracer=tracer,
         wake_timeouts={n: m.autoscaling.wake_timeout_s for n, m in config.models.items() if m.wakes_on_request},
     )
+    forwarder.adapters = adapters = build_loader(config=config, endpoints=endpoints, metrics=metrics, routing=routing,
+                                                 poller=stats_poller, engine_key=engine_key)  # LoRA adapters
     admission = Admission(
         config=config, auth=auth, forwarder=forwarder, metrics=metrics, tracer=tracer,
-        accounting=Accounting(metrics=metrics, routing=routing, access_log=access_log),
+        accounting=Accounting(metrics=metrics, routing=routing, access_log=access_log), conversations=conversations,
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await endpoints.start()
+        await adapters.start()
         if stats_poller is not None:
             await stats_poller.start()
         if auth.jwt is not None:
@@ -109,6 +118,7 @@ def build_app(
                 await stats_poller.stop()
             await endpoints.stop()
             await forwarder.close()
+            await adapters.close()
             if access_log is not None:
                 access_log.close()
             if tracer is not None:
@@ -135,6 +145,9 @@ def build_app(
 
     table = RouteTable(app, auth, audit=access_log.write if access_log is not None else None)
     add_routes(table, config=config, endpoints=endpoints, routing=routing, clock=clock)
+    if auth.admin_configured:  # no admin keys: no adapter admin routes (404)
+        add_adapter_routes(table, config=config, loader=adapters)
+    add_responses_routes(table, config=config, endpoints=endpoints, engine=engine_client, ids=conversations.ids)
     return GatewayApp(api=app, admission=admission, table=table, connections=connections)
 
 

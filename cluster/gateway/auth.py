@@ -180,6 +180,11 @@ class Authenticator:
             raise OpenAIError(403, "admin keys are for the admin API only; use a tenant key", code="permission_denied")
         return p.name
 
+    @property
+    def admin_configured(self) -> bool:
+        """Whether any admin key is configured (the admin API is served at all)."""
+        return bool(self._admin)
+
     def admin(self, headers: Mapping[bytes, bytes], client: str | None) -> Principal:
         """The admin behind an admin route's request; tenant credentials are refused (403)."""
         if not self._admin:

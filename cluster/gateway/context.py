@@ -35,6 +35,12 @@ class Job:
     # The gateway asked the engine for a usage event the client did not ask for: drop it.
     strip_usage: bool = False
     span: Any = None  # the request's tracing span, when tracing is on
+    # The reasoning policy is strip: no reasoning reaches the client (cluster.gateway.reasoning).
+    strip_reasoning: bool = False
+    # Responses affinity (cluster.gateway.conversations): the replica that must answer (it holds
+    # previous_response_id), and the engine body per chosen replica (it carries the minted id).
+    pin: str | None = None
+    body_for: Callable[[Endpoint], bytes] | None = None
 
 
 @dataclass

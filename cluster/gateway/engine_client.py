@@ -202,9 +202,10 @@ class EngineClient:
             raise ConnectFailed(f"cannot connect to engine {key[0]}:{key[1]}: {e or type(e).__name__}") from None
         return conn, False
 
-    async def post(self, host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> Response:
+    async def post(self, host: str, port: int, path: str, body: bytes, headers: dict[str, str], *,
+                   method: str = "POST") -> Response:
         key = (host, port)
-        head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}", *self._auth_lines]
+        head = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}", *self._auth_lines]
         head += [f"{k}: {v}" for k, v in headers.items()]
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         while True:

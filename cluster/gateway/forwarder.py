@@ -21,6 +21,7 @@ from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send,
 from cluster.gateway.engine_client import ConnectFailed, EngineClient, EngineError, Response
 from cluster.gateway.errors import RETRY_SOON, RETRY_STARTING, OpenAIError
 from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.conversations import owner_endpoints
 from cluster.gateway.streaming import respond
 from cluster.gateway.tracing import RequestTracer
 from cluster.routing.filters import QueueFull
@@ -62,6 +63,8 @@ def _taking_requests(endpoints: list[Endpoint]) -> bool:
 
 
 class Forwarder:
+    adapters = None  # cluster.gateway.adapter_loader.AdapterLoader: loads a LoRA adapter the chosen replica lacks
+
     def __init__(
         self, *, routing: Routing, endpoints: EndpointSource, engine: EngineClient, metrics: GatewayMetrics,
         request_timeout_s: float, wake_timeouts: Mapping[str, float] | None = None,
@@ -102,6 +105,8 @@ class Forwarder:
                 # Scaled to zero: hold the request (it counts as in flight, which is what wakes
                 # the model through the controller) until a replica registers.
                 endpoints = await self._wait_for_replica(job.model, wake_s, receive)
+            if job.pin is not None:  # a previous_response_id: only its owner holds it
+                endpoints = owner_endpoints(job, endpoints)
             chars = self._routing.prefix_chars(job.model)
             info = RequestInfo(model=job.model, prefix_key=prefix_key(job.data, chars) if chars else b"",
                                session_key=session_key(job.headers, job.data), adapter=job.adapter)
@@ -178,7 +183,10 @@ class Forwarder:
             routing.acquire(rid)
             resp: Response | None = None
             try:
-                resp = await self._engine.post(host, port, job.route, job.body, headers)
+                if job.adapter is not None and self.adapters is not None:
+                    await self.adapters.ensure(job.model, ep, job.adapter, routing.adapters_of(rid))
+                body = job.body if job.body_for is None else job.body_for(ep)  # a stored response's id
+                resp = await self._engine.post(host, port, job.route, body, headers)
                 if job.stream and resp.status < 400:
                     first = await anext(aiter(resp.chunks()), b"")
                 else:

@@ -149,6 +149,14 @@ class GatewayMetrics:
             "day, month: UTC month), as of its last request through this gateway.", ["tenant", "period"],
             registry=registry,
         )
+        self.adapter_loads = Counter(
+            "owc_adapter_loads", "LoRA adapter loads the gateway asked of engine replicas (admin API and on demand), "
+            "by model and result (ok, failed).", ["model", "result"], registry=registry,
+        )
+        self.adapter_load_seconds = Histogram(
+            "owc_adapter_load_seconds", "Time one adapter load on one replica took (ok or not), by model.",
+            ["model"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=registry,
+        )
         for reason in CONNECTION_CLOSE_REASONS:
             self.connections_closed.labels(reason)
         for keys in KEY_FILES:
@@ -181,6 +189,8 @@ class GatewayMetrics:
                 self.rejections.labels(m, reason)
             for reason in RETRY_REASONS:
                 self.retries.labels(m, reason)
+            for result in ("ok", "failed"):
+                self.adapter_loads.labels(m, result)
             self.decisions.labels(m, policy)
             self.decision_seconds.labels(policy)
             self.in_flight.labels(m)

@@ -55,7 +55,12 @@ class RouteTable:
                     except OpenAIError as err:
                         self._audited(None, request, err.status)  # refused attempts are audited too
                         raise
-                    response = await handler(request, **kwargs)
+                    request.state.admin = admin.name
+                    try:
+                        response = await handler(request, **kwargs)
+                    except OpenAIError as err:
+                        self._audited(admin, request, err.status)  # a refused admin call is audited too
+                        raise
                     self._audited(admin, request, response.status_code)
                     return response
                 return await handler(request, **kwargs)
@@ -69,7 +74,8 @@ class RouteTable:
     def _audited(self, admin: Principal | None, request: Request, status: int) -> None:
         if self._audit is not None:
             self._audit({"admin": admin.name if admin else None, "method": request.method, "route": request.url.path,
-                         "status": status, "client": request.client.host if request.client else None})
+                         "status": status, "client": request.client.host if request.client else None,
+                         **getattr(request.state, "audit", {})})  # what the call did (adapter routes)
 
 
 def add_routes(
@@ -85,6 +91,9 @@ def add_routes(
             card["max_model_len"] = m.max_model_len
         card["aliases"] = list(m.aliases)
         return card
+
+    def adapter_card(name: str, adapter: str) -> dict[str, Any]:
+        return {"id": adapter, "object": "model", "created": int(clock()), "owned_by": "owc", "parent": name}
 
     @table.add("GET", "/health", "public")
     async def health(request: Request) -> Response:
@@ -103,8 +112,10 @@ def add_routes(
     @table.add("GET", "/v1/models", "tenant")
     async def list_models(request: Request) -> Response:
         tenant = request.state.tenant
-        return JSONResponse({"object": "list", "data": [model_card(n) for n in config.models
-                                                        if allowed(tenants, tenant, n)]})
+        cards = [model_card(n) for n in config.models if allowed(tenants, tenant, n)]
+        cards += [adapter_card(n, a) for n, m in config.models.items() for a in list(m.adapters)
+                  if allowed(tenants, tenant, n, a)]  # LoRA adapters, each with its parent model
+        return JSONResponse({"object": "list", "data": cards})
 
     @table.add("GET", "/v1/models/{model:path}", "tenant")
     async def get_model(request: Request, model: str) -> Response:
@@ -112,7 +123,7 @@ def add_routes(
         adapter = model if served is not None and model in config.models[served].adapters else None
         if served is None or not allowed(tenants, request.state.tenant, served, adapter):
             raise OpenAIError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
-        return JSONResponse(model_card(served))
+        return JSONResponse(adapter_card(served, adapter) if adapter else model_card(served))
 
     @table.add("GET", "/admin/v1/replicas", "admin")
     async def admin_replicas(request: Request) -> Response:

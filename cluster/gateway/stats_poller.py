@@ -55,6 +55,13 @@ class StatsPoller:
             return
         self._store.update(ep.replica_id, stats, self._clock())
 
+    def adapter_changed(self, replica_id: str, adapter: str, loaded: bool) -> None:
+        """An adapter the gateway loaded or unloaded: in the cached adapter list and the store."""
+        if replica_id in self._adapters:
+            have = self._adapters[replica_id]
+            self._adapters[replica_id] = have | {adapter} if loaded else have - {adapter}
+        self._store.adapter_changed(replica_id, adapter, loaded)
+
     async def poll_once(self) -> None:
         eps = {e.replica_id: e for e in self._endpoints()}
         self._store.forget(eps)

@@ -17,6 +17,7 @@ from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Send
 from cluster.gateway.engine_client import EngineError, Response
 from cluster.gateway.errors import OpenAIError, from_upstream, sse_error_event
 from cluster.gateway.params import RESPONSES
+from cluster.gateway.reasoning import StreamStrip, strip_body
 
 # The Responses stream's last event (completed, incomplete or failed) carries the whole
 # response, usage included. An event line ends with a raw newline, which JSON text cannot
@@ -54,6 +55,8 @@ async def respond(
                 delivery.usage(orjson.loads(first).get("usage"))
             except (orjson.JSONDecodeError, AttributeError):
                 pass
+            if job.strip_reasoning:  # the usage above still counts the reasoning tokens
+                first = strip_body(job.route, first)
             ctype = resp.headers.get("content-type", "application/json").encode()
             delivery.status = resp.status
             await send({"type": "http.response.start", "status": resp.status,
@@ -81,6 +84,7 @@ async def _relay_stream(
     tail = b""
     last = 0.0
     responses = job.route == RESPONSES
+    strip = StreamStrip(job.route) if job.strip_reasoning else None  # whole events only
     try:
         async for chunk in _then(first, resp.chunks()):
             # Whole SSE events only: a partial event waits for the rest (clients cannot
@@ -110,8 +114,12 @@ async def _relay_stream(
                 else:
                     delivery.itl.append(now - last)
                 last = now
+            if strip is not None:
+                chunk = strip.chunk(chunk)
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if tail and strip is not None:
+            tail = strip.chunk(tail)
         if tail:
             await send({"type": "http.response.body", "body": tail, "more_body": True})
     except EngineError as e:

@@ -143,6 +143,11 @@ class Routing:
             raise NoReplica(req.model)
         return view.endpoint
 
+    def adapters_of(self, replica_id: str) -> frozenset[str]:
+        """The LoRA adapters the replica's last stats say it holds (empty when none are known)."""
+        s = self.stats.stats(replica_id, self._clock())
+        return s.adapters if s is not None else frozenset()
+
     def failed(self, replica_id: str) -> None:
         """A request could not reach the replica or lost it: out until it scrapes healthy."""
         self.stats.failed(replica_id, self._clock())

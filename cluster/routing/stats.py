@@ -5,6 +5,8 @@ the gateway (cluster.gateway.stats_poller) and feeds this store."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -67,6 +69,14 @@ class StatsStore:
     def update(self, replica_id: str, stats: ReplicaStats, now: float) -> None:
         e = self._entries.setdefault(replica_id, _Entry())
         e.stats, e.at, e.healthy, e.failed_at = stats, now, True, None
+
+    def adapter_changed(self, replica_id: str, adapter: str, loaded: bool) -> None:
+        """The gateway loaded (or unloaded) an adapter on a replica: routing knows at once,
+        before the next /v1/models read (the stats keep their age)."""
+        e = self._entries.get(replica_id)
+        if e is not None and e.stats is not None:
+            have = e.stats.adapters | {adapter} if loaded else e.stats.adapters - {adapter}
+            e.stats = dataclasses.replace(e.stats, adapters=frozenset(have))
 
     def failed(self, replica_id: str, now: float) -> None:
         e = self._entries.setdefault(replica_id, _Entry())

@@ -33,7 +33,8 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     registry = CollectorRegistry()
     g = GatewayMetrics(registry, replicas=lambda: [("m", 1, 1)])
     g.init_models({"m": "p"}, ["filter:healthy"])
-    for h in (g.duration.labels("m", "/r"), g.ttft.labels("m"), g.itl.labels("m"), g.decision_seconds.labels("p")):
+    for h in (g.duration.labels("m", "/r"), g.ttft.labels("m"), g.itl.labels("m"), g.decision_seconds.labels("p"),
+              g.adapter_load_seconds.labels("m")):
         h.observe(0.1)
     g.tenant_quota_used.labels("t", "day").set(0.5)
     for c in (g.prompt_tokens.labels("m", "t"), g.completion_tokens.labels("m", "t"), g.requests.labels("m", "t", "/r", "200")):

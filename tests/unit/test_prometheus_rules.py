@@ -82,6 +82,12 @@ CASES = {
         [('owc_connections_closed_total{instance="g:1",reason="header_timeout"}', "0+120x30")],
         "20m", {"instance": "g:1"}, "gateway g:1: 2 connections/s closed or refused at the connection bound",
     ),
+    "OwcAdapterLoadsFailing": (
+        [('owc_adapter_loads_total{instance="g:1",model="m",result="failed"}', "0+1x30")],
+        [('owc_adapter_loads_total{instance="g:1",model="m",result="ok"}', "0+1x30"),
+         ('owc_adapter_loads_total{instance="g:1",model="m",result="failed"}', "0x30")],
+        "20m", {"model": "m"}, "model m: LoRA adapter loads are failing",
+    ),
     "OwcScrapeTargetDown": (
         [('up{job="owc-engine",instance="e:1"}', "0x10")],
         [('up{job="owc-engine",instance="e:1"}', "1x10")],

@@ -21,18 +21,46 @@ ENGINE_ENV = {
 }
 
 
-@pytest.fixture(scope="package")
-def gptoss_engine(tmp_path_factory):
-    """Bare vLLM (no owc guard: a vLLM we start ourselves) serving `demo:tiny-gpt-oss` as MODEL."""
-    path = resolve_source("demo:tiny-gpt-oss", OwcConfig.model_fields["model_cache_dir"].default)
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path,
+def engine_argv(path: str) -> list[str]:
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path,
             "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", "{port}", "--enforce-eager",
             "--dtype", "bfloat16", "--max-model-len", "4096", "--kv-cache-memory-bytes", str(64 << 20),
             "--max-num-seqs", "4",
             "--tool-call-parser", "openai", "--enable-auto-tool-choice", "--reasoning-parser", "openai_gptoss"]
+
+
+def _path() -> str:
+    return resolve_source("demo:tiny-gpt-oss", OwcConfig.model_fields["model_cache_dir"].default)
+
+
+@pytest.fixture(scope="package")
+def gptoss_engine(tmp_path_factory):
+    """Bare vLLM (no owc guard: a vLLM we start ourselves) serving `demo:tiny-gpt-oss` as MODEL."""
+    argv = engine_argv(_path())
     proc = ServerProcess(Command(argv, env=ENGINE_ENV), log_path=tmp_path_factory.mktemp("vllm") / "engine.log")
     proc.start()
     try:
+        asyncio.run(proc.wait_ready(300))
+        yield proc
+    finally:
+        proc.stop(grace_s=10)
+
+
+STORE_BOUND = 24  # the second engine's responses_store.max_entries (10 concurrent conversations fit)
+
+
+@pytest.fixture(scope="module")
+def gptoss_engine_b(request, tmp_path_factory):
+    """A second replica of the same model, for conversations across replicas; its Responses
+    store bounded by owc's middleware (cluster.engine.responses_store) to STORE_BOUND entries."""
+    from cluster.engine.responses_store import MAX_ENV, MIDDLEWARE
+
+    argv = [*engine_argv(_path()), "--middleware", MIDDLEWARE]
+    proc = ServerProcess(Command(argv, env={**ENGINE_ENV, MAX_ENV: str(STORE_BOUND)}),
+                         log_path=tmp_path_factory.mktemp("vllm_b") / "engine.log")
+    proc.start()
+    try:
+        request.getfixturevalue("gptoss_engine")  # the first engine boots meanwhile (or is up already)
         asyncio.run(proc.wait_ready(300))
         yield proc
     finally:

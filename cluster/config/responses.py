@@ -1,0 +1,36 @@
+"""Per-model settings of the Responses API's state and of reasoning exposure."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from cluster.config.base import StrictModel
+
+
+class ReasoningPolicy(StrictModel):
+    expose: Literal["expose", "strip"] = Field(
+        "expose",
+        description="`expose`: reasoning reaches clients as vLLM returns it (chat `message.reasoning`, responses "
+        "`reasoning` items). `strip`: the gateway removes it from answers, streams and retrievals (responses "
+        "stream events renumbered); the model still reasons and the usage still counts reasoning tokens.",
+    )
+
+
+class ResponsesStore(StrictModel):
+    enabled: bool = Field(
+        False,
+        description="Keep responses (`store`, the default in the Responses API) so that `previous_response_id`, "
+        "`GET /v1/responses/{id}` and cancel work: sets VLLM_ENABLE_RESPONSES_API_STORE=1 on the engines and bounds "
+        "their store. Off: vLLM ignores `store` and `previous_response_id` answers 404.",
+    )
+    max_entries: int = Field(
+        1000, ge=1,
+        description="Stored responses kept per engine replica; the oldest is evicted first (its id then answers 404).",
+    )
+    ttl_s: float = Field(
+        3600.0, gt=0,
+        description="Seconds a stored response is kept; older ids answer 404 at the gateway (the id carries its "
+        "mint time) and are evicted from the engine's store.",
+    )

@@ -1,0 +1,169 @@
+"""Loading LoRA adapters on engine replicas, from the gateway: vLLM's
+/v1/load_lora_adapter and /v1/unload_lora_adapter (the engines run with
+VLLM_ALLOW_RUNTIME_LORA_UPDATING, which owc sets), every call with the engine key.
+
+- ``add``/``remove``: on every live replica of a model at once (the admin API), then the
+  durable store (cluster.adapters.store). An add that fails on some replica is undone on
+  the others and not recorded: an adapter is announced everywhere or nowhere.
+- ``ensure``: on demand, before a request is sent to a replica that does not hold the
+  adapter (a replica started later, or one that lost it): one load at a time per replica
+  and adapter (single-flight: concurrent requests wait for the same load)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from cluster.adapters.store import AdapterStore
+from cluster.config.schema import OwcConfig
+from cluster.discovery.endpoints import Endpoint
+from cluster.discovery.sources import EndpointSource
+from cluster.gateway.engine_client import engine_headers
+from cluster.gateway.errors import OpenAIError
+from cluster.gateway.metrics import GatewayMetrics
+from cluster.routing.stats import lora_adapters
+
+log = logging.getLogger(__name__)
+Changed = Callable[[str, str, bool], None]  # (replica id, adapter, loaded now)
+
+
+@dataclass(frozen=True)
+class ReplicaResult:
+    replica_id: str
+    url: str
+    ok: bool
+    detail: str = ""
+
+    def row(self) -> dict:
+        return {"replica_id": self.replica_id, "url": self.url, "ok": self.ok, "detail": self.detail}
+
+
+class AdapterLoader:
+    def __init__(
+        self, *, config: OwcConfig, endpoints: EndpointSource, store: AdapterStore, metrics: GatewayMetrics,
+        engine_key: str | None = None, timeout_s: float = 120.0, transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self._config = config
+        self._endpoints = endpoints
+        self.store = store
+        self._metrics = metrics
+        self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport, headers=engine_headers(engine_key))
+        self._loaded: dict[str, set[str]] = {}  # replica id -> adapters loaded through this gateway
+        self._flights: dict[tuple[str, str], asyncio.Future[ReplicaResult]] = {}
+        self.on_change: Changed | None = None
+        self.loads_started = 0  # engine load calls made (the single-flight test counts them)
+
+    async def start(self, period_s: float = 1.0) -> None:
+        """Follow the durable store: another gateway process's additions arrive within ``period_s``."""
+        async def follow() -> None:
+            while True:
+                await asyncio.sleep(period_s)
+                try:
+                    self.store.refresh()
+                except (OSError, ValueError) as e:  # a torn or unreadable file: keep what is known
+                    log.warning("reading %s failed: %s", self.store.path, e)
+
+        self._task = asyncio.create_task(follow())
+
+    async def close(self) -> None:
+        task = getattr(self, "_task", None)
+        if task is not None:
+            task.cancel()
+        await self._client.aclose()
+
+    def live(self, model: str) -> list[Endpoint]:
+        return [e for e in self._endpoints.endpoints(model) if not e.draining]
+
+    def _changed(self, rid: str, name: str, loaded: bool) -> None:
+        (self._loaded.setdefault(rid, set()).add if loaded else self._loaded.setdefault(rid, set()).discard)(name)
+        if self.on_change is not None:
+            self.on_change(rid, name, loaded)
+
+    async def load(self, model: str, ep: Endpoint, name: str, source: str) -> ReplicaResult:
+        """One load on one replica; an adapter it has already counts as loaded."""
+        t0 = time.perf_counter()
+        self.loads_started += 1
+        try:
+            r = await self._client.post(f"{ep.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": source})
+            ok = r.status_code == 200 or (r.status_code == 400 and "already" in r.text)
+            detail = "" if ok else f"engine answered {r.status_code}: {r.text[:300]}"
+        except httpx.HTTPError as e:
+            ok, detail = False, f"engine unreachable: {type(e).__name__}"
+        self._metrics.adapter_loads.labels(model, "ok" if ok else "failed").inc()
+        self._metrics.adapter_load_seconds.labels(model).observe(time.perf_counter() - t0)
+        if ok:
+            self._changed(ep.replica_id, name, True)
+        else:
+            log.warning("loading adapter %s on %s failed: %s", name, ep.url, detail)
+        return ReplicaResult(ep.replica_id, ep.url, ok, detail)
+
+    async def unload(self, ep: Endpoint, name: str) -> ReplicaResult:
+        """One unload; an adapter the replica does not have counts as unloaded."""
+        try:
+            r = await self._client.post(f"{ep.url}/v1/unload_lora_adapter", json={"lora_name": name})
+            ok = r.status_code == 200 or r.status_code == 404 or (r.status_code == 400 and "not" in r.text)
+            detail = "" if ok else f"engine answered {r.status_code}: {r.text[:300]}"
+        except httpx.HTTPError as e:
+            ok, detail = False, f"engine unreachable: {type(e).__name__}"
+        if ok:
+            self._changed(ep.replica_id, name, False)
+        return ReplicaResult(ep.replica_id, ep.url, ok, detail)
+
+    async def listed(self, ep: Endpoint) -> frozenset[str] | None:
+        """The adapters a replica lists in its /v1/models; None when it does not answer."""
+        try:
+            r = await self._client.get(f"{ep.url}/v1/models")
+            return lora_adapters(r.json()) if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    async def ensure(self, model: str, ep: Endpoint, name: str, held: frozenset[str] = frozenset()) -> None:
+        """The adapter is on ``ep`` before a request for it goes there (``held``: what the
+        routing stats say it has). Concurrent callers share one load; a failed load is a 502."""
+        spec = self._config.models[model].adapters.get(name)
+        if spec is None or not spec.source or name in held or name in self._loaded.get(ep.replica_id, ()):
+            return  # an adapter without a source is the engine's own: nothing to load
+        key = (ep.replica_id, name)
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = self._flights[key] = asyncio.ensure_future(self.load(model, ep, name, spec.source))
+            flight.add_done_callback(lambda _: self._flights.pop(key, None))
+        result = await asyncio.shield(flight)
+        if not result.ok:
+            raise OpenAIError(502, f"adapter '{name}' could not be loaded on the chosen replica; retry",
+                              type="server_error", code="adapter_load_failed")
+
+    async def add(self, model: str, name: str, source: str, who: str | None) -> tuple[bool, list[ReplicaResult]]:
+        """Load on every live replica; recorded (durable) only when all of them loaded it."""
+        eps = self.live(model)
+        results = list(await asyncio.gather(*(self.load(model, e, name, source) for e in eps)))
+        if not all(r.ok for r in results):
+            done = [e for e, r in zip(eps, results) if r.ok]
+            await asyncio.gather(*(self.unload(e, name) for e in done))  # announced everywhere or nowhere
+            return False, results
+        self.store.put(model, name, source, who)
+        return True, results
+
+    async def remove(self, model: str, name: str) -> tuple[bool, list[ReplicaResult]]:
+        """Forgotten first (no new request selects it), then unloaded on every live replica."""
+        self.store.drop(model, name)
+        results = list(await asyncio.gather(*(self.unload(e, name) for e in self.live(model))))
+        return all(r.ok for r in results), results
+
+    async def state(self, model: str) -> list[dict]:
+        """Each adapter of a model with its source, origin and per-replica state."""
+        eps = self.live(model)
+        held = await asyncio.gather(*(self.listed(e) for e in eps))
+        runtime = self.store.runtime(model)
+        out = []
+        for name, spec in self._config.models[model].adapters.items():
+            replicas = {e.replica_id: ("unreachable" if h is None else "loaded" if name in h else "not_loaded")
+                        for e, h in zip(eps, held)}
+            out.append({"name": name, "source": spec.source, "origin": "runtime" if name in runtime else "config",
+                        "replicas": replicas})
+        return out

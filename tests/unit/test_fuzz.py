@@ -1,5 +1,6 @@
 """Fuzzing the gateway with schemathesis, driven by OpenAI's own OpenAPI description of
-`POST /chat/completions` and `POST /completions` (tests/specs/, vendored): every generated
+`POST /chat/completions`, `POST /completions` and `POST /responses` (tests/specs/, vendored),
+one gateway process for all three: every generated
 request body goes through the gateway process (fake engine behind it, so valid cases reach
 routing and an engine) with `model` pinned to the served name and the parameters owc
 documents as unsupported dropped. No response may be a 5xx, and none may take over 10 s.
@@ -21,9 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from cluster.gateway.validation import UNSUPPORTED
 from tests.conftest import fake_engine_argv, gateway_argv, server
 
-SPEC = Path(__file__).resolve().parents[1] / "specs" / "openai-openapi-chat-completions.json"
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "specs" / SPEC.name
-EXAMPLES = int(os.environ.get("OWC_FUZZ_EXAMPLES", "500"))  # per operation: >= 1,000 cases in CI
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "specs"
+CHAT_SPEC, RESPONSES_SPEC = "openai-openapi-chat-completions.json", "openai-openapi-responses.json"
+# operation -> (its spec, cases in CI): >= 1,000 chat/completions cases, 300 responses cases.
+OPERATIONS = {"/chat/completions": (CHAT_SPEC, 500), "/completions": (CHAT_SPEC, 500), "/responses": (RESPONSES_SPEC, 300)}
 MODEL = "fake-model"
 
 
@@ -37,27 +40,41 @@ def gateway(tmp_path_factory):
         yield gw
 
 
-def test_the_vendored_spec_is_the_shared_one():
-    if not SHARED.exists():
+@pytest.mark.parametrize("name", [CHAT_SPEC, RESPONSES_SPEC])
+def test_the_vendored_spec_is_the_shared_one(name):
+    if not (SHARED / name).exists():
         pytest.skip("../shared/specs not next to this checkout")
-    assert json.loads(SPEC.read_text()) == json.loads(SHARED.read_text())
+    assert json.loads((SPECS / name).read_text()) == json.loads((SHARED / name).read_text())
 
 
-@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+def _pinned(body: dict, path: str) -> dict:
+    """A generated body with `model` pinned and owc's unsupported parameters dropped (a
+    Responses body also gets an input and a small output bound)."""
+    body = {k: v for k, v in body.items() if k not in UNSUPPORTED}
+    body["model"] = MODEL
+    if path == "/responses":
+        body.setdefault("input", "x")
+        if isinstance(body.get("max_output_tokens"), int):
+            body["max_output_tokens"] = min(body["max_output_tokens"], 64)
+    return body
+
+
+@pytest.mark.parametrize("path", list(OPERATIONS))
 def test_no_generated_request_makes_the_gateway_fail(gateway, path):
-    strategy = schemathesis.openapi.from_path(str(SPEC))[path]["POST"].as_strategy()
+    spec, default_examples = OPERATIONS[path]
+    examples = int(os.environ.get("OWC_FUZZ_EXAMPLES", default_examples))
+    strategy = schemathesis.openapi.from_path(str(SPECS / spec))[path]["POST"].as_strategy()
     statuses: dict[int, int] = {}
     failures: list[tuple[int, str, str]] = []
     client = httpx.Client(base_url=gateway.url + "/v1", timeout=10)
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(case=strategy)
     def one(case):
         body = case.body
         if isinstance(body, dict):
-            body = {k: v for k, v in body.items() if k not in UNSUPPORTED}
-            body["model"] = MODEL
+            body = _pinned(body, path)
         try:
             r = client.post(path, json=body)
         except httpx.TimeoutException:
@@ -78,6 +95,6 @@ def test_no_generated_request_makes_the_gateway_fail(gateway, path):
         client.close()
     assert failures == []
     cases = sum(statuses.values())
-    assert cases >= EXAMPLES * 0.9, statuses
+    assert cases >= examples * 0.9, statuses
     assert statuses.get(200, 0) > 0, statuses  # some cases reached the engine
     print(f"{path}: {cases} cases, statuses {dict(sorted(statuses.items()))}")

@@ -29,6 +29,15 @@ async def _read_status(reader: asyncio.StreamReader) -> str | None:
     return line.decode("latin-1").strip() or None
 
 
+async def _trickle(writer: asyncio.StreamWriter, data: bytes, answered: asyncio.Future, end: float) -> None:
+    """``data`` at one byte per second, until the server answers or ``end`` passes."""
+    for byte in data:
+        if answered.done() or time.monotonic() > end:
+            return
+        writer.write(bytes([byte]))
+        await asyncio.wait({answered}, timeout=1.0)
+
+
 async def _one(host: str, port: int, mode: str, args: argparse.Namespace, out: dict, *,
                connecting: asyncio.Semaphore) -> None:
     try:
@@ -43,22 +52,14 @@ async def _one(host: str, port: int, mode: str, args: argparse.Namespace, out: d
     end = t0 + args.hold_s
     try:
         if mode == "slowloris":
-            head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000
-            for byte in head:
-                if status_task.done() or time.monotonic() > end:
-                    break
-                writer.write(bytes([byte]))
-                await asyncio.wait({status_task}, timeout=1.0)
+            await _trickle(writer, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000,
+                           status_task, end)
         elif mode == "body":
             body = b'{"model": "m", "messages": [{"role": "user", "content": "' + b"x" * 1000 + b'"}]}'
             writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Authorization: Bearer " + args.key.encode() + b"\r\n"
                          b"Content-Length: %d\r\n\r\n" % len(body))
-            for byte in body:
-                if status_task.done() or time.monotonic() > end:
-                    break
-                writer.write(bytes([byte]))
-                await asyncio.wait({status_task}, timeout=1.0)
+            await _trickle(writer, body, status_task, end)
         elif mode == "big-headers":
             writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: ")
             chunk = b"b" * 65536

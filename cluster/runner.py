@@ -44,7 +44,7 @@ def ray_cpus(cfg: OwcConfig) -> int:
     if cfg.ray.num_cpus:
         return cfg.ray.num_cpus
     need = sum(m.cpus_per_replica * m.replicas.max for m in cfg.models.values())
-    need += cfg.gateway.cpus * cfg.gateway.replicas
+    need += cfg.gateway.cpus * cfg.gateway.replicas.max
     return max(4, int(need + 1.999))
 
 

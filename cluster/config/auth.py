@@ -54,6 +54,14 @@ class TenantConfig(StrictModel):
     adapters: list[str] | None = Field(
         None, description="LoRA adapters this tenant may use (None: all of its models' adapters); others answer 403.",
     )
+    weight: float = Field(
+        1.0, gt=0, le=1000, description="Share of a saturated model's engine slots against the other tenants of its "
+        "priority class (gateway.fair_sharing): a weight-2 tenant gets twice a weight-1 tenant's when both wait.",
+    )
+    priority: int = Field(
+        0, ge=0, le=9, description="Class for fair sharing: a higher class's waiting requests are handed engine slots "
+        "first; tenants within a class share by weight.",
+    )
     max_n: int | None = Field(None, ge=1, le=128, description="This tenant's `n` cap (default: gateway.limits.max_n).")
     max_best_of: int | None = Field(None, ge=1, description="This tenant's `best_of` cap (default: gateway.limits).")
     max_prompts: int | None = Field(None, ge=1, description="This tenant's prompt-list cap (default: gateway.limits).")

@@ -98,10 +98,105 @@ class OutputAllowance(StrictModel):
     )
 
 
+class FairSharing(StrictModel):
+    """The gateway's own queue in front of each model's engines (cluster.gateway.fair_queue)."""
+
+    enabled: bool = Field(
+        True, description="Hold requests beyond what the engines can run in the gateway and hand engine slots out by "
+        "weighted fair queueing across tenants (tenant `priority` first, then `weight`); off: every request goes "
+        "straight to an engine, whose own queue is first come, first served.",
+    )
+    dispatch_margin: int = Field(
+        2, ge=0, le=1024, description="Requests sent to a replica beyond what it can run at once (its max_num_seqs, "
+        "from engine_kwargs, else learned from its scraped running count while it had a queue): they wait in the "
+        "engine's queue, so a freed slot is filled without a round trip.",
+    )
+    headroom: int = Field(
+        2, ge=0, le=1024, description="Engine slots of a model (over its replicas) that a tenant at or over its fair "
+        "share may not take while other tenants are active: a lighter tenant's request then finds a slot free instead "
+        "of waiting for one to finish. A tenant alone has the whole model.",
+    )
+    active_window_s: float = Field(
+        10.0, gt=0, description="A tenant that sent a request of the model within this many seconds is active: it "
+        "counts in the fair shares of that model.",
+    )
+    max_wait_s: float = Field(
+        30.0, gt=0, description="Longest a request waits in the gateway's queue; then 429 queue_full with Retry-After.",
+    )
+    max_queued_per_tenant: int = Field(
+        1024, ge=1, description="Requests one tenant may have waiting per model and gateway process; beyond it 429 "
+        "queue_full. One tenant's backlog never refuses another tenant's request.",
+    )
+    max_queued: int = Field(
+        8192, ge=1, description="Requests waiting per model and gateway process in all; when full, the newest request "
+        "of the tenant with the most waiting is refused (429 queue_full) to make room.",
+    )
+
+
+class GatewayReplicas(StrictModel):
+    """Gateway processes (Ray Serve replicas of `owc-gateway`); an int means min = max = initial."""
+
+    min: int = Field(2, ge=1, le=64, description="Fewest gateway processes kept running (2: a crashed one costs "
+                     "clients a retried connection, not an outage).")
+    max: int = Field(2, ge=1, le=64, description="Most gateway processes the capacity controller may run.")
+    initial: int | None = Field(None, ge=1, le=64, description="Processes started with; defaults to `min`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_int(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool):
+            return {"min": v, "max": v}
+        return v
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GatewayReplicas:
+        if self.min > self.max:
+            raise ValueError(f"gateway.replicas.min ({self.min}) > gateway.replicas.max ({self.max})")
+        if self.initial is not None and not self.min <= self.initial <= self.max:
+            raise ValueError("gateway.replicas.initial must lie within [min, max]")
+        return self
+
+    @property
+    def start(self) -> int:
+        return self.initial if self.initial is not None else self.min
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.max > self.min
+
+
+class GatewayAutoscaling(StrictModel):
+    """How the capacity controller sizes `owc-gateway` between gateway.replicas.min and max
+    (only when max > min), from the gateways' own metrics: requests they work on (not the ones
+    the fair queue holds: those wait for engines, not for gateways) and event-loop lag."""
+
+    target_in_flight_per_replica: float = Field(
+        256.0, gt=0, description="Requests in progress per gateway process the controller sizes for.",
+    )
+    max_loop_lag_s: float = Field(
+        0.05, gt=0, description="Event-loop lag (worst gateway process) above which one more process is added at once.",
+    )
+    down_stabilization_s: float = Field(
+        120.0, ge=0, description="Seconds the lower gateway count must be wanted without a break before a scale-down.",
+    )
+    up_cooldown_s: float = Field(30.0, ge=0, description="Seconds after a gateway scale-up before another.")
+    down_cooldown_s: float = Field(120.0, ge=0, description="Seconds after a gateway scale-down before another.")
+    drain_timeout_s: float = Field(
+        600.0, gt=0, description="Longest a leaving gateway process keeps serving its open requests and streams "
+        "(it takes no new connections meanwhile); on Kubernetes its pod's grace period covers it.",
+    )
+
+
 class GatewayConfig(StrictModel):
     host: str = Field("127.0.0.1", description="Address the gateway binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI API.")
-    replicas: int = Field(1, ge=1, le=64, description="Gateway processes sharing the port (SO_REUSEPORT).")
+    replicas: GatewayReplicas = Field(
+        default_factory=GatewayReplicas, description="Gateway processes sharing the port (SO_REUSEPORT): "
+        "`{min, max, initial}`, or an int for a fixed count. With max > min the capacity controller sizes them.",
+    )
+    autoscaling: GatewayAutoscaling = Field(
+        default_factory=GatewayAutoscaling, description="Gateway autoscaling (when replicas.max > replicas.min).",
+    )
     api_keys_file: str | None = Field(
         None, description="YAML/JSON file mapping API key -> tenant name."
     )
@@ -156,6 +251,9 @@ class GatewayConfig(StrictModel):
     tracing: Tracing = Field(default_factory=Tracing, description="OpenTelemetry traces of the request path.")
     routing_stats: RoutingStats = Field(
         default_factory=RoutingStats, description="Engine stats feeding routing, scraped off the request path."
+    )
+    fair_sharing: FairSharing = Field(
+        default_factory=FairSharing, description="Fair sharing of saturated engines across tenants (per gateway process)."
     )
 
     @field_validator("trusted_proxies")

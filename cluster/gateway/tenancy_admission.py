@@ -49,7 +49,7 @@ def build_tenancy(config: OwcConfig, metrics: GatewayMetrics) -> Tenancy:
         store = RedisStore(url, lease_ttl_s=gw.store.lease_ttl_s, timeout_s=gw.store.timeout_s,
                            usage_ttl_days=gw.store.usage_retention_days)
     return Tenancy(gw.tenants, store=store, on_failure=gw.store.on_failure if gw.store else "local",
-                   gateways=lambda: gw.replicas, hooks=hooks if store is not None else Hooks(quota=hooks.quota))
+                   gateways=lambda: gw.replicas.start, hooks=hooks if store is not None else Hooks(quota=hooks.quota))
 
 
 class GatewayTenancy:

@@ -8,24 +8,31 @@
   resourceVersion so that a concurrent change (a ``helm upgrade``) is never overwritten;
   KubeRay applies it and the Ray autoscaler adds or removes GPU worker pods.
   Ownership: the controller owns ``applications[owc].deployments[engine-*].num_replicas``
-  and nothing else; the chart renders those entries from the live object (``lookup``), so
-  an upgrade keeps the controller's counts. What runs comes from the RayService status,
+  (and, with gateway autoscaling, ``deployments[owc-gateway].num_replicas``) and nothing
+  else; the chart renders those entries from the live object (``lookup``), so an upgrade
+  keeps the controller's counts. What runs comes from the RayService status,
   which carries each Serve deployment's status but no replica count (see ``replicas``).
-- ``LeaseElector``: a coordination.k8s.io Lease, so that of several controller pods only
-  the holder acts.
+- The same two carry the gateway's replica count (key ``owc-gateway``: the `owc-gateway`
+  deployment of the owc application; on Kubernetes its ``num_replicas`` in the same
+  ``deployments`` list, the config's ``gateway.replicas`` start before the controller wrote one).
+- ``LeaseElector`` (cluster.capacity.election): a coordination.k8s.io Lease, so that of
+  several controller pods only the holder acts.
 
 Scale-down drains in every case: the engine replica being stopped first leaves routing
-(``draining`` in the registry), then waits for its in-flight requests (cluster.engine.replica).
+(``draining`` in the registry), then waits for its in-flight requests (cluster.engine.replica);
+a gateway process being stopped takes no new connections and finishes its open requests
+(``gateway.autoscaling.drain_timeout_s``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from typing import Any, Protocol
 
 import yaml
 
+from cluster.capacity.election import LeaseElector  # noqa: F401  (here before it had its module)
+from cluster.capacity.gateway_policy import GATEWAY
 from cluster.engine.names import deployment_name
 
 log = logging.getLogger(__name__)
@@ -33,11 +40,18 @@ APP_NAME = "owc"
 
 
 class Actuator(Protocol):
+    """``model``: a served model's name (its engine deployment), or ``owc-gateway``."""
+
     def replicas(self, model: str) -> tuple[int, int | None]:
         """(target in force, replicas running; None where the actuator cannot tell)."""
         ...
 
     def scale(self, model: str, target: int) -> None: ...
+
+
+def serve_deployment(key: str) -> str:
+    """The Serve deployment of a controller target: the gateway's, or the model's engine."""
+    return GATEWAY if key == GATEWAY else deployment_name(key)
 
 
 class RayServeActuator:
@@ -54,7 +68,7 @@ class RayServeActuator:
         from ray import serve
 
         app = serve.status().applications[self._app]
-        dep = app.deployments[deployment_name(model)]
+        dep = app.deployments[serve_deployment(model)]
         states = {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()}
         running = states.get("RUNNING", 0)
         target = sum(v for k, v in states.items() if k in ("RUNNING", "STARTING", "UPDATING", "RECOVERING",
@@ -66,7 +80,7 @@ class RayServeActuator:
         from ray.serve._private.common import DeploymentID
 
         ray.get(self._controller.update_deployment_replicas.remote(
-            DeploymentID(name=deployment_name(model), app_name=self._app), target))
+            DeploymentID(name=serve_deployment(model), app_name=self._app), target))
 
 
 class Conflict(Exception):
@@ -90,8 +104,9 @@ class KubernetesActuator:
         raise KeyError(f"RayService {self._ns}/{self._name} has no Serve application {self._app!r}")
 
     def replicas(self, model: str) -> tuple[int, int | None]:
-        """The target is the engine deployment's ``num_replicas`` in ``serveConfigV2`` (the
-        model's initial count before the controller ever wrote one). KubeRay's status has no
+        """The target is the engine (or gateway) deployment's ``num_replicas`` in
+        ``serveConfigV2`` (the model's, or the gateway's, initial count before the controller
+        ever wrote one). KubeRay's status has no
         replica count (``status.activeServiceStatus.applicationStatuses.<app>
         .serveDeploymentStatuses.<deployment>`` is only ``status`` and ``message``), so the
         running count is the target only when that status is of this very spec
@@ -101,14 +116,17 @@ class KubernetesActuator:
         None (unknown)."""
         obj = self._get()
         target = self._target(self._app_of(yaml.safe_load(obj["spec"]["serveConfigV2"])), model)
-        return target, (target if self._healthy(obj, deployment_name(model)) else None)
+        return target, (target if self._healthy(obj, serve_deployment(model)) else None)
 
     def _target(self, app: dict, model: str) -> int:
-        name = deployment_name(model)
+        name = serve_deployment(model)
         for d in app.get("deployments", []):
             if d.get("name") == name and "num_replicas" in d:
                 return int(d["num_replicas"])
-        m = app["args"]["config"]["models"][model].get("replicas", {})
+        cfg = app["args"]["config"]
+        m = (cfg.get("gateway") or {}).get("replicas", 1) if model == GATEWAY else cfg["models"][model].get("replicas", {})
+        if isinstance(m, int):
+            return m
         start = m.get("initial") if m.get("initial") is not None else max(m.get("min", 1), 1)
         return int(start)
 
@@ -127,7 +145,7 @@ class KubernetesActuator:
         obj = self._get()
         serve_cfg = yaml.safe_load(obj["spec"]["serveConfigV2"])
         app = self._app_of(serve_cfg)
-        name = deployment_name(model)
+        name = serve_deployment(model)
         deps = app.setdefault("deployments", [])
         entry = next((d for d in deps if d.get("name") == name), None)
         if entry is None:
@@ -141,58 +159,4 @@ class KubernetesActuator:
         except ApiException as e:
             if e.status == 409:
                 raise Conflict(str(e.reason)) from None
-            raise
-
-
-class LeaseElector:
-    """Leader election on a coordination.k8s.io/v1 Lease: acquire when absent or expired,
-    renew while held; every write carries the resourceVersion read, so two candidates can
-    never both win the same round."""
-
-    def __init__(self, *, api: Any, namespace: str, name: str, identity: str, duration_s: int = 15,
-                 clock: Any = None):
-        self._api = api  # kubernetes.client.CoordinationV1Api
-        self._ns, self._name, self.identity, self._duration = namespace, name, identity, duration_s
-        self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
-
-    def _body(self, now: dt.datetime, transitions: int, acquired: dt.datetime, rv: str | None = None):
-        from kubernetes import client
-
-        return client.V1Lease(
-            metadata=client.V1ObjectMeta(name=self._name, namespace=self._ns, resource_version=rv),
-            spec=client.V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=self._duration,
-                                    acquire_time=acquired, renew_time=now, lease_transitions=transitions),
-        )
-
-    def is_leader(self) -> bool:
-        from kubernetes.client.exceptions import ApiException
-
-        now = self._clock()
-        try:
-            lease = self._api.read_namespaced_lease(self._name, self._ns)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            try:
-                self._api.create_namespaced_lease(self._ns, self._body(now, 0, now))
-                return True
-            except ApiException as e2:
-                if e2.status == 409:
-                    return False
-                raise
-        spec = lease.spec
-        holder = spec.holder_identity
-        renew = spec.renew_time
-        expired = renew is None or (now - renew).total_seconds() > (spec.lease_duration_seconds or self._duration)
-        if holder != self.identity and not expired:
-            return False
-        transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
-        acquired = spec.acquire_time if holder == self.identity and spec.acquire_time else now
-        try:
-            self._api.replace_namespaced_lease(self._name, self._ns,
-                                               self._body(now, transitions, acquired, lease.metadata.resource_version))
-            return True
-        except ApiException as e:
-            if e.status == 409:
-                return False
             raise

@@ -10,13 +10,18 @@ step, steps ``down_cooldown_s`` apart, the window kept while the load stays low)
 stabilization window of Kubernetes' HPA. Always within [min, max]. Missing or stale signals
 hold. Scale to zero only after ``idle_to_zero_s`` without a request; a request arriving
 for a model at zero wakes it at once.
+
+``rebuild`` gives a controller that becomes leader its windows from Prometheus's history
+(cluster.capacity.windows), never from what it remembered.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from cluster.capacity.windows import trailing_window
 from cluster.config.schema import Autoscaling, Replicas
 
 
@@ -83,15 +88,14 @@ def decide(
         return Decision(min(bounds.max, current + step), f"up:{pressure}", replace(state, last_up=now))
 
     # Idle: scale to zero after idle_to_zero_s without requests.
-    idle = ongoing == 0 and (signals.request_rate or 0.0) == 0
+    idle = is_idle(signals)
     state = replace(state, idle_since=(state.idle_since if state.idle_since is not None else now) if idle else None)
     if idle and bounds.min == 0 and s.idle_to_zero_s is not None and now - state.idle_since >= s.idle_to_zero_s:
         return Decision(0, "down:idle", replace(state, last_down=now, low_since=None, idle_since=None))
 
     floor = max(bounds.min, 1)
-    need = math.ceil(ongoing / (s.target_ongoing_per_replica * s.down_utilization))
-    quiet = (signals.queue or 0.0) == 0 and (signals.ttft_p95_s is None or signals.ttft_p95_s <= s.ttft_slo_s)
-    if current > floor and need < current and quiet:
+    need = lower_need(signals, current=current, settings=s, bounds=bounds)
+    if need is not None:
         low_since = state.low_since if state.low_since is not None else now
         peak = need if state.low_since is None else max(need, state.low_peak)
         state = replace(state, low_since=low_since, low_peak=peak)
@@ -104,6 +108,49 @@ def decide(
         # The window stays open: while the load stays this low, the next step needs only the cooldown.
         return Decision(lower, "down:low_load", replace(state, last_down=now))
     return Decision(current, "hold:steady", replace(state, low_since=None))
+
+
+def is_idle(sig: Signals) -> bool:
+    """No request in flight and none arriving: the idle-to-zero window's condition."""
+    return sig.ongoing is not None and max(0.0, sig.ongoing) == 0 and (sig.request_rate or 0.0) == 0
+
+
+def lower_need(sig: Signals, *, current: int, settings: Autoscaling, bounds: Replicas) -> int | None:
+    """The scale-down window's condition: no pressure, nothing queued, TTFT within the SLO,
+    and the load fits fewer than ``current`` replicas (above the floor) at
+    ``down_utilization`` of the target. Then the replicas it needs; else None."""
+    s = settings
+    if sig.ongoing is None or current <= max(bounds.min, 1):
+        return None
+    ongoing = max(0.0, sig.ongoing)
+    if _pressure(sig, current, math.ceil(ongoing / s.target_ongoing_per_replica), s) is not None:
+        return None
+    need = math.ceil(ongoing / (s.target_ongoing_per_replica * s.down_utilization))
+    quiet = (sig.queue or 0.0) == 0 and (sig.ttft_p95_s is None or sig.ttft_p95_s <= s.ttft_slo_s)
+    return need if need < current and quiet else None
+
+
+def history_s(settings: Autoscaling) -> float:
+    """How far back the windows reach: what ``rebuild`` needs of the history."""
+    return max(settings.down_stabilization_s, settings.idle_to_zero_s or 0.0)
+
+
+def rebuild(
+    history: Sequence[tuple[float, Signals]], *, current: int, settings: Autoscaling, bounds: Replicas, now: float,
+    step_s: float, last_up: float | None = None, last_down: float | None = None,
+) -> PolicyState:
+    """A new leader's state: the scale-down and idle windows from the signals as Prometheus
+    evaluated them at each step ``t`` of the history (``(t, signals)``, a sample counting
+    only while fresh at ``t``), the cooldowns from the last scalings recorded on the Lease.
+    A missing or stale step breaks a window, as a round without data does live."""
+    s = settings
+    fresh = [(t, x) for t, x in history if x.ongoing is not None and t - x.at <= s.stale_after_s]
+    gap = 1.5 * step_s
+    low = trailing_window([(t, lower_need(x, current=current, settings=s, bounds=bounds)) for t, x in fresh],
+                          now=now, max_gap_s=gap)
+    idle = trailing_window([(t, 0 if is_idle(x) else None) for t, x in fresh], now=now, max_gap_s=gap)
+    return PolicyState(last_up=last_up, last_down=last_down, low_since=low.since, low_peak=low.peak,
+                       idle_since=idle.since)
 
 
 def _pressure(sig: Signals, current: int, desired: int, s: Autoscaling) -> str | None:

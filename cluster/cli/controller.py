@@ -20,29 +20,44 @@ def controller(
     namespace: Annotated[str, typer.Option(envvar="POD_NAMESPACE", help="Kubernetes namespace")] = "default",
     rayservice: Annotated[str, typer.Option(help="RayService name")] = "owc",
     lease: Annotated[str, typer.Option(help="Lease name for leader election")] = "owc-controller",
+    lease_duration: Annotated[Optional[int], typer.Option(
+        help="Seconds the Lease lasts unrenewed; at least 2 x --interval + 5 (the default)")] = None,
     identity: Annotated[Optional[str], typer.Option(envvar="POD_NAME", help="Leader-election identity")] = None,
     metrics_port: Annotated[int, typer.Option(help="Port of the controller's own /metrics (0: none)")] = 9500,
     once: Annotated[bool, typer.Option(help="One reconcile round, then exit")] = False,
 ) -> None:
-    """Run the capacity controller: Prometheus signals -> policy -> replica targets."""
+    """Run the capacity controller: Prometheus signals -> policy -> replica targets (each
+    model with autoscaling.enabled, and the gateway when gateway.replicas.max > min)."""
     import socket
     import threading
 
     from prometheus_client import CollectorRegistry, start_http_server
 
     from cluster.capacity.controller import CapacityController
+    from cluster.capacity.election import check_lease_timing, lease_duration_for
     from cluster.capacity.signals import PrometheusSignals
+    from cluster.capacity.targets import targets as build_targets
 
     cfg = _load(config)
-    if not any(m.autoscaling.enabled for m in cfg.models.values()):
-        console.print("[yellow]no model has autoscaling.enabled: nothing to control[/yellow]")
+    try:
+        targets = build_targets(cfg)
+        if lease_duration is None:
+            lease_duration = lease_duration_for(interval)
+        check_lease_timing(lease_duration, interval)
+    except ValueError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    if not targets:
+        console.print("[yellow]no model has autoscaling.enabled and gateway.replicas.max == min: nothing to "
+                      "control[/yellow]")
         raise typer.Exit(2)
     elector = None
     if kubernetes:
         from kubernetes import client
         from kubernetes import config as kconfig
 
-        from cluster.capacity.actuators import KubernetesActuator, LeaseElector
+        from cluster.capacity.actuators import KubernetesActuator
+        from cluster.capacity.election import LeaseElector
 
         try:
             kconfig.load_incluster_config()
@@ -50,7 +65,8 @@ def controller(
             kconfig.load_kube_config()
         actuator = KubernetesActuator(api=client.CustomObjectsApi(), namespace=namespace, name=rayservice)
         elector = LeaseElector(api=client.CoordinationV1Api(), namespace=namespace, name=lease,
-                               identity=identity or socket.gethostname())
+                               identity=identity or socket.gethostname(), duration_s=lease_duration,
+                               renew_interval_s=interval)
     else:
         import os
 
@@ -64,7 +80,7 @@ def controller(
         actuator = RayServeActuator()
     registry = CollectorRegistry()
     ctl = CapacityController(config=cfg, signals=PrometheusSignals(prometheus), actuator=actuator, registry=registry,
-                             elector=elector)
+                             elector=elector, targets=targets, interval_s=interval)
     sd_dir = None
     if metrics_port:
         start_http_server(metrics_port, registry=registry)
@@ -73,7 +89,9 @@ def controller(
 
             sd_dir = file_sd_dir(cfg.monitoring.file_sd_dir)
             write_targets(sd_dir, f"controller-{metrics_port}", [{"targets": [f"127.0.0.1:{metrics_port}"]}])
-    console.print(f"capacity controller: {', '.join(ctl.models)} every {interval:g}s (Prometheus {prometheus})")
+    lease_note = f", Lease {lease} for {lease_duration}s" if kubernetes else ""
+    console.print(f"capacity controller: {', '.join(ctl.models)} every {interval:g}s (Prometheus {prometheus}"
+                  f"{lease_note})")
     stop = threading.Event()
     try:
         if once:

@@ -1,7 +1,8 @@
 """values.schema.json of the Helm chart, generated: the chart's own keys, and under `owc`
 the owc config schema itself (cluster/config/schema.py), so that `helm install` rejects a
-typo anywhere — in chart values or in the model config — before anything renders.
-`python -m cluster.config.chart_schema --write`; a test keeps the committed file current."""
+typo anywhere — in chart values or in the model config — before anything renders; and
+files/config-defaults.yaml, the config defaults the templates fill in.
+`python -m cluster.config.chart_schema --write`; a test keeps the committed files current."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def values_schema() -> dict[str, Any]:
     # The chart supplies these itself (gateway bind, keys file, engine network, caches).
     owc.pop("required", None)
     owc["properties"]["models"].pop("minProperties", None)  # empty: the chart's defaultModel
+    _accept_int_gateway_replicas(defs)
     pods = {"resources": RESOURCES, "nodeSelector": STR_MAP, "tolerations": LIST}
     schema = obj({
         "owc": owc,
@@ -59,7 +61,9 @@ def values_schema() -> dict[str, Any]:
         }),
         "service": obj({"type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]}, "port": INT, "annotations": STR_MAP}),
         "ingress": obj({"enabled": BOOL, "className": STR, "host": STR, "annotations": STR_MAP,
-                        "tls": obj({"enabled": BOOL, "secretName": STR})}),
+                        "tls": obj({"enabled": BOOL, "secretName": STR}),
+                        # 0: the gateway's request_timeout_s + 30; the ALB maximum is 4000 s.
+                        "idleTimeoutSeconds": {"type": "integer", "minimum": 0, "maximum": 6000}}),
         "apiKeys": obj({"keys": STR_MAP, "existingSecret": STR, "secretKey": STR}),
         "engineKey": obj({"existingSecret": STR, "secretKey": STR}),
         "modelCache": obj({"enabled": BOOL, "existingClaim": STR, "size": STR, "storageClass": STR,
@@ -76,6 +80,7 @@ def values_schema() -> dict[str, Any]:
                                            "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]}}),
                              "resources": RESOURCES, "storage": obj({"size": STR, "storageClass": STR})}),
         }),
+        "drain": obj({"endpointDelaySeconds": INT, "serveStopSeconds": INT, "exitSeconds": INT}),
         "upgradeStrategy": {"enum": ["NewCluster", "None"]},
         "monitoring": obj({
             # The rules' SLO bucket: a bound of the gateway's TTFT histogram, else the SLO rules read nothing.
@@ -96,8 +101,50 @@ def values_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "$defs": defs}
 
 
+def _accept_int_gateway_replicas(defs: dict[str, Any]) -> None:
+    """gateway.replicas is `{min, max, initial}` or an int (a fixed count: GatewayReplicas
+    reads it before validation), which the model's own JSON schema does not say."""
+    prop = defs.get("GatewayConfig", {}).get("properties", {}).get("replicas")
+    if not prop or "$ref" not in prop:
+        return
+    ref = prop.pop("$ref")
+    bounds = {k: v for k, v in defs.get("GatewayReplicas", {}).get("properties", {}).get("min", {}).items()
+              if k in ("minimum", "maximum")}
+    prop["anyOf"] = [{"type": "integer", **bounds}, {"$ref": ref}]
+
+
 def render() -> str:
     return json.dumps(values_schema(), indent=2, sort_keys=False) + "\n"
+
+
+DEFAULTS_FILE = CHART / "files" / "config-defaults.yaml"
+
+
+def config_defaults() -> dict[str, Any]:
+    """The owc config's defaults that the chart's templates fill in where `owc:` leaves a
+    setting out (gateway pods, grace periods, the load balancer's idle timeout), from the
+    config models themselves, so that the chart and `owc serve` never disagree."""
+    from cluster.config.autoscaling import Autoscaling
+    from cluster.config.gateway import GatewayAutoscaling, GatewayReplicas, Limits
+
+    replicas = GatewayReplicas()
+    return {
+        "gateway": {
+            "replicas": {"min": replicas.min, "max": replicas.max},
+            "drain_timeout_s": GatewayAutoscaling().drain_timeout_s,
+            "request_timeout_s": Limits().request_timeout_s,
+            "keepalive_timeout_s": Limits().keepalive_timeout_s,
+        },
+        "engine": {"drain_timeout_s": Autoscaling().drain_timeout_s},
+    }
+
+
+def render_defaults() -> str:
+    import yaml
+
+    head = ("# Generated from the owc config schema by `python -m cluster.config.chart_schema --write`\n"
+            "# (make chart-files): the defaults the chart's templates fill in. Do not edit.\n")
+    return head + yaml.safe_dump(config_defaults(), sort_keys=True)
 
 
 def main() -> None:
@@ -106,6 +153,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.write:
         (CHART / "values.schema.json").write_text(render())
+        DEFAULTS_FILE.write_text(render_defaults())
     else:
         print(render(), end="")
 

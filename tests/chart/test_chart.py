@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from cluster.config.chart_schema import render as render_values_schema
+from cluster.config.chart_schema import render_defaults as render_config_defaults
 from tests.conftest import REPO
 from tests.tools import TOOLS_BIN, tool
 
@@ -268,6 +270,7 @@ def test_rules_dashboards_and_schema_copies_are_current():
     for f in GRAFANA_DIR.glob("*.json"):
         assert (CHART / "files" / "dashboards" / f.name).read_text() == f.read_text(), f"run `make chart-files` ({f.name})"
     assert (CHART / "values.schema.json").read_text() == render_values_schema(), "run `make chart-files`"
+    assert (CHART / "files" / "config-defaults.yaml").read_text() == render_config_defaults(), "run `make chart-files`"
     rule = next(d for d in rendered(CHART / "ci" / "gpt-oss-20b-1gpu-values.yaml") if d["kind"] == "PrometheusRule")
     assert rule["spec"]["groups"] == shipped_rule_groups("2.0")
 
@@ -395,3 +398,296 @@ def test_an_external_store_url_from_a_secret_reaches_gateway_pods_only(tmp_path)
         else:
             assert "OWC_TENANCY_STORE_URL" not in env
     assert not [d for d in docs if d["kind"] == "StatefulSet"]
+
+
+# --- Drains that hold on Kubernetes (issue 20) -----------------------------------------------
+
+def render_values(tmp_path: Path, values: dict, name: str = "v") -> list[dict]:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    r = helm("template", "owc", str(CHART), "--namespace", "llm", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    for doc in docs:  # still valid against the vendored CRDs
+        if doc["kind"] in CUSTOM:
+            jsonschema.Draft7Validator(crd_schema(doc["kind"], doc["apiVersion"].split("/")[1])).validate(doc)
+    return docs
+
+
+def _owc_config(docs: list[dict]) -> dict:
+    rs = next(d for d in docs if d["kind"] == "RayService")
+    return yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["config"]
+
+
+def _env(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def _check_drains(docs: list[dict]) -> dict:
+    """Every pod that serves traffic holds its drain: a grace period above its drain timeout
+    (and above the Ray node drain, which must give Serve the replica's whole graceful
+    shutdown), and a preStop hook; the head outlives them all; a NewCluster upgrade keeps the
+    old cluster at least as long as the longest drain. Returns the drains it checked."""
+    from cluster.config.schema import OwcConfig
+    from cluster.engine.replica import engine_deployment
+    from cluster.gateway.deployment import gateway_deployment
+
+    cfg = OwcConfig.model_validate(_owc_config(docs))
+    rs = next(d for d in docs if d["kind"] == "RayService")
+    spec = rs["spec"]["rayClusterConfig"]
+    by_model = {name: m for name, m in cfg.models.items()}
+    drains, graces = {}, []
+    for g in spec["workerGroupSpecs"]:
+        pod = g["template"]["spec"]
+        (c,) = pod["containers"]
+        grace = pod["terminationGracePeriodSeconds"]
+        graces.append(grace)
+        pre = c["lifecycle"]["preStop"]["exec"]["command"]
+        ray_drain = float(_env(c)["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"])
+        assert ray_drain < grace, g["groupName"]
+        # the preStop drains the Ray node (no `ray stop`, which would kill vLLM at once), with
+        # the deadline of Ray's SIGTERM handler; Serve stops a replica there by the deadline
+        # less its graceful_shutdown_timeout_s, so the deadline must cover that
+        assert "ray drain-node" in pre[-1] and "ray stop" not in pre[-1]
+        if g["groupName"] == "gateway":
+            drain = cfg.gateway.autoscaling.drain_timeout_s
+            shutdown = gateway_deployment(cfg)._deployment_config.graceful_shutdown_timeout_s
+            assert "kill -TERM" in pre[-1] and "cluster[.]gateway[.]main" in pre[-1]
+            # endpoints drop the pod first, then the gateway drains for its whole timeout
+            assert f"sleep {yaml.safe_load((CHART / 'values.yaml').read_text())['drain']['endpointDelaySeconds']}" in pre[-1]
+            assert f"SECONDS + {math.ceil(drain)} + 5" in pre[-1]
+            assert f"--deadline-remaining-seconds {int(ray_drain)}" in pre[-1]
+        else:
+            model = g["template"]["metadata"]["annotations"]["owc.io/model"]
+            drain = by_model[model].autoscaling.drain_timeout_s
+            shutdown = engine_deployment(model, by_model[model])._deployment_config.graceful_shutdown_timeout_s
+            assert f"SECONDS + {int(ray_drain)})" in pre[-1]
+        assert ray_drain >= shutdown, (g["groupName"], ray_drain, shutdown)
+        assert grace >= drain + 30, (g["groupName"], grace, drain)
+        drains[g["groupName"]] = drain
+    head = spec["headGroupSpec"]["template"]["spec"]
+    assert head["terminationGracePeriodSeconds"] >= max(graces)
+    assert float(_env(head["containers"][0])["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"]) >= max(drains.values())
+    assert rs["spec"]["rayClusterDeletionDelaySeconds"] >= max(drains.values())
+    return drains
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=ids(CI_VALUES))
+def test_every_pod_that_serves_traffic_holds_its_drain(values):
+    _check_drains(rendered(values))
+
+
+def test_drain_timeouts_come_from_the_owc_config(tmp_path):
+    from cluster.config.autoscaling import Autoscaling
+    from cluster.config.gateway import GatewayAutoscaling
+
+    # the chart's defaults are the config's
+    assert _check_drains(rendered(CHART / "ci" / "minimal-values.yaml")) == {
+        "gateway": GatewayAutoscaling().drain_timeout_s, "engine-tiny-llama": Autoscaling().drain_timeout_s}
+    docs = render_values(tmp_path, {
+        "owc": {"models": {"a": {"source": "demo:tiny-llama", "autoscaling": {"drain_timeout_s": 1800}},
+                           "b": {"source": "demo:tiny-llama"}},
+                "gateway": {"autoscaling": {"drain_timeout_s": 900.5}}},
+        "apiKeys": {"keys": {"k": "t"}}})
+    assert _check_drains(docs) == {"gateway": 900.5, "engine-a": 1800, "engine-b": 600}
+    rs = next(d for d in docs if d["kind"] == "RayService")
+    groups = {g["groupName"]: g["template"]["spec"]["terminationGracePeriodSeconds"]
+              for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert groups == {"gateway": 10 + 901 + 30 + 30, "engine-a": 1800 + 60, "engine-b": 600 + 60}
+    assert rs["spec"]["rayClusterDeletionDelaySeconds"] == 1800 + 30
+
+
+def test_the_gateway_worker_group_defaults_to_the_configs_gateway_count():
+    from cluster.config.gateway import GatewayReplicas
+
+    docs = rendered(CHART / "ci" / "minimal-values.yaml")  # no owc.gateway.replicas
+    assert "replicas" not in _owc_config(docs)["gateway"]
+    g = next(g for g in next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+             if g["groupName"] == "gateway")
+    d = GatewayReplicas()
+    assert (g["replicas"], g["minReplicas"], g["maxReplicas"]) == (d.start, d.min, d.max)
+
+
+def test_gateway_replicas_keys_left_out_take_the_configs_defaults(tmp_path):
+    from cluster.config.gateway import GatewayReplicas
+
+    docs = render_values(tmp_path, {"owc": {"gateway": {"replicas": {"max": 16}}}, "apiKeys": {"keys": {"k": "t"}}})
+    g = next(g for g in next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+             if g["groupName"] == "gateway")
+    d = GatewayReplicas.model_validate({"max": 16})
+    assert (g["replicas"], g["minReplicas"], g["maxReplicas"]) == (d.start, d.min, d.max)
+
+
+@pytest.mark.parametrize("replicas, expect", [
+    (3, (3, 3, 3)),
+    ({"min": 2, "max": 6}, (2, 2, 6)),
+    ({"min": 1, "max": 8, "initial": 4}, (4, 1, 8)),
+])
+def test_the_gateway_worker_group_follows_min_and_max(tmp_path, replicas, expect):
+    docs = render_values(tmp_path, {"owc": {"gateway": {"replicas": replicas}}, "apiKeys": {"keys": {"k": "t"}}})
+    g = next(g for g in next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+             if g["groupName"] == "gateway")
+    assert (g["replicas"], g["minReplicas"], g["maxReplicas"]) == expect
+    assert _owc_config(docs)["gateway"]["replicas"] == replicas  # the gateway's own config, as given
+
+
+def test_impossible_gateway_replicas_fail(tmp_path):
+    for replicas, expect in [({"min": 4, "max": 2}, "owc.gateway.replicas.min (4) > owc.gateway.replicas.max (2)"),
+                             ({"min": 1, "max": 2, "initial": 3}, "owc.gateway.replicas.initial must lie within")]:
+        path = tmp_path / "v.yaml"
+        path.write_text(yaml.safe_dump({"owc": {"gateway": {"replicas": replicas}}}))
+        r = helm("template", "owc", str(CHART), "-f", str(path))
+        assert r.returncode != 0 and expect in r.stderr, r.stderr
+
+
+def test_the_controller_runs_for_gateway_autoscaling_alone(tmp_path):
+    values = {"owc": {"models": {"m": {"source": "demo:tiny-llama"}}, "gateway": {"replicas": {"min": 1, "max": 4}}},
+              "apiKeys": {"keys": {"k": "t"}}, "controller": {"enabled": True}}
+    docs = render_values(tmp_path, values)
+    assert ("Deployment", "owc-controller") in {(d["kind"], d["metadata"]["name"]) for d in docs}
+    # a fixed gateway count and no model autoscaling: nothing to scale
+    values["owc"]["gateway"]["replicas"] = 2
+    path = tmp_path / "fixed.yaml"
+    path.write_text(yaml.safe_dump(values))
+    r = helm("template", "owc", str(CHART), "-f", str(path))
+    assert r.returncode != 0 and "the controller would have nothing to scale" in r.stderr
+
+
+def test_the_idle_timeout_reaches_the_ingress_and_the_notes(tmp_path):
+    base = {"apiKeys": {"keys": {"k": "t"}}, "ingress": {"enabled": True, "host": "llm.example.com"}}
+
+    def ingress(values):
+        return next(d for d in render_values(tmp_path, values) if d["kind"] == "Ingress")["metadata"].get("annotations", {})
+
+    # nginx: read/send timeouts of the gateway's request timeout + 30 s
+    ann = ingress({**base, "ingress": {**base["ingress"], "className": "nginx"}})
+    assert ann["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "630"
+    assert ann["nginx.ingress.kubernetes.io/proxy-send-timeout"] == "630"
+    ann = ingress({**base, "owc": {"gateway": {"limits": {"request_timeout_s": 1200}}},
+                   "ingress": {**base["ingress"], "className": "nginx",
+                               "annotations": {"nginx.ingress.kubernetes.io/proxy-send-timeout": "60"}}})
+    assert ann["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "1230"
+    assert ann["nginx.ingress.kubernetes.io/proxy-send-timeout"] == "60"  # the user's annotation wins
+    ann = ingress({**base, "ingress": {**base["ingress"], "className": "alb", "idleTimeoutSeconds": 900}})
+    assert ann == {"alb.ingress.kubernetes.io/load-balancer-attributes": "idle_timeout.timeout_seconds=900"}
+    assert ingress(base) == {}  # an unknown controller: NOTES says what to set
+    path = tmp_path / "notes.yaml"
+    path.write_text(yaml.safe_dump(base))
+    notes = helm("install", "owc", str(CHART), "--dry-run=client", "--namespace", "llm", "-f", str(path))
+    assert notes.returncode == 0, notes.stderr
+    assert "idle timeout to at least 630 s" in notes.stdout
+    lb = helm("install", "owc", str(CHART), "--dry-run=client", "--namespace", "llm",
+              "-f", str(CHART / "ci" / "gpt-oss-20b-1gpu-values.yaml"))
+    assert lb.returncode == 0, lb.stderr
+    assert "aws-load-balancer-connection-idle-timeout: \"630\"" in lb.stdout
+    assert "keepalive_timeout_s (75 s) above that idle timeout" in lb.stdout
+
+
+class _FakeApi:
+    """The few Kubernetes API endpoints `helm template --dry-run=server` reads: discovery,
+    and GETs of objects (the live RayService given; everything else 404), so that the
+    chart's `lookup` runs against a live object."""
+
+    KINDS = {"v1": ["Secret", "Service", "ConfigMap", "ServiceAccount", "PersistentVolumeClaim", "Pod"],
+             "apps/v1": ["Deployment", "StatefulSet"], "networking.k8s.io/v1": ["NetworkPolicy", "Ingress"],
+             "policy/v1": ["PodDisruptionBudget"], "rbac.authorization.k8s.io/v1": ["Role", "RoleBinding"],
+             "ray.io/v1": ["RayService"], "monitoring.coreos.com/v1": ["PodMonitor", "PrometheusRule"]}
+
+    def __init__(self, objects: dict[str, dict]):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_):
+                pass
+
+            def send(self, code: int, body: dict) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):  # noqa: N802
+                path = self.path.split("?")[0]
+                if path == "/version":
+                    return self.send(200, {"major": "1", "minor": "35", "gitVersion": "v1.35.0"})
+                if path == "/api":
+                    return self.send(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+                if path == "/apis":
+                    groups = [{"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+                               "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}}
+                              for gv in api.KINDS if "/" in gv]
+                    return self.send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+                gv = path.removeprefix("/api/").removeprefix("/apis/")
+                if gv in api.KINDS:
+                    return self.send(200, {"kind": "APIResourceList", "groupVersion": gv, "resources": [
+                        {"name": api.plural(k), "singularName": k.lower(), "namespaced": True, "kind": k,
+                         "verbs": ["get", "list"]} for k in api.KINDS[gv]]})
+                if path in objects:
+                    return self.send(200, objects[path])
+                return self.send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                                       "code": 404, "message": "not found"})
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def plural(kind: str) -> str:
+        return kind.lower() + ("es" if kind.endswith("s") else "ies" if kind.endswith("y") else "s")
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _render_against_live(tmp_path: Path, values: dict, deployments: list[dict]) -> list[dict]:
+    """Render with the live RayService's owc application carrying ``deployments``."""
+    serve = {"applications": [{"name": "owc", "import_path": "cluster.app:app_builder", "deployments": deployments}]}
+    live = {"apiVersion": "ray.io/v1", "kind": "RayService",
+            "metadata": {"name": "owc", "namespace": "llm", "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                         "annotations": {"meta.helm.sh/release-name": "owc", "meta.helm.sh/release-namespace": "llm"}},
+            "spec": {"serveConfigV2": yaml.safe_dump(serve)}}
+    api = _FakeApi({"/apis/ray.io/v1/namespaces/llm/rayservices/owc": live})
+    try:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "t",
+            "clusters": [{"name": "t", "cluster": {"server": api.url}}],
+            "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t", "namespace": "llm"}}],
+            "users": [{"name": "t", "user": {"token": "t"}}]}))
+        path = tmp_path / "live-values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        r = subprocess.run([tool("helm"), "template", "owc", str(CHART), "--namespace", "llm", "--dry-run=server",
+                            "--disable-openapi-validation", "-f", str(path)], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+    finally:
+        api.close()
+    assert r.returncode == 0, r.stderr
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+@pytest.mark.parametrize("gateway, live, kept", [
+    ({"min": 2, "max": 8}, 5, 5),        # the controller's count survives the upgrade
+    ({"min": 2, "max": 8}, 12, 8),       # ... within the bounds the upgrade sets
+    ({"min": 3, "max": 8}, 1, 3),
+    (4, 6, None),                        # a fixed count: the chart's (the controller leaves it)
+])
+def test_an_upgrade_keeps_the_controllers_gateway_and_engine_counts(tmp_path, gateway, live, kept):
+    values = {"owc": {"models": {"m": {"source": "demo:tiny-llama", "replicas": {"min": 1, "max": 4},
+                                       "autoscaling": {"enabled": True}}},
+                      "gateway": {"replicas": gateway}},
+              "apiKeys": {"keys": {"k": "t"}}, "controller": {"enabled": True}}
+    docs = _render_against_live(tmp_path, values, [{"name": "owc-gateway", "num_replicas": live},
+                                                   {"name": "engine-m", "num_replicas": 3},
+                                                   {"name": "engine-gone", "num_replicas": 2}])
+    rs = next(d for d in docs if d["kind"] == "RayService")
+    (app,) = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    counts = {d["name"]: d["num_replicas"] for d in app.get("deployments", [])}
+    assert counts == ({"engine-m": 3} if kept is None else {"owc-gateway": kept, "engine-m": 3})
+    jsonschema.Draft7Validator(crd_schema("RayService", "v1")).validate(rs)

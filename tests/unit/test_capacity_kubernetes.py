@@ -37,10 +37,10 @@ OWC = {
 }
 
 
-def rayservice() -> dict:
+def rayservice(config: dict = OWC) -> dict:
     serve = {"proxy_location": "EveryNode", "http_options": {"host": "0.0.0.0", "port": 8000},
              "applications": [{"name": "owc", "import_path": "cluster.app:app_builder", "route_prefix": None,
-                               "args": {"config": OWC}}]}
+                               "args": {"config": config}}]}
     return {
         "apiVersion": "ray.io/v1", "kind": "RayService",
         "metadata": {"name": NAME, "namespace": NS, "resourceVersion": "1", "generation": 1},
@@ -67,8 +67,8 @@ def merge_patch(target, patch):
 class FakeApi:
     """The few Kubernetes API endpoints the controller uses, with optimistic concurrency."""
 
-    def __init__(self):
-        self.objects: dict[str, dict] = {f"/apis/ray.io/v1/namespaces/{NS}/rayservices/{NAME}": rayservice()}
+    def __init__(self, config: dict = OWC):
+        self.objects: dict[str, dict] = {f"/apis/ray.io/v1/namespaces/{NS}/rayservices/{NAME}": rayservice(config)}
         self.lock = threading.Lock()
         self.rv = 1
         self.patches: list[dict] = []
@@ -252,9 +252,9 @@ def test_lease_allows_one_leader_and_fails_over_when_it_expires(api):
     _, coord = clients(api.url)
     now = [dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)]
     a = LeaseElector(api=coord, namespace=NS, name="owc-controller", identity="pod-a", duration_s=15,
-                     clock=lambda: now[0])
+                     renew_interval_s=5, clock=lambda: now[0])
     b = LeaseElector(api=coord, namespace=NS, name="owc-controller", identity="pod-b", duration_s=15,
-                     clock=lambda: now[0])
+                     renew_interval_s=5, clock=lambda: now[0])
     assert a.is_leader() and not b.is_leader()
     now[0] += dt.timedelta(seconds=10)
     assert a.is_leader() and not b.is_leader()  # a renews
@@ -290,3 +290,92 @@ def test_two_controllers_only_the_lease_holder_scales(api):
     assert first["gpt-oss-20b"].target == 3 and second == {}  # 20 in flight / 8 per replica
     assert len(api.patches) == 1
     assert ctls[1].metrics.leader._value.get() == 0 and ctls[0].metrics.last_reconcile._value.get() == 1001.0
+
+
+OWC_GW = {**OWC, "gateway": {**OWC["gateway"], "replicas": {"min": 1, "max": 4},
+                             "autoscaling": {"target_in_flight_per_replica": 100, "up_cooldown_s": 0}}}
+
+
+class GatewaySignalsFixed:
+    def __init__(self, in_flight, ongoing=20):
+        self.in_flight, self.ongoing = in_flight, ongoing
+
+    def read(self, key):
+        from cluster.capacity.gateway_policy import GATEWAY, GatewaySignals
+
+        if key == GATEWAY:
+            return GatewaySignals(at=1000.0, in_flight=self.in_flight)
+        return Signals(at=1000.0, ongoing=self.ongoing)
+
+
+def test_the_gateway_key_is_the_gateway_deployment():
+    from cluster.capacity.actuators import serve_deployment
+    from cluster.capacity.gateway_policy import GATEWAY
+    from cluster.gateway.deployment import gateway_deployment
+
+    assert serve_deployment(GATEWAY) == gateway_deployment(parse_config(OWC_GW)).name == "owc-gateway"
+    assert serve_deployment("gpt-oss-20b") == "engine-gpt-oss-20b"
+
+
+@pytest.mark.parametrize("replicas, start", [({"min": 2, "max": 4}, 2), ({"min": 1, "max": 4, "initial": 3}, 3),
+                                              (2, 2), (None, 1)])
+def test_gateway_target_before_the_controller_wrote_one(replicas, start):
+    from cluster.capacity.gateway_policy import GATEWAY
+
+    gw = {k: v for k, v in OWC_GW["gateway"].items() if k != "replicas"}
+    api = FakeApi({**OWC_GW, "gateway": gw if replicas is None else {**gw, "replicas": replicas}})
+    try:
+        custom, _ = clients(api.url)
+        assert KubernetesActuator(api=custom, namespace=NS, name=NAME).replicas(GATEWAY) == (start, None)
+    finally:
+        api.server.shutdown()
+
+
+def test_the_controller_patches_the_gateway_replicas_and_the_patch_validates(tmp_path):
+    """The gateway's count goes where the engines' does — the owc application's
+    ``deployments`` list in serveConfigV2 — next to them, nothing else changed; the object
+    validates against KubeRay's CRD, the Serve config against Ray's schema, and the owc
+    config in it against `owc config validate`."""
+    from prometheus_client import CollectorRegistry
+    from ray.serve.schema import ServeDeploySchema
+
+    from cluster.capacity.gateway_policy import GATEWAY
+
+    api = FakeApi(OWC_GW)
+    try:
+        custom, coord = clients(api.url)
+        act = KubernetesActuator(api=custom, namespace=NS, name=NAME)
+        assert act.replicas(GATEWAY) == (1, None)  # gateway.replicas.min, before the controller acted
+        ctl = CapacityController(config=parse_config(OWC_GW), signals=GatewaySignalsFixed(in_flight=250),
+                                 registry=CollectorRegistry(), clock=lambda: 1001.0, actuator=act,
+                                 elector=LeaseElector(api=coord, namespace=NS, name="owc-controller", identity="pod-a"))
+        assert ctl.models == ["gpt-oss-20b", GATEWAY]
+        out = ctl.reconcile_once()
+        assert (out[GATEWAY].target, out[GATEWAY].reason) == (3, "up:load")  # 250 / 100 per process
+        assert (out["gpt-oss-20b"].target, out["gpt-oss-20b"].reason) == (3, "up:load")
+        assert act.replicas(GATEWAY) == (3, None) and act.replicas("gpt-oss-20b") == (3, None)
+        assert ctl.metrics.target.labels(GATEWAY)._value.get() == 3
+        api.kuberay_reports("owc", {"engine-gpt-oss-20b": "UPSCALING", GATEWAY: "HEALTHY"}, app_status="DEPLOYING")
+        assert act.replicas(GATEWAY) == (3, None)  # the application is still deploying
+        api.kuberay_reports("owc", {"engine-gpt-oss-20b": "HEALTHY", GATEWAY: "HEALTHY"})
+        assert act.replicas(GATEWAY) == (3, 3) and act.replicas("gpt-oss-20b") == (3, 3)
+        act.scale(GATEWAY, 2)
+        cfg = api.serve_config()
+        (app,) = cfg["applications"]
+        assert app["deployments"] == [{"name": "engine-gpt-oss-20b", "num_replicas": 3},
+                                      {"name": GATEWAY, "num_replicas": 2}]
+        assert app["args"]["config"] == OWC_GW  # nothing but the counts changed
+        assert all(set(p) == {"metadata", "spec"} and set(p["spec"]) == {"serveConfigV2"} for p in api.patches)
+        jsonschema.Draft7Validator(crd_schema("RayService", "v1")).validate(api.rayservice())
+        ServeDeploySchema.parse_obj(cfg)
+        path = tmp_path / "owc.yaml"
+        path.write_text(yaml.safe_dump(app["args"]["config"]))
+        r = subprocess.run([sys.executable, "-m", "cluster.cli", "config", "validate", "--no-engine-args", str(path)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        # the scalings are recorded on the Lease (the next leader's cooldowns)
+        lease = coord.read_namespaced_lease("owc-controller", NS)
+        events = json.loads(lease.metadata.annotations["owc.io/capacity-events"])
+        assert events == {GATEWAY: [1001.0, None], "gpt-oss-20b": [1001.0, None]}
+    finally:
+        api.server.shutdown()

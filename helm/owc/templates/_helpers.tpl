@@ -178,3 +178,135 @@ on_failure: {{ $t.onFailure }}
       key: {{ .Values.tenancyStore.external.secretKey }}
 {{- end }}
 {{- end }}
+
+{{/* The owc config's defaults the templates fill in (files/config-defaults.yaml, generated
+     from the config models by `make chart-files`). */}}
+{{- define "owc.configDefaults" -}}
+{{ .Files.Get "files/config-defaults.yaml" }}
+{{- end }}
+
+{{/* owc.gateway.replicas as {min, max, initial}: an int means a fixed count; unset keys take
+     the config's defaults (cluster/config/gateway.py GatewayReplicas); initial defaults to min. */}}
+{{- define "owc.gatewayReplicas" -}}
+{{- $d := (fromYaml (include "owc.configDefaults" .)).gateway.replicas }}
+{{- $r := (fromYaml (include "owc.config" .)).gateway.replicas | default (dict) }}
+{{- if kindIs "map" $r }}
+{{- $min := int (hasKey $r "min" | ternary $r.min $d.min) }}
+{{- $max := int (hasKey $r "max" | ternary $r.max $d.max) }}
+min: {{ $min }}
+max: {{ $max }}
+initial: {{ $r.initial | default $min | int }}
+{{- else }}
+min: {{ int $r }}
+max: {{ int $r }}
+initial: {{ int $r }}
+{{- end }}
+{{- end }}
+
+{{/* The drain timings of every Ray pod, in one place (values `drain`):
+     engines   a Ray node drain with deadline drain_timeout_s + serveStopSeconds, then
+               exitSeconds for the raylet and vLLM to exit;
+     gateways  endpointDelaySeconds for endpoints to drop the pod, then the same node drain
+               while the gateway process drains, and exitSeconds;
+     head      the GCS and the Serve controller outlive every worker's drain. */}}
+{{- define "owc.drainTimings" -}}
+{{- $d := .Values.drain }}
+{{- $cfg := fromYaml (include "owc.config" .) }}
+{{- $defaults := fromYaml (include "owc.configDefaults" .) }}
+{{- $gwDrain := ceil ((default (dict) $cfg.gateway.autoscaling).drain_timeout_s | default $defaults.gateway.drain_timeout_s) | int }}
+{{- $gwGrace := add $d.endpointDelaySeconds $gwDrain $d.serveStopSeconds $d.exitSeconds | int }}
+{{- $longest := $gwDrain }}
+{{- $graces := list $gwGrace }}
+gateway:
+  drain: {{ $gwDrain }}
+  rayDrain: {{ add $gwDrain $d.serveStopSeconds | int }}
+  grace: {{ $gwGrace }}
+engines:
+{{- range $name, $m := $cfg.models }}
+{{- $drain := ceil ((default (dict) $m.autoscaling).drain_timeout_s | default $defaults.engine.drain_timeout_s) | int }}
+{{- $rayDrain := add $drain $d.serveStopSeconds | int }}
+{{- $grace := add $rayDrain $d.exitSeconds | int }}
+{{- $graces = append $graces $grace }}
+{{- $longest = max $longest $drain }}
+  {{ $name | quote }}: {drain: {{ $drain }}, rayDrain: {{ $rayDrain }}, grace: {{ $grace }}}
+{{- end }}
+{{- $headGrace := 0 }}
+{{- range $graces }}{{ $headGrace = max $headGrace . }}{{ end }}
+head:
+  rayDrain: {{ sub $headGrace $d.exitSeconds | int }}
+  grace: {{ $headGrace | int }}
+# A NewCluster upgrade's old cluster stays this long after traffic has moved.
+deletionDelay: {{ add $longest $d.serveStopSeconds | int }}
+{{- end }}
+
+{{/* Ray's SIGTERM handler of `ray start --block` (Ray >= 2.60) marks the node draining and
+     waits this long for it to go idle before it stops the node's processes. */}}
+{{- define "owc.rayDrainEnv" -}}
+- name: RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S
+  value: {{ . | quote }}
+{{- end }}
+
+{{/* Bash lines that mark this pod's Ray node draining with a deadline .deadline seconds away
+     (as the Ray autoscaler and Ray's own SIGTERM handler do): Ray Serve places nothing new
+     here, starts a replacement for each replica elsewhere, and by the deadline less the
+     replica's graceful_shutdown_timeout_s stops it gracefully (engines: leave routing,
+     finish their requests, stop vLLM; gateways: drain); the raylet exits once the node is
+     idle. Not KubeRay's old `ray stop` preStop, which kills everything at once (KubeRay
+     dropped it from its samples). No raylet (an idle node the autoscaler already
+     drained): nothing to drain. */}}
+{{- define "owc.rayNodeDrain" -}}
+raylet() { grep -qx raylet /proc/[0-9]*/comm 2>/dev/null; }
+if raylet; then
+  node=$(timeout 60 python3 -c 'import ray; ray.init(address="auto", logging_level="ERROR", log_to_driver=False); print(ray.get_runtime_context().get_node_id())' 2>/dev/null | tail -n 1)
+  [ -n "$node" ] && timeout 30 ray drain-node --node-id "$node" --reason DRAIN_NODE_REASON_PREEMPTION \
+    --reason-message "pod terminating (preStop)" --deadline-remaining-seconds {{ .deadline }}
+fi
+{{- end }}
+
+{{/* preStop of an engine pod: drain the Ray node, then wait (up to the deadline) until the
+     raylet has exited, i.e. the engine replica has drained and stopped. */}}
+{{- define "owc.enginePreStop" -}}
+preStop:
+  exec:
+    command:
+      - bash
+      - -c
+      - |
+        end=$((SECONDS + {{ . }}))
+        {{- include "owc.rayNodeDrain" (dict "deadline" "$((end - SECONDS))") | nindent 8 }}
+        while [ $SECONDS -lt $end ] && raylet; do sleep 2; done
+{{- end }}
+
+{{/* preStop of a gateway pod: wait for kube-proxy and load balancers to stop sending the
+     Terminating pod new connections; drain the Ray node (Serve starts a replacement gateway
+     elsewhere and places nothing here); SIGTERM the gateway process (it takes no new
+     connections, finishes its open requests and streams up to drain_timeout_s, exits) and
+     wait for it to exit. */}}
+{{- define "owc.gatewayPreStop" -}}
+preStop:
+  exec:
+    command:
+      - bash
+      - -c
+      - |
+        sleep {{ .delay }}
+        end=$((SECONDS + {{ .drain }} + 5))
+        {{- include "owc.rayNodeDrain" (dict "deadline" .rayDrain) | nindent 8 }}
+        pids=$(grep -l -a -E 'cluster[.]gateway[.]main' /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3)
+        [ -n "$pids" ] || exit 0
+        kill -TERM $pids 2>/dev/null
+        for p in $pids; do
+          while [ $SECONDS -lt $end ] && kill -0 "$p" 2>/dev/null; do sleep 1; done
+        done
+{{- end }}
+
+{{/* Seconds the ingress / load balancer may wait for the gateway's next byte. */}}
+{{- define "owc.idleTimeout" -}}
+{{- if .Values.ingress.idleTimeoutSeconds }}
+{{- .Values.ingress.idleTimeoutSeconds | int }}
+{{- else }}
+{{- $limits := default (dict) (fromYaml (include "owc.config" .)).gateway.limits }}
+{{- $defaults := fromYaml (include "owc.configDefaults" .) }}
+{{- add (ceil ($limits.request_timeout_s | default $defaults.gateway.request_timeout_s)) 30 | int }}
+{{- end }}
+{{- end }}

@@ -15,13 +15,20 @@
 {{- fail (printf "owc.models.%s: tensor parallelism needs accelerator.kind gpu on Kubernetes" $name) }}
 {{- end }}
 {{- end }}
+{{- $gwr := fromYaml (include "owc.gatewayReplicas" .) }}
+{{- if gt (int $gwr.min) (int $gwr.max) }}
+{{- fail (printf "owc.gateway.replicas.min (%d) > owc.gateway.replicas.max (%d)" (int $gwr.min) (int $gwr.max)) }}
+{{- end }}
+{{- if or (lt (int $gwr.initial) (int $gwr.min)) (gt (int $gwr.initial) (int $gwr.max)) }}
+{{- fail "owc.gateway.replicas.initial must lie within [min, max]" }}
+{{- end }}
 {{- if .Values.controller.enabled }}
-{{- $scaled := false }}
+{{- $scaled := gt (int $gwr.max) (int $gwr.min) }}
 {{- range $name, $m := $models }}
 {{- if (default (dict) $m.autoscaling).enabled }}{{ $scaled = true }}{{ end }}
 {{- end }}
 {{- if not $scaled }}
-{{- fail "controller.enabled but no owc.models.*.autoscaling.enabled: the controller would have nothing to scale" }}
+{{- fail "controller.enabled but no owc.models.*.autoscaling.enabled and owc.gateway.replicas.max = min: the controller would have nothing to scale" }}
 {{- end }}
 {{- if not .Values.controller.prometheusUrl }}
 {{- fail "controller.enabled needs controller.prometheusUrl (the controller's signals come from Prometheus)" }}

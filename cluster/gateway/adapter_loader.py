@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
+from prometheus_client import CollectorRegistry, Counter
 
 from cluster.adapters.store import AdapterStore
 from cluster.config.schema import OwcConfig
@@ -26,10 +27,31 @@ from cluster.discovery.sources import EndpointSource
 from cluster.gateway.engine_client import engine_headers
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.metrics import GatewayMetrics
+from cluster.routing.router import ADAPTER_FOUND, Routing
 from cluster.routing.stats import lora_adapters
 
 log = logging.getLogger(__name__)
 Changed = Callable[[str, str, bool], None]  # (replica id, adapter, loaded now)
+
+
+def record_adapter_requests(registry: CollectorRegistry, routing: Routing, config: OwcConfig) -> Counter:
+    """``owc_adapter_requests_total{model, adapter, found}``: what each request naming a LoRA
+    adapter found on the replica routing chose (cluster.routing.router.ADAPTER_FOUND), fed by
+    routing's decisions; the share found ``active`` (or ``resident``) is LoRA routing's hit rate. The
+    config's adapters start at 0 (run-time ones appear with their first request)."""
+    counter = Counter(
+        "owc_adapter_requests", "Requests naming a LoRA adapter, by model, adapter and what they found on the "
+        "replica routing chose: active (running or queued there), resident (idle in one of its batch slots), "
+        "registered (listed there, in no slot), loaded_on_demand (not listed: the gateway loads it first), "
+        "unknown (the replica's stats are stale).",
+        ["model", "adapter", "found"], registry=registry,
+    )
+    for model, m in config.models.items():
+        for name in m.adapters:
+            for found in ADAPTER_FOUND:
+                counter.labels(model, name, found)
+    routing.on_adapter_request = lambda model, adapter, found: counter.labels(model, adapter, found).inc()
+    return counter
 
 
 @dataclass(frozen=True)

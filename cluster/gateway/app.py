@@ -23,6 +23,7 @@ from cluster.discovery.sources import EndpointSource
 from cluster.gateway.access_log import AccessLog
 from cluster.gateway.accounting import Accounting
 from cluster.gateway.adapter_routes import add_adapter_routes, build_loader
+from cluster.gateway.adapter_loader import record_adapter_requests
 from cluster.gateway.admission import ROUTES, Admission, send_error
 from cluster.gateway.auth import Authenticator
 from cluster.gateway.connections import Bounds, ConnectionGuard
@@ -38,12 +39,27 @@ from cluster.gateway.stats_poller import StatsPoller
 from cluster.gateway.tracing import RequestTracer
 from cluster.routing.router import Routing
 from cluster.routing.stats import StatsStore
+from cluster.gateway.fair_queue import FairQueue
+from cluster.gateway.loop_lag import LoopLag
 
 
 def build_routing(config: OwcConfig) -> Routing:
     """Every model's router from its `routing:` section, over one stats store."""
     store = StatsStore(stale_after_s=config.gateway.routing_stats.stale_after_s)
     return Routing.build({n: m.routing.spec() for n, m in config.models.items()}, stats=store)
+
+
+def build_fair_queue(config: OwcConfig, *, routing: Routing, endpoints: EndpointSource,
+                     metrics: GatewayMetrics) -> FairQueue:
+    """The queue in front of saturated engines; a replica's batch is its model's max_num_seqs
+    when engine_kwargs set it (else learned from its scraped state)."""
+    def batch(m) -> int | None:
+        v = m.engine_kwargs.get("max_num_seqs")
+        return v if isinstance(v, int) and v > 0 else None
+
+    return FairQueue(policy=config.gateway.fair_sharing, tenants=config.gateway.tenants,
+                     batch={n: batch(m) for n, m in config.models.items()}, routing=routing,
+                     endpoints=endpoints.endpoints, metrics=metrics)
 
 
 def build_app(
@@ -67,6 +83,7 @@ def build_app(
     gw = config.gateway
     routing = routing or build_routing(config)
     metrics = GatewayMetrics(registry, replicas=lambda: replica_counts(config, endpoints, routing))
+    record_adapter_requests(registry, routing, config)  # owc_adapter_requests_total{found}
     open_files = open_files or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     connections = ConnectionGuard(Bounds.from_limits(gw.limits, open_files),
                                   on_close=lambda reason: metrics.connections_closed.labels(reason).inc())
@@ -85,10 +102,14 @@ def build_app(
     tracer = tracer or RequestTracer.from_config(gw.tracing)
     engine_client = EngineClient(connect_timeout_s=gw.limits.connect_timeout_s, key=engine_key)
     conversations = Conversations(config, ResponseIds.from_env(engine_key))  # responses affinity, reasoning policy
+    fair = build_fair_queue(config, routing=routing, endpoints=endpoints, metrics=metrics)
+    if stats_poller is not None:
+        stats_poller.on_scrape = fair.scraped
     forwarder = Forwarder(
         routing=routing, endpoints=endpoints, engine=engine_client,
         metrics=metrics, request_timeout_s=gw.limits.request_timeout_s, tracer=tracer,
         wake_timeouts={n: m.autoscaling.wake_timeout_s for n, m in config.models.items() if m.wakes_on_request},
+        fair=fair,
     )
     forwarder.adapters = adapters = build_loader(config=config, endpoints=endpoints, metrics=metrics, routing=routing,
                                                  poller=stats_poller, engine_key=engine_key)  # LoRA adapters
@@ -97,8 +118,11 @@ def build_app(
         accounting=Accounting(metrics=metrics, routing=routing, access_log=access_log), conversations=conversations,
     )
 
+    lag = LoopLag(metrics.loop_lag.set)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        await lag.start()
         await endpoints.start()
         await adapters.start()
         if stats_poller is not None:
@@ -123,6 +147,7 @@ def build_app(
                 access_log.close()
             if tracer is not None:
                 tracer.shutdown()
+            await lag.stop()
 
     app = FastAPI(title="owc gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 

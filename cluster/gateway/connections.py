@@ -131,6 +131,8 @@ class GuardedProtocol(HttpToolsProtocol):
     and size bound apply), ``body`` (until the request is fully read; the body deadline),
     ``done`` (request read; an idle connection between requests has uvicorn's keep-alive)."""
 
+    draining = False  # the server is stopping: every request from now on is the connection's last
+
     def __init__(self, *args: Any, guard: ConnectionGuard, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._guard = guard
@@ -199,6 +201,8 @@ class GuardedProtocol(HttpToolsProtocol):
             self._too_large()
             return
         super().on_headers_complete()
+        if self.draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered with Connection: close
         self._phase = "body"
         self._guard.busy(self)  # a request the app serves: not idle (not evictable) until it is answered
         self._arm(self._guard.bounds.body_timeout_s, "body_timeout")

@@ -14,6 +14,11 @@ from typing import Any
 
 from cluster.discovery.endpoints import Endpoint
 
+
+class ClientGone(Exception):
+    """The client disconnected before an answer started."""
+
+
 CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before the answer
 Send = Callable[[dict], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict]]

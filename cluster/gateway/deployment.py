@@ -45,6 +45,7 @@ class GatewayReplica:
             "--parent-pid", str(os.getpid()),
         ])
         self._proc = ServerProcess(command, log_path=self._dir / "gateway.log", host=host, port=config.gateway.port)
+        self._drain_s = config.gateway.autoscaling.drain_timeout_s
         self._proc.start()
         try:
             await self._proc.wait_ready(60)
@@ -67,7 +68,9 @@ class GatewayReplica:
         await self._sync.stop()
         if self._sd_dir is not None:
             remove_targets(self._sd_dir, f"gateway-{self._sd_name}")
-        await self._proc.stop_async(grace_s=10)
+        # SIGTERM: the process drains (no new connections, its streams finish) for up to the
+        # drain timeout, then exits; only a process still there after that is killed.
+        await self._proc.stop_async(grace_s=self._drain_s + 5)
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
@@ -79,9 +82,10 @@ def gateway_deployment(cfg: OwcConfig, env: dict[str, str] | None = None):
         options["runtime_env"] = {"env_vars": env}
     return serve.deployment(GatewayReplica).options(
         name="owc-gateway",
-        num_replicas=cfg.gateway.replicas,
+        num_replicas=cfg.gateway.replicas.start,
         ray_actor_options=options,
         max_ongoing_requests=100,
         health_check_period_s=5,
-        graceful_shutdown_timeout_s=20,
+        # Serve waits this long for __del__ (the drain) before it kills the replica's actor.
+        graceful_shutdown_timeout_s=cfg.gateway.autoscaling.drain_timeout_s + 15,
     )

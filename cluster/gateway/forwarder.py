@@ -17,9 +17,10 @@ from collections.abc import Callable, Mapping
 
 from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.sources import EndpointSource
-from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send, wait_disconnect
+from cluster.gateway.context import CLIENT_CLOSED, ClientGone, Delivery, Job, Receive, Send, wait_disconnect
 from cluster.gateway.engine_client import ConnectFailed, EngineClient, EngineError, Response
 from cluster.gateway.errors import RETRY_SOON, RETRY_STARTING, OpenAIError
+from cluster.gateway.fair_queue import FairQueue
 from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.conversations import owner_endpoints
 from cluster.gateway.streaming import respond
@@ -31,10 +32,6 @@ from cluster.routing.types import RequestInfo
 
 log = logging.getLogger(__name__)
 ENGINE_LOST = "the engine replica's connection broke before it answered; retry"
-
-
-class ClientGone(Exception):
-    """The client disconnected before an answer started."""
 
 
 class _Deadline:
@@ -68,9 +65,10 @@ class Forwarder:
     def __init__(
         self, *, routing: Routing, endpoints: EndpointSource, engine: EngineClient, metrics: GatewayMetrics,
         request_timeout_s: float, wake_timeouts: Mapping[str, float] | None = None,
-        tracer: RequestTracer | None = None,
+        tracer: RequestTracer | None = None, fair: FairQueue | None = None,
     ):
-        """``wake_timeouts``: for each model that a request wakes from zero, how long to hold it."""
+        """``wake_timeouts``: for each model that a request wakes from zero, how long to hold it.
+        ``fair``: the gateway's queue in front of saturated engines (None: requests go straight on)."""
         self._routing = routing
         self._endpoints = endpoints
         self._engine = engine
@@ -78,9 +76,12 @@ class Forwarder:
         self._request_timeout_s = request_timeout_s
         self._wake_timeouts = dict(wake_timeouts or {})
         self._tracer = tracer
+        self._fair = fair
 
     async def close(self) -> None:
         self._engine.close()
+        if self._fair is not None:
+            await self._fair.close()
 
     async def forward(self, job: Job, receive: Receive, send: Send, delivery: Delivery) -> None:
         """Forward one job; raises OpenAIError (or ClientGone) before any response byte is sent."""
@@ -111,8 +112,13 @@ class Forwarder:
             info = RequestInfo(model=job.model, prefix_key=prefix_key(job.data, chars) if chars else b"",
                                session_key=session_key(job.headers, job.data), adapter=job.adapter)
             headers = {"Content-Type": "application/json", "X-Request-Id": job.request_id, **(trace_headers or {})}
-            await self._send(job, receive, send, info=info, endpoints=endpoints, headers=headers, delivery=delivery,
-                             on_answer=on_answer)
+            first = await self._slot(job, info, endpoints, receive, delivery)
+            try:
+                await self._send(job, receive, send, info=info, endpoints=endpoints, headers=headers,
+                                 delivery=delivery, on_answer=on_answer, first=first)
+            finally:
+                if first is not None:
+                    self._fair.finished(job.model, job.tenant)
         finally:
             on_answer()
             in_flight.dec()
@@ -122,14 +128,50 @@ class Forwarder:
                     "server.address": ep.url if ep else None, "owc.replica_id": ep.replica_id if ep else None,
                 })
 
+    async def _slot(self, job: Job, info: RequestInfo, endpoints: list[Endpoint], receive: Receive,
+                    delivery: Delivery) -> Endpoint | None:
+        """The replica the request's first attempt goes to, taken: once it has room, in the
+        tenant's fair turn (cluster.gateway.fair_queue). None without a fair queue."""
+        if self._fair is None:
+            return None
+
+        def pick(eps, exclude: frozenset[str]) -> Endpoint:
+            ep = self._choose(eps, info, exclude, delivery, lost=None)
+            self._routing.acquire(ep.replica_id, job.adapter)
+            return ep
+
+        return await self._fair.slot(job.model, job.tenant, endpoints, pick, receive, pinned=job.pin is not None,
+                                     give_back=lambda ep: self._routing.release(ep.replica_id, job.adapter))
+
+    def _choose(self, endpoints, info: RequestInfo, exclude: frozenset[str], delivery: Delivery,
+                lost: str | None) -> Endpoint:
+        t0 = time.perf_counter()
+        try:
+            return self._routing.choose(endpoints, info, exclude, delivery.plugin_timings)
+        except QueueFull as e:
+            raise OpenAIError(429, f"{e}; retry shortly", code="queue_full", headers=RETRY_SOON) from None
+        except NoReplica:
+            if lost is not None:
+                raise OpenAIError(502, ENGINE_LOST, code="engine_connection_lost") from None
+            raise OpenAIError(503, "no engine replica of this model is reachable; retry shortly",
+                              code="no_healthy_replica", headers=RETRY_SOON) from None
+        finally:
+            delivery.decisions.append(time.perf_counter() - t0)
+
+    def _release(self, replica_id: str, job: Job) -> None:
+        self._routing.release(replica_id, job.adapter)
+        if self._fair is not None:
+            self._fair.released(job.model)
+
     async def _send(self, job: Job, receive: Receive, send: Send, *, info: RequestInfo, endpoints: list[Endpoint],
-                    headers: dict[str, str], delivery: Delivery, on_answer: Callable[[], None]) -> None:
+                    headers: dict[str, str], delivery: Delivery, on_answer: Callable[[], None],
+                    first: Endpoint | None = None) -> None:
         deadline = _Deadline(self._request_timeout_s)
         # Once the body is consumed, receive() only returns on disconnect. Before the engine
         # answers (a non-streamed response comes all at the end), a disconnect cancels the
         # call; after, it closes the engine connection. Either way vLLM aborts the request.
         gone = asyncio.ensure_future(wait_disconnect(receive))
-        opening = deadline.opening = asyncio.ensure_future(self._open(job, info, endpoints, headers, delivery))
+        opening = deadline.opening = asyncio.ensure_future(self._open(job, info, endpoints, headers, delivery, first=first))
         try:
             try:
                 await asyncio.wait({gone, opening}, return_when=asyncio.FIRST_COMPLETED)
@@ -150,37 +192,30 @@ class Forwarder:
                 await respond(resp, first, send, job=job, delivery=delivery, gone=gone,
                               timed_out=lambda: deadline.expired, on_broken=lambda: self._routing.failed(rid))
             finally:
-                self._routing.release(rid)
+                self._release(rid, job)
         finally:
             deadline.cancel()
             gone.cancel()
 
     async def _open(self, job: Job, info: RequestInfo, endpoints: list[Endpoint], headers: dict[str, str],
-                    delivery: Delivery) -> tuple[Response, bytes]:
-        """Send the job to the replica routing picks and wait for its first body bytes
-        (a non-streamed response: all of it). Until then the client has received nothing,
-        so a replica that refuses the connection or dies is retried on another one."""
+                    delivery: Delivery, *, first: Endpoint | None = None) -> tuple[Response, bytes]:
+        """Send the job to the replica routing picks (``first``: already picked and taken) and
+        wait for its first body bytes (a non-streamed response: all of it). Until then the
+        client has received nothing, so a replica that refuses the connection or dies is
+        retried on another one (a retry does not queue again)."""
         routing = self._routing
         tried: set[str] = set()
         lost: str | None = None
         while True:
-            t0 = time.perf_counter()
-            try:
-                ep = routing.choose(endpoints, info, frozenset(tried), delivery.plugin_timings)
-            except QueueFull as e:
-                raise OpenAIError(429, f"{e}; retry shortly", code="queue_full", headers=RETRY_SOON) from None
-            except NoReplica:
-                if lost is not None:
-                    raise OpenAIError(502, ENGINE_LOST, code="engine_connection_lost") from None
-                raise OpenAIError(503, "no engine replica of this model is reachable; retry shortly",
-                                  code="no_healthy_replica", headers=RETRY_SOON) from None
-            finally:
-                delivery.decisions.append(time.perf_counter() - t0)
+            if first is not None:
+                ep, first = first, None
+            else:
+                ep = self._choose(endpoints, info, frozenset(tried), delivery, lost)
+                routing.acquire(ep.replica_id, job.adapter)
             rid = ep.replica_id
             tried.add(rid)
             host, port = self._engine.address(ep.url)
             delivery.endpoint = ep
-            routing.acquire(rid)
             resp: Response | None = None
             try:
                 if job.adapter is not None and self.adapters is not None:
@@ -196,7 +231,7 @@ class Forwarder:
                 # Not this replica after all: its connection goes, its in-flight count too.
                 if resp is not None:
                     resp.close()
-                routing.release(rid)
+                self._release(rid, job)
                 delivery.endpoint = None
                 if not isinstance(e, EngineError):
                     raise

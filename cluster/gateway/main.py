@@ -64,7 +64,8 @@ def run(
 
     import uvloop
 
-    uvloop.run(serve(make_server(app, connections=app.connections), api_socket, side=side, side_socket=side_socket))
+    api = make_server(app, connections=app.connections, drain_timeout_s=cfg.gateway.autoscaling.drain_timeout_s)
+    uvloop.run(serve(api, api_socket, side=side, side_socket=side_socket))
 
 
 def config_for_upstreams(urls: dict[str, list[str]], cfg: OwcConfig | None, host: str, port: int) -> OwcConfig:

@@ -25,6 +25,7 @@ DECISION_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 
 CONNECTION_CLOSE_REASONS = ("header_timeout", "body_timeout", "header_too_large", "evicted", "over_capacity")
 AUTH_FAILURE_CODES = ("missing_api_key", "invalid_api_key")
 KEY_FILES = ("api_keys", "admin_keys", "jwks")
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 PLUGIN_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3)
 
 
@@ -81,6 +82,25 @@ class GatewayMetrics:
             "owc_requests_queued",
             "Admitted requests no engine replica has answered yet (connecting or awaiting response headers).",
             ["model"],
+            registry=registry,
+        )
+        self.loop_lag = Gauge(
+            "owc_event_loop_lag_seconds",
+            "Worst lateness of this gateway process's event loop over the last 2 s (a 100 ms timer).",
+            registry=registry,
+        )
+        self.fair_depth = Gauge(
+            "owc_fair_queue_depth",
+            "Requests waiting in this gateway's fair queue for an engine slot, by served model and tenant.",
+            ["model", "tenant"],
+            registry=registry,
+        )
+        self.fair_wait = Histogram(
+            "owc_fair_queue_wait_seconds",
+            "Time requests waited in the gateway's fair queue before an engine slot (0 when one was free), "
+            "by served model and tenant.",
+            ["model", "tenant"],
+            buckets=QUEUE_WAIT_BUCKETS,
             registry=registry,
         )
         self.rejections = Counter(

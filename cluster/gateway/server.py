@@ -61,10 +61,63 @@ class _SideServer(uvicorn.Server):
         yield
 
 
+class DrainingServer(uvicorn.Server):
+    """The API server's way out (SIGTERM or SIGINT): it stops taking connections without
+    dropping the ones the kernel already queued on its listening socket (with SO_REUSEPORT
+    each process has its own queue, and closing it resets what waits there: those are
+    accepted first), lets idle keep-alive connections send one more request for
+    ``idle_grace_s`` (each then gets `Connection: close`), and finishes every open request
+    and stream for up to ``timeout_graceful_shutdown`` (the drain timeout) before it exits.
+    Connections that arrive later go to the other gateway processes sharing the port."""
+
+    idle_grace_s = 1.0
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.draining = True
+        for server in self.servers:
+            for sock in server.sockets or ():
+                await self._accept_queued(sock)
+        for server in self.servers:
+            server.close()
+        for connection in list(self.server_state.connections):
+            _close_after_this_request(connection)
+        await asyncio.sleep(self.idle_grace_s)
+        await super().shutdown(sockets)
+
+    async def _accept_queued(self, sock) -> None:
+        """Accept what waits in the listening socket's queue, now, so that closing it drops nothing."""
+        raw = socket.socket(fileno=sock.fileno()) if not isinstance(sock, socket.socket) else sock
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    conn, _ = raw.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                conn.setblocking(False)
+                await loop.connect_accepted_socket(self._protocol, conn)
+        finally:
+            if raw is not sock:
+                raw.detach()
+
+    def _protocol(self):
+        return self.config.http_protocol_class(config=self.config, server_state=self.server_state,
+                                               app_state=self.lifespan.state)
+
+
+def _close_after_this_request(connection) -> None:
+    """An open connection answers its current (or next) request with `Connection: close`."""
+    cycle = getattr(connection, "cycle", None)
+    if cycle is not None:
+        cycle.keep_alive = False
+    connection.draining = True
+
+
 def make_server(app, *, log_level: str = "warning", side: bool = False,
-                connections: ConnectionGuard | None = None) -> uvicorn.Server:
+                connections: ConnectionGuard | None = None, drain_timeout_s: float = 5.0) -> uvicorn.Server:
     """``connections``: the bounds on client connections (cluster.gateway.connections);
-    the API server has them, the metrics side server (Prometheus only) does not."""
+    the API server has them, the metrics side server (Prometheus only) does not.
+    ``drain_timeout_s``: how long a stopping API server finishes its open requests."""
     config = uvicorn.Config(
         app,
         http=protocol_factory(connections) if connections is not None else "httptools",
@@ -73,9 +126,9 @@ def make_server(app, *, log_level: str = "warning", side: bool = False,
         proxy_headers=False,
         log_level=log_level,
         timeout_keep_alive=connections.bounds.keepalive_timeout_s if connections is not None else 30,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=drain_timeout_s,
     )
-    return _SideServer(config) if side else uvicorn.Server(config)
+    return _SideServer(config) if side else DrainingServer(config)
 
 
 async def serve(api: uvicorn.Server, api_socket: socket.socket, *, side: uvicorn.Server | None = None,

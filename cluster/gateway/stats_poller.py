@@ -24,6 +24,8 @@ ADAPTERS_EVERY = 8  # rounds between /v1/models reads
 
 
 class StatsPoller:
+    on_scrape: Callable[[str], None] | None = None  # a replica's stats just landed (cluster.gateway.fair_queue)
+
     def __init__(
         self, *, endpoints: Callable[[], Iterable[Endpoint]], store: StatsStore, period_s: float, timeout_s: float,
         transport: httpx.AsyncBaseTransport | None = None, clock: Callable[[], float] = time.monotonic,
@@ -54,6 +56,8 @@ class StatsPoller:
             log.debug("no stats from %s: %s", ep.url, e)
             return
         self._store.update(ep.replica_id, stats, self._clock())
+        if self.on_scrape is not None:
+            self.on_scrape(ep.replica_id)
 
     def adapter_changed(self, replica_id: str, adapter: str, loaded: bool) -> None:
         """An adapter the gateway loaded or unloaded: in the cached adapter list and the store."""

@@ -119,6 +119,12 @@ TENANTS = Dashboard(
         _p("Token quota used by tenant (day, month)", (f"max by (tenant, period) (owc_tenant_quota_used_ratio{{{M}}})", "{{tenant}} {{period}}"),
            unit="percentunit"),
         _p("Tenancy store up (min over gateways)", (f"min(owc_tenancy_store_up{{{M}}})", "store up"), kind="stat"),
+        _p("Fair queue: requests waiting by tenant", (f"sum by (tenant) (owc_fair_queue_depth{{{M}}})", "{{tenant}}"),
+           description="Requests the gateways hold for an engine slot (gateway.fair_sharing), all gateway processes."),
+        _p("Fair queue: wait p95 by tenant",
+           (f"histogram_quantile(0.95, sum by (tenant, le) (rate(owc_fair_queue_wait_seconds_bucket{{{M}}}[$__rate_interval])))",
+            "{{tenant}}"), unit="s",
+           description="Time before an engine slot; a light tenant stays near 0 while a flooding one waits behind its own backlog."),
     ),
 )
 

@@ -13,11 +13,15 @@ PICKERS = names("picker")
 _BASE_FILTERS = ("healthy", "not_draining", "adapter_loaded", "queue_bound")
 
 # Weights are chosen so that an affinity's home outranks every lower tier combined:
-# session (4) > prefix (2) > LoRA (1) > load (<= 0.5 + 0.25).
+# session (4) > prefix (2) > load (<= 0.5 + 0.25). LoRA affinity scores only requests that
+# name an adapter (scorers.lora_affinity, tiers 1 / 0.9 / 0.45 / 0 x 16): evicting an idle
+# adapter, or waiting behind adapters in use, outranks session and prefix homes (gaps >= 7.2
+# > 4 + 2 + 0.75); between a replica holding the adapter and one with an empty slot (gap 1.6)
+# it outranks load only, so session and prefix homes hold where a slot is empty.
 POLICIES: dict[str, dict] = {
     "affinity": {
         "filters": _BASE_FILTERS,
-        "scorers": {"session_affinity": 4.0, "prefix_affinity": 2.0, "lora_affinity": 1.0,
+        "scorers": {"lora_affinity": 16.0, "session_affinity": 4.0, "prefix_affinity": 2.0,
                     "least_load": 0.5, "kv_cache": 0.25},
         "picker": "max_score",
     },
@@ -33,7 +37,7 @@ POLICIES: dict[str, dict] = {
     },
     "lora_affinity": {
         "filters": _BASE_FILTERS,
-        "scorers": {"lora_affinity": 2.0, "least_load": 0.5},
+        "scorers": {"lora_affinity": 6.0, "least_load": 0.5},  # holding it > an empty slot (0.6) > load
         "picker": "max_score",
     },
     "least_load": {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -82,9 +82,30 @@ class NoReplica(Exception):
     pass
 
 
+AdapterRequest = Callable[[str, str, str], None]  # (model, adapter, found) of one adapter request
+# What a request for a LoRA adapter found on the replica routing sent it to: the adapter
+# running or queued there (active), idle in one of its batch slots (resident), registered
+# there but in no slot (registered: the engine swaps it in), not listed there
+# (loaded_on_demand: the gateway loads it first), or the replica's stats unknown (unknown).
+ADAPTER_FOUND = ("active", "resident", "registered", "loaded_on_demand", "unknown")
+
+
+def adapter_found(view: ReplicaView, adapter: str) -> str:
+    if adapter in view.active_adapters:
+        return "active"
+    if view.stats is None:
+        return "unknown"
+    if adapter in view.stats.resident_adapters:
+        return "resident"
+    return "registered" if adapter in view.stats.adapters else "loaded_on_demand"
+
+
 class Routing:
     """Every model's router, the shared stats store and this gateway's in-flight counts
-    (taken with ``acquire`` when a request is sent to a replica, given back with ``release``)."""
+    (taken with ``acquire`` when a request is sent to a replica, given back with ``release``),
+    in total and per LoRA adapter. ``on_adapter_request`` hears, for each decision on a request
+    that names an adapter (one per request, and one per retry), what it found on the chosen
+    replica."""
 
     def __init__(
         self, routers: Mapping[str, Router], *, stats: StatsStore, clock: Callable[[], float] = time.monotonic
@@ -93,23 +114,40 @@ class Routing:
         self.stats = stats
         self._clock = clock
         self._in_flight: dict[str, int] = defaultdict(int)
+        self._adapters: dict[str, Counter[str]] = {}  # replica -> adapter -> requests in flight
+        self.on_adapter_request: AdapterRequest | None = None
 
     @classmethod
     def build(cls, specs: Mapping[str, RouterSpec], *, stats: StatsStore,
               rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> Routing:
         return cls({m: Router(s, rng=rng) for m, s in specs.items()}, stats=stats, clock=clock)
 
-    def acquire(self, replica_id: str) -> None:
-        """A request of this gateway is now on the replica."""
+    def acquire(self, replica_id: str, adapter: str | None = None) -> None:
+        """A request of this gateway is now on the replica; ``adapter``: its LoRA adapter
+        (None: the base model), given back with the same ``release``."""
         self._in_flight[replica_id] += 1
+        if adapter is not None:
+            self._adapters.setdefault(replica_id, Counter())[adapter] += 1
 
-    def release(self, replica_id: str) -> None:
+    def release(self, replica_id: str, adapter: str | None = None) -> None:
         """That request is done (answered, failed or abandoned)."""
         left = self._in_flight[replica_id] - 1
         if left > 0:
             self._in_flight[replica_id] = left
         else:
             self._in_flight.pop(replica_id, None)
+        counts = self._adapters.get(replica_id)
+        if adapter is not None and counts is not None:
+            counts[adapter] -= 1
+            if counts[adapter] <= 0:
+                del counts[adapter]
+            if not counts or left <= 0:
+                del self._adapters[replica_id]
+
+    def adapters_in_flight(self, replica_id: str) -> frozenset[str]:
+        """The adapters of this gateway's requests on the replica now."""
+        counts = self._adapters.get(replica_id)
+        return frozenset(counts) if counts else frozenset()
 
     def in_flight(self, replica_id: str) -> int:
         return self._in_flight.get(replica_id, 0)
@@ -131,7 +169,7 @@ class Routing:
         now = self._clock()
         return [
             ReplicaView(endpoint=e, in_flight=self._in_flight.get(e.replica_id, 0), stats=self.stats.stats(e.replica_id, now),
-                        healthy=self.stats.healthy(e.replica_id, now))
+                        healthy=self.stats.healthy(e.replica_id, now), adapters_in_flight=self.adapters_in_flight(e.replica_id))
             for e in endpoints if e.replica_id not in exclude
         ]
 
@@ -141,6 +179,8 @@ class Routing:
         view = self._routers[req.model].pick(self.views(endpoints, exclude), req, timings)
         if view is None:
             raise NoReplica(req.model)
+        if req.adapter is not None and self.on_adapter_request is not None:
+            self.on_adapter_request(req.model, req.adapter, adapter_found(view, req.adapter))
         return view.endpoint
 
     def adapters_of(self, replica_id: str) -> frozenset[str]:

@@ -21,11 +21,44 @@ def kv_cache(views: Sequence[ReplicaView], req: RequestInfo) -> list[float]:
     return [0.5 if v.stats is None else 1.0 - min(1.0, max(0.0, v.stats.kv_usage)) for v in views]
 
 
+# lora_affinity's tiers, by what the request's adapter finds on the replica: in use there or
+# idle in one of its batch slots (no swap); an empty slot; a slot held by an idle adapter (a
+# swap, which evicts an adapter likely to come back); every slot held by adapters in use
+# (the request waits for their batches to drain, or starves: vLLM schedules later requests of
+# the running adapters ahead of it).
+LORA_READY, LORA_EMPTY_SLOT, LORA_EVICTS, LORA_FULL = 1.0, 0.9, 0.45, 0.0
+
+
+def lora_slots(view: ReplicaView) -> int:
+    """How many adapters one batch on the replica may hold: the engine's max_loras, else 1
+    (the cautious reading until the engine's first LoRA request reports it)."""
+    return view.stats.max_loras if view.stats is not None and view.stats.max_loras else 1
+
+
+def lora_tier(view: ReplicaView, adapter: str) -> float:
+    active = view.active_adapters
+    if adapter in active:
+        return LORA_READY
+    slots = lora_slots(view)
+    if len(active) >= slots:
+        return LORA_FULL
+    resident = view.stats.resident_adapters if view.stats is not None else frozenset()
+    if adapter in resident:
+        return LORA_READY
+    return LORA_EMPTY_SLOT if len(active | resident) < slots else LORA_EVICTS
+
+
 def lora_affinity(views: Sequence[ReplicaView], req: RequestInfo) -> list[float]:
-    """Replicas with the request's adapter already loaded (no load on the request path)."""
+    """Where the request's LoRA adapter can join a batch without a swap (after the Gateway
+    API Inference Extension's LoRA affinity): replicas running or queueing it (vLLM's
+    ``vllm:lora_requests_info``, and this gateway's own requests since the last scrape) or
+    holding it idle in a batch slot, then those with an empty slot, then those where it
+    would evict an idle adapter, last those whose ``max_loras`` slots are all in use by other
+    adapters. Registered or not does not count here (the ``adapter_loaded`` filter prefers the
+    replicas that list it). Neutral for requests without an adapter."""
     if req.adapter is None:
         return [0.0] * len(views)
-    return [1.0 if v.stats is not None and req.adapter in v.stats.adapters else 0.0 for v in views]
+    return [lora_tier(v, req.adapter) for v in views]
 
 
 def session_affinity(views: Sequence[ReplicaView], req: RequestInfo) -> list[float]:

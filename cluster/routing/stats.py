@@ -1,7 +1,15 @@
 """Per-replica engine stats for routing: parsed from vLLM's own Prometheus /metrics (and
-its /v1/models for loaded LoRA adapters), kept with the time they were taken, together
+its /v1/models for registered LoRA adapters), kept with the time they were taken, together
 with each replica's health as the gateway last saw it. Pure: the scraping loop lives in
-the gateway (cluster.gateway.stats_poller) and feeds this store."""
+the gateway (cluster.gateway.stats_poller) and feeds this store.
+
+LoRA adapters in use come from ``vllm:lora_requests_info``: vLLM (0.32,
+vllm/v1/metrics/loggers.py) sets the series labelled with the current ``max_lora``,
+``running_lora_adapters`` and ``waiting_lora_adapters`` (comma-separated) to the current
+time at every engine step, and never removes a series: every combination ever seen stays,
+and the one with the latest value is the current one (labels empty: nothing runs). Its
+lists name the adapters of the requests the engine has started; requests still queued
+behind another adapter's batch (``max_loras`` full) are not in them yet."""
 
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.routing.types import ReplicaStats
 
+LORA_INFO = "vllm:lora_requests_info"
 _WANTED = {
     "vllm:num_requests_waiting": "waiting",
     "vllm:num_requests_running": "running",
@@ -21,11 +30,49 @@ _WANTED = {
 }
 
 
+def _names(label: str | None) -> frozenset[str]:
+    return frozenset(n for n in (label or "").split(",") if n)
+
+
+@dataclass(frozen=True)
+class LoraInfo:
+    active: frozenset[str] = frozenset()  # the latest series' running and waiting adapters
+    max_loras: int | None = None  # None: no series yet
+    resident: frozenset[str] = frozenset()  # the max_loras adapters used last: in the batch slots
+
+
+def lora_info(samples: Iterable) -> LoraInfo:
+    """What ``vllm:lora_requests_info``'s samples say: the latest one's adapters (in use now)
+    and max_loras; and the ``max_loras`` adapters used most recently (each adapter's time is
+    the latest of the series that name it), which are the ones in the engine's batch slots:
+    vLLM keeps an adapter in its slot until a newer one evicts the least recently used."""
+    samples = list(samples)
+    if not samples:
+        return LoraInfo()
+    current = max(samples, key=lambda s: s.value)
+    try:
+        max_loras: int | None = int(current.labels.get("max_lora", ""))
+    except ValueError:
+        max_loras = None
+    last: dict[str, float] = {}
+    for smp in samples:
+        for name in _names(smp.labels.get("running_lora_adapters")) | _names(smp.labels.get("waiting_lora_adapters")):
+            last[name] = max(last.get(name, smp.value), smp.value)
+    recent = sorted(last, key=lambda n: last[n], reverse=True)[: max_loras or 1]
+    active = _names(current.labels.get("running_lora_adapters")) | _names(current.labels.get("waiting_lora_adapters"))
+    return LoraInfo(active=active, max_loras=max_loras, resident=frozenset(recent) | active)
+
+
 def parse_vllm_metrics(text: str, adapters: Iterable[str] = ()) -> ReplicaStats:
-    """Sum each wanted gauge over its series (one per engine core / model name)."""
+    """Sum each wanted gauge over its series (one per engine core / model name); the LoRA
+    adapters in use from ``vllm:lora_requests_info`` (see the module's docstring)."""
     values = {field: 0.0 for field in _WANTED.values()}
+    lora = LoraInfo()
     seen = False
     for family in text_string_to_metric_families(text):
+        if family.name == LORA_INFO:
+            lora = lora_info(s for s in family.samples if s.name == LORA_INFO)
+            continue
         field = _WANTED.get(family.name)
         if field is None:
             continue
@@ -36,7 +83,8 @@ def parse_vllm_metrics(text: str, adapters: Iterable[str] = ()) -> ReplicaStats:
     if not seen:
         raise ValueError("no vLLM scheduler gauges in the metrics text")
     return ReplicaStats(waiting=values["waiting"], running=values["running"], kv_usage=values["kv_usage"],
-                        adapters=frozenset(adapters))
+                        adapters=frozenset(adapters), active_adapters=lora.active, max_loras=lora.max_loras,
+                        resident_adapters=lora.resident)
 
 
 def lora_adapters(models_body: dict) -> frozenset[str]:

@@ -16,7 +16,14 @@ class ReplicaStats:
     waiting: float = 0.0  # vllm:num_requests_waiting
     running: float = 0.0  # vllm:num_requests_running
     kv_usage: float = 0.0  # vllm:kv_cache_usage_perc, in [0, 1]
-    adapters: frozenset[str] = frozenset()  # LoRA adapters the engine has loaded
+    adapters: frozenset[str] = frozenset()  # LoRA adapters the engine has registered (its /v1/models)
+    # From vllm:lora_requests_info (cluster.routing.stats): the adapters of the requests
+    # running (or, once they ran, waiting) now; the engine's max_loras (adapters one batch may
+    # hold; None: not known, no LoRA request yet or no such metric); the adapters in its batch
+    # slots (the max_loras used last, idle or not).
+    active_adapters: frozenset[str] = frozenset()
+    max_loras: int | None = None
+    resident_adapters: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,7 @@ class ReplicaView:
     in_flight: int = 0  # this gateway's own requests on the replica now
     stats: ReplicaStats | None = None  # None: unknown or stale -> load-blind on engine state
     healthy: bool = True
+    adapters_in_flight: frozenset[str] = frozenset()  # adapters of this gateway's requests on the replica now
 
     @property
     def replica_id(self) -> str:
@@ -40,10 +48,20 @@ class ReplicaView:
 
     @property
     def queue(self) -> float | None:
-        """Requests waiting in the engine's queue; None when unknown (stale stats)."""
+        """Requests waiting in the engine's own queue, as its last scrape showed them; None when
+        unknown (stale stats). Not this gateway's in-flight beyond the engine's running count:
+        a burst sent since the scrape is mostly running by now (vLLM takes up to max_num_seqs),
+        and the gateway's fair queue (cluster.gateway.fair_queue) already bounds what it sends
+        to a replica by what it runs plus a margin."""
         if self.stats is None:
             return None
-        return max(self.stats.waiting, self.in_flight - self.stats.running)
+        return self.stats.waiting
+
+    @property
+    def active_adapters(self) -> frozenset[str]:
+        """Adapters running or queued on the replica: the engine's last word, and what this
+        gateway has sent there since (a decision between two scrapes sees its own requests)."""
+        return self.adapters_in_flight | (self.stats.active_adapters if self.stats is not None else frozenset())
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,11 @@ def model_cache(tmp_path_factory):
 
 
 # The session cluster requires API keys: tenant `itest` for the tests, `limited` with a
-# one-request-per-minute limit (the observability test's 429).
+# one-request-per-minute limit (the observability test's 429), `flood` the fair-sharing
+# test's flooding tenant.
 API_KEY = "sk-itest"
-KEYS = {API_KEY: "itest", "sk-limited": "limited"}
+FLOOD_KEY = "sk-flood"
+KEYS = {API_KEY: "itest", "sk-limited": "limited", FLOOD_KEY: "flood"}
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +80,9 @@ def cluster(model_cache, tmp_path_factory, file_sd_dir):
             ),
         },
         "gateway": {
+            # One gateway process with a fixed metrics port: the tests read its metrics (cluster.metrics_url).
             "host": "127.0.0.1", "port": free_port(), "metrics_port": free_port(), "api_keys_file": str(keys_file),
+            "replicas": 1,
             # Tenancy through the real cluster: the store is a Redis `owc serve` starts itself (the
             # observability test checks it stays up); `itest` has a daily budget (the quota panel).
             "store": {"url": f"redis://127.0.0.1:{free_port()}/0", "on_failure": "local"},

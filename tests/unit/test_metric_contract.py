@@ -9,7 +9,11 @@ import re
 import yaml
 from prometheus_client import CollectorRegistry
 
+from cluster.config.loader import parse_config
+from cluster.gateway.adapter_loader import record_adapter_requests
 from cluster.gateway.metrics import GatewayMetrics
+from cluster.routing.router import Routing
+from cluster.routing.stats import StatsStore
 from cluster.metrics.dashboards import DASHBOARDS, render
 from tests.conftest import REPO
 
@@ -33,10 +37,14 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     registry = CollectorRegistry()
     g = GatewayMetrics(registry, replicas=lambda: [("m", 1, 1)])
     g.init_models({"m": "p"}, ["filter:healthy"])
+    # owc_adapter_requests_total: defined with the adapter loader, on the same registry (cluster.gateway.app)
+    cfg = parse_config({"models": {"m": {"source": "external", "adapters": {"fr": {}}}}, "gateway": {"api_keys_env": None}})
+    record_adapter_requests(registry, Routing({}, stats=StatsStore(stale_after_s=1)), cfg)
     for h in (g.duration.labels("m", "/r"), g.ttft.labels("m"), g.itl.labels("m"), g.decision_seconds.labels("p"),
-              g.adapter_load_seconds.labels("m")):
+              g.adapter_load_seconds.labels("m"), g.fair_wait.labels("m", "t")):
         h.observe(0.1)
     g.tenant_quota_used.labels("t", "day").set(0.5)
+    g.fair_depth.labels("m", "t").set(1)
     for c in (g.prompt_tokens.labels("m", "t"), g.completion_tokens.labels("m", "t"), g.requests.labels("m", "t", "/r", "200")):
         c.inc()
     out = {}
@@ -63,6 +71,7 @@ def test_controller_metrics_match_the_table():
     m.current.labels("m")
     m.decisions.labels("m", "up:load")
     m.errors.labels("m")
+    m.rebuilds.labels("m", "prometheus")
     out = {}
     for fam in registry.collect():
         name = fam.name + ("_total" if fam.type == "counter" else "")

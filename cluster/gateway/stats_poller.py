@@ -1,7 +1,8 @@
 """Feeds routing with engine stats off the request path: every ``period_s`` each gateway
 process scrapes every engine replica's own /metrics (vLLM's gauges) and, less often, its
 /v1/models (loaded LoRA adapters). A replica that cannot be reached is marked unhealthy;
-the next good scrape puts it back. One that answers without usable stats stays routable,
+the next good scrape puts it back. One whose scrape times out is slow, not gone: its stats
+go stale. One that answers without usable stats stays routable,
 its stats go stale. Requests never wait on this loop; stale stats make routing
 load-blind (cluster.routing.stats)."""
 
@@ -48,6 +49,11 @@ class StatsPoller:
                 models = await self._client.get(f"{ep.url}/v1/models")
                 self._adapters[ep.replica_id] = lora_adapters(models.json()) if models.status_code == 200 else frozenset()
             stats = parse_vllm_metrics(resp.text, self._adapters.get(ep.replica_id, frozenset()))
+        except httpx.TimeoutException as e:
+            # Slow, not gone (a loaded engine, or this process's own loop): its stats age out
+            # (stale after routing_stats.stale_after_s) instead of taking it out of routing.
+            log.debug("stats scrape of %s timed out: %s", ep.url, e)
+            return
         except httpx.TransportError as e:
             log.debug("stats scrape of %s failed: %s", ep.url, e)
             self._store.failed(ep.replica_id, self._clock())

@@ -691,3 +691,28 @@ def test_an_upgrade_keeps_the_controllers_gateway_and_engine_counts(tmp_path, ga
     counts = {d["name"]: d["num_replicas"] for d in app.get("deployments", [])}
     assert counts == ({"engine-m": 3} if kept is None else {"owc-gateway": kept, "engine-m": 3})
     jsonschema.Draft7Validator(crd_schema("RayService", "v1")).validate(rs)
+
+
+# --- Run-time LoRA adapters survive gateway pods (issue 15) -------------------------------------
+
+def _mounts(group: dict) -> dict[str, str]:
+    return {m["name"]: m["mountPath"] for c in group["template"]["spec"]["containers"] for m in c.get("volumeMounts", [])}
+
+
+def test_gateway_pods_share_the_model_cache_where_the_adapters_file_lives(tmp_path):
+    """owc-adapters.json (run-time adapter additions) is in model_cache_dir: gateway pods (the
+    admin API writes it, every gateway reads it) mount the same claim as engine pods when it
+    can be shared (ReadWriteMany, the default, or a claim of your own), so an addition
+    survives a gateway pod's restart and reaches every pod; a ReadWriteOnce claim is not."""
+    for values, shared in (({}, True), ({"modelCache": {"accessModes": ["ReadWriteOnce"]}}, False),
+                           ({"modelCache": {"accessModes": ["ReadWriteOnce"], "existingClaim": "mine"}}, True)):
+        docs = render_values(tmp_path, values, name=f"mc-{shared}-{len(values)}")
+        rs = next(d for d in docs if d["kind"] == "RayService")
+        groups = {g["groupName"]: g for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+        engine = next(g for n, g in groups.items() if n != "gateway")
+        cache_dir = _owc_config(docs)["model_cache_dir"]
+        assert cache_dir.startswith(_mounts(engine)["models"])
+        assert (_mounts(groups["gateway"]).get("models") == _mounts(engine)["models"]) is shared, values
+        claims = {v["persistentVolumeClaim"]["claimName"] for g in (engine, groups["gateway"])
+                  for v in g["template"]["spec"].get("volumes", []) if "persistentVolumeClaim" in v}
+        assert len(claims) == 1

@@ -310,3 +310,11 @@ preStop:
 {{- add (ceil ($limits.request_timeout_s | default $defaults.gateway.request_timeout_s)) 30 | int }}
 {{- end }}
 {{- end }}
+
+{{/* Gateway pods mount the model cache too when it can be shared (ReadWriteMany, or a claim
+of your own): the run-time adapters file lives there. Empty string: not shared. */}}
+{{- define "owc.gatewaySharesModelCache" -}}
+{{- if and .Values.modelCache.enabled (or .Values.modelCache.existingClaim (has "ReadWriteMany" .Values.modelCache.accessModes)) -}}
+true
+{{- end -}}
+{{- end }}

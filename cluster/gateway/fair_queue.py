@@ -188,6 +188,8 @@ class FairQueue:
         st = self._models.get(model)
         if st is None:
             st = self._models[model] = _Model()
+        if tenant not in st.seen:
+            self._depth(model, st, tenant)  # its depth series exists (at 0) from its first request
         st.seen[tenant] = self._clock()
         if not self._policy.enabled or pinned:
             return self._granted(st, tenant, pick(endpoints, frozenset()))

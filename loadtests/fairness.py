@@ -24,6 +24,7 @@ TTFT p95 to A alone in the same run, as median with min-max spread over runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import asyncio
 import json
 import os
@@ -40,6 +41,7 @@ import aiohttp
 import yaml
 
 from cluster.bench.driver import SSEParser, percentile
+from cluster.bench.stack import start_ready
 from loadtests.prefix_routing import PRIORITIES, priority_prefix
 from cluster.config.loader import load_config
 from cluster.engine.launcher import vllm_launcher
@@ -258,11 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="owc-fairness-"))
     procs: list[ServerProcess] = []
 
-    def start(proc: ServerProcess, timeout_s: float) -> ServerProcess:
-        procs.append(proc)
-        proc.start()
-        asyncio.run(proc.wait_ready(timeout_s))
-        return proc
+    start = functools.partial(start_ready, procs)  # started processes are listed in procs (stopped below)
 
     try:
         print(f"starting vLLM ({model}, max_num_seqs={a.max_num_seqs}) …", file=sys.stderr)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import psutil
 
+from cluster.bench.stack import start_ready
 from cluster.config.loader import load_config
 from cluster.engine.launcher import vllm_launcher
 from cluster.process import Command, ServerProcess, free_port
@@ -88,13 +89,6 @@ def _check_imports(tree: Path) -> str:
     if not all(Path(f).resolve().is_relative_to(tree.resolve()) for f in files):
         raise SystemExit(f"a gateway started in {tree} imports {files}, not {tree}'s cluster package")
     return files[0]
-
-
-def _start(procs: list[ServerProcess], proc: ServerProcess, timeout_s: float) -> ServerProcess:
-    procs.append(proc)
-    proc.start()
-    asyncio.run(proc.wait_ready(timeout_s))
-    return proc
 
 
 def _gateway(tree: Path, side: str, model: str, engine_url: str) -> ServerProcess:
@@ -205,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         imported = {side: _check_imports(tree) for side, tree in trees.items()}
         print(f"old: {imported['old']}\nnew: {imported['new']}", file=sys.stderr)
         print(f"starting vLLM ({model}) …", file=sys.stderr)
-        engine = _start(procs, ServerProcess(vllm_launcher(model, mcfg, cfg.model_cache_dir),
+        engine = start_ready(procs, ServerProcess(vllm_launcher(model, mcfg, cfg.model_cache_dir),
                                              log_path=LOG_DIR / "engine.log"), 600)
-        gateways = {side: _start(procs, _gateway(trees[side], side, model, engine.url), 60) for side in SIDES}
+        gateways = {side: start_ready(procs, _gateway(trees[side], side, model, engine.url), 60) for side in SIDES}
         for side, gw in gateways.items():  # warm-up, not recorded
             asyncio.run(run_closed_loop(gw.url, model, requests=args.warmup_requests, concurrency=4,
                                         max_tokens=args.max_tokens, target=side))

@@ -22,6 +22,7 @@ common token prefix, rounded down to whole KV blocks — over all prompt tokens.
 from __future__ import annotations
 
 import argparse
+import functools
 import asyncio
 import json
 import math
@@ -40,7 +41,7 @@ from cluster.engine.launcher import vllm_launcher
 from cluster.process import Command, ServerProcess, free_port
 from cluster.bench.driver import one_request, percentile
 from loadtests.prefix_workload import PrefixRequest, workload
-from cluster.bench.stack import LOG_DIR, router_bin
+from cluster.bench.stack import LOG_DIR, router_bin, start_ready
 
 MODEL = "tiny-llama"
 OWC_POLICIES = ("prefix_affinity", "round_robin", "least_load")
@@ -241,11 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cannot run {' '.join(PRIORITIES[args.front_priority])} here: routers run at the engines' priority",
               file=sys.stderr)
 
-    def start(proc: ServerProcess, timeout_s: float) -> ServerProcess:
-        procs.append(proc)
-        proc.start()
-        asyncio.run(proc.wait_ready(timeout_s))
-        return proc
+    start = functools.partial(start_ready, procs)  # started processes are listed in procs (stopped below)
 
     try:
         print(f"starting 2 vLLM engines, KV cache {kv_bytes >> 10} KiB each …", file=sys.stderr)

@@ -45,7 +45,9 @@ class Candidate:
     timeout_s: float = 600
 
 
-def _start(procs: list[ServerProcess], proc: ServerProcess, timeout_s: float) -> ServerProcess:
+def start_ready(procs: list[ServerProcess], proc: ServerProcess, timeout_s: float) -> ServerProcess:
+    """Start ``proc``, listed in ``procs`` first (so that the caller stops it whatever happens),
+    and wait until it answers."""
     procs.append(proc)
     proc.start()
     asyncio.run(proc.wait_ready(timeout_s))
@@ -60,18 +62,18 @@ def comparison_stack(config: str | None = None, *, router: bool = True, extra: S
     procs: list[ServerProcess] = []
     try:
         print(f"starting vLLM ({model}) …", file=sys.stderr)
-        engine = _start(procs, ServerProcess(vllm_launcher(model, mcfg, cfg.model_cache_dir), log_path=LOG_DIR / "engine.log"), 600)
+        engine = start_ready(procs, ServerProcess(vllm_launcher(model, mcfg, cfg.model_cache_dir), log_path=LOG_DIR / "engine.log"), 600)
         stack = Stack(model=model, engine_settings=mcfg.model_dump(mode="json"))
         stack.targets["bare-vllm"] = engine.url
         port = free_port()
-        gateway = _start(procs, ServerProcess(
+        gateway = start_ready(procs, ServerProcess(
             Command([sys.executable, "-m", "cluster.gateway.main", "--upstream", f"{model}={engine.url}", "--port", str(port)]),
             log_path=LOG_DIR / "gateway.log", port=port), 60)
         stack.targets["owc-gateway"] = gateway.url
         stack.pids["owc-gateway"] = gateway.pid
         if router:
             port = free_port()
-            r = _start(procs, ServerProcess(
+            r = start_ready(procs, ServerProcess(
                 Command([router_bin(), "--host", "127.0.0.1", "--port", str(port), "--worker-urls", engine.url,
                          "--policy", "round_robin", "--log-level", "warning"]),
                 log_path=LOG_DIR / "router.log", port=port), 60)
@@ -80,7 +82,7 @@ def comparison_stack(config: str | None = None, *, router: bool = True, extra: S
         for c in extra:
             port = free_port()
             print(f"starting {c.label or c.name} …", file=sys.stderr)
-            s = _start(procs, ServerProcess(
+            s = start_ready(procs, ServerProcess(
                 Command(c.argv(port)),
                 log_path=LOG_DIR / (c.log_name or f"{c.name}.log"), port=port, health_path=c.health_path), c.timeout_s)
             stack.targets[c.name] = s.url

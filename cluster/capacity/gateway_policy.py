@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from cluster.capacity.policy import Decision, PolicyState
+from cluster.capacity.policy import Decision, PolicyState, into_bounds
 from cluster.capacity.windows import trailing_window
 from cluster.config.gateway import GatewayAutoscaling, GatewayReplicas
 
@@ -56,10 +56,8 @@ def decide(
 ) -> Decision:
     """``current``: the gateway processes in force (starting ones count: they are coming)."""
     s = settings
-    if current < bounds.min:
-        return Decision(bounds.min, "up:below_min", replace(state, last_up=now, low_since=None))
-    if current > bounds.max:
-        return Decision(bounds.max, "down:above_max", replace(state, last_down=now, low_since=None))
+    if (back := into_bounds(current, bounds, state, now)) is not None:
+        return back
     if signals is None or signals.in_flight is None or now - signals.at > stale_after_s:
         return Decision(current, "hold:no_data", replace(state, low_since=None))
 

@@ -58,15 +58,23 @@ class Decision:
         return not self.reason.startswith("hold")
 
 
+def into_bounds(current: int, bounds, state: PolicyState, now: float) -> Decision | None:
+    """Back within [bounds.min, bounds.max] at once (engines' and gateways' policies alike);
+    None when ``current`` is already within them."""
+    if current < bounds.min:
+        return Decision(bounds.min, "up:below_min", replace(state, last_up=now, low_since=None))
+    if current > bounds.max:
+        return Decision(bounds.max, "down:above_max", replace(state, last_down=now, low_since=None))
+    return None
+
+
 def decide(
     signals: Signals | None, *, current: int, settings: Autoscaling, bounds: Replicas, state: PolicyState, now: float,
 ) -> Decision:
     """``current``: the replica target in force (starting replicas count: they are coming)."""
     s = settings
-    if current < bounds.min:
-        return Decision(bounds.min, "up:below_min", replace(state, last_up=now, low_since=None))
-    if current > bounds.max:
-        return Decision(bounds.max, "down:above_max", replace(state, last_down=now, low_since=None))
+    if (back := into_bounds(current, bounds, state, now)) is not None:
+        return back
     if signals is None or signals.ongoing is None or now - signals.at > s.stale_after_s:
         return Decision(current, "hold:no_data", replace(state, low_since=None))
 

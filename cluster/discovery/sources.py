@@ -16,6 +16,7 @@ from typing import Protocol
 
 from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.timing import ENDPOINTS_FILE_POLL_S
+from cluster.process import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,7 @@ class FileEndpoints:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
 
 def write_endpoints_file(path: str, endpoints: Sequence[Endpoint]) -> None:

@@ -8,6 +8,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from cluster.process import cancel_and_wait
+
 
 class LoopLag:
     def __init__(self, report: Callable[[float], None], *, period_s: float = 0.1, window: int = 20,
@@ -33,9 +35,4 @@ class LoopLag:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)

@@ -17,6 +17,7 @@ import httpx
 
 from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.engine_client import engine_headers
+from cluster.process import cancel_and_wait
 from cluster.routing.stats import StatsStore, lora_adapters, parse_vllm_metrics
 
 log = logging.getLogger(__name__)
@@ -94,10 +95,5 @@ class StatsPoller:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         await self._client.aclose()

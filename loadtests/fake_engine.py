@@ -30,8 +30,10 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 
 class FakeEngine:
     def __init__(self, *, model: str, ttft_s: float, itl_s: float, max_num_seqs: int, default_max_tokens: int = 16,
-                 adapters: tuple[str, ...] = ()):
+                 adapters: tuple[str, ...] = (), die_after_tokens: int = 0):
         self.model = model
+        self.die_after_tokens = die_after_tokens  # exit (as if SIGKILLed) after streaming this many tokens
+        self._tokens_served = 0
         self.adapters = tuple(adapters)  # LoRA adapters "loaded": listed by /v1/models, accepted as model names
         self.ttft_s = ttft_s
         self.itl_s = itl_s
@@ -141,9 +143,15 @@ class FakeEngine:
             return _error(400, f"Input should be one of {', '.join(REASONING_EFFORTS)}")
         n_out = int(body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
                     or self.default_max_tokens)
+        raw = body.get("prompt")
+        # A prompt of token ids (a resumed stream's continuation): prompt ids are 1..n, the
+        # k-th generated token is 1000+k (" tok{k}"), so a continuation picks up where the
+        # ids it is given end, as greedy decoding on a real model would.
+        ids_prompt = not chat and not responses and isinstance(raw, list) and all(isinstance(t, int) for t in raw)
+        start = sum(1 for t in raw if t >= 1000) if ids_prompt else 0
         prompt = json.dumps(body.get("messages")) if chat else json.dumps(body.get("input")) if responses \
-            else str(body.get("prompt"))
-        n_in = max(1, len(prompt.split()))
+            else str(raw)
+        n_in = len(raw) - start if ids_prompt else max(1, len(prompt.split()))
         rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         rid = ("chatcmpl-" if chat else "cmpl-") + rid
         stream = bool(body.get("stream"))
@@ -158,7 +166,7 @@ class FakeEngine:
                 try:
                     if responses:
                         return await self._respond(request, body, n_in, n_out, started)
-                    return await self._run(request, chat, rid, n_in, n_out, stream, body, usage, started)
+                    return await self._run(request, chat, rid, n_in, n_out, stream, body, usage, started, start)
                 finally:
                     self._set_load(delta_running=-1)
         except (asyncio.CancelledError, ConnectionResetError):
@@ -168,8 +176,8 @@ class FakeEngine:
             if not admitted:
                 self._set_load(delta_waiting=-1)
 
-    async def _run(self, request, chat, rid, n_in, n_out, stream, body, usage, started):
-        self.prompt_tokens.labels(*self._labels).inc(n_in)
+    async def _run(self, request, chat, rid, n_in, n_out, stream, body, usage, started, start=0):
+        self.prompt_tokens.labels(*self._labels).inc(n_in + start)
         await asyncio.sleep(self.ttft_s)
         self.ttft.labels(*self._labels).observe(time.monotonic() - started)
         created = int(time.time())
@@ -177,26 +185,41 @@ class FakeEngine:
         if not stream:
             await asyncio.sleep(self.itl_s * max(0, n_out - 1))
             self.gen_tokens.labels(*self._labels).inc(n_out)
-            text = " ".join(f"tok{i}" for i in range(n_out))
+            text = " ".join(f"tok{i}" for i in range(start, start + n_out))
             choice = (
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
                 if chat
                 else {"index": 0, "text": text, "finish_reason": "length"}
             )
             return web.json_response({"id": rid, "object": obj, "created": created, "model": self.model, "choices": [choice], "usage": usage})
+        ids = bool(body.get("return_token_ids"))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         chunk_obj = "chat.completion.chunk" if chat else "text_completion"
-        for i in range(n_out):
-            if i:
+        if chat and ids:  # vLLM's first chat event: the role, and the prompt's ids
+            await resp.write(_sse({"id": rid, "object": chunk_obj, "created": created, "model": self.model,
+                                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                "finish_reason": None}],
+                                   "prompt_token_ids": list(range(1, n_in + 1))}))
+        for i in range(start, start + n_out):
+            if i > start:
                 await asyncio.sleep(self.itl_s)
+            if self.die_after_tokens and self._tokens_served >= self.die_after_tokens:
+                os._exit(1)  # an engine killed mid-stream: every open connection breaks
+            self._tokens_served += 1
             delta = {"index": 0, "delta": {"content": f" tok{i}"}, "finish_reason": None} if chat else {"index": 0, "text": f" tok{i}", "finish_reason": None}
-            if i == n_out - 1:
+            if ids:
+                delta["token_ids"] = [1000 + i]
+                if not chat and i == start:
+                    delta["prompt_token_ids"] = list(range(1, n_in + 1)) + [1000 + k for k in range(start)]
+            if i == start + n_out - 1:
                 delta["finish_reason"] = "length"
             await resp.write(_sse({"id": rid, "object": chunk_obj, "created": created, "model": self.model, "choices": [delta]}))
             self.gen_tokens.labels(*self._labels).inc()
         if (body.get("stream_options") or {}).get("include_usage"):
-            await resp.write(_sse({"id": rid, "object": chunk_obj, "created": created, "model": self.model, "choices": [], "usage": usage}))
+            await resp.write(_sse({"id": rid, "object": chunk_obj, "created": created, "model": self.model, "choices": [],
+                                   "usage": {**usage, "prompt_tokens": n_in + start,
+                                             "total_tokens": n_in + start + n_out}}))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -313,12 +336,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--parent-pid", type=int, default=0)
     p.add_argument("--lora", action="append", default=[], help="a LoRA adapter name this engine has loaded")
+    p.add_argument("--die-after-tokens", type=int, default=0,
+                   help="exit abruptly (as if SIGKILLed) after streaming this many tokens in all")
     a = p.parse_args(argv)
     watch_parent(a.parent_pid)
 
     async def serve() -> None:
         engine = FakeEngine(model=a.model, ttft_s=a.ttft_ms / 1000, itl_s=a.itl_ms / 1000, max_num_seqs=a.max_num_seqs,
-                            adapters=tuple(a.lora))
+                            adapters=tuple(a.lora), die_after_tokens=a.die_after_tokens)
         # vLLM aborts a request whose client went away; aiohttp does so only when asked.
         runner = web.AppRunner(engine.app(), access_log=None, handle_signals=True, handler_cancellation=True)
         await runner.setup()

@@ -120,6 +120,13 @@ class ModelConfig(StrictModel):
     responses_store: ResponsesStore = Field(
         default_factory=ResponsesStore, description="Stored responses (previous_response_id, retrieval), bounded.",
     )
+    resume_streams: bool = Field(
+        True,
+        description="A chat or completions stream whose engine dies after its first byte is continued on another "
+        "replica from the token ids the client already has (the client sees one stream). Streams that cannot be "
+        "resumed (n > 1, logprobs, tools, structured outputs, stop strings, parsed chat output such as gpt-oss's "
+        "harmony or a reasoning parser) end with an SSE error event, as they do when this is off.",
+    )
 
     @field_validator("adapters", mode="before")
     @classmethod
@@ -162,6 +169,13 @@ class ModelConfig(StrictModel):
     def wakes_on_request(self) -> bool:
         """Scaled to zero by the controller, a request for this model wakes it."""
         return self.autoscaling.enabled and self.replicas.min == 0
+
+    @property
+    def parses_chat_output(self) -> bool:
+        """The engine parses this model's chat output (a reasoning parser, gpt-oss's harmony
+        format): a chat stream's text is not the tokens' text, so it cannot be resumed."""
+        return bool(self.engine_kwargs.get("reasoning_parser")) or any(
+            m in self.source.lower() for m in ("gpt-oss", "gpt_oss"))
 
     @property
     def world_size(self) -> int:

@@ -20,6 +20,7 @@ from cluster.gateway.caps import CapTable
 from cluster.gateway.connections import CLOSED_KEY
 from cluster.gateway.conversations import Conversations
 from cluster.gateway.response_ids import ResponseIds
+from cluster.gateway.resume import not_resumable
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.forwarder import ClientGone, Forwarder
@@ -188,9 +189,15 @@ class Admission:
             # it, so the stream relay drops it again.
             data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
             strip_usage = rewrite = True
+        cfg = self._config.models[served]
+        resume = bool(req.stream) and cfg.resume_streams and \
+            not_resumable(route, data, parsed_chat=cfg.parses_chat_output) is None
+        if resume:
+            data["return_token_ids"] = rewrite = True
         return Job(request_id=request_id, route=route, model=served, tenant=tenant, data=data,
                    body=orjson.dumps(data) if rewrite else body, stream=bool(req.stream), headers=headers,
-                   adapter=adapter, strip_usage=strip_usage, span=span)
+                   adapter=adapter, strip_usage=strip_usage, span=span, resume=resume,
+                   max_model_len=cfg.max_model_len)
 
 
 def _noop() -> None:

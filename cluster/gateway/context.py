@@ -46,6 +46,10 @@ class Job:
     # previous_response_id), and the engine body per chosen replica (it carries the minted id).
     pin: str | None = None
     body_for: Callable[[Endpoint], bytes] | None = None
+    # A stream that another replica continues if its engine dies (cluster.gateway.resume):
+    # the engine streams its token ids, which the client never sees.
+    resume: bool = False
+    max_model_len: int | None = None  # the model's context, when the config sets it
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Delivery:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None  # reasoning tokens included, as OpenAI counts them
     reasoning_tokens: int | None = None
+    resumes: int = 0  # times a broken stream was continued on another replica
 
     @property
     def retries(self) -> int:

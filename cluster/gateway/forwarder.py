@@ -11,6 +11,7 @@ is how an engine request is aborted: vLLM aborts a request whose client went awa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -19,10 +20,12 @@ from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.sources import EndpointSource
 from cluster.gateway.context import CLIENT_CLOSED, ClientGone, Delivery, Job, Receive, Send, wait_disconnect
 from cluster.gateway.engine_client import ConnectFailed, EngineClient, EngineError, Response
-from cluster.gateway.errors import RETRY_SOON, RETRY_STARTING, OpenAIError
+from cluster.gateway.errors import RETRY_SOON, RETRY_STARTING, OpenAIError, from_upstream
 from cluster.gateway.fair_queue import FairQueue
 from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.conversations import owner_endpoints
+from cluster.gateway.params import COMPLETIONS
+from cluster.gateway.resume import StreamLedger
 from cluster.gateway.streaming import respond
 from cluster.gateway.tracing import RequestTracer
 from cluster.routing.filters import QueueFull
@@ -186,25 +189,52 @@ class Forwarder:
                 raise OpenAIError(504, "engine did not answer in time", code="engine_timeout")
             resp, first = opening.result()
             deadline.resp = resp
-            rid = delivery.endpoint.replica_id if delivery.endpoint else ""
+            held = [delivery.endpoint.replica_id if delivery.endpoint else ""]  # the replica answering now
+            tried = {held[0]}
+
+            async def resume(ledger: StreamLedger) -> tuple[Response, bytes]:
+                """The stream continued on another replica (cluster.gateway.resume)."""
+                self._release(held.pop(), job)
+                cont = dataclasses.replace(job, route=COMPLETIONS, body=ledger.continuation(), body_for=None, pin=None)
+                try:
+                    resp, first = await self._open(cont, info, self._endpoints.endpoints(job.model), headers,
+                                                   delivery, exclude=tried)
+                    rid = delivery.endpoint.replica_id
+                    tried.add(rid)
+                    if resp.status >= 400:
+                        resp.close()
+                        self._release(rid, job)
+                        raise from_upstream(resp.status, first)
+                except OpenAIError:
+                    self._metrics.resumes.labels(job.model, "failed").inc()
+                    raise
+                held.append(rid)
+                deadline.resp = resp
+                self._metrics.resumes.labels(job.model, "resumed").inc()
+                return resp, first
+
             try:
                 on_answer()
                 await respond(resp, first, send, job=job, delivery=delivery, gone=gone,
-                              timed_out=lambda: deadline.expired, on_broken=lambda: self._routing.failed(rid))
+                              timed_out=lambda: deadline.expired,
+                              on_broken=lambda: self._routing.failed(held[0]) if held else None,
+                              resume=resume if job.resume else None)
             finally:
-                self._release(rid, job)
+                if held:
+                    self._release(held[0], job)
         finally:
             deadline.cancel()
             gone.cancel()
 
     async def _open(self, job: Job, info: RequestInfo, endpoints: list[Endpoint], headers: dict[str, str],
-                    delivery: Delivery, *, first: Endpoint | None = None) -> tuple[Response, bytes]:
+                    delivery: Delivery, *, first: Endpoint | None = None,
+                    exclude: set[str] | None = None) -> tuple[Response, bytes]:
         """Send the job to the replica routing picks (``first``: already picked and taken) and
         wait for its first body bytes (a non-streamed response: all of it). Until then the
         client has received nothing, so a replica that refuses the connection or dies is
-        retried on another one (a retry does not queue again)."""
+        retried on another one (a retry does not queue again). ``exclude``: replicas not to try."""
         routing = self._routing
-        tried: set[str] = set()
+        tried: set[str] = set(exclude or ())
         lost: str | None = None
         while True:
             if first is not None:

@@ -115,6 +115,14 @@ class GatewayMetrics:
             ["model", "reason"],
             registry=registry,
         )
+        self.resumes = Counter(
+            "owc_stream_resumes",
+            "Streams whose engine broke after the first byte, by model and result: resumed (continued on "
+            "another replica, the client saw one stream) or failed (no replica could continue it: the stream "
+            "ended with an error event).",
+            ["model", "result"],
+            registry=registry,
+        )
         self.decisions = Counter(
             "owc_routing_decisions",
             "Replica choices made, by model and routing policy.",
@@ -211,6 +219,8 @@ class GatewayMetrics:
                 self.retries.labels(m, reason)
             for result in ("ok", "failed"):
                 self.adapter_loads.labels(m, result)
+            for result in ("resumed", "failed"):
+                self.resumes.labels(m, result)
             self.decisions.labels(m, policy)
             self.decision_seconds.labels(policy)
             self.in_flight.labels(m)

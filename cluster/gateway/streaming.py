@@ -9,7 +9,7 @@ import logging
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 
@@ -18,6 +18,7 @@ from cluster.gateway.engine_client import EngineError, Response
 from cluster.gateway.errors import OpenAIError, from_upstream, sse_error_event
 from cluster.gateway.params import RESPONSES
 from cluster.gateway.reasoning import StreamStrip, strip_body
+from cluster.gateway.resume import StreamLedger
 
 # The Responses stream's last event (completed, incomplete or failed) carries the whole
 # response, usage included. An event line ends with a raw newline, which JSON text cannot
@@ -27,13 +28,19 @@ _FINAL_EVENTS = (b"event: response.completed\n", b"event: response.incomplete\n"
 
 log = logging.getLogger(__name__)
 
+# Continues a broken stream on another replica: the continuation's response and first bytes.
+Resume = Callable[[StreamLedger], Awaitable[tuple[Response, bytes]]]
+
+
 async def respond(
     resp: Response, first: bytes, send: Send, *, job: Job, delivery: Delivery, gone: asyncio.Future,
-    timed_out: Callable[[], bool], on_broken: Callable[[], None],
+    timed_out: Callable[[], bool], on_broken: Callable[[], None], resume: Resume | None = None,
 ) -> None:
     """Send the engine's response (``first``: its first body bytes, already read). Raises
-    OpenAIError for an engine error status, before anything was sent."""
-    gone.add_done_callback(lambda t: None if t.cancelled() else resp.close())
+    OpenAIError for an engine error status, before anything was sent. ``resume``: how a
+    resumable stream (``job.resume``) whose engine breaks is continued elsewhere."""
+    current = [resp]  # the engine response being relayed (a continuation's, once resumed)
+    gone.add_done_callback(lambda t: None if t.cancelled() else current[0].close())
     completed = False
     try:
         if resp.status in (401, 403):
@@ -47,8 +54,8 @@ async def respond(
             raise from_upstream(resp.status, first)
         out_headers = [(b"x-request-id", job.request_id.encode())]
         if job.stream:
-            completed = await _relay_stream(resp, first, send, out_headers=out_headers, job=job, delivery=delivery,
-                                            gone=gone, timed_out=timed_out, on_broken=on_broken)
+            completed = await _relay_stream(current, first, send, out_headers=out_headers, job=job, delivery=delivery,
+                                            gone=gone, timed_out=timed_out, on_broken=on_broken, resume=resume)
         else:
             completed = True
             try:
@@ -66,16 +73,16 @@ async def respond(
         # A finished response hands its connection back to the pool (keep-alive); an
         # unfinished one drops it, so that the engine aborts the request.
         if completed and not gone.done():
-            resp.release()
+            current[0].release()
         else:
-            resp.close()
+            current[0].close()
 
 
 async def _relay_stream(
-    resp: Response, first: bytes, send: Send, *, out_headers: list, job: Job, delivery: Delivery,
-    gone: asyncio.Future, timed_out: Callable[[], bool], on_broken: Callable[[], None],
+    current: list[Response], first: bytes, send: Send, *, out_headers: list, job: Job, delivery: Delivery,
+    gone: asyncio.Future, timed_out: Callable[[], bool], on_broken: Callable[[], None], resume: Resume | None,
 ) -> bool:
-    """Relay the SSE stream; True when the engine finished it."""
+    """Relay the SSE stream; True when the engine (or the replica that resumed it) finished it."""
     await send({"type": "http.response.start", "status": 200, "headers": [
         (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
         (b"x-accel-buffering", b"no"), *out_headers,
@@ -85,58 +92,87 @@ async def _relay_stream(
     last = 0.0
     responses = job.route == RESPONSES
     strip = StreamStrip(job.route) if job.strip_reasoning else None  # whole events only
-    try:
-        async for chunk in _then(first, resp.chunks()):
-            # Whole SSE events only: a partial event waits for the rest (clients cannot
-            # use half an event anyway), so that usage events can be read and stripped.
-            if tail:
-                chunk, tail = tail + chunk, b""
-            if not chunk.endswith(b"\n\n"):
-                cut = chunk.rfind(b"\n\n") + 2
-                if cut == 1:
-                    tail = chunk
-                    continue
-                chunk, tail = chunk[:cut], chunk[cut:]
-            now = time.perf_counter()
-            if responses:
-                # Named events, no [DONE]: the token events are the deltas (text, reasoning,
-                # tool arguments); the usage is in the final response event, relayed as is.
-                tokens = b".delta\n" in chunk
-                take_response_usage(chunk, delivery)
-            elif b'"choices":[]' in chunk:
-                # A fast engine's whole answer may arrive in one read with its usage.
-                chunk, tokens = take_usage(chunk, delivery, strip=job.strip_usage)
-            else:
-                tokens = not chunk.startswith(b"data: [DONE]")
-            if tokens:
-                if delivery.ttft_s is None:
-                    delivery.ttft_s = now - delivery.started
+    ledger = StreamLedger(job.route, job.data, max_model_len=job.max_model_len) if job.resume else None
+    source = _then(first, current[0].chunks())
+    while True:
+        try:
+            async for chunk in source:
+                # Whole SSE events only: a partial event waits for the rest (clients cannot
+                # use half an event anyway), so that usage events can be read and stripped.
+                if tail:
+                    chunk, tail = tail + chunk, b""
+                if not chunk.endswith(b"\n\n"):
+                    cut = chunk.rfind(b"\n\n") + 2
+                    if cut == 1:
+                        tail = chunk
+                        continue
+                    chunk, tail = chunk[:cut], chunk[cut:]
+                if ledger is not None:
+                    chunk = ledger.take(chunk)
+                now = time.perf_counter()
+                if responses:
+                    # Named events, no [DONE]: the token events are the deltas (text, reasoning,
+                    # tool arguments); the usage is in the final response event, relayed as is.
+                    tokens = b".delta\n" in chunk
+                    take_response_usage(chunk, delivery)
+                elif b'"choices":[]' in chunk:
+                    # A fast engine's whole answer may arrive in one read with its usage.
+                    chunk, tokens = take_usage(chunk, delivery, strip=job.strip_usage)
                 else:
-                    delivery.itl.append(now - last)
-                last = now
-            if strip is not None:
-                chunk = strip.chunk(chunk)
-            if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if tail and strip is not None:
-            tail = strip.chunk(tail)
-        if tail:
-            await send({"type": "http.response.body", "body": tail, "more_body": True})
-    except EngineError as e:
-        if gone.done():  # we closed it because the client went away
-            delivery.status = CLIENT_CLOSED
+                    tokens = not chunk.startswith(b"data: [DONE]")
+                if tokens:
+                    if delivery.ttft_s is None:
+                        delivery.ttft_s = now - delivery.started
+                    else:
+                        delivery.itl.append(now - last)
+                    last = now
+                if strip is not None:
+                    chunk = strip.chunk(chunk)
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            break
+        except EngineError as e:
+            if gone.done():  # we closed it because the client went away
+                delivery.status = CLIENT_CLOSED
+                return False
+            # Headers are gone already: end the stream with an SSE error event, not a hang.
+            if timed_out():
+                err = OpenAIError(504, "engine did not finish in time", code="engine_timeout")
+            else:
+                log.warning("request %s: the engine's stream broke: %s", job.request_id, e)  # its address: not for the client
+                err = OpenAIError(502, "the engine's stream broke", code="engine_stream_broken")
+                on_broken()
+                if ledger is not None and ledger.finish_reason is not None:
+                    # Broken after its last token: the client misses only the end.
+                    end = ledger.epilogue(include_usage=True)
+                    if end.startswith(b"data: {"):
+                        end, _ = take_usage(end, delivery, strip=job.strip_usage)
+                    await send({"type": "http.response.body", "body": end, "more_body": True})
+                    break
+                if ledger is not None and resume is not None and ledger.resumable:
+                    try:
+                        resp, first = await resume(ledger)
+                    except OpenAIError as refused:
+                        log.warning("request %s: the stream could not be resumed: %s", job.request_id, refused.message)
+                    else:
+                        current[0] = resp
+                        if gone.done():  # the client left while the continuation opened
+                            delivery.status = CLIENT_CLOSED
+                            return False
+                        ledger.resumed()
+                        delivery.resumes += 1
+                        tail = b""
+                        source = _then(first, resp.chunks())
+                        continue
+            delivery.status = err.status
+            event = responses_error_event(err) if responses else sse_error_event(err)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
             return False
-        # Headers are gone already: end the stream with an SSE error event, not a hang.
-        if timed_out():
-            delivery.status, err = 504, OpenAIError(504, "engine did not finish in time", code="engine_timeout")
-        else:
-            log.warning("request %s: the engine's stream broke: %s", job.request_id, e)  # its address: not for the client
-            delivery.status, err = 502, OpenAIError(502, "the engine's stream broke", code="engine_stream_broken")
-            on_broken()
-        event = responses_error_event(err) if responses else sse_error_event(err)
-        await send({"type": "http.response.body", "body": event, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return False
+    if tail and strip is not None:
+        tail = strip.chunk(tail)
+    if tail:
+        await send({"type": "http.response.body", "body": tail, "more_body": True})
     if gone.done():
         delivery.status = CLIENT_CLOSED
         return False

@@ -1,0 +1,208 @@
+"""Stream resume: a chat or completions stream whose engine dies after its first byte is
+continued on another replica, and the client sees one uninterrupted stream.
+
+The engine is asked for the token ids of what it streams (vLLM's ``return_token_ids``;
+the client never sees them). A ``StreamLedger`` reads each event on the way: the prompt's
+ids (the chat template applied, from the first event), the ids whose text reached the
+client, and the ids whose text the engine still held back (an incomplete UTF-8 character).
+When the engine's connection breaks, the continuation is a ``/v1/completions`` stream from
+prompt + the delivered ids with what is left of ``max_tokens``; its events are rewritten
+into the original stream's shape (its id, created time and model; a chat delta for a chat
+stream) and its usage into the whole request's. Resuming from ids, not text: text
+re-tokenises differently. Under greedy decoding the client's text is the uninterrupted
+run's.
+
+Not resumable (``not_resumable`` says why; such a stream ends with the SSE error event):
+``n`` > 1, log probabilities, tools, structured outputs, stop strings (vLLM holds back text
+that may start one, so the ids run ahead of the text), ``echo``/``suffix``/``best_of``, a
+batch of prompts, and chat on a model whose output is parsed (a reasoning parser, gpt-oss's
+harmony format). The Responses API is not resumed either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from cluster.gateway.params import CHAT, COMPLETIONS
+
+# Sampling parameters a continuation keeps (as /v1/completions takes them).
+_CARRIED = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
+            "repetition_penalty", "logit_bias", "ignore_eos", "skip_special_tokens", "stop_token_ids",
+            "include_stop_str_in_output", "spaces_between_special_tokens", "priority", "cache_salt")
+# Parameters whose output a continuation cannot reproduce.
+_BLOCKING = {
+    "tools": "tools", "functions": "tools", "response_format": "structured outputs",
+    "structured_outputs": "structured outputs", "logprobs": "logprobs", "top_logprobs": "logprobs",
+    "stop": "stop strings", "echo": "echo", "suffix": "suffix", "return_tokens_as_token_ids": "token-id text",
+}
+
+
+def not_resumable(route: str, data: dict[str, Any], *, parsed_chat: bool) -> str | None:
+    """Why a stream of this request cannot be resumed; None when it can. ``parsed_chat``:
+    the model's chat output goes through a parser (reasoning, harmony)."""
+    if route not in (CHAT, COMPLETIONS):
+        return "route"
+    if route == CHAT and parsed_chat:
+        return "parsed output"
+    if (data.get("n") or 1) > 1 or (data.get("best_of") or 1) > 1:
+        return "n > 1"
+    for name, why in _BLOCKING.items():
+        if data.get(name) not in (None, False, [], ""):
+            return why
+    if route == COMPLETIONS:
+        p = data.get("prompt")
+        if not (isinstance(p, str) or (isinstance(p, list) and p and all(isinstance(t, int) for t in p))):
+            return "batch of prompts"
+    return None
+
+
+def _max_tokens(route: str, data: dict[str, Any]) -> int | None:
+    if route == CHAT:
+        return data.get("max_completion_tokens") or data.get("max_tokens")
+    return data.get("max_tokens") or 16  # vLLM's (and OpenAI's) completions default
+
+
+class StreamLedger:
+    """What one stream delivered, read from its events; the continuation it resumes from."""
+
+    def __init__(self, route: str, data: dict[str, Any], *, max_model_len: int | None = None):
+        self.route = route
+        self._data = data
+        self._max_model_len = max_model_len
+        self.prompt_ids: list[int] | None = None
+        self.delivered: list[int] = []  # ids whose text the client has
+        self.held: list[int] = []  # ids whose text the engine has not sent yet
+        self.finish_reason: str | None = None
+        self.base = 0  # ids delivered before the current continuation (its usage starts there)
+        self.continuing = False
+        self.resumes = 0
+        self._meta: dict[str, Any] | None = None  # id, object, created, model of the stream
+
+    # --- reading events -------------------------------------------------------------
+    def take(self, chunk: bytes) -> bytes:
+        """Whole SSE events from the engine (the original stream or a continuation), as the
+        client gets them: the ids recorded and removed, a continuation's in the original shape."""
+        out = []
+        for event in chunk.split(b"\n\n"):
+            if not event:
+                continue
+            if not event.startswith(b"data: {"):
+                out.append(event)  # [DONE]
+                continue
+            try:
+                obj = orjson.loads(event[6:])
+            except orjson.JSONDecodeError:
+                out.append(event)
+                continue
+            obj = self._continued(obj) if self.continuing else self._original(obj)
+            out.append(b"data: " + orjson.dumps(obj))
+        return b"".join(e + b"\n\n" for e in out)
+
+    def _original(self, obj: dict) -> dict:
+        if self._meta is None and "id" in obj:
+            self._meta = {k: obj[k] for k in ("id", "object", "created", "model") if k in obj}
+        ids = obj.pop("prompt_token_ids", None)
+        for choice in obj.get("choices") or ():
+            ids = choice.pop("prompt_token_ids", None) or ids
+            self._record(choice, text=self._text(choice))
+        if ids is not None and self.prompt_ids is None:
+            self.prompt_ids = list(ids)
+        return obj
+
+    def _continued(self, obj: dict) -> dict:
+        meta = self._meta or {}
+        out = {**meta}
+        if "usage" in obj and not obj.get("choices"):
+            out["choices"] = []
+            out["usage"] = self.usage(obj["usage"])
+            return out
+        choices = []
+        for choice in obj.get("choices") or ():
+            choice.pop("prompt_token_ids", None)
+            text = choice.get("text") or ""
+            self._record(choice, text=text)
+            c: dict[str, Any] = {"index": 0}
+            if self.route == CHAT:
+                c["delta"] = {"content": text}
+            else:
+                c["text"] = text
+            c["logprobs"] = None
+            c["finish_reason"] = choice.get("finish_reason")
+            if choice.get("stop_reason") is not None:
+                c["stop_reason"] = choice["stop_reason"]
+            choices.append(c)
+        out["choices"] = choices
+        if obj.get("usage"):
+            out["usage"] = self.usage(obj["usage"])
+        return out
+
+    def _text(self, choice: dict) -> str:
+        if self.route == CHAT:
+            delta = choice.get("delta") or {}
+            return delta.get("content") or ""
+        return choice.get("text") or ""
+
+    def _record(self, choice: dict, *, text: str) -> None:
+        ids = choice.pop("token_ids", None) or []
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+        if text or self.finish_reason:
+            self.delivered += self.held + list(ids)
+            self.held = []
+        else:
+            self.held += ids
+
+    # --- resuming -------------------------------------------------------------------
+    @property
+    def resumable(self) -> bool:
+        """The stream broke where a continuation can pick it up."""
+        return self.prompt_ids is not None and self._meta is not None and self.remaining() != 0
+
+    def remaining(self) -> int | None:
+        """Tokens the request may still generate (None: up to the context, vLLM's bound)."""
+        limit = _max_tokens(self.route, self._data)
+        if limit is None:
+            if self._max_model_len is None or self.prompt_ids is None:
+                return None
+            limit = self._max_model_len - len(self.prompt_ids)
+        return max(0, limit - len(self.delivered))
+
+    def continuation(self) -> bytes:
+        """The /v1/completions body that continues the stream from what the client has."""
+        assert self.prompt_ids is not None
+        body: dict[str, Any] = {"model": self._data.get("model"), "prompt": self.prompt_ids + self.delivered,
+                                "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True}
+        for k in _CARRIED:
+            if self._data.get(k) is not None:
+                body[k] = self._data[k]
+        left = self.remaining()
+        if left is not None:
+            body["max_tokens"] = left
+        if self._data.get("min_tokens"):
+            body["min_tokens"] = max(0, self._data["min_tokens"] - len(self.delivered))
+        return orjson.dumps(body)
+
+    def resumed(self) -> None:
+        """A continuation's stream starts: what it generates comes after what was delivered."""
+        self.held = []
+        self.base = len(self.delivered)
+        self.continuing = True
+        self.resumes += 1
+
+    def usage(self, cont: dict | None = None) -> dict:
+        """The whole request's usage: its prompt, everything delivered (or, from a
+        continuation's usage, what it generated after ``base``)."""
+        prompt = len(self.prompt_ids or ())
+        completion = self.base + cont["completion_tokens"] if cont and "completion_tokens" in cont \
+            else len(self.delivered)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def epilogue(self, *, include_usage: bool) -> bytes:
+        """The end of a stream whose engine broke after its last token: the usage event
+        (when asked for) and [DONE]."""
+        end = b""
+        if include_usage:
+            end += b"data: " + orjson.dumps({**(self._meta or {}), "choices": [], "usage": self.usage()}) + b"\n\n"
+        return end + b"data: [DONE]\n\n"

@@ -14,7 +14,7 @@ else
 PRUNE = @true
 endif
 
-.PHONY: setup tools chart-files serve lint test test-unit test-integration test-chart fuzz bench bench-reports readme-figures clean
+.PHONY: setup tools chart-files serve lint test test-unit test-integration test-chart fuzz bench bench-reports readme-figures faults soak clean
 
 setup: $(VENV)/.owc-$(EXTRA)
 
@@ -57,6 +57,20 @@ test-integration: setup tools
 test-chart: setup tools
 	$(BIN)/python -m pytest tests/chart $(PYTEST_ARGS)
 
+# The fault suite: every scenario (make test runs the CI subset), gateway scenarios on
+# vLLM-CPU, records in the committed faults.json and its README table.
+faults: setup tools
+	OWC_FAULTS=full OWC_FAULTS_ENGINE=vllm OWC_FAULTS_OUT=loadtests/results/faults.json \
+		$(BIN)/python -m pytest tests/faults -s $(PYTEST_ARGS)
+	$(BIN)/python -m loadtests.readme_figures --write
+
+# The 30-minute soak (the CI form runs 60 s); its record goes into faults.json too.
+SOAK_S ?= 1800
+soak: setup tools
+	OWC_SOAK_S=$(SOAK_S) OWC_FAULTS_OUT=loadtests/results/faults.json \
+		$(BIN)/python -m pytest tests/faults/test_soak.py -s $(PYTEST_ARGS)
+	$(BIN)/python -m loadtests.readme_figures --write
+
 # The gateway fuzz test with more cases than CI runs (OpenAI's own OpenAPI description).
 FUZZ_EXAMPLES ?= 5000
 fuzz: setup
@@ -69,6 +83,7 @@ bench: setup
 	$(PRUNE)
 	$(BIN)/python -m loadtests.overhead --runs 7 --with-serve-llm --out loadtests/results/candidates.json
 	$(BIN)/python -m loadtests.overhead --runs 7 --out loadtests/results/overhead.json
+	$(BIN)/python -m loadtests.overhead --runs 5 --no-router --resume-off --out loadtests/results/resume-overhead.json
 	$(BIN)/python -m loadtests.prefix_routing --runs 5 --out loadtests/results/prefix-routing.json
 	$(BIN)/python -m cluster.capacity.profile --out loadtests/results/engine-profile.json
 	$(BIN)/python -m loadtests.autoscaling --out loadtests/results/autoscaling.json

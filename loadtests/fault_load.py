@@ -41,6 +41,7 @@ class Outcome:
     detail: str = ""
     retried: bool = False
     ended: float = 0.0  # monotonic
+    stream: bool = False
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Load:
                 out = Outcome(started, "lost", detail=f"connection failed twice before any byte: {e}")
         assert out is not None
         out.retried = attempt == 1
+        out.stream = bool(body.get("stream"))
         out.ended = time.monotonic()
         if attempt == 1:
             await client.aclose()

@@ -9,7 +9,9 @@ capacity controller's) reads the gateway processes' own metrics (each process's 
 from the file_sd targets `owc serve` writes for Prometheus; summed as the controller's PromQL
 sums them) and scales `owc-gateway` through RayServeActuator. A wave of streams scales it to
 2; once the load is gone for down_stabilization_s it goes back to 1 while a second wave of
->= 10 s streams runs through both. Counted: streams cut, requests failed.
+>= 10 s streams runs through both. Then the engines (2 replicas) are scaled to 1, as the
+controller would, with a third wave of >= 10 s streams through both. Counted: streams cut,
+requests failed.
 
 ``sigkill``: the default gateway count (2 processes). A closed loop of short requests (a
 request whose connection fails is retried once, as clients do), one gateway process
@@ -36,19 +38,22 @@ from cluster.capacity.gateway_policy import GATEWAY, GatewaySignals, decide
 from cluster.capacity.policy import PolicyState
 from cluster.config.loader import parse_config
 from cluster.process import free_port
+from loadtests import fault_load
 
 OUT = Path("loadtests/results/gateway-faults.json")
-BODY = {"model": "m", "messages": [{"role": "user", "content": "Tell me a long story."}], "ignore_eos": True}
+MODEL = "m"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}], "ignore_eos": True}
 
 
-def config(tmp: Path, *, engine: str, replicas) -> dict:
-    model = {"source": "demo:tiny-llama", "max_model_len": 4096, "dtype": "float32", "cpus_per_replica": 1,
+def config(tmp: Path, *, engine: str, replicas, engines: int = 1) -> dict:
+    model = {"source": "demo:tiny-llama", "max_model_len": 4096, "dtype": "float32", "cpus_per_replica": 0.5,
              "engine_kwargs": {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "max_num_seqs": 32},
              "engine_env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}}
     if engine == "fake":
         model = {"source": "demo:tiny-llama", "cpus_per_replica": 0.5}
+    model["replicas"] = {"min": 1, "max": engines, "initial": engines}
     return {
-        "models": {"m": model},
+        "models": {MODEL: model},
         "gateway": {"host": "127.0.0.1", "port": free_port(), "replicas": replicas, "cpus": 0.25,
                     "access_log": {"enabled": False},
                     # Loop lag bound raised: here the gateways share 2 cores with the engine (with
@@ -89,50 +94,49 @@ def gateway_signals(sd_dir: Path) -> GatewaySignals:
     return GatewaySignals(at=time.monotonic(), in_flight=in_flight if seen else None, loop_lag_s=lag)
 
 
-class Load:
-    """Streams and short requests against the cluster's port, counting what failed."""
+class Load(fault_load.Load):
+    """Streams and short requests against the cluster's port (loadtests.fault_load classifies
+    each; a connection that fails before any byte is retried once, on a new connection)."""
 
     def __init__(self, url: str):
-        self.url = url
-        self.streams = {"ok": 0, "cut": 0}
-        self.requests = {"ok": 0, "failed": 0, "retried": 0}
-        self.errors: list[str] = []
+        super().__init__([url])
 
     async def stream(self, client: httpx.AsyncClient, tokens: int) -> None:
-        try:
-            async with client.stream("POST", self.url + "/v1/chat/completions",
-                                     json={**BODY, "max_tokens": tokens, "stream": True}) as r:
-                text = (await r.aread()).decode()
-            ok = r.status_code == 200 and text.rstrip().endswith("data: [DONE]") and '"error"' not in text
-        except httpx.HTTPError as e:
-            ok = False
-            self.errors.append(f"stream: {e!r}")
-        self.streams["ok" if ok else "cut"] += 1
-
-    async def short(self, client: httpx.AsyncClient) -> None:
-        for attempt in (0, 1):
-            try:
-                if attempt == 0:
-                    r = await client.post(self.url + "/v1/chat/completions", json={**BODY, "max_tokens": 2})
-                else:  # the connection failed: one retry, on a new connection
-                    async with httpx.AsyncClient(timeout=60) as fresh:
-                        r = await fresh.post(self.url + "/v1/chat/completions", json={**BODY, "max_tokens": 2})
-                if r.status_code == 200:
-                    self.requests["ok"] += 1
-                    return
-                self.errors.append(f"status {r.status_code}: {r.text[:200]}")
-                break
-            except httpx.TransportError as e:
-                if attempt == 0:
-                    self.requests["retried"] += 1
-                    continue
-                self.errors.append(f"request: {e!r}")
-        self.requests["failed"] += 1
+        await self.request(client, {**BODY, "max_tokens": tokens, "stream": True})
 
     async def trickle(self, client: httpx.AsyncClient, stop: asyncio.Event, period_s: float = 0.1) -> None:
-        while not stop.is_set():
-            await self.short(client)
-            await asyncio.sleep(period_s)
+        await self.loop(client, stop, lambda: {**BODY, "max_tokens": 2}, pause_s=period_s)
+
+    @property
+    def streams(self) -> dict[str, int]:
+        s = [o for o in self.outcomes if o.stream]
+        return {"ok": sum(o.kind == "succeeded" for o in s), "cut": sum(o.kind != "succeeded" for o in s)}
+
+    @property
+    def requests(self) -> dict[str, int]:
+        r = [o for o in self.outcomes if not o.stream]
+        return {"ok": sum(o.kind == "succeeded" for o in r), "failed": sum(o.kind != "succeeded" for o in r),
+                "retried": sum(o.retried for o in r)}
+
+    @property
+    def errors(self) -> list[str]:
+        return [o.detail for o in self.outcomes if o.kind != "succeeded"]
+
+
+def resumed(sd_dir: Path) -> int:
+    """Streams the gateway processes resumed (their metrics ports, as for the signals)."""
+    total = 0.0
+    for f in sd_dir.glob("gateway-*.json"):
+        for group in json.loads(f.read_text() or "[]"):
+            for target in group["targets"]:
+                try:
+                    text = httpx.get(f"http://{target}/metrics", timeout=2).text
+                except httpx.HTTPError:
+                    continue
+                total += sum(s.value for fam in text_string_to_metric_families(text)
+                             if fam.name == "owc_stream_resumes" for s in fam.samples
+                             if s.name.endswith("_total") and s.labels.get("result") == "resumed")
+    return int(total)
 
 
 async def ramp(cluster, sd_dir: Path, tokens: tuple[int, int]) -> dict:
@@ -186,10 +190,35 @@ async def ramp(cluster, sd_dir: Path, tokens: tuple[int, int]) -> dict:
         await asyncio.gather(*wave2)
         stop.set()
         await asyncio.gather(ctl, trickle)
+        gateway_record = load.record(
+            "gateway_scale_down", fault_at=t0 + down_decided(decisions), recovered_at=t0 + down_at,
+            resumed=resumed(sd_dir), streams_in_flight=in_flight_at_down)
+        # Wave 3: the engines' scale-down (2 -> 1 replicas, as the controller would) with
+        # >= 10 s streams in flight through both replicas.
+        engines = Load(cluster.url)
+        stop = asyncio.Event()
+        trickle = asyncio.create_task(engines.trickle(shorts, stop))
+        wave3 = [asyncio.create_task(engines.stream(streams, tokens[1])) for _ in range(4)]
+        await asyncio.sleep(3)
+        scaled_at = time.monotonic()
+        await asyncio.to_thread(act.scale, MODEL, 1)
+        await wait_until(lambda: act.replicas(MODEL) == (1, 1), 300, lambda: f"engine scale-down: {act.replicas(MODEL)}")
+        engine_down_at = time.monotonic()
+        in_flight_at_engine_down = sum(not t.done() for t in wave3)
+        await asyncio.gather(*wave3)
+        stop.set()
+        await trickle
+        engine_record = engines.record("engine_scale_down", fault_at=scaled_at, recovered_at=engine_down_at,
+                                       resumed=resumed(sd_dir), streams_in_flight=in_flight_at_engine_down)
     return {"streams": load.streams, "requests": load.requests, "errors": load.errors[:20],
             "scaled_up_at_s": round(up_at, 1), "scaled_down_at_s": round(down_at, 1),
             "streams_in_flight_at_scale_down": in_flight_at_down, "decisions": decisions,
-            "timeline": counts}
+            "timeline": counts, "records": [gateway_record, engine_record]}
+
+
+def down_decided(decisions: list[dict]) -> float:
+    """Seconds from the start at which the policy decided the gateways' scale-down."""
+    return next(d["at_s"] for d in decisions if d["to"] < d["from"])
 
 
 async def sigkill(cluster) -> dict:
@@ -214,8 +243,11 @@ async def sigkill(cluster) -> dict:
         await asyncio.sleep(2)
         stop.set()
         await asyncio.gather(*workers)
+        record = load.record("gateway_sigkill", fault_at=killed_at, recovered_at=killed_at + restored_s,
+                             resumed=0)
     return {"requests": load.requests, "before_kill": before, "errors": load.errors[:20],
-            "seconds_to_two_processes": round(restored_s, 1), "listeners_before": pids, "listeners_after": after_pids}
+            "seconds_to_two_processes": round(restored_s, 1), "listeners_before": pids, "listeners_after": after_pids,
+            "records": [record]}
 
 
 async def wait_until(pred, timeout_s: float, what=lambda: "") -> None:
@@ -236,7 +268,7 @@ def run(scenario: str, engine: str, tmp: Path) -> dict:
         from loadtests.fake_engine import fake_launcher
         launcher = {"launcher": fake_launcher}
     replicas = {"min": 1, "max": 2, "initial": 1} if scenario == "ramp" else 2
-    cfg = parse_config(config(tmp, engine=engine, replicas=replicas))
+    cfg = parse_config(config(tmp, engine=engine, replicas=replicas, engines=2 if scenario == "ramp" else 1))
     cluster = LocalCluster(cfg, temp_dir=str(tmp / "ray"), **launcher)
     cluster.start(ready_timeout_s=600)
     try:
@@ -265,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         results[scenario] = json.loads(out.read_text())
         print(scenario, json.dumps(results[scenario])[:600], file=sys.stderr)
     doc = {"what": __doc__.split("\n\n")[1].strip(), "engine": a.engine, "host_cpus": os.cpu_count(), **results}
+    for r in results.values():  # the fault suite's records (loadtests.fault_load)
+        for rec in r.pop("records", []):
+            doc.setdefault("fault_records", []).append(rec)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(doc, indent=1) + "\n")
     return 0

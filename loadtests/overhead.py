@@ -76,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-router", action="store_true", help="skip vllm-router (not installed)")
     p.add_argument("--with-serve-llm", action="store_true",
                    help="also measure ray.serve.llm's OpenAI app (DeploymentHandle streaming; own engine, same settings)")
+    p.add_argument("--resume-off", action="store_true",
+                   help="also measure the gateway with stream resume off (the per-chunk cost of resume)")
     args = p.parse_args(argv)
 
     extra = [serve_llm(args.config)] if args.with_serve_llm else []
-    with comparison_stack(args.config, router=not args.no_router, extra=extra) as stack:
+    with comparison_stack(args.config, router=not args.no_router, extra=extra, resume_off=args.resume_off) as stack:
         model, targets, cpu_pids = stack.model, stack.targets, stack.pids
         names = list(targets)
         for name in names:  # warm-up, not recorded
@@ -136,6 +138,16 @@ def summarise(runs: list[dict], names: list[str]) -> dict:
         errors = sum(r["results"][name][k]["errors"] for r in runs for k in ("ttft_c1", "tput_c16"))
         entry["errors"] = errors
         out[name] = entry
+    if "owc-gateway-resume-off" in out:  # resume on / off, paired per run
+        on, off = "owc-gateway", "owc-gateway-resume-off"
+        out["resume_cost"] = {
+            "cpu_s_per_1k_tokens_ratio": _spread([r["results"][on]["cpu_s_per_1k_tokens"] /
+                                                  r["results"][off]["cpu_s_per_1k_tokens"] for r in runs]),
+            "tput_ratio": _spread([r["results"][on]["tput_c16"]["output_tokens_per_s"] /
+                                   r["results"][off]["tput_c16"]["output_tokens_per_s"] for r in runs]),
+            "ttft_ratio": _spread([r["results"][on]["ttft_c1"]["ttft_p50_s"] /
+                                   r["results"][off]["ttft_c1"]["ttft_p50_s"] for r in runs]),
+        }
     gw = out.get("owc-gateway", {})
     verdict = {
         "ttft_ok": gw.get("ttft_ratio", {}).get("median", 99) <= TARGETS_TTFT,

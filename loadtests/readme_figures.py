@@ -324,6 +324,45 @@ def gateway_faults_block(doc: dict) -> str:
     ])
 
 
+FAULTS = {  # scenario record name -> what it is, and what its recovery time measures
+    "engine_sigkill": ("SIGKILL an engine's vLLM process (≥ 4 running, ≥ 4 queued on it), 2 engines",
+                       "until every request in flight at the kill finished"),
+    "gateway_sigkill": ("SIGKILL one of 2 gateway processes, closed loop of short requests",
+                        "until Serve had 2 processes again"),
+    "ray_node_killed": ("Ray worker node holding one engine replica killed, then added back",
+                        "from the node's return to 2 routable replicas"),
+    "prometheus_down": ("Prometheus down for 60 s under the capacity controller",
+                        "from Prometheus's restart to the controller's first decision on data"),
+    "controller_leader_killed": ("Controller leader killed mid scale-down window (in-test API server)",
+                                 "until the new leader led"),
+    "gateway_scale_down": ("Gateways scaled 2 → 1 with ≥ 10 s streams in flight", "until one process was left"),
+    "engine_scale_down": ("Engines scaled 2 → 1 with ≥ 10 s streams in flight", "until Serve ran one replica"),
+    "streams_2000": ("2,000 concurrent streams through one gateway (fake engine)", "—"),
+    "soak": ("Soak: 30 min of steady mixed load, one gateway", "—"),
+    "soak_60s": ("Soak, CI form: 60 s of steady mixed load, one gateway", "—"),
+}
+
+
+def faults_block(doc: dict) -> str:
+    rows = ["| scenario | sent | lost | failed (retryable, before any byte) | resumed | recovery |",
+            "|---|---|---|---|---|---|"]
+    for r in sorted(doc["scenarios"], key=lambda r: list(FAULTS).index(r["name"]) if r["name"] in FAULTS else 99):
+        what, recovery = FAULTS.get(r["name"], (r["name"], ""))
+        rec = "—" if r["recovery_s"] is None else f"{r['recovery_s']:g} s ({recovery})"
+        rows.append(f"| {what} | {r['sent']} | **{r['lost']}** | {r['failed']} | {r['resumed']} | {rec} |")
+    return "\n".join([f"{doc['host_cpus']} CPUs. Raw records: `loadtests/results/faults.json` (`make faults`, "
+                      "`make soak`).", "", *rows])
+
+
+def resume_cost_block(doc: dict) -> str:
+    c = doc["summary"]["resume_cost"]
+    return (f"Stream resume on vs off, the same gateway and engine, paired per run ({doc['settings']['runs']} "
+            f"interleaved runs, median (min–max)): gateway CPU s per 1k output tokens "
+            f"{_spread(c['cpu_s_per_1k_tokens_ratio'], _ratio)}, output tok/s at c=16 {_spread(c['tput_ratio'], _ratio)}, "
+            f"TTFT p50 at c=1 {_spread(c['ttft_ratio'], _ratio)}. Raw results: `loadtests/results/resume-overhead.json` "
+            f"(`{doc['command']}`).")
+
+
 COMPARE_REPORTS = ("chat-multilingual", "shared-prefix")
 
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
@@ -336,10 +375,12 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "tenancy": ("tenancy-limits.json", tenancy_block),
     "fairness": ("fairness.json", fairness_block),
     "gateway-faults": ("gateway-faults.json", gateway_faults_block),
+    "faults": ("faults.json", faults_block),
+    "resume-cost": ("resume-overhead.json", resume_cost_block),
 }
 # Blocks whose results may not exist yet: skipped while neither the JSON nor the README
 # block does (a block without its JSON, or a JSON without its block, still fails).
-OPTIONAL = {"gateway-ab"}
+OPTIONAL = {"gateway-ab", "faults", "resume-cost"}
 
 
 def render(readme: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,7 +56,10 @@ def start_ready(procs: list[ServerProcess], proc: ServerProcess, timeout_s: floa
 
 
 @contextmanager
-def comparison_stack(config: str | None = None, *, router: bool = True, extra: Sequence[Candidate] = ()) -> Iterator[Stack]:
+def comparison_stack(config: str | None = None, *, router: bool = True, extra: Sequence[Candidate] = (),
+                     resume_off: bool = False) -> Iterator[Stack]:
+    """``resume_off``: a second gateway, identical but for stream resume off
+    (``owc-gateway-resume-off``): the per-chunk cost of reading the token ids."""
     cfg = load_config(config)
     model, mcfg = next(iter(cfg.models.items()))
     LOG_DIR.mkdir(exist_ok=True)
@@ -71,6 +75,16 @@ def comparison_stack(config: str | None = None, *, router: bool = True, extra: S
             log_path=LOG_DIR / "gateway.log", port=port), 60)
         stack.targets["owc-gateway"] = gateway.url
         stack.pids["owc-gateway"] = gateway.pid
+        if resume_off:
+            port = free_port()
+            off = LOG_DIR / "gateway-resume-off.yaml"
+            off.write_text(json.dumps({"models": {model: {"source": "external", "resume_streams": False}}}))
+            g = start_ready(procs, ServerProcess(
+                Command([sys.executable, "-m", "cluster.gateway.main", "--upstream", f"{model}={engine.url}",
+                         "--port", str(port), "--config", str(off)]),
+                log_path=LOG_DIR / "gateway-resume-off.log", port=port), 60)
+            stack.targets["owc-gateway-resume-off"] = g.url
+            stack.pids["owc-gateway-resume-off"] = g.pid
         if router:
             port = free_port()
             r = start_ready(procs, ServerProcess(

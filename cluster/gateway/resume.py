@@ -104,6 +104,7 @@ class StreamLedger:
         if self._meta is None and "id" in obj:
             self._meta = {k: obj[k] for k in ("id", "object", "created", "model") if k in obj}
         ids = obj.pop("prompt_token_ids", None)
+        obj.pop("prompt_text", None)  # vLLM's, with return_token_ids: not asked for by the client
         for choice in obj.get("choices") or ():
             ids = choice.pop("prompt_token_ids", None) or ids
             self._record(choice, text=self._text(choice))

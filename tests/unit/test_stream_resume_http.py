@@ -77,7 +77,7 @@ def test_resume_off_or_not_resumable_ends_with_the_error_event(tmp_path):
         with _dying(3) as dying, server(fake_engine_argv("m")) as good, \
                 server(gateway_argv(f"m={dying.url}", f"m={good.url}", config=_config(tmp_path, **model))) as gw:
             with ThreadPoolExecutor(2) as pool:  # round robin: one of the two goes to `dying`
-                runs = list(pool.map(lambda _: _stream(gw.url, CHAT, max_tokens=8, **extra), range(2)))
+                runs = list(pool.map(lambda _, extra=extra: _stream(gw.url, CHAT, max_tokens=8, **extra), range(2)))
             ends = sorted(orjson.loads(r[-2]).get("error", {}).get("code", "") for r in runs)
             assert ends == ["", "engine_stream_broken"], (model, extra, runs)
             assert metric(gw.metrics_url, "owc_stream_resumes_total", model="m", result="resumed") == 0

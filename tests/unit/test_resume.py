@@ -1,0 +1,155 @@
+"""The resume bookkeeping (cluster.gateway.resume) on streams recorded from vLLM 0.32 with
+`return_token_ids` (tests/unit/data/vllm_streams_with_token_ids.json: a chat stream, a
+completions stream whose engine held a token back for an incomplete character, and the
+/v1/completions continuation of the chat stream after its 5th token): the ids delivered,
+the tokens left, the continuation's body, the continuation rewritten into the chat
+stream's shape with the whole request's usage, and which requests can be resumed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cluster.gateway.params import CHAT, COMPLETIONS, RESPONSES
+from cluster.gateway.resume import StreamLedger, not_resumable
+
+REC = json.loads((Path(__file__).parent / "data" / "vllm_streams_with_token_ids.json").read_text())
+
+
+def _events(sse: str) -> list[bytes]:
+    return [e.encode() + b"\n\n" for e in sse.split("\n\n") if e]
+
+
+def _objs(out: bytes) -> list[dict]:
+    return [orjson.loads(e[6:]) for e in out.split(b"\n\n") if e.startswith(b"data: {")]
+
+
+CHAT_EVENTS = _events(REC["chat"]["sse"])
+CHAT_IDS = [t for o in _objs(b"".join(CHAT_EVENTS)) for c in o["choices"] for t in c.get("token_ids") or []]
+CHAT_PROMPT = orjson.loads(CHAT_EVENTS[0][6:])["prompt_token_ids"]
+
+
+@pytest.mark.parametrize("cut", [0, 1, 5, 11])
+def test_a_chat_stream_cut_after_k_tokens_continues_from_prompt_plus_k_ids(cut):
+    ledger = StreamLedger(CHAT, REC["chat"]["request"])
+    for e in CHAT_EVENTS[:1 + cut]:  # the role event, then one event per token
+        ledger.take(e)
+    assert ledger.delivered == CHAT_IDS[:cut] and ledger.held == []
+    assert ledger.remaining() == 12 - cut and ledger.resumable
+    body = orjson.loads(ledger.continuation())
+    assert body["prompt"] == CHAT_PROMPT + CHAT_IDS[:cut]
+    assert body["max_tokens"] == 12 - cut and body["stream"] and body["return_token_ids"]
+    assert body["temperature"] == 0 and body["ignore_eos"] is True
+    assert "messages" not in body and "stream_options" in body
+
+
+# (events of the recorded completions stream read, ids delivered, ids held back)
+COMPLETION_CASES = [
+    (1, [221], []),
+    (2, [221], [156]),  # "": the engine holds the token back (half a character)
+    (3, [221, 156, 221], []),  # its text arrives with the next token's: both delivered
+]
+
+
+@pytest.mark.parametrize("n, delivered, held", COMPLETION_CASES)
+def test_held_back_ids_are_not_delivered_and_the_continuation_regenerates_them(n, delivered, held):
+    rec = REC["completions"]
+    ledger = StreamLedger(COMPLETIONS, rec["request"])
+    for e in _events(rec["sse"])[:n]:
+        ledger.take(e)
+    assert (ledger.delivered, ledger.held) == (delivered, held)
+    body = orjson.loads(ledger.continuation())
+    assert body["prompt"] == [562, 18, 227, 80, 75] + delivered
+    assert body["max_tokens"] == 12 - len(delivered)
+
+
+def test_the_client_sees_one_chat_stream_with_the_whole_text_and_usage():
+    ledger = StreamLedger(CHAT, REC["chat"]["request"])
+    out = b"".join(ledger.take(e) for e in CHAT_EVENTS[:6])  # role + 5 tokens, then the engine dies
+    assert orjson.loads(ledger.continuation())["prompt"] == REC["chat_continuation_after_5"]["request"]["prompt"]
+    ledger.resumed()
+    out += b"".join(ledger.take(e) for e in _events(REC["chat_continuation_after_5"]["sse"]))
+    objs = _objs(out)
+    assert {o["id"] for o in objs} == {orjson.loads(CHAT_EVENTS[0][6:])["id"]}
+    assert {o["object"] for o in objs} == {"chat.completion.chunk"}
+    text = "".join(c["delta"].get("content") or "" for o in objs for c in o["choices"])
+    whole = _objs(b"".join(CHAT_EVENTS))
+    assert text == "".join(c["delta"].get("content") or "" for o in whole for c in o["choices"])
+    assert objs[-1]["usage"] == whole[-1]["usage"] == {"prompt_tokens": 42, "completion_tokens": 12, "total_tokens": 54}
+    assert [c["finish_reason"] for o in objs for c in o["choices"]][-1] == "length"
+    assert b"token_ids" not in out and b"prompt_text" not in out
+    assert out.endswith(b"data: [DONE]\n\n")
+
+
+def test_a_second_death_resumes_from_everything_delivered_so_far():
+    ledger = StreamLedger(CHAT, REC["chat"]["request"])
+    for e in CHAT_EVENTS[:6]:
+        ledger.take(e)
+    ledger.resumed()
+    for e in _events(REC["chat_continuation_after_5"]["sse"])[:3]:
+        ledger.take(e)
+    assert ledger.delivered == CHAT_IDS[:8] and ledger.remaining() == 4
+    assert orjson.loads(ledger.continuation())["prompt"] == CHAT_PROMPT + CHAT_IDS[:8]
+    ledger.resumed()
+    assert ledger.usage({"prompt_tokens": 50, "completion_tokens": 4}) == \
+        {"prompt_tokens": 42, "completion_tokens": 12, "total_tokens": 54}
+
+
+def test_a_stream_broken_after_its_last_token_needs_only_its_end():
+    ledger = StreamLedger(CHAT, REC["chat"]["request"])
+    for e in CHAT_EVENTS[:13]:  # every token, the last with finish_reason; no usage, no [DONE]
+        ledger.take(e)
+    assert ledger.finish_reason == "length" and ledger.remaining() == 0 and not ledger.resumable
+    end = ledger.epilogue(include_usage=True)
+    assert _objs(end)[0]["usage"] == {"prompt_tokens": 42, "completion_tokens": 12, "total_tokens": 54}
+    assert end.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("data, max_model_len, remaining", [
+    ({"max_tokens": 12}, None, 7),
+    ({"max_completion_tokens": 9, "max_tokens": 30}, None, 4),
+    ({}, 1024, 1024 - 42 - 5),  # no bound asked for: the context's
+    ({}, None, None),  # unknown: vLLM's own bound (the context)
+])
+def test_tokens_left(data, max_model_len, remaining):
+    ledger = StreamLedger(CHAT, {"model": "m", **data}, max_model_len=max_model_len)
+    for e in CHAT_EVENTS[:6]:
+        ledger.take(e)
+    assert ledger.remaining() == remaining
+    assert orjson.loads(ledger.continuation()).get("max_tokens") == remaining
+
+
+NOT_RESUMABLE = [
+    (CHAT, {"n": 2}, False, "n > 1"),
+    (CHAT, {"logprobs": True}, False, "logprobs"),
+    (CHAT, {"tools": [{"type": "function", "function": {"name": "f"}}]}, False, "tools"),
+    (CHAT, {"response_format": {"type": "json_object"}}, False, "structured outputs"),
+    (CHAT, {"stop": ["\n"]}, False, "stop strings"),
+    (CHAT, {}, True, "parsed output"),  # gpt-oss (harmony), a reasoning parser
+    (COMPLETIONS, {"prompt": ["a", "b"]}, False, "batch of prompts"),
+    (COMPLETIONS, {"prompt": "a", "echo": True}, False, "echo"),
+    (COMPLETIONS, {"prompt": "a", "best_of": 2}, False, "n > 1"),
+    (RESPONSES, {"input": "a"}, False, "route"),
+    (CHAT, {"n": 1, "logprobs": False, "stop": [], "temperature": 0.7}, False, None),
+    (COMPLETIONS, {"prompt": [1, 2, 3]}, True, None),  # completions are never parsed
+]
+
+
+@pytest.mark.parametrize("route, data, parsed, why", NOT_RESUMABLE)
+def test_which_requests_can_be_resumed(route, data, parsed, why):
+    assert not_resumable(route, data, parsed_chat=parsed) == why
+
+
+@pytest.mark.parametrize("model, parsed", [
+    ({"source": "demo:tiny-llama"}, False),
+    ({"source": "demo:tiny-gpt-oss"}, True),
+    ({"source": "openai/gpt-oss-120b"}, True),
+    ({"source": "Qwen/Qwen3-8B", "engine_kwargs": {"reasoning_parser": "qwen3"}}, True),
+])
+def test_models_whose_chat_output_the_engine_parses(model, parsed):
+    from cluster.config.schema import ModelConfig
+
+    assert ModelConfig(**model).parses_chat_output is parsed

@@ -32,6 +32,7 @@ from cluster.bench.stack import Candidate, comparison_stack
 TARGETS_TTFT = 1.10
 TARGETS_TPUT = 0.90
 ROUTER_SLACK = 0.05
+RECORDED = Path(__file__).resolve().parents[1] / "tests" / "unit" / "data" / "vllm_streams_with_token_ids.json"
 
 
 def serve_llm(config: str | None) -> Candidate:
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         engine_settings = stack.engine_settings
 
     summary = summarise(runs, names)
+    if args.resume_off:
+        summary["resume_cost"]["ledger_us_per_event"] = ledger_cost()
     doc = {
         "benchmark": "token-path overhead",
         "command": "python -m loadtests.overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -121,6 +124,24 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def ledger_cost(rounds: int = 7, streams: int = 500) -> dict[str, float]:
+    """Microseconds the resume ledger adds per streamed event (cluster.gateway.resume), on a
+    chat stream recorded from vLLM with token ids: median and spread of ``rounds``."""
+    from cluster.gateway.resume import StreamLedger
+
+    rec = json.loads(RECORDED.read_text())["chat"]
+    events = [e.encode() + b"\n\n" for e in rec["sse"].split("\n\n") if e]
+    per = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(streams):
+            ledger = StreamLedger("/v1/chat/completions", rec["request"])
+            for e in events:
+                ledger.take(e)
+        per.append((time.perf_counter() - t0) / (streams * len(events)) * 1e6)
+    return _spread(per)
 
 
 def summarise(runs: list[dict], names: list[str]) -> dict:

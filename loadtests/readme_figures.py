@@ -359,7 +359,9 @@ def resume_cost_block(doc: dict) -> str:
     return (f"Stream resume on vs off, the same gateway and engine, paired per run ({doc['settings']['runs']} "
             f"interleaved runs, median (min–max)): gateway CPU s per 1k output tokens "
             f"{_spread(c['cpu_s_per_1k_tokens_ratio'], _ratio)}, output tok/s at c=16 {_spread(c['tput_ratio'], _ratio)}, "
-            f"TTFT p50 at c=1 {_spread(c['ttft_ratio'], _ratio)}. Raw results: `loadtests/results/resume-overhead.json` "
+            f"TTFT p50 at c=1 {_spread(c['ttft_ratio'], _ratio)}. The ledger itself (reading each event's ids and "
+            f"removing them) costs {_spread(c['ledger_us_per_event'], lambda x: f'{x:.1f}')} µs per event "
+            f"(a chat stream recorded from vLLM, in-process). Raw results: `loadtests/results/resume-overhead.json` "
             f"(`{doc['command']}`).")
 
 

@@ -90,6 +90,7 @@ class Accounting:
             "latency_s": round(latency, 6),
             "ttft_s": None if delivery.ttft_s is None else round(delivery.ttft_s, 6),
             "replica": delivery.endpoint.replica_id if delivery.endpoint else None, "retries": delivery.retries,
+            "resumes": delivery.resumes,
         }
         if self._access_log is not None and self._access_log.include_prompts and req.data is not None:
             record["prompt"] = _prompt(req.route, req.data)

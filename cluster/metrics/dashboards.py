@@ -61,6 +61,9 @@ OVERVIEW = Dashboard(
         _p("Errors by status", (f'sum by (model, code) (rate(owc_requests_total{{{M},code!~"2.."}}[$__rate_interval]))', "{{model}} {{code}}"), unit="reqps"),
         _p("Rejections by reason", (f"sum by (model, reason) (rate(owc_rejections_total{{{M}}}[$__rate_interval]))", "{{model}} {{reason}}"), unit="reqps"),
         _p("Retries by reason", (f"sum by (model, reason) (rate(owc_retries_total{{{M}}}[$__rate_interval]))", "{{model}} {{reason}}"), unit="reqps"),
+        _p("Stream resumes", (f"sum by (model, result) (rate(owc_stream_resumes_total{{{M}}}[$__rate_interval]))", "{{model}} {{result}}"),
+           unit="reqps", description="Streams whose engine broke after the first byte: resumed on another replica "
+           "(the client saw one stream), or failed (ended with an error event: no replica could continue it)."),
         _p("Routing decisions by policy", (f"sum by (model, policy) (rate(owc_routing_decisions_total{{{M}}}[$__rate_interval]))", "{{model}} {{policy}}"), unit="ops"),
         _p("Routing decision time p99", ("histogram_quantile(0.99, sum by (policy, le) (rate(owc_routing_decision_seconds_bucket[$__rate_interval])))", "{{policy}}"), unit="s"),
         _p("Failed authentications", ("sum by (code, throttled) (rate(owc_auth_failures_total[$__rate_interval]))", "{{code}} throttled={{throttled}}"),

@@ -325,8 +325,10 @@ def gateway_faults_block(doc: dict) -> str:
 
 
 FAULTS = {  # scenario record name -> what it is, and what its recovery time measures
-    "engine_sigkill": ("SIGKILL an engine's vLLM process (≥ 4 running, ≥ 4 queued on it), 2 engines",
+    "engine_sigkill": ("SIGKILL an engine's vLLM process (≥ 4 running, ≥ 4 queued on it), 2 engine processes",
                        "until every request in flight at the kill finished"),
+    "engine_sigkill_ray": ("The same on a local Ray: Serve replaces the engine replica",
+                           "until both replicas were routable again"),
     "gateway_sigkill": ("SIGKILL one of 2 gateway processes, closed loop of short requests",
                         "until Serve had 2 processes again"),
     "ray_node_killed": ("Ray worker node holding one engine replica killed, then added back",

@@ -113,7 +113,7 @@ async def _kill(load: Load, engines, expected: list[str], stop: asyncio.Event, w
                                                 period_s=0.02)
     os.kill(victim.pid, signal.SIGKILL)
     killed_at = time.monotonic()
-    await asyncio.sleep(10)
+    await asyncio.sleep(6)
     stop.set()
     await asyncio.gather(*workers)
     hit = load.in_flight_at(killed_at)

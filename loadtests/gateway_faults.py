@@ -224,7 +224,7 @@ def down_decided(decisions: list[dict]) -> float:
 async def sigkill(cluster) -> dict:
     port = cluster.cfg.gateway.port
     await wait_until(lambda: len(listeners(port)) == 2, 120)
-    await asyncio.sleep(5)  # settled: Serve replaced no replica meanwhile
+    await asyncio.sleep(3)  # settled: Serve replaced no replica meanwhile
     await wait_until(lambda: len(listeners(port)) == 2, 120)
     load = Load(cluster.url)
     stop = asyncio.Event()
@@ -267,14 +267,21 @@ def run(scenario: str, engine: str, tmp: Path) -> dict:
     if engine == "fake":
         from loadtests.fake_engine import fake_launcher
         launcher = {"launcher": fake_launcher}
-    replicas = {"min": 1, "max": 2, "initial": 1} if scenario == "ramp" else 2
-    cfg = parse_config(config(tmp, engine=engine, replicas=replicas, engines=2 if scenario == "ramp" else 1))
+    ramps = scenario in ("ramp", "both")
+    replicas = {"min": 1, "max": 2, "initial": 1} if ramps else 2
+    cfg = parse_config(config(tmp, engine=engine, replicas=replicas, engines=2 if ramps else 1))
     cluster = LocalCluster(cfg, temp_dir=str(tmp / "ray"), **launcher)
     cluster.start(ready_timeout_s=600)
     try:
-        if scenario == "ramp":
-            return asyncio.run(ramp(cluster, tmp / "targets", tokens))
-        return asyncio.run(sigkill(cluster))
+        results = {}
+        if ramps:
+            results["ramp"] = asyncio.run(ramp(cluster, tmp / "targets", tokens))
+        if scenario in ("sigkill", "both"):
+            if ramps:  # on the same cluster: back to two gateway processes first
+                from cluster.capacity.actuators import RayServeActuator
+                RayServeActuator().scale(GATEWAY, 2)
+            results["sigkill"] = asyncio.run(sigkill(cluster))
+        return results
     finally:
         cluster.stop()
 
@@ -285,17 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenario", choices=["ramp", "sigkill", "both"], default="both")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
-    results = {}
-    for scenario in (["ramp", "sigkill"] if a.scenario == "both" else [a.scenario]):
-        # Each scenario on a Ray of its own, in a child process (one ray.init per process).
-        tmp = Path(tempfile.mkdtemp(prefix=f"owc-gwfaults-{scenario}-"))
-        out = tmp / "result.json"
-        subprocess.run([sys.executable, "-c", f"import json, sys; from pathlib import Path; "
-                        f"from loadtests.gateway_faults import run; "
-                        f"Path({str(out)!r}).write_text(json.dumps(run({scenario!r}, {a.engine!r}, Path({str(tmp)!r}))))"],
-                       check=True)
-        results[scenario] = json.loads(out.read_text())
-        print(scenario, json.dumps(results[scenario])[:600], file=sys.stderr)
+    # On a Ray of its own, in a child process (one ray.init per process); both scenarios
+    # share one cluster (the SIGKILL after the ramp, gateways back at 2).
+    tmp = Path(tempfile.mkdtemp(prefix=f"owc-gwfaults-{a.scenario}-"))
+    out = tmp / "result.json"
+    subprocess.run([sys.executable, "-c", f"import json, sys; from pathlib import Path; "
+                    f"from loadtests.gateway_faults import run; "
+                    f"Path({str(out)!r}).write_text(json.dumps(run({a.scenario!r}, {a.engine!r}, Path({str(tmp)!r}))))"],
+                   check=True)
+    results = json.loads(out.read_text())
+    for name, r in results.items():
+        print(name, json.dumps(r)[:600], file=sys.stderr)
     doc = {"what": __doc__.split("\n\n")[1].strip(), "engine": a.engine, "host_cpus": os.cpu_count(), **results}
     for r in results.values():  # the fault suite's records (loadtests.fault_load)
         for rec in r.pop("records", []):

@@ -196,11 +196,12 @@ class FakeEngine:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         chunk_obj = "chat.completion.chunk" if chat else "text_completion"
-        if chat and ids:  # vLLM's first chat event: the role, and the prompt's ids
-            await resp.write(_sse({"id": rid, "object": chunk_obj, "created": created, "model": self.model,
-                                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                "finish_reason": None}],
-                                   "prompt_token_ids": list(range(1, n_in + 1))}))
+        if chat:  # vLLM's first chat event: the role (and the prompt's ids when asked for)
+            first = {"id": rid, "object": chunk_obj, "created": created, "model": self.model,
+                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+            if ids:
+                first["prompt_token_ids"] = list(range(1, n_in + 1))
+            await resp.write(_sse(first))
         for i in range(start, start + n_out):
             if i > start:
                 await asyncio.sleep(self.itl_s)

@@ -91,7 +91,8 @@ def test_stream_tokens_ttft_itl_and_usage_stripping(stack):
     r = post(g.url, body)
     assert r.status_code == 200
     evs = events(r.text)
-    assert len(evs) == 7 and all(e["choices"] for e in evs), "a usage event the client did not ask for leaked"
+    assert all(e["choices"] for e in evs), "a usage event the client did not ask for leaked"
+    assert sum(bool(e["choices"][0]["delta"].get("content")) for e in evs) == 7
     assert r.text.rstrip().endswith("data: [DONE]")
     r = post(g.url, {**body, "stream_options": {"include_usage": True}})
     evs = events(r.text)
@@ -100,7 +101,8 @@ def test_stream_tokens_ttft_itl_and_usage_stripping(stack):
     assert after["owc_completion_tokens_total"] - before["owc_completion_tokens_total"] == 14
     assert after["owc_time_to_first_token_seconds_count"] - before["owc_time_to_first_token_seconds_count"] == 2
     # Token events arrive one by one here (1 ms apart); coalesced reads would count fewer.
-    assert 2 <= after["owc_inter_token_latency_seconds_count"] - before["owc_inter_token_latency_seconds_count"] <= 12
+    # (each stream: the role event, then 7 token events: at most 7 gaps each)
+    assert 2 <= after["owc_inter_token_latency_seconds_count"] - before["owc_inter_token_latency_seconds_count"] <= 14
 
 
 def test_non_stream_tokens_by_tenant_and_duration(stack):

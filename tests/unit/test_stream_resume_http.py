@@ -68,7 +68,8 @@ def test_streams_on_a_dying_engine_are_resumed_on_the_other(route, tmp_path):
             assert usage["completion_tokens"] == 12 and usage["prompt_tokens"] >= 1
             assert usage["total_tokens"] == usage["prompt_tokens"] + 12
         resumed = metric(gw.metrics_url, "owc_stream_resumes_total", model="m", result="resumed")
-        assert resumed == 3
+        # 3 streams of 12 tokens on the engine that dies after 20: at least 2 were cut
+        assert 2 <= resumed <= 3
         assert metric(gw.metrics_url, "owc_requests_total", code="200") == 6
 
 

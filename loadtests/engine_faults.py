@@ -35,6 +35,17 @@ TOKENS = 48
 PROMPTS = [[{"role": "user", "content": f"Write part {i} of the story, in French and in English."}] for i in range(6)]
 
 
+def engine_pids(port: int) -> list[int]:
+    """The engine server's own processes among those holding its port: the Serve replica
+    that started it may hold the listening socket too (killing that one would let vLLM
+    finish its streams)."""
+    import psutil
+
+    pids = listeners(port)
+    engines = [p for p in pids if any(m in " ".join(psutil.Process(p).cmdline()) for m in ("vllm", "fake_engine"))]
+    return engines or pids
+
+
 def _targets(sd_dir: Path, prefix: str) -> list[str]:
     return [t for f in sd_dir.glob(f"{prefix}-*.json") for g in json.loads(f.read_text() or "[]") for t in g["targets"]]
 
@@ -79,7 +90,7 @@ async def scenario(cluster, sd_dir: Path) -> dict:
 
             target, running, waiting = await wait_until(busy, 120, lambda: "an engine with 4 running, 4 queued",
                                                         period_s=0.02)
-            pids = listeners(int(target.rsplit(":", 1)[1]))
+            pids = engine_pids(int(target.rsplit(":", 1)[1]))
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             killed_at = time.monotonic()

@@ -104,23 +104,28 @@ class Load:
                 got = True
                 if r.status_code != 200:
                     return _refused(started, r.status_code, (await r.aread()).decode(errors="replace"))
-                done, error = False, ""
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    data = line[6:]
-                    if data == "[DONE]":
-                        done = True
-                        continue
-                    event = json.loads(data)
-                    if "error" in event:
-                        error = event["error"].get("code") or "error"
-                        continue
-                    for c in event.get("choices") or ():
-                        piece = (c.get("delta") or {}).get("content") or ""
-                        if piece and ttft is None:
-                            ttft = time.monotonic() - started
-                        parts.append(piece)
+                done, error, buf = False, "", b""
+                # SSE events split on blank lines (not str.splitlines: model text may hold
+                # U+2028 or NEL, which JSON leaves unescaped)
+                async for chunk in r.aiter_bytes():
+                    buf += chunk
+                    *events, buf = buf.split(b"\n\n")
+                    for raw in events:
+                        if not raw.startswith(b"data: "):
+                            continue
+                        data = raw[6:]
+                        if data == b"[DONE]":
+                            done = True
+                            continue
+                        event = json.loads(data)
+                        if "error" in event:
+                            error = event["error"].get("code") or "error"
+                            continue
+                        for c in event.get("choices") or ():
+                            piece = (c.get("delta") or {}).get("content") or ""
+                            if piece and ttft is None:
+                                ttft = time.monotonic() - started
+                            parts.append(piece)
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as e:
             if not got:
                 raise _BeforeFirstByte(repr(e)) from None

@@ -60,6 +60,25 @@ class ControllerMetrics:
         self.rebuilds = Counter(
             "owc_controller_window_rebuilds", "Windows rebuilt on becoming leader, by model and source.",
             ["model", "source"], registry=registry)
+        self.hold = Gauge(
+            "owc_controller_hold",
+            "1 for the reason the model's last decision held (hold:<reason>), 0 for the other reasons seen.",
+            ["model", "reason"], registry=registry)
+        self._holds: dict[str, set[str]] = {}  # the hold reasons each model's series exist for
+
+    def held(self, model: str, reason: str | None) -> None:
+        """The model's last decision held for ``reason`` (None: it scaled, or no decision is
+        this controller's to make): that series 1, every other one set before 0."""
+        seen = self._holds.setdefault(model, set())
+        if reason is not None:
+            seen.add(reason)
+        for r in seen:
+            self.hold.labels(model, r).set(1 if r == reason else 0)
+
+    def not_holding(self) -> None:
+        """A follower decides nothing: every hold series 0."""
+        for model in self._holds:
+            self.held(model, None)
 
 
 def parse_events(annotations: dict[str, str] | None) -> dict[str, tuple[float | None, float | None]]:
@@ -145,6 +164,7 @@ class CapacityController:
         self._leading = False
         self.state.clear()
         self.metrics.leader.set(0)
+        self.metrics.not_holding()
 
     def _reconcile(self, t: Target) -> Decision:
         current, _running = self._actuator.replicas(t.key)
@@ -161,6 +181,8 @@ class CapacityController:
         self.metrics.current.labels(t.key).set(current)
         self.metrics.target.labels(t.key).set(d.target)
         self.metrics.decisions.labels(t.key, ":".join(d.reason.split(":")[:2])).inc()  # e.g. hold:up_cooldown
+        kind, _, why = d.reason.partition(":")
+        self.metrics.held(t.key, why.split(":")[0] if kind == "hold" else None)
         return d
 
     def _recorded(self) -> dict[str, tuple[float | None, float | None]]:

@@ -104,6 +104,11 @@ CAPACITY = Dashboard(
         _p("Capacity controller: decisions by reason",
            (f"sum by (model, reason) (rate(owc_controller_decisions_total{{{M}}}[$__rate_interval]))", "{{model}} {{reason}}"),
            unit="ops", optional="From `owc controller`, for models with autoscaling.enabled."),
+        _p("Capacity controller: holding, by reason",
+           (f"max by (model, reason) (owc_controller_hold{{{M}}})", "{{model}} {{reason}}"),
+           description="Why the last decision held (1 while it holds for that reason); `no_data`: "
+                       "the controller cannot read the load from Prometheus and does not scale.",
+           optional="From `owc controller`, for models with autoscaling.enabled."),
     ),
 )
 

@@ -379,3 +379,75 @@ def test_the_controller_patches_the_gateway_replicas_and_the_patch_validates(tmp
         assert events == {GATEWAY: [1001.0, None], "gpt-oss-20b": [1001.0, None]}
     finally:
         api.server.shutdown()
+
+
+class MemoryActuator:
+    """Replica targets in memory: what the controller set is what is in force."""
+
+    def __init__(self, **replicas):
+        self.n = dict(replicas)
+
+    def replicas(self, key):
+        return self.n[key], self.n[key]
+
+    def scale(self, key, target):
+        self.n[key] = target
+
+
+class SeqSignals:
+    def __init__(self, clock):
+        self.clock, self.ongoing = clock, None
+
+    def read(self, model):
+        return None if self.ongoing is None else Signals(at=self.clock() - 1, ongoing=self.ongoing, queue=0)
+
+
+HOLD_CFG = {"models": {"m": {"source": "external", "replicas": {"min": 1, "max": 3}, "autoscaling": {
+    "enabled": True, "up_cooldown_s": 30, "down_stabilization_s": 60, "down_cooldown_s": 0}}},
+    "gateway": {"api_keys_env": None}}
+
+
+@pytest.mark.parametrize("steps", [[
+    # (t, ongoing, reason decided, owc_controller_hold{model="m"} by reason afterwards)
+    (0, None, "hold:no_data", {"no_data": 1}),
+    (10, 12, "up:load", {"no_data": 0}),  # a scaling: every hold series 0
+    (20, 20, "hold:up_cooldown:load", {"no_data": 0, "up_cooldown": 1}),
+    (30, 12, "hold:steady", {"no_data": 0, "up_cooldown": 0, "steady": 1}),
+    (40, 2, "hold:down_stabilizing", {"no_data": 0, "up_cooldown": 0, "steady": 0, "down_stabilizing": 1}),
+    (70, 2, "hold:down_stabilizing", {"no_data": 0, "up_cooldown": 0, "steady": 0, "down_stabilizing": 1}),
+    (100, 2, "down:low_load", {"no_data": 0, "up_cooldown": 0, "steady": 0, "down_stabilizing": 0}),
+    (110, None, "hold:no_data", {"no_data": 1, "up_cooldown": 0, "steady": 0, "down_stabilizing": 0}),
+]])
+def test_the_hold_gauge_shows_the_reason_of_the_last_hold(steps):
+    from prometheus_client import CollectorRegistry
+
+    now = [0.0]
+    signals = SeqSignals(lambda: now[0])
+    registry = CollectorRegistry()
+    ctl = CapacityController(config=parse_config(HOLD_CFG), signals=signals, actuator=MemoryActuator(m=1),
+                             registry=registry, clock=lambda: now[0])
+    for t, ongoing, reason, gauge in steps:
+        now[0], signals.ongoing = t, ongoing
+        assert ctl.reconcile_once()["m"].reason == reason, t
+        got = {s.labels["reason"]: s.value for fam in registry.collect() if fam.name == "owc_controller_hold"
+               for s in fam.samples if s.labels["model"] == "m"}
+        assert got == gauge, t
+    ctl._follow()  # a follower decides nothing: nothing shows as held
+    assert {s.value for fam in registry.collect() if fam.name == "owc_controller_hold" for s in fam.samples} == {0}
+
+
+def test_an_unreachable_prometheus_holds_with_no_data():
+    """Connection refused: no exception out of the round, no error counted, no scaling; the
+    hold gauge says why."""
+    from prometheus_client import CollectorRegistry
+
+    from cluster.capacity.signals import PrometheusSignals
+
+    act = MemoryActuator(m=2)
+    ctl = CapacityController(config=parse_config(HOLD_CFG), signals=PrometheusSignals("http://127.0.0.1:9"),
+                             actuator=act, registry=CollectorRegistry())
+    for _ in range(2):
+        assert ctl.reconcile_once()["m"].reason == "hold:no_data"
+    assert act.n == {"m": 2}
+    assert ctl.metrics.hold.labels("m", "no_data")._value.get() == 1
+    assert ctl.metrics.errors.labels("m")._value.get() == 0 and ctl.metrics.last_reconcile._value.get() > 0

@@ -72,6 +72,7 @@ def test_controller_metrics_match_the_table():
     m.decisions.labels("m", "up:load")
     m.errors.labels("m")
     m.rebuilds.labels("m", "prometheus")
+    m.held("m", "no_data")
     out = {}
     for fam in registry.collect():
         name = fam.name + ("_total" if fam.type == "counter" else "")

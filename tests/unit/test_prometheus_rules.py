@@ -67,6 +67,11 @@ CASES = {
         [("owc_controller_last_reconcile_timestamp_seconds", "0+60x20")],
         "15m", {}, "the capacity controller has not reconciled for 15m 0s",
     ),
+    "OwcCapacityControllerBlind": (
+        [('owc_controller_hold{model="m",reason="no_data"}', "1x20"), ('owc_controller_hold{model="m",reason="steady"}', "0x20")],
+        [('owc_controller_hold{model="m",reason="no_data"}', "1x5 0x15"), ('owc_controller_hold{model="m",reason="steady"}', "0x5 1x15")],
+        "15m", {"model": "m"}, "m: the capacity controller has held for missing signals for 10 minutes",
+    ),
     "OwcTenancyStoreDown": (
         [('owc_tenancy_store_errors_total{instance="g:1"}', "0+60x20"), ('owc_tenancy_store_up{instance="g:1"}', "0x20")],
         [('owc_tenancy_store_errors_total{instance="g:1"}', "0+60x5 300x15"), ('owc_tenancy_store_up{instance="g:1"}', "0x5 1x15")],

@@ -26,6 +26,7 @@ EXEMPT = {
     # The capacity test runs its controller inside the test process; nothing scrapes it.
     "Capacity controller: replica target": "no `owc controller` process in this session",
     "Capacity controller: decisions by reason": "no `owc controller` process in this session",
+    "Capacity controller: holding, by reason": "no `owc controller` process in this session",
 }
 
 

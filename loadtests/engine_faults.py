@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.config.loader import parse_config
 from loadtests.fault_load import Load, wait_until
-from loadtests.gateway_faults import MODEL, config, listeners
+from loadtests.gateway_faults import MODEL, config, listeners, resumed
 
 BATCH = 4
 TOKENS = 48
@@ -57,15 +57,6 @@ def _gauge(target: str, name: str) -> float:
 
 def _routable(sd_dir: Path) -> float:
     return sum(_gauge(t, "owc_engine_replicas_routable") for t in _targets(sd_dir, "gateway"))
-
-
-def _resumed(sd_dir: Path) -> int:
-    total = 0.0
-    for t in _targets(sd_dir, "gateway"):
-        text = httpx.get(f"http://{t}/metrics", timeout=5).text
-        total += sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-                     if s.name == "owc_stream_resumes_total" and s.labels.get("result") == "resumed")
-    return int(total)
 
 
 async def scenario(cluster, sd_dir: Path) -> dict:
@@ -102,7 +93,7 @@ async def scenario(cluster, sd_dir: Path) -> dict:
             stop.set()
             await asyncio.gather(*workers, return_exceptions=True)
     mismatches = [o.text[:80] for o in load.outcomes if o.kind == "succeeded" and o.text not in set(expected)]
-    return load.record("engine_sigkill_ray", fault_at=killed_at, recovered_at=recovered_at, resumed=_resumed(sd_dir),
+    return load.record("engine_sigkill_ray", fault_at=killed_at, recovered_at=recovered_at, resumed=resumed(sd_dir),
                        running_at_kill=running, queued_at_kill=waiting, killed_pids=pids,
                        streams_in_flight_at_kill=len(load.in_flight_at(killed_at)), text_mismatches=mismatches)
 

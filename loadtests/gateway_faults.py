@@ -71,9 +71,9 @@ def listeners(port: int) -> list[int]:
     return sorted({int(p.split("=")[1]) for line in out.splitlines() for p in line.split(",") if p.startswith("pid=")})
 
 
-def gateway_signals(sd_dir: Path) -> GatewaySignals:
-    """What the controller's queries compute, from each gateway process's own metrics port."""
-    in_flight, lag, seen = 0.0, None, False
+def gateway_metrics(sd_dir: Path):
+    """Each reachable gateway process's metric families (its metrics port, from the file_sd
+    targets `owc serve` writes for Prometheus); one list per process."""
     for f in sd_dir.glob("gateway-*.json"):
         for group in json.loads(f.read_text() or "[]"):
             for target in group["targets"]:
@@ -81,16 +81,23 @@ def gateway_signals(sd_dir: Path) -> GatewaySignals:
                     text = httpx.get(f"http://{target}/metrics", timeout=2).text
                 except httpx.HTTPError:
                     continue
-                seen = True
-                held = busy = 0.0
-                for fam in text_string_to_metric_families(text):
-                    if fam.name == "owc_requests_in_flight":
-                        busy = sum(s.value for s in fam.samples)
-                    elif fam.name == "owc_fair_queue_depth":
-                        held = sum(s.value for s in fam.samples)
-                    elif fam.name == "owc_event_loop_lag_seconds":
-                        lag = max(lag or 0.0, *(s.value for s in fam.samples))
-                in_flight += max(0.0, busy - held)
+                yield list(text_string_to_metric_families(text))
+
+
+def gateway_signals(sd_dir: Path) -> GatewaySignals:
+    """What the controller's queries compute, from each gateway process's own metrics port."""
+    in_flight, lag, seen = 0.0, None, False
+    for families in gateway_metrics(sd_dir):
+        seen = True
+        held = busy = 0.0
+        for fam in families:
+            if fam.name == "owc_requests_in_flight":
+                busy = sum(s.value for s in fam.samples)
+            elif fam.name == "owc_fair_queue_depth":
+                held = sum(s.value for s in fam.samples)
+            elif fam.name == "owc_event_loop_lag_seconds":
+                lag = max(lag or 0.0, *(s.value for s in fam.samples))
+        in_flight += max(0.0, busy - held)
     return GatewaySignals(at=time.monotonic(), in_flight=in_flight if seen else None, loop_lag_s=lag)
 
 
@@ -125,18 +132,9 @@ class Load(fault_load.Load):
 
 def resumed(sd_dir: Path) -> int:
     """Streams the gateway processes resumed (their metrics ports, as for the signals)."""
-    total = 0.0
-    for f in sd_dir.glob("gateway-*.json"):
-        for group in json.loads(f.read_text() or "[]"):
-            for target in group["targets"]:
-                try:
-                    text = httpx.get(f"http://{target}/metrics", timeout=2).text
-                except httpx.HTTPError:
-                    continue
-                total += sum(s.value for fam in text_string_to_metric_families(text)
-                             if fam.name == "owc_stream_resumes" for s in fam.samples
-                             if s.name.endswith("_total") and s.labels.get("result") == "resumed")
-    return int(total)
+    return int(sum(s.value for families in gateway_metrics(sd_dir) for fam in families
+                   if fam.name == "owc_stream_resumes" for s in fam.samples
+                   if s.name.endswith("_total") and s.labels.get("result") == "resumed"))
 
 
 async def ramp(cluster, sd_dir: Path, tokens: tuple[int, int]) -> dict:

@@ -17,12 +17,9 @@ import httpx
 import pytest
 import yaml
 
-from cluster.config.loader import parse_config
-from cluster.engine.launcher import vllm_launcher
-from cluster.process import ServerProcess
 from loadtests.fault_load import Load, wait_until, write
 from tests.conftest import gateway_argv, metric, server
-from tests.integration.conftest import model_entry
+from tests.integration.conftest import model_entry, vllm_engines
 
 pytestmark = pytest.mark.integration
 MODEL = "m"
@@ -33,21 +30,9 @@ TOKENS = 48
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
-    cache = str(tmp_path_factory.mktemp("models"))
     entry = model_entry(engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "max_num_seqs": BATCH})
-    cfg = parse_config({"models": {MODEL: entry}, "model_cache_dir": cache})
-    logs = tmp_path_factory.mktemp("engines")
-    procs = [ServerProcess(vllm_launcher(MODEL, cfg.models[MODEL], cache), log_path=logs / f"engine-{i}.log")
-             for i in range(2)]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            asyncio.run(p.wait_ready(300))
+    with vllm_engines(MODEL, entry, str(tmp_path_factory.mktemp("models")), tmp_path_factory.mktemp("engines")) as procs:
         yield procs
-    finally:
-        for p in procs:
-            p.stop(grace_s=5)
 
 
 @pytest.fixture(scope="module")

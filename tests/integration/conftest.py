@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import httpx
 import openai
@@ -25,6 +26,28 @@ CAPACITY_TEST_SETTINGS = {
     "drain_timeout_s": 300,
 }
 ENGINE_KWARGS = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "max_num_seqs": 16}
+
+
+@contextmanager
+def vllm_engines(model: str, entry: dict, cache: str, logs, n: int = 2, grace_s: float = 5):
+    """``n`` vLLM engine processes of one model entry (no Ray), started together, stopped after."""
+    import asyncio
+
+    from cluster.engine.launcher import vllm_launcher
+    from cluster.process import ServerProcess
+
+    cfg = parse_config({"models": {model: entry}, "model_cache_dir": cache})
+    procs = [ServerProcess(vllm_launcher(model, cfg.models[model], cache), log_path=logs / f"engine-{i}.log")
+             for i in range(n)]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            asyncio.run(p.wait_ready(300))
+        yield procs
+    finally:
+        for p in procs:
+            p.stop(grace_s=grace_s)
 
 
 def model_entry(**over):

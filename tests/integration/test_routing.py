@@ -14,12 +14,9 @@ import httpx
 import pytest
 import yaml
 
-from cluster.config.loader import parse_config
-from cluster.engine.launcher import vllm_launcher
-from cluster.process import ServerProcess
 from loadtests.prefix_workload import workload
 from tests.conftest import gateway_argv, metric, server, wait_for
-from tests.integration.conftest import model_entry
+from tests.integration.conftest import model_entry, vllm_engines
 
 pytestmark = pytest.mark.integration
 MODEL = "tiny-llama"
@@ -29,21 +26,8 @@ MODEL = "tiny-llama"
 def engines(model_cache, tmp_path_factory):
     entry = model_entry(max_model_len=2048)
     entry["engine_env"] = {**entry["engine_env"], "VLLM_SERVER_DEV_MODE": "1"}  # POST /reset_prefix_cache
-    cfg = parse_config({"models": {MODEL: entry}, "model_cache_dir": model_cache})
-    logs = tmp_path_factory.mktemp("engines")
-    procs = [ServerProcess(vllm_launcher(MODEL, cfg.models[MODEL], model_cache), log_path=logs / f"engine-{i}.log")
-             for i in range(2)]
-    import asyncio
-
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            asyncio.run(p.wait_ready(300))
+    with vllm_engines(MODEL, entry, model_cache, tmp_path_factory.mktemp("engines"), grace_s=10) as procs:
         yield procs
-    finally:
-        for p in procs:
-            p.stop(grace_s=10)
 
 
 def _gateway(engines, tmp_path_factory, policy: str):

@@ -11,8 +11,11 @@ taken out of the queue at once.
 What a replica can run: its model's ``max_num_seqs`` from engine_kwargs, else learned from
 its scraped state (the engine's running count while it had a queue). What it runs now:
 this gateway's requests on it, plus the other gateways' as the last scrape showed them (the
-engine's running + waiting minus what this gateway had on it at that scrape). Per gateway
-process: with several gateways each one's view of the others is one scrape old.
+engine's running + waiting minus what this gateway had on it at that scrape). A tenant's
+fair share is of the slots the other gateways do not hold, so that behind a balancer (each
+gateway seeing its part of every tenant's requests) the headroom holds for the lighter
+tenant across gateways too. Per gateway process: each one's view of the others is one
+scrape old, and a tenant active on one gateway only is not seen by the others.
 
 With nothing queued and room on a replica a request goes straight through: one pass over
 the model's replicas, no await. Requests pinned to one replica (a stored response's owner)
@@ -65,6 +68,8 @@ class Capacity:
     busy: frozenset[str]  # replicas with no free running slot (at or over their batch)
     free: int  # free running slots over the replicas whose batch is known
     total: int  # running slots over the replicas whose batch is known
+    own: int  # of those replicas' requests, this gateway's
+    others: int  # and the other gateways' (as the last scrape showed them)
     unbounded: bool  # some routable replica has no known batch: never hold
     routable: int
 
@@ -103,7 +108,7 @@ class FairQueue:
         self._clock = clock
         self._models: dict[str, _Model] = {}
         self._learned: dict[str, int] = {}  # replica id -> capacity learned from scrapes
-        self._own_at_scrape: dict[str, int] = {}  # replica id -> this gateway's requests on it at the last scrape
+        self._theirs: dict[str, int] = {}  # replica id -> the other gateways' requests on it at the last scrape
         self._seen_stats: dict[str, ReplicaStats] = {}  # replica id -> the stats object last learned from
         self._ticker: asyncio.Task | None = None
 
@@ -115,7 +120,10 @@ class FairQueue:
 
     def scraped(self, replica_id: str) -> None:
         """A scrape of the replica just landed (the stats poller calls this)."""
-        self._own_at_scrape[replica_id] = self._routing.in_flight(replica_id)
+        own = self._routing.in_flight(replica_id)
+        stats = self._routing.stats.latest(replica_id)
+        if stats is not None:
+            self._theirs[replica_id] = max(0, int(stats.running + stats.waiting) - own)
 
     def batch(self, model: str, replica_id: str, stats: ReplicaStats | None) -> int | None:
         """Requests the replica runs at once; None: not known."""
@@ -132,7 +140,7 @@ class FairQueue:
     def capacity(self, model: str, endpoints: Sequence[Endpoint]) -> Capacity:
         """Each routable replica's requests from all gateways (this one's, plus the others' as
         the last scrape showed them) against its batch."""
-        at_limit, busy, free, total, unbounded, routable = set(), set(), 0, 0, False, 0
+        at_limit, busy, free, total, own, others, unbounded, routable = set(), set(), 0, 0, 0, 0, False, 0
         for v in self._routing.views(endpoints):
             if v.endpoint.draining or not v.healthy:
                 continue
@@ -141,30 +149,38 @@ class FairQueue:
             if batch is None:
                 unbounded = True
                 continue
-            load = v.in_flight
+            theirs = 0
             if v.stats is not None:
-                load += max(0, int(v.stats.running + v.stats.waiting) - self._own_at_scrape.get(v.replica_id, v.in_flight))
+                theirs = self._theirs.get(v.replica_id, max(0, int(v.stats.running + v.stats.waiting) - v.in_flight))
+            load = v.in_flight + theirs
+            own += v.in_flight
+            others += theirs
             if load >= batch + self._policy.dispatch_margin:
                 at_limit.add(v.replica_id)
             if load >= batch:
                 busy.add(v.replica_id)
             free += max(0, batch - load)
             total += batch
-        return Capacity(frozenset(at_limit), frozenset(busy), free, total, unbounded, routable)
+        return Capacity(frozenset(at_limit), frozenset(busy), free, total, own, others, unbounded, routable)
 
     def _weight(self, tenant: str) -> float:
         cfg = self._tenants.get(tenant)
         return cfg.weight if cfg else 1.0
 
-    def over_share(self, st: _Model, tenant: str, total: int) -> bool:
+    def over_share(self, st: _Model, tenant: str, cap: Capacity) -> bool:
         """The tenant holds its fair share of the model's slots or more while other tenants
-        are active (one alone has them all)."""
+        are active (one alone has them all). Behind a balancer each gateway sees its part of
+        every tenant's requests: the share is of the slots the other gateways do not hold, or
+        of all of them with this gateway's mix of tenants taken for the others' requests too."""
         horizon = self._clock() - self._policy.active_window_s
         active = [t for t, at in st.seen.items() if at >= horizon]
         if len(active) < 2 or tenant not in active:
             return False
-        share = total * self._weight(tenant) / sum(self._weight(t) for t in active)
-        return st.in_flight.get(tenant, 0) >= share
+        part = self._weight(tenant) / sum(self._weight(t) for t in active)
+        mine = st.in_flight.get(tenant, 0)
+        if mine >= max(0, cap.total - cap.others) * part:
+            return True
+        return cap.others > 0 and cap.own > 0 and mine * (cap.own + cap.others) / cap.own >= cap.total * part
 
     def _admits(self, st: _Model, cap: Capacity, tenant: str) -> frozenset[str] | None:
         """The replicas to exclude for the tenant's next request; None: it may not go now."""
@@ -172,9 +188,12 @@ class FairQueue:
             return cap.at_limit
         if len(cap.at_limit) >= cap.routable:
             return None
-        if self._policy.headroom and self.over_share(st, tenant, cap.total):
-            # Over its share: only into a free running slot, and never the last ``headroom``.
-            return cap.busy if cap.free > self._policy.headroom else None
+        if self._policy.headroom and self.over_share(st, tenant, cap):
+            # Over its share: only into a free running slot, never the last ``headroom``, and of
+            # the slots beyond those only this gateway's part (its part of the model's load): the
+            # other gateways see the same free slots until their next scrape.
+            part = cap.own / (cap.own + cap.others) if cap.others else 1.0
+            return cap.busy if (cap.free - self._policy.headroom) * part >= 1 else None
         return cap.at_limit
 
     # -- the queue ----------------------------------------------------------------------------

@@ -156,6 +156,11 @@ class StatsStore:
             return None
         return e.stats
 
+    def latest(self, replica_id: str) -> ReplicaStats | None:
+        """The last stats scraped from the replica, whatever their age."""
+        e = self._entries.get(replica_id)
+        return e.stats if e is not None else None
+
     def healthy(self, replica_id: str, now: float) -> bool:
         e = self._entries.get(replica_id)
         if e is None or e.healthy:

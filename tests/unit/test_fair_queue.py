@@ -343,3 +343,59 @@ async def test_headroom_lapses_when_the_other_tenant_goes_quiet():
     clock[0] = 10.0  # A quiet for longer than the window: B alone again
     assert (await asyncio.wait_for(held, 1)).replica_id == "r0"
     s.done(b1)
+
+
+async def test_shares_are_of_the_slots_other_gateways_do_not_hold():
+    # Behind a balancer this gateway sees half of each tenant's requests; the other gateway's
+    # half is in the engine's counts. B's share here is of what that gateway does not hold.
+    s = Stack(batch=8, headroom=2, dispatch_margin=2)
+    a = await s.request("A")
+    b = [await s.request("B") for _ in range(2)]
+    s.store.update("r0", ReplicaStats(running=7, waiting=0), 0.0)  # 3 of this gateway's, 4 of the other's
+    s.fair.scraped("r0")
+    held = asyncio.ensure_future(s.request("B"))  # B holds 2 of the 4 slots left to it here: its share
+    await settle()
+    assert not held.done()
+    second_a = await asyncio.wait_for(s.request("A"), 1)  # A is under its share: straight to the free slot
+    # The other gateway's requests are over: all 8 slots are this gateway's again, B holds 2 of them.
+    s.store.update("r0", ReplicaStats(running=4, waiting=0), 0.0)
+    s.fair.scraped("r0")
+    assert (await asyncio.wait_for(held, 1)).replica_id == "r0"
+    for g in [a, second_a, *b]:
+        s.done(g)
+
+
+async def test_free_slots_beyond_the_headroom_are_shared_between_gateways():
+    # Both gateways see the same free slots until their next scrape: an over-share tenant gets
+    # only this gateway's part of those beyond the headroom (its part of the load), so that the
+    # two together never take the headroom.
+    s = Stack(batch=8, headroom=2, dispatch_margin=2)
+    s.done(await s.request("A"))  # A is active
+    b = [await s.request("B") for _ in range(3)]
+    s.store.update("r0", ReplicaStats(running=5, waiting=0), 0.0)  # 3 of this gateway's, 2 of the other's
+    s.fair.scraped("r0")
+    held = asyncio.ensure_future(s.request("B"))  # 3 free, 1 beyond the headroom, this gateway's part 3/5 of it
+    await settle()
+    assert not held.done()
+    s.store.update("r0", ReplicaStats(running=3, waiting=0), 0.0)  # the other gateway's are done: all 5 free are this one's
+    s.fair.scraped("r0")
+    assert (await asyncio.wait_for(held, 1)).replica_id == "r0"
+    for g in b:
+        s.done(g)
+
+
+async def test_this_gateways_mix_of_tenants_stands_for_the_other_gateways():
+    # B holds 2 of the 5 slots the other gateway leaves (under half of those), but with this
+    # gateway's mix (B 2 of 3) taken for the other's 3 requests too, B holds 4 of 8: its share.
+    s = Stack(batch=8, headroom=2, dispatch_margin=2)
+    a = await s.request("A")
+    b = [await s.request("B") for _ in range(2)]
+    s.store.update("r0", ReplicaStats(running=6, waiting=0), 0.0)
+    s.fair.scraped("r0")
+    held = asyncio.ensure_future(s.request("B"))  # 2 free: the headroom
+    await settle()
+    assert not held.done()
+    second_a = await asyncio.wait_for(s.request("A"), 1)  # A: 1 of 3 here, about 2 of 8 in all
+    held.cancel()
+    for g in [a, second_a, *b]:
+        s.done(g)

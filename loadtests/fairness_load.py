@@ -1,0 +1,138 @@
+"""The clients of loadtests.fairness: tenant A's streamed Poisson arrivals (time to the first
+text chunk), tenant B's flood from its own process (``python -m loadtests.fairness_load
+URLS KEY MODEL RATE SECONDS MAX_TOKENS SEED OUT``), closed loops and the engine's drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from cluster.bench.driver import SSEParser
+
+KEYS = {"A": "sk-fair-tenant-a", "B": "sk-fair-tenant-b"}
+PROMPT = "Summarise the quarterly report in three bullet points."
+
+
+def body(model: str, max_tokens: int, *, stream: bool, **extra) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
+            "temperature": 0, "ignore_eos": True, "stream": stream, **extra}
+
+
+async def one_streamed(session: aiohttp.ClientSession, url: str, key: str, payload: dict) -> tuple[int, float | None]:
+    """Status and seconds to the first chunk with generated text (None if none came)."""
+    t0 = time.perf_counter()
+    try:
+        async with session.post(url + "/v1/chat/completions", json=payload,
+                                headers={"Authorization": f"Bearer {key}"}) as r:
+            if r.status != 200:
+                await r.read()
+                return r.status, None
+            parser, ttft = SSEParser(), None
+            async for chunk in r.content.iter_any():
+                for event in parser.feed(chunk):
+                    if ttft is None and event != "[DONE]":
+                        delta = (json.loads(event).get("choices") or [{}])[0].get("delta") or {}
+                        if delta.get("content"):
+                            ttft = time.perf_counter() - t0
+            return 200, ttft
+    except aiohttp.ClientError:
+        return -1, None
+
+
+async def poisson(urls: list[str], key: str, payload: dict, *, rate: float, seconds: float, seed: int,
+                  streamed: bool) -> list[tuple[int, float | None, float]]:
+    """Open-loop Poisson arrivals at ``rate``/s for ``seconds``, round-robin over ``urls``:
+    (status, ttft, finished_at) per request."""
+    rng = random.Random(seed)
+    out: list[tuple[int, float | None, float]] = []
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async def go(url: str) -> None:
+            if streamed:
+                status, ttft = await one_streamed(session, url, key, payload)
+            else:
+                try:
+                    async with session.post(url + "/v1/chat/completions", json=payload,
+                                            headers={"Authorization": f"Bearer {key}"}) as r:
+                        await r.read()
+                        status, ttft = r.status, None
+                except aiohttp.ClientError:
+                    status, ttft = -1, None
+            out.append((status, ttft, time.monotonic()))
+
+        tasks, start, t, i = [], time.monotonic(), 0.0, 0
+        while True:
+            t += rng.expovariate(rate)
+            if t >= seconds:
+                break
+            await asyncio.sleep(max(0.0, start + t - time.monotonic()))
+            tasks.append(asyncio.create_task(go(urls[i % len(urls)])))
+            i += 1
+        end = start + seconds
+        if streamed:
+            await asyncio.gather(*tasks)
+        else:  # the flood stops with the phase: what is still waiting is abandoned
+            await asyncio.wait(tasks, timeout=max(0.0, end - time.monotonic()) + 0.01)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return out
+
+
+async def engine_idle(url: str, timeout_s: float = 60) -> None:
+    """Until the engine runs and queues nothing (B's abandoned requests aborted)."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            async with s.get(url + "/metrics") as r:
+                text = await r.text()
+            busy = sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")))
+            if busy == 0:
+                return
+            await asyncio.sleep(0.2)
+    raise RuntimeError("the engine did not drain")
+
+
+async def capacity(url: str, model: str, *, concurrency: int, max_tokens: int, seconds: float) -> float:
+    """Completed requests/s in a closed loop at ``concurrency``."""
+    done = 0
+    stop = time.monotonic() + seconds
+    payload = body(model, max_tokens, stream=False)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                async with s.post(url + "/v1/chat/completions", json=payload,
+                                  headers={"Authorization": f"Bearer {KEYS['B']}"}) as r:
+                    await r.read()
+                    if r.status == 200 and time.monotonic() <= stop:
+                        done += 1
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.monotonic() - t0)
+
+
+def flood_main(argv: list[str]) -> None:
+    """B's process: ``URLS KEY MODEL RATE SECONDS MAX_TOKENS SEED OUT``."""
+    urls, key, model, rate, seconds, max_tokens, seed, out = argv
+    start = time.monotonic()
+    got = asyncio.run(poisson(urls.split(","), key, body(model, int(max_tokens), stream=False), rate=float(rate),
+                              seconds=float(seconds), seed=int(seed), streamed=False))
+    end = start + float(seconds)
+    statuses: dict[str, int] = {}
+    for status, _, _ in got:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    done_in_phase = sum(1 for s, _, at in got if s == 200 and at <= end)
+    Path(out).write_text(json.dumps({"statuses": statuses, "completed": done_in_phase, "seconds": float(seconds)}))
+
+
+if __name__ == "__main__":
+    flood_main(sys.argv[1:])

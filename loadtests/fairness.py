@@ -3,7 +3,7 @@ sending 10x A's rate, through a gateway with fair queueing, the same gateway wit
 two fair gateways behind a round-robin client, and (the alternative the gateway's queue is
 measured against) vLLM's own priority scheduling with A's requests at a higher priority.
 
-    python -m loadtests.fairness --runs 3 --out loadtests/results/fairness.json
+    python -m loadtests.fairness --runs 5 --out loadtests/results/fairness.json
 
 One vLLM server (the embedded default's model, max_num_seqs lowered so that a CPU keeps it
 saturated) and four gateway processes in front of it: fair-on, fair-off and a fair-on pair;
@@ -68,10 +68,10 @@ def gateway_config(path: Path, model: str, *, fair: bool) -> Path:
     return path
 
 
-def tweaked_config(max_num_seqs: int) -> tuple[str, object, str]:
+def default_model() -> tuple[str, object, str]:
+    """The embedded default's first model: its served name, its config and the model cache."""
     cfg = load_config(None)
     model, mcfg = next(iter(cfg.models.items()))
-    mcfg = mcfg.model_copy(update={"engine_kwargs": {**mcfg.engine_kwargs, "max_num_seqs": max_num_seqs}})
     return model, mcfg, cfg.model_cache_dir
 
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     front = priority_prefix(a.front_priority)
 
-    model, mcfg, cache = tweaked_config(a.max_num_seqs)
+    model, mcfg, cache = default_model()
     tmp = Path(tempfile.mkdtemp(prefix="owc-fairness-"))
     procs: list[ServerProcess] = []
 
@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         def start_engine(name: str, **engine_kwargs) -> ServerProcess:
             print(f"starting vLLM {name} ({model}, max_num_seqs={a.max_num_seqs}) …", file=sys.stderr)
-            cfg = mcfg.model_copy(update={"engine_kwargs": {**mcfg.engine_kwargs, **engine_kwargs}})
+            cfg = mcfg.model_copy(update={"engine_kwargs": {**mcfg.engine_kwargs, "max_num_seqs": a.max_num_seqs,
+                                                            **engine_kwargs}})
             cmd = vllm_launcher(model, cfg, cache)
             if a.engine_cores:  # one engine runs at a time: the other idles (its engine core blocks on its input)
                 cmd = Command(["taskset", "-c", a.engine_cores, *cmd.argv], env=cmd.env)

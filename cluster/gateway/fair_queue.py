@@ -79,6 +79,12 @@ class Capacity:
         return self.unbounded or self.routable == 0 or len(self.at_limit) < self.routable
 
 
+def others_on(stats: ReplicaStats, own: int) -> int:
+    """The other gateways' requests on a replica: its scraped running + waiting less this
+    gateway's own there."""
+    return max(0, int(stats.running + stats.waiting) - own)
+
+
 def learn_capacity(known: int | None, stats: ReplicaStats) -> int | None:
     """What the replica can run at once, from one scrape: while it has a queue, at least what
     it runs (never less than learned before: a queue behind fewer can be a LoRA batch waiting
@@ -123,7 +129,7 @@ class FairQueue:
         own = self._routing.in_flight(replica_id)
         stats = self._routing.stats.latest(replica_id)
         if stats is not None:
-            self._theirs[replica_id] = max(0, int(stats.running + stats.waiting) - own)
+            self._theirs[replica_id] = others_on(stats, own)
 
     def batch(self, model: str, replica_id: str, stats: ReplicaStats | None) -> int | None:
         """Requests the replica runs at once; None: not known."""
@@ -151,7 +157,7 @@ class FairQueue:
                 continue
             theirs = 0
             if v.stats is not None:
-                theirs = self._theirs.get(v.replica_id, max(0, int(v.stats.running + v.stats.waiting) - v.in_flight))
+                theirs = self._theirs.get(v.replica_id, others_on(v.stats, v.in_flight))
             load = v.in_flight + theirs
             own += v.in_flight
             others += theirs

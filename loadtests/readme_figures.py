@@ -1,9 +1,12 @@
-"""README figures, generated from committed raw results (JSON) — never typed by hand.
+"""README and docs figures, generated from committed raw results (JSON) — never typed by hand.
 
-    python -m loadtests.readme_figures --write   # rewrite the README blocks
-    python -m loadtests.readme_figures --check   # exit 1 when README and JSON disagree
+    python -m loadtests.readme_figures --write   # rewrite the blocks in README.md and docs/*.md
+    python -m loadtests.readme_figures --check   # exit 1 when any page and the JSON disagree
 
-Each block sits between `<!-- figures:NAME -->` and `<!-- /figures:NAME -->` in README.md.
+Each block sits between `<!-- figures:NAME -->` and `<!-- /figures:NAME -->` on the page where
+its section lives (README.md or a page under docs/); a block may sit on several pages (the
+README's headline figures repeat a few). Every block must sit on at least one page. Links in a
+block are written relative to the repository root and rewritten for the page that holds it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCS = REPO / "docs"
 RESULTS = REPO / "loadtests" / "results"
+
+
+def pages() -> list[Path]:
+    """Every page that may hold a figures block: the README and each Markdown page under docs/."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
 
 
 def _ms(x: float) -> str:
@@ -179,7 +188,7 @@ def routing_block(doc: dict) -> str:
 
 
 def autoscaling_block(doc: dict) -> str:
-    prof = json.loads((REPO / doc["profile"]).read_text())
+    prof = json.loads((RESULTS.parents[1] / doc["profile"]).read_text())  # a repo-relative path
     rows = [
         "| trace (held-out seed) | policy | within TTFT SLO | replica-hours | scale events | peak |",
         "|---|---|---|---|---|---|",
@@ -373,6 +382,60 @@ def resume_cost_block(doc: dict) -> str:
             f"(`{doc['command']}`).")
 
 
+def headline_block(overhead: dict) -> str:
+    """The README's headline figures: one line per measurement, each linking to its page."""
+    from datetime import datetime, timezone
+
+    def load(name: str) -> dict:
+        return json.loads((RESULTS / name).read_text())
+
+    gw = overhead["summary"]["owc-gateway"]
+    day = datetime.fromtimestamp(overhead["created_unix"], tz=timezone.utc).strftime("%Y-%m-%d")
+    pa = load("prefix-routing.json")["stats"]["owc-prefix_affinity"]
+    fair_doc = load("fairness.json")
+    fair, fst = fair_doc["summary"], fair_doc["settings"]
+    auto = load("autoscaling.json")["traces"]
+    faults = load("faults.json")["scenarios"]
+    tenancy = load("tenancy-limits.json")["runs"]
+    req = {r["gateways"]: r["count"] for r in tenancy if r["kind"] == "requests"}
+    steady = {r["policy"]: r for r in auto["steady"]["held_out"]}
+    base = auto["steady"]["better_baseline"]
+    bursty = {r["policy"]: r for r in auto["bursty"]["held_out"]}
+    rows = [
+        "| measured | figure | page |",
+        "|---|---|---|",
+        f"| gateway overhead vs bare vLLM (run of {day}) | throughput {gw['tput_ratio']['median']:.2f}×, "
+        f"TTFT p50 {gw['ttft_ratio']['median']:.2f}×, {gw['cpu_s_per_1k_tokens']['median']:.3f} CPU s / 1k tokens | "
+        "[benchmarks](docs/benchmarks.md#why-this-token-path-measured-make-bench) |",
+        f"| prefix routing vs round-robin, shared-prefix chat | hit rate {pa['hit_rate_of_ideal']['median']:.2f}× of "
+        f"ideal, TTFT p90 {pa['ttft_p90_vs_owc_round_robin']['median']:.2f}× better | "
+        "[benchmarks](docs/benchmarks.md#routing-on-a-shared-prefix-workload-make-bench) |",
+        f"| fair sharing: a light tenant's TTFT p95, another flooding at {fst['rate_b'] / fst['rate_a']:.0f}× its rate, "
+        "vs alone | "
+        f"{fair['fair']['a_ttft_p95_ratio']['median']:.2f}× with the fair queue, "
+        f"{fair['fifo']['a_ttft_p95_ratio']['median']:.1f}× first come, first served | "
+        "[tenancy](docs/tenancy.md#fair-sharing-under-saturation) |",
+        f"| tenant limits across 1–{max(req)} gateway processes on one Redis | "
+        f"{', '.join(str(req[n]) for n in sorted(req))} requests accepted (expected "
+        f"{next(r['expected'] for r in tenancy if r['kind'] == 'requests'):.0f}) | "
+        "[tenancy](docs/tenancy.md#limits-across-gateway-replicas-redis) |",
+        f"| autoscaling, steady trace (simulator, held-out seed) | owc {steady['owc']['replica_hours']:.2f} "
+        f"replica-hours at {steady['owc']['attainment'] * 100:.1f}% within the SLO; {base} "
+        f"{steady[base]['replica_hours']:.2f} at {steady[base]['attainment'] * 100:.1f}% | "
+        "[capacity](docs/capacity.md#the-policy-in-a-simulator-owc-simulate-make-bench) |",
+        f"| autoscaling, bursty trace (target: ≥ 99 % within the SLO) | owc {bursty['owc']['attainment'] * 100:.2f}% "
+        f"({'met' if bursty['owc']['attainment'] >= 0.99 else 'not met'}) with {bursty['owc']['replica_hours']:.2f} "
+        f"replica-hours; {auto['bursty']['better_baseline']} "
+        f"{bursty[auto['bursty']['better_baseline']]['attainment'] * 100:.2f}% with "
+        f"{bursty[auto['bursty']['better_baseline']]['replica_hours']:.2f} | "
+        "[capacity](docs/capacity.md#not-done-yet) |",
+        f"| fault suite ({len(faults)} scenarios: engine, gateway, node, Prometheus, controller, scale-downs, soak) | "
+        f"{sum(r['lost'] for r in faults)} of {sum(r['sent'] for r in faults):,} requests lost, "
+        f"{sum(r['resumed'] for r in faults)} streams resumed | [faults](docs/faults.md#faults-survived) |",
+    ]
+    return "\n".join(rows)
+
+
 COMPARE_REPORTS = ("chat-multilingual", "shared-prefix")
 
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
@@ -387,23 +450,44 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "gateway-faults": ("gateway-faults.json", gateway_faults_block),
     "faults": ("faults.json", faults_block),
     "resume-cost": ("resume-overhead.json", resume_cost_block),
+    "headline": ("overhead.json", headline_block),
 }
 # Blocks whose results may not exist yet: skipped while neither the JSON nor the README
 # block does (a block without its JSON, or a JSON without its block, still fails).
 OPTIONAL = {"gateway-ab"}
 
 
-def render(readme: str) -> str:
+def _pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- figures:{name} -->\n)(?:.*?\n)?(<!-- /figures:{name} -->)", re.S)
+
+
+def _relink(block: str, page: Path) -> str:
+    """Rewrite a block's repo-relative Markdown links for a page below the repository root."""
+    up = "../" * (len(page.relative_to(REPO).parts) - 1)
+    return re.sub(r"\]\((?![a-z]+:|#|/)", "](" + up, block) if up else block
+
+
+def render(text: str, page: Path = README) -> str:
+    """The page's text with every figures block it holds rendered from the JSON."""
     for name, (file, fn) in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- figures:{name} -->\n)(?:.*?\n)?(<!-- /figures:{name} -->)", re.S)
-        if name in OPTIONAL and not (RESULTS / file).exists() and not pattern.search(readme):
+        pattern = _pattern(name)
+        if not pattern.search(text):
             continue
-        doc = json.loads((RESULTS / file).read_text())
-        if not pattern.search(readme):
-            raise SystemExit(f"README.md has no figures:{name} block")
-        block = fn(doc)
-        readme = pattern.sub(lambda m, block=block: m.group(1) + block + "\n" + m.group(2), readme)
-    return readme
+        block = _relink(fn(json.loads((RESULTS / file).read_text())), page)
+        text = pattern.sub(lambda m, block=block: m.group(1) + block + "\n" + m.group(2), text)
+    return text
+
+
+def render_all(paths: list[Path] | None = None) -> dict[Path, tuple[str, str]]:
+    """{page: (current, wanted)} for every page; SystemExit when a block is on no page."""
+    out = {p: (p.read_text(), "") for p in (paths if paths is not None else pages())}
+    for name, (file, _) in BLOCKS.items():
+        held = any(_pattern(name).search(cur) for cur, _ in out.values())
+        if name in OPTIONAL and not (RESULTS / file).exists() and not held:
+            continue
+        if not held:
+            raise SystemExit(f"no page (README.md, docs/*.md) has a figures:{name} block")
+    return {p: (cur, render(cur, p)) for p, (cur, _) in out.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,13 +496,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--write", action="store_true")
     g.add_argument("--check", action="store_true")
     a = p.parse_args(argv)
-    current = README.read_text()
-    wanted = render(current)
+    pages_ = render_all()
     if a.write:
-        README.write_text(wanted)
+        for page, (current, wanted) in pages_.items():
+            if wanted != current:
+                page.write_text(wanted)
         return 0
-    if wanted != current:
-        print("README.md figures disagree with loadtests/results/*.json: run `make readme-figures`", file=sys.stderr)
+    stale = [str(page.relative_to(REPO)) for page, (current, wanted) in pages_.items() if wanted != current]
+    if stale:
+        print(f"{', '.join(stale)}: figures disagree with loadtests/results/*.json: run `make readme-figures`",
+              file=sys.stderr)
         return 1
     return 0
 

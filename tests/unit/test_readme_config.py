@@ -1,4 +1,4 @@
-"""The README's config reference is a config owc accepts, and names every gateway limit."""
+"""The config reference (docs/configuration.md) is a config owc accepts, and names every gateway limit."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from tests.conftest import REPO
 
 
 def readme_config() -> dict:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Config"):text.index("## Security")]
+    text = (REPO / "docs" / "configuration.md").read_text()
+    section = text[text.index("# Configuration reference"):text.index("## Examples")]
     return yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from cluster.config.schema import OwcConfig
 from cluster.engine.launcher import Launcher, vllm_launcher
 from cluster.engine.replica import engine_deployment
-from cluster.gateway.deployment import gateway_deployment
+from cluster.gateway.edge.deployment import gateway_deployment
 from cluster.discovery.registry import EndpointRegistry
 
 APP_NAME = "owc"

@@ -23,17 +23,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-async def cancel_and_wait(task: asyncio.Task | None) -> None:
-    """Stop a background loop's task and wait until it has (None: there is none)."""
-    if task is None:
-        return
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-
-
 class ServerStartError(RuntimeError):
     pass
 

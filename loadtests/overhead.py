@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ledger_cost(rounds: int = 7, streams: int = 500) -> dict[str, float]:
-    """Microseconds the resume ledger adds per streamed event (cluster.gateway.resume), on a
+    """Microseconds the resume ledger adds per streamed event (cluster.gateway.stream.resume), on a
     chat stream recorded from vLLM with token ids: median and spread of ``rounds``."""
-    from cluster.gateway.resume import StreamLedger
+    from cluster.gateway.stream.resume import StreamLedger
 
     rec = json.loads(RECORDED.read_text())["chat"]
     events = [e.encode() + b"\n\n" for e in rec["sse"].split("\n\n") if e]

@@ -9,7 +9,7 @@ import time
 from prometheus_client import CollectorRegistry
 
 from cluster.config.schema import RoutingConfig
-from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.discovery.endpoints import Endpoint
 from cluster.routing.policies import POLICIES
 from cluster.routing.router import Routing

@@ -24,7 +24,7 @@ from cluster.capacity.policy import Decision, PolicyState, into_bounds
 from cluster.capacity.windows import trailing_window
 from cluster.config.gateway import GatewayAutoscaling, GatewayReplicas
 
-GATEWAY = "owc-gateway"  # the gateway's Serve deployment (cluster.gateway.deployment), and its `model` label
+GATEWAY = "owc-gateway"  # the gateway's Serve deployment (cluster.gateway.edge.deployment), and its `model` label
 STALE_AFTER_S = 60.0  # in-flight samples older than this count as missing: hold
 LAG_DOWN_FRACTION = 0.5  # a lower count is wanted only while every loop lags less than this share of its bound
 

@@ -19,7 +19,7 @@ def keys_create(
     config: Annotated[Optional[Path], typer.Option(help="owc config naming the keys files")] = None,
 ) -> None:
     """Create a key: print it once (store it now: it cannot be shown again) and add its hash to the keys file."""
-    from cluster.gateway.keys import add_to_file, hash_key, new_key
+    from cluster.gateway.auth.keys import add_to_file, hash_key, new_key
 
     if (tenant is None) == (admin is None):
         console.print("[red]give exactly one of --tenant and --admin[/red]")

@@ -18,7 +18,7 @@ def serve(
     config: Annotated[Optional[Path], typer.Argument(help="owc config YAML; the embedded CPU demo when omitted")] = None,
 ) -> None:
     """Run the cluster on a local Ray: engines, gateway, the OpenAI API."""
-    from cluster.gateway.server import UnsafeBindError, auth_for_bind
+    from cluster.gateway.edge.server import UnsafeBindError, auth_for_bind
     from cluster.runner import LocalCluster, install_signal_handlers
 
     cfg = _load(config)

@@ -99,7 +99,7 @@ class OutputAllowance(StrictModel):
 
 
 class FairSharing(StrictModel):
-    """The gateway's own queue in front of each model's engines (cluster.gateway.fair_queue)."""
+    """The gateway's own queue in front of each model's engines (cluster.gateway.flowcontrol.fair_queue)."""
 
     enabled: bool = Field(
         True, description="Hold requests beyond what the engines can run in the gateway and hand engine slots out by "

@@ -44,12 +44,12 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
 def clients(*, engine: str, gateway: str, api_key: str | None, engine_key: str | None,
             timeout_s: float = 120) -> tuple[Any, Any]:
     """The official client for each side: the engine's with the engine credential header
-    (cluster.gateway.engine_client.engine_headers), the gateway's with the tenant's key."""
+    (cluster.gateway.upstream.engine_client.engine_headers), the gateway's with the tenant's key."""
     try:
         import openai
     except ImportError:  # not a dependency of the control plane
         raise SystemExit("owc conformance needs the openai package: pip install openai") from None
-    from cluster.gateway.engine_client import engine_headers
+    from cluster.gateway.upstream.engine_client import engine_headers
 
     def base(url: str) -> str:
         url = url.rstrip("/")

@@ -12,7 +12,7 @@ from typing import Any
 
 from cluster.conformance import calls
 from cluster.conformance.calls import Observation, observe
-from cluster.gateway.params import CHAT, RESPONSES, accepted_on
+from cluster.gateway.admission.params import CHAT, RESPONSES, accepted_on
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
            "additionalProperties": False}

@@ -4,7 +4,6 @@ when it changed, and (local mode) list the engines as Prometheus file-SD targets
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +14,7 @@ from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.sources import write_endpoints_file
 from cluster.discovery.timing import REGISTRY_POLL_S
 from cluster.metrics.targets import remove_targets, write_targets
+from cluster.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,9 @@ class EndpointSync:
         self.endpoints_file = endpoints_file
         self._sd_dir = sd_dir
         self._sd_name = f"engines-{sd_name}"
-        self._period_s = period_s
         self._last: list[Endpoint] | None = None
-        self._task: asyncio.Task[None] | None = None
+        # Registry restarting: the loop logs it and keeps the last endpoints.
+        self._loop = Periodic(self.sync, period_s=period_s, what="registry poll", log=log)
 
     async def sync(self) -> None:
         endpoints = await self._registry.snapshot.remote()
@@ -48,29 +48,14 @@ class EndpointSync:
                 write_targets(self._sd_dir, self._sd_name, engine_groups(endpoints))
             self._last = endpoints
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.sync()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # registry restarting: keep the last endpoints
-                log.warning("registry poll failed: %s", e)
-            await asyncio.sleep(self._period_s)
-
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._loop.start()
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._loop.running
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await self._loop.stop()
         if self._sd_dir is not None:
             remove_targets(self._sd_dir, self._sd_name)

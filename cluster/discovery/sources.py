@@ -7,7 +7,6 @@ replica registry and rewrites the file: the request path only reads the last sna
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -16,7 +15,7 @@ from typing import Protocol
 
 from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.timing import ENDPOINTS_FILE_POLL_S
-from cluster.process import cancel_and_wait
+from cluster.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +52,11 @@ class FileEndpoints:
 
     def __init__(self, path: str, *, period_s: float = ENDPOINTS_FILE_POLL_S):
         self._path = path
-        self._period_s = period_s
         self._mtime: float | None = None
         self._by_model: dict[str, list[Endpoint]] = {}
-        self._task: asyncio.Task[None] | None = None
+        # A torn write is logged and retried next tick; the last snapshot stays.
+        self._loop = Periodic(self.reload, period_s=period_s, what=f"reading endpoints file {path}", log=log,
+                              first_after=True)
 
     def endpoints(self, model: str) -> list[Endpoint]:
         return self._by_model.get(model, [])
@@ -79,20 +79,12 @@ class FileEndpoints:
         self._by_model = by_model
         self._mtime = mtime
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                self.reload()
-            except (OSError, ValueError, KeyError) as e:  # a torn write is retried next tick
-                log.warning("endpoints file %s unreadable: %s", self._path, e)
-            await asyncio.sleep(self._period_s)
-
     async def start(self) -> None:
         self.reload()
-        self._task = asyncio.create_task(self._loop())
+        self._loop.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        await self._loop.stop()
 
 
 def write_endpoints_file(path: str, endpoints: Sequence[Endpoint]) -> None:

@@ -1,4 +1,4 @@
-"""The gateway app, wired: the generation routes (cluster.gateway.admission) and, on
+"""The gateway app, wired: the generation routes (cluster.gateway.admission.entry) and, on
 FastAPI, the route table's other routes (cluster.gateway.routes). Every error leaves in the
 OpenAI shape (cluster.gateway.errors). Metrics are served by a separate metrics-only app
 on each process's own port (``metrics_app``), never on the API port."""
@@ -20,27 +20,27 @@ from starlette.responses import Response
 
 from cluster.config.schema import OwcConfig
 from cluster.discovery.sources import EndpointSource
-from cluster.gateway.access_log import AccessLog
-from cluster.gateway.accounting import Accounting
-from cluster.gateway.adapter_routes import add_adapter_routes, build_loader
-from cluster.gateway.adapter_loader import record_adapter_requests
-from cluster.gateway.admission import ROUTES, Admission, send_error
-from cluster.gateway.auth import Authenticator
-from cluster.gateway.connections import Bounds, ConnectionGuard
-from cluster.gateway.engine_client import EngineClient
+from cluster.gateway.observability.access_log import AccessLog
+from cluster.gateway.observability.accounting import Accounting
+from cluster.gateway.admin.adapters import add_adapter_routes, build_loader
+from cluster.gateway.upstream.adapter_loader import record_adapter_requests
+from cluster.gateway.admission.entry import ROUTES, Admission, send_error
+from cluster.gateway.auth.authenticator import Authenticator
+from cluster.gateway.edge.connections import Bounds, ConnectionGuard
+from cluster.gateway.upstream.engine_client import EngineClient
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.forwarder import Forwarder
-from cluster.gateway.metrics import GatewayMetrics
-from cluster.gateway.routes import Route, RouteTable, add_routes, replica_counts
-from cluster.gateway.conversations import Conversations
-from cluster.gateway.response_ids import ResponseIds
-from cluster.gateway.responses_routes import add_responses_routes
-from cluster.gateway.stats_poller import StatsPoller
-from cluster.gateway.tracing import RequestTracer
+from cluster.gateway.observability.metrics import GatewayMetrics
+from cluster.gateway.routes import Route, RouteTable, add_routes, error_response, replica_counts
+from cluster.gateway.responses.conversations import Conversations
+from cluster.gateway.responses.ids import ResponseIds
+from cluster.gateway.responses.routes import add_responses_routes
+from cluster.gateway.upstream.stats_poller import StatsPoller
+from cluster.gateway.observability.tracing import RequestTracer
 from cluster.routing.router import Routing
 from cluster.routing.stats import StatsStore
-from cluster.gateway.fair_queue import FairQueue
-from cluster.gateway.loop_lag import LoopLag
+from cluster.gateway.flowcontrol.fair_queue import FairQueue
+from cluster.gateway.edge.loop_lag import LoopLag
 
 
 def build_routing(config: OwcConfig) -> Routing:
@@ -51,14 +51,14 @@ def build_routing(config: OwcConfig) -> Routing:
 
 def build_fair_queue(config: OwcConfig, *, routing: Routing, endpoints: EndpointSource,
                      metrics: GatewayMetrics) -> FairQueue:
-    """The queue in front of saturated engines; a replica's batch is its model's max_num_seqs
-    when engine_kwargs set it (else learned from its scraped state)."""
-    def batch(m) -> int | None:
+    """The queue in front of saturated engines; a replica's slots are its model's max_num_seqs
+    when engine_kwargs set it (else learned from its scrapes)."""
+    def max_num_seqs(m) -> int | None:
         v = m.engine_kwargs.get("max_num_seqs")
         return v if isinstance(v, int) and v > 0 else None
 
     return FairQueue(policy=config.gateway.fair_sharing, tenants=config.gateway.tenants,
-                     batch={n: batch(m) for n, m in config.models.items()}, routing=routing,
+                     max_num_seqs={n: max_num_seqs(m) for n, m in config.models.items()}, routing=routing,
                      endpoints=endpoints.endpoints, metrics=metrics)
 
 
@@ -153,20 +153,20 @@ def build_app(
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(request: Request, exc: OpenAIError) -> Response:
-        return exc.response()
+        return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         msg = "unknown route" if exc.status_code == 404 else str(exc.detail)
-        return OpenAIError(exc.status_code, f"{msg}: {request.method} {request.url.path}").response()
+        return error_response(OpenAIError(exc.status_code, f"{msg}: {request.method} {request.url.path}"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return OpenAIError(400, str(exc.errors()[0].get("msg", "invalid request"))).response()
+        return error_response(OpenAIError(400, str(exc.errors()[0].get("msg", "invalid request"))))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
-        return OpenAIError(500, f"internal gateway error: {type(exc).__name__}", type="server_error").response()
+        return error_response(OpenAIError(500, f"internal gateway error: {type(exc).__name__}", type="server_error"))
 
     table = RouteTable(app, auth, audit=access_log.write if access_log is not None else None)
     add_routes(table, config=config, endpoints=endpoints, routing=routing, clock=clock)

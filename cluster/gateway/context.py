@@ -19,6 +19,11 @@ class ClientGone(Exception):
     """The client disconnected before an answer started."""
 
 
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+RESPONSES = "/v1/responses"
+ALL = (CHAT, COMPLETIONS, RESPONSES)  # the generation routes
+
 CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before the answer
 Send = Callable[[dict], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict]]
@@ -40,13 +45,13 @@ class Job:
     # The gateway asked the engine for a usage event the client did not ask for: drop it.
     strip_usage: bool = False
     span: Any = None  # the request's tracing span, when tracing is on
-    # The reasoning policy is strip: no reasoning reaches the client (cluster.gateway.reasoning).
+    # The reasoning policy is strip: no reasoning reaches the client (cluster.gateway.stream.reasoning).
     strip_reasoning: bool = False
-    # Responses affinity (cluster.gateway.conversations): the replica that must answer (it holds
+    # Responses affinity (cluster.gateway.responses.conversations): the replica that must answer (it holds
     # previous_response_id), and the engine body per chosen replica (it carries the minted id).
     pin: str | None = None
     body_for: Callable[[Endpoint], bytes] | None = None
-    # A stream that another replica continues if its engine dies (cluster.gateway.resume):
+    # A stream that another replica continues if its engine dies (cluster.gateway.stream.resume):
     # the engine streams its token ids, which the client never sees.
     resume: bool = False
     max_model_len: int | None = None  # the model's context, when the config sets it

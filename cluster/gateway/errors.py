@@ -1,10 +1,11 @@
 """The one place where failures become OpenAI-shaped errors:
-``{"error": {"message", "type", "param", "code"}}`` with the right HTTP status."""
+``{"error": {"message", "type", "param", "code"}}`` with the right HTTP status. No HTTP
+library here (flow control raises these and stays pure): the FastAPI routes turn one into a
+response with cluster.gateway.routes.error_response."""
 
 from __future__ import annotations
 
 import orjson
-from starlette.responses import Response
 
 # Retry-After, in one place: a refusal that clears within a scrape or two (a full queue, no
 # replica reachable, a tenant's concurrency) says "soon"; a model scaled to zero whose first
@@ -55,14 +56,6 @@ class OpenAIError(Exception):
 
     def body(self) -> dict[str, object]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def response(self, extra_headers: dict[str, str] | None = None) -> Response:
-        return Response(
-            orjson.dumps(self.body()),
-            status_code=self.status,
-            media_type="application/json",
-            headers={**self.headers, **(extra_headers or {})},
-        )
 
 
 def from_upstream(status: int, body: bytes) -> OpenAIError:

@@ -1,5 +1,5 @@
 """Forwarding: an admitted job goes to one engine replica's own OpenAI HTTP server and its
-answer back to the client (cluster.gateway.streaming), tokens never crossing a Ray actor.
+answer back to the client (cluster.gateway.stream.relay), tokens never crossing a Ray actor.
 
 Here: the model's in-flight and queued gauges; holding a job while its model is scaled to
 zero; the routing inputs (prefix and session keys); the replica choice and the retries
@@ -19,15 +19,15 @@ from collections.abc import Callable, Mapping
 from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.sources import EndpointSource
 from cluster.gateway.context import CLIENT_CLOSED, ClientGone, Delivery, Job, Receive, Send, wait_disconnect
-from cluster.gateway.engine_client import ConnectFailed, EngineClient, EngineError, Response
+from cluster.gateway.upstream.engine_client import ConnectFailed, EngineClient, EngineError, Response
 from cluster.gateway.errors import RETRY_SOON, RETRY_STARTING, OpenAIError, from_upstream
-from cluster.gateway.fair_queue import FairQueue
-from cluster.gateway.metrics import GatewayMetrics
-from cluster.gateway.conversations import owner_endpoints
-from cluster.gateway.params import COMPLETIONS
-from cluster.gateway.resume import StreamLedger
-from cluster.gateway.streaming import respond
-from cluster.gateway.tracing import RequestTracer
+from cluster.gateway.flowcontrol.fair_queue import FairQueue
+from cluster.gateway.observability.metrics import GatewayMetrics
+from cluster.gateway.responses.conversations import owner_endpoints
+from cluster.gateway.context import COMPLETIONS
+from cluster.gateway.stream.resume import StreamLedger
+from cluster.gateway.stream.relay import respond
+from cluster.gateway.observability.tracing import RequestTracer
 from cluster.routing.filters import QueueFull
 from cluster.routing.keys import prefix_key, session_key
 from cluster.routing.router import NoReplica, Routing
@@ -63,7 +63,7 @@ def _taking_requests(endpoints: list[Endpoint]) -> bool:
 
 
 class Forwarder:
-    adapters = None  # cluster.gateway.adapter_loader.AdapterLoader: loads a LoRA adapter the chosen replica lacks
+    adapters = None  # cluster.gateway.upstream.adapter_loader.AdapterLoader: loads a LoRA adapter the chosen replica lacks
 
     def __init__(
         self, *, routing: Routing, endpoints: EndpointSource, engine: EngineClient, metrics: GatewayMetrics,
@@ -134,7 +134,7 @@ class Forwarder:
     async def _slot(self, job: Job, info: RequestInfo, endpoints: list[Endpoint], receive: Receive,
                     delivery: Delivery) -> Endpoint | None:
         """The replica the request's first attempt goes to, taken: once it has room, in the
-        tenant's fair turn (cluster.gateway.fair_queue). None without a fair queue."""
+        tenant's fair turn (cluster.gateway.flowcontrol.fair_queue). None without a fair queue."""
         if self._fair is None:
             return None
 
@@ -193,7 +193,7 @@ class Forwarder:
             tried = {held[0]}
 
             async def resume(ledger: StreamLedger) -> tuple[Response, bytes]:
-                """The stream continued on another replica (cluster.gateway.resume)."""
+                """The stream continued on another replica (cluster.gateway.stream.resume)."""
                 self._release(held.pop(), job)
                 cont = dataclasses.replace(job, route=COMPLETIONS, body=ledger.continuation(), body_for=None, pin=None)
                 try:

@@ -17,9 +17,9 @@ from cluster.config.loader import load_config
 from cluster.config.schema import GatewayConfig, ModelConfig, OwcConfig
 from cluster.engine.guard import ENGINE_KEY_ENV
 from cluster.gateway.app import build_app, metrics_app
-from cluster.gateway.connections import ConnectionGuard, raise_open_file_limit
+from cluster.gateway.edge.connections import ConnectionGuard, raise_open_file_limit
 from cluster.discovery.sources import FileEndpoints, StaticEndpoints
-from cluster.gateway.server import UnsafeBindError, auth_for_bind, bind_socket, make_server, serve
+from cluster.gateway.edge.server import UnsafeBindError, auth_for_bind, bind_socket, make_server, serve
 from cluster.process import watch_parent
 
 

@@ -12,17 +12,24 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cluster.config.schema import OwcConfig
 from cluster.discovery.sources import EndpointSource
-from cluster.gateway.auth import Authenticator, Principal, allowed
+from cluster.gateway.auth.authenticator import Authenticator, Principal, allowed
 from cluster.gateway.errors import OpenAIError
 from cluster.routing.router import Routing
 
 Access = Literal["public", "tenant", "admin"]
+
+
+def error_response(err: OpenAIError, extra_headers: dict[str, str] | None = None) -> Response:
+    """An OpenAIError as the FastAPI routes answer it: its status, headers and JSON body."""
+    return Response(orjson.dumps(err.body()), status_code=err.status, media_type="application/json",
+                    headers={**err.headers, **(extra_headers or {})})
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Per-replica engine stats for routing: parsed from vLLM's own Prometheus /metrics (and
 its /v1/models for registered LoRA adapters), kept with the time they were taken, together
 with each replica's health as the gateway last saw it. Pure: the scraping loop lives in
-the gateway (cluster.gateway.stats_poller) and feeds this store.
+the gateway (cluster.gateway.upstream.stats_poller) and feeds this store.
 
 LoRA adapters in use come from ``vllm:lora_requests_info``: vLLM (0.32,
 vllm/v1/metrics/loggers.py) sets the series labelled with the current ``max_lora``,

@@ -51,7 +51,7 @@ class ReplicaView:
         """Requests waiting in the engine's own queue, as its last scrape showed them; None when
         unknown (stale stats). Not this gateway's in-flight beyond the engine's running count:
         a burst sent since the scrape is mostly running by now (vLLM takes up to max_num_seqs),
-        and the gateway's fair queue (cluster.gateway.fair_queue) already bounds what it sends
+        and the gateway's fair queue (cluster.gateway.flowcontrol.fair_queue) already bounds what it sends
         to a replica by what it runs plus a margin."""
         if self.stats is None:
             return None

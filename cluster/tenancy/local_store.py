@@ -8,40 +8,24 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from cluster.tenancy.bucket import TokenBucket
 from cluster.tenancy.charging import Window
 from cluster.tenancy.model import CONCURRENCY, DAILY, MONTHLY, REQUESTS, TOKENS, TOO_LARGE, Decision, Limits, month_of
-
-
-@dataclass
-class _Bucket:
-    rate: float  # per second
-    cap: float
-    level: float
-    stamp: float
-
-    def refill(self, now: float) -> float:
-        self.level = min(self.cap, self.level + max(0.0, now - self.stamp) * self.rate)
-        self.stamp = now
-        return self.level
-
-    def reset_s(self) -> float:
-        return (self.cap - self.level) / self.rate
 
 
 class LocalStore:
     def __init__(self, *, clock: Callable[[], float] = time.time):
         self._clock = clock
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._in_flight: dict[str, set[str]] = {}
         self._quota: dict[tuple[str, str, int], int] = {}
 
-    def _bucket(self, tenant: str, kind: str, rate: float, cap: float, now: float) -> _Bucket:
+    def _bucket(self, tenant: str, kind: str, rate: float, cap: float, now: float) -> TokenBucket:
         b = self._buckets.get((tenant, kind))
         if b is None or b.rate != rate or b.cap != cap:  # new, or the limit changed (gateway count)
             level = cap if b is None else min(cap, b.refill(now))
-            b = self._buckets[(tenant, kind)] = _Bucket(rate, cap, level, now)
+            b = self._buckets[(tenant, kind)] = TokenBucket(rate, cap, level, now)
         b.refill(now)
         return b
 
@@ -77,11 +61,11 @@ class LocalStore:
         if limits.max_concurrent is not None and len(slots) >= limits.max_concurrent:
             return out(CONCURRENCY, 1.0)
         if rq is not None and rq.level < 1:
-            return out(REQUESTS, (1 - rq.level) / rq.rate)
+            return out(REQUESTS, rq.wait_s())
         if tk is not None and cost > tk.cap:
             return out(TOO_LARGE, 60.0)
         if tk is not None and tk.level < cost:
-            return out(TOKENS, (cost - tk.level) / tk.rate)
+            return out(TOKENS, tk.wait_s(cost))
         if rq is not None:
             rq.level -= 1
         if tk is not None:

@@ -430,7 +430,7 @@ def _check_drains(docs: list[dict]) -> dict:
     old cluster at least as long as the longest drain. Returns the drains it checked."""
     from cluster.config.schema import OwcConfig
     from cluster.engine.replica import engine_deployment
-    from cluster.gateway.deployment import gateway_deployment
+    from cluster.gateway.edge.deployment import gateway_deployment
 
     cfg = OwcConfig.model_validate(_owc_config(docs))
     rs = next(d for d in docs if d["kind"] == "RayService")

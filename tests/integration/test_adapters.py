@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cluster.config.loader import parse_config
 from cluster.engine.demo_model import resolve_source
 from cluster.engine.launcher import vllm_launcher
-from cluster.gateway.keys import hash_key
+from cluster.gateway.auth.keys import hash_key
 from cluster.process import ServerProcess
 from cluster.routing.stats import LORA_INFO, lora_info
 from tests.conftest import REPO, gateway_argv, metric, server

@@ -14,14 +14,14 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from cluster.gateway.adapter_loader import AdapterLoader
+from cluster.gateway.upstream.adapter_loader import AdapterLoader
 from cluster.adapters.store import AdapterStore
 from cluster.config.loader import parse_config
 from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.sources import StaticEndpoints
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.keys import hash_key
-from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.auth.keys import hash_key
+from cluster.gateway.observability.metrics import GatewayMetrics
 from tests.conftest import fake_engine_argv, gateway_argv, metric, server, wait_for
 
 ENGINE_KEY = "engine-secret-for-adapter-tests"

@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 from cluster.config.loader import parse_config
 from cluster.discovery.sources import StaticEndpoints
 from cluster.gateway.app import build_app
-from cluster.gateway.auth import Authenticator
-from cluster.gateway.keys import hash_key
+from cluster.gateway.auth.authenticator import Authenticator
+from cluster.gateway.auth.keys import hash_key
 from tests.conftest import fake_engine_argv, gateway_argv, metric, server
 
 ENGINE_KEY = "engine-secret-for-tests"

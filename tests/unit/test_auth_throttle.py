@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.gateway.auth import Authenticator, KeyStore, parse_networks
-from cluster.gateway.auth_throttle import FailedAuthLimiter, client_address
+from cluster.gateway.auth.authenticator import Authenticator, KeyStore, parse_networks
+from cluster.gateway.auth.throttle import FailedAuthLimiter, client_address
 from cluster.gateway.errors import OpenAIError
 
 PROXIES = parse_networks(["10.1.0.0/16", "192.168.0.1"])

@@ -1,10 +1,10 @@
 import pytest
 
 from cluster.config.schema import GatewayConfig
-from cluster.gateway.auth import ANONYMOUS, KeyStore
+from cluster.gateway.auth.authenticator import ANONYMOUS, KeyStore
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.server import UnsafeBindError, check_bind_policy
-from cluster.gateway.validation import ChatCompletionRequest, CompletionRequest, parse_json, validate
+from cluster.gateway.edge.server import UnsafeBindError, check_bind_policy
+from cluster.gateway.admission.validation import ChatCompletionRequest, CompletionRequest, parse_json, validate
 
 
 def test_no_keys_means_anonymous():

@@ -1,7 +1,12 @@
 """Package boundaries, read from the source (imports inside functions count too):
 - only cluster/engine touches vLLM; routing is pure (no Ray, no HTTP);
 - the product never imports its benchmarks (loadtests); cluster.tenancy never imports the gateway;
-- no import cycle among cluster's top-level folders and modules;
+- no import cycle among cluster's top-level folders and modules, nor among the gateway's
+  sub-packages and top modules; the gateway never imports what is built on it (the control
+  path with its rollout analysis, the CLI), and the packages it uses (tenancy, the batch
+  runner) never import the gateway: the gateway's wiring hands them what they call back;
+- no folder holds more than 15 modules, the gateway's top at most 8; the gateway's policy
+  sub-packages (flowcontrol) reach no HTTP server or client library;
 - files stay small and functions take few positional parameters;
 - config validation works where vLLM (and Ray) are not installed (chart CI, controller image)."""
 
@@ -18,6 +23,16 @@ PKG = REPO / "cluster"
 MAX_LINES = 350
 MAX_POSITIONAL = 6
 ROUTING_MAY_NOT_IMPORT = ("ray", "httpx", "aiohttp", "fastapi", "starlette", "uvicorn", "vllm")
+HTTP_LIBRARIES = ("httpx", "aiohttp", "fastapi", "starlette", "uvicorn", "requests", "urllib3", "h11", "httptools")
+MAX_MODULES_PER_FOLDER = 15
+MAX_GATEWAY_TOP_MODULES = 8
+# Gateway sub-packages declared pure policy: no HTTP library, even through what they import.
+PURE_GATEWAY_PACKAGES = ("cluster.gateway.flowcontrol",)
+# Built on the gateway (the capacity controller and rollout analysis, the CLI): the gateway
+# never imports them. Used by the gateway (tenancy; the Batch API's store and runner, which
+# gets admission handed to it as a callable): they never import the gateway.
+BUILT_ON_THE_GATEWAY = ("cluster.capacity", "cluster.cli")
+USED_BY_THE_GATEWAY = ("cluster.tenancy", "cluster.batch")
 
 
 def _module_name(path: Path) -> str:
@@ -105,9 +120,10 @@ def test_routing_is_pure_even_through_what_it_imports():
     assert offenders == {}
 
 
-def test_tenancy_never_imports_the_gateway():
-    """cluster.tenancy (limits, quotas, usage) is used by the gateway, never the reverse."""
-    assert sorted(m for m in _graph() if m.startswith("cluster.tenancy")
+def test_tenancy_and_the_batch_runner_never_import_the_gateway():
+    """cluster.tenancy (limits, quotas, usage) and cluster.batch (the Batch API) are used by
+    the gateway, never the reverse."""
+    assert sorted(m for m in _graph() if m.startswith(USED_BY_THE_GATEWAY)
                   and any(d.startswith("cluster.gateway") for d in _reachable(m))) == []
 
 
@@ -146,6 +162,44 @@ def test_no_import_cycle_between_top_level_folders_and_modules():
 ])
 def test_the_cycle_check_finds_cycles(edges, found):
     assert _cycles(edges) == found
+
+
+def _gateway_unit(module: str) -> str | None:
+    """The gateway sub-package or top module a module belongs to (None: outside the gateway)."""
+    parts = module.split(".")
+    if parts[:2] != ["cluster", "gateway"] or len(parts) < 3:
+        return None
+    return parts[2]
+
+
+def test_no_import_cycle_between_the_gateways_sub_packages():
+    edges: dict[str, set[str]] = {}
+    for m, deps in _graph().items():
+        for d in deps:
+            a, b = _gateway_unit(m), _gateway_unit(d)
+            if a and b and a != b:
+                edges.setdefault(a, set()).add(b)
+    assert _cycles(edges) == []
+
+
+def test_no_folder_holds_more_than_15_modules_and_the_gateway_top_at_most_8():
+    counts = {str(d.relative_to(REPO)): len(list(d.glob("*.py"))) for d in [PKG, *PKG.rglob("*")] if d.is_dir()}
+    assert {d: n for d, n in counts.items() if n > MAX_MODULES_PER_FOLDER} == {}
+    assert counts["cluster/gateway"] <= MAX_GATEWAY_TOP_MODULES, sorted(p.name for p in (PKG / "gateway").glob("*.py"))
+
+
+@pytest.mark.parametrize("package", PURE_GATEWAY_PACKAGES)
+def test_the_gateways_policy_packages_reach_no_http_library(package):
+    modules = [m for m in _graph() if m == package or m.startswith(package + ".")]
+    assert modules, f"{package} is declared pure but does not exist"
+    offenders = {m: bad for m in modules if (bad := sorted(d for d in _reachable(m) | _graph()[m] if d in HTTP_LIBRARIES))}
+    assert offenders == {}
+
+
+def test_the_gateway_never_imports_what_is_built_on_it():
+    offenders = {m: sorted(d for d in _reachable(m) if d.startswith(BUILT_ON_THE_GATEWAY))
+                 for m in _graph() if m.startswith("cluster.gateway")}
+    assert {m: d for m, d in offenders.items() if d} == {}
 
 
 def test_no_file_over_the_size_limit():

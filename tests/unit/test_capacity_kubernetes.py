@@ -311,7 +311,7 @@ class GatewaySignalsFixed:
 def test_the_gateway_key_is_the_gateway_deployment():
     from cluster.capacity.actuators import serve_deployment
     from cluster.capacity.gateway_policy import GATEWAY
-    from cluster.gateway.deployment import gateway_deployment
+    from cluster.gateway.edge.deployment import gateway_deployment
 
     assert serve_deployment(GATEWAY) == gateway_deployment(parse_config(OWC_GW)).name == "owc-gateway"
     assert serve_deployment("gpt-oss-20b") == "engine-gpt-oss-20b"

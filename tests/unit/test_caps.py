@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cluster.config.schema import Limits, TenantConfig
-from cluster.gateway.caps import Caps, CapTable, check_caps, prompt_count
+from cluster.gateway.admission.caps import Caps, CapTable, check_caps, prompt_count
 from cluster.gateway.errors import OpenAIError
 
 CAPS = Caps(max_n=4, max_best_of=3, max_prompts=2, max_output_tokens=100)

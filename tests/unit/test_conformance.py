@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cluster.cli import app
 from cluster.conformance import Row, clients, differences, first_model, run, table
 from cluster.conformance.cases import CASES, Case
-from cluster.gateway.params import ACCEPTED
+from cluster.gateway.admission.params import ACCEPTED
 from tests.conftest import fake_engine_argv, gateway_argv, server
 
 ENGINE_KEY = "engine-key-for-conformance"

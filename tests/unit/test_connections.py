@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.gateway.connections import FD_RESERVE, Bounds, ConnectionGuard, connection_bound
+from cluster.gateway.edge.connections import FD_RESERVE, Bounds, ConnectionGuard, connection_bound
 
 
 class Conn:

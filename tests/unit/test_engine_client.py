@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from cluster.gateway.engine_client import ConnectFailed, EngineClient, EngineError
+from cluster.gateway.upstream.engine_client import ConnectFailed, EngineClient, EngineError
 from cluster.process import free_port
 
 

@@ -2,6 +2,7 @@ import orjson
 import pytest
 
 from cluster.gateway.errors import OpenAIError, error_type, from_upstream, sse_error_event
+from cluster.gateway.routes import error_response
 
 
 @pytest.mark.parametrize(
@@ -39,7 +40,7 @@ def test_upstream_errors_are_normalised(status, body, out_status, message, param
 
 
 def test_response_carries_status_headers_and_shape():
-    r = OpenAIError(503, "busy", code="no_healthy_replica", headers={"Retry-After": "1"}).response({"x-request-id": "r1"})
+    r = error_response(OpenAIError(503, "busy", code="no_healthy_replica", headers={"Retry-After": "1"}), {"x-request-id": "r1"})
     assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.headers["x-request-id"] == "r1"
     assert orjson.loads(r.body) == {"error": {"message": "busy", "type": "service_unavailable", "param": None, "code": "no_healthy_replica"}}
 

@@ -16,9 +16,9 @@ from cluster.config.routing import RoutingConfig
 from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.context import ClientGone
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.fair_order import FairOrder
-from cluster.gateway.fair_queue import FairQueue, learn_capacity
-from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.flowcontrol.fair_order import FairOrder
+from cluster.gateway.flowcontrol.fair_queue import FairQueue, learn_capacity
+from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.routing.router import Routing
 from cluster.routing.stats import StatsStore
 from cluster.routing.types import ReplicaStats, RequestInfo
@@ -138,7 +138,7 @@ class Stack:
         self.metrics = GatewayMetrics(self.registry)
         policy = {"dispatch_margin": 0, "headroom": 0, **policy}
         self.fair = FairQueue(policy=FairSharing(**policy), tenants=tenants or {},
-                              batch={"m": batch}, routing=self.routing, endpoints=lambda model: self.eps,
+                              max_num_seqs={"m": batch}, routing=self.routing, endpoints=lambda model: self.eps,
                               metrics=self.metrics)
         self.order: list[str] = []
 

@@ -19,7 +19,7 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, given, settings
 
-from cluster.gateway.validation import UNSUPPORTED
+from cluster.gateway.admission.validation import UNSUPPORTED
 from tests.conftest import fake_engine_argv, gateway_argv, server
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"

@@ -1,4 +1,4 @@
-"""A gateway process that leaves drains (cluster.gateway.server.DrainingServer): two gateway
+"""A gateway process that leaves drains (cluster.gateway.edge.server.DrainingServer): two gateway
 processes share one port (SO_REUSEPORT, as `owc serve` runs them); one gets SIGTERM while
 streams run through both and a client keeps opening new connections and reusing keep-alive
 ones. Every stream completes, no request of either client fails, the leaving process exits

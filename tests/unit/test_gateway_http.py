@@ -270,7 +270,7 @@ async def test_unexpected_proxy_failure_is_an_openai_500():
 
     from cluster.config.loader import parse_config
     from cluster.gateway.app import build_app
-    from cluster.gateway.auth import Authenticator, KeyStore
+    from cluster.gateway.auth.authenticator import Authenticator, KeyStore
 
     class Broken:
         def endpoints(self, model):

@@ -15,7 +15,7 @@ import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from cluster.config.schema import AccessLog as AccessLogConfig
-from cluster.gateway.access_log import AccessLog, prompt_of
+from cluster.gateway.observability.access_log import AccessLog, prompt_of
 from tests.conftest import fake_engine_argv, gateway_argv, server
 from tests.conftest import metric
 
@@ -200,7 +200,7 @@ def test_traces_continue_the_callers_trace(stack, collector):
 def test_whole_answer_in_one_read_still_counts_ttft_and_usage(strip):
     """A fast engine's events can reach the gateway in one read, usage event included."""
     from cluster.gateway.context import Delivery
-    from cluster.gateway.streaming import take_usage
+    from cluster.gateway.stream.relay import take_usage
 
     events = b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[{"text":"b"}]}\n\n'
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'

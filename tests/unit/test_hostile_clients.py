@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from cluster.gateway.keys import hash_key
+from cluster.gateway.auth.keys import hash_key
 from tests.conftest import fake_engine_argv, gateway_argv, metric, server, wait_for
 
 CHAT = "/v1/chat/completions"

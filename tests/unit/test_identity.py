@@ -17,10 +17,10 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cluster.config.schema import GatewayConfig
-from cluster.gateway.auth import ANONYMOUS, Authenticator, KeyStore, parse_networks
+from cluster.gateway.auth.authenticator import ANONYMOUS, Authenticator, KeyStore, parse_networks
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.jwt_auth import JwtVerifier
-from cluster.gateway.keys import KeyTable, hash_key, is_hash, read_key_file
+from cluster.gateway.auth.jwt import JwtVerifier
+from cluster.gateway.auth.keys import KeyTable, hash_key, is_hash, read_key_file
 from tests.conftest import fake_engine_argv, gateway_argv, metric, server
 
 ISS, AUD = "https://idp.example", "owc"

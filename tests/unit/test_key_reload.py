@@ -10,8 +10,8 @@ import time
 
 import yaml
 
-from cluster.gateway.key_reload import KeyReloader, Watched, key_table_reload
-from cluster.gateway.keys import KeyTable, hash_key
+from cluster.gateway.auth.key_reload import KeyReloader, Watched, key_table_reload
+from cluster.gateway.auth.keys import KeyTable, hash_key
 
 
 def write(path, keys):

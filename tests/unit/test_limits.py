@@ -1,12 +1,20 @@
-"""Per-tenant admission: token bucket and concurrency bound, on an injected clock."""
+"""Per-tenant limits in the in-process store (LocalStore, the store when none is shared):
+the request-rate bucket with its default burst, the concurrency bound and its release,
+unlimited tenants. The same table the gateway's old in-process limiter had, now on the
+store every gateway process uses; the 429 each refusal becomes is tested over HTTP in
+test_gateway_http / test_tenancy_charging."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
 from cluster.config.schema import TenantLimits
-from cluster.gateway.errors import OpenAIError
-from cluster.gateway.limits import TenantLimiter
+from cluster.tenancy.bucket import TokenBucket
+from cluster.tenancy.local_store import LocalStore
+from cluster.tenancy.model import CONCURRENCY, REQUESTS, Limits
+from cluster.tenancy.service import limits_of
 
 
 class Clock:
@@ -27,37 +35,55 @@ class Clock:
 ])
 def test_rate_limit(limits, steps, expected):
     clock = Clock()
-    lim = TenantLimiter({"t": TenantLimits(requests_per_minute=limits[0], burst=limits[1])}, clock=clock)
+    store = LocalStore(clock=clock)
+    lim = limits_of(TenantLimits(requests_per_minute=limits[0], burst=limits[1]))
     got = []
     for advance, n in steps:
         clock.t += advance
         ok = 0
         for _ in range(n):
-            try:
-                lim.admit("t")()
+            d = store.reserve_now("t", lim, 0)
+            if d.admitted:
                 ok += 1
-            except OpenAIError as e:
-                assert e.status == 429 and e.code == "rate_limit_exceeded"
-                assert int(e.headers["Retry-After"]) >= 1
+            else:
+                assert d.refused == REQUESTS and d.retry_s > 0
         got.append(ok)
     assert got == expected
 
 
 def test_concurrency_limit_and_release():
-    lim = TenantLimiter({"t": TenantLimits(max_concurrent=2)})
-    r1, r2 = lim.admit("t"), lim.admit("t")
-    with pytest.raises(OpenAIError) as e:
-        lim.admit("t")
-    assert e.value.status == 429 and e.value.code == "concurrency_limit_exceeded"
-    r1()
-    r1()  # releasing twice frees one slot only
-    r3 = lim.admit("t")
-    with pytest.raises(OpenAIError):
-        lim.admit("t")
-    r2(), r3()
+    store = LocalStore()
+    lim = limits_of(TenantLimits(max_concurrent=2))
+    r1, r2 = store.reserve_now("t", lim, 0), store.reserve_now("t", lim, 0)
+    assert r1.admitted and r2.admitted
+    assert store.reserve_now("t", lim, 0).refused == CONCURRENCY
+    settle = lambda d: asyncio.run(store.settle("t", "m", d, limits=lim, delta=0, usage=(0, 0, 0, 0, 0)))  # noqa: E731
+    settle(r1)
+    settle(r1)  # releasing twice frees one slot only
+    r3 = store.reserve_now("t", lim, 0)
+    assert r3.admitted
+    assert store.reserve_now("t", lim, 0).refused == CONCURRENCY
+    settle(r2), settle(r3)
 
 
 def test_other_tenants_unlimited():
-    lim = TenantLimiter({"t": TenantLimits(requests_per_minute=1, burst=1)})
+    store = LocalStore()
+    store.reserve_now("t", limits_of(TenantLimits(requests_per_minute=1, burst=1)), 0)
     for _ in range(100):
-        lim.admit("other")()
+        assert store.reserve_now("other", Limits(), 0).admitted
+
+
+@pytest.mark.parametrize("rate, cap, steps, waits", [
+    # [(advance_s, cost)] -> the wait each take() answers (0: taken)
+    (1.0, 2.0, [(0, 1), (0, 1), (0, 1)], [0, 0, 1.0]),
+    (1.0, 2.0, [(0, 2), (0.5, 1), (0.5, 1)], [0, 0.5, 0]),
+    (2.0, 1.0, [(0, 1), (10, 1), (0, 1)], [0, 0, 0.5]),  # refills to its cap, no further
+    (1.0, 4.0, [(0, 3), (0, 3)], [0, 2.0]),  # a refused take takes nothing
+    (1.0, 1.0, [(0, 1), (-5, 1)], [0, 1.0]),  # a clock that steps back refills nothing
+])
+def test_token_bucket(rate, cap, steps, waits):
+    b, now, got = TokenBucket.full(rate, cap, 0.0), 0.0, []
+    for advance, cost in steps:
+        now += advance
+        got.append(b.take(now, cost))
+    assert got == pytest.approx(waits)

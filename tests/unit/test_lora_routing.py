@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from cluster.config.loader import parse_config
 from cluster.config.schema import RoutingConfig
 from cluster.discovery.endpoints import Endpoint
-from cluster.gateway.adapter_loader import record_adapter_requests
+from cluster.gateway.upstream.adapter_loader import record_adapter_requests
 from cluster.routing import scorers as S
 from cluster.routing.router import Router, Routing, adapter_found
 from cluster.routing.stats import LoraInfo, StatsStore, lora_info, parse_vllm_metrics

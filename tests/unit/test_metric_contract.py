@@ -10,8 +10,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from cluster.config.loader import parse_config
-from cluster.gateway.adapter_loader import record_adapter_requests
-from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.upstream.adapter_loader import record_adapter_requests
+from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.routing.router import Routing
 from cluster.routing.stats import StatsStore
 from cluster.metrics.dashboards import DASHBOARDS, render

@@ -1,4 +1,4 @@
-"""The one list of OpenAI parameters owc accepts and ignores (cluster.gateway.params): each
+"""The one list of OpenAI parameters owc accepts and ignores (cluster.gateway.admission.params): each
 is accepted on the routes OpenAI defines it on (and only there), dropped before the engine
 unless vLLM takes it on that route, true to OpenAI's published description and to vLLM's
 own request models, and the README's list is this list."""
@@ -15,11 +15,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cluster.config.loader import parse_config
-from cluster.gateway.admission import ROUTES, Admission
+from cluster.gateway.admission.entry import ROUTES, Admission
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.metrics import GatewayMetrics
-from cluster.gateway.params import ACCEPTED, ALL, CHAT, COMPLETIONS, RESPONSES, accepted_on, drop_for_engine, readme_table
-from cluster.gateway.validation import parse_json, validate
+from cluster.gateway.observability.metrics import GatewayMetrics
+from cluster.gateway.admission.params import ACCEPTED, ALL, CHAT, COMPLETIONS, RESPONSES, accepted_on, drop_for_engine, readme_table
+from cluster.gateway.admission.validation import parse_json, validate
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "tests" / "specs"

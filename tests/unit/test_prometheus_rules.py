@@ -146,7 +146,7 @@ def test_the_ttft_slo_bucket_is_the_configs_default_and_a_gateway_bucket():
     from prometheus_client import CollectorRegistry
 
     from cluster.config.schema import Autoscaling
-    from cluster.gateway.metrics import GatewayMetrics
+    from cluster.gateway.observability.metrics import GatewayMetrics
 
     le = str(Autoscaling.model_fields["ttft_slo_s"].default)  # 2.0 -> "2.0", as prometheus_client renders it
     recording = (PROMETHEUS_DIR / "rules" / "owc-recording.yml").read_text()

@@ -16,7 +16,7 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import ResponseStreamEvent
 
 from cluster.config.schema import OwcConfig
-from cluster.gateway.reasoning import (
+from cluster.gateway.stream.reasoning import (
     ResponsesStripper, StreamStrip, exposure, split_events, strip_body, strip_chat_events,
 )
 

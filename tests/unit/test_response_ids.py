@@ -13,9 +13,9 @@ import pytest
 from cluster.config.schema import OwcConfig
 from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.context import Job
-from cluster.gateway.conversations import Conversations, owner_endpoints
+from cluster.gateway.responses.conversations import Conversations, owner_endpoints
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.response_ids import KEY_ENV, PREFIX, ResponseIds, derive_key
+from cluster.gateway.responses.ids import KEY_ENV, PREFIX, ResponseIds, derive_key
 
 KEY, _ = derive_key(explicit=None, engine_key="engine-secret")
 

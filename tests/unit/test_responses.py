@@ -16,7 +16,7 @@ import yaml
 
 from cluster.gateway.context import Delivery
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.streaming import responses_error_event, take_response_usage
+from cluster.gateway.stream.relay import responses_error_event, take_response_usage
 from tests.conftest import fake_engine_argv, gateway_argv, metric, server
 
 KEY = "sk-resp"

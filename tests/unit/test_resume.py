@@ -1,4 +1,4 @@
-"""The resume bookkeeping (cluster.gateway.resume) on streams recorded from vLLM 0.32 with
+"""The resume bookkeeping (cluster.gateway.stream.resume) on streams recorded from vLLM 0.32 with
 `return_token_ids` (tests/unit/data/vllm_streams_with_token_ids.json: a chat stream, a
 completions stream whose engine held a token back for an incomplete character, and the
 /v1/completions continuation of the chat stream after its 5th token): the ids delivered,
@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cluster.gateway.params import CHAT, COMPLETIONS, RESPONSES
-from cluster.gateway.resume import StreamLedger, not_resumable
+from cluster.gateway.admission.params import CHAT, COMPLETIONS, RESPONSES
+from cluster.gateway.stream.resume import StreamLedger, not_resumable
 
 REC = json.loads((Path(__file__).parent / "data" / "vllm_streams_with_token_ids.json").read_text())
 

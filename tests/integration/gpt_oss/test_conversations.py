@@ -22,8 +22,8 @@ import openai
 import pytest
 import yaml
 
-from cluster.gateway.keys import hash_key
-from cluster.gateway.response_ids import KEY_ENV, ResponseIds, derive_key
+from cluster.gateway.auth.keys import hash_key
+from cluster.gateway.responses.ids import KEY_ENV, ResponseIds, derive_key
 from tests.conftest import gateway_argv, server, wait_for
 from tests.integration.gpt_oss.conftest import MODEL, STORE_BOUND
 

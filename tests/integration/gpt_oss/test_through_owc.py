@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from cluster.cli import app
 from cluster.conformance.cases import ANSWER, TIME, WEATHER
-from cluster.gateway.keys import hash_key
+from cluster.gateway.auth.keys import hash_key
 from tests.conftest import gateway_argv, metric, server
 from tests.integration.gpt_oss.conftest import MODEL
 

@@ -13,6 +13,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
+from cluster.tenancy.bucket import TokenBucket
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -56,21 +58,16 @@ class FailedAuthLimiter:
         self._burst = float(burst)
         self._max = max_addresses
         self._clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # address -> (tokens, stamp)
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()  # least recently failed first
 
     def failed(self, address: str | None) -> float:
         """Record one failure of ``address``: 0 while within its budget, else the seconds
         until its next failure would be."""
         key = address or "-"
         now = self._clock()
-        tokens, stamp = self._buckets.pop(key, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - stamp) * self._rate)
-        wait = 0.0
-        if tokens >= 1:
-            tokens -= 1
-        else:
-            wait = (1 - tokens) / self._rate
-        self._buckets[key] = (tokens, now)
+        bucket = self._buckets.pop(key, None) or TokenBucket.full(self._rate, self._burst, now)
+        wait = bucket.take(now)
+        self._buckets[key] = bucket
         if len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
         return wait

@@ -8,7 +8,7 @@ out) and ``F`` the tenant's finish tag (its last start tag + 1/weight). The smal
 tag goes next. So a tenant sending rarely is served almost at once, a flooding tenant waits
 behind its own backlog only (its tags run ahead of ``V``), and a tenant back from idle gets
 no credit for the time it sent nothing. Removing a waiter (its client left) touches its own
-flow only. Pure: no clock, no I/O; the dispatcher (cluster.gateway.fair_queue) drives it.
+flow only. Pure: no clock, no I/O; the dispatcher (cluster.gateway.flowcontrol.fair_queue) drives it.
 """
 
 from __future__ import annotations

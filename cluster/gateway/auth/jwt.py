@@ -4,7 +4,6 @@ with its issuer, audience and expiry checked; a configured claim names the tenan
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from pathlib import Path
@@ -15,6 +14,7 @@ import jwt
 from jwt import PyJWKSet
 
 from cluster.gateway.errors import OpenAIError
+from cluster.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ class JwtVerifier:
         self._algorithms = list(algorithms)
         self._leeway_s = leeway_s
         self._url = jwks_url
-        self._refresh_s = refresh_s
         self._keys: dict[str, Any] = {}
-        self._task: asyncio.Task[None] | None = None
+        # A failed refresh keeps the last good keys; the refresher never dies.
+        self._loop = Periodic(self.refresh, period_s=refresh_s, what=f"JWKS refresh from {jwks_url}", log=log)
         if jwks is not None:
             self.set_jwks(jwks)
 
@@ -63,23 +63,12 @@ class JwtVerifier:
             resp.raise_for_status()
             self.set_jwks(resp.json())
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # keep the last good keys; never let the refresher die
-                log.warning("JWKS refresh from %s failed: %s", self._url, e)
-            await asyncio.sleep(self._refresh_s)
-
     async def start(self) -> None:
         if self._url is not None:
-            self._task = asyncio.create_task(self._loop())
+            self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        await self._loop.stop()
 
     def tenant(self, token: str) -> str:
         """The tenant a valid token names, or an OpenAI 401 that says what is wrong."""

@@ -7,11 +7,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.gateway.access_log import AccessLog, prompt_of
+from cluster.gateway.observability.access_log import AccessLog, prompt_of
 from cluster.gateway.context import Delivery
-from cluster.gateway.metrics import GatewayMetrics
-from cluster.gateway.params import RESPONSES
-from cluster.gateway.tracing import RequestTracer
+from cluster.gateway.observability.metrics import GatewayMetrics
+from cluster.gateway.context import RESPONSES
+from cluster.gateway.observability.tracing import RequestTracer
 from cluster.routing.router import Routing
 
 UNKNOWN = "unknown"  # model or tenant not (yet) known when the request ended

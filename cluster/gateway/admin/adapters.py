@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cluster.gateway.adapter_loader import AdapterLoader
+from cluster.gateway.upstream.adapter_loader import AdapterLoader
 from cluster.config.base import NAME
 from cluster.config.schema import OwcConfig
 from cluster.gateway.errors import OpenAIError

@@ -12,7 +12,7 @@ import os
 from cluster.config.schema import OwcConfig
 from cluster.gateway.context import Delivery, Job, Send
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.tenancy.charging import Outcome, prompt_estimate, ratelimit_headers, reservation, retry_after
 from cluster.tenancy.model import CONCURRENCY, DAILY, MONTHLY, TOO_LARGE, UNAVAILABLE, month_of
 from cluster.tenancy.service import Hooks, Tenancy, Ticket

@@ -3,7 +3,7 @@
 vLLM's waiting queue is first come, first served, so whoever sends most gets most. The
 gateway therefore sends each replica at most what it can run at once plus a small margin
 (``dispatch_margin``) and holds the rest here, handing freed engine slots out in fair order
-(cluster.gateway.fair_order: a higher tenant ``priority`` first, tenants of a class by
+(cluster.gateway.flowcontrol.fair_order: a higher tenant ``priority`` first, tenants of a class by
 ``weight``). A request waits at most ``max_wait_s`` (then 429 ``queue_full``), a tenant's
 backlog is bounded on its own (``max_queued_per_tenant``), and a client that leaves is
 taken out of the queue at once.
@@ -34,8 +34,8 @@ from cluster.config.gateway import FairSharing
 from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.context import ClientGone, Receive, wait_disconnect
 from cluster.gateway.errors import RETRY_SOON, OpenAIError
-from cluster.gateway.fair_order import FairOrder
-from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.flowcontrol.fair_order import FairOrder
+from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.routing.router import Routing
 from cluster.routing.types import ReplicaStats
 
@@ -100,14 +100,15 @@ def learn_capacity(known: int | None, stats: ReplicaStats) -> int | None:
 
 class FairQueue:
     def __init__(
-        self, *, policy: FairSharing, tenants: Mapping[str, TenantConfig], batch: Mapping[str, int | None],
+        self, *, policy: FairSharing, tenants: Mapping[str, TenantConfig], max_num_seqs: Mapping[str, int | None],
         routing: Routing, endpoints: Callable[[str], list[Endpoint]], metrics: GatewayMetrics,
         clock: Callable[[], float] = time.monotonic,
     ):
-        """``batch``: each model's configured max_num_seqs (None: learn it from the replicas)."""
+        """``max_num_seqs``: each model's configured engine batch (None: learn each replica's
+        from its scrapes)."""
         self._policy = policy
         self._tenants = tenants
-        self._batch = dict(batch)
+        self._configured = dict(max_num_seqs)
         self._routing = routing
         self._endpoints = endpoints
         self._metrics = metrics
@@ -115,7 +116,6 @@ class FairQueue:
         self._models: dict[str, _Model] = {}
         self._learned: dict[str, int] = {}  # replica id -> capacity learned from scrapes
         self._theirs: dict[str, int] = {}  # replica id -> the other gateways' requests on it at the last scrape
-        self._seen_stats: dict[str, ReplicaStats] = {}  # replica id -> the stats object last learned from
         self._ticker: asyncio.Task | None = None
 
     @property
@@ -125,23 +125,21 @@ class FairQueue:
     # -- what the replicas can take ---------------------------------------------------------
 
     def scraped(self, replica_id: str) -> None:
-        """A scrape of the replica just landed (the stats poller calls this)."""
+        """A scrape of the replica just landed (the stats poller calls this): the other
+        gateways' requests on it, and what it can run at once where no config says."""
         own = self._routing.in_flight(replica_id)
         stats = self._routing.stats.latest(replica_id)
         if stats is not None:
             self._theirs[replica_id] = others_on(stats, own)
-
-    def batch(self, model: str, replica_id: str, stats: ReplicaStats | None) -> int | None:
-        """Requests the replica runs at once; None: not known."""
-        batch = self._batch.get(model)
-        if batch is not None:
-            return batch
-        if stats is not None and self._seen_stats.get(replica_id) is not stats:
-            self._seen_stats[replica_id] = stats
             learned = learn_capacity(self._learned.get(replica_id), stats)
             if learned is not None:
                 self._learned[replica_id] = learned
-        return self._learned.get(replica_id)
+
+    def slots(self, model: str, replica_id: str) -> int | None:
+        """Requests the replica runs at once (its max_num_seqs, configured or learned from
+        scrapes); None: not known yet."""
+        configured = self._configured.get(model)
+        return configured if configured is not None else self._learned.get(replica_id)
 
     def capacity(self, model: str, endpoints: Sequence[Endpoint]) -> Capacity:
         """Each routable replica's requests from all gateways (this one's, plus the others' as
@@ -151,7 +149,7 @@ class FairQueue:
             if v.endpoint.draining or not v.healthy:
                 continue
             routable += 1
-            batch = self.batch(model, v.replica_id, v.stats)
+            batch = self.slots(model, v.replica_id)
             if batch is None:
                 unbounded = True
                 continue

@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cluster.config.schema import GatewayConfig, TenantConfig
-from cluster.gateway.auth_throttle import FailedAuthLimiter, client_address, is_trusted
+from cluster.gateway.auth.throttle import FailedAuthLimiter, client_address, is_trusted
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.jwt_auth import JwtVerifier, looks_like_jwt
-from cluster.gateway.key_reload import KeyReloader, Watched, jwks_reload, key_table_reload
-from cluster.gateway.keys import KeyTable, hashed
+from cluster.gateway.auth.jwt import JwtVerifier, looks_like_jwt
+from cluster.gateway.auth.key_reload import KeyReloader, Watched, jwks_reload, key_table_reload
+from cluster.gateway.auth.keys import KeyTable, hashed
 
 ANONYMOUS = "anonymous"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -134,7 +134,7 @@ class Authenticator:
 
     def principal(self, headers: Mapping[bytes, bytes], client: str | None) -> Principal:
         """Who sent the request (ASGI headers, lower-case names); raises the OpenAI 401, or
-        a 429 when the client's address has failed too often (cluster.gateway.auth_throttle).
+        a 429 when the client's address has failed too often (cluster.gateway.auth.throttle).
 
         Order: the trusted header (from a trusted proxy only), then the bearer token as an
         admin key, a tenant key, a JWT. With no tenant credential configured, anything

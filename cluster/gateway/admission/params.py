@@ -1,6 +1,6 @@
 """OpenAI request parameters that SDKs and gateways send but that change nothing on a
 self-hosted model: accepted, never a 400. This table is the one list: validation leaves
-them out of its schema check (cluster.gateway.validation), admission builds the engine's
+them out of its schema check (cluster.gateway.admission.validation), admission builds the engine's
 body from it (a parameter vLLM itself takes on that route goes on unchanged, so vLLM checks,
 echoes or maps it exactly as it would for a direct client; any other is dropped before the
 engine), and the README's list is rendered from it (tests/unit/test_params.py keeps the two
@@ -12,10 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
-RESPONSES = "/v1/responses"
-ALL = (CHAT, COMPLETIONS, RESPONSES)
+from cluster.gateway.context import ALL, CHAT, COMPLETIONS, RESPONSES  # noqa: F401 (the routes, named once)
 
 
 @dataclass(frozen=True)

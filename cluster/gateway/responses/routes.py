@@ -1,5 +1,5 @@
 """`GET /v1/responses/{id}` and `POST /v1/responses/{id}/cancel`, sent to the engine replica
-that holds the response (its id names it: cluster.gateway.response_ids). An id the gateway
+that holds the response (its id names it: cluster.gateway.responses.ids). An id the gateway
 cannot verify for the caller's tenant, or whose replica is gone or draining, answers vLLM's
 404. vLLM 0.32 has no DELETE for responses, so neither has owc. Tenant access, in the route
 table (the auth matrix covers both)."""
@@ -14,11 +14,11 @@ from starlette.responses import Response
 from cluster.config.schema import OwcConfig
 from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.sources import EndpointSource
-from cluster.gateway.auth import allowed
-from cluster.gateway.engine_client import EngineClient, EngineError
+from cluster.gateway.auth.authenticator import allowed
+from cluster.gateway.upstream.engine_client import EngineClient, EngineError
 from cluster.gateway.errors import OpenAIError, from_upstream
-from cluster.gateway.reasoning import exposure, strip_body
-from cluster.gateway.response_ids import ResponseIds, not_found
+from cluster.gateway.stream.reasoning import exposure, strip_body
+from cluster.gateway.responses.ids import ResponseIds, not_found
 
 
 def owner(config: OwcConfig, endpoints: EndpointSource, ids: ResponseIds, tenant: str,

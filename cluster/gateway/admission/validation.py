@@ -11,7 +11,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.params import CHAT, COMPLETIONS, RESPONSES, without_accepted
+from cluster.gateway.admission.params import CHAT, COMPLETIONS, RESPONSES, without_accepted
 
 NonNegInt = Annotated[int, Field(ge=0, strict=True)]
 PosInt = Annotated[int, Field(ge=1, strict=True)]
@@ -172,7 +172,7 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 def validate(data: dict[str, Any], schema: type[_Common]) -> _Common:
     """The request checked against ``schema``, less the parameters owc accepts and ignores
-    (cluster.gateway.params), which are no 400."""
+    (cluster.gateway.admission.params), which are no 400."""
     for key, why in UNSUPPORTED.items():
         if data.get(key) is not None:
             raise OpenAIError(400, f"unsupported parameter '{key}': {why}", param=key, code="unsupported_parameter")

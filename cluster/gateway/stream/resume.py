@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from cluster.gateway.params import CHAT, COMPLETIONS
+from cluster.gateway.context import CHAT, COMPLETIONS
 
 # Sampling parameters a continuation keeps (as /v1/completions takes them).
 _CARRIED = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",

@@ -24,9 +24,10 @@ from cluster.adapters.store import AdapterStore
 from cluster.config.schema import OwcConfig
 from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.sources import EndpointSource
-from cluster.gateway.engine_client import engine_headers
+from cluster.gateway.upstream.engine_client import engine_headers
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.observability.metrics import GatewayMetrics
+from cluster.periodic import Periodic
 from cluster.routing.router import ADAPTER_FOUND, Routing
 from cluster.routing.stats import lora_adapters
 
@@ -82,20 +83,15 @@ class AdapterLoader:
 
     async def start(self, period_s: float = 1.0) -> None:
         """Follow the durable store: another gateway process's additions arrive within ``period_s``."""
-        async def follow() -> None:
-            while True:
-                await asyncio.sleep(period_s)
-                try:
-                    self.store.refresh()
-                except (OSError, ValueError) as e:  # a torn or unreadable file: keep what is known
-                    log.warning("reading %s failed: %s", self.store.path, e)
-
-        self._task = asyncio.create_task(follow())
+        # A torn or unreadable file is logged; what is known stays.
+        self._follow = Periodic(self.store.refresh, period_s=period_s, what=f"reading {self.store.path}", log=log,
+                                first_after=True)
+        self._follow.start()
 
     async def close(self) -> None:
-        task = getattr(self, "_task", None)
-        if task is not None:
-            task.cancel()
+        follow = getattr(self, "_follow", None)
+        if follow is not None:
+            await follow.stop()
         await self._client.aclose()
 
     def live(self, model: str) -> list[Endpoint]:

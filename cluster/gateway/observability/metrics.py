@@ -21,7 +21,7 @@ REJECTION_REASONS = ("rate_limit_exceeded", "concurrency_limit_exceeded", "insuf
 # first response byte. Either way the client had received nothing.
 RETRY_REASONS = ("connect_refused", "engine_lost")
 DECISION_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2)
-# Why the connection bounds (cluster.gateway.connections) closed or refused a connection.
+# Why the connection bounds (cluster.gateway.edge.connections) closed or refused a connection.
 CONNECTION_CLOSE_REASONS = ("header_timeout", "body_timeout", "header_too_large", "evicted", "over_capacity")
 AUTH_FAILURE_CODES = ("missing_api_key", "invalid_api_key")
 KEY_FILES = ("api_keys", "admin_keys", "jwks")

@@ -11,8 +11,8 @@ from typing import Any
 import uvicorn
 
 from cluster.config.schema import GatewayConfig
-from cluster.gateway.auth import Authenticator
-from cluster.gateway.connections import ConnectionGuard, protocol_factory
+from cluster.gateway.auth.authenticator import Authenticator
+from cluster.gateway.edge.connections import ConnectionGuard, protocol_factory
 
 
 class UnsafeBindError(RuntimeError):
@@ -115,7 +115,7 @@ def _close_after_this_request(connection) -> None:
 
 def make_server(app, *, log_level: str = "warning", side: bool = False,
                 connections: ConnectionGuard | None = None, drain_timeout_s: float = 5.0) -> uvicorn.Server:
-    """``connections``: the bounds on client connections (cluster.gateway.connections);
+    """``connections``: the bounds on client connections (cluster.gateway.edge.connections);
     the API server has them, the metrics side server (Prometheus only) does not.
     ``drain_timeout_s``: how long a stopping API server finishes its open requests."""
     config = uvicorn.Config(

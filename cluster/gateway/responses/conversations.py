@@ -2,7 +2,7 @@
 request path.
 
 Admission hands every job to ``Conversations.prepare``:
-- the reasoning policy (cluster.gateway.reasoning) sets ``Job.strip_reasoning``;
+- the reasoning policy (cluster.gateway.stream.reasoning) sets ``Job.strip_reasoning``;
 - a Responses request with `previous_response_id` is pinned to the replica its id names
   (``Job.pin``); an id the gateway cannot verify for this tenant and model → vLLM's 404;
 - a Responses request whose answer will be stored (the model's `responses_store` is on and
@@ -11,7 +11,7 @@ Admission hands every job to ``Conversations.prepare``:
   rewritten for this.
 The forwarder narrows a pinned job's endpoints to its owner (``owner_endpoints``): a replica
 that is gone or draining → 404. Retrieval and cancel are routes of their own
-(cluster.gateway.responses_routes).
+(cluster.gateway.responses.routes).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import orjson
 from cluster.config.schema import OwcConfig
 from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.context import Job
-from cluster.gateway.params import RESPONSES
-from cluster.gateway.reasoning import exposure
-from cluster.gateway.response_ids import ResponseIds, not_found
+from cluster.gateway.context import RESPONSES
+from cluster.gateway.stream.reasoning import exposure
+from cluster.gateway.responses.ids import ResponseIds, not_found
 
 
 class Conversations:

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 import httpx
 
 from cluster.discovery.endpoints import Endpoint
-from cluster.gateway.engine_client import engine_headers
-from cluster.process import cancel_and_wait
+from cluster.gateway.upstream.engine_client import engine_headers
+from cluster.periodic import Periodic
 from cluster.routing.stats import StatsStore, lora_adapters, parse_vllm_metrics
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ ADAPTERS_EVERY = 8  # rounds between /v1/models reads
 
 
 class StatsPoller:
-    on_scrape: Callable[[str], None] | None = None  # a replica's stats just landed (cluster.gateway.fair_queue)
+    on_scrape: Callable[[str], None] | None = None  # a replica's stats just landed (cluster.gateway.flowcontrol.fair_queue)
 
     def __init__(
         self, *, endpoints: Callable[[], Iterable[Endpoint]], store: StatsStore, period_s: float, timeout_s: float,
@@ -35,12 +35,13 @@ class StatsPoller:
     ):
         self._endpoints = endpoints
         self._store = store
-        self._period_s = period_s
         self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport, headers=engine_headers(engine_key))
         self._clock = clock
         self._adapters: dict[str, frozenset[str]] = {}
         self._round = 0
-        self._task: asyncio.Task[None] | None = None
+        # Never let the loop die: routing turns load-blind instead.
+        self._loop = Periodic(self.poll_once, period_s=period_s, what="stats poll", log=log, fixed_rate=True,
+                              traceback=True, clock=clock)
 
     async def scrape(self, ep: Endpoint, with_adapters: bool) -> None:
         try:
@@ -82,18 +83,9 @@ class StatsPoller:
         self._round += 1
         await asyncio.gather(*(self.scrape(e, with_adapters) for e in eps.values()))
 
-    async def _loop(self) -> None:
-        while True:
-            t0 = self._clock()
-            try:
-                await self.poll_once()
-            except Exception:  # never let the loop die: routing turns load-blind instead
-                log.exception("stats poll failed")
-            await asyncio.sleep(max(0.0, self._period_s - (self._clock() - t0)))
-
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+        self._loop.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        await self._loop.stop()
         await self._client.aclose()

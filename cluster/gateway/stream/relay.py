@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import orjson
 
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Send
-from cluster.gateway.engine_client import EngineError, Response
+from cluster.gateway.upstream.engine_client import EngineError, Response
 from cluster.gateway.errors import OpenAIError, from_upstream, sse_error_event
-from cluster.gateway.params import RESPONSES
-from cluster.gateway.reasoning import StreamStrip, strip_body
-from cluster.gateway.resume import StreamLedger
+from cluster.gateway.context import RESPONSES
+from cluster.gateway.stream.reasoning import StreamStrip, strip_body
+from cluster.gateway.stream.resume import StreamLedger
 
 # The Responses stream's last event (completed, incomplete or failed) carries the whole
 # response, usage included. An event line ends with a raw newline, which JSON text cannot

@@ -4,11 +4,13 @@ late relays every stream late; the capacity controller adds gateway processes on
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import time
 from collections.abc import Callable
 
-from cluster.process import cancel_and_wait
+from cluster.periodic import Periodic
+
+log = logging.getLogger(__name__)
 
 
 class LoopLag:
@@ -19,20 +21,22 @@ class LoopLag:
         self._period_s = period_s
         self._window = window
         self._clock = clock
-        self._task: asyncio.Task | None = None
+        self._recent: list[float] = []
+        self._last = 0.0
+        self._loop = Periodic(self._tick, period_s=period_s, what="loop-lag timer", log=log, first_after=True,
+                              clock=clock)
 
-    async def _run(self) -> None:
-        recent: list[float] = []
-        while True:
-            t0 = self._clock()
-            await asyncio.sleep(self._period_s)
-            recent.append(max(0.0, self._clock() - t0 - self._period_s))
-            if len(recent) > self._window:
-                recent.pop(0)
-            self._report(max(recent))
+    def _tick(self) -> None:
+        now = self._clock()
+        self._recent.append(max(0.0, now - self._last - self._period_s))
+        self._last = now
+        if len(self._recent) > self._window:
+            self._recent.pop(0)
+        self._report(max(self._recent))
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._last = self._clock()
+        self._loop.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        await self._loop.stop()

@@ -14,22 +14,21 @@ import re
 import orjson
 
 from cluster.config.schema import OwcConfig
-from cluster.gateway.accounting import UNKNOWN, Accounting, Settled
-from cluster.gateway.auth import Authenticator, allowed
-from cluster.gateway.caps import CapTable
-from cluster.gateway.connections import CLOSED_KEY
-from cluster.gateway.conversations import Conversations
-from cluster.gateway.response_ids import ResponseIds
-from cluster.gateway.resume import not_resumable
+from cluster.gateway.observability.accounting import UNKNOWN, Accounting, Settled
+from cluster.gateway.auth.authenticator import Authenticator, allowed
+from cluster.gateway.admission.caps import CapTable
+from cluster.gateway.edge.connections import CLOSED_KEY
+from cluster.gateway.responses.conversations import Conversations
+from cluster.gateway.responses.ids import ResponseIds
+from cluster.gateway.stream.resume import not_resumable
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.forwarder import ClientGone, Forwarder
-from cluster.gateway.limits import TenantLimiter
-from cluster.gateway.tenancy_admission import GatewayTenancy
-from cluster.gateway.metrics import GatewayMetrics
-from cluster.gateway.tracing import RequestTracer
-from cluster.gateway.params import RESPONSES, drop_for_engine
-from cluster.gateway.validation import ChatCompletionRequest, CompletionRequest, ResponsesRequest, parse_json, validate
+from cluster.gateway.admission.tenancy import GatewayTenancy
+from cluster.gateway.observability.metrics import GatewayMetrics
+from cluster.gateway.observability.tracing import RequestTracer
+from cluster.gateway.admission.params import RESPONSES, drop_for_engine
+from cluster.gateway.admission.validation import ChatCompletionRequest, CompletionRequest, ResponsesRequest, parse_json, validate
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ async def send_error(send: Send, err: OpenAIError, request_id: str | None) -> No
 class Admission:
     def __init__(
         self, *, config: OwcConfig, auth: Authenticator, forwarder: Forwarder, accounting: Accounting,
-        metrics: GatewayMetrics, limiter: TenantLimiter | None = None, tracer: RequestTracer | None = None,
+        metrics: GatewayMetrics, tracer: RequestTracer | None = None,
         tenancy: GatewayTenancy | None = None, conversations: Conversations | None = None,
     ):
         self._config = config
@@ -101,10 +100,9 @@ class Admission:
         self._forwarder = forwarder
         self._accounting = accounting
         self._metrics = metrics
-        self._limiter = limiter  # the in-process limiter of old, when a caller passes one
         self._tenancy = tenancy or GatewayTenancy(config, metrics)  # limits, quotas, usage (cluster.tenancy)
         self._tracer = tracer
-        # Reasoning policy and Responses affinity (cluster.gateway.conversations).
+        # Reasoning policy and Responses affinity (cluster.gateway.responses.conversations).
         self._conversations = conversations or Conversations(config, ResponseIds.from_env(None))
         self._limit = config.gateway.limits.max_body_bytes
         self._caps = CapTable(config.gateway.limits, config.gateway.tenants)
@@ -137,11 +135,7 @@ class Admission:
                             headers=headers, tenant=tenant, request_id=request_id, span=span)
             job = self._conversations.prepare(job)
             await self._tenancy.admit(ticket, job)  # 429 before any engine sees it
-            release = self._limiter.admit(tenant) if self._limiter else _noop
-            try:
-                await self._forwarder.forward(job, receive, send, delivery)
-            finally:
-                release()
+            await self._forwarder.forward(job, receive, send, delivery)
             status = delivery.status
         except OpenAIError as err:
             status = err.status
@@ -198,7 +192,3 @@ class Admission:
                    body=orjson.dumps(data) if rewrite else body, stream=bool(req.stream), headers=headers,
                    adapter=adapter, strip_usage=strip_usage, span=span, resume=resume,
                    max_model_len=cfg.max_model_len)
-
-
-def _noop() -> None:
-    return None

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.gateway.keys import KeyTable
+from cluster.gateway.auth.keys import KeyTable
+from cluster.periodic import Periodic
 
 log = logging.getLogger(__name__)
 Signature = tuple[int, int, int] | None
@@ -66,10 +67,9 @@ class KeyReloader:
     def __init__(self, watched: Sequence[Watched], *, period_s: float,
                  on_result: Callable[[str, str], None] | None = None):
         self._watched = [w for w in watched if w.paths]
-        self._period = period_s
         self.on_result = on_result or (lambda name, result: None)
-        self._task: asyncio.Task | None = None
-        self._wake = asyncio.Event()
+        self._forced = False  # SIGHUP: reload everything at the next (immediate) check
+        self._loop = Periodic(self._tick, period_s=period_s, what="key reload", log=log, first_after=True)
 
     def check(self, *, force: bool = False) -> list[str]:
         """Reload what changed (everything with ``force``); the names reloaded."""
@@ -90,27 +90,25 @@ class KeyReloader:
             self.on_result(w.name, "ok")
         return done
 
-    async def _loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._period)
-            force = self._wake.is_set()
-            self._wake.clear()
-            self.check(force=force)
+    def _tick(self) -> None:
+        force, self._forced = self._forced, False
+        self.check(force=force)
+
+    def reload_now(self) -> None:
+        """SIGHUP's handler: reload every watched file at once."""
+        self._forced = True
+        self._loop.wake()
 
     async def start(self) -> None:
         if not self._watched:
             return
-        self._task = asyncio.create_task(self._loop())
+        self._loop.start()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread: no SIGHUP
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._wake.set)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_now)
 
     async def stop(self) -> None:
-        if self._task is None:
+        if not self._loop.running:
             return
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        await self._loop.stop()

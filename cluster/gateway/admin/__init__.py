@@ -1,0 +1,1 @@
+"""The admin API's routes (admin keys only, audited): adapters."""

@@ -1,0 +1,2 @@
+"""What a request leaves behind: metrics, traces, the access log, and the accounting that
+settles all three once a request is over."""

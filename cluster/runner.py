@@ -25,6 +25,7 @@ from cluster.metrics.targets import file_sd_dir, remove_targets, write_targets
 from cluster.process import free_port
 from cluster.tenancy.local_redis import LocalRedis
 from cluster.engine.demo_model import build_demo_model, demo_name, is_demo_source
+from cluster.engine.failures import DeployError, StartFailure, failing, model_names
 from cluster.engine.guard import ENGINE_KEY_ENV
 from cluster.engine.launcher import Launcher, vllm_launcher
 
@@ -137,8 +138,11 @@ class LocalCluster:
         report("starting engines (loading models)")
         app = build_application(self.cfg, launcher=self._launcher, gateway_env=self._gateway_env())
         # external_scaler_enabled: the capacity controller sets replica counts (Serve's own
-        # autoscaling is not used by owc).
-        serve.run(app, name=APP_NAME, route_prefix=None, external_scaler_enabled=True)
+        # autoscaling is not used by owc). Not serve.run: its wait ends in Serve's summary
+        # ("Failed to update the deployments [...]"); deploy_and_wait says why.
+        serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix=None, external_scaler_enabled=True)],
+                       wait_for_applications_running=False)
+        deploy_and_wait(APP_NAME, model_names(self.cfg.models), report)
         report("waiting for the gateway")
         self.wait_ready(ready_timeout_s)
 
@@ -206,6 +210,48 @@ class LocalCluster:
         except (Exception, asyncio.TimeoutError) as e:
             log.warning("Serve did not shut down within %.0fs: %r", serve_timeout_s, e)
         ray.shutdown()
+
+
+def deploy_and_wait(app_name: str, models: dict[str, str], report: Callable[[str], None], period_s: float = 0.5) -> None:
+    """Until Serve reports the application RUNNING. A replica that fails to start is reported
+    (its engine's own error) while Serve retries it; once Serve gives up, DeployError names
+    each failing deployment's error, log file and, where owc knows, the fix."""
+    from ray import serve
+
+    seen: set[tuple[str, str]] = set()
+    while True:
+        app = serve.status().applications.get(app_name)
+        if app is None:  # as serve.run says it
+            raise RuntimeError(f"Waiting for application {app_name} to be RUNNING, but application doesn't exist.")
+        state = str(getattr(app.status, "value", app.status))
+        if state == "RUNNING":
+            return
+        if state == "DEPLOY_FAILED":
+            raise DeployError(f"Serve could not deploy {app_name}: {app.message}", failing(app.deployments, models))
+        for f in failing(app.deployments, models, retrying=True):
+            if (f.deployment, f.error) not in seen:  # each new error once: Serve retries the replica
+                seen.add((f.deployment, f.error))
+                log.info("%s (Serve retries it)", " ".join(f.lines()[:2]))
+                report(f"{f.deployment}: a replica failed to start ({f.error[:120]}); Serve retries it")
+        time.sleep(period_s)
+
+
+def serve_failures(address: str, app_name: str = "owc") -> list[StartFailure]:
+    """`owc status --ray-address`: the deployments of owc's application on a running Ray whose
+    replicas fail (or failed) to start, each with its engine's error."""
+    import ray
+    from ray import serve
+
+    os.environ.update(RAY_ENV)
+    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        app = serve.status().applications.get(app_name)
+    finally:
+        ray.shutdown()
+    if app is None:
+        return []
+    models = {n: n.removeprefix("engine-") for n in app.deployments if n.startswith("engine-")}
+    return failing(app.deployments, models, retrying=True)
 
 
 def _ray_node_processes() -> list[psutil.Process]:

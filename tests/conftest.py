@@ -17,9 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def server(argv: list[str], *, port: int | None = None, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[ServerProcess]:
-    """A server process on ``{port}``; a gateway's metrics-only port (``{metrics_port}``) is at
-    ``proc.metrics_url``."""
+def server(argv: list[str], *, port: int | None = None, env: dict[str, str] | None = None, log: Path | None = None,
+           ready_timeout_s: float = 60) -> Iterator[ServerProcess]:
+    """A server process on ``{port}``, healthy within ``ready_timeout_s``; a gateway's
+    metrics-only port (``{metrics_port}``) is at ``proc.metrics_url``."""
     port = port or free_port()
     metrics_port = free_port()
     argv = [a.replace("{port}", str(port)).replace("{metrics_port}", str(metrics_port)) for a in argv]
@@ -27,7 +28,7 @@ def server(argv: list[str], *, port: int | None = None, env: dict[str, str] | No
     proc.metrics_url = f"http://127.0.0.1:{metrics_port}"
     proc.start()
     try:
-        asyncio.run(proc.wait_ready(60))
+        asyncio.run(proc.wait_ready(ready_timeout_s))
         yield proc
     finally:
         proc.stop(grace_s=5)

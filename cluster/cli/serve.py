@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cluster.cli._common import _load, console, out
@@ -19,6 +21,7 @@ def serve(
 ) -> None:
     """Run the cluster on a local Ray: engines, gateway, the OpenAI API."""
     from cluster.gateway.edge.server import UnsafeBindError, auth_for_bind
+    from cluster.engine.failures import DeployError
     from cluster.runner import LocalCluster, install_signal_handlers
 
     cfg = _load(config)
@@ -38,16 +41,16 @@ def serve(
     except KeyboardInterrupt as e:
         console.print(f"\nstopping ({e or 'interrupt'})…")
     except Exception as e:
-        console.print(f"[red]failed:[/red] {e}")
-        _stop(cluster)
+        console.print(f"[red]failed:[/red] {escape(str(e))}")  # DeployError: each engine's error, log, fix
+        _stop(cluster, serve_timeout_s=1.0 if isinstance(e, DeployError) else 6.0)  # nothing served: no drain
         raise typer.Exit(1) from None
     _stop(cluster)
 
 
-def _stop(cluster) -> None:
+def _stop(cluster, serve_timeout_s: float = 6.0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    cluster.stop()
+    cluster.stop(serve_timeout_s=serve_timeout_s)
     console.print("stopped")
 
 
@@ -74,17 +77,24 @@ def status(
     url: Annotated[str, typer.Option(help="Gateway base URL")] = "http://127.0.0.1:8000",
     api_key: Annotated[Optional[str], typer.Option(envvar="OWC_API_KEY", help="API key")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(
+        help="Also ask this Ray cluster's Serve (e.g. 127.0.0.1:6379): a replica that cannot start is shown with "
+             "its engine's error, log file and fix")] = None,
 ) -> None:
-    """Models, replicas and health of a running gateway."""
+    """Models, replicas and health of a running gateway (and, with --ray-address, why an engine does not start)."""
     import httpx
 
+    failures = _serve_failures(ray_address) if ray_address else []
     try:
         ready = httpx.get(url.rstrip("/") + "/ready", timeout=5)
     except httpx.HTTPError as e:
         console.print(f"[red]gateway unreachable[/red] at {url}: {e}")
+        _print_failures(failures)
         raise typer.Exit(1) from None
     data = ready.json()
     if as_json:
+        if ray_address:
+            data["start_failures"] = [asdict(f) for f in failures]
         out.print_json(json.dumps(data))
     else:
         table = Table(title=f"owc at {url} — {'ready' if data.get('ready') else 'NOT ready'}")
@@ -93,4 +103,22 @@ def status(
         for name, m in data.get("models", {}).items():
             table.add_row(name, str(m.get("replicas", 0)))
         out.print(table)
-    raise typer.Exit(0 if data.get("ready") else 3)
+        _print_failures(failures)
+    raise typer.Exit(0 if data.get("ready") and not failures else 3)
+
+
+def _serve_failures(address: str) -> list:
+    from cluster.runner import serve_failures
+
+    try:
+        return serve_failures(address)
+    except Exception as e:  # Ray unreachable: say so, still show the gateway
+        console.print(f"[yellow]Ray at {address} not readable:[/yellow] {escape(str(e))}")
+        return []
+
+
+def _print_failures(failures: list) -> None:
+    for f in failures:
+        console.print(f"[red]{escape(f.lines()[0])}[/red]")
+        for line in f.lines()[1:]:
+            console.print(escape(line))

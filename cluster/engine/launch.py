@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import traceback
 
 from cluster.engine.args import RESERVED_KWARGS, KwargError, kwargs_cli, settable_actions
 from cluster.process import Command, watch_parent
@@ -41,6 +42,13 @@ def main(argv: list[str] | None = None) -> None:
     validate_parsed_serve_args(args)
     try:
         uvloop.run(run_server(args))
+    except Exception:
+        # Printed here: the finally below ends this process before Python would print it,
+        # and this traceback in the engine's log is the reason `owc serve` reports.
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        raise
     finally:
         # vLLM has shut down what it could; whatever it spawned and left (an engine core
         # still starting up when SIGTERM came) goes with this process group.

@@ -12,6 +12,7 @@ import pytest
 from cluster.config.schema import OwcConfig
 from cluster.engine.demo_model import resolve_source
 from cluster.process import Command, ServerProcess
+from tests.conftest import server
 
 MODEL = "tiny-gpt-oss"
 ENGINE_ENV = {
@@ -36,14 +37,9 @@ def _path() -> str:
 @pytest.fixture(scope="package")
 def gptoss_engine(tmp_path_factory):
     """Bare vLLM (no owc guard: a vLLM we start ourselves) serving `demo:tiny-gpt-oss` as MODEL."""
-    argv = engine_argv(_path())
-    proc = ServerProcess(Command(argv, env=ENGINE_ENV), log_path=tmp_path_factory.mktemp("vllm") / "engine.log")
-    proc.start()
-    try:
-        asyncio.run(proc.wait_ready(300))
+    with server(engine_argv(_path()), env=ENGINE_ENV, log=tmp_path_factory.mktemp("vllm") / "engine.log",
+                ready_timeout_s=300) as proc:
         yield proc
-    finally:
-        proc.stop(grace_s=10)
 
 
 STORE_BOUND = 24  # the second engine's responses_store.max_entries (10 concurrent conversations fit)

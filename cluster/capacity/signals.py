@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from cluster.capacity.gateway_policy import GATEWAY, GatewaySignals
-from cluster.capacity.policy import Signals
+from cluster.capacity.policy import ARRIVAL_WINDOW_S, Signals
 
 
 def queries(model: str) -> dict[str, str]:
@@ -33,6 +33,9 @@ def queries(model: str) -> dict[str, str]:
         "ttft_p95_s": f"histogram_quantile(0.95, sum by (le) (rate(owc_time_to_first_token_seconds_bucket{{{g}}}[1m])))",
         "tokens_per_s": f"sum(rate(vllm:generation_tokens_total{{{v}}}[1m]))",
         "request_rate": f"sum(rate(owc_requests_total{{{g}}}[1m]))",
+        # burst sizing's short window (5 s scrapes: three samples). The batch backlog
+        # (Signals.batch_queue) has no metric until the Batch API exports one: None, no budget used.
+        "arrival_rate": f"sum(rate(owc_requests_total{{{g}}}[{ARRIVAL_WINDOW_S:g}s]))",
     }
 
 

@@ -5,6 +5,8 @@ shapes load a CPU demo engine and a GPU engine alike. Each opens with a 2-minute
 - steady: Poisson at 2.5 replicas' worth.
 - diurnal: a compressed day — the rate swings from 0.3 to 4 replicas' worth and back.
 - bursty: 0.8 replicas' worth with bursts to 5x that (40-120 s long, ~every 6 min).
+- spiky: 1 replica's worth with spikes to 4x that (10-30 s long, ~every 4 min): spikes
+  shorter than a GPU replica's start-up.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from cluster.capacity.simulator import EngineProfile, TraceRequest
 
-KINDS = ("steady", "diurnal", "bursty")
+KINDS = ("steady", "diurnal", "bursty", "spiky")
 PROMPT_MEAN, OUTPUT_MEAN = 512, 128
 
 
@@ -40,6 +42,13 @@ def _shape(kind: str, duration_s: float, rng: random.Random):
             bursts.append((t, t + length))
             t += length + rng.expovariate(1 / 360)
         return lambda t: 4.0 if any(a <= t < b for a, b in bursts) else 0.8
+    if kind == "spiky":
+        spikes, t = [], rng.uniform(60, 240)
+        while t < duration_s:
+            length = rng.uniform(10, 30)
+            spikes.append((t, t + length))
+            t += length + rng.expovariate(1 / 240)
+        return lambda t: 4.0 if any(a <= t < b for a, b in spikes) else 1.0
     raise ValueError(f"unknown trace kind {kind!r}; one of {', '.join(KINDS)}")
 
 

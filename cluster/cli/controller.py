@@ -109,37 +109,52 @@ def controller(
 
 
 def simulate(
+    *,
     trace: Annotated[Path, typer.Option(help="Trace: JSON lines of t, prompt_tokens, output_tokens")],
-    profile: Annotated[Path, typer.Option(help="Engine profile (python -m cluster.capacity.profile)")] = Path(
-        "loadtests/results/engine-profile.json"),
+    profile: Annotated[Optional[Path], typer.Option(
+        help="Engine profile (python -m cluster.capacity.profile); default: the one owc ships "
+        "(tiny-llama on CPU, loadtests/results/engine-profile.json)")] = None,
     config: Annotated[Optional[Path], typer.Option(help="owc config: the first model's autoscaling and replicas")] = None,
     slo: Annotated[float, typer.Option(help="TTFT SLO, seconds")] = 1.0,
     keda_thresholds: Annotated[str, typer.Option(help="KEDA thresholds to sweep (the best is the baseline)")] = "1,2,4,8,16,32",
+    interval: Annotated[float, typer.Option(help="owc's decision interval, seconds (owc controller --interval)")] = 15.0,
+    batch: Annotated[Optional[Path], typer.Option(
+        help="A batch backlog to replay with the trace (same format; lowest priority, no SLO)")] = None,
     out: Annotated[Path, typer.Option(help="Directory for the JSON report and PNG")] = Path("simulation"),
 ) -> None:
     """Replay a trace under owc's policy, Ray Serve's default autoscaling and a KEDA-style threshold."""
     import json as _json
 
-    from cluster.capacity.simulator import EngineProfile, KedaThreshold, OwcPolicy, RayServeDefault, load_trace, plot
-    from cluster.capacity.simulator import simulate as run_sim
+    from cluster.capacity.replay import Setup, compare, digest
+    from cluster.capacity.simulator import EngineProfile, load_trace, plot
 
     cfg = _load(config)
-    mc = next(iter(cfg.models.values()))
-    settings = mc.autoscaling.model_copy(update={"enabled": True})
-    prof = EngineProfile.load(profile)
-    reqs = load_trace(trace)
-    owc = run_sim(reqs, prof, OwcPolicy(settings, mc.replicas), slo_s=slo, initial=mc.replicas.start)
-    rs = run_sim(reqs, prof, RayServeDefault(mc.replicas), slo_s=slo, initial=mc.replicas.start)
-    sweep = [run_sim(reqs, prof, KedaThreshold(mc.replicas, float(x)), slo_s=slo, initial=mc.replicas.start)
-             for x in keda_thresholds.split(",")]
-    met = [r for r in sweep if r.attainment >= 0.99]
-    keda = min(met, key=lambda r: r.replica_hours) if met else max(sweep, key=lambda r: r.attainment)
+    name, mc = next(iter(cfg.models.items()))
+    if mc.replicas.max <= 1:
+        console.print(f"[yellow]warning:[/yellow] model {name} can have only {mc.replicas.max} replica "
+                      "(replicas.max): every policy below runs one replica; pass --config with replicas: {min, max}",
+                      soft_wrap=True)
+    prof_path = profile or Path(__file__).resolve().parents[1] / "capacity" / "engine-profile.json"
+    setup = Setup(EngineProfile.load(prof_path), mc.autoscaling, mc.replicas, slo_s=slo, initial=mc.replicas.start,
+                  owc_interval_s=interval, keda_thresholds=[float(x) for x in keda_thresholds.split(",")])
+    lines = load_trace(batch) if batch else []
+    c = compare(load_trace(trace), setup, batch=lines)
     out.mkdir(parents=True, exist_ok=True)
-    plot([owc, rs, keda], out / f"{trace.stem}.png", trace.stem)
+    plot(c.rows, out / f"{trace.stem}.png", trace.stem)
+    s = c.settings
     (out / f"{trace.stem}.json").write_text(_json.dumps(
-        {"trace": str(trace), "profile": str(profile), "slo_s": slo, "results": [r.summary() for r in (owc, rs, keda)],
-         "keda_sweep": [r.summary() for r in sweep]}, indent=1))
-    for r in (owc, rs, keda):
+        {"trace": str(trace), "sha256_16": digest(trace), "profile": str(prof_path), "slo_s": slo,
+         "batch": {"file": str(batch), "sha256_16": digest(batch), "lines": len(lines)} if batch else None,
+         "owc_settings": s.model_dump() if s else None, "results": [r.summary() for r in c.rows],
+         "events": {r.policy: r.events for r in c.rows}, "keda_sweep": [r.summary() for r in c.sweep]}, indent=1))
+    for r in c.rows:
         console.print(f"{r.policy:>22}: {r.attainment * 100:6.2f}% within {slo:g}s TTFT, "
                       f"{r.replica_hours:7.3f} replica-h, {r.scale_events} scale events, peak {r.peak_replicas}")
+    console.print("utilisation (busy engine slots / replica time): "
+                  + ", ".join(f"{r.policy} {r.utilization * 100:.1f}%" for r in c.rows)
+                  + (", batch lines done: " + ", ".join(f"{r.policy} {r.batch_done}/{r.batch_requests}" for r in c.rows)
+                     if lines else ""), soft_wrap=True)
+    if s is not None and s.replica_capacity_rps is not None:
+        console.print(f"owc burst sizing: {s.replica_capacity_rps:.1f} req/s per replica, start-up "
+                      f"{s.replica_startup_s:.1f} s, headroom {s.standing_headroom} replicas", soft_wrap=True)
     console.print(f"report: {out / (trace.stem + '.json')}, plot: {out / (trace.stem + '.png')}")

@@ -44,3 +44,25 @@ class Autoscaling(StrictModel):
     drain_timeout_s: float = Field(
         600.0, gt=0, description="Scale-down: longest a leaving replica waits for its in-flight requests."
     )
+    # Burst sizing (cluster.capacity.policy.burst_need): the replicas a burst needs, asked for at its start.
+    replica_capacity_rps: float | None = Field(
+        None, gt=0, description="Requests per second one replica sustains at a full batch, from the engine profile "
+        "for the model's request mix (`owc simulate` fills it from its profile and trace). None: no burst sizing; "
+        "only the in-flight, queue, KV and TTFT rules scale up.",
+    )
+    replica_startup_s: float = Field(
+        0.0, ge=0, description="Seconds a new replica takes to serve (the engine profile's measured startup_s): how far "
+        "ahead burst sizing extrapolates the arrival rate's rise.",
+    )
+    target_utilization: float = Field(
+        0.8, gt=0, le=1, description="Burst sizing keeps each replica's share of the arrival rate at this fraction "
+        "of `replica_capacity_rps`.",
+    )
+    standing_headroom: int = Field(
+        0, ge=0, description="Replicas kept beyond those the load needs (burst sizing and scale-down alike): what "
+        "absorbs a burst while new replicas start, paid for in replica-hours (this many times the hours served).",
+    )
+    batch_max_replicas: int = Field(
+        0, ge=0, description="The batch backlog's own budget: while batch lines wait, the model may hold up to this "
+        "many replicas for them (within replicas.max). The backlog never scales beyond it; 0: batch never scales.",
+    )

@@ -116,15 +116,16 @@ def high(t):  # up to t=60: 20 in flight need 3 engine replicas (8 each); 250 ga
     # No burst: pod-b, leader from t=135, continues the window that opened at t=60 and scales
     # down at t=180 — as an uninterrupted leader would, not at 255 (a window restarted at
     # 135); pod-a, leader again from t=225, takes the last scale-down (t=180) from the Lease:
-    # the engine's next step waits for down_cooldown_s (t=240), not at once.
+    # a step restarts the engine's window, so its next step waits for down_stabilization_s
+    # after it (t=300), as pod-b's would have — not at once, and not from t=225.
     (False, [(0, "pod-a", MODEL, 3), (0, "pod-a", GATEWAY, 3),
-             (180, "pod-b", MODEL, 2), (180, "pod-b", GATEWAY, 1), (240, "pod-a", MODEL, 1)]),
+             (180, "pod-b", MODEL, 2), (180, "pod-b", GATEWAY, 1), (300, "pod-a", MODEL, 1)]),
     # A burst at t=150-165 (while pod-b leads) breaks the window. pod-a remembered the window
     # it saw open at t=60 — acting on it when it regains the Lease at t=225 would scale down
     # at once; it rebuilds the window from history (low again since t=180) instead, and
-    # scales down at t=300, then at the down cooldown's pace.
+    # scales down at t=300, then once the restarted window has held again (t=420).
     (True, [(0, "pod-a", MODEL, 3), (0, "pod-a", GATEWAY, 3),
-            (300, "pod-a", MODEL, 2), (300, "pod-a", GATEWAY, 1), (360, "pod-a", MODEL, 1)]),
+            (300, "pod-a", MODEL, 2), (300, "pod-a", GATEWAY, 1), (420, "pod-a", MODEL, 1)]),
 ])
 def test_leadership_moved_mid_scale_down_window(burst, scalings):
     api = FakeApi(OWC)

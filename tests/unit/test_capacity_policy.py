@@ -50,7 +50,7 @@ def run(signals, current, state=None, bounds=B, settings=S, now=NOW) -> Decision
     (sig(1, queue=1), 3, PolicyState(low_since=NOW - 500), B, 3, "hold:steady"),  # a queue: not idle enough
     (sig(5), 3, PolicyState(low_since=NOW - 500), B, 3, "hold:steady"),  # 5 > (3-1) x 4 x 0.6: hysteresis
     (sig(0), 1, PolicyState(low_since=NOW - 500), B, 1, "hold:steady"),  # never below min (1)
-    # the window stays open while the load stays low: the next step needs only the cooldown
+    # a window open long enough (e.g. rebuilt from history): the next step needs only the cooldown
     (sig(1), 3, PolicyState(low_since=NOW - 500, last_down=NOW - 61), B, 2, "down:low_load"),
     (sig(1), 3, PolicyState(low_since=NOW - 500, last_down=NOW - 30), B, 3, "hold:down_cooldown"),
     # scale to zero after idle_to_zero_s without requests, and wake-up
@@ -71,7 +71,8 @@ def test_state_carries_the_windows():
     d = run(sig(1), 3)
     assert d.state.low_since == NOW and d.state.low_peak == 1
     d2 = run(sig(1, at=NOW + 120), 3, d.state, now=NOW + 121)
-    assert d2.target == 2 and d2.state.last_down == NOW + 121 and d2.state.low_since == NOW
+    assert d2.target == 2 and d2.state.last_down == NOW + 121 and d2.state.low_since == NOW + 121  # restarted
+    assert run(sig(1, at=NOW + 200), 2, d2.state, now=NOW + 201).reason == "hold:down_stabilizing"
     # at the level the load needs, the window closes
     d3 = run(sig(4, at=NOW + 200), 2, d2.state, now=NOW + 201)
     assert d3.reason == "hold:steady" and d3.state.low_since is None

@@ -123,3 +123,10 @@ def test_history_kind_follows_the_key(key, kind):
     sig, _ = prometheus({q: [[60, "1"]] for q in qs.values()} | {qs[at]: [[60, "59"]]})
     ((t, s),) = sig.history(key, 0, 60, 15)
     assert t == 60 and isinstance(s, kind) and s.at == 59
+
+
+def test_burst_sizing_reads_the_arrival_rate_over_its_window():
+    q = queries("m")
+    assert q["arrival_rate"] == 'sum(rate(owc_requests_total{model="m"}[15s]))'
+    sig, _ = prometheus({q["ongoing"]: "4", q["ongoing_at"]: "995", q["arrival_rate"]: "42.5"})
+    assert sig.read("m").arrival_rate == 42.5

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
 import psutil
@@ -103,7 +104,10 @@ class LocalCluster:
         g = self.cfg.gateway
         return f"http://{g.local_host}:{g.port}"
 
-    def start(self, report: Callable[[str], None] = lambda _: None, ready_timeout_s: float = 900) -> None:
+    def start(self, report: Callable[[str], None] = lambda _: None, ready_timeout_s: float = 900, *,
+              warn: Callable[[str], None] = lambda _: None) -> None:
+        """``report``: progress (a status line); ``warn``: what the user should read while it
+        goes on (a replica that failed to start and that Serve retries)."""
         import ray
         from ray import serve
 
@@ -142,7 +146,7 @@ class LocalCluster:
         # ("Failed to update the deployments [...]"); deploy_and_wait says why.
         serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix=None, external_scaler_enabled=True)],
                        wait_for_applications_running=False)
-        deploy_and_wait(APP_NAME, model_names(self.cfg.models), report)
+        deploy_and_wait(APP_NAME, model_names(self.cfg.models), warn, status=serve.status)
         report("waiting for the gateway")
         self.wait_ready(ready_timeout_s)
 
@@ -212,15 +216,15 @@ class LocalCluster:
         ray.shutdown()
 
 
-def deploy_and_wait(app_name: str, models: dict[str, str], report: Callable[[str], None], period_s: float = 0.5) -> None:
-    """Until Serve reports the application RUNNING. A replica that fails to start is reported
-    (its engine's own error) while Serve retries it; once Serve gives up, DeployError names
-    each failing deployment's error, log file and, where owc knows, the fix."""
-    from ray import serve
-
+def deploy_and_wait(app_name: str, models: dict[str, str], warn: Callable[[str], None], *,
+                    status: Callable[[], Any], period_s: float = 0.5) -> None:
+    """Until Serve's ``status()`` says the application is RUNNING. A replica that fails to
+    start is told to ``warn`` (its engine's own error, once per new error) while Serve
+    retries it; once Serve gives up, DeployError names each failing deployment's error, log
+    file and, where owc knows, the fix."""
     seen: set[tuple[str, str]] = set()
     while True:
-        app = serve.status().applications.get(app_name)
+        app = status().applications.get(app_name)
         if app is None:  # as serve.run says it
             raise RuntimeError(f"Waiting for application {app_name} to be RUNNING, but application doesn't exist.")
         state = str(getattr(app.status, "value", app.status))
@@ -229,10 +233,9 @@ def deploy_and_wait(app_name: str, models: dict[str, str], report: Callable[[str
         if state == "DEPLOY_FAILED":
             raise DeployError(f"Serve could not deploy {app_name}: {app.message}", failing(app.deployments, models))
         for f in failing(app.deployments, models, retrying=True):
-            if (f.deployment, f.error) not in seen:  # each new error once: Serve retries the replica
+            if (f.deployment, f.error) not in seen:
                 seen.add((f.deployment, f.error))
-                log.info("%s (Serve retries it)", " ".join(f.lines()[:2]))
-                report(f"{f.deployment}: a replica failed to start ({f.error[:120]}); Serve retries it")
+                warn("\n".join(f.lines("failed to start, Serve retries it")))
         time.sleep(period_s)
 
 

@@ -34,7 +34,7 @@ def serve(
     install_signal_handlers()
     try:
         with console.status("starting") as status:
-            cluster.start(report=lambda msg: status.update(msg))
+            cluster.start(report=lambda msg: status.update(msg), warn=lambda msg: console.print(escape(msg)))
         _print_ready(cluster)
         while True:
             signal.pause()

@@ -53,9 +53,9 @@ class StartFailure:
     log_path: str | None
     advice: str | None
 
-    def lines(self) -> list[str]:
+    def lines(self, headline: str = "did not start") -> list[str]:
         what = f"engine {self.model}" if self.model else f"deployment {self.deployment}"
-        out = [f"{what} did not start:", f"  {self.error}"]
+        out = [f"{what} {headline}:", f"  {self.error}"]
         if self.log_path:
             out.append(f"  engine log: {self.log_path}")
         if self.advice:

@@ -127,3 +127,24 @@ def test_failing_deployments_from_serve_status():
     e = DeployError("Serve could not deploy owc: Failed to update the deployments ['engine-m'].",
                     failing(deployments, models))
     assert str(e).splitlines()[1:] == ["engine m did not start:", "  ValueError: boom"]
+
+
+def test_deploy_and_wait_warns_while_serve_retries_then_raises():
+    """owc's wait on Serve (cluster.runner.deploy_and_wait) over a scripted status sequence."""
+    from cluster.runner import deploy_and_wait
+
+    def app(status, message):
+        d = SimpleNamespace(status=status, message=message)
+        return SimpleNamespace(applications={"owc": SimpleNamespace(status=status, message="Failed to update",
+                                                                     deployments={"engine-m": d})})
+
+    retry = "A replica failed to start with exception. Retrying 2 more time(s). Error:\nValueError: boom"
+    script = iter([app("DEPLOYING", ""), app("DEPLOYING", retry), app("DEPLOYING", retry),
+                   app("DEPLOY_FAILED", "The deployment failed to start 3 times in a row. Error:\nValueError: boom")])
+    warned: list[str] = []
+    with pytest.raises(DeployError) as e:
+        deploy_and_wait("owc", {"engine-m": "m"}, warned.append, status=lambda: next(script), period_s=0)
+    assert warned == ["engine m failed to start, Serve retries it:\n  ValueError: boom"]  # once, not per poll
+    assert [f.error for f in e.value.failures] == ["ValueError: boom"]
+    running = iter([app("DEPLOYING", ""), app("RUNNING", "")])
+    deploy_and_wait("owc", {}, warned.append, status=lambda: next(running), period_s=0)

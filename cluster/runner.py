@@ -117,6 +117,8 @@ class LocalCluster:
         store = self.cfg.gateway.store
         if store is not None and not self.cfg.ray.address:  # one machine: its tenancy store too
             self._redis = LocalRedis.ensure(store.url)
+        elif not self.cfg.ray.address and needs_fair_share_store(self.cfg):
+            self._start_fair_share_store()
         os.environ.update(RAY_ENV)
         report("starting Ray")
         if self.cfg.ray.address:
@@ -149,6 +151,18 @@ class LocalCluster:
         deploy_and_wait(APP_NAME, model_names(self.cfg.models), warn, status=serve.status)
         report("waiting for the gateway")
         self.wait_ready(ready_timeout_s)
+
+    def _start_fair_share_store(self) -> None:
+        """The gateway processes' shared fair-queue counts (no gateway.store to use): a local
+        redis-server of their own, as for tenancy; none installed: each process decides alone."""
+        url = f"redis://127.0.0.1:{free_port()}/0"
+        try:
+            self._redis = LocalRedis.ensure(url)
+        except RuntimeError as e:
+            log.warning("fair sharing per gateway process: %s", e)
+            return
+        fs = self.cfg.gateway.fair_sharing.model_copy(update={"store_url": url})
+        self.cfg = self.cfg.model_copy(update={"gateway": self.cfg.gateway.model_copy(update={"fair_sharing": fs})})
 
     def _init_local_ray(self, metrics_port: int) -> None:
         import ray
@@ -214,6 +228,13 @@ class LocalCluster:
         except (Exception, asyncio.TimeoutError) as e:
             log.warning("Serve did not shut down within %.0fs: %r", serve_timeout_s, e)
         ray.shutdown()
+
+
+def needs_fair_share_store(cfg: OwcConfig) -> bool:
+    """More than one gateway process sharing fair-queue counts, and no Redis configured for them."""
+    fs = cfg.gateway.fair_sharing
+    return (fs.enabled and fs.share_across_gateways and fs.store_url is None and cfg.gateway.store is None
+            and cfg.gateway.replicas.max > 1)
 
 
 def deploy_and_wait(app_name: str, models: dict[str, str], warn: Callable[[str], None], *,

@@ -133,6 +133,20 @@ class FairSharing(StrictModel):
         8192, ge=1, description="Requests waiting per model and gateway process in all; when full, the newest request "
         "of the tenant with the most waiting is refused (429 queue_full) to make room.",
     )
+    share_across_gateways: bool = Field(
+        True, description="While a model is saturated, the gateway processes share their per-tenant counts of its "
+        "slots through a Redis (store_url, else gateway.store), so that shares and headroom hold across them; one "
+        "store round trip per dispatch while saturated, none otherwise. The store down or slow: each process decides "
+        "alone (owc_fair_share_store_up 0).",
+    )
+    store_url: str | None = Field(
+        None, pattern=r"^rediss?://", description="Redis for the shared counts; unset: gateway.store's. `owc serve` "
+        "starts a local redis-server for it when neither is set and there is more than one gateway process.",
+    )
+    store_timeout_s: float = Field(
+        0.05, gt=0, le=1, description="Seconds one exchange with that store may take; slower counts as failed (then "
+        "per process, the store retried after a second).",
+    )
 
 
 class GatewayReplicas(StrictModel):

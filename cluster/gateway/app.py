@@ -5,6 +5,7 @@ on each process's own port (``metrics_app``), never on the API port."""
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from cluster.routing.router import Routing
 from cluster.routing.stats import StatsStore
 from cluster.gateway.flowcontrol.fair_queue import FairQueue
 from cluster.gateway.edge.loop_lag import LoopLag
+from cluster.gateway.flowcontrol.shared import SharedSlots
 
 
 def build_routing(config: OwcConfig) -> Routing:
@@ -59,7 +61,22 @@ def build_fair_queue(config: OwcConfig, *, routing: Routing, endpoints: Endpoint
 
     return FairQueue(policy=config.gateway.fair_sharing, tenants=config.gateway.tenants,
                      max_num_seqs={n: max_num_seqs(m) for n, m in config.models.items()}, routing=routing,
-                     endpoints=endpoints.endpoints, metrics=metrics)
+                     endpoints=endpoints.endpoints, metrics=metrics, shared=build_shared_slots(config, metrics))
+
+
+def build_shared_slots(config: OwcConfig, metrics: GatewayMetrics) -> SharedSlots | None:
+    """The fair queue's counts shared with the other gateway processes while a model is
+    saturated, through fair_sharing.store_url or gateway.store's Redis; None: per process."""
+    fs, store = config.gateway.fair_sharing, config.gateway.store
+    url = fs.store_url or (store and ((os.environ.get(store.url_env) if store.url_env else None) or store.url))
+    metrics.fair_share_up.set(0)
+    if not (fs.enabled and fs.share_across_gateways and url):
+        return None
+    from cluster.tenancy.slot_share import RedisSlotShare
+
+    peers = RedisSlotShare(url, timeout_s=fs.store_timeout_s, on_up=lambda up: metrics.fair_share_up.set(int(up)),
+                           on_error=metrics.fair_share_errors.inc, on_exchange=metrics.fair_share_exchanges.inc)
+    return SharedSlots(peers, threshold=fs.headroom + fs.dispatch_margin)
 
 
 def build_app(

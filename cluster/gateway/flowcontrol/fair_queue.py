@@ -15,7 +15,10 @@ engine's running + waiting minus what this gateway had on it at that scrape). A 
 fair share is of the slots the other gateways do not hold, so that behind a balancer (each
 gateway seeing its part of every tenant's requests) the headroom holds for the lighter
 tenant across gateways too. Per gateway process: each one's view of the others is one
-scrape old, and a tenant active on one gateway only is not seen by the others.
+scrape old, and a tenant active on one gateway only is not seen by the others. Hence, where
+a shared store is given (``shared``), the counts of every gateway process while a model is
+saturated (cluster.gateway.flowcontrol.shared): shares, headroom and room are then of every
+process's requests, one store round trip old; the store down or slow, per process as above.
 
 With nothing queued and room on a replica a request goes straight through: one pass over
 the model's replicas, no await. Requests pinned to one replica (a stored response's owner)
@@ -27,22 +30,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cluster.config.auth import TenantConfig
 from cluster.config.gateway import FairSharing
 from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.context import ClientGone, Receive, wait_disconnect
 from cluster.gateway.errors import RETRY_SOON, OpenAIError
-from cluster.gateway.flowcontrol.fair_order import FairOrder
+from cluster.gateway.flowcontrol.capacity import Capacity, learn_capacity, others_on
+from cluster.gateway.flowcontrol.shared import Counts, SharedSlots
+from cluster.gateway.flowcontrol.shared_dispatch import ModelState, SharedDispatch
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.routing.router import Routing
-from cluster.routing.types import ReplicaStats
 
 # Chooses a replica among ``endpoints`` less ``exclude`` and takes it (Routing.acquire);
 # raises OpenAIError when none can be chosen.
 Pick = Callable[[Sequence[Endpoint], frozenset[str]], Endpoint]
-TICK_S = 0.02  # how often a model with waiters re-checks room that no release announced (other gateways, new replicas)
 
 
 @dataclass(eq=False)
@@ -53,59 +56,14 @@ class _Waiter:
     since: float
 
 
-@dataclass
-class _Model:
-    order: FairOrder = field(default_factory=FairOrder)
-    in_flight: dict[str, int] = field(default_factory=dict)  # tenant -> its requests of this model holding a slot
-    seen: dict[str, float] = field(default_factory=dict)  # tenant -> when it last sent a request of this model
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """A model's replicas as one dispatch decision sees them."""
-
-    at_limit: frozenset[str]  # replicas with batch + margin requests on them: no more
-    busy: frozenset[str]  # replicas with no free running slot (at or over their batch)
-    free: int  # free running slots over the replicas whose batch is known
-    total: int  # running slots over the replicas whose batch is known
-    own: int  # of those replicas' requests, this gateway's
-    others: int  # and the other gateways' (as the last scrape showed them)
-    unbounded: bool  # some routable replica has no known batch: never hold
-    routable: int
-
-    @property
-    def room(self) -> bool:
-        """Somewhere to send a request (True when nothing is routable: routing answers why)."""
-        return self.unbounded or self.routable == 0 or len(self.at_limit) < self.routable
-
-
-def others_on(stats: ReplicaStats, own: int) -> int:
-    """The other gateways' requests on a replica: its scraped running + waiting less this
-    gateway's own there."""
-    return max(0, int(stats.running + stats.waiting) - own)
-
-
-def learn_capacity(known: int | None, stats: ReplicaStats) -> int | None:
-    """What the replica can run at once, from one scrape: while it has a queue, at least what
-    it runs (never less than learned before: a queue behind fewer can be a LoRA batch waiting
-    for its adapter's slot, not a smaller batch); when it runs at least what was thought its
-    capacity with nothing waiting, more than that."""
-    running = int(stats.running)
-    if stats.waiting >= 1 and running >= 1:
-        return max(running, known or 0)
-    if known is not None and stats.waiting < 1 and running >= known:
-        return running + 1
-    return known
-
-
-class FairQueue:
+class FairQueue(SharedDispatch):
     def __init__(
         self, *, policy: FairSharing, tenants: Mapping[str, TenantConfig], max_num_seqs: Mapping[str, int | None],
         routing: Routing, endpoints: Callable[[str], list[Endpoint]], metrics: GatewayMetrics,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, shared: SharedSlots | None = None,
     ):
         """``max_num_seqs``: each model's configured engine batch (None: learn each replica's
-        from its scrapes)."""
+        from its scrapes); ``shared``: the other gateway processes' counts while a model is hot."""
         self._policy = policy
         self._tenants = tenants
         self._configured = dict(max_num_seqs)
@@ -113,10 +71,12 @@ class FairQueue:
         self._endpoints = endpoints
         self._metrics = metrics
         self._clock = clock
-        self._models: dict[str, _Model] = {}
+        self._shared = shared
+        self._models: dict[str, ModelState] = {}
         self._learned: dict[str, int] = {}  # replica id -> capacity learned from scrapes
         self._theirs: dict[str, int] = {}  # replica id -> the other gateways' requests on it at the last scrape
         self._ticker: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     @property
     def enabled(self) -> bool:
@@ -134,6 +94,8 @@ class FairQueue:
             learned = learn_capacity(self._learned.get(replica_id), stats)
             if learned is not None:
                 self._learned[replica_id] = learned
+        if self._shared is not None:
+            self._wake()  # saturated now: this process's counts (its active tenants) go to the others
 
     def slots(self, model: str, replica_id: str) -> int | None:
         """Requests the replica runs at once (its max_num_seqs, configured or learned from
@@ -141,10 +103,10 @@ class FairQueue:
         configured = self._configured.get(model)
         return configured if configured is not None else self._learned.get(replica_id)
 
-    def capacity(self, model: str, endpoints: Sequence[Endpoint]) -> Capacity:
-        """Each routable replica's requests from all gateways (this one's, plus the others' as
-        the last scrape showed them) against its batch."""
-        at_limit, busy, free, total, own, others, unbounded, routable = set(), set(), 0, 0, 0, 0, False, 0
+    def capacity(self, model: str, endpoints: Sequence[Endpoint], view: Counts | None = None) -> Capacity:
+        """Each routable replica's requests from all gateways (this one's, plus the others':
+        ``view``'s, the shared counts, else as the last scrape showed them) against its batch."""
+        rows, own, others, unbounded, routable = [], 0, 0, False, 0  # rows: [load, batch, replica id]
         for v in self._routing.views(endpoints):
             if v.endpoint.draining or not v.healthy:
                 continue
@@ -154,39 +116,48 @@ class FairQueue:
                 unbounded = True
                 continue
             theirs = 0
-            if v.stats is not None:
+            if view is not None:
+                theirs = int(view.replicas.get(v.replica_id, 0))
+            elif v.stats is not None:
                 theirs = self._theirs.get(v.replica_id, others_on(v.stats, v.in_flight))
-            load = v.in_flight + theirs
             own += v.in_flight
             others += theirs
-            if load >= batch + self._policy.dispatch_margin:
-                at_limit.add(v.replica_id)
-            if load >= batch:
-                busy.add(v.replica_id)
-            free += max(0, batch - load)
-            total += batch
-        return Capacity(frozenset(at_limit), frozenset(busy), free, total, own, others, unbounded, routable)
+            rows.append([v.in_flight + theirs, batch, v.replica_id])
+        for _ in range(view.pending if view is not None and rows else 0):  # the others' grants being decided:
+            min(rows)[0] += 1  # on the least loaded replicas, as routing would place them
+            others += 1
+        at_limit = {r for load, batch, r in rows if load >= batch + self._policy.dispatch_margin}
+        busy = {r for load, batch, r in rows if load >= batch}
+        free, total = sum(max(0, batch - load) for load, batch, _ in rows), sum(batch for _, batch, _ in rows)
+        if self._shared is not None:
+            self._shared.observe(model, free, total, not unbounded)
+        return Capacity(frozenset(at_limit), frozenset(busy), free, total, own, others, unbounded, routable, view)
 
     def _weight(self, tenant: str) -> float:
         cfg = self._tenants.get(tenant)
         return cfg.weight if cfg else 1.0
 
-    def over_share(self, st: _Model, tenant: str, cap: Capacity) -> bool:
+    def over_share(self, st: ModelState, tenant: str, cap: Capacity) -> bool:
         """The tenant holds its fair share of the model's slots or more while other tenants
         are active (one alone has them all). Behind a balancer each gateway sees its part of
         every tenant's requests: the share is of the slots the other gateways do not hold, or
-        of all of them with this gateway's mix of tenants taken for the others' requests too."""
-        horizon = self._clock() - self._policy.active_window_s
-        active = [t for t, at in st.seen.items() if at >= horizon]
+        of all of them with this gateway's mix of tenants taken for the others' requests too.
+        With the shared view: the tenant's requests on every process, of all the slots, its
+        share among the tenants active on any process."""
+        active = self._active(st)
+        if cap.view is not None:
+            active = list(dict.fromkeys([*active, *cap.view.tenants]))
         if len(active) < 2 or tenant not in active:
             return False
         part = self._weight(tenant) / sum(self._weight(t) for t in active)
         mine = st.in_flight.get(tenant, 0)
+        if cap.view is not None:
+            return mine + cap.view.tenants.get(tenant, 0) >= cap.total * part
         if mine >= max(0, cap.total - cap.others) * part:
             return True
         return cap.others > 0 and cap.own > 0 and mine * (cap.own + cap.others) / cap.own >= cap.total * part
 
-    def _admits(self, st: _Model, cap: Capacity, tenant: str) -> frozenset[str] | None:
+    def _admits(self, st: ModelState, cap: Capacity, tenant: str) -> frozenset[str] | None:
         """The replicas to exclude for the tenant's next request; None: it may not go now."""
         if cap.unbounded or cap.routable == 0:
             return cap.at_limit
@@ -195,8 +166,9 @@ class FairQueue:
         if self._policy.headroom and self.over_share(st, tenant, cap):
             # Over its share: only into a free running slot, never the last ``headroom``, and of
             # the slots beyond those only this gateway's part (its part of the model's load): the
-            # other gateways see the same free slots until their next scrape.
-            part = cap.own / (cap.own + cap.others) if cap.others else 1.0
+            # other gateways see the same free slots until their next scrape (with the shared view,
+            # until their next exchange: all of them).
+            part = cap.own / (cap.own + cap.others) if cap.others and cap.view is None else 1.0
             return cap.busy if (cap.free - self._policy.headroom) * part >= 1 else None
         return cap.at_limit
 
@@ -210,27 +182,34 @@ class FairQueue:
         Every slot returned is given back with ``finished``."""
         st = self._models.get(model)
         if st is None:
-            st = self._models[model] = _Model()
+            st = self._models[model] = ModelState()
         if tenant not in st.seen:
             self._depth(model, st, tenant)  # its depth series exists (at 0) from its first request
         st.seen[tenant] = self._clock()
         if not self._policy.enabled or pinned:
             return self._granted(st, tenant, pick(endpoints, frozenset()))
         if not st.order:
-            exclude = self._admits(st, self.capacity(model, endpoints), tenant)
+            cap = self.capacity(model, endpoints, self._view(model))
+            exclude = self._admits(st, cap, tenant)
+            if exclude is not None and self._shared is not None and self._shared.hot(model):
+                self._start_ticker()  # saturated: the decision again on the counts of every process, one round trip
+                view = await self._shared.exchange(model, lambda: self._mine(model, st), claim=tenant)
+                exclude = None if st.order else self._admits(st, self.capacity(model, endpoints, view), tenant)
             if exclude is not None:
                 self._metrics.fair_wait.labels(model, tenant).observe(0.0)
                 return self._granted(st, tenant, pick(endpoints, exclude))
         return await self._wait(model, st, tenant, _Waiter(pick, give_back, asyncio.get_running_loop().create_future(),
                                                           self._clock()), receive)
 
-    def _granted(self, st: _Model, tenant: str, ep: Endpoint) -> Endpoint:
+    def _granted(self, st: ModelState, tenant: str, ep: Endpoint) -> Endpoint:
         st.in_flight[tenant] = st.in_flight.get(tenant, 0) + 1
         return ep
 
     def finished(self, model: str, tenant: str) -> None:
         """A request ``slot`` gave a replica to is over."""
         st = self._models[model]
+        if self._shared is not None:
+            self._shared.released(model)
         left = st.in_flight.get(tenant, 0) - 1
         if left > 0:
             st.in_flight[tenant] = left
@@ -239,7 +218,7 @@ class FairQueue:
         if st.order:
             self._dispatch(model)
 
-    async def _wait(self, model: str, st: _Model, tenant: str, waiter: _Waiter, receive: Receive) -> Endpoint:
+    async def _wait(self, model: str, st: ModelState, tenant: str, waiter: _Waiter, receive: Receive) -> Endpoint:
         p = self._policy
         if st.order.depth(tenant) >= p.max_queued_per_tenant:
             raise self._refusal(f"tenant '{tenant}' has {p.max_queued_per_tenant} requests waiting for {model}")
@@ -271,7 +250,7 @@ class FairQueue:
             raise ClientGone()
         raise self._refusal(f"no engine slot for {model} within {p.max_wait_s:g}s")
 
-    def _abandon(self, model: str, st: _Model, tenant: str, waiter: _Waiter) -> None:
+    def _abandon(self, model: str, st: ModelState, tenant: str, waiter: _Waiter) -> None:
         """The waiter leaves: out of the queue, or, if a replica was already taken for it, that
         replica given back."""
         if st.order.remove(tenant, waiter):
@@ -287,52 +266,57 @@ class FairQueue:
         if st is not None and st.order:
             self._dispatch(model)
 
-    def _dispatch(self, model: str) -> None:
-        st = self._models[model]
-        while st.order:
-            endpoints = self._endpoints(model)
-            cap = self.capacity(model, endpoints)
-            if not cap.room:
-                return
-            excluded: dict[str, frozenset[str] | None] = {}
+    def _candidates(self, model: str, st: ModelState, view: Counts | None):
+        """(endpoints, admits, exclusions) for the next grant; None while no replica has room."""
+        endpoints = self._endpoints(model)
+        cap = self.capacity(model, endpoints, view)
+        if not cap.room:
+            return None
+        excluded: dict[str, frozenset[str] | None] = {}
 
-            def admits(tenant: str, cap: Capacity = cap, excluded: dict = excluded) -> bool:
-                if tenant not in excluded:
-                    excluded[tenant] = self._admits(st, cap, tenant)
-                return excluded[tenant] is not None
+        def admits(tenant: str) -> bool:
+            if tenant not in excluded:
+                excluded[tenant] = self._admits(st, cap, tenant)
+            return excluded[tenant] is not None
 
+        return endpoints, admits, excluded
+
+    def _next(self, model: str, st: ModelState, view: Counts | None) -> str | None:
+        """The tenant the next grant would go to (no I/O, nothing taken)."""
+        c = self._candidates(model, st, view)
+        got = st.order.peek(c[1]) if c is not None else None
+        return got[0] if got is not None else None
+
+    def _pass(self, model: str, st: ModelState, view: Counts | None, *, once: bool = False) -> int:
+        """Grant waiters in fair order while there is room (one at most with ``once``)."""
+        granted = 0
+        while st.order and (c := self._candidates(model, st, view)) is not None:
+            endpoints, admits, excluded = c
             got = st.order.pop(admits)
             if got is None:
-                return
+                break
             tenant, waiter = got
             self._depth(model, st, tenant)
             self._metrics.fair_wait.labels(model, tenant).observe(self._clock() - waiter.since)
+            granted += 1
             try:
                 waiter.future.set_result(self._granted(st, tenant, waiter.pick(endpoints, excluded[tenant])))
             except Exception as err:  # routing's refusal (or a bug): that request's answer, not the releaser's
                 waiter.future.set_exception(err)
+            if once:
+                break
+        return granted
 
-    def _depth(self, model: str, st: _Model, tenant: str) -> None:
+    def _depth(self, model: str, st: ModelState, tenant: str) -> None:
         self._metrics.fair_depth.labels(model, tenant).set(st.order.depth(tenant))
 
     def _refusal(self, why: str) -> OpenAIError:
         return OpenAIError(429, f"{why}; retry shortly", code="queue_full", headers=RETRY_SOON)
 
-    # -- room nobody announced ------------------------------------------------------------------
-
-    def _start_ticker(self) -> None:
-        if self._ticker is None or self._ticker.done():
-            self._ticker = asyncio.get_running_loop().create_task(self._tick())
-
-    async def _tick(self) -> None:
-        """While anything waits: room freed by other gateways or new replicas (no release of
-        this gateway's announces it) is handed out within a tick."""
-        while any(st.order for st in self._models.values()):
-            await asyncio.sleep(TICK_S)
-            for model, st in list(self._models.items()):
-                if st.order:
-                    self._dispatch(model)
-
     async def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._shared is not None:
+            await self._shared.peers.close()

@@ -103,6 +103,19 @@ class GatewayMetrics:
             buckets=QUEUE_WAIT_BUCKETS,
             registry=registry,
         )
+        self.fair_share_up = Gauge(
+            "owc_fair_share_store_up", "1 while this gateway process shares its fair-queue counts of saturated models "
+            "with the others (gateway.fair_sharing.share_across_gateways), 0 while it decides alone (the store down, "
+            "slow, or none).", registry=registry,
+        )
+        self.fair_share_errors = Counter(
+            "owc_fair_share_store_errors", "Exchanges of fair-queue counts with the shared store that failed "
+            "(connection, timeout, error).", registry=registry,
+        )
+        self.fair_share_exchanges = Counter(
+            "owc_fair_share_exchanges", "Exchanges of fair-queue counts with the shared store (round trips; only while "
+            "a model is saturated).", registry=registry,
+        )
         self.rejections = Counter(
             "owc_rejections",
             "Requests refused before reaching an engine (429/503), by model and reason.",

@@ -1,0 +1,163 @@
+"""The fair queue's counts shared between gateway processes through a real redis-server
+(cluster.gateway.flowcontrol.shared, cluster.tenancy.slot_share): a tenant active on one
+process only is seen by the others, a process that dies holding slots has its counts expire,
+and a stalled store leaves each process deciding alone (metric, no error). Each "process" is
+a FairQueue with its own routing and stats over the same replica, as two gateway processes
+in front of one engine are."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from cluster.config.loader import parse_config
+from cluster.config.gateway import FairSharing
+from cluster.config.routing import RoutingConfig
+from cluster.discovery.endpoints import Endpoint
+from cluster.gateway.app import build_shared_slots
+from cluster.gateway.flowcontrol.fair_queue import FairQueue
+from cluster.gateway.flowcontrol.shared import SharedSlots
+from cluster.gateway.observability.metrics import GatewayMetrics
+from cluster.process import free_port
+from cluster.routing.router import Routing
+from cluster.routing.stats import StatsStore
+from cluster.routing.types import ReplicaStats, RequestInfo
+from cluster.tenancy.local_redis import LocalRedis
+from cluster.tenancy.slot_share import RedisSlotShare
+from tests.unit.test_fair_queue import Client, Grant, settle
+
+POLICY = {"headroom": 2, "dispatch_margin": 2}  # the defaults; saturated at 4 free slots or fewer
+BATCH = 8
+
+
+@pytest.fixture
+def redis_url():
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    server = LocalRedis.ensure(url)
+    try:
+        yield url, server
+    finally:
+        server.stop()
+
+
+class Gateway:
+    """One gateway process's fair queue in front of replica r0 (max_num_seqs 8)."""
+
+    def __init__(self, shared: SharedSlots | None, metrics: GatewayMetrics | None = None):
+        self.stats = StatsStore(stale_after_s=1e9)
+        self.routing = Routing.build({"m": RoutingConfig(policy="least_load").spec()}, stats=self.stats)
+        self.eps = [Endpoint("m", "r0", "http://127.0.0.1:9000")]
+        self.metrics = metrics or GatewayMetrics(CollectorRegistry())
+        self.fair = FairQueue(policy=FairSharing(**POLICY), tenants={}, max_num_seqs={"m": BATCH}, routing=self.routing,
+                              endpoints=lambda model: self.eps, metrics=self.metrics, shared=shared)
+
+    def pick(self, eps, exclude):
+        ep = self.routing.choose(eps, RequestInfo(model="m"), exclude)
+        self.routing.acquire(ep.replica_id)
+        return ep
+
+    async def request(self, tenant: str) -> Grant:
+        ep = await self.fair.slot("m", tenant, self.eps, self.pick, Client().receive,
+                                  give_back=lambda e: self.routing.release(e.replica_id))
+        return Grant(ep.replica_id, tenant)
+
+    def scrape(self, running: int, waiting: int = 0) -> None:
+        """The engine's counts as this process's last scrape showed them."""
+        self.stats.update("r0", ReplicaStats(running=running, waiting=waiting), 0.0)
+        self.fair.scraped("r0")
+
+
+def shared(url: str, ttl_s: float = 2.0) -> SharedSlots:
+    return SharedSlots(RedisSlotShare(url, ttl_s=ttl_s, timeout_s=0.5),
+                       threshold=POLICY["headroom"] + POLICY["dispatch_margin"])
+
+
+async def test_a_tenant_on_one_process_only_is_seen_by_the_others(redis_url):
+    url, _ = redis_url
+    g1, g2 = Gateway(shared(url)), Gateway(shared(url))
+    try:
+        b = [await g2.request("B") for _ in range(5)]  # B alone (on g2): 5 of 8, the last one with g2 saturated
+        g1.scrape(running=5)  # g1 sees the engine saturated by g2's requests ...
+        a = await asyncio.wait_for(g1.request("A"), 1)  # ... and A, which sends through g1 only, takes a slot
+        held = asyncio.ensure_future(g2.request("B"))
+        await asyncio.sleep(0.2)
+        # g2 has never seen A, but the shared counts show it: B holds its share (4 of 8) and
+        # more, and the 2 free slots are the headroom kept for A.
+        assert not held.done()
+        second_a = await asyncio.wait_for(g1.request("A"), 1)  # A's next request finds one free at once
+        held.cancel()
+        assert (a.replica_id, second_a.replica_id, len(b)) == ("r0", "r0", 5)
+    finally:
+        await g1.fair.close()
+        await g2.fair.close()
+
+
+async def test_without_the_shared_view_the_other_process_gives_the_headroom_away():
+    # The same as above with no store: g2 never sees A and hands B the slots kept for A.
+    g2 = Gateway(None)
+    b = [await g2.request("B") for _ in range(6)]
+    assert len(b) == 6
+    await g2.fair.close()
+
+
+async def test_a_process_that_dies_holding_slots_has_its_counts_expire(redis_url):
+    url, _ = redis_url
+    g1, g2 = Gateway(shared(url, ttl_s=1.0)), Gateway(shared(url, ttl_s=1.0))
+    try:
+        for _ in range(BATCH + POLICY["dispatch_margin"]):  # g1 fills the replica to its bound (batch + margin)
+            await asyncio.wait_for(g1.request("B"), 1)
+        g2.scrape(running=BATCH, waiting=2)
+        held = asyncio.ensure_future(g2.request("C"))
+        await asyncio.sleep(1.2)  # longer than the TTL: g1, alive, keeps its counts fresh
+        assert not held.done()
+        await g1.fair.close()  # g1 dies holding its 10 requests: it never releases them
+        t0 = time.monotonic()
+        # g2's scrape still shows the engine full; the shared counts, not the scrape, decide while
+        # the model is saturated: g1's expire and C goes.
+        assert (await asyncio.wait_for(held, 3)).replica_id == "r0"
+        assert time.monotonic() - t0 <= 1.0 + 0.5
+        assert await g2.fair._shared.peers.exchange("m", {}) == {}
+    finally:
+        await g1.fair.close()
+        await g2.fair.close()
+
+
+async def test_a_stalled_store_leaves_each_process_deciding_alone(redis_url):
+    url, server = redis_url
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    cfg = parse_config({"models": {"m": {"source": "external"}}, "gateway": {"fair_sharing": {"store_url": url}}})
+    g = Gateway(build_shared_slots(cfg, metrics), metrics)
+
+    def sample(name: str) -> float:
+        return registry.get_sample_value(name) or 0.0
+
+    try:
+        for _ in range(5):  # the fifth with the model saturated: one exchange
+            await g.request("B")
+        assert sample("owc_fair_share_store_up") == 1 and sample("owc_fair_share_exchanges_total") >= 1
+        os.kill(server.proc.pid, signal.SIGSTOP)  # the store stalls: it accepts and never answers
+        try:
+            t0 = time.monotonic()
+            await asyncio.wait_for(g.request("A"), 1)  # decided per process after the exchange's bound (50 ms)
+            assert time.monotonic() - t0 < 0.5
+            assert sample("owc_fair_share_store_up") == 0 and sample("owc_fair_share_store_errors_total") == 1
+            errors = sample("owc_fair_share_store_errors_total")
+            held = asyncio.ensure_future(g.request("B"))  # per process: B over its share, 2 free = the headroom
+            await settle()
+            assert not held.done()
+            second_a = await asyncio.wait_for(g.request("A"), 0.2)  # no store call while it is down: at once
+            assert second_a.replica_id == "r0" and sample("owc_fair_share_store_errors_total") == errors
+            held.cancel()
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(1.1)  # the store is retried after a second
+        await g.request("A")
+        assert sample("owc_fair_share_store_up") == 1
+    finally:
+        await g.fair.close()

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from cluster.config.schema import ModelConfig
 from cluster.engine.guard import ENGINE_KEY_ENV, authorized, bearer
+from loadtests.fake_anthropic import add_anthropic_routes
 from cluster.process import Command, watch_parent
 
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
@@ -89,6 +90,7 @@ class FakeEngine:
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_post("/v1/load_lora_adapter", self.load_lora)
         app.router.add_post("/v1/unload_lora_adapter", self.unload_lora)
+        add_anthropic_routes(app, self)  # /v1/messages, /v1/messages/count_tokens
         return app
 
     async def load_lora(self, request: web.Request) -> web.Response:

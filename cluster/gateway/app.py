@@ -1,6 +1,7 @@
 """The gateway app, wired: the generation routes (cluster.gateway.admission.entry) and, on
 FastAPI, the route table's other routes (cluster.gateway.routes). Every error leaves in the
-OpenAI shape (cluster.gateway.errors). Metrics are served by a separate metrics-only app
+OpenAI shape (cluster.gateway.errors), but on Anthropic's Messages routes, whose front-end
+(cluster.gateway.anthropic) answers in Anthropic's. Metrics are served by a separate metrics-only app
 on each process's own port (``metrics_app``), never on the API port."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cluster.gateway.observability.accounting import Accounting
 from cluster.gateway.admin.adapters import add_adapter_routes, build_loader
 from cluster.gateway.upstream.adapter_loader import record_adapter_requests
 from cluster.gateway.admission.entry import ROUTES, Admission, send_error
+from cluster.gateway.anthropic.frontend import PATHS as ANTHROPIC_PATHS, AnthropicFrontEnd
 from cluster.gateway.auth.authenticator import Authenticator
 from cluster.gateway.edge.connections import Bounds, ConnectionGuard
 from cluster.gateway.upstream.engine_client import EngineClient
@@ -200,6 +202,7 @@ class GatewayApp:
     def __init__(self, *, api: FastAPI, admission: Admission, table: RouteTable, connections: ConnectionGuard):
         self.api = api
         self._admission = admission
+        self._anthropic = AnthropicFrontEnd(admission)  # Anthropic's Messages API, over the same admission
         self._table = table
         self.connections = connections
 
@@ -208,7 +211,9 @@ class GatewayApp:
         return [Route("POST", path, "tenant") for path in ROUTES] + list(self._table.routes)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] in ROUTES:
+        if scope["type"] == "http" and scope["path"] in ANTHROPIC_PATHS:
+            await self._anthropic(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] in ROUTES:
             if scope["method"] == "POST":
                 await self._admission(scope, receive, send)
             else:

@@ -22,7 +22,10 @@ class ClientGone(Exception):
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 RESPONSES = "/v1/responses"
-ALL = (CHAT, COMPLETIONS, RESPONSES)  # the generation routes
+ALL = (CHAT, COMPLETIONS, RESPONSES)  # the generation routes of the OpenAI front-end
+# Anthropic's Messages API (cluster.gateway.anthropic), over the same admission and forwarding.
+MESSAGES = "/v1/messages"
+COUNT_TOKENS = "/v1/messages/count_tokens"
 
 CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before the answer
 Send = Callable[[dict], Awaitable[None]]
@@ -34,7 +37,7 @@ class Job:
     """One admitted request."""
 
     request_id: str
-    route: str  # the OpenAI path, e.g. /v1/chat/completions
+    route: str  # the engine's path, e.g. /v1/chat/completions or /v1/messages
     model: str  # the served model it resolved to
     tenant: str
     data: dict[str, Any]  # the parsed body, as sent to the engine

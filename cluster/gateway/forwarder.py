@@ -24,7 +24,7 @@ from cluster.gateway.errors import RETRY_SOON, RETRY_STARTING, OpenAIError, from
 from cluster.gateway.flowcontrol.fair_queue import FairQueue
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.gateway.responses.conversations import owner_endpoints
-from cluster.gateway.context import COMPLETIONS
+from cluster.gateway.context import COMPLETIONS, MESSAGES
 from cluster.gateway.stream.resume import StreamLedger
 from cluster.gateway.stream.relay import respond
 from cluster.gateway.observability.tracing import RequestTracer
@@ -34,6 +34,7 @@ from cluster.routing.router import NoReplica, Routing
 from cluster.routing.types import RequestInfo
 
 log = logging.getLogger(__name__)
+ANTHROPIC_SHARED = ("system", "tools")  # the Messages API's shared prompt leads its prefix key
 ENGINE_LOST = "the engine replica's connection broke before it answered; retry"
 
 
@@ -112,7 +113,8 @@ class Forwarder:
             if job.pin is not None:  # a previous_response_id: only its owner holds it
                 endpoints = owner_endpoints(job, endpoints)
             chars = self._routing.prefix_chars(job.model)
-            info = RequestInfo(model=job.model, prefix_key=prefix_key(job.data, chars) if chars else b"",
+            preamble = ANTHROPIC_SHARED if job.route == MESSAGES else ()  # an agent's system prompt and tools
+            info = RequestInfo(model=job.model, prefix_key=prefix_key(job.data, chars, preamble=preamble) if chars else b"",
                                session_key=session_key(job.headers, job.data), adapter=job.adapter)
             headers = {"Content-Type": "application/json", "X-Request-Id": job.request_id, **(trace_headers or {})}
             first = await self._slot(job, info, endpoints, receive, delivery)

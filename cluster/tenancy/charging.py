@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 BYTES_PER_TOKEN = 4
-PROMPT_FIELDS = ("messages", "prompt", "input", "instructions")
+PROMPT_FIELDS = ("messages", "prompt", "input", "instructions", "system")  # system: Anthropic's
 OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
@@ -29,7 +29,7 @@ def _text_bytes(value: Any) -> int:
 
 def prompt_estimate(data: Mapping[str, Any]) -> int:
     """Tokens of the prompt, estimated: bytes of every string in messages / prompt /
-    input / instructions, divided by 4, rounded up; at least 1."""
+    input / instructions / system, divided by 4, rounded up; at least 1."""
     size = sum(_text_bytes(data.get(f)) for f in PROMPT_FIELDS)
     return max(1, math.ceil(size / BYTES_PER_TOKEN))
 

@@ -47,10 +47,14 @@ NOT_FOUND_OUTSIDE_LIST = {"/v1/models/{model:path}"}
 # Routes of a stored response: an id the gateway did not mint for the caller answers 404 (vLLM's
 # shape) for any valid tenant, before any engine is reached.
 UNKNOWN_ID = {"/v1/responses/{response_id}", "/v1/responses/{response_id}/cancel"}
+# Anthropic's Messages API answers errors in Anthropic's shape (cluster.gateway.anthropic).
+ANTHROPIC = {"/v1/messages", "/v1/messages/count_tokens"}
 BODIES = {
     "/v1/chat/completions": {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
     "/v1/completions": {"model": "m1", "prompt": "hi", "max_tokens": 2},
     "/v1/responses": {"model": "m1", "input": "hi", "max_output_tokens": 2},
+    "/v1/messages": {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    "/v1/messages/count_tokens": {"model": "m1", "messages": [{"role": "user", "content": "hi"}]},
     "/admin/v1/models/{model:path}/adapters": {"name": "ad1", "source": "/adapters/ad1"},  # then DELETEd
 }
 
@@ -116,7 +120,10 @@ def test_auth_matrix(stack):
             valid = expected == 200 and route.access == "tenant" and route.method == "POST"
             if reached and not valid:
                 leaks.append((route.path, cred, reached))
-            if r.status_code >= 400:
+            if r.status_code >= 400 and route.path in ANTHROPIC:
+                body = r.json()
+                assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+            elif r.status_code >= 400:
                 body = r.json()
                 assert set(body["error"]) == {"message", "type", "param", "code"}, body
     wrong = [c for c in cells if c[3] != c[4]]

@@ -27,7 +27,8 @@ from cluster.gateway.forwarder import ClientGone, Forwarder
 from cluster.gateway.admission.tenancy import GatewayTenancy
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.gateway.observability.tracing import RequestTracer
-from cluster.gateway.admission.params import RESPONSES, drop_for_engine
+from cluster.gateway.admission.params import CHAT, COMPLETIONS, drop_for_engine
+from cluster.gateway.anthropic.requests import CountTokensRequest, MessagesRequest
 from cluster.gateway.admission.validation import ChatCompletionRequest, CompletionRequest, ResponsesRequest, parse_json, validate
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ ROUTES: dict[str, type] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
     "/v1/responses": ResponsesRequest,
+    # Anthropic's Messages API: its front-end (cluster.gateway.anthropic) translates the edge.
+    "/v1/messages": MessagesRequest,
+    "/v1/messages/count_tokens": CountTokensRequest,
 }
 
 
@@ -177,8 +181,9 @@ class Admission:
         # OpenAI parameters that change nothing here and that vLLM does not take: not sent.
         rewrite = drop_for_engine(data, route) or rewrite
         strip_usage = False
-        # A Responses stream always ends with response.completed, which carries the usage.
-        if req.stream and route != RESPONSES and not (data.get("stream_options") or {}).get("include_usage"):
+        # A Responses stream always ends with response.completed, a Messages stream with
+        # message_delta: both carry the usage.
+        if req.stream and route in (CHAT, COMPLETIONS) and not (data.get("stream_options") or {}).get("include_usage"):
             # Token accounting needs the engine's usage event; the client did not ask for
             # it, so the stream relay drops it again.
             data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}

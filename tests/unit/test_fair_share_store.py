@@ -12,7 +12,9 @@ import os
 import signal
 import time
 
+import httpx
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from cluster.config.loader import parse_config
@@ -29,6 +31,7 @@ from cluster.routing.stats import StatsStore
 from cluster.routing.types import ReplicaStats, RequestInfo
 from cluster.tenancy.local_redis import LocalRedis
 from cluster.tenancy.slot_share import RedisSlotShare
+from tests.conftest import fake_engine_argv, gateway_argv, metric, server
 from tests.unit.test_fair_queue import Client, Grant, settle
 
 POLICY = {"headroom": 2, "dispatch_margin": 2}  # the defaults; saturated at 4 free slots or fewer
@@ -161,3 +164,69 @@ async def test_a_stalled_store_leaves_each_process_deciding_alone(redis_url):
         assert sample("owc_fair_share_store_up") == 1
     finally:
         await g.fair.close()
+
+
+def test_two_gateway_processes_keep_the_headroom_for_a_tenant_on_one_of_them(tmp_path, redis_url):
+    """Real gateway processes over HTTP (fake engine, 4 slots, headroom 1): B floods through
+    gw2 only, A sends through gw1 only. The first slot B frees goes to A (B holds its share),
+    not to B's backlog queued in gw2, which never saw A; without the shared counts gw2 hands it
+    to B's next at once and A waits for a later one."""
+    url, _ = redis_url
+    path = tmp_path / "owc.yaml"
+    path.write_text(yaml.safe_dump({
+        "models": {"fake": {"source": "external", "engine_kwargs": {"max_num_seqs": 4}}},
+        "gateway": {"access_log": {"enabled": False}, "routing_stats": {"period_s": 0.05},
+                    "fair_sharing": {"dispatch_margin": 0, "headroom": 1, "store_url": url}},
+    }))
+    env = {"OWC_API_KEYS": "sk-a=light,sk-b=flood"}
+    with server(fake_engine_argv("fake", ttft_ms=5, itl_ms=100, max_num_seqs=4)) as engine, \
+            server(gateway_argv(f"fake={engine.url}", config=str(path)), env=env) as gw1, \
+            server(gateway_argv(f"fake={engine.url}", config=str(path)), env=env) as gw2:
+        got = asyncio.run(first_tokens(gw1.url, gw2.url))
+        later_b = sorted(t for n, t in got.items() if n.startswith("B"))[4:]  # the 2 that waited in gw2
+        assert got["A"] < later_b[0], got  # without the shared counts: after one of them, ~1.8 s
+        for gw in (gw1, gw2):
+            assert metric(gw.metrics_url, "owc_fair_share_store_up") == 1
+            assert metric(gw.metrics_url, "owc_fair_share_exchanges_total") >= 1
+
+
+async def first_tokens(a_url: str, b_url: str) -> dict[str, float]:
+    """B opens 6 streams through b_url (4 run, ending at ~1, 1.4, 1.8 and 2.2 s; 2 wait), then A
+    one through a_url."""
+    got: dict[str, float] = {}
+    t0 = time.monotonic()
+    async with httpx.AsyncClient(timeout=60) as c:
+        async def stream(name: str, url: str, key: str, tokens: int) -> None:
+            body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": tokens,
+                    "stream": True}
+            async with c.stream("POST", url + "/v1/chat/completions", json=body,
+                                headers={"Authorization": f"Bearer {key}"}) as r:
+                assert r.status_code == 200
+                async for _ in r.aiter_bytes():
+                    got.setdefault(name, time.monotonic() - t0)
+
+        flood = []
+        for i, tokens in enumerate([10, 14, 18, 22, 10, 10]):  # the running four end one after another
+            flood.append(asyncio.create_task(stream(f"B{i}", b_url, "sk-b", tokens)))
+            await asyncio.sleep(0.03)
+        await asyncio.sleep(0.2)
+        light = asyncio.create_task(stream("A", a_url, "sk-a", 2))
+        await asyncio.gather(light, *flood)
+    return got
+
+
+@pytest.mark.parametrize(("gateway", "starts", "url"), [
+    ({}, True, None),  # owc serve's defaults: two processes, no store: it starts a redis-server for them
+    ({"replicas": 1}, False, None),  # one process: nobody to share with
+    ({"store": {"url": "redis://10.0.0.5:6379/0"}}, False, "redis://10.0.0.5:6379/0"),  # the tenancy store's
+    ({"fair_sharing": {"store_url": "redis://127.0.0.1:7/0"}}, False, "redis://127.0.0.1:7/0"),
+    ({"fair_sharing": {"share_across_gateways": False}}, False, None),
+    ({"fair_sharing": {"enabled": False}}, False, None),
+])
+def test_where_the_shared_counts_live(gateway, starts, url):
+    from cluster.runner import needs_fair_share_store
+
+    cfg = parse_config({"models": {"m": {"source": "external"}}, "gateway": gateway})
+    assert needs_fair_share_store(cfg) == starts
+    got = build_shared_slots(cfg, GatewayMetrics(CollectorRegistry()))
+    assert (got.peers.url if got is not None else None) == url

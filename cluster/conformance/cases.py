@@ -1,6 +1,7 @@
 """The conformance calls, one per feature owc must serve exactly as bare vLLM: chat (plain,
 streamed, reasoning, tools, structured outputs), the Responses API (plain, streamed, tools,
-json_schema, reasoning effort) and the OpenAI parameters owc accepts and ignores. Each
+json_schema, reasoning effort), the OpenAI parameters owc accepts and ignores, and Anthropic's
+Messages API (cluster.conformance.messages). Each
 case is a function of (client, model, settings) returning an observation; it runs once
 against the bare engine and once through the gateway, and the two must be equal."""
 
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.conformance import calls
+from cluster.conformance import calls, messages
 from cluster.conformance.calls import Observation, observe
 from cluster.gateway.admission.params import CHAT, RESPONSES, accepted_on
 
@@ -78,6 +79,25 @@ def _json_schema(name: str) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": ANSWER, "strict": True}}
 
 
+MESSAGE_TOOLS = [{"name": t["function"]["name"], "description": t["function"]["description"],
+                  "input_schema": t["function"]["parameters"], "strict": True} for t in CHAT_TOOLS]
+
+
+def _msg(client: Any, model: str, s: Settings, call: Callable, **kw: Any) -> Observation:
+    """A Messages API call with the `anthropic` SDK (``call``: create or stream)."""
+    return messages.observe(client, call(model=model, max_tokens=s.max_tokens, messages=kw.pop("messages", ASK), **kw))
+
+
+def _tool_turns(client: Any, model: str, s: Settings) -> Observation:
+    """A forced tool call, then the conversation with its tool_result turn."""
+    call = _msg(client, model, s, messages.create, tools=MESSAGE_TOOLS, tool_choice={"type": "tool", "name": "get_weather"})
+    args = (call.get("tool_calls") or [["get_weather", {"city": "Paris"}]])[0][1]
+    turns = [*ASK, {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                                      "input": args}]},
+             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny, 21 C"}]}]
+    return {"call": call, "result": _msg(client, model, s, messages.create, tools=MESSAGE_TOOLS, messages=turns)}
+
+
 def _text_schema(name: str) -> dict[str, Any]:
     return {"format": {"type": "json_schema", "name": name, "schema": ANSWER, "strict": True}}
 
@@ -136,4 +156,15 @@ CASES: list[Case] = [
         **(o := _resp(c, m, s, text=_text_schema("answer"))), "json": calls.parsed(o.get("text"))}),
     Case("responses ignored parameters", ", ".join(accepted_on(RESPONSES)), lambda c, m, s: _resp(
         c, m, s, stream=True, extra_body=_ignored(RESPONSES))),
+    Case("messages", "status, blocks, text, thinking, stop, usage", lambda c, m, s: _msg(c, m, s, messages.create)),
+    Case("messages stream", "event-type sequence, blocks, text, thinking", lambda c, m, s: _msg(
+        c, m, s, messages.stream)),
+    Case("messages system, multi-turn", "blocks, text, usage", lambda c, m, s: _msg(
+        c, m, s, messages.create, system="You are terse.",
+        messages=[*ASK, {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "And in Rome?"}])),
+    Case("messages tool use, tool result", "tool_use input, then the answer to the tool_result", _tool_turns),
+    Case("messages count_tokens", "input tokens", lambda c, m, s: messages.observe(c, messages.count_tokens(
+        model=m, system="Be brief.", messages=ASK, tools=MESSAGE_TOOLS))),
+    Case("messages unknown model", "status, error shape", lambda c, m, s: _msg(
+        c, "no-such-model", s, messages.create)),
 ]

@@ -60,6 +60,11 @@ def test_all_rows_match_through_the_gateway(stack):
     stream = next(r for r in rows if r.feature == "responses stream")
     assert stream.engine["events"][0] == "response.created" and stream.engine["events"] == stream.gateway["events"]
     assert all(r.engine.get("status", 200) != 401 for r in rows)  # the engine key opened the bare engine
+    # Anthropic's Messages API, with the anthropic SDK on both sides (x-api-key through the gateway).
+    msg = {r.feature: r for r in rows if r.feature.startswith("messages")}
+    assert msg["messages stream"].gateway["status"] == 200 and msg["messages stream"].gateway["events"][0] == "message_start"
+    assert msg["messages tool use, tool result"].gateway["result"]["status"] == 200
+    assert msg["messages unknown model"].gateway == {"status": 404, "type": "error", "error": ["message", "type"]}
 
 
 def test_a_mismatch_is_a_row_that_says_where():

@@ -230,3 +230,22 @@ def test_where_the_shared_counts_live(gateway, starts, url):
     assert needs_fair_share_store(cfg) == starts
     got = build_shared_slots(cfg, GatewayMetrics(CollectorRegistry()))
     assert (got.peers.url if got is not None else None) == url
+
+
+async def test_a_burst_of_decisions_costs_two_exchanges_each_carrying_the_claims():
+    class Peers:
+        def __init__(self):
+            self.sent: list[dict] = []
+
+        async def exchange(self, model, mine):
+            self.sent.append(dict(mine))
+            await asyncio.sleep(0.01)
+            return {}
+
+    peers = Peers()
+    sh = SharedSlots(peers, threshold=4)
+    mine = lambda: sh.mine("m", {}, [], {})  # noqa: E731
+    await asyncio.gather(*(sh.exchange("m", mine, claim=f"t{i % 2}") for i in range(20)))
+    # The first carries the first claim; the second, started once the first was back (its
+    # caller decided), the other 19.
+    assert peers.sent == [{"t:t0": 1, "r:*": 1}, {"t:t0": 9, "t:t1": 10, "r:*": 19}]

@@ -21,6 +21,7 @@ does, from the scrapes. Pure: no I/O here, no HTTP library.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -70,6 +71,9 @@ class _Share:
     synced: float = -math.inf  # when that exchange was sent
     dirty: bool = False  # a release since it, not yet published
     busy: bool = False  # a dispatch pass waits on an exchange
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one exchange of the model at a time
+    started: int = 0  # exchanges started
+    finished: int = 0  # the number of the last one finished
 
 
 class SharedSlots:
@@ -114,16 +118,26 @@ class SharedSlots:
 
     async def exchange(self, model: str, mine: Callable[[], Counts], claim: str | None = None) -> Counts | None:
         """One round trip: this process's counts (``mine()``, with ``claim``'s grant pending)
-        out, the others' in; None: decide alone."""
+        out, the others' in; None: decide alone. One exchange of a model at a time: callers that
+        arrive meanwhile ride the next one (it carries their claims), so a burst costs two."""
         s = self.share(model)
         if claim is not None:
             s.claims[claim] = s.claims.get(claim, 0) + 1
-        s.dirty, s.synced = False, self._clock()
+        after = s.started  # an exchange numbered above this one started after the claim was counted
         try:
-            theirs = await self.peers.exchange(model, mine().fields())
-            s.view = None if theirs is None else Counts.from_fields(theirs)
-        except Exception:  # the adapter reports its failures; a bug there must not fail the request
-            s.view = None
+            async with s.lock:
+                if s.finished > after:
+                    return s.view
+                s.started += 1
+                number = s.started
+                s.dirty, s.synced = False, self._clock()
+                try:
+                    theirs = await self.peers.exchange(model, mine().fields())
+                    s.view = None if theirs is None else Counts.from_fields(theirs)
+                except Exception:  # the adapter reports its failures; a bug there must not fail the request
+                    s.view = None
+                s.finished = number
+                return s.view
         finally:
             if claim is not None:
                 left = s.claims[claim] - 1
@@ -131,7 +145,6 @@ class SharedSlots:
                     s.claims[claim] = left
                 else:
                     del s.claims[claim]
-        return s.view
 
     def mine(self, model: str, in_flight: Mapping[str, int], active: list[str],
              replicas: Mapping[str, int]) -> Counts:

@@ -120,6 +120,9 @@ TENANTS = Dashboard(
         _p("Requests/s by tenant", (f"sum by (tenant) (rate(owc_requests_total{{{M}}}[$__rate_interval]))", "{{tenant}}"), unit="reqps"),
         _p("Completion tokens/s by tenant", (f"sum by (tenant) (rate(owc_completion_tokens_total{{{M}}}[$__rate_interval]))", "{{tenant}}")),
         _p("Prompt tokens/s by tenant", (f"sum by (tenant) (rate(owc_prompt_tokens_total{{{M}}}[$__rate_interval]))", "{{tenant}}")),
+        _p("Reasoning tokens/s by tenant", (f"sum by (tenant) (rate(owc_reasoning_tokens_total{{{M}}}[$__rate_interval]))", "{{tenant}}"),
+           description="Reasoning tokens (gpt-oss's analysis channel), part of the completion tokens; generated and "
+                       "paid for under the reasoning policy strip too."),
         _p("Tokens in range by tenant", (f"sum by (tenant) (increase(owc_completion_tokens_total{{{M}}}[$__range]) + increase(owc_prompt_tokens_total{{{M}}}[$__range]))", "{{tenant}}"),
            kind="stat"),
         _p("Rate-limited (429) by tenant", (f'sum by (tenant) (rate(owc_requests_total{{{M},code="429"}}[$__rate_interval]))', "{{tenant}}"), unit="reqps"),

@@ -27,6 +27,8 @@ EXEMPT = {
     "Capacity controller: replica target": "no `owc controller` process in this session",
     "Capacity controller: decisions by reason": "no `owc controller` process in this session",
     "Capacity controller: holding, by reason": "no `owc controller` process in this session",
+    # The session's tiny Llama does not reason (tests/unit/test_reasoning_tokens.py counts the metric).
+    "Reasoning tokens/s by tenant": "no reasoning model in this session",
 }
 
 

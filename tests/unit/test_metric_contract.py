@@ -45,7 +45,8 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
         h.observe(0.1)
     g.tenant_quota_used.labels("t", "day").set(0.5)
     g.fair_depth.labels("m", "t").set(1)
-    for c in (g.prompt_tokens.labels("m", "t"), g.completion_tokens.labels("m", "t"), g.requests.labels("m", "t", "/r", "200")):
+    for c in (g.prompt_tokens.labels("m", "t"), g.completion_tokens.labels("m", "t"), g.reasoning_tokens.labels("m", "t"),
+              g.requests.labels("m", "t", "/r", "200")):
         c.inc()
     out = {}
     for fam in registry.collect():

@@ -72,6 +72,8 @@ class Accounting:
             m.prompt_tokens.labels(model, req.tenant).inc(delivery.prompt_tokens)
         if delivery.completion_tokens:
             m.completion_tokens.labels(model, req.tenant).inc(delivery.completion_tokens)
+        if delivery.reasoning_tokens:
+            m.reasoning_tokens.labels(model, req.tenant).inc(delivery.reasoning_tokens)
         if req.span is not None:
             RequestTracer.finish(req.span, req.status, {
                 "owc.request_id": req.request_id, "owc.tenant": req.tenant, "gen_ai.request.model": model,

@@ -72,6 +72,13 @@ class GatewayMetrics:
             ["model", "tenant"],
             registry=registry,
         )
+        self.reasoning_tokens = Counter(
+            "owc_reasoning_tokens",
+            "Reasoning tokens of finished requests (engine-reported usage; part of the completion tokens), "
+            "by model and tenant.",
+            ["model", "tenant"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "owc_requests_in_flight",
             "Requests the gateway is handling now (admitted, not finished), by served model.",

@@ -5,7 +5,7 @@ stream, a system prompt, multi-turn, tool use and a tool-result turn, count_toke
 unknown model give equal answers (greedy; ids and thinking signatures are per call); the key
 works as `x-api-key` (the SDK's way) and as `Authorization: Bearer`; no key is a 401 in
 Anthropic's shape; the reasoning policy `strip` removes thinking blocks; the route has its
-metrics and access-log lines."""
+metrics and access-log lines (and owc_reasoning_tokens_total counts gpt-oss's reasoning)."""
 
 from __future__ import annotations
 
@@ -145,6 +145,12 @@ def test_the_route_has_its_metrics_and_access_log(clients, gateway):
     clients[0].messages.create(model=MODEL, max_tokens=8, messages=ASK, **GREEDY)
     assert metric(gateway.metrics_url, "owc_requests_total", route="/v1/messages", code="200", tenant="coder") >= 1
     assert metric(gateway.metrics_url, "owc_prompt_tokens_total", tenant="coder") > 0
+    # owc_reasoning_tokens_total: vLLM reports gpt-oss's reasoning tokens in chat's usage (not in the Messages API's).
+    r = httpx.post(gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120,
+                   json={"model": MODEL, "max_tokens": 24, "messages": ASK})
+    reasoning = r.json()["usage"]["completion_tokens_details"]["reasoning_tokens"]
+    assert reasoning > 0
+    assert metric(gateway.metrics_url, "owc_reasoning_tokens_total", tenant="coder", model=MODEL) >= reasoning
     lines = [json.loads(x) for x in gateway.access_log.read_text().splitlines() if x.strip()]
     mine = [x for x in lines if x.get("route") == "/v1/messages" and x.get("status") == 200]
     assert mine and mine[-1]["tenant"] == "coder" and mine[-1]["completion_tokens"] > 0

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 HOT_HOLD_S = 1.0  # a model stays hot this long after it last looked saturated (scrapes swing)
-POLL_S = 0.05  # while requests wait: the others' counts read at most this often
+POLL_S = 0.1  # while requests wait: the others' counts read at most this often (room they freed)
 REFRESH_S = 0.5  # this process's counts re-published at least this often while hot (the store's TTL is longer)
 PENDING = "*"  # replica field of grants being decided (not yet on a replica)
 

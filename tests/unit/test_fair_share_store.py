@@ -249,3 +249,18 @@ async def test_a_burst_of_decisions_costs_two_exchanges_each_carrying_the_claims
     # The first carries the first claim; the second, started once the first was back (its
     # caller decided), the other 19.
     assert peers.sent == [{"t:t0": 1, "r:*": 1}, {"t:t0": 9, "t:t1": 10, "r:*": 19}]
+
+
+def test_owc_serve_starts_a_local_store_for_the_shared_counts(tmp_path):
+    import redis
+
+    from cluster.runner import LocalCluster
+
+    cfg = parse_config({"models": {"m": {"source": "external"}}, "monitoring": {"file_sd_dir": str(tmp_path)}})
+    c = LocalCluster(cfg, temp_dir=str(tmp_path / "ray"))
+    c._start_fair_share_store()  # what start() does before Ray for owc serve's defaults (no store, 2 gateways)
+    try:
+        url = c.cfg.gateway.fair_sharing.store_url  # the gateway processes' config carries it
+        assert url and redis.Redis.from_url(url).ping()
+    finally:
+        c._redis.stop()

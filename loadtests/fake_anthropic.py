@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 
 from aiohttp import web
@@ -68,6 +69,9 @@ def add_anthropic_routes(app: web.Application, engine) -> None:
                                                             "content_block": block}))
             for delta in deltas:
                 await asyncio.sleep(engine.itl_s)
+                if engine.die_after_tokens and engine._tokens_served >= engine.die_after_tokens:
+                    os._exit(1)  # an engine killed mid-stream (--die-after-tokens)
+                engine._tokens_served += 1
                 await resp.write(_event("content_block_delta", {"type": "content_block_delta", "index": index,
                                                                 "delta": delta}))
             await resp.write(_event("content_block_stop", {"type": "content_block_stop", "index": index}))

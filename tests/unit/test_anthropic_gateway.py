@@ -1,0 +1,89 @@
+"""The Messages API through a real gateway process (fake engines behind it): the admission the
+OpenAI routes have, answered in Anthropic's shape — a tenant over its request limit (429
+rate_limit_error with Retry-After), a model outside the tenant's allow-list (403
+permission_error), the wrong content type (415) and a body over the limit (413
+request_too_large); a replica that refuses connections fails no request; an engine that
+dies mid-stream ends the stream with Anthropic's `event: error`; the route's metrics."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+import pytest
+import yaml
+
+from tests.conftest import fake_engine_argv, gateway_argv, metric, server
+from cluster.process import free_port
+
+KEYS = {"sk-a": "alpha", "sk-limited": "limited", "sk-b": "beta"}
+ASK = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    d = tmp_path_factory.mktemp("anthropic")
+    cfg = d / "owc.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "models": {"m": {"source": "external"}, "dying": {"source": "external"}},
+        "gateway": {"api_keys_env": "ANTH_TEST_KEYS", "access_log": {"enabled": False},
+                    "limits": {"max_body_bytes": 4096},
+                    "tenants": {"limited": {"requests_per_minute": 1, "burst": 1}, "beta": {"models": ["dying"]}}},
+    }))
+    env = {"ANTH_TEST_KEYS": ",".join(f"{k}={t}" for k, t in KEYS.items())}
+    closed = f"http://127.0.0.1:{free_port()}"  # a replica that refuses connections
+    with server(fake_engine_argv("m", itl_ms=1)) as e, \
+            server([*fake_engine_argv("dying", itl_ms=20), "--die-after-tokens", "3"]) as dying, \
+            server(gateway_argv(f"m={closed}", f"m={e.url}", f"dying={dying.url}", config=str(cfg)), env=env) as g:
+        yield g
+
+
+def post(g, body, key: str | None = "sk-a", path="/v1/messages", **headers) -> httpx.Response:
+    if key:
+        headers["x-api-key"] = key
+    return httpx.post(g.url + path, json=body, headers=headers, timeout=30)
+
+
+def _anthropic(r: httpx.Response, status: int, kind: str) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body == {"type": "error", "error": {"type": kind, "message": body["error"]["message"]}}
+    return body
+
+
+def test_a_dead_replica_does_not_fail_requests_and_the_route_is_counted(stack):
+    for _ in range(4):  # retried on the live one, or never chosen once its scrapes fail
+        r = post(stack, {"model": "m", **ASK})
+        assert r.status_code == 200 and r.json()["type"] == "message"
+    assert metric(stack.metrics_url, "owc_requests_total", route="/v1/messages", code="200", tenant="alpha") >= 4
+    assert metric(stack.metrics_url, "owc_completion_tokens_total", tenant="alpha") >= 4 * ASK["max_tokens"]
+
+
+def test_limits_allow_lists_and_bounds_answer_in_anthropics_shape(stack):
+    assert post(stack, {"model": "m", **ASK}, key="sk-limited").status_code == 200
+    r = post(stack, {"model": "m", **ASK}, key="sk-limited")
+    _anthropic(r, 429, "rate_limit_error")
+    assert r.headers["retry-after"]
+    _anthropic(post(stack, {"model": "m", **ASK}, key="sk-b"), 403, "permission_error")
+    _anthropic(post(stack, {"model": "nope", **ASK}), 404, "not_found_error")
+    _anthropic(post(stack, {"model": "m", "messages": []}), 400, "invalid_request_error")  # max_tokens missing
+    _anthropic(post(stack, {"model": "m", **ASK}, key=None), 401, "authentication_error")
+    _anthropic(post(stack, {"model": "m", **ASK}, key="sk-nobody"), 401, "authentication_error")
+    big = {"model": "m", **ASK, "system": "x" * 5000}
+    _anthropic(post(stack, big), 413, "request_too_large")
+    r = httpx.post(stack.url + "/v1/messages", content=b"{}", headers={"x-api-key": "sk-a", "content-type": "text/plain"})
+    _anthropic(r, 415, "invalid_request_error")
+    _anthropic(httpx.get(stack.url + "/v1/messages"), 405, "invalid_request_error")
+    r = post(stack, {"model": "m", "messages": ASK["messages"]}, path="/v1/messages/count_tokens?beta=true")
+    assert r.status_code == 200 and r.json()["input_tokens"] > 0
+
+
+def test_an_engine_dying_mid_stream_ends_with_anthropics_error_event(stack):
+    with httpx.stream("POST", stack.url + "/v1/messages", json={"model": "dying", **ASK, "max_tokens": 12, "stream": True},
+                      headers={"x-api-key": "sk-b"}, timeout=30) as r:
+        assert r.status_code == 200
+        events = [e for e in r.read().split(b"\n\n") if e]
+    assert events[0].startswith(b"event: message_start\n")
+    last = events[-1]
+    assert last.startswith(b"event: error\ndata: ")
+    assert orjson.loads(last.split(b"data: ", 1)[1])["error"]["type"] == "api_error"
+    assert all(e.startswith(b"event: ") for e in events)  # whole events, none cut

@@ -11,6 +11,9 @@ import os
 import uuid
 
 from aiohttp import web
+from prometheus_client import Counter
+
+from cluster.engine.guard import ENGINE_KEY_ENV
 
 
 def _error(status: int, kind: str, message: str) -> web.Response:
@@ -28,9 +31,16 @@ def _event(name: str, data: dict) -> bytes:
 
 def add_anthropic_routes(app: web.Application, engine) -> None:
     """Serve the Messages API for ``engine`` (a loadtests.fake_engine.FakeEngine)."""
+    # A client's credential reaching the engine: an x-api-key, or an Authorization header on an
+    # engine that expects none (a keyed engine's guard refuses any but its own key).
+    leaked = Counter("owc_fake_client_credentials", "Messages API requests that carried a client's credential.",
+                     registry=engine.registry)
+    keyless = not os.environ.get(ENGINE_KEY_ENV)
 
     async def body_of(request: web.Request) -> dict | web.Response:
         engine.served.inc()
+        if "x-api-key" in request.headers or (keyless and "Authorization" in request.headers):
+            leaked.inc()
         try:
             body = await request.json()
         except json.JSONDecodeError:

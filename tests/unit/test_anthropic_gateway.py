@@ -34,6 +34,7 @@ def stack(tmp_path_factory):
     with server(fake_engine_argv("m", itl_ms=1)) as e, \
             server([*fake_engine_argv("dying", itl_ms=20), "--die-after-tokens", "3"]) as dying, \
             server(gateway_argv(f"m={closed}", f"m={e.url}", f"dying={dying.url}", config=str(cfg)), env=env) as g:
+        g.engine = e
         yield g
 
 
@@ -56,6 +57,11 @@ def test_a_dead_replica_does_not_fail_requests_and_the_route_is_counted(stack):
         assert r.status_code == 200 and r.json()["type"] == "message"
     assert metric(stack.metrics_url, "owc_requests_total", route="/v1/messages", code="200", tenant="alpha") >= 4
     assert metric(stack.metrics_url, "owc_completion_tokens_total", tenant="alpha") >= 4 * ASK["max_tokens"]
+    # The tenant's x-api-key (and any client credential) never reached the engine.
+    assert metric(stack.engine.url, "owc_fake_generation_requests_total") >= 4
+    assert metric(stack.engine.url, "owc_fake_client_credentials_total") == 0
+    httpx.post(stack.engine.url + "/v1/messages", json={"model": "m", **ASK}, headers={"x-api-key": "sk-a"})
+    assert metric(stack.engine.url, "owc_fake_client_credentials_total") == 1  # as a direct client's would
 
 
 def test_limits_allow_lists_and_bounds_answer_in_anthropics_shape(stack):

@@ -25,7 +25,10 @@ KEYS = {"sk-alpha": "alpha", "sk-beta": "beta"}  # beta may use only m2
 ADMIN = {"sk-admin": "ops"}
 CONFIG = {
     "models": {"m1": {"source": "external"}, "m2": {"source": "external"}},
-    "gateway": {"api_keys_env": None, "admin_keys_env": None, "tenants": {"beta": {"models": ["m2"]}}},
+    "gateway": {"api_keys_env": None, "admin_keys_env": None, "tenants": {"beta": {"models": ["m2"]}},
+                # The matrix is many failed authentications from one address: not throttled here
+                # (the failed-auth throttle is tests/unit/test_hostile_clients.py's).
+                "limits": {"auth_failures_burst": 1000}},
 }
 
 CREDENTIALS = {

@@ -22,6 +22,7 @@ from tests.tools import TOOLS_BIN
 # Package data the product reads through importlib.resources.
 DATA = [
     "cluster/config/default.yaml",
+    "cluster/capacity/engine-profile.json",
     "cluster/metrics/prometheus/prometheus.yml",
     "cluster/metrics/prometheus/rules/owc-alerts.yml",
     "cluster/metrics/prometheus/rules/owc-recording.yml",

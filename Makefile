@@ -86,7 +86,8 @@ bench: setup
 	$(BIN)/python -m loadtests.overhead --runs 5 --no-router --resume-off --out loadtests/results/resume-overhead.json
 	$(BIN)/python -m loadtests.prefix_routing --runs 5 --out loadtests/results/prefix-routing.json
 	$(BIN)/python -m cluster.capacity.profile --out loadtests/results/engine-profile.json
-	$(BIN)/python -m loadtests.autoscaling --out loadtests/results/autoscaling.json
+	cp loadtests/results/engine-profile.json cluster/capacity/engine-profile.json  # owc simulate's default (package data)
+	$(BIN)/python -m loadtests.autoscaling --out loadtests/results/autoscaling-bursts.json
 	$(BIN)/python -m loadtests.fairness --runs 5 --out loadtests/results/fairness.json
 	$(BIN)/python -m loadtests.readme_figures --write
 

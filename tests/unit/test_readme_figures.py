@@ -64,7 +64,7 @@ def test_a_block_on_no_page_fails(tmp_path, monkeypatch):
 
 def test_links_in_docs_blocks_are_relative_to_their_page():
     capacity = (readme_figures.DOCS / "capacity.md").read_text()
-    assert "](../loadtests/results/autoscaling-steady.png)" in capacity
+    assert "](../loadtests/results/autoscaling-bursts-steady-seed2.png)" in capacity
 
 
 def test_overhead_block_reflects_the_json():

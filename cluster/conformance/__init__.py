@@ -103,7 +103,7 @@ def _summary(obs: dict[str, Any]) -> str:
         parts.append("calls " + ",".join(c[0] for c in obs["tool_calls"]))
     elif obs.get("text"):
         parts.append(f"{len(obs['text'])} chars")
-    if obs.get("reasoning"):
+    if obs.get("reasoning") or obs.get("thinking"):  # the Messages API's thinking blocks
         parts.append("reasoning")
     return " ".join(parts)
 

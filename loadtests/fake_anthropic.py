@@ -49,6 +49,9 @@ def add_anthropic_routes(app: web.Application, engine) -> None:
             return _bad("messages: Field required")
         if body.get("model") != engine.model:
             return _error(404, "NotFoundError", f"The model `{body.get('model')}` does not exist.")
+        fail = (body.get("metadata") or {}).get("fake_status") if isinstance(body.get("metadata"), dict) else None
+        if isinstance(fail, int) and 400 <= fail < 600:  # the engine failing as asked (tests)
+            return _error(fail, "InternalServerError" if fail >= 500 else "BadRequestError", f"failed with {fail}")
         return body
 
     async def messages(request: web.Request) -> web.StreamResponse:

@@ -79,6 +79,9 @@ def test_limits_allow_lists_and_bounds_answer_in_anthropics_shape(stack):
     r = httpx.post(stack.url + "/v1/messages", content=b"{}", headers={"x-api-key": "sk-a", "content-type": "text/plain"})
     _anthropic(r, 415, "invalid_request_error")
     _anthropic(httpx.get(stack.url + "/v1/messages"), 405, "invalid_request_error")
+    for status, kind in ((500, "api_error"), (503, "overloaded_error"), (422, "invalid_request_error")):
+        body = {"model": "m", **ASK, "metadata": {"fake_status": status}}  # vLLM's status kept, Anthropic's type
+        assert _anthropic(post(stack, body), status, kind)["error"]["message"] == f"failed with {status}"
     r = post(stack, {"model": "m", "messages": ASK["messages"]}, path="/v1/messages/count_tokens?beta=true")
     assert r.status_code == 200 and r.json()["input_tokens"] > 0
 

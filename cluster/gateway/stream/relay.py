@@ -16,8 +16,8 @@ import orjson
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Send
 from cluster.gateway.upstream.engine_client import EngineError, Response
 from cluster.gateway.errors import OpenAIError, from_upstream, sse_error_event
-from cluster.gateway.anthropic.errors import error_event
-from cluster.gateway.context import MESSAGES, RESPONSES
+from cluster.gateway.anthropic.errors import error_event, message_of
+from cluster.gateway.context import COUNT_TOKENS, MESSAGES, RESPONSES
 from cluster.gateway.stream.messages import MessagesStream, strip_thinking_body
 from cluster.gateway.stream.reasoning import StreamStrip, strip_body
 from cluster.gateway.stream.resume import StreamLedger
@@ -53,6 +53,8 @@ async def respond(
             raise OpenAIError(502, "the engine refused the gateway's engine credential", code="engine_auth_failed")
         if resp.status >= 400:
             completed = True
+            if job.route in (MESSAGES, COUNT_TOKENS):  # Anthropic's clients get the engine's own status
+                raise OpenAIError(resp.status, message_of(first) or f"engine returned HTTP {resp.status}")
             raise from_upstream(resp.status, first)
         out_headers = [(b"x-request-id", job.request_id.encode())]
         if job.stream:

@@ -15,6 +15,7 @@ from cluster.config.adapters import AdapterSpec, LoraConfig, check_lora, migrate
 from cluster.config.autoscaling import Autoscaling
 from cluster.config.base import NAME as _NAME
 from cluster.config.base import StrictModel
+from cluster.config.batch import BatchConfig
 from cluster.config.auth import JwtConfig, TenantConfig, TenantLimits
 from cluster.config.gateway import AccessLog, GatewayConfig, Limits, Tracing
 from cluster.config.routing import RoutingConfig, RoutingStats
@@ -219,6 +220,7 @@ class OwcConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster.")
     engine_network: EngineNetwork = Field(default_factory=EngineNetwork, description="How engine servers listen.")
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Metrics discovery in local mode.")
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="The Batch API: files, batches (docs/batch.md).")
     model_cache_dir: str = Field(
         "~/.cache/owc/models", description="Where `demo:` models are built and cached."
     )

@@ -1,0 +1,48 @@
+"""The Batch API's settings (`batch:`): where files live, their bounds and expiry, the store of
+file and batch records. OpenAI's own limits are the defaults."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from cluster.config.base import StrictModel
+
+DAY_S = 86400
+
+
+class BatchConfig(StrictModel):
+    enabled: bool = Field(
+        True, description="Serve the Files and Batches routes (`/v1/files`, `/v1/batches`); off: they answer 404.",
+    )
+    store_dir: str = Field(
+        "~/.local/share/owc/batch",
+        description="Directory of the uploaded files' contents, each named by owc's file id (never by the client's "
+        "filename). Every gateway process must see the same directory: local mode shares the host's; on Kubernetes a "
+        "ReadWriteMany volume mounted on every gateway pod.",
+    )
+    store_url: str | None = Field(
+        None, pattern=r"^rediss?://",
+        description="Redis holding the file and batch records, shared by every gateway process; unset: gateway.store's, "
+        "else gateway.fair_sharing.store_url (the one `owc serve` starts), else each gateway process keeps its own "
+        "records in memory (lost at restart, and a second process does not see them).",
+    )
+    store_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="Seconds one call to that Redis may take; slower answers 503 with Retry-After.",
+    )
+    max_file_bytes: int = Field(
+        200 * 1024 * 1024, ge=1024, description="Largest uploaded file in bytes (OpenAI's 200 MB); larger is 413.",
+    )
+    max_lines: int = Field(50_000, ge=1, description="Most request lines in one batch input file (OpenAI's 50,000).")
+    max_tenant_bytes: int = Field(
+        10 * 1024 ** 3, ge=1024,
+        description="Bytes of files one tenant may hold at once (uploads beyond it are refused with 400 "
+        "storage_limit_exceeded until files are deleted or expire).",
+    )
+    file_expiry_s: int = Field(
+        30 * DAY_S, ge=3600, le=30 * DAY_S,
+        description="Seconds after upload a file expires when its upload sets no `expires_after` (OpenAI's 30 days "
+        "for batch files); an expired file is deleted from disk and store.",
+    )
+    sweep_period_s: float = Field(
+        60.0, gt=0, description="Seconds between sweeps that delete expired files and expire overdue batches.",
+    )

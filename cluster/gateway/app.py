@@ -29,6 +29,8 @@ from cluster.gateway.upstream.adapter_loader import record_adapter_requests
 from cluster.gateway.admission.entry import ROUTES, Admission, send_error
 from cluster.gateway.anthropic.frontend import PATHS as ANTHROPIC_PATHS, AnthropicFrontEnd
 from cluster.gateway.auth.authenticator import Authenticator
+from cluster.gateway.batches.routes import add_batch_routes
+from cluster.gateway.batches.wiring import build_batches
 from cluster.gateway.edge.connections import Bounds, ConnectionGuard
 from cluster.gateway.upstream.engine_client import EngineClient
 from cluster.gateway.errors import OpenAIError
@@ -138,6 +140,7 @@ def build_app(
     )
 
     lag = LoopLag(metrics.loop_lag.set)
+    batches = build_batches(config)  # the Batch API's files and batches; None when batch.enabled is off
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -150,9 +153,13 @@ def build_app(
             await auth.jwt.start()
         if auth.reloader is not None:
             await auth.reloader.start()
+        if batches is not None:
+            await batches.start()
         try:
             yield
         finally:
+            if batches is not None:
+                await batches.stop()
             if auth.reloader is not None:
                 await auth.reloader.stop()
             if auth.jwt is not None:
@@ -192,6 +199,8 @@ def build_app(
     if auth.admin_configured:  # no admin keys: no adapter admin routes (404)
         add_adapter_routes(table, config=config, loader=adapters)
     add_responses_routes(table, config=config, endpoints=endpoints, engine=engine_client, ids=conversations.ids)
+    if batches is not None:
+        add_batch_routes(table, service=batches.service)
     return GatewayApp(api=app, admission=admission, table=table, connections=connections)
 
 

@@ -50,6 +50,12 @@ NOT_FOUND_OUTSIDE_LIST = {"/v1/models/{model:path}"}
 # Routes of a stored response: an id the gateway did not mint for the caller answers 404 (vLLM's
 # shape) for any valid tenant, before any engine is reached.
 UNKNOWN_ID = {"/v1/responses/{response_id}", "/v1/responses/{response_id}/cancel"}
+# The Batch API's files and batches are not model-scoped: every valid tenant has them (beta too),
+# and an id the caller does not own answers 404.
+BATCH_ROUTES = {"/v1/files", "/v1/batches"}
+UNKNOWN_ID |= {"/v1/files/{file_id}", "/v1/files/{file_id}/content", "/v1/batches/{batch_id}",
+               "/v1/batches/{batch_id}/cancel"}
+BATCH_LINE = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m1"}}\n'
 # Anthropic's Messages API answers errors in Anthropic's shape (cluster.gateway.anthropic).
 ANTHROPIC = {"/v1/messages", "/v1/messages/count_tokens"}
 BODIES = {
@@ -74,7 +80,8 @@ def stack(tmp_path_factory):
     (d / "keys.yaml").write_text(yaml.safe_dump({hash_key(k): t for k, t in KEYS.items()}))
     (d / "admin.yaml").write_text(yaml.safe_dump({hash_key(k): n for k, n in ADMIN.items()}))
     cfg = {**CONFIG, "gateway": {**CONFIG["gateway"], "api_keys_file": str(d / "keys.yaml"),
-                                 "admin_keys_file": str(d / "admin.yaml")}, "model_cache_dir": str(d)}
+                                 "admin_keys_file": str(d / "admin.yaml")}, "model_cache_dir": str(d),
+           "batch": {"store_dir": str(d / "batch")}}
     (d / "owc.yaml").write_text(yaml.safe_dump(cfg))
     env = {"OWC_ENGINE_KEY": ENGINE_KEY}
     with server(fake_engine_argv("m1"), env=env) as e1, server(fake_engine_argv("m2"), env=env) as e2, \
@@ -94,6 +101,15 @@ def test_every_fastapi_route_is_in_the_route_table(stack):
 def _call(url: str, method: str, path: str, authorization: str | None) -> httpx.Response:
     headers = {"Authorization": authorization} if authorization else {}
     real = path.replace("{model:path}", "m1").replace("{name:path}", "ad1").replace("{response_id}", "resp_not_minted_here")
+    real = real.replace("{file_id}", "file-not-minted-here").replace("{batch_id}", "batch_not_minted_here")
+    if method == "POST" and path == "/v1/files":
+        return httpx.post(url + real, files={"file": ("in.jsonl", BATCH_LINE)}, data={"purpose": "batch"},
+                          headers=headers, timeout=30)
+    if method == "POST" and path == "/v1/batches":  # an input file of the caller's own first (if it may upload)
+        up = _call(url, "POST", "/v1/files", authorization)
+        body = {"input_file_id": up.json().get("id", "file-none") if up.status_code == 200 else "file-none",
+                "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        return httpx.post(url + real, json=body, headers=headers, timeout=30)
     if method == "POST":
         return httpx.post(url + real, json=BODIES.get(path, {}), headers=headers, timeout=30)
     return httpx.request(method, url + real, headers=headers, timeout=30)
@@ -116,6 +132,8 @@ def test_auth_matrix(stack):
                 expected = 404
             if route.path in UNKNOWN_ID and cred in ("tenant", "other_tenant"):
                 expected = 404
+            if route.path in BATCH_ROUTES and cred == "other_tenant":
+                expected = 200
             if route.path == "/v1/models" and cred == "other_tenant":
                 expected = 200  # listed, without m1 (below)
             cells.append((route.method, route.path, cred, r.status_code, expected))

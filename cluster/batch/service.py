@@ -15,7 +15,7 @@ from pathlib import Path
 from cluster.batch import states
 from cluster.batch.contents import Contents, Upload
 from cluster.batch.errors import BatchApiError, invalid, no_such_batch, no_such_file, store_unavailable
-from cluster.batch.ids import new_batch_id, new_file_id
+from cluster.batch.ids import is_batch_id, is_file_id, new_batch_id, new_file_id
 from cluster.batch.index import BatchIndex, MemoryIndex
 from cluster.batch.lines import check_create, check_file_for_batch, check_input
 from cluster.batch.records import BatchRecord, FileRecord
@@ -106,6 +106,8 @@ class BatchService:
         return rec
 
     async def file(self, tenant: str, file_id: str) -> FileRecord:
+        if not is_file_id(file_id):  # not one owc minted: no store call, and nothing of it reaches a key
+            raise no_such_file(file_id)
         rec = await self._store(self.index.file(tenant, file_id))
         if rec is None:
             raise no_such_file(file_id)
@@ -129,6 +131,8 @@ class BatchService:
         return path
 
     async def delete_file(self, tenant: str, file_id: str) -> dict:
+        if not is_file_id(file_id):
+            raise no_such_file(file_id)
         rec = await self._store(self.index.remove_file(tenant, file_id))
         if rec is None:
             raise no_such_file(file_id)
@@ -155,6 +159,8 @@ class BatchService:
         return rec
 
     async def batch(self, tenant: str, batch_id: str) -> BatchRecord:
+        if not is_batch_id(batch_id):
+            raise no_such_batch(batch_id)
         rec = await self._store(self.index.batch(tenant, batch_id))
         if rec is None:
             raise no_such_batch(batch_id)
@@ -165,6 +171,8 @@ class BatchService:
 
     async def cancel(self, tenant: str, batch_id: str) -> BatchRecord:
         """No runner executes lines yet, so no batch is running: cancelled at once."""
+        if not is_batch_id(batch_id):
+            raise no_such_batch(batch_id)
         now = self._clock()
         rec = await self._store(self.index.update_batch(tenant, batch_id,
                                                         lambda b: states.cancel(b, now, running=False)))

@@ -208,11 +208,15 @@ def test_a_store_that_fails_is_a_503():
                        index=RedisIndex(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2))
 
     async def go():
-        for call in (svc.files("a", purpose=None, after=None, limit=1, ascending=False), svc.batch("a", "batch_x"),
+        for call in (svc.files("a", purpose=None, after=None, limit=1, ascending=False), svc.batch("a", "batch_" + "x" * 24),
                      svc.begin_upload("a")):
             with pytest.raises(BatchApiError) as e:
                 await call
             assert e.value.status == 503 and e.value.retry_after_s == 1
+        for call in (svc.file("a", "../x"), svc.batch("a", "batch_}:b:x"), svc.cancel("a", "nope")):
+            with pytest.raises(BatchApiError) as e:  # not an id owc mints: 404 without asking the store
+                await call
+            assert e.value.status == 404
         await svc.close()
 
     run(go())

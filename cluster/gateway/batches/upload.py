@@ -12,6 +12,7 @@ from starlette.requests import Request
 
 from cluster.batch.contents import Upload
 from cluster.batch.errors import BatchApiError, invalid
+from cluster.batch.service import PURPOSES
 
 MAX_FIELD_BYTES = 1024
 MAX_PARTS = 8
@@ -62,6 +63,10 @@ class _Reader:
         self._name = name.decode("utf-8", "replace")
         self._is_file = self._name == "file"
         if self._is_file:
+            purpose = self.form.fields.get("purpose")
+            if purpose is not None and purpose not in PURPOSES:  # sent first (as the SDK does): refused unread
+                raise invalid(f"purpose {purpose!r} is not supported: owc stores files for batches (purpose "
+                              "\"batch\")", param="purpose", code="unsupported_value")
             self.form.files += 1
             if self.form.files > 1:
                 raise invalid("more than one file in the upload", param="file")

@@ -74,7 +74,7 @@ soak: setup tools
 # The gateway fuzz test with more cases than CI runs (OpenAI's own OpenAPI description).
 FUZZ_EXAMPLES ?= 5000
 fuzz: setup
-	OWC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/unit/test_fuzz.py -s $(PYTEST_ARGS)
+	OWC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/unit/test_fuzz.py tests/unit/test_fuzz_batch.py -s $(PYTEST_ARGS)
 
 # Token-path candidates (incl. ray.serve.llm, which needs the bench extra), then the
 # overhead benchmark alone; the README figures are regenerated from the JSON they write.

@@ -41,6 +41,19 @@ class Contents:
         self.path(file_id).unlink(missing_ok=True)
         self.part(file_id).unlink(missing_ok=True)
 
+    def drop_parts(self, *, older_than: float) -> int:
+        """Delete part files last written before ``older_than`` (uploads a crash cut short)."""
+        tmp = self.root / "tmp"
+        dropped = 0
+        for p in tmp.glob("*.part") if tmp.is_dir() else ():
+            try:
+                if p.stat().st_mtime < older_than:
+                    p.unlink()
+                    dropped += 1
+            except FileNotFoundError:
+                continue
+        return dropped
+
     def lines(self, path: Path) -> Iterator[bytes]:
         with path.open("rb") as f:
             yield from f

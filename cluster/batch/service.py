@@ -23,6 +23,7 @@ from cluster.config.batch import BatchConfig
 
 log = logging.getLogger(__name__)
 WINDOW_S = {"24h": 86400}
+PART_TTL_S = 3600  # an upload still arriving after this long is gone (gateway.limits.body_timeout_s bounds it)
 PURPOSES = ("batch",)  # what owc stores; OpenAI's other purposes are refused
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -91,18 +92,20 @@ class BatchService:
             now = self._clock()
             rec = FileRecord(upload.id, tenant, upload.size, now, int(now) + (expires_after_s or self.cfg.file_expiry_s),
                              display_name(filename), purpose, summary.lines, dict(summary.urls))
-            self.contents.commit(upload.id)
+            # Recorded before its content is in place (and deleted after its content is gone): a
+            # crash between the two leaves a record without content (404, swept at expiry), never
+            # a content no record points to.
+            if not await self._store(self.index.add_file(rec, max_tenant_bytes=self.cfg.max_tenant_bytes)):
+                raise self._over_storage()
         except BaseException:
             upload.discard()
             raise
         try:
-            added = await self._store(self.index.add_file(rec, max_tenant_bytes=self.cfg.max_tenant_bytes))
+            self.contents.commit(upload.id)
         except BaseException:
-            self.contents.remove(rec.id)
+            upload.discard()
+            await self._store(self.index.remove_file(tenant, rec.id))
             raise
-        if not added:
-            self.contents.remove(rec.id)
-            raise self._over_storage()
         return rec
 
     async def file(self, tenant: str, file_id: str) -> FileRecord:
@@ -133,15 +136,16 @@ class BatchService:
     async def delete_file(self, tenant: str, file_id: str) -> dict:
         if not is_file_id(file_id):
             raise no_such_file(file_id)
-        rec = await self._store(self.index.remove_file(tenant, file_id))
+        rec = await self._store(self.index.file(tenant, file_id))
         if rec is None:
             raise no_such_file(file_id)
-        self.contents.remove(rec.id)
+        await self._forget(rec)
         return {"id": rec.id, "object": "file", "deleted": True}
 
     async def _forget(self, rec: FileRecord) -> None:
-        await self._store(self.index.remove_file(rec.tenant, rec.id))
+        """The content first, then the record (see finish_upload)."""
         self.contents.remove(rec.id)
+        await self._store(self.index.remove_file(rec.tenant, rec.id))
 
     # -- batches ------------------------------------------------------------------------------
     async def create_batch(self, tenant: str, body: object) -> BatchRecord:
@@ -186,6 +190,7 @@ class BatchService:
         files = await self._store(self.index.due_files(now))
         for f in files:
             await self._forget(f)
+        self.contents.drop_parts(older_than=now - PART_TTL_S)  # uploads a crash cut short
         batches = await self._store(self.index.due_batches(now))
         for b in batches:
             await self._store(self.index.update_batch(b.tenant, b.id, lambda r: states.expire(r, now) or r))

@@ -239,3 +239,30 @@ def test_page():
     assert [r.id for r in page(rs, after=None, limit=2)[0]] == ["a", "b"] and page(rs, after=None, limit=2)[1]
     assert [r.id for r in page(rs, after="c", limit=5)[0]] == ["d", "e"] and not page(rs, after="c", limit=5)[1]
     assert page(rs, after="zz", limit=5) == ([], False)
+
+
+def test_what_a_crash_can_leave_behind_is_cleaned_up(make):
+    """A crash mid-upload leaves a part file (swept after an hour); one between recording a file and
+    moving its content in leaves a record without content (404, then swept at expiry) — never a
+    content that no record points to."""
+    svc, clock = make()
+
+    async def go():
+        f = await upload(svc, "a", jsonl(1), expires=3600)
+        svc.contents.path(f.id).unlink()  # as if the process died before the rename
+        with pytest.raises(BatchApiError) as e:
+            await svc.content("a", f.id)
+        assert e.value.status == 404
+        stale, fresh = svc.contents.part("file-" + "s" * 24), svc.contents.part("file-" + "f" * 24)
+        stale.write_bytes(b"half an upload")
+        fresh.write_bytes(b"arriving")
+        clock.now += 3600
+        os.utime(stale, (clock.now - 3601, clock.now - 3601))
+        os.utime(fresh, (clock.now - 10, clock.now - 10))
+        assert (await svc.sweep())[0] == 1
+        assert await svc.index.tenant_bytes("a") == 0 and (await svc.files("a", purpose=None, after=None, limit=9,
+                                                                            ascending=False))["data"] == []
+        assert sorted(os.listdir(svc.contents.root / "tmp")) == [fresh.name]
+        await svc.close()
+
+    run(go())

@@ -3,6 +3,7 @@ demo Llama at TP=1, and the same weights at TP=2), the gateway on a free port.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 
 import httpx
 import openai
+import psutil
 import pytest
 import yaml
 
@@ -153,9 +155,11 @@ def prometheus(cluster, tmp_path_factory):
          "--scrape-interval", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     url = f"http://127.0.0.1:{port}"
+    children = []
     try:
         line = proc.stdout.readline()
         assert url in line, line + proc.stdout.read(2000) if proc.poll() is not None else line
+        children = psutil.Process(proc.pid).children(recursive=True)  # Prometheus, in a session of its own
         yield url
     finally:
         proc.send_signal(signal.SIGINT)
@@ -163,6 +167,11 @@ def prometheus(cluster, tmp_path_factory):
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+        # `owc monitor` stops its Prometheus on SIGINT; one killed before it could (a loaded
+        # machine, past the 15 s) would leave it running for good: never outlive the session.
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

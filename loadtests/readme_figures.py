@@ -394,16 +394,27 @@ def fairness_block(doc: dict) -> str:
                      f"{', '.join(f'{k}: {v}' for k, v in sorted(answers.items()))} | "
                      f"{_spread(r['b_vs_fcfs'], lambda x: f'{x:.2f}')} | "
                      f"{_spread(r['b_share_of_remaining'], lambda x: f'{x:.2f}')} |")
-    alone = [r["alone"]["a"]["ttft_p95_s"] for r in doc["runs"]]
+    fronts = {"alone": "1 gateway", "alone-2gw": "2 gateways", "alone-3gw": "3 gateways"}
+    alone = "; ".join(
+        f"{label} {_ms(min(ts))}–{_ms(max(ts))} ms"
+        for key, label in fronts.items() if (ts := [r[key]["a"]["ttft_p95_s"] for r in doc["runs"] if key in r]))
     v = sm["verdict"]
+    met = lambda ok: "met" if ok else "not met"  # noqa: E731
     lines += [
         "",
-        f"A alone: TTFT p95 {_ms(min(alone))}–{_ms(max(alone))} ms. One tenant in a closed loop at "
+        f"A alone, through the same front as each phase: TTFT p95 {alone}. One tenant in a closed loop at "
         f"2 × max_num_seqs, fair queueing on / off: {_spread(sm['solo_throughput_ratio'], _ratio)} requests/s.",
-        f"A's TTFT p95 ≤ 1.5× alone with fair queueing: **{'met' if v['fair_ttft_ok'] else 'not met'}**; "
-        f"B completes ≥ 80 % of what it does first come, first served: "
-        f"**{'met' if v['fair_b_gets_remaining_ok'] else 'not met'}**.",
     ]
+    if "solo_shared_ratio" in sm:
+        lines.append(f"One tenant through a gateway sharing its counts in Redis / one that does not: "
+                     f"{_spread(sm['solo_shared_ratio'], _ratio)} requests/s.")
+    lines.append(f"A's TTFT p95 ≤ 1.5× alone with fair queueing: **{met(v['fair_ttft_ok'])}**; "
+                 f"B completes ≥ 80 % of what it does first come, first served: "
+                 f"**{met(v['fair_b_gets_remaining_ok'])}**.")
+    for n, key in (("2", "fair_2gw"), ("3", "fair_3gw")):
+        if f"{key}_ttft_ok" in v:
+            lines.append(f"With {n} gateway processes: A's TTFT p95 ≤ 1.5× alone **{met(v[f'{key}_ttft_ok'])}**; "
+                         f"B ≥ 80 % of FCFS **{met(v[f'{key}_b_ok'])}**.")
     return "\n".join(lines)
 
 

@@ -36,18 +36,10 @@ def _shape(kind: str, duration_s: float, rng: random.Random):
     if kind == "diurnal":
         return lambda t: 0.3 + 3.7 * (0.5 - 0.5 * math.cos(2 * math.pi * t / duration_s))
     if kind == "bursty":
-        bursts, t = [], rng.uniform(60, 240)
-        while t < duration_s:
-            length = rng.uniform(40, 120)
-            bursts.append((t, t + length))
-            t += length + rng.expovariate(1 / 360)
+        bursts = _windows(rng, duration_s, lengths=(40, 120), mean_gap_s=360)
         return lambda t: 4.0 if any(a <= t < b for a, b in bursts) else 0.8
     if kind == "spiky":
-        spikes, t = [], rng.uniform(60, 240)
-        while t < duration_s:
-            length = rng.uniform(10, 30)
-            spikes.append((t, t + length))
-            t += length + rng.expovariate(1 / 240)
+        spikes = _windows(rng, duration_s, lengths=(10, 30), mean_gap_s=240)
         return lambda t: 4.0 if any(a <= t < b for a, b in spikes) else 1.0
     raise ValueError(f"unknown trace kind {kind!r}; one of {', '.join(KINDS)}")
 
@@ -71,3 +63,14 @@ def generate(kind: str, seed: int, profile: EngineProfile, duration_s: float = 3
 def write(path: str | Path, trace: list[TraceRequest]) -> None:
     Path(path).write_text("".join(json.dumps({"t": r.t, "prompt_tokens": r.prompt, "output_tokens": r.output}) + "\n"
                                   for r in trace))
+
+
+def _windows(rng, duration_s: float, *, lengths: tuple[float, float], mean_gap_s: float) -> list[tuple[float, float]]:
+    """High-rate windows: the first 60-240 s in, each of a uniform length within ``lengths``,
+    exponential gaps of mean ``mean_gap_s`` (the same draws, in the same order, as before)."""
+    windows, t = [], rng.uniform(60, 240)
+    while t < duration_s:
+        length = rng.uniform(*lengths)
+        windows.append((t, t + length))
+        t += length + rng.expovariate(1 / mean_gap_s)
+    return windows

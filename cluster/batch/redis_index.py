@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from cluster.batch.records import BatchRecord, FileRecord
 from cluster.batch.states import TERMINAL
+from cluster.tenancy.redis_client import fail_fast_client
 
 TENANTS = "owc:b:tenants"  # every tenant with records (the sweep's list)
 
@@ -42,13 +43,8 @@ def _k(tenant: str, *parts: str) -> str:
 
 class RedisIndex:
     def __init__(self, url: str, *, timeout_s: float = 2.0):
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         self.url = url
-        self._r = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                          retry=Retry(NoBackoff(), 0))
+        self._r = fail_fast_client(url, timeout_s=timeout_s)
         self._add = self._r.register_script(ADD_FILE)
         self._remove = self._r.register_script(REMOVE_FILE)
 

@@ -11,6 +11,7 @@ import uuid
 from cluster.tenancy.charging import Window
 from cluster.tenancy.lua import RENEW, RESERVE, SETTLE
 from cluster.tenancy.model import Decision, Limits, day_name
+from cluster.tenancy.redis_client import fail_fast_client
 
 USAGE_INDEX = "owc:usage"
 USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "reasoning_tokens", "errors")
@@ -32,15 +33,8 @@ def _arg(v) -> str:
 
 class RedisStore:
     def __init__(self, url: str, *, lease_ttl_s: float = 30.0, timeout_s: float = 1.0, usage_ttl_days: int = 400):
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         self.url = url
-        self._r = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
-        )
+        self._r = fail_fast_client(url, timeout_s=timeout_s, decode_responses=True)
         self._reserve = self._r.register_script(RESERVE)
         self._settle = self._r.register_script(SETTLE)
         self._renew = self._r.register_script(RENEW)

@@ -14,6 +14,8 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 
+from cluster.tenancy.redis_client import fail_fast_client
+
 log = logging.getLogger(__name__)
 
 # KEYS: none (built from the model's hash tag, as cluster.tenancy.lua does for tenants).
@@ -65,14 +67,9 @@ class RedisSlotShare:
     def __init__(self, url: str, *, ttl_s: float = 2.0, timeout_s: float = 0.05, retry_s: float = 1.0,
                  on_up: Callable[[bool], None] = _noop, on_error: Callable[[], None] = _noop,
                  on_exchange: Callable[[], None] = _noop, clock: Callable[[], float] = time.monotonic):
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         self.url = url
         self.id = uuid.uuid4().hex[:16]  # this gateway process
-        self._r = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                          retry=Retry(NoBackoff(), 0), decode_responses=True)
+        self._r = fail_fast_client(url, timeout_s=timeout_s, decode_responses=True)
         self._script = self._r.register_script(EXCHANGE)
         self._ttl_ms = str(int(ttl_s * 1000))
         self._timeout_s = timeout_s

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from cluster.config.base import StrictModel
+from cluster.config.rollout import AdapterCandidate
 
 # vLLM's --max-lora-rank choices (vllm/config/lora.py), checked without vLLM too.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -25,6 +26,10 @@ class AdapterSpec(StrictModel):
         None, min_length=1,
         description="Where the adapter's files are: a directory (`owc adapter train --out`; on Kubernetes a path "
         "on the model-cache volume) or a hub id. None: the engine has it already; owc routes to it, never loads it.",
+    )
+    candidate: AdapterCandidate | None = Field(
+        None, description="A retrained version of this adapter, rolled out by the model's `rollout:` among the "
+        "requests that name the adapter (docs/rollouts.md).",
     )
 
 

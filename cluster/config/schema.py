@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from cluster.config.adapters import AdapterSpec, LoraConfig, check_lora, migrate_adapters
 from cluster.config.autoscaling import Autoscaling
@@ -20,6 +20,7 @@ from cluster.config.auth import JwtConfig, TenantConfig, TenantLimits
 from cluster.config.gateway import AccessLog, GatewayConfig, Limits, Tracing
 from cluster.config.routing import RoutingConfig, RoutingStats
 from cluster.config.responses import ReasoningPolicy, ResponsesStore
+from cluster.config.rollout import Candidate, Rollout, candidate_model
 
 PP_UNSUPPORTED = (
     "pipeline_parallel_size > 1 is not supported on GPUs yet: the engine's placement group is not handed to "
@@ -128,6 +129,13 @@ class ModelConfig(StrictModel):
         "resumed (n > 1, logprobs, tools, structured outputs, stop strings, parsed chat output such as gpt-oss's "
         "harmony or a reasoning parser) end with an SSE error event, as they do when this is off.",
     )
+    candidate: Candidate | None = Field(
+        None, description="A new version of this model, rolled out by `rollout:` against the current (stable) one: "
+        "overrides any of source, engine_kwargs, engine_env, replicas, adapters, lora (and the image on Kubernetes); "
+        "everything else is inherited (docs/rollouts.md).",
+    )
+    rollout: Rollout = Field(default_factory=Rollout, description="How a candidate (the model's or an adapter's) "
+                             "is rolled out: steps, windows, gates.")
 
     @field_validator("adapters", mode="before")
     @classmethod
@@ -164,6 +172,14 @@ class ModelConfig(StrictModel):
         if self.accelerator.kind == "gpu" and self.pipeline_parallel_size > 1:
             raise ValueError(PP_UNSUPPORTED)
         check_lora(self.lora, self.adapters, self.engine_kwargs)
+        if self.candidate is not None:
+            try:
+                candidate_model(self)
+            except ValidationError as e:  # each problem at its path under candidate
+                raise ValueError("; ".join(f"candidate.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                                           for err in e.errors())) from None
+            if self.candidate.adapters is not None and any(a.candidate for a in self.adapters.values()):
+                raise ValueError("candidate.adapters and an adapter's candidate: roll out one of them at a time")
         return self
 
     @property

@@ -1,0 +1,70 @@
+"""The `candidate:` and `rollout:` sections (cluster/config/rollout.py): the issue's defaults,
+inheritance of what the candidate does not override, and bad input named by its path."""
+
+import pytest
+
+from cluster.config.loader import ConfigError, parse_config
+from cluster.config.rollout import candidate_model, has_rollout
+
+ISSUE_EXAMPLE = {"models": {"tiny-llama": {
+    "source": "demo:tiny-llama", "engine_kwargs": {"max_num_seqs": 16}, "aliases": ["tl"],
+    "candidate": {"engine_kwargs": {"max_num_seqs": 64}},
+}}}
+
+
+def test_the_issue_example_with_its_defaults():
+    m = parse_config(ISSUE_EXAMPLE).models["tiny-llama"]
+    r = m.rollout
+    assert (r.steps, r.step_s, r.mirror, r.sticky, r.conformance) == ([10, 50], 300.0, False, True, True)
+    g = r.gates
+    assert (g.max_error_rate_ratio, g.max_ttft_p95_ratio, g.max_itl_p95_ratio, g.min_delta_s) == (1.5, 1.5, 1.5, 0.05)
+    assert has_rollout(m)
+    c = candidate_model(m)
+    assert c.engine_kwargs == {"max_num_seqs": 64}  # overridden
+    assert (c.source, c.aliases, c.candidate) == ("demo:tiny-llama", ["tl"], None)  # inherited; no candidate of its own
+
+
+def test_no_candidate_no_rollout():
+    m = parse_config({"models": {"m": {"source": "x"}}}).models["m"]
+    assert not has_rollout(m)
+    with pytest.raises(ValueError):
+        candidate_model(m)
+
+
+def test_an_adapter_candidate():
+    m = parse_config({"models": {"m": {"source": "x", "adapters": {"a": {"source": "/a1", "candidate": {"source": "/a2"}}}}}}
+                     ).models["m"]
+    assert m.candidate is None and has_rollout(m)
+    assert m.adapters["a"].candidate.source == "/a2"
+
+
+def test_a_trailing_100_is_the_promotion():
+    r = parse_config({"models": {"m": {"source": "x", "rollout": {"steps": [20, 50, 100]}}}}).models["m"].rollout
+    assert r.analysed_steps == [20, 50]
+
+
+def _model(**section):
+    return {"models": {"m": {"source": "x", **section}}}
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (_model(candidate={"sourc": "y"}), "models.m.candidate.sourc: unknown key"),
+    (_model(rollout={"step": 5}), "models.m.rollout.step: unknown key"),
+    (_model(rollout={"gates": {"max_ttft": 2}}), "models.m.rollout.gates.max_ttft: unknown key"),
+    (_model(rollout={"steps": [50, 10]}), "strictly increasing"),
+    (_model(rollout={"steps": []}), "at least one step"),
+    (_model(rollout={"steps": [0, 10]}), "each step is a % in 1..100"),
+    (_model(rollout={"steps": [100]}), "100 only as the last step"),
+    (_model(rollout={"step_s": 4}), "models.m.rollout.step_s"),
+    (_model(rollout={"gates": {"max_error_rate_ratio": 0.5}}), "max_error_rate_ratio"),
+    (_model(candidate={"replicas": {"min": 3, "max": 1}}), "candidate.replicas: Value error, replicas.min (3) > replicas.max (1)"),
+    (_model(candidate={"engine_kwargs": {"port": 1}}), "candidate.engine_kwargs"),
+    (_model(candidate={"lora": {"max_rank": 7}}), "candidate.lora"),
+    (_model(adapters={"a": {"source": "/a", "candidate": {}}}), "models.m.adapters.a.candidate.source"),
+    (_model(adapters={"a": {"source": "/a", "candidate": {"source": "/b"}}}, candidate={"adapters": {}}),
+     "roll out one of them at a time"),
+])
+def test_bad_rollout_sections_name_the_key_path(data, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert expected in str(err.value)

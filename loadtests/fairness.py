@@ -35,6 +35,7 @@ TTFT p95 to A alone in the same run, as median with min-max spread over runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import asyncio
 import json
@@ -51,7 +52,7 @@ import yaml
 
 from cluster.bench.driver import percentile
 from cluster.bench.stack import start_ready
-from loadtests.fairness_load import KEYS, body, capacity, engine_idle, poisson
+from loadtests.fairness_load import KEYS, Occupancy, body, capacity, engine_idle, poisson
 from loadtests.prefix_routing import PRIORITIES, priority_prefix
 from cluster.config.gateway import FairSharing
 from cluster.config.loader import load_config
@@ -85,16 +86,20 @@ def default_model() -> tuple[str, object, str]:
 
 
 def phase(name: str, a_urls: list[str], b_urls: list[str] | None, *, model: str, rate_a: float, seconds: float,
-          max_tokens: int, seed: int, tmp: Path, front: list[str], a_extra: dict | None = None) -> dict:
+          max_tokens: int, seed: int, tmp: Path, front: list[str], a_extra: dict | None = None,
+          engine_url: str | None = None, slots: int = 0) -> dict:
     flood = None
     b_out = tmp / f"flood-{name}-{seed}.json"
     if b_urls:
         flood = subprocess.Popen([*front, sys.executable, "-m", "loadtests.fairness_load", ",".join(b_urls), KEYS["B"],
                                   model, str(10 * rate_a), str(seconds), str(max_tokens), str(seed + 1), str(b_out)])
         time.sleep(1.0)  # B's process is up and the engine saturated before A's first request
-    got = asyncio.run(poisson(a_urls, KEYS["A"], body(model, max_tokens, stream=True, **(a_extra or {})), rate=rate_a,
-                              seconds=seconds - (1.0 if b_urls else 0.0), seed=seed, streamed=True))
+    with Occupancy(engine_url) if engine_url else contextlib.nullcontext() as occupancy:
+        got = asyncio.run(poisson(a_urls, KEYS["A"], body(model, max_tokens, stream=True, **(a_extra or {})),
+                                  rate=rate_a, seconds=seconds - (1.0 if b_urls else 0.0), seed=seed, streamed=True))
     result: dict = {}
+    if occupancy is not None:
+        result["engine"] = occupancy.summary(slots)
     if flood is not None:
         flood.wait(timeout=seconds + 120)
         result["b"] = json.loads(b_out.read_text())
@@ -125,6 +130,8 @@ def summarise(runs: list[dict], rate_a: float, cap: float) -> dict:
         b_vs_fcfs = [r[name]["b"]["completed_per_s"] / max(r["fifo"]["b"]["completed_per_s"], 1e-9) for r in runs]
         out[name] = {"a_ttft_p95_ratio": spread(ratios), "b_share_of_remaining": spread(b_share),
                      "b_vs_fcfs": spread(b_vs_fcfs)}
+        if all(r[name].get("engine") for r in runs):  # the engine's running requests, sampled: slots in use
+            out[name]["engine_running_mean"] = spread([r[name]["engine"]["running_mean"] for r in runs])
         if all("ttfts_s" in r[name]["a"] for r in runs):  # every run's A requests together: the p95 of ~3x the samples
             out[name]["a_ttft_p95_ratio_pooled"] = pooled_p95(runs, name) / pooled_p95(runs, alone)
     tput = [r["solo-fair"]["req_per_s"] / max(r["solo-fifo"]["req_per_s"], 1e-9) for r in runs]
@@ -162,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--solo-seconds", type=float, default=10.0, help="length of each one-tenant throughput phase")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--only", default="", help="comma-separated phases to run (a diagnosis; the summary needs them all)")
     p.add_argument("--front-priority", choices=sorted(PRIORITIES), default="none",
                    help="CPU precedence of the gateways and both tenants' clients over the engine, as in "
                         "loadtests.prefix_routing (rt = SCHED_RR 10, nice = nice -10; both need root)")
@@ -228,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"capacity {cap:.2f} req/s; A at {rate_a:.2f}/s, B at {10 * rate_a:.2f}/s", file=sys.stderr)
         runs = []
         names = list(targets) + ["solo-fair", "solo-fifo", "solo-shared"]
+        if a.only:
+            names = [n for n in names if n in a.only.split(",")]
         for run in range(a.runs):
             order = names[run % len(names):] + names[:run % len(names)]
             results = {}
@@ -245,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                                       [gateways[g].url for g in b_names] if b_names else None, model=model,
                                       rate_a=rate_a, seconds=a.seconds, max_tokens=a.max_tokens, seed=1000 * run + 7,
                                       tmp=tmp, front=front,
-                                      a_extra={"priority": A_PRIORITY} if name == "vllm-priority" else None)
+                                      a_extra={"priority": A_PRIORITY} if name == "vllm-priority" else None,
+                                      engine_url=engines["priority" if name == "vllm-priority" else "main"].url,
+                                      slots=a.max_num_seqs)
                 print(f"run {run} {name}: {json.dumps(results[name])}", file=sys.stderr)
             runs.append(results)
     finally:
@@ -266,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
                      "front_priority": " ".join(front) or "none", "engine_cores": a.engine_cores or "all",
                      "a_priority_vllm": A_PRIORITY if a.vllm_priority else None},
         "runs": runs,
-        "summary": summarise(runs, rate_a, cap),
     }
+    if not a.only:
+        doc["summary"] = summarise(runs, rate_a, cap)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps(doc["summary"], indent=1))

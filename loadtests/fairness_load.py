@@ -8,6 +8,7 @@ import asyncio
 import json
 import random
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +99,50 @@ async def engine_idle(url: str, timeout_s: float = 60) -> None:
                 return
             await asyncio.sleep(0.2)
     raise RuntimeError("the engine did not drain")
+
+
+class Occupancy:
+    """The engine's running and waiting requests, sampled every ``period_s`` in a thread while
+    a phase runs: slots left idle while requests wait in a gateway are throughput lost."""
+
+    def __init__(self, url: str, period_s: float = 0.1):
+        self.url, self.period_s = url, period_s
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Occupancy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=2.0) as c:
+            while not self._stop.wait(self.period_s):
+                try:
+                    text = c.get(self.url + "/metrics").text
+                except httpx.HTTPError:
+                    continue
+                got = {"running": 0.0, "waiting": 0.0}
+                for line in text.splitlines():
+                    for k in got:
+                        if line.startswith(f"vllm:num_requests_{k}"):
+                            got[k] += float(line.split()[-1])
+                self.samples.append((got["running"], got["waiting"]))
+
+    def summary(self, slots: int) -> dict:
+        """Mean running and waiting, and the share of samples with a slot free."""
+        xs = self.samples[len(self.samples) // 10:]  # the phase's first tenth is the ramp
+        if not xs:
+            return {}
+        return {"samples": len(xs), "running_mean": round(sum(r for r, _ in xs) / len(xs), 3),
+                "waiting_mean": round(sum(w for _, w in xs) / len(xs), 3),
+                "slot_free_share": round(sum(1 for r, _ in xs if r < slots) / len(xs), 3)}
 
 
 async def capacity(url: str, model: str, *, concurrency: int, max_tokens: int, seconds: float) -> float:

@@ -380,8 +380,8 @@ def fairness_block(doc: dict) -> str:
         f"run's A requests together against the same of A alone.",
         "",
         "| with B flooding | A's TTFT p95 / A alone | pooled | A's answers | B's completions / with FCFS | "
-        "B's completions / capacity left by A |",
-        "|---|---|---|---|---|---|",
+        f"B's completions / capacity left by A | engine slots in use (of {st['max_num_seqs']}) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in [n for n in labels if n in sm]:
         r = sm[name]
@@ -393,7 +393,8 @@ def fairness_block(doc: dict) -> str:
         lines.append(f"| {labels[name]} | {_spread(r['a_ttft_p95_ratio'], _ratio)} | {pooled} | "
                      f"{', '.join(f'{k}: {v}' for k, v in sorted(answers.items()))} | "
                      f"{_spread(r['b_vs_fcfs'], lambda x: f'{x:.2f}')} | "
-                     f"{_spread(r['b_share_of_remaining'], lambda x: f'{x:.2f}')} |")
+                     f"{_spread(r['b_share_of_remaining'], lambda x: f'{x:.2f}')} | "
+                     f"{_spread(r['engine_running_mean'], lambda x: f'{x:.1f}') if 'engine_running_mean' in r else '—'} |")
     fronts = {"alone": "1 gateway", "alone-2gw": "2 gateways", "alone-3gw": "3 gateways"}
     alone = "; ".join(
         f"{label} {_ms(min(ts))}–{_ms(max(ts))} ms"

@@ -22,7 +22,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from cluster.config.schema import ModelConfig
 from cluster.engine.guard import ENGINE_KEY_ENV, authorized, bearer
+from cluster.engine.responses_store import store_env
 from loadtests.fake_anthropic import add_anthropic_routes
+from loadtests.fake_responses import FakeResponsesStore, context_tokens, tool_outputs
 from cluster.process import Command, watch_parent
 
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
@@ -57,6 +59,7 @@ class FakeEngine:
                               registry=self.registry)
         self._labels = (model, "0")
         self.max_num_seqs = max_num_seqs
+        self.store = FakeResponsesStore()  # vLLM's: on with VLLM_ENABLE_RESPONSES_API_STORE=1
 
     def _set_load(self, delta_running: int = 0, delta_waiting: int = 0) -> None:
         self.running.labels(*self._labels).inc(delta_running)
@@ -91,6 +94,7 @@ class FakeEngine:
         app.router.add_post("/v1/load_lora_adapter", self.load_lora)
         app.router.add_post("/v1/unload_lora_adapter", self.unload_lora)
         add_anthropic_routes(app, self)  # /v1/messages, /v1/messages/count_tokens
+        self.store.add_routes(app)  # GET /v1/responses/{id}, POST .../cancel
         return app
 
     async def load_lora(self, request: web.Request) -> web.Response:
@@ -230,13 +234,18 @@ class FakeEngine:
 
     async def _respond(self, request, body, n_in, n_out, started):
         """/v1/responses as vLLM serves it: its own `resp_` id (not the X-Request-Id), the
-        named events in vLLM's order when streamed, the usage in response.completed."""
+        named events in vLLM's order when streamed, the usage in response.completed; kept in
+        its store (loadtests.fake_responses) under the body's `request_id`, as vLLM does."""
+        prev = self.store.previous(body)
+        if isinstance(prev, web.Response):
+            return prev
+        n_in += context_tokens(prev)
         self.prompt_tokens.labels(*self._labels).inc(n_in)
         await asyncio.sleep(self.ttft_s)
         self.ttft.labels(*self._labels).observe(time.monotonic() - started)
         n_reason = min(2, n_out - 1) if body.get("reasoning") else 0
-        rid = f"resp_{uuid.uuid4().hex}"
-        items = _response_items(body, n_reason, n_out - n_reason)
+        rid = body.get("request_id") or f"resp_{uuid.uuid4().hex}"
+        items = _response_items(body, n_reason, n_out - n_reason, quoted=tool_outputs(body, prev))
         usage = {"input_tokens": n_in, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": n_out,
                  "output_tokens_details": {"reasoning_tokens": n_reason}, "total_tokens": n_in + n_out}
         shown = [i for i in items if i["type"] != "reasoning" or body.get("include_reasoning", True) is not False]
@@ -245,6 +254,7 @@ class FakeEngine:
         if not body.get("stream"):
             await asyncio.sleep(self.itl_s * max(0, n_out - 1))
             self.gen_tokens.labels(*self._labels).inc(n_out)
+            self.store.keep(body, final)
             return web.json_response(final)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -257,13 +267,14 @@ class FakeEngine:
             await resp.write(b"event: %s\ndata: %s\n\n" % (event["type"].encode(), json.dumps(
                 {**event, "sequence_number": seq}, separators=(",", ":")).encode()))
             seq += 1
+        self.store.keep(body, final)
         await resp.write_eof()
         return resp
 
 
-def _response_items(body: dict, n_reason: int, n_text: int) -> list[dict]:
+def _response_items(body: dict, n_reason: int, n_text: int, quoted: str = "") -> list[dict]:
     """The output items: reasoning (when asked for), then a function call (a named or
-    required tool choice) or a message."""
+    required tool choice) or a message (``quoted``: tool outputs it answers, first)."""
     items = []
     if n_reason:
         items.append({"id": "rs_0", "type": "reasoning", "summary": [],
@@ -275,7 +286,7 @@ def _response_items(body: dict, n_reason: int, n_text: int) -> list[dict]:
                       "arguments": json.dumps({"n": n_text}), "status": "completed"})
     else:
         items.append({"id": "msg_0", "type": "message", "role": "assistant", "status": "completed", "content": [
-            {"type": "output_text", "text": "".join(f" tok{i}" for i in range(n_text)), "annotations": []}]})
+            {"type": "output_text", "text": quoted + "".join(f" tok{i}" for i in range(n_text)), "annotations": []}]})
     return items
 
 
@@ -323,7 +334,8 @@ def fake_launcher(served_name: str, cfg: ModelConfig, cache_dir: str, *, host: s
             "--parent-pid", str(os.getpid())]
     for k, v in opts.items():
         argv += [f"--{k.replace('_', '-')}", v]
-    env = dict(cfg.engine_env)
+    s = cfg.responses_store  # the same store switch the vLLM launcher sets
+    env = {**store_env(s.enabled, s.max_entries, s.ttl_s), **cfg.engine_env}
     if engine_key:
         env[ENGINE_KEY_ENV] = engine_key
     return Command(argv=argv, env=env)

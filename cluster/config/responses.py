@@ -22,8 +22,11 @@ class ResponsesStore(StrictModel):
     enabled: bool = Field(
         False,
         description="Keep responses (`store`, the default in the Responses API) so that `previous_response_id`, "
-        "`GET /v1/responses/{id}` and cancel work: sets VLLM_ENABLE_RESPONSES_API_STORE=1 on the engines and bounds "
-        "their store. Off: vLLM ignores `store` and `previous_response_id` answers 404.",
+        "`GET /v1/responses/{id}` and cancel work: sets VLLM_ENABLE_RESPONSES_API_STORE=1 on the engines owc starts "
+        "and bounds their store. Off: owc leaves the engine's store as it is (vLLM's default: off, and follow-ups "
+        "answer 404 naming this setting); either way the gateway mints tenant-bound ids and sends follow-ups and "
+        "retrievals to the replica that made the response, so an engine owc did not start (`owc gateway --upstream`) "
+        "run with VLLM_ENABLE_RESPONSES_API_STORE=1 serves them from its own store.",
     )
     max_entries: int = Field(
         1000, ge=1,

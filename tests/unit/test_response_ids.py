@@ -1,7 +1,9 @@
 """Stored-response ids: minted by the gateway, naming model and replica, authenticated for
 the tenant (HMAC with the key gateway replicas share); tampering, forgery, another tenant,
 another key, expiry → not verified; and the request path: previous_response_id pins the
-owner, a stored request carries the minted id as vLLM's request_id, store: false none."""
+owner, a stored request carries the minted id as vLLM's request_id on every model (an engine
+owc did not start may keep it), store: false none; and each 404 says why where a setting would
+change it (cluster.gateway.responses.missing)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from cluster.config.schema import OwcConfig
 from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.context import Job
 from cluster.gateway.responses.conversations import Conversations, owner_endpoints
-from cluster.gateway.errors import OpenAIError
+from cluster.gateway.errors import OpenAIError, from_upstream
 from cluster.gateway.responses.ids import KEY_ENV, PREFIX, ResponseIds, derive_key
 
 KEY, _ = derive_key(explicit=None, engine_key="engine-secret")
@@ -114,8 +116,11 @@ def test_a_stored_request_carries_a_minted_id_for_the_chosen_replica():
     assert job.pin is None and job.body_for is not None
     body = orjson.loads(job.body_for(EPS[1]))
     assert body["input"] == "hi" and conv.ids.verify("alpha", body["request_id"]).replica_id == "m-1"
-    for data, model in (({"model": "m", "input": "hi", "store": False}, "m"), ({"model": "plain", "input": "hi"}, "plain")):
-        assert conv.prepare(_job(data, model=model)).body_for is None  # no store: no affinity
+    assert conv.prepare(_job({"model": "m", "input": "hi", "store": False})).body_for is None  # nothing stored
+    # A model whose store owc does not turn on: its engine may keep responses (owc gateway
+    # --upstream in front of VLLM_ENABLE_RESPONSES_API_STORE=1): minted all the same.
+    plain = conv.prepare(_job({"model": "plain", "input": "hi"}, model="plain"))
+    assert conv.ids.verify("alpha", orjson.loads(plain.body_for(EPS[0]))["request_id"]).model == "plain"
     chat = _job({"model": "m", "messages": []}, route="/v1/chat/completions")
     assert conv.prepare(chat) is chat  # nothing to do: the same job
 
@@ -127,7 +132,7 @@ def test_previous_response_id_pins_its_owner():
     assert job.pin == "m-1" and [e.url for e in owner_endpoints(job, EPS)] == ["http://b"]
     with pytest.raises(OpenAIError) as e:  # the owner is gone
         owner_endpoints(job, EPS[:1])
-    assert e.value.status == 404 and e.value.param == "response_id"
+    assert e.value.status == 404 and e.value.param == "response_id" and "draining or gone" in e.value.message
     with pytest.raises(OpenAIError):  # the owner is draining
         owner_endpoints(job, [EPS[0], Endpoint(model="m", replica_id="m-1", url="http://b", draining=True)])
 
@@ -135,7 +140,7 @@ def test_previous_response_id_pins_its_owner():
 @pytest.mark.parametrize("prev, tenant, model", [
     ("resp_0123456789abcdef0123456789abcdef", "alpha", "m"),  # not minted here
     (None, "beta", "m"),  # another tenant's
-    (None, "alpha", "plain"),  # a model without a store
+    (None, "alpha", "plain"),  # another model's
 ])
 def test_unverifiable_previous_id_is_vllms_404(prev, tenant, model):
     conv = Conversations(CFG, ResponseIds(KEY))
@@ -149,3 +154,54 @@ def test_strip_policy_marks_the_job():
     conv = Conversations(CFG, ResponseIds(KEY))
     assert conv.prepare(_job({"model": "strip", "messages": []}, model="strip", route="/v1/chat/completions")).strip_reasoning
     assert not conv.prepare(_job({"model": "plain", "input": "x"}, model="plain")).strip_reasoning
+
+
+# --- the 404s say why (cluster.gateway.responses.missing) ---------------------------------------
+
+def _err(call) -> OpenAIError:
+    with pytest.raises(OpenAIError) as e:
+        call()
+    err = e.value
+    assert (err.status, err.param, err.code, err.type) == (404, "response_id", "not_found", "not_found_error")
+    return err
+
+
+def test_an_expired_id_names_ttl_s():
+    clock = Clock()
+    conv = Conversations(CFG, ResponseIds(KEY, clock=clock))
+    prev = conv.ids.mint("alpha", "m", "m-0")
+    clock.t += 61
+    err = _err(lambda: conv.prepare(_job({"model": "m", "input": "x", "previous_response_id": prev})))
+    assert err.message.startswith(f"Response with id '{prev}' not found.") and "models.m.responses_store.ttl_s" in err.message
+    # A model whose store owc does not bound has no ttl at the gateway: the engine's store answers.
+    old = conv.ids.mint("alpha", "plain", "plain-0")
+    clock.t += 10_000
+    assert conv.prepare(_job({"model": "plain", "input": "x", "previous_response_id": old}, model="plain")).pin == "plain-0"
+
+
+def test_an_unknown_id_names_the_id_key_only_when_it_is_random():
+    prev = "resp_0123456789abcdef0123456789abcdef"
+    data = {"model": "m", "input": "x", "previous_response_id": prev}
+    shared = _err(lambda: Conversations(CFG, ResponseIds(KEY)).prepare(_job(data)))
+    assert shared.message == f"Response with id '{prev}' not found."  # says nothing of whose it is
+    random = _err(lambda: Conversations(CFG, ResponseIds.from_env(None, {})).prepare(_job(data)))
+    assert random.message.startswith(shared.message) and KEY_ENV in random.message
+
+
+@pytest.mark.parametrize("model, says", [
+    ("plain", ["VLLM_ENABLE_RESPONSES_API_STORE=1", "models.plain.responses_store.enabled: true"]),  # store off
+    ("m", ["evicted", "models.m.responses_store.max_entries"]),  # owc turned it on: it was evicted
+])
+def test_the_owners_own_404_names_the_setting(model, says):
+    conv = Conversations(CFG, ResponseIds(KEY))
+    prev = conv.ids.mint("alpha", model, f"{model}-0")
+    job = conv.prepare(_job({"model": model, "input": "x", "previous_response_id": prev}, model=model))
+    engines = from_upstream(404, orjson.dumps({"error": {"message": f"Response with id '{prev}' not found.",
+                                                         "type": "invalid_request_error", "param": "response_id",
+                                                         "code": 404}}))
+    err = conv.explain(job, engines)
+    assert err.status == 404 and err.message.startswith(engines.message) and all(s in err.message for s in says)
+    other = OpenAIError(404, "The model `m` does not exist.", param="model")
+    assert conv.explain(job, other) is other  # not about the response: as it was
+    unpinned = conv.prepare(_job({"model": model, "input": "x"}, model=model))
+    assert conv.explain(unpinned, engines) is engines and conv.explain(None, engines) is engines

@@ -6,6 +6,7 @@ on FastAPI (cluster.gateway.app)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -32,6 +33,9 @@ from cluster.gateway.anthropic.requests import CountTokensRequest, MessagesReque
 from cluster.gateway.admission.validation import ChatCompletionRequest, CompletionRequest, ResponsesRequest, parse_json, validate
 
 log = logging.getLogger(__name__)
+# The scope key of a batch line (cluster.batch.runner.LineCall) the gateway itself sends through
+# admission (cluster.gateway.batches.execute): its tenant is the batch's, no credential is read.
+BATCH_LINE = "owc.batch_line"
 
 ROUTES: dict[str, type] = {
     "/v1/chat/completions": ChatCompletionRequest,
@@ -124,10 +128,11 @@ class Admission:
         tenant, job, data, status = UNKNOWN, None, None, 0
         ticket = self._tenancy.ticket(send)  # its send adds the x-ratelimit-* headers
         send = ticket.send
+        line = scope.get(BATCH_LINE)
         try:
             request_id = client_request_id(headers) or request_id
             client = scope.get("client")
-            tenant = self._auth.tenant(headers, client[0] if client else None)
+            tenant = line.tenant if line is not None else self._auth.tenant(headers, client[0] if client else None)
             ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if ctype != b"application/json":
                 raise OpenAIError(415, "Content-Type must be application/json", code="unsupported_media_type")
@@ -135,13 +140,19 @@ class Admission:
             data = parse_json(body)
             req = validate(data, ROUTES[route])
             self._caps.check(tenant, data)
+            if line is not None and req.stream:
+                raise OpenAIError(400, "stream is not supported in a batch line", param="stream")
             job = self._job(route, req, data, body,
                             headers=headers, tenant=tenant, request_id=request_id, span=span)
+            if line is not None:
+                job = dataclasses.replace(job, batch=line)
+                line.request_id = request_id
             job = self._conversations.prepare(job)
             await self._tenancy.admit(ticket, job)  # 429 before any engine sees it
             await self._forwarder.forward(job, receive, send, delivery)
             status = delivery.status
         except OpenAIError as err:
+            err = self._conversations.explain(job, err)  # an owner's 404 for a follow-up says why
             status = err.status
             if err.status in (429, 503) and err.code:
                 self._metrics.rejections.labels(job.model if job else UNKNOWN, err.code).inc()
@@ -160,6 +171,7 @@ class Admission:
             self._accounting.settle(Settled(
                 request_id=request_id, route=route, status=status or 500, tenant=tenant,
                 model=job.model if job else UNKNOWN, stream=job.stream if job else False, data=data, span=span,
+                batch=(line.batch_id, line.custom_id) if line is not None else None,
             ), delivery)
 
     def _job(self, route: str, req, data: dict, body: bytes, *, headers: dict[bytes, bytes], tenant: str,

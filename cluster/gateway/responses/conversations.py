@@ -3,15 +3,19 @@ request path.
 
 Admission hands every job to ``Conversations.prepare``:
 - the reasoning policy (cluster.gateway.stream.reasoning) sets ``Job.strip_reasoning``;
+- a Responses request whose answer an engine may store (it does not say `store: false`) gets
+  its body per replica (``Job.body_for``): a minted, tenant-bound id as vLLM's `request_id`,
+  which vLLM makes the response id. Minted for every model, whatever owc knows of its engine:
+  an engine owc did not start (`owc gateway --upstream`) may keep responses
+  (VLLM_ENABLE_RESPONSES_API_STORE=1) without owc's config saying so, and its own store then
+  answers follow-ups and retrievals. SSE events are never rewritten for this;
 - a Responses request with `previous_response_id` is pinned to the replica its id names
-  (``Job.pin``); an id the gateway cannot verify for this tenant and model → vLLM's 404;
-- a Responses request whose answer will be stored (the model's `responses_store` is on and
-  the request does not say `store: false`) gets its body per replica (``Job.body_for``): the
-  minted id as vLLM's `request_id`, which vLLM makes the response id. SSE events are never
-  rewritten for this.
+  (``Job.pin``); an id the gateway cannot verify for this tenant and model → vLLM's 404
+  (cluster.gateway.responses.missing says why where a setting would change it).
 The forwarder narrows a pinned job's endpoints to its owner (``owner_endpoints``): a replica
-that is gone or draining → 404. Retrieval and cancel are routes of their own
-(cluster.gateway.responses.routes).
+that is gone or draining → 404. The owner's own 404 (its store is off, or it evicted the
+response) reaches the client through ``explain``, naming the setting. Retrieval and cancel
+are routes of their own (cluster.gateway.responses.routes).
 """
 
 from __future__ import annotations
@@ -25,8 +29,23 @@ from cluster.config.schema import OwcConfig
 from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.context import Job
 from cluster.gateway.context import RESPONSES
+from cluster.gateway.errors import OpenAIError
 from cluster.gateway.stream.reasoning import exposure
-from cluster.gateway.responses.ids import ResponseIds, not_found
+from cluster.gateway.responses import missing
+from cluster.gateway.responses.ids import Owner, ResponseIds
+
+
+def locate(config: OwcConfig, ids: ResponseIds, tenant: str, response_id: object, *, model: str | None = None) -> Owner:
+    """Where ``response_id`` lives, if this tenant was given it (for ``model``, when named):
+    its model and replica. The hinted 404 otherwise; a model whose `responses_store` is on
+    (owc bounds its engines' stores) also enforces its `ttl_s` here."""
+    o = ids.verify(tenant, response_id) if isinstance(response_id, str) else None
+    if o is None or o.model not in config.models or (model is not None and o.model != model):
+        raise missing.unknown(response_id, random_key=ids.random_key)
+    store = config.models[o.model].responses_store
+    if store.enabled and ids.expired(o, store.ttl_s):
+        raise missing.expired(response_id, o.model, store.ttl_s)
+    return o
 
 
 class Conversations:
@@ -47,19 +66,22 @@ class Conversations:
         return dataclasses.replace(job, **changes) if changes else job
 
     def _affinity(self, job: Job) -> dict:
-        store = self._config.models[job.model].responses_store
         out: dict = {}
         prev = job.data.get("previous_response_id")
         if prev is not None:
-            if not store.enabled:
-                raise not_found(prev)  # what vLLM without its store answers
-            owner = self._ids.verify(job.tenant, prev, ttl_s=store.ttl_s)
-            if owner is None or owner.model != job.model:
-                raise not_found(prev)
-            out["pin"] = owner.replica_id
-        if store.enabled and job.data.get("store", True) is not False:
+            out["pin"] = locate(self._config, self._ids, job.tenant, prev, model=job.model).replica_id
+        if job.data.get("store", True) is not False:
             out["body_for"] = _minting(self._ids, job)
         return out
+
+    def explain(self, job: Job | None, err: OpenAIError) -> OpenAIError:
+        """The owner's own 404 for a follow-up's `previous_response_id`, saying why; any other error as it is."""
+        if job is None or job.pin is None or job.route != RESPONSES:
+            return err
+        prev = job.data.get("previous_response_id")
+        if not missing.is_vllms(err, prev):
+            return err
+        return missing.engine_missing(prev, job.model, store_enabled=self._config.models[job.model].responses_store.enabled)
 
 
 def _minting(ids: ResponseIds, job: Job) -> Callable[[Endpoint], bytes]:
@@ -76,5 +98,5 @@ def owner_endpoints(job: Job, endpoints: list[Endpoint]) -> list[Endpoint]:
     (its stored responses leave with it)."""
     owner = [e for e in endpoints if e.replica_id == job.pin and not e.draining]
     if not owner:
-        raise not_found(job.data.get("previous_response_id", ""))
+        raise missing.owner_gone(job.data.get("previous_response_id", ""))
     return owner

@@ -63,9 +63,12 @@ def derive_key(*, explicit: str | None, engine_key: str | None) -> tuple[bytes, 
 
 
 class ResponseIds:
-    def __init__(self, key: bytes, *, clock: Callable[[], float] = time.time):
+    def __init__(self, key: bytes, *, clock: Callable[[], float] = time.time, random_key: bool = False):
+        """``random_key``: the key is this process's own (ids minted elsewhere or before a
+        restart cannot verify here; a 404 then names KEY_ENV)."""
         self._key = key
         self._clock = clock
+        self.random_key = random_key
 
     @classmethod
     def from_env(cls, engine_key: str | None, env: dict[str, str] | None = None) -> ResponseIds:
@@ -74,7 +77,7 @@ class ResponseIds:
         if source == "random":
             log.warning("neither %s nor an engine key is set: stored-response ids are valid on this gateway "
                         "process only", KEY_ENV)
-        return cls(key)
+        return cls(key, random_key=source == "random")
 
     def _tag(self, tenant: str, payload: bytes) -> bytes:
         return hmac.new(self._key, _DOMAIN + tenant.encode() + b"\0" + payload, hashlib.sha256).digest()[:_TAG]
@@ -113,10 +116,6 @@ class ResponseIds:
             return None
         return Owner(model=model, replica_id=replica_id, minted_s=minted)
 
+    def expired(self, owner: Owner, ttl_s: float) -> bool:
+        return self._clock() - owner.minted_s > ttl_s
 
-def not_found(response_id: str):
-    """vLLM's answer for an id it does not hold (as the gateway relays it)."""
-    from cluster.gateway.errors import OpenAIError
-
-    shown = response_id if isinstance(response_id, str) and len(response_id) <= MAX_ID_CHARS else "(too long)"
-    return OpenAIError(404, f"Response with id '{shown}' not found.", param="response_id", code="not_found")

@@ -1,8 +1,10 @@
 """`GET /v1/responses/{id}` and `POST /v1/responses/{id}/cancel`, sent to the engine replica
-that holds the response (its id names it: cluster.gateway.responses.ids). An id the gateway
-cannot verify for the caller's tenant, or whose replica is gone or draining, answers vLLM's
-404. vLLM 0.32 has no DELETE for responses, so neither has owc. Tenant access, in the route
-table (the auth matrix covers both)."""
+that holds the response (its id names it: cluster.gateway.responses.ids), whichever engine
+that is: one owc started, or one behind `owc gateway --upstream` whose own store answers. An
+id the gateway cannot verify for the caller's tenant, or whose replica is gone or draining,
+answers vLLM's 404; so does the owner when it does not hold it, with the setting that would
+change that (cluster.gateway.responses.missing). vLLM 0.32 has no DELETE for responses, so
+neither has owc. Tenant access, in the route table (the auth matrix covers both)."""
 
 from __future__ import annotations
 
@@ -18,26 +20,21 @@ from cluster.gateway.auth.authenticator import allowed
 from cluster.gateway.upstream.engine_client import EngineClient, EngineError
 from cluster.gateway.errors import OpenAIError, from_upstream
 from cluster.gateway.stream.reasoning import exposure, strip_body
-from cluster.gateway.responses.ids import ResponseIds, not_found
+from cluster.gateway.responses import missing
+from cluster.gateway.responses.conversations import locate
+from cluster.gateway.responses.ids import ResponseIds
 
 
 def owner(config: OwcConfig, endpoints: EndpointSource, ids: ResponseIds, tenant: str,
           response_id: str) -> Endpoint:
     """The live, non-draining replica holding ``response_id`` for ``tenant``; 404 otherwise."""
-    found = None
-    for model, m in config.models.items():
-        if not m.responses_store.enabled:
-            continue
-        o = ids.verify(tenant, response_id, ttl_s=m.responses_store.ttl_s)
-        if o is not None and o.model == model:
-            found = o
-            break
-    if found is None or not allowed(config.gateway.tenants, tenant, found.model):
-        raise not_found(response_id)
+    found = locate(config, ids, tenant, response_id)
+    if not allowed(config.gateway.tenants, tenant, found.model):
+        raise missing.unknown(response_id, random_key=ids.random_key)
     for ep in endpoints.endpoints(found.model):
         if ep.replica_id == found.replica_id and not ep.draining:
             return ep
-    raise not_found(response_id)
+    raise missing.owner_gone(response_id)
 
 
 def add_responses_routes(table, *, config: OwcConfig, endpoints: EndpointSource, engine: EngineClient,
@@ -57,7 +54,11 @@ def add_responses_routes(table, *, config: OwcConfig, endpoints: EndpointSource,
                               code="engine_connection_lost") from None
         resp.release()
         if resp.status >= 400:
-            raise from_upstream(resp.status, body)
+            err = from_upstream(resp.status, body)
+            if missing.is_vllms(err, response_id):
+                store = config.models[ep.model].responses_store
+                raise missing.engine_missing(response_id, ep.model, store_enabled=store.enabled)
+            raise err
         if exposure(config, ep.model, tenant) == "strip":
             body = strip_body("/v1/responses", body)
         return Response(body, status_code=resp.status, media_type="application/json")

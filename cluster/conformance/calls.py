@@ -102,7 +102,11 @@ def _items(output: Iterable[Any]) -> tuple[list[str], list[list[Any]] | None, st
 
 def responses(client: Any, **kwargs: Any) -> Observation:
     """A non-streamed response: its output item types, text, reasoning, calls, usage."""
-    r = client.responses.create(**kwargs)
+    return response(client.responses.create(**kwargs))
+
+
+def response(r: Any) -> Observation:
+    """A Responses API object (created or retrieved): its output item types, text, reasoning, calls, usage."""
     types, calls, reasoning = _items(r.output)
     return {"items": types, "text": r.output_text, "reasoning": reasoning, "tool_calls": calls,
             "state": r.status, "usage": _usage(r.usage)}

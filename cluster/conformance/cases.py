@@ -1,6 +1,7 @@
 """The conformance calls, one per feature owc must serve exactly as bare vLLM: chat (plain,
 streamed, reasoning, tools, structured outputs), the Responses API (plain, streamed, tools,
-json_schema, reasoning effort), the OpenAI parameters owc accepts and ignores, and Anthropic's
+json_schema, reasoning effort; stored responses' follow-ups, retrieval and tool-output turns:
+cluster.conformance.stored), the OpenAI parameters owc accepts and ignores, and Anthropic's
 Messages API (cluster.conformance.messages). Each
 case is a function of (client, model, settings) returning an observation; it runs once
 against the bare engine and once through the gateway, and the two must be equal."""
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.conformance import calls, messages
+from cluster.conformance import calls, messages, stored
 from cluster.conformance.calls import Observation, observe
 from cluster.gateway.admission.params import CHAT, RESPONSES, accepted_on
 
@@ -48,9 +49,12 @@ def _chat(client: Any, model: str, s: Settings, *, stream: bool = False, **kw: A
     return observe(lambda: calls.chat_stream(client, **args) if stream else calls.chat(client, **args))
 
 
+def _resp_args(model: str, s: Settings) -> dict[str, Any]:
+    return {"model": model, "input": ASK[0]["content"], "max_output_tokens": s.max_tokens, "temperature": 0}
+
+
 def _resp(client: Any, model: str, s: Settings, *, stream: bool = False, **kw: Any) -> Observation:
-    args = {"model": model, "input": kw.pop("input", ASK[0]["content"]), "max_output_tokens": s.max_tokens,
-            "temperature": 0, **kw}
+    args = {**_resp_args(model, s), **kw}
     return observe(lambda: calls.responses_stream(client, **args) if stream else calls.responses(client, **args))
 
 
@@ -156,6 +160,12 @@ CASES: list[Case] = [
         **(o := _resp(c, m, s, text=_text_schema("answer"))), "json": calls.parsed(o.get("text"))}),
     Case("responses ignored parameters", ", ".join(accepted_on(RESPONSES)), lambda c, m, s: _resp(
         c, m, s, stream=True, extra_body=_ignored(RESPONSES))),
+    Case("responses follow-up (previous_response_id)", "first, follow-up and streamed follow-up: items, text, usage",
+         lambda c, m, s: stored.follow_up(c, _resp_args(m, s))),
+    Case("responses retrieval", "created vs retrieved (same id, text), cancel, unknown id: status",
+         lambda c, m, s: stored.retrieval(c, _resp_args(m, s))),
+    Case("responses tool output turn", "named call, then its function_call_output as a follow-up: items, text",
+         lambda c, m, s: stored.tool_output(c, _resp_args(m, s), RESPONSE_TOOLS, "get_weather")),
     Case("messages", "status, blocks, text, thinking, stop, usage", lambda c, m, s: _msg(c, m, s, messages.create)),
     Case("messages stream", "event-type sequence, blocks, text, thinking", lambda c, m, s: _msg(
         c, m, s, messages.stream)),

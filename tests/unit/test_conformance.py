@@ -26,7 +26,8 @@ def stack(tmp_path_factory):
     cfg = tmp_path_factory.mktemp("conf") / "owc.yaml"
     cfg.write_text(yaml.safe_dump({"models": {"fake-model": {"source": "external", "aliases": ["fm"]}},
                                    "gateway": {"api_keys_env": "CONF_TEST_KEYS"}}))
-    env = {"OWC_ENGINE_KEY": ENGINE_KEY, "CONF_TEST_KEYS": f"{API_KEY}=team-c"}
+    env = {"OWC_ENGINE_KEY": ENGINE_KEY, "CONF_TEST_KEYS": f"{API_KEY}=team-c",
+           "VLLM_ENABLE_RESPONSES_API_STORE": "1"}  # the engine keeps responses (the gateway ignores it)
     with server(fake_engine_argv("fake-model", ttft_ms=1, itl_ms=0), env=env) as e, \
             server(gateway_argv(f"fake-model={e.url}", config=str(cfg)), env=env) as g:
         yield e, g
@@ -44,7 +45,8 @@ def test_every_feature_has_a_case():
                     "chat tool_choice named", "chat parallel_tool_calls", "chat json_schema", "chat json_object",
                     "responses", "responses stream", "responses tools", "responses json_schema",
                     "chat reasoning_effort valid", "chat reasoning_effort invalid", "chat include_reasoning false",
-                    "chat ignored parameters", "responses ignored parameters"):
+                    "chat ignored parameters", "responses ignored parameters",
+                    "responses follow-up (previous_response_id)", "responses retrieval", "responses tool output turn"):
         assert feature in names
     ignored = next(c for c in CASES if c.name == "chat ignored parameters").compares
     assert all(n in ignored for n, a in ACCEPTED.items() if "/v1/chat/completions" in a.routes)
@@ -60,6 +62,15 @@ def test_all_rows_match_through_the_gateway(stack):
     stream = next(r for r in rows if r.feature == "responses stream")
     assert stream.engine["events"][0] == "response.created" and stream.engine["events"] == stream.gateway["events"]
     assert all(r.engine.get("status", 200) != 401 for r in rows)  # the engine key opened the bare engine
+    # Stored responses: served through the gateway as by the engine's own store, not 404 on both sides.
+    follow = next(r for r in rows if r.feature.startswith("responses follow-up")).gateway
+    assert follow["follow_up"]["status"] == follow["follow_up_stream"]["status"] == 200
+    assert follow["follow_up"]["usage"]["in"] > follow["first"]["usage"]["in"]  # the stored conversation came along
+    got = next(r for r in rows if r.feature == "responses retrieval").gateway
+    assert got["retrieved"]["status"] == 200 and got["retrieved"]["same_id"] and got["retrieved"]["same_text"]
+    assert (got["cancel"]["status"], got["unknown"]["status"]) == (400, 404)
+    tool = next(r for r in rows if r.feature == "responses tool output turn").gateway
+    assert tool["answer"]["status"] == 200 and tool["answer"]["text"].startswith(" sunny, 21 C")
     # Anthropic's Messages API, with the anthropic SDK on both sides (x-api-key through the gateway).
     msg = {r.feature: r for r in rows if r.feature.startswith("messages")}
     assert msg["messages stream"].gateway["status"] == 200 and msg["messages stream"].gateway["events"][0] == "message_start"

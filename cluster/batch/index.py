@@ -43,6 +43,12 @@ class BatchIndex(Protocol):
     async def due_batches(self, now: float) -> list[BatchRecord]:
         """Unfinished batches whose expires_at has passed."""
 
+    async def active(self) -> list[BatchRecord]:
+        """Every tenant's batches a runner has work on: from creation until ``retire``."""
+
+    async def retire(self, tenant: str, batch_id: str) -> None:
+        """The batch's output files are recorded: no runner needs it any more."""
+
     async def close(self) -> None: ...
 
 
@@ -54,6 +60,7 @@ class MemoryIndex:
     def __init__(self) -> None:
         self._files: dict[str, dict[str, FileRecord]] = {}
         self._batches: dict[str, dict[str, BatchRecord]] = {}
+        self._active: dict[str, str] = {}  # batch id -> tenant, in creation order
 
     async def add_file(self, rec: FileRecord, *, max_tenant_bytes: int) -> bool:
         if await self.tenant_bytes(rec.tenant) + rec.bytes > max_tenant_bytes:
@@ -78,6 +85,7 @@ class MemoryIndex:
 
     async def add_batch(self, rec: BatchRecord) -> None:
         self._batches.setdefault(rec.tenant, {})[rec.id] = rec
+        self._active[rec.id] = rec.tenant
 
     async def batch(self, tenant: str, batch_id: str) -> BatchRecord | None:
         return self._batches.get(tenant, {}).get(batch_id)
@@ -96,6 +104,12 @@ class MemoryIndex:
     async def due_batches(self, now: float) -> list[BatchRecord]:
         return [b for bs in self._batches.values() for b in bs.values()
                 if b.status not in TERMINAL and b.expires_at <= now]
+
+    async def active(self) -> list[BatchRecord]:
+        return [self._batches[t][b] for b, t in list(self._active.items()) if b in self._batches.get(t, {})]
+
+    async def retire(self, tenant: str, batch_id: str) -> None:
+        self._active.pop(batch_id, None)
 
     async def close(self) -> None:
         return None

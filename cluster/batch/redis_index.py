@@ -13,6 +13,7 @@ from cluster.batch.states import TERMINAL
 from cluster.tenancy.redis_client import fail_fast_client
 
 TENANTS = "owc:b:tenants"  # every tenant with records (the sweep's list)
+ACTIVE = "owc:b:active"  # "<batch id>:<tenant>" of every batch a runner has work on (a batch id has no ':')
 
 ADD_FILE = """
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -93,6 +94,7 @@ class RedisIndex:
             p.set(_k(t, "b", rec.id), rec.dumps())
             p.zadd(_k(t, "batches"), {rec.id: rec.created})
             p.zadd(_k(t, "bexp"), {rec.id: rec.expires_at})
+            p.zadd(ACTIVE, {f"{rec.id}:{t}": rec.created})
             await p.execute()
 
     async def batch(self, tenant: str, batch_id: str) -> BatchRecord | None:
@@ -132,6 +134,20 @@ class RedisIndex:
             ids = await self._r.zrangebyscore(_k(tenant, "bexp"), "-inf", now)
             out += [b for b in await self._many(tenant, "b", ids, BatchRecord) if b.status not in TERMINAL]
         return out
+
+    async def active(self) -> list[BatchRecord]:
+        out: list[BatchRecord] = []
+        for m in await self._r.zrange(ACTIVE, 0, -1):
+            batch_id, _, tenant = m.decode().partition(":")
+            raw = await self._r.get(_k(tenant, "b", batch_id))
+            if raw is None:
+                await self._r.zrem(ACTIVE, m)
+            else:
+                out.append(BatchRecord.loads(raw))
+        return out
+
+    async def retire(self, tenant: str, batch_id: str) -> None:
+        await self._r.zrem(ACTIVE, f"{batch_id}:{tenant}")
 
     async def close(self) -> None:
         await self._r.aclose()

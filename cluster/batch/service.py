@@ -174,12 +174,15 @@ class BatchService:
         return listing(*page(await self._store(self.index.batches(tenant)), after=after, limit=limit))
 
     async def cancel(self, tenant: str, batch_id: str) -> BatchRecord:
-        """No runner executes lines yet, so no batch is running: cancelled at once."""
+        """A batch in progress becomes cancelling (its runners stop taking lines, finish those in
+        flight, and close it cancelled with partial output); one not started yet is cancelled at
+        once (as is any batch when no gateway process runs batches: batch.run off)."""
         if not is_batch_id(batch_id):
             raise no_such_batch(batch_id)
         now = self._clock()
-        rec = await self._store(self.index.update_batch(tenant, batch_id,
-                                                        lambda b: states.cancel(b, now, running=False)))
+        running = self.cfg.run
+        rec = await self._store(self.index.update_batch(
+            tenant, batch_id, lambda b: states.cancel(b, now, running=running and b.status == states.IN_PROGRESS)))
         if rec is None:
             raise no_such_batch(batch_id)
         return rec

@@ -46,3 +46,26 @@ class BatchConfig(StrictModel):
     sweep_period_s: float = Field(
         60.0, gt=0, description="Seconds between sweeps that delete expired files and expire overdue batches.",
     )
+    run: bool = Field(
+        True,
+        description="Run batches in this gateway process: every process with it on takes lines of every tenant's "
+        "batches through the store's leases (off: batches stay validating here, another process may run them).",
+    )
+    lines_in_flight: int = Field(
+        16, ge=1, le=1024,
+        description="Batch lines one gateway process holds at once (leased, waiting for an idle engine slot or "
+        "running); engine slots are taken only when interactive traffic leaves them idle.",
+    )
+    lines_on_unknown_capacity: int = Field(
+        2, ge=1, le=64,
+        description="While a replica's capacity is not known yet (no max_num_seqs configured, none learned from its "
+        "scrapes), batch lines this gateway process runs at once on the model.",
+    )
+    lease_ttl_s: float = Field(
+        30.0, gt=1, le=3600,
+        description="Seconds a line stays leased to a gateway process without renewal; a process that died has its "
+        "lines taken by another after this long (renewed every poll while the line runs).",
+    )
+    poll_period_s: float = Field(
+        1.0, gt=0, le=60, description="Seconds between a runner's looks at the store for batch work.",
+    )

@@ -65,7 +65,8 @@ def build_fair_queue(config: OwcConfig, *, routing: Routing, endpoints: Endpoint
 
     return FairQueue(policy=config.gateway.fair_sharing, tenants=config.gateway.tenants,
                      max_num_seqs={n: max_num_seqs(m) for n, m in config.models.items()}, routing=routing,
-                     endpoints=endpoints.endpoints, metrics=metrics, shared=build_shared_slots(config, metrics))
+                     endpoints=endpoints.endpoints, metrics=metrics, shared=build_shared_slots(config, metrics),
+                     batch_unknown_limit=config.batch.lines_on_unknown_capacity)
 
 
 def build_shared_slots(config: OwcConfig, metrics: GatewayMetrics) -> SharedSlots | None:
@@ -140,7 +141,8 @@ def build_app(
     )
 
     lag = LoopLag(metrics.loop_lag.set)
-    batches = build_batches(config)  # the Batch API's files and batches; None when batch.enabled is off
+    # The Batch API's files and batches, and the runner whose lines go through this admission; None when off.
+    batches = build_batches(config, admission=admission, registry=registry)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

@@ -58,6 +58,8 @@ class Job:
     # the engine streams its token ids, which the client never sees.
     resume: bool = False
     max_model_len: int | None = None  # the model's context, when the config sets it
+    # A batch line (cluster.batch.runner.LineCall): the lowest priority class, idle engine slots only.
+    batch: Any = None
 
 
 @dataclass

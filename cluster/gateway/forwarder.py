@@ -90,7 +90,10 @@ class Forwarder:
     async def forward(self, job: Job, receive: Receive, send: Send, delivery: Delivery) -> None:
         """Forward one job; raises OpenAIError (or ClientGone) before any response byte is sent."""
         m = self._metrics
-        in_flight, queued = m.in_flight.labels(job.model), m.queued.labels(job.model)
+        if job.batch is not None:  # batch lines do not count in the controller's load signal
+            in_flight, queued = m.batch_in_flight.labels(job.model), m.batch_waiting.labels(job.model)
+        else:
+            in_flight, queued = m.in_flight.labels(job.model), m.queued.labels(job.model)
         in_flight.inc()
         queued.inc()
         answered = False
@@ -106,7 +109,7 @@ class Forwarder:
         try:
             endpoints = self._endpoints.endpoints(job.model)
             wake_s = self._wake_timeouts.get(job.model)
-            if wake_s is not None and not _taking_requests(endpoints):
+            if wake_s is not None and not _taking_requests(endpoints) and job.batch is None:
                 # Scaled to zero: hold the request (it counts as in flight, which is what wakes
                 # the model through the controller) until a replica registers.
                 endpoints = await self._wait_for_replica(job.model, wake_s, receive)
@@ -122,7 +125,9 @@ class Forwarder:
                 await self._send(job, receive, send, info=info, endpoints=endpoints, headers=headers,
                                  delivery=delivery, on_answer=on_answer, first=first)
             finally:
-                if first is not None:
+                if first is not None and job.batch is not None:
+                    self._fair.batch_finished(job.model)
+                elif first is not None:
                     self._fair.finished(job.model, job.tenant)
         finally:
             on_answer()
@@ -165,6 +170,10 @@ class Forwarder:
 
     def _release(self, replica_id: str, job: Job) -> None:
         self._routing.release(replica_id, job.adapter)
+        if job.batch is not None:  # the lowest class: idle room only (cluster.gateway.flowcontrol.batch_class)
+            ep = await self._fair.batch_slot(job.model, pick)
+            job.batch.sent = True
+            return ep
         if self._fair is not None:
             self._fair.released(job.model)
 

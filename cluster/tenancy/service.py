@@ -77,9 +77,12 @@ class Tenancy:
     def limits(self, tenant: str) -> Limits:
         return self._limits.get(tenant, Limits())
 
-    async def admit(self, tenant: str, model: str, *, cost: int, estimate: int) -> Ticket:
-        """The decision for one request reserving ``cost`` tokens (refused: ``decision.refused``)."""
+    async def admit(self, tenant: str, model: str, *, cost: int, estimate: int, batch: bool = False) -> Ticket:
+        """The decision for one request reserving ``cost`` tokens (refused: ``decision.refused``);
+        ``batch``: a batch line, held to the daily and monthly quotas only."""
         lim = self.limits(tenant)
+        if batch:
+            lim = Limits(daily_tokens=lim.daily_tokens, monthly_tokens=lim.monthly_tokens)
         if self.store is None:
             return Ticket(tenant, model, estimate, self._local.reserve_now(tenant, lim, cost), lim)
         if self._clock() >= self._down_until:

@@ -1,8 +1,9 @@
 """The Files and Batches routes through a gateway process (fake engine behind it), driven by the
 official `openai` SDK: upload, list, retrieve, content, delete; create a batch, retrieve, list
 with pagination, cancel; malformed files and lines are 400 (never a 5xx); another tenant's ids
-are 404 and its lists hold only its own. Nothing runs a batch's lines yet: a created batch stays
-`validating` (shown as it is), and a cancel ends it `cancelled` at once."""
+are 404 and its lists hold only its own. The runner is off here (batch.run: false), so a
+created batch stays `validating` (shown as it is) and a cancel ends it `cancelled` at once; batches
+that run are test_batch_execution's."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def gw(tmp_path_factory):
            "gateway": {"api_keys_env": None, "admin_keys_env": None, "api_keys_file": str(d / "keys.yaml"),
                        "access_log": {"enabled": False}},
            "batch": {"store_dir": str(d / "store"), "max_file_bytes": MAX_FILE, "max_lines": MAX_LINES,
-                     "max_tenant_bytes": 256 * 1024}}
+                     "max_tenant_bytes": 256 * 1024, "run": False}}
     (d / "owc.yaml").write_text(yaml.safe_dump(cfg))
     with server(fake_engine_argv("m1")) as engine, \
             server(gateway_argv(f"m1={engine.url}", config=str(d / "owc.yaml"))) as proc:
@@ -91,7 +92,7 @@ def test_batches_create_retrieve_list_cancel(gw):
             for i in range(3)]
     b = made[0]
     assert (b.object, b.endpoint, b.input_file_id, b.completion_window) == ("batch", CHAT, f.id, "24h")
-    # Nothing executes lines yet: the batch waits, and says so.
+    # No runner here (batch.run off): the batch waits, and says so.
     assert b.status == "validating" and b.output_file_id is None and b.error_file_id is None
     assert (b.request_counts.total, b.request_counts.completed, b.request_counts.failed) == (4, 0, 0)
     assert b.expires_at - b.created_at == 86400 and b.metadata == {"n": "0"} and b.in_progress_at is None

@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
     cfg = {"models": {"m1": {"source": "external"}},
            "gateway": {"api_keys_env": None, "access_log": {"enabled": False},
                        "fair_sharing": {"store_url": url}},  # as owc serve sets it
-           "batch": {"store_dir": str(d / "store")}}
+           "batch": {"store_dir": str(d / "store"), "run": False}}  # records only: the runner is test_batch_execution's
     (d / "owc.yaml").write_text(yaml.safe_dump(cfg))
     try:
         with server(fake_engine_argv("m1")) as engine:

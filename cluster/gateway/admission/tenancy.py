@@ -71,7 +71,11 @@ class GatewayTenancy:
         allowance = gw.output_allowance.get(job.model) or gw.output_allowance.get("*")
         defaults = {"default": allowance.default, **allowance.by_effort} if allowance else {}
         cost = reservation(job.data, cap=cap, defaults=defaults)
-        t = await self.tenancy.admit(job.tenant, job.model, cost=cost, estimate=prompt_estimate(job.data))
+        # A batch line: charged to the tenant's daily and monthly quotas, not its per-minute limits or
+        # concurrency (its batch never throttles its interactive traffic); its usage recorded as batch:<model>.
+        model = job.model if job.batch is None else f"batch:{job.model}"
+        t = await self.tenancy.admit(job.tenant, model, cost=cost, estimate=prompt_estimate(job.data),
+                                     batch=job.batch is not None)
         d = t.decision
         rt.headers = [(k.encode(), v.encode()) for k, v in ratelimit_headers(d.requests, d.tokens).items()]
         if d.admitted:

@@ -18,6 +18,7 @@ class ModelState:
     order: FairOrder = field(default_factory=FairOrder)
     in_flight: dict[str, int] = field(default_factory=dict)  # tenant -> its requests of this model holding a slot
     seen: dict[str, float] = field(default_factory=dict)  # tenant -> when it last sent a request of this model
+    batch: int = 0  # batch lines of this model holding a slot (cluster.gateway.flowcontrol.batch_class)
 
 
 class SharedDispatch:

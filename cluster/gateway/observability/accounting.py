@@ -37,6 +37,7 @@ class Settled:
     stream: bool = False
     data: dict[str, Any] | None = None  # the parsed body, when it got that far
     span: Any = None
+    batch: tuple[str, str] | None = None  # a batch line: (batch id, custom_id)
 
 
 class Accounting:
@@ -94,6 +95,8 @@ class Accounting:
             "replica": delivery.endpoint.replica_id if delivery.endpoint else None, "retries": delivery.retries,
             "resumes": delivery.resumes,
         }
+        if req.batch is not None:  # a batch line: its usage is batch usage
+            record["batch_id"], record["custom_id"] = req.batch
         if self._access_log is not None and self._access_log.include_prompts and req.data is not None:
             record["prompt"] = _prompt(req.route, req.data)
         return record

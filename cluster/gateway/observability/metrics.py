@@ -91,6 +91,19 @@ class GatewayMetrics:
             ["model"],
             registry=registry,
         )
+        self.batch_in_flight = Gauge(
+            "owc_batch_lines_in_flight",
+            "Batch lines this gateway process is handling now (not in owc_requests_in_flight: a batch backlog does "
+            "not scale engines up), by served model.",
+            ["model"],
+            registry=registry,
+        )
+        self.batch_waiting = Gauge(
+            "owc_batch_lines_waiting",
+            "Batch lines waiting for an idle engine slot or for the engine's answer, by served model.",
+            ["model"],
+            registry=registry,
+        )
         self.loop_lag = Gauge(
             "owc_event_loop_lag_seconds",
             "Worst lateness of this gateway process's event loop over the last 2 s (a 100 ms timer).",

@@ -1,0 +1,39 @@
+"""Batch lines as the lowest priority class (cluster.gateway.flowcontrol.batch_class), table-driven:
+a line takes a slot only when no interactive request waits and the free running slots stay above
+the headroom (at least one); only into a replica with a free running slot; a bounded few per
+process while a replica's capacity is unknown; nothing while no replica is routable."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.gateway.flowcontrol.batch_class import batch_admits
+from cluster.gateway.flowcontrol.capacity import Capacity
+
+NONE = frozenset()
+BUSY = frozenset({"r1"})
+
+
+def cap(free: int, total: int = 8, *, busy=NONE, at_limit=NONE, unbounded=False, routable=2) -> Capacity:
+    return Capacity(at_limit, busy, free, total, own=total - free, others=0, unbounded=unbounded, routable=routable)
+
+
+CASES = [
+    # (name, capacity, headroom, interactive waiting, batch lines here, expected)
+    ("idle engine", cap(8), 2, False, 0, NONE),
+    ("free slots beyond the headroom", cap(3, busy=BUSY), 2, False, 5, BUSY),
+    ("only the headroom left", cap(2), 2, False, 0, None),
+    ("headroom 0 still keeps one slot", cap(1), 0, False, 0, None),
+    ("headroom 0, two free", cap(2), 0, False, 0, NONE),
+    ("an interactive request waits", cap(8), 2, True, 0, None),
+    ("no replica routable", cap(0, 0, routable=0), 2, False, 0, None),
+    ("capacity unknown: a few per process", cap(0, 0, unbounded=True), 2, False, 1, NONE),
+    ("capacity unknown: the few are running", cap(0, 0, unbounded=True), 2, False, 2, None),
+    ("saturated", cap(0, busy=frozenset({"r1", "r2"})), 2, False, 0, None),
+]
+
+
+@pytest.mark.parametrize("name,capacity,headroom,waiting,here,expected", CASES, ids=[c[0] for c in CASES])
+def test_batch_admits(name, capacity, headroom, waiting, here, expected):
+    assert batch_admits(capacity, headroom=headroom, interactive_waiting=waiting, batch_here=here,
+                        unknown_limit=2) == expected

@@ -1,0 +1,219 @@
+"""The batch runner (cluster.batch.runner) over both stores (in process; a real redis-server with
+two runners sharing it as two gateway processes do): a batch runs validating -> in_progress ->
+finalizing -> completed with OpenAI's output and error lines; two runners run every line once;
+a runner that dies mid-batch (its leases not renewed) has its lines taken by the other once the
+leases expire, and a late answer of the dead one is not written twice; expiry and cancel close
+the batch with partial output."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from cluster.batch import states
+from cluster.batch.index import MemoryIndex
+from cluster.batch.ledger import MemoryLedger
+from cluster.batch.redis_index import RedisIndex
+from cluster.batch.redis_ledger import RedisLedger
+from cluster.batch.runner import BatchRunner, LineAnswer, LineCall
+from cluster.batch.service import BatchService
+from cluster.config.batch import BatchConfig
+from tests.unit.test_batch_store import CHAT, Clock, jsonl, redis_url, upload  # noqa: F401 - the fixture
+
+TENANT = "acme"
+
+
+class Engine:
+    """The gateway's side, faked: answers each line (400 for custom ids in ``refuse``), counts
+    calls per custom_id; ``hold`` keeps lines waiting until released."""
+
+    def __init__(self, refuse=(), hold: asyncio.Event | None = None):
+        self.calls: dict[str, int] = {}
+        self.refuse = set(refuse)
+        self.hold = hold
+
+    async def __call__(self, call: LineCall) -> LineAnswer:
+        self.calls[call.custom_id] = self.calls.get(call.custom_id, 0) + 1
+        call.sent = True
+        if self.hold is not None:
+            await self.hold.wait()
+        await asyncio.sleep(0)
+        if call.custom_id in self.refuse:
+            return LineAnswer(400, {"error": {"message": "bad", "type": "invalid_request_error", "param": None,
+                                              "code": None}}, "req-x")
+        return LineAnswer(200, {"object": "chat.completion", "echo": call.custom_id, "tenant": call.tenant}, "req-y")
+
+
+def build(kind: str, tmp_path, clock: Clock, url: str | None, **cfg):
+    cfg = {"store_dir": str(tmp_path / "store"), "lease_ttl_s": 10, **cfg}
+    if kind == "redis":
+        index, ledger = RedisIndex(url), RedisLedger(url)
+    else:
+        index, ledger = MemoryIndex(), MemoryLedger()
+    return BatchService(BatchConfig(**cfg), index=index, clock=clock), ledger
+
+
+@pytest.fixture(params=["memory", "redis"])
+def kind(request):
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+
+        async def flush():
+            idx = RedisIndex(url)
+            await idx._r.flushdb()
+            await idx.close()
+
+        asyncio.run(flush())
+        return "redis", url
+    return "memory", None
+
+
+async def run_until(runners, svc, batch_id, statuses, rounds=200):
+    for _ in range(rounds):
+        for r in runners:
+            await r.tick()
+        await asyncio.sleep(0.005)
+        b = await svc.batch(TENANT, batch_id)
+        if b.status in statuses and b.id not in {x.id for x in await svc.index.active()}:
+            return b
+    raise AssertionError(f"batch {batch_id} stayed {b.status}")
+
+
+async def lines_of(svc, file_id):
+    if file_id is None:
+        return []
+    return [orjson.loads(x) for x in (await svc.content(TENANT, file_id)).read_bytes().splitlines()]
+
+
+async def new_batch(svc, n):
+    f = await upload(svc, TENANT, jsonl(n))
+    return await svc.create_batch(TENANT, {"input_file_id": f.id, "endpoint": CHAT, "completion_window": "24h"})
+
+
+def test_batch_completes_with_output_and_error_files(kind, tmp_path):
+    async def go():
+        clock = Clock()
+        svc, ledger = build(kind[0], tmp_path, clock, kind[1])
+        eng = Engine(refuse={"r3"})
+        runner = BatchRunner(svc, ledger, eng, clock=clock)
+        b = await new_batch(svc, 6)
+        b = await run_until([runner], svc, b.id, {states.COMPLETED})
+        assert b.openai()["request_counts"] == {"total": 6, "completed": 5, "failed": 1}
+        assert b.in_progress_at and b.finalizing_at and b.completed_at
+        out, err = await lines_of(svc, b.output_file_id), await lines_of(svc, b.error_file_id)
+        assert [x["custom_id"] for x in out] == ["r0", "r1", "r2", "r4", "r5"]  # input order
+        assert [x["custom_id"] for x in err] == ["r3"]
+        assert out[0]["response"] == {"status_code": 200, "request_id": "req-y",
+                                      "body": {"object": "chat.completion", "echo": "r0", "tenant": TENANT}}
+        assert out[0]["error"] is None and out[0]["id"].startswith("batch_req_")
+        assert err[0]["response"]["status_code"] == 400 and err[0]["response"]["body"]["error"]["message"] == "bad"
+        f = await svc.file(TENANT, b.output_file_id)
+        assert f.purpose == "batch_output" and f.openai()["bytes"] == f.bytes > 0
+        assert not (tmp_path / "store" / "work" / b.id).exists()  # per-line results gone once assembled
+        await svc.close()
+        await ledger.close()
+
+    asyncio.run(go())
+
+
+def test_two_runners_run_each_line_once(kind, tmp_path):
+    if kind[0] == "memory":
+        pytest.skip("two processes share lines through Redis only")
+
+    async def go():
+        clock = Clock()
+        (a_svc, a_led), (b_svc, b_led) = (build("redis", tmp_path, clock, kind[1], lines_in_flight=4)
+                                          for _ in range(2))
+        eng = Engine()
+        a, b = BatchRunner(a_svc, a_led, eng, clock=clock), BatchRunner(b_svc, b_led, eng, clock=clock)
+        batch = await new_batch(a_svc, 40)
+        done = await run_until([a, b], a_svc, batch.id, {states.COMPLETED})
+        assert eng.calls == {f"r{i}": 1 for i in range(40)}
+        out = await lines_of(a_svc, done.output_file_id)
+        assert sorted(x["custom_id"] for x in out) == sorted(f"r{i}" for i in range(40)) and done.completed == 40
+        for s, led in ((a_svc, a_led), (b_svc, b_led)):
+            await s.close()
+            await led.close()
+
+    asyncio.run(go())
+
+
+def test_a_dead_runners_lines_are_taken_over_once(kind, tmp_path):
+    """Runner A takes lines and dies (its tasks never answer, its leases are not renewed); B runs
+    them once the leases expire; A's late answer to one is refused by the ledger: one output line
+    per custom_id."""
+    async def go():
+        clock = Clock()
+        a_svc, a_led = build(kind[0], tmp_path, clock, kind[1], lines_in_flight=3)
+        b_svc, b_led = (a_svc, a_led) if kind[0] == "memory" else build("redis", tmp_path, clock, kind[1])
+        stuck = Engine(hold=asyncio.Event())
+        a = BatchRunner(a_svc, a_led, stuck, clock=clock, owner="aaaa")
+        batch = await new_batch(a_svc, 8)
+        await a.tick()
+        await asyncio.sleep(0.01)
+        assert sorted(stuck.calls) == ["r0", "r1", "r2"]  # A holds three lines, then "dies"
+        eng = Engine()
+        b = BatchRunner(b_svc, b_led, eng, clock=clock, owner="bbbb")
+        for _ in range(20):  # before the leases expire B runs the other five only
+            await b.tick()
+            await asyncio.sleep(0.005)
+        assert sorted(eng.calls) == [f"r{i}" for i in range(3, 8)]
+        clock.now += 11  # A's leases (10 s) lapse
+        done = await run_until([b], b_svc, batch.id, {states.COMPLETED})
+        assert eng.calls == {f"r{i}": 1 for i in range(8)}
+        stuck.hold.set()  # A answers late: the ledger has the line done already
+        await asyncio.sleep(0.02)
+        out = await lines_of(b_svc, done.output_file_id)
+        assert sorted(x["custom_id"] for x in out) == [f"r{i}" for i in range(8)]
+        assert done.openai()["request_counts"] == {"total": 8, "completed": 8, "failed": 0}
+        await a.stop()
+
+    asyncio.run(go())
+
+
+def test_expiry_closes_with_partial_output(kind, tmp_path):
+    async def go():
+        clock = Clock()
+        svc, ledger = build(kind[0], tmp_path, clock, kind[1], lines_in_flight=2)
+        hold = asyncio.Event()
+        eng = Engine(hold=hold)
+        runner = BatchRunner(svc, ledger, eng, clock=clock)
+        batch = await new_batch(svc, 5)
+        await runner.tick()
+        await asyncio.sleep(0.01)
+        hold.set()  # the two lines in flight answer
+        await asyncio.sleep(0.01)
+        clock.now = batch.expires_at + 1  # the 24 h window closes
+        done = await run_until([runner], svc, batch.id, {states.EXPIRED})
+        out, err = await lines_of(svc, done.output_file_id), await lines_of(svc, done.error_file_id)
+        assert [x["custom_id"] for x in out] == ["r0", "r1"]
+        assert [(x["custom_id"], x["error"]["code"], x["response"]) for x in err] == \
+            [(f"r{i}", "batch_expired", None) for i in range(2, 5)]
+        assert done.expired_at and done.completed == 2
+
+    asyncio.run(go())
+
+
+def test_cancel_in_progress_finishes_in_flight_lines(kind, tmp_path):
+    async def go():
+        clock = Clock()
+        svc, ledger = build(kind[0], tmp_path, clock, kind[1], lines_in_flight=2)
+        hold = asyncio.Event()
+        eng = Engine(hold=hold)
+        runner = BatchRunner(svc, ledger, eng, clock=clock)
+        batch = await new_batch(svc, 6)
+        await runner.tick()
+        await asyncio.sleep(0.01)
+        b = await svc.cancel(TENANT, batch.id)
+        assert b.status == states.CANCELLING
+        await runner.tick()
+        assert (await svc.batch(TENANT, batch.id)).status == states.CANCELLING  # two lines still in flight
+        hold.set()
+        done = await run_until([runner], svc, batch.id, {states.CANCELLED})
+        assert sorted(eng.calls) == ["r0", "r1"]  # no line taken after the cancel
+        assert [x["custom_id"] for x in await lines_of(svc, done.output_file_id)] == ["r0", "r1"]
+        assert done.error_file_id is None and done.cancelled_at and done.completed == 2
+
+    asyncio.run(go())

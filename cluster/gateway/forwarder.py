@@ -150,6 +150,10 @@ class Forwarder:
             self._routing.acquire(ep.replica_id, job.adapter)
             return ep
 
+        if job.batch is not None:  # the lowest class: idle room only (cluster.gateway.flowcontrol.batch_class)
+            ep = await self._fair.batch_slot(job.model, pick)
+            job.batch.sent = True
+            return ep
         return await self._fair.slot(job.model, job.tenant, endpoints, pick, receive, pinned=job.pin is not None,
                                      give_back=lambda ep: self._routing.release(ep.replica_id, job.adapter))
 
@@ -170,10 +174,6 @@ class Forwarder:
 
     def _release(self, replica_id: str, job: Job) -> None:
         self._routing.release(replica_id, job.adapter)
-        if job.batch is not None:  # the lowest class: idle room only (cluster.gateway.flowcontrol.batch_class)
-            ep = await self._fair.batch_slot(job.model, pick)
-            job.batch.sent = True
-            return ep
         if self._fair is not None:
             self._fair.released(job.model)
 

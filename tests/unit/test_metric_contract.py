@@ -5,11 +5,13 @@ rules and dashboards use is listed."""
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import yaml
 from prometheus_client import CollectorRegistry
 
 from cluster.config.loader import parse_config
+from cluster.gateway.batches.wiring import Backlog, runner_hooks
 from cluster.gateway.upstream.adapter_loader import record_adapter_requests
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.routing.router import Routing
@@ -44,6 +46,10 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
               g.adapter_load_seconds.labels("m"), g.fair_wait.labels("m", "t")):
         h.observe(0.1)
     g.tenant_quota_used.labels("t", "day").set(0.5)
+    # owc_batch_*: the batch runner's, on the same registry (cluster.gateway.batches.wiring)
+    hooks, on_tokens = runner_hooks(registry)
+    hooks.line("t", "ok"), hooks.closed("completed"), on_tokens("t", 1)
+    registry.register(Backlog(SimpleNamespace(backlog={"in_progress": 1}, pending=3)))
     g.fair_depth.labels("m", "t").set(1)
     for c in (g.prompt_tokens.labels("m", "t"), g.completion_tokens.labels("m", "t"), g.reasoning_tokens.labels("m", "t"),
               g.requests.labels("m", "t", "/r", "200")):

@@ -31,7 +31,7 @@ def store_url(config: OwcConfig) -> str | None:
     return config.batch.store_url or shared or config.gateway.fair_sharing.store_url
 
 
-class _Backlog(Collector):
+class Backlog(Collector):
     """owc_batch_batches{status} and owc_batch_lines_pending as this process's runner last saw them."""
 
     def __init__(self, runner: BatchRunner):
@@ -106,5 +106,5 @@ def build_batches(config: OwcConfig, *, admission: Callable[..., Awaitable[None]
         hooks, on_tokens = runner_hooks(registry) if registry is not None else (RunnerHooks(), None)
         runner = BatchRunner(service, build_ledger(config), line_executor(admission, on_tokens=on_tokens), hooks=hooks)
         if registry is not None:
-            registry.register(_Backlog(runner))
+            registry.register(Backlog(runner))
     return Batches(service, sweep_period_s=cfg.sweep_period_s, runner=runner, poll_period_s=cfg.poll_period_s)

@@ -258,6 +258,8 @@ class GatewayMetrics:
             self.decision_seconds.labels(policy)
             self.in_flight.labels(m)
             self.queued.labels(m)
+            self.batch_in_flight.labels(m)
+            self.batch_waiting.labels(m)
 
 
 class _ReplicaCollector(Collector):

@@ -136,6 +136,18 @@ TENANTS = Dashboard(
            (f"histogram_quantile(0.95, sum by (tenant, le) (rate(owc_fair_queue_wait_seconds_bucket{{{M}}}[$__rate_interval])))",
             "{{tenant}}"), unit="s",
            description="Time before an engine slot; a light tenant stays near 0 while a flooding one waits behind its own backlog."),
+        _p("Batch: lines done/s by tenant and outcome",
+           (f"sum by (tenant, outcome) (rate(owc_batch_lines_total{{{M}}}[$__rate_interval]))", "{{tenant}} {{outcome}}"),
+           (f"sum by (tenant) (rate(owc_batch_tokens_total{{{M}}}[$__rate_interval]))", "{{tenant}} tokens/s"),
+           description="Batch API lines (docs/batch.md) run on idle engine slots: ok (output file), error (error "
+                       "file), duplicate (a line another gateway process had finished); and their tokens.",
+           optional="Only once a batch has run."),
+        _p("Batch: backlog",
+           (f"max(owc_batch_lines_pending{{{M}}})", "lines pending"),
+           (f"max by (status) (owc_batch_batches{{{M}}})", "batches {{status}}"),
+           (f"sum(owc_batch_lines_in_flight{{{M}}})", "lines in flight"),
+           description="Lines of open batches not done yet, batches with work left by status, and lines on engines "
+                       "now (not counted in owc_requests_in_flight: a backlog scales nothing up)."),
     ),
 )
 

@@ -29,6 +29,8 @@ EXEMPT = {
     "Capacity controller: holding, by reason": "no `owc controller` process in this session",
     # The session's tiny Llama does not reason (tests/unit/test_reasoning_tokens.py counts the metric).
     "Reasoning tokens/s by tenant": "no reasoning model in this session",
+    # No batch runs in the session (tests/unit/test_batch_execution.py counts the metric on a fake engine).
+    "Batch: lines done/s by tenant and outcome": "no batch runs in this session",
 }
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal
 
 from cluster.config.rollout import Gates, Rollout
@@ -86,7 +86,10 @@ class RolloutState:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> RolloutState:
-        return cls(**{**d, "gates": tuple(Gate(**g) for g in d.get("gates", ()))})
+        """From ``to_dict``'s form; other keys of a larger document are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in d.items() if k in known},
+                      "gates": tuple(Gate(**g) for g in d.get("gates", ()))})
 
 
 def start(settings: Rollout, now: float) -> RolloutState:

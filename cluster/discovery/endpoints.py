@@ -17,6 +17,8 @@ class Endpoint:
     url: str
     # Being removed by a scale-down: takes no new requests, finishes its in-flight ones.
     draining: bool = False
+    # Which version of the model it serves: stable, or the candidate of a rollout (docs/rollouts.md).
+    version: str = "stable"
 
 
 class EndpointTable:
@@ -40,7 +42,7 @@ class EndpointTable:
         if key not in self._entries:
             return False
         ep, seen = self._entries[key]
-        self._entries[key] = (Endpoint(ep.model, ep.replica_id, ep.url, draining=True), seen)
+        self._entries[key] = (Endpoint(ep.model, ep.replica_id, ep.url, draining=True, version=ep.version), seen)
         return True
 
     def deregister(self, model: str, replica_id: str) -> None:

@@ -24,12 +24,12 @@ class EndpointRegistry:
     def __init__(self) -> None:
         self._table = EndpointTable(ttl_s=HEARTBEAT_TTL_S)
 
-    def register(self, model: str, replica_id: str, url: str) -> None:
-        self._table.register(Endpoint(model=model, replica_id=replica_id, url=url), time.monotonic())
+    def register(self, model: str, replica_id: str, url: str, version: str = "stable") -> None:
+        self._table.register(Endpoint(model=model, replica_id=replica_id, url=url, version=version), time.monotonic())
 
-    def heartbeat(self, model: str, replica_id: str, url: str) -> None:
+    def heartbeat(self, model: str, replica_id: str, url: str, version: str = "stable") -> None:
         if not self._table.heartbeat(model, replica_id, time.monotonic()):
-            self.register(model, replica_id, url)
+            self.register(model, replica_id, url, version)
 
     def drain(self, model: str, replica_id: str) -> None:
         self._table.drain(model, replica_id)

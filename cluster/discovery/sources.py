@@ -46,7 +46,7 @@ class StaticEndpoints:
 
 
 class FileEndpoints:
-    """Endpoints from a JSON file (`[{"model", "replica_id", "url", "draining"}, ...]`) that a supervisor
+    """Endpoints from a JSON file (`[{"model", "replica_id", "url", "draining", "version"}, ...]`) that a supervisor
     rewrites atomically; re-read when its mtime changes. The gateway process under Ray
     Serve gets its replicas this way from the Serve replica that supervises it."""
 
@@ -74,7 +74,7 @@ class FileEndpoints:
         by_model: dict[str, list[Endpoint]] = {}
         for row in rows:
             ep = Endpoint(model=row["model"], replica_id=row["replica_id"], url=row["url"],
-                          draining=bool(row.get("draining", False)))
+                          draining=bool(row.get("draining", False)), version=row.get("version", "stable"))
             by_model.setdefault(ep.model, []).append(ep)
         self._by_model = by_model
         self._mtime = mtime
@@ -91,6 +91,6 @@ def write_endpoints_file(path: str, endpoints: Sequence[Endpoint]) -> None:
     """Atomically replace the endpoints file."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump([{"model": e.model, "replica_id": e.replica_id, "url": e.url, "draining": e.draining}
+        json.dump([{"model": e.model, "replica_id": e.replica_id, "url": e.url, "draining": e.draining, "version": e.version}
                    for e in endpoints], f)
     os.replace(tmp, path)

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cluster.config.schema import OwcConfig
+from cluster.discovery.rollouts import RolloutFiles, rollout_dir
 from cluster.discovery.sources import EndpointSource
 from cluster.gateway.observability.access_log import AccessLog
 from cluster.gateway.observability.accounting import Accounting
@@ -40,6 +41,8 @@ from cluster.gateway.routes import Route, RouteTable, add_routes, error_response
 from cluster.gateway.responses.conversations import Conversations
 from cluster.gateway.responses.ids import ResponseIds
 from cluster.gateway.responses.routes import add_responses_routes
+from cluster.gateway.rollout.routes import add_rollout_routes
+from cluster.gateway.rollout.view import RolloutView
 from cluster.gateway.upstream.stats_poller import StatsPoller
 from cluster.gateway.observability.tracing import RequestTracer
 from cluster.routing.router import Routing
@@ -135,6 +138,9 @@ def build_app(
     )
     forwarder.adapters = adapters = build_loader(config=config, endpoints=endpoints, metrics=metrics, routing=routing,
                                                  poller=stats_poller, engine_key=engine_key)  # LoRA adapters
+    versions = RolloutView(config, RolloutFiles(rollout_dir(config.model_cache_dir)))  # rollouts (docs/rollouts.md)
+    if versions.models:
+        forwarder.versions = versions
     admission = Admission(
         config=config, auth=auth, forwarder=forwarder, metrics=metrics, tracer=tracer,
         accounting=Accounting(metrics=metrics, routing=routing, access_log=access_log), conversations=conversations,
@@ -149,6 +155,7 @@ def build_app(
         await lag.start()
         await endpoints.start()
         await adapters.start()
+        await versions.start()
         if stats_poller is not None:
             await stats_poller.start()
         if auth.jwt is not None:
@@ -170,6 +177,7 @@ def build_app(
                 await stats_poller.stop()
             await endpoints.stop()
             await forwarder.close()
+            await versions.stop()
             await adapters.close()
             if access_log is not None:
                 access_log.close()
@@ -200,6 +208,7 @@ def build_app(
     add_routes(table, config=config, endpoints=endpoints, routing=routing, clock=clock)
     if auth.admin_configured:  # no admin keys: no adapter admin routes (404)
         add_adapter_routes(table, config=config, loader=adapters)
+        add_rollout_routes(table, config=config, view=versions)
     add_responses_routes(table, config=config, endpoints=endpoints, engine=engine_client, ids=conversations.ids)
     if batches is not None:
         add_batch_routes(table, service=batches.service)

@@ -57,6 +57,7 @@ class Job:
     # A stream that another replica continues if its engine dies (cluster.gateway.stream.resume):
     # the engine streams its token ids, which the client never sees.
     resume: bool = False
+    harmony: bool = False  # gpt-oss: its chat and Responses streams are read as harmony (stream.harmony_chat)
     max_model_len: int | None = None  # the model's context, when the config sets it
     # A batch line (cluster.batch.runner.LineCall): the lowest priority class, idle engine slots only.
     batch: Any = None
@@ -78,6 +79,7 @@ class Delivery:
     completion_tokens: int | None = None  # reasoning tokens included, as OpenAI counts them
     reasoning_tokens: int | None = None
     resumes: int = 0  # times a broken stream was continued on another replica
+    version: str | None = None  # during a rollout: the version that answers (stable, candidate)
 
     @property
     def retries(self) -> int:

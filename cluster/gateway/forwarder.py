@@ -24,8 +24,8 @@ from cluster.gateway.errors import RETRY_SOON, RETRY_STARTING, OpenAIError, from
 from cluster.gateway.flowcontrol.fair_queue import FairQueue
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.gateway.responses.conversations import owner_endpoints
-from cluster.gateway.context import COMPLETIONS, MESSAGES
-from cluster.gateway.stream.resume import StreamLedger
+from cluster.gateway.context import MESSAGES
+from cluster.gateway.stream.resume import StreamLedger, continuation, rendered
 from cluster.gateway.stream.relay import respond
 from cluster.gateway.observability.tracing import RequestTracer
 from cluster.routing.filters import QueueFull
@@ -65,6 +65,7 @@ def _taking_requests(endpoints: list[Endpoint]) -> bool:
 
 class Forwarder:
     adapters = None  # cluster.gateway.upstream.adapter_loader.AdapterLoader: loads a LoRA adapter the chosen replica lacks
+    versions = None  # cluster.gateway.rollout.view.RolloutView: the version a request goes to during a rollout
 
     def __init__(
         self, *, routing: Routing, endpoints: EndpointSource, engine: EngineClient, metrics: GatewayMetrics,
@@ -115,6 +116,7 @@ class Forwarder:
                 endpoints = await self._wait_for_replica(job.model, wake_s, receive)
             if job.pin is not None:  # a previous_response_id: only its owner holds it
                 endpoints = owner_endpoints(job, endpoints)
+            endpoints = self._version(job, endpoints, delivery)
             chars = self._routing.prefix_chars(job.model)
             preamble = ANTHROPIC_SHARED if job.route == MESSAGES else ()  # an agent's system prompt and tools
             info = RequestInfo(model=job.model, prefix_key=prefix_key(job.data, chars, preamble=preamble) if chars else b"",
@@ -137,6 +139,24 @@ class Forwarder:
                 RequestTracer.finish(engine_span, delivery.status or 500, {
                     "server.address": ep.url if ep else None, "owc.replica_id": ep.replica_id if ep else None,
                 })
+
+    def _version(self, job: Job, endpoints: list[Endpoint], delivery: Delivery) -> list[Endpoint]:
+        """During a rollout, the version that answers (cluster.gateway.rollout) and only its
+        replicas; a request pinned to a replica (a stored response) keeps that replica's."""
+        if self.versions is None:
+            return endpoints
+        if job.pin is not None:
+            if self.versions.weight(job.model) is not None and endpoints:
+                delivery.version = endpoints[0].version
+            return endpoints
+        version = self.versions.pick(job.model, session_key(job.headers, job.data), endpoints)
+        if version is None:
+            return endpoints
+        delivery.version = version
+        return [e for e in endpoints if e.version == version]
+
+    def _of_version(self, model: str, delivery: Delivery) -> list[Endpoint]:
+        return [e for e in self._endpoints.endpoints(model) if delivery.version in (None, e.version)]
 
     async def _slot(self, job: Job, info: RequestInfo, endpoints: list[Endpoint], receive: Receive,
                     delivery: Delivery) -> Endpoint | None:
@@ -206,10 +226,17 @@ class Forwarder:
             async def resume(ledger: StreamLedger) -> tuple[Response, bytes]:
                 """The stream continued on another replica (cluster.gateway.stream.resume)."""
                 self._release(held.pop(), job)
-                cont = dataclasses.replace(job, route=COMPLETIONS, body=ledger.continuation(), body_for=None, pin=None)
+                endpoints = self._of_version(job.model, delivery)
                 try:
-                    resp, first = await self._open(cont, info, self._endpoints.endpoints(job.model), headers,
-                                                   delivery, exclude=tried)
+                    if ledger.render is not None:  # a harmony stream: the engine's prompt and grammar first
+                        route, body = ledger.render
+                        render = dataclasses.replace(job, route=route, body=body, body_for=None, pin=None, stream=False)
+                        answer = await self._open(render, info, endpoints, headers, delivery, exclude=tried)
+                        self._release(delivery.endpoint.replica_id, job)
+                        rendered(ledger, *answer)
+                    cont = dataclasses.replace(job, route=ledger.continuation_route, body=continuation(ledger),
+                                               body_for=None, pin=None)
+                    resp, first = await self._open(cont, info, endpoints, headers, delivery, exclude=tried)
                     rid = delivery.endpoint.replica_id
                     tried.add(rid)
                     if resp.status >= 400:

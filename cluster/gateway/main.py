@@ -18,6 +18,7 @@ from cluster.config.schema import GatewayConfig, ModelConfig, OwcConfig
 from cluster.engine.guard import ENGINE_KEY_ENV
 from cluster.gateway.app import build_app, metrics_app
 from cluster.gateway.edge.connections import ConnectionGuard, raise_open_file_limit
+from cluster.discovery.rollouts import RolloutFiles, rollout_dir
 from cluster.discovery.sources import FileEndpoints, StaticEndpoints
 from cluster.gateway.edge.server import UnsafeBindError, auth_for_bind, bind_socket, make_server, serve
 from cluster.process import watch_parent
@@ -65,7 +66,15 @@ def run(
     import uvloop
 
     api = make_server(app, connections=app.connections, drain_timeout_s=cfg.gateway.autoscaling.drain_timeout_s)
-    uvloop.run(serve(api, api_socket, side=side, side_socket=side_socket))
+    announced = None
+    if metrics_port and any(m.candidate is not None for m in cfg.models.values()):
+        # owc serve's rollout analysis reads each gateway process's own metrics (docs/rollouts.md).
+        announced = RolloutFiles(rollout_dir(cfg.model_cache_dir)).announce(f"http://{cfg.gateway.local_host}:{metrics_port}")
+    try:
+        uvloop.run(serve(api, api_socket, side=side, side_socket=side_socket))
+    finally:
+        if announced is not None:
+            announced.unlink(missing_ok=True)
 
 
 def config_for_upstreams(urls: dict[str, list[str]], cfg: OwcConfig | None, host: str, port: int) -> OwcConfig:

@@ -18,13 +18,17 @@ from cluster.discovery.sources import StaticEndpoints
 from cluster.gateway.app import build_app
 from cluster.gateway.auth.authenticator import Authenticator
 from cluster.gateway.auth.keys import hash_key
+from cluster.discovery.rollouts import RolloutFiles
+from cluster.rollouts.analysis import LocalAnalysis, http_scrape
 from tests.conftest import fake_engine_argv, gateway_argv, metric, server
+from tests.unit.rollout_helpers import Ticker
 
 ENGINE_KEY = "engine-secret-for-tests"
 KEYS = {"sk-alpha": "alpha", "sk-beta": "beta"}  # beta may use only m2
 ADMIN = {"sk-admin": "ops"}
 CONFIG = {
-    "models": {"m1": {"source": "external"}, "m2": {"source": "external"}},
+    # m1 has a candidate: its rollout's admin routes are served (docs/rollouts.md)
+    "models": {"m1": {"source": "external", "candidate": {"engine_kwargs": {"max_num_seqs": 8}}}, "m2": {"source": "external"}},
     "gateway": {"api_keys_env": None, "admin_keys_env": None, "tenants": {"beta": {"models": ["m2"]}},
                 # The matrix is many failed authentications from one address: not throttled here
                 # (the failed-auth throttle is tests/unit/test_hostile_clients.py's).
@@ -83,9 +87,11 @@ def stack(tmp_path_factory):
                                  "admin_keys_file": str(d / "admin.yaml")}, "model_cache_dir": str(d),
            "batch": {"store_dir": str(d / "batch")}}
     (d / "owc.yaml").write_text(yaml.safe_dump(cfg))
-    env = {"OWC_ENGINE_KEY": ENGINE_KEY}
+    env = {"OWC_ENGINE_KEY": ENGINE_KEY, "OWC_ROLLOUT_DIR": str(d / "rollouts")}
+    analysis = LocalAnalysis(parse_config(cfg), RolloutFiles(d / "rollouts"), scrape=http_scrape)  # answers rollout commands
     with server(fake_engine_argv("m1"), env=env) as e1, server(fake_engine_argv("m2"), env=env) as e2, \
-            server(gateway_argv(f"m1={e1.url}", f"m2={e2.url}", config=str(d / "owc.yaml")), env=env) as gw:
+            server(gateway_argv(f"m1={e1.url}", f"m2={e2.url}", config=str(d / "owc.yaml")), env=env) as gw, \
+            Ticker(analysis):
         yield gw, (e1, e2), parse_config(cfg)
 
 
@@ -102,6 +108,7 @@ def _call(url: str, method: str, path: str, authorization: str | None) -> httpx.
     headers = {"Authorization": authorization} if authorization else {}
     real = path.replace("{model:path}", "m1").replace("{name:path}", "ad1").replace("{response_id}", "resp_not_minted_here")
     real = real.replace("{file_id}", "file-not-minted-here").replace("{batch_id}", "batch_not_minted_here")
+    real = real.replace("{action}", "abort")  # a rollout command (the rollout is still running when the admin sends it)
     if method == "POST" and path == "/v1/files":
         return httpx.post(url + real, files={"file": ("in.jsonl", BATCH_LINE)}, data={"purpose": "batch"},
                           headers=headers, timeout=30)

@@ -42,7 +42,7 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     # owc_adapter_requests_total: defined with the adapter loader, on the same registry (cluster.gateway.app)
     cfg = parse_config({"models": {"m": {"source": "external", "adapters": {"fr": {}}}}, "gateway": {"api_keys_env": None}})
     record_adapter_requests(registry, Routing({}, stats=StatsStore(stale_after_s=1)), cfg)
-    for h in (g.duration.labels("m", "/r"), g.ttft.labels("m"), g.itl.labels("m"), g.decision_seconds.labels("p"),
+    for h in (g.duration.labels("m", "/r"), g.ttft.labels("m", "stable"), g.itl.labels("m", "stable"), g.decision_seconds.labels("p"),
               g.adapter_load_seconds.labels("m"), g.fair_wait.labels("m", "t")):
         h.observe(0.1)
     g.tenant_quota_used.labels("t", "day").set(0.5)
@@ -51,8 +51,8 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     hooks.line("t", "ok"), hooks.closed("completed"), on_tokens("t", 1)
     registry.register(Backlog(SimpleNamespace(backlog={"in_progress": 1}, pending=3)))
     g.fair_depth.labels("m", "t").set(1)
-    for c in (g.prompt_tokens.labels("m", "t"), g.completion_tokens.labels("m", "t"), g.reasoning_tokens.labels("m", "t"),
-              g.requests.labels("m", "t", "/r", "200")):
+    for c in (g.prompt_tokens.labels("m", "t", "stable"), g.completion_tokens.labels("m", "t", "stable"),
+              g.reasoning_tokens.labels("m", "t", "stable"), g.requests.labels("m", "t", "/r", "200", "stable")):
         c.inc()
     out = {}
     for fam in registry.collect():

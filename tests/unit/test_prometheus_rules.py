@@ -152,7 +152,7 @@ def test_the_ttft_slo_bucket_is_the_configs_default_and_a_gateway_bucket():
     recording = (PROMETHEUS_DIR / "rules" / "owc-recording.yml").read_text()
     assert recording.count(f'owc_time_to_first_token_seconds_bucket{{le="{le}"}}') == 2
     registry = CollectorRegistry()
-    GatewayMetrics(registry).ttft.labels(model="m").observe(0.1)
+    GatewayMetrics(registry).ttft.labels(model="m", version="stable").observe(0.1)
     exported = {s.labels["le"] for fam in registry.collect() if fam.name == "owc_time_to_first_token_seconds"
                 for s in fam.samples if s.name.endswith("_bucket")}
     assert le in exported, f"the gateway's TTFT histogram has no {le} s bucket: {sorted(exported, key=float)}"

@@ -21,7 +21,7 @@ from cluster.gateway.admission.caps import CapTable
 from cluster.gateway.edge.connections import CLOSED_KEY
 from cluster.gateway.responses.conversations import Conversations
 from cluster.gateway.responses.ids import ResponseIds
-from cluster.gateway.stream.resume import not_resumable
+from cluster.gateway.stream.resume import harmony_model, not_resumable
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.forwarder import ClientGone, Forwarder
@@ -97,6 +97,16 @@ async def send_error(send: Send, err: OpenAIError, request_id: str | None) -> No
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def versioned(send: Send, delivery: Delivery) -> Send:
+    """``send`` with ``x-owc-version`` on the response once the forwarder picked a version."""
+    async def out(message: dict) -> None:
+        if message["type"] == "http.response.start" and delivery.version is not None:
+            message = {**message, "headers": [*message.get("headers", ()), (b"x-owc-version", delivery.version.encode())]}
+        await send(message)
+
+    return out
+
+
 class Admission:
     def __init__(
         self, *, config: OwcConfig, auth: Authenticator, forwarder: Forwarder, accounting: Accounting,
@@ -114,6 +124,7 @@ class Admission:
         self._conversations = conversations or Conversations(config, ResponseIds.from_env(None))
         self._limit = config.gateway.limits.max_body_bytes
         self._caps = CapTable(config.gateway.limits, config.gateway.tenants)
+        self._versioned = any(m.candidate is not None for m in config.models.values())
         # Request ids: a random per-process prefix and a counter (uuid4 per request costs a
         # getrandom syscall on the hot path); unique across gateway processes.
         self._id_prefix = os.urandom(8).hex()
@@ -128,6 +139,8 @@ class Admission:
         tenant, job, data, status = UNKNOWN, None, None, 0
         ticket = self._tenancy.ticket(send)  # its send adds the x-ratelimit-* headers
         send = ticket.send
+        if self._versioned:  # during a rollout every answer says which version gave it
+            send = versioned(send, delivery)
         line = scope.get(BATCH_LINE)
         try:
             request_id = client_request_id(headers) or request_id
@@ -201,11 +214,12 @@ class Admission:
             data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
             strip_usage = rewrite = True
         cfg = self._config.models[served]
+        harmony = harmony_model(served, cfg)
         resume = bool(req.stream) and cfg.resume_streams and \
-            not_resumable(route, data, parsed_chat=cfg.parses_chat_output) is None
-        if resume:
+            not_resumable(route, data, parsed_chat=cfg.parses_chat_output, harmony=harmony) is None
+        if resume and route in (CHAT, COMPLETIONS):
             data["return_token_ids"] = rewrite = True
         return Job(request_id=request_id, route=route, model=served, tenant=tenant, data=data,
                    body=orjson.dumps(data) if rewrite else body, stream=bool(req.stream), headers=headers,
-                   adapter=adapter, strip_usage=strip_usage, span=span, resume=resume,
+                   adapter=adapter, strip_usage=strip_usage, span=span, resume=resume, harmony=harmony,
                    max_model_len=cfg.max_model_len)

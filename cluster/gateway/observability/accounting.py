@@ -49,8 +49,8 @@ class Accounting:
     def settle(self, req: Settled, delivery: Delivery) -> None:
         m = self._metrics
         latency = time.perf_counter() - delivery.started
-        model = req.model
-        m.requests.labels(model, req.tenant, req.route, str(req.status)).inc()
+        model, version = req.model, delivery.version or "stable"
+        m.requests.labels(model, req.tenant, req.route, str(req.status), version).inc()
         if model != UNKNOWN:
             m.duration.labels(model, req.route).observe(latency)
         if delivery.decisions:
@@ -64,17 +64,17 @@ class Accounting:
         for reason in delivery.retry_reasons:
             m.retries.labels(model, reason).inc()
         if delivery.ttft_s is not None:
-            m.ttft.labels(model).observe(delivery.ttft_s)
+            m.ttft.labels(model, version).observe(delivery.ttft_s)
         if delivery.itl:
-            hist = m.itl.labels(model)
+            hist = m.itl.labels(model, version)
             for gap in delivery.itl:
                 hist.observe(gap)
         if delivery.prompt_tokens:
-            m.prompt_tokens.labels(model, req.tenant).inc(delivery.prompt_tokens)
+            m.prompt_tokens.labels(model, req.tenant, version).inc(delivery.prompt_tokens)
         if delivery.completion_tokens:
-            m.completion_tokens.labels(model, req.tenant).inc(delivery.completion_tokens)
+            m.completion_tokens.labels(model, req.tenant, version).inc(delivery.completion_tokens)
         if delivery.reasoning_tokens:
-            m.reasoning_tokens.labels(model, req.tenant).inc(delivery.reasoning_tokens)
+            m.reasoning_tokens.labels(model, req.tenant, version).inc(delivery.reasoning_tokens)
         if req.span is not None:
             RequestTracer.finish(req.span, req.status, {
                 "owc.request_id": req.request_id, "owc.tenant": req.tenant, "gen_ai.request.model": model,

@@ -36,7 +36,7 @@ class GatewayMetrics:
         self.requests = Counter(
             "owc_requests",
             "Requests finished by the gateway, by served model, tenant, route and HTTP status.",
-            ["model", "tenant", "route", "code"],
+            ["model", "tenant", "route", "code", "version"],
             registry=registry,
         )
         self.duration = Histogram(
@@ -49,34 +49,34 @@ class GatewayMetrics:
         self.ttft = Histogram(
             "owc_time_to_first_token_seconds",
             "Streamed requests: time from request received to the first token event relayed.",
-            ["model"],
+            ["model", "version"],
             buckets=TTFT_BUCKETS,
             registry=registry,
         )
         self.itl = Histogram(
             "owc_inter_token_latency_seconds",
             "Streamed requests: time between successive token events relayed.",
-            ["model"],
+            ["model", "version"],
             buckets=ITL_BUCKETS,
             registry=registry,
         )
         self.prompt_tokens = Counter(
             "owc_prompt_tokens",
             "Prompt tokens of finished requests (engine-reported usage), by model and tenant.",
-            ["model", "tenant"],
+            ["model", "tenant", "version"],
             registry=registry,
         )
         self.completion_tokens = Counter(
             "owc_completion_tokens",
             "Completion tokens of finished requests (engine-reported usage), by model and tenant.",
-            ["model", "tenant"],
+            ["model", "tenant", "version"],
             registry=registry,
         )
         self.reasoning_tokens = Counter(
             "owc_reasoning_tokens",
             "Reasoning tokens of finished requests (engine-reported usage; part of the completion tokens), "
             "by model and tenant.",
-            ["model", "tenant"],
+            ["model", "tenant", "version"],
             registry=registry,
         )
         self.in_flight = Gauge(

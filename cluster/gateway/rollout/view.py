@@ -1,0 +1,70 @@
+"""Each rolled-out model's candidate weight as the analysis last wrote it, re-read off the
+request path; the version of each request picked from it (cluster.routing.versions).
+
+A model with a rollout in its config but no state written yet (the analysis has not
+started, or the conformance gate runs) goes to stable: weight 0. After a rollback or an
+abort the weight is 0, after a promotion 100."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+from cluster.config.rollout import has_rollout
+from cluster.config.schema import OwcConfig
+from cluster.discovery.endpoints import Endpoint
+from cluster.discovery.rollouts import RolloutFiles
+from cluster.periodic import Periodic
+from cluster.routing.versions import CANDIDATE, STABLE, pick_version
+
+log = logging.getLogger(__name__)
+POLL_S = 0.5
+
+
+class RolloutView:
+    def __init__(self, config: OwcConfig, files: RolloutFiles, *, draw: Callable[[], float] = random.random,
+                 period_s: float = POLL_S):
+        self.files = files
+        self.models = {n: m for n, m in config.models.items() if m.candidate is not None}  # version routing
+        self.rolled_out = {n for n, m in config.models.items() if has_rollout(m)}  # the admin API's models
+        self._sticky = {n: m.rollout.sticky for n, m in self.models.items()}
+        self._draw = draw
+        self._weights: dict[str, float] = {n: 0.0 for n in self.models}
+        self._mtimes: dict[str, int | None] = {}
+        self._loop = Periodic(self.reload, period_s=period_s, what="reading rollout state", log=log, first_after=True)
+
+    def reload(self) -> None:
+        for model in self.models:
+            mtime = self.files.mtime(model)
+            if mtime == self._mtimes.get(model, -1):
+                continue
+            doc = self.files.read(model)
+            weight = doc.get("weight") if doc else 0
+            self._weights[model] = float(weight) if isinstance(weight, (int, float)) else 0.0
+            self._mtimes[model] = mtime
+
+    def weight(self, model: str) -> float | None:
+        """The candidate's % of the model's traffic; None: the model has no candidate."""
+        return self._weights.get(model)
+
+    def pick(self, model: str, session: str | None, endpoints: list[Endpoint]) -> str | None:
+        """The version that answers (None: the model has no candidate): by weight, sticky by
+        session where the rollout says so; the other version when the picked one has no
+        replica taking requests (starting, or drained after the rollout ended)."""
+        weight = self._weights.get(model)
+        if weight is None:
+            return None
+        version = pick_version(weight, session if self._sticky[model] else None, self._draw)
+        if not any(e.version == version and not e.draining for e in endpoints):
+            other = STABLE if version == CANDIDATE else CANDIDATE
+            if any(e.version == other and not e.draining for e in endpoints):
+                return other
+        return version
+
+    async def start(self) -> None:
+        self.reload()
+        self._loop.start()
+
+    async def stop(self) -> None:
+        await self._loop.stop()

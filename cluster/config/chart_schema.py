@@ -68,6 +68,8 @@ def values_schema() -> dict[str, Any]:
         "engineKey": obj({"existingSecret": STR, "secretKey": STR}),
         "modelCache": obj({"enabled": BOOL, "existingClaim": STR, "size": STR, "storageClass": STR,
                            "accessModes": {"type": "array", "items": STR}, "mountPath": STR}),
+        "batchStore": obj({"volume": {"enum": ["modelCache", "claim"]}, "existingClaim": STR, "size": STR,
+                           "storageClass": STR}),
         "hubToken": obj({"existingSecret": STR, "secretKey": STR}),
         "gcsFaultTolerance": obj({"enabled": BOOL, "redisAddress": STR, "externalStorageNamespace": STR,
                                   "redisPasswordSecret": obj({"name": STR, "key": STR})}),

@@ -720,3 +720,32 @@ def test_gateway_pods_share_the_model_cache_where_the_adapters_file_lives(tmp_pa
         claims = {v["persistentVolumeClaim"]["claimName"] for g in (engine, groups["gateway"])
                   for v in g["template"]["spec"].get("volumes", []) if "persistentVolumeClaim" in v}
         assert len(claims) == 1
+
+
+# --- The Batch API's files on a volume every gateway pod shares (issue 29) ----------------------
+
+def test_batch_files_live_on_a_volume_every_gateway_pod_shares(tmp_path):
+    """batchStore: a directory on the model cache when gateway pods share it (the default), a
+    ReadWriteMany claim of its own (created, or existingClaim) mounted on gateway pods, and the
+    Batch API off where no shared volume exists (a ReadWriteOnce model cache)."""
+    for values, store_dir, claim in (
+            ({}, "/models/owc/batch", None),
+            ({"batchStore": {"volume": "claim"}}, "/var/lib/owc/batch", "created"),
+            ({"batchStore": {"volume": "claim", "existingClaim": "files"}}, "/var/lib/owc/batch", "files"),
+            ({"modelCache": {"accessModes": ["ReadWriteOnce"]}}, None, None)):
+        docs = render_values(tmp_path, values, name=f"batch-{claim}-{len(values)}")
+        batch = _owc_config(docs)["batch"]
+        assert batch.get("store_dir") == store_dir and batch.get("enabled", True) is (store_dir is not None), values
+        rs = next(d for d in docs if d["kind"] == "RayService")
+        gw = next(g for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "gateway")
+        pvcs = [d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"].endswith("-batch")]
+        if claim is None:
+            assert "batch" not in _mounts(gw) and not pvcs
+            continue
+        assert _mounts(gw)["batch"] == store_dir
+        vol = next(v for v in gw["template"]["spec"]["volumes"] if v["name"] == "batch")
+        if claim == "created":
+            assert [p["spec"]["accessModes"] for p in pvcs] == [["ReadWriteMany"]]
+            assert vol["persistentVolumeClaim"]["claimName"] == pvcs[0]["metadata"]["name"]
+        else:
+            assert not pvcs and vol["persistentVolumeClaim"]["claimName"] == claim

@@ -86,6 +86,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ = set $cfg "gateway" $gw }}
 {{- $_ = set $cfg "engine_network" (dict "bind_host" "0.0.0.0" "port" (int .Values.engineWorkers.port)) }}
 {{- $_ = set $cfg "monitoring" (dict "file_sd_dir" nil) }}
+{{- $batch := deepCopy (default (dict) $cfg.batch) }}
+{{- with (include "owc.batchStoreDir" .) }}
+{{- $_ = set $batch "store_dir" . }}
+{{- else }}
+{{- $_ = set $batch "enabled" false }}
+{{- end }}
+{{- $_ = set $cfg "batch" $batch }}
 {{- if .Values.modelCache.enabled }}
 {{- $_ = set $cfg "model_cache_dir" (printf "%s/owc" .Values.modelCache.mountPath) }}
 {{- else }}
@@ -316,5 +323,21 @@ of your own): the run-time adapters file lives there. Empty string: not shared. 
 {{- define "owc.gatewaySharesModelCache" -}}
 {{- if and .Values.modelCache.enabled (or .Values.modelCache.existingClaim (has "ReadWriteMany" .Values.modelCache.accessModes)) -}}
 true
+{{- end -}}
+{{- end }}
+
+{{/* The Batch API's files on gateway pods (batchStore): a claim of its own, or a directory on the
+model cache when gateway pods share it. Empty string: no shared volume (the Batch API is off). */}}
+{{- define "owc.batchStoreClaim" -}}
+{{- if eq .Values.batchStore.volume "claim" -}}
+{{- .Values.batchStore.existingClaim | default (printf "%s-batch" (include "owc.fullname" .)) }}
+{{- end -}}
+{{- end }}
+
+{{- define "owc.batchStoreDir" -}}
+{{- if eq .Values.batchStore.volume "claim" -}}
+/var/lib/owc/batch
+{{- else if include "owc.gatewaySharesModelCache" . -}}
+{{- printf "%s/owc/batch" .Values.modelCache.mountPath }}
 {{- end -}}
 {{- end }}

@@ -117,7 +117,7 @@ class LocalCluster:
         store = self.cfg.gateway.store
         if store is not None and not self.cfg.ray.address:  # one machine: its tenancy store too
             self._redis = LocalRedis.ensure(store.url)
-        elif not self.cfg.ray.address and needs_fair_share_store(self.cfg):
+        elif not self.cfg.ray.address and (needs_fair_share_store(self.cfg) or needs_batch_store(self.cfg)):
             self._start_fair_share_store()
         os.environ.update(RAY_ENV)
         report("starting Ray")
@@ -235,6 +235,15 @@ def needs_fair_share_store(cfg: OwcConfig) -> bool:
     fs = cfg.gateway.fair_sharing
     return (fs.enabled and fs.share_across_gateways and fs.store_url is None and cfg.gateway.store is None
             and cfg.gateway.replicas.max > 1)
+
+
+def needs_batch_store(cfg: OwcConfig) -> bool:
+    """More than one gateway process serving the Batch API, and no Redis for its records and
+    leases: the local store started for fair sharing holds them (batch.store_url falls back to
+    fair_sharing.store_url), also when fair sharing does not share its counts."""
+    b, gw = cfg.batch, cfg.gateway
+    return b.enabled and b.store_url is None and gw.store is None and gw.fair_sharing.store_url is None \
+        and gw.replicas.max > 1
 
 
 def deploy_and_wait(app_name: str, models: dict[str, str], warn: Callable[[str], None], *,

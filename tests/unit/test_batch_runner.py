@@ -217,3 +217,18 @@ def test_cancel_in_progress_finishes_in_flight_lines(kind, tmp_path):
         assert done.error_file_id is None and done.cancelled_at and done.completed == 2
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(("cfg", "starts"), [
+    ({}, True),  # owc serve's defaults: two gateway processes, no store
+    ({"gateway": {"fair_sharing": {"enabled": False}}}, True),  # fair sharing off: the batches still need one
+    ({"gateway": {"replicas": 1}}, False),  # one process: its records in process
+    ({"batch": {"enabled": False}}, False),
+    ({"batch": {"store_url": "redis://127.0.0.1:7/0"}}, False),
+    ({"gateway": {"store": {"url": "redis://10.0.0.5:6379/0"}}}, False),  # the tenancy store holds them
+])
+def test_owc_serve_starts_a_store_for_the_batches_of_its_gateway_processes(cfg, starts):
+    from cluster.config.loader import parse_config
+    from cluster.runner import needs_batch_store
+
+    assert needs_batch_store(parse_config({"models": {"m": {"source": "external"}}, **cfg})) is starts

@@ -18,12 +18,20 @@ starting warm at replicas.max: the least standing headroom reaching 99 % on each
 its replica-hours), and how long a 15-minute trace
 takes to replay under all policies. Traces go to ``--traces-dir`` (ignored by git; their
 hashes are in the JSON). No Ray here: this is the simulator only.
+
+``--real KIND --seed N`` instead serves one trace on a real local Ray Serve cluster (owc's
+gateway, the capacity controller with this setting, a real Prometheus; engines shaped by the
+engine profile, not vLLM) and replays it in the simulator with the same settings
+(loadtests/autoscaling_real.py; ~13 minutes):
+
+    python -m loadtests.autoscaling --real bursty --seed 3 --out loadtests/results/autoscaling-real.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -103,8 +111,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--slo", type=float, default=1.0, help="TTFT SLO, seconds")
     p.add_argument("--traces-dir", default="loadtests/traces")
     p.add_argument("--skip-sensitivity", action="store_true")
-    p.add_argument("--out", default="loadtests/results/autoscaling-bursts.json")
+    p.add_argument("--real", choices=traces.KINDS, help="serve one trace of this shape on a real local Ray cluster, "
+                   "next to the simulator (loadtests/autoscaling_real.py)")
+    p.add_argument("--seed", type=int, default=3, help="--real: the trace's seed")
+    p.add_argument("--real-duration", type=float, default=600.0, help="--real: the trace's length, seconds")
+    p.add_argument("--out", default=None, help="default: loadtests/results/autoscaling-bursts.json "
+                   "(--real: autoscaling-real.json)")
     a = p.parse_args(argv)
+    if a.real:
+        from loadtests import autoscaling_real
+
+        cmd = "python -m loadtests.autoscaling " + " ".join(argv if argv is not None else sys.argv[1:])
+        r = autoscaling_real.run(a.real, a.seed, profile_path=a.profile, settings=OWC, bounds=BOUNDS, slo_s=a.slo,
+                                 interval_s=OWC_INTERVAL_S, traces_dir=a.traces_dir,
+                                 out=a.out or "loadtests/results/autoscaling-real.json", command=cmd,
+                                 duration_s=a.real_duration)
+        print(json.dumps({k: r["real"][k] for k in ("attainment", "replica_hours", "scale_events", "peak_replicas")}),
+              json.dumps({k: r["simulated"]["owc"][k] for k in ("attainment", "replica_hours", "scale_events",
+                                                                "peak_replicas")}), flush=True)
+        return
+    a.out = a.out or "loadtests/results/autoscaling-bursts.json"
     profile = EngineProfile.load(a.profile)
     setup = Setup(profile, OWC, BOUNDS, slo_s=a.slo, initial=BOUNDS.min, owc_interval_s=OWC_INTERVAL_S)
     Path(a.traces_dir).mkdir(parents=True, exist_ok=True)

@@ -315,6 +315,66 @@ def autoscaling_startup_block(doc: dict) -> str:
     ])
 
 
+AUTOSCALING_REAL = "autoscaling-real.json"  # python -m loadtests.autoscaling --real bursty --seed 3
+
+
+def _events(events: list[dict]) -> str:
+    return ", ".join(f"{e['from']}→{e['to']} at {e['t']:.0f} s" for e in events) or "none"
+
+
+def autoscaling_real_block(doc: dict) -> str:
+    """One trace on a real local Ray cluster (owc's controller, real Prometheus) next to the simulator's replay."""
+    t, e, real, sim = doc["trace"], doc["engine"], doc["real"], doc["simulated"]
+    s, b, m = doc["owc_settings"], doc["bounds"], doc["machine"]
+    prof = e["dilated_profile"]
+    # one replica's capacity at the generator's mean request (cluster.capacity.traces: 512 prompt, 128 output tokens)
+    unit = 1 / (512 / prof["prefill_tokens_per_s"] + 128 * (prof["decode_step_base_s"] + prof["decode_step_per_seq_s"]
+                                                           * prof["max_num_seqs"]) / prof["max_num_seqs"])
+    measured = sim.get("owc_measured_startup")
+    runs = [("**owc, real** (Ray Serve, gateway, controller, Prometheus)", real),
+            (f"owc, simulator (the profile's start-up, {e['startup_s']:.1f} s)", sim["owc"])]
+    if measured:
+        runs.append((f"owc, simulator (start-up as measured in the real run, {measured['startup_s']:.1f} s)", measured))
+    runs += [("Ray Serve default, simulator", sim["ray-serve-default"]), (f"{sim['keda']['policy']}, simulator", sim["keda"])]
+    rows = ["| run | within TTFT SLO | TTFT p95 | replica-hours | scale events | peak |", "|---|---|---|---|---|---|"]
+    for label, r in runs:
+        p95 = f"{r['ttft_p95_s']:.2f} s" if r.get("ttft_p95_s") is not None else "—"
+        rows.append(f"| {label} | {_pct(r['attainment'])} | {p95} | {r['replica_hours']:.3f} | {r['scale_events']} | "
+                    f"{r['peak_replicas']} |")
+    owc = sim["owc"]
+    ups = ", ".join(f"{x:.0f}" for x in real["startups_s"]) or "none"
+    return "\n".join([
+        f"{t['kind']} seed {t['seed']} (`{t['sha256_16']}`, {t['requests']} requests over {t['duration_s'] / 60:.0f} "
+        f"minutes plus a {t['tail_s']:g}-s tail; not time-compressed), TTFT SLO {doc['slo_s']:g} s, replicas "
+        f"{b['min']}–{b['max']} starting at {b['min']}. The owc setting above with burst sizing at "
+        f"{s['replica_capacity_rps']:.2f} req/s per replica and a {s['replica_startup_s']:.1f}-s start-up, a decision "
+        f"every {doc['interval_s']:g} s, Prometheus scraping every {doc['scrape_interval_s']:g} s. **The engines are not "
+        f"vLLM**: each Serve replica runs `loadtests/profiled_engine.py`, the simulator's replica model of the committed "
+        f"engine profile with its per-token times {e['dilation']:g}× longer ({prof['max_num_seqs']} sequences, prefill "
+        f"{prof['prefill_tokens_per_s'] / 1000:.1f}k tokens/s, decode step {prof['decode_step_base_s'] * 1000:.0f} ms + "
+        f"{prof['decode_step_per_seq_s'] * 1000:.1f} ms per sequence), answering only {e['startup_s']:.1f} s after its "
+        f"replica launched it; so the bursts (4 replicas' worth) arrive at ~{4 * unit:.0f} req/s, not the "
+        f"~{4 * unit * e['dilation']:.0f} of the undilated profile. The real TTFT is the client's, from each request's "
+        "scheduled time.",
+        "",
+        *rows,
+        "",
+        f"- Real: {real['failed']} requests failed; the load generator sent p99 {real['send_lag_p99_s'] * 1000:.0f} ms "
+        f"late; replica start-ups (scale-up to all running) {ups} s (median "
+        f"{real['startup_median_s'] if real['startup_median_s'] is not None else '—'} s); scale events "
+        f"{_events(real['events'])}.",
+        f"- Simulator (profile start-up): scale events {_events(owc['events'])}.",
+        f"- Real against the simulator's prediction: {(real['attainment'] - owc['attainment']) * 100:+.2f} points "
+        f"within the SLO, {real['replica_hours'] / owc['replica_hours']:.2f}× the replica-hours, "
+        f"{real['scale_events']} scale events against {owc['scale_events']}, peak {real['peak_replicas']} against "
+        f"{owc['peak_replicas']}.",
+        f"- Machine: {m['cpus']} cores shared with other work (load average over 1 and 5 minutes "
+        f"{m['load_average_before'][0]:.1f}/{m['load_average_before'][1]:.1f} before, "
+        f"{m['load_average_after'][0]:.1f}/{m['load_average_after'][1]:.1f} after); one run. Raw results: `loadtests/results/autoscaling-real.json` "
+        f"(`{doc['command']}`, {doc['wall_s'] / 60:.0f} minutes).",
+    ])
+
+
 def gateway_ab_block(doc: dict) -> str:
     s, st, old, new = doc["summary"], doc["settings"], doc["old"], doc["new"]
     ab = s["new_vs_old"]
@@ -550,6 +610,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "autoscaling": (AUTOSCALING, autoscaling_block),
     "autoscaling-mixed": (AUTOSCALING, autoscaling_mixed_block),
     "autoscaling-startup": (AUTOSCALING, autoscaling_startup_block),
+    "autoscaling-real": (AUTOSCALING_REAL, autoscaling_real_block),
     "gateway-ab": ("gateway-ab.json", gateway_ab_block),
     "tenancy": ("tenancy-limits.json", tenancy_block),
     "fairness": ("fairness.json", fairness_block),

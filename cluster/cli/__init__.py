@@ -1,11 +1,12 @@
 """`owc` command line: serve, status, config validate, demo-model, gateway, monitor, bench,
-controller, simulate, keys, usage, adapter. One module per command group; this one builds the typer app."""
+controller, simulate, keys, usage, adapter, rollout. One module per command group; this one builds the typer app."""
 
 from __future__ import annotations
 
 import typer
 
 from cluster.cli import adapter as adapter_cli
+from cluster.cli import rollout as rollout_cli
 from cluster.cli.bench import bench
 from cluster.cli.config import config_validate
 from cluster.cli.conformance import conformance
@@ -29,6 +30,10 @@ adapter_app.command("train")(adapter_cli.train)
 adapter_app.command("add")(adapter_cli.add)
 adapter_app.command("list")(adapter_cli.list_)
 adapter_app.command("remove")(adapter_cli.remove)
+rollout_app = typer.Typer(no_args_is_help=True, help="Rollouts of a candidate version: status, promote, abort, pause, resume.")
+app.add_typer(rollout_app, name="rollout")
+for _name in ("status", "promote", "abort", "pause", "resume"):
+    rollout_app.command(_name)(getattr(rollout_cli, _name))
 config_app.command("validate")(config_validate)
 app.command("demo-model")(demo_model)
 app.command()(serve)

@@ -136,7 +136,9 @@ def test_a_healthy_candidate_is_promoted_step_by_step(stack, analysis):
     weights: list[tuple[float, int]] = []
 
     def promoted() -> bool:
-        doc = files.read("fast") or {}
+        doc = files.read("fast")
+        if doc is None:
+            return False
         if not weights or weights[-1][1] != doc.get("weight"):
             weights.append((time.monotonic(), doc.get("weight")))
         return doc.get("state") in ("promoted", "rolled_back", "aborted")
@@ -145,8 +147,8 @@ def test_a_healthy_candidate_is_promoted_step_by_step(stack, analysis):
     answers = _load(gw.url, "fast", promoted)
     doc = files.read("fast")
     assert doc["state"] == "promoted", doc
-    assert [w for _, w in weights if w] == [20, 50, 100]  # resumed from the no-data pause, then each step
-    assert all(s == 200 for s, _, _ in answers)
+    assert [w for _, w in weights if w] == [20, 50, 100], weights  # resumed from the no-data pause, then each step
+    assert all(s == 200 for s, _, _ in answers), {s for s, _, _ in answers}
     after = served(procs, "fast")
     n_candidate = sum(v == "candidate" for _, v, _ in answers)
     assert after["candidate"] - before["candidate"] == n_candidate  # the header says who answered
@@ -213,3 +215,24 @@ def test_fuzzed_rollout_paths_never_fail_the_gateway(stack, analysis):
     finally:
         client.close()
     assert seen.get(404) and seen.get(409), seen
+
+
+def test_the_cli_over_the_admin_api(stack, analysis):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    gw, _, _, _ = stack
+    run = lambda *a: CliRunner().invoke(app, ["rollout", *a, "--url", gw.url, "--api-key", "sk-admin"])  # noqa: E731
+    r = run("status", "fast", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert (doc["state"], doc["weight"]) == ("promoted", 100)
+    r = run("status", "slow")
+    assert r.exit_code == 0 and "rolled_back" in r.output and "max_ttft_p95_ratio: FAIL" in r.output, r.output
+    r = run("abort", "slow")
+    assert r.exit_code == 1 and "409" in r.output and "has ended" in r.output
+    r = run("status", "plain")
+    assert r.exit_code == 1 and "404" in r.output

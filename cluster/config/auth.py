@@ -47,6 +47,11 @@ class TenantConfig(StrictModel):
     monthly_tokens: int | None = Field(
         None, ge=1, description="Tokens per UTC calendar month; beyond it 429 insufficient_quota until the next month.",
     )
+    batch_daily_tokens: int | None = Field(
+        None, ge=1, description="Tokens per UTC day of this tenant's Batch API lines (docs/batch.md), besides its daily "
+        "and monthly quotas (which batch lines count against too; its per-minute limits they do not); beyond it the "
+        "batch's remaining lines go to its error file with 429 insufficient_quota.",
+    )
     models: list[str] | None = Field(
         None, description="Served models this tenant may use (None: all). Others answer 403 and are absent from its "
         "/v1/models.",

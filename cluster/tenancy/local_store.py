@@ -81,7 +81,7 @@ class LocalStore:
         return out(None, lease=lease)
 
     async def settle(self, tenant: str, model: str, d: Decision, *, limits: Limits, delta: int,
-                     usage: tuple[int, int, int, int, int]) -> None:
+                     usage: tuple[int, int, int, int, int] | None) -> None:
         if d.lease:
             self._in_flight.get(tenant, set()).discard(d.lease)
         if delta and limits.tokens_per_minute:

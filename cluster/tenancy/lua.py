@@ -102,6 +102,7 @@ if ARGV[8] == '1' and delta ~= 0 and redis.call('EXISTS', p .. ':m:' .. ARGV[6])
   redis.call('INCRBY', p .. ':m:' .. ARGV[6], delta)
 end
 local u = ARGV[9]
+if u == '' then return 1 end  -- a charge without a usage record (a batch line's batch quota)
 redis.call('HINCRBY', u, 'requests', ARGV[11])
 redis.call('HINCRBY', u, 'prompt_tokens', ARGV[12])
 redis.call('HINCRBY', u, 'completion_tokens', ARGV[13])

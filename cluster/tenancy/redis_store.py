@@ -67,11 +67,12 @@ class RedisStore:
         )
 
     async def settle(self, tenant: str, model: str, d: Decision, *, limits: Limits, delta: int,
-                     usage: tuple[int, int, int, int, int]) -> None:
-        """``usage``: (requests, prompt, completion, reasoning tokens, errors) to record."""
+                     usage: tuple[int, int, int, int, int] | None) -> None:
+        """``usage``: (requests, prompt, completion, reasoning tokens, errors) to record (None: none)."""
         if d.lease:
             self._leases.pop(d.lease, None)
-        key, member = usage_key(d.day, tenant, model)
+        key, member = usage_key(d.day, tenant, model) if usage is not None else ("", "")
+        usage = usage or (0, 0, 0, 0, 0)
         await self._settle(args=[
             prefix(tenant), _arg(limits.tokens_per_minute), str(delta), d.lease or "", str(d.day), str(d.month),
             "1" if limits.daily_tokens is not None else "0", "1" if limits.monthly_tokens is not None else "0",

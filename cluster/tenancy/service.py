@@ -6,6 +6,7 @@ gateway's share of every limit in process. A failed store is retried after retry
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -51,6 +52,13 @@ class Ticket:
     decision: Decision
     limits: Limits
     settled: bool = field(default=False)
+    batch_quota: bool = False  # refused on the tenant's batch_daily_tokens
+    side: Ticket | None = None  # a batch line's reservation on its tenant's batch_daily_tokens
+
+
+def batch_key(tenant: str) -> str:
+    """Where a tenant's batch_daily_tokens are counted (its own quota keys, no usage records)."""
+    return f"{tenant}/batch"
 
 
 class Tenancy:
@@ -60,6 +68,7 @@ class Tenancy:
         clock: Callable[[], float] = time.monotonic,
     ):
         self._limits = {t: limits_of(c) for t, c in tenants.items()}
+        self._batch_daily = {t: c.batch_daily_tokens for t, c in tenants.items() if c.batch_daily_tokens}
         self.store = store
         self.on_failure = on_failure
         self._gateways = gateways
@@ -72,17 +81,32 @@ class Tenancy:
 
     @property
     def active(self) -> bool:
-        return self.store is not None or any(lim != Limits() for lim in self._limits.values())
+        return self.store is not None or bool(self._batch_daily) or any(lim != Limits() for lim in self._limits.values())
 
     def limits(self, tenant: str) -> Limits:
         return self._limits.get(tenant, Limits())
 
     async def admit(self, tenant: str, model: str, *, cost: int, estimate: int, batch: bool = False) -> Ticket:
         """The decision for one request reserving ``cost`` tokens (refused: ``decision.refused``);
-        ``batch``: a batch line, held to the daily and monthly quotas only."""
+        ``batch``: a batch line, held to the daily and monthly quotas and the tenant's
+        batch_daily_tokens only (not its per-minute limits or concurrency)."""
         lim = self.limits(tenant)
-        if batch:
-            lim = Limits(daily_tokens=lim.daily_tokens, monthly_tokens=lim.monthly_tokens)
+        if not batch:
+            return await self._decide(tenant, model, cost, estimate, lim)
+        side = None
+        if tenant in self._batch_daily:
+            side = await self._decide(batch_key(tenant), model, cost, estimate,
+                                      Limits(daily_tokens=self._batch_daily[tenant]))
+            if not side.decision.admitted:
+                return dataclasses.replace(side, tenant=tenant, batch_quota=True)
+        t = await self._decide(tenant, model, cost, estimate,
+                               Limits(daily_tokens=lim.daily_tokens, monthly_tokens=lim.monthly_tokens))
+        if not t.decision.admitted and side is not None:
+            await self._settle(side, -side.decision.cost, usage=None)  # nothing ran: the reservation back
+        t.side = side
+        return t
+
+    async def _decide(self, tenant: str, model: str, cost: int, estimate: int, lim: Limits) -> Ticket:
         if self.store is None:
             return Ticket(tenant, model, estimate, self._local.reserve_now(tenant, lim, cost), lim)
         if self._clock() >= self._down_until:
@@ -109,7 +133,13 @@ class Tenancy:
         d = ticket.decision
         prompt, completion = charge(outcome, estimate=ticket.estimate)
         delta = settlement(d.cost, prompt + completion)
-        usage = (1, prompt, completion, reasoning, int(outcome.status >= 400))
+        await self._settle(ticket, delta, usage=(1, prompt, completion, reasoning, int(outcome.status >= 400)))
+        if ticket.side is not None:  # the batch quota charged alike; the usage is recorded once, above
+            ticket.side.settled = True
+            await self._settle(ticket.side, settlement(ticket.side.decision.cost, prompt + completion), usage=None)
+
+    async def _settle(self, ticket: Ticket, delta: int, *, usage: tuple[int, int, int, int, int] | None) -> None:
+        d = ticket.decision
         if d.source == "open":
             return
         if d.source == "local":

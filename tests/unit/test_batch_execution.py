@@ -1,8 +1,9 @@
 """Batches that run, through gateway processes on a fake engine, driven by the official `openai`
 SDK: upload, create, poll to completion, download the output and error files (OpenAI's line
 format; an unknown model, a streamed line and a model outside the tenant's allow-list in the
-error file with their status and OpenAI error body); the access log names the batch and the
-custom_id; owc_batch_* metrics. Then two gateway processes over one Redis (as `owc serve` runs
+error file with their status and OpenAI error body); a tenant over its batch_daily_tokens gets
+its remaining lines in the error file (429 insufficient_quota); the access log names the batch
+and the custom_id; owc_batch_* metrics; a cancel in progress ends with partial output. Then two gateway processes over one Redis (as `owc serve` runs
 them) with a tenancy store: the process holding lines is SIGKILLed mid-batch, the other takes
 its lines once their leases expire, and the batch completes with one output line per custom_id
 and one usage record per line (none charged twice)."""
@@ -27,7 +28,7 @@ from cluster.tenancy.redis_store import RedisStore
 from tests.conftest import fake_engine_argv, gateway_argv, server, wait_for
 
 CHAT = "/v1/chat/completions"
-KEYS = {"sk-alpha": "alpha"}
+KEYS = {"sk-alpha": "alpha", "sk-beta": "beta"}
 
 
 def line(cid: str, model: str = "m1", **extra) -> bytes:
@@ -55,7 +56,8 @@ def write_config(d, cfg) -> str:
     base = {"models": {"m1": {"source": "external"}, "m2": {"source": "external"}},
             "gateway": {"api_keys_env": None, "admin_keys_env": None, "api_keys_file": str(d / "keys.yaml"),
                         "access_log": {"enabled": True, "path": str(d / "access.log")},
-                        "tenants": {"alpha": {"models": ["m1"]}}}}
+                        "tenants": {"alpha": {"models": ["m1"]},
+                                    "beta": {"batch_daily_tokens": 20, "requests_per_minute": 1}}}}
     for k, v in cfg.items():
         base[k] = {**base.get(k, {}), **v}
     (d / "owc.yaml").write_text(yaml.safe_dump(base))
@@ -96,6 +98,16 @@ def test_sdk_batch_runs_to_completion_with_output_and_error_files(tmp_path):
         assert 'owc_batch_lines_total{outcome="ok",tenant="alpha"} 5.0' in metrics
         assert 'owc_batch_lines_total{outcome="error",tenant="alpha"} 3.0' in metrics
         assert 'owc_batch_closed_total{status="completed"} 1.0' in metrics
+        # Over its batch_daily_tokens: the remaining lines in the error file (429 insufficient_quota), the
+        # batch still completes; its requests_per_minute of 1 does not apply to batch lines.
+        beta = sdk(gw, "sk-beta")
+        fb = beta.files.create(file=("q.jsonl", b"".join(line(f"q{i}") for i in range(6))), purpose="batch")
+        quota = finished(beta, beta.batches.create(input_file_id=fb.id, endpoint=CHAT, completion_window="24h").id)
+        assert quota.status == "completed" and quota.request_counts.completed >= 1 and quota.request_counts.failed >= 1
+        refused = rows(beta, quota.error_file_id)
+        assert {(r["response"]["status_code"], r["response"]["body"]["error"]["code"]) for r in refused} == \
+            {(429, "insufficient_quota")}
+        assert "daily batch quota of 20 tokens" in refused[0]["response"]["body"]["error"]["message"]
         # Cancel a batch in progress: partial output, then cancelled.
         big = c.files.create(file=("big.jsonl", b"".join(line(f"c{i}") for i in range(400))), purpose="batch")
         b2 = c.batches.create(input_file_id=big.id, endpoint=CHAT, completion_window="24h")

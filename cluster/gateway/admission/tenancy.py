@@ -99,6 +99,7 @@ def _refusal(tenant: str, t: Ticket, cost: int) -> OpenAIError:
     retry = {"Retry-After": retry_after(d.retry_s)}
     if d.refused in (DAILY, MONTHLY):
         period, limit = ("daily", lim.daily_tokens) if d.refused == DAILY else ("monthly", lim.monthly_tokens)
+        period = "daily batch" if t.batch_quota else period  # batch_daily_tokens
         reset_day = d.day + 1 if d.refused == DAILY else month_of(d.day)[1]  # a UTC midnight, exactly
         reset = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=reset_day)
         return OpenAIError(429, f"tenant '{tenant}' has used its {period} quota of {limit} tokens; it resets at "

@@ -148,12 +148,24 @@ def test_reasoning_is_separate_from_content(conformance):
     assert _gw(conformance, "responses include_reasoning false")["text"] == both["plain"]["text"]
 
 
-def test_a_gateway_without_config_is_bare_vllm_too(engine):
-    """`owc gateway --upstream M=URL`, no config: the Responses rows match as well."""
+def test_a_gateway_without_config_is_bare_vllm_too(engine, tmp_path):
+    """`owc gateway --upstream M=URL`, no config, before an engine with its Responses store on:
+    the Responses rows match as well, follow-ups, retrieval and tool-output turns served by the
+    engine's own store (200s, not a 404 on both sides)."""
+    rows = {}
     with server(gateway_argv(f"{MODEL}={engine.url}")) as plain:
-        r = CliRunner().invoke(app, ["conformance", "--engine", engine.url, "--gateway", plain.url, "--max-tokens",
-                                     str(MAX), "--only", "responses stream"])
-    assert r.exit_code == 0, r.output
+        for only in ("responses stream", "responses follow-up", "responses retrieval", "responses tool output"):
+            out = tmp_path / "rows.json"
+            r = CliRunner().invoke(app, ["conformance", "--engine", engine.url, "--gateway", plain.url, "--max-tokens",
+                                         str(MAX), "--only", only, "--json", str(out)])
+            assert r.exit_code == 0, r.output
+            rows.update({x["feature"]: x["gateway"] for x in json.loads(out.read_text())["rows"]})
+    follow = rows["responses follow-up (previous_response_id)"]
+    assert follow["follow_up"]["status"] == follow["follow_up_stream"]["status"] == 200
+    assert follow["follow_up"]["usage"]["in"] > follow["first"]["usage"]["in"]  # the stored conversation came along
+    got = rows["responses retrieval"]["retrieved"]
+    assert got["status"] == 200 and got["same_id"] and got["same_text"]
+    assert rows["responses tool output turn"]["answer"]["status"] == 200
 
 
 def test_the_agents_sdk_runs_an_agent_on_its_default_responses_model(gateway):

@@ -69,7 +69,9 @@ class ProfiledEngine(FakeEngine):
             if self._prefill:  # prefill first (the simulator's tick spends its time on prefill first)
                 s = self._prefill[0]
                 await asyncio.sleep(s.prompt / p["prefill_tokens_per_s"])
-                self._prefill.pop(0)
+                if s not in self._prefill:  # its client left meanwhile
+                    continue
+                self._prefill.remove(s)
                 s.made = 1
                 s.tokens.put_nowait(0)
                 if s.output > 1:
@@ -84,7 +86,8 @@ class ProfiledEngine(FakeEngine):
                     s.made += 1
                     if s.made >= s.output:
                         s.tokens.put_nowait(None)
-                        self._decoding.remove(s)
+                        if s in self._decoding:
+                            self._decoding.remove(s)
             self._kv()
 
     async def _run(self, request, chat, rid, n_in, n_out, stream, body, usage, started, start=0):

@@ -45,3 +45,56 @@ def test_real_block_reflects_the_committed_result():
     assert f"| **owc, real** (Ray Serve, gateway, controller, Prometheus) | {real['attainment'] * 100:.2f}% |" in block
     assert f"| {sim['replica_hours']:.3f} | {sim['scale_events']} | {sim['peak_replicas']} |" in block
     assert doc["trace"]["sha256_16"] in block and "not vLLM" in block
+
+
+def test_profiled_engine_serves_the_simulators_replica_model(monkeypatch):
+    """Batch slots (the third request waits for one: vllm:num_requests_waiting), a prefill before
+    the first token, one token per decode step, the usage at the end."""
+    import asyncio
+    import time
+
+    import aiohttp
+    from aiohttp import web
+
+    from cluster.bench.driver import one_request
+    from cluster.engine.guard import ENGINE_KEY_ENV
+    from cluster.process import free_port
+    from loadtests.profiled_engine import ProfiledEngine
+
+    monkeypatch.delenv(ENGINE_KEY_ENV, raising=False)
+    profile = {"max_num_seqs": 2, "prefill_tokens_per_s": 10_000, "decode_step_base_s": 0.01,
+               "decode_step_per_seq_s": 0.0, "startup_s": 0.0, "kv_capacity_tokens": 1000}
+
+    async def scenario():
+        engine = ProfiledEngine(model="m", profile=profile)
+        runner = web.AppRunner(engine.app())
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        url = f"http://127.0.0.1:{port}"
+        waiting = []
+        try:
+            async with aiohttp.ClientSession() as s:
+                async def watch():
+                    while True:
+                        waiting.append(engine.waiting.labels("m", "0")._value.get())
+                        await asyncio.sleep(0.005)
+
+                w = asyncio.create_task(watch())
+                t0 = time.perf_counter()
+                rs = await asyncio.gather(*(one_request(s, url, "m", f"r{i} " + "x " * 99, 5, chat=False)
+                                            for i in range(3)))
+                took = time.perf_counter() - t0
+                w.cancel()
+        finally:
+            await runner.cleanup()
+        return rs, took, waiting, engine
+
+    rs, took, waiting, engine = asyncio.run(scenario())
+    assert all(r.ok and r.output_tokens == 5 for r in rs), rs
+    assert max(waiting) == 1  # two slots, three requests
+    # a prefill of 100 tokens (10 ms) before the first token; 4 decode steps of 10 ms after it
+    assert all(r.ttft_s >= 0.01 for r in rs) and all(r.e2e_s - r.ttft_s >= 0.035 for r in rs)
+    first_done = sorted(r.e2e_s for r in rs)[0]
+    assert max(r.ttft_s for r in rs) >= first_done - 0.005  # the third began only once a slot was free
+    assert engine.kv.labels("m", "0")._value.get() == 0

@@ -1,4 +1,5 @@
-"""The owc Ray Serve application graph: registry, one engine deployment per model, the
+"""The owc Ray Serve application graph: registry, one engine deployment per model (two
+during a rollout: stable and candidate), the
 gateway (ingress). The same graph runs under `owc serve` and in a KubeRay RayService.
 Deployments receive the validated config objects (pydantic models pickle); JSON appears
 only where a process starts (the gateway process's config file)."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cluster.config.rollout import candidate_model
 from cluster.config.schema import OwcConfig
 from cluster.engine.launcher import Launcher, vllm_launcher
 from cluster.engine.replica import engine_deployment
@@ -30,6 +32,18 @@ def build_application(
             network=cfg.engine_network,
         )
         for name, m in cfg.models.items()
+    ]
+    engines += [  # during a rollout, the candidate version's own deployment (docs/rollouts.md)
+        engine_deployment(name, candidate_model(m), "candidate").bind(
+            served_name=name,
+            model_config=candidate_model(m),
+            cache_dir=cfg.model_cache_dir,
+            registry=registry,
+            launcher=launcher,
+            network=cfg.engine_network,
+            version="candidate",
+        )
+        for name, m in cfg.models.items() if m.candidate is not None
     ]
     # Engines are bound as arguments so Serve deploys them with the gateway's app.
     return gateway_deployment(cfg, gateway_env).bind(config=cfg, registry=registry, _engines=engines)

@@ -21,7 +21,9 @@ import httpx
 import psutil
 
 from cluster import reaper
+from cluster.config.rollout import candidates
 from cluster.config.schema import OwcConfig
+from cluster.discovery.rollouts import DIR_ENV as ROLLOUT_DIR_ENV
 from cluster.metrics.targets import file_sd_dir, remove_targets, write_targets
 from cluster.process import free_port
 from cluster.tenancy.local_redis import LocalRedis
@@ -46,12 +48,13 @@ def ray_cpus(cfg: OwcConfig) -> int:
     if cfg.ray.num_cpus:
         return cfg.ray.num_cpus
     need = sum(m.cpus_per_replica * m.replicas.max for m in cfg.models.values())
+    need += sum(c.cpus_per_replica * c.replicas.max for c in candidates(cfg).values())
     need += cfg.gateway.cpus * cfg.gateway.replicas.max
     return max(4, int(need + 1.999))
 
 
 def prebuild_demo_models(cfg: OwcConfig, report: Callable[[str], None] = lambda _: None) -> None:
-    for m in cfg.models.values():
+    for m in [*cfg.models.values(), *candidates(cfg).values()]:
         if is_demo_source(m.source):
             name = demo_name(m.source)
             report(f"building demo model {name}")
@@ -80,6 +83,7 @@ class LocalCluster:
         self._sd_dir = file_sd_dir(cfg.monitoring.file_sd_dir)
         self._sd_name = f"ray-{uuid.uuid4().hex[:12]}"
         self._engine_key: str | None = None
+        self._rollouts = None  # the rollout analysis (cluster.rollouts.local), when a model has a candidate
 
     @property
     def gcs_address(self) -> str:
@@ -120,6 +124,8 @@ class LocalCluster:
         elif not self.cfg.ray.address and (needs_fair_share_store(self.cfg) or needs_batch_store(self.cfg)):
             self._start_fair_share_store()
         os.environ.update(RAY_ENV)
+        # Rollout state of this cluster's own (its gateway processes inherit it through Ray's).
+        os.environ.setdefault(ROLLOUT_DIR_ENV, str(Path(self._temp_dir) / "rollouts"))
         report("starting Ray")
         if self.cfg.ray.address:
             self._engine_key = os.environ.get(ENGINE_KEY_ENV)  # a Ray of your own: set on its nodes
@@ -148,9 +154,14 @@ class LocalCluster:
         # ("Failed to update the deployments [...]"); deploy_and_wait says why.
         serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix=None, external_scaler_enabled=True)],
                        wait_for_applications_running=False)
-        deploy_and_wait(APP_NAME, model_names(self.cfg.models), warn, status=serve.status)
+        names = {**model_names(self.cfg.models), **{k: n for n in candidates(self.cfg) for k in model_names([f"{n}-candidate"])}}
+        deploy_and_wait(APP_NAME, names, warn, status=serve.status)
         report("waiting for the gateway")
         self.wait_ready(ready_timeout_s)
+        if candidates(self.cfg):  # the rollout analysis, in this process (docs/rollouts.md)
+            from cluster.rollouts.local import start_local
+
+            self._rollouts = start_local(self.cfg)
 
     def _start_fair_share_store(self) -> None:
         """The gateway processes' shared fair-queue counts (no gateway.store to use): a local
@@ -209,6 +220,8 @@ class LocalCluster:
         import ray
         from ray import serve
 
+        if self._rollouts is not None:
+            self._rollouts.stop()
         if self._sd_dir is not None:
             remove_targets(self._sd_dir, self._sd_name)
         if self._redis is not None:

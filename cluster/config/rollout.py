@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from cluster.config.base import StrictModel
 
 if TYPE_CHECKING:  # the model section imports this module
-    from cluster.config.schema import ModelConfig
+    from cluster.config.schema import ModelConfig, OwcConfig
 
 # The model keys a candidate may override; everything else is inherited from the model.
 CANDIDATE_KEYS = ("source", "engine_kwargs", "engine_env", "replicas", "adapters", "lora")
@@ -113,3 +113,8 @@ def candidate_model(model: ModelConfig) -> ModelConfig:
 def has_rollout(model: ModelConfig) -> bool:
     """The model has a candidate version (of itself or of one of its adapters) to roll out."""
     return model.candidate is not None or any(a.candidate is not None for a in model.adapters.values())
+
+
+def candidates(config: OwcConfig) -> dict[str, ModelConfig]:
+    """Each model's candidate version, as a whole model section."""
+    return {n: candidate_model(m) for n, m in config.models.items() if m.candidate is not None}

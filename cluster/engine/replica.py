@@ -42,8 +42,11 @@ class EngineReplica:
         registry: Any,
         launcher: Launcher = vllm_launcher,
         network: EngineNetwork | None = None,
+        version: str = "stable",
     ) -> None:
+        """``version``: stable, or the candidate of a rollout (its own deployment; docs/rollouts.md)."""
         self._name = served_name
+        self._version = version
         self._cfg = model_config
         self._registry = registry
         self._replica_id = serve.get_replica_context().replica_id.unique_id
@@ -75,7 +78,7 @@ class EngineReplica:
 
             for problem in await load_recorded(self._proc.url, served_name, cache_dir, key):
                 log.warning("engine %s replica %s: adapter not loaded: %s", served_name, self._replica_id, problem)
-        await self._registry.register.remote(self._name, self._replica_id, self._proc.url)
+        await self._registry.register.remote(self._name, self._replica_id, self._proc.url, self._version)
         log.info("engine %s replica %s ready at %s", served_name, self._replica_id, self._proc.url)
 
     async def check_health(self) -> None:
@@ -84,7 +87,7 @@ class EngineReplica:
             raise EngineUnhealthy(f"engine process exited with code {self._proc.returncode}")
         if not await self._proc.probe(self._session, timeout_s=10.0):
             raise EngineUnhealthy("engine /health did not answer 200 within 10s")
-        await self._registry.heartbeat.remote(self._name, self._replica_id, self._proc.url)
+        await self._registry.heartbeat.remote(self._name, self._replica_id, self._proc.url, self._version)
 
     async def info(self) -> dict[str, Any]:
         return {"model": self._name, "replica_id": self._replica_id, "url": self._proc.url, "pid": self._proc.pid}
@@ -123,8 +126,9 @@ class EngineReplica:
         log.warning("engine %s replica %s still busy after %.0fs of draining", self._name, self._replica_id, timeout_s)
 
 
-def engine_deployment(served_name: str, cfg: ModelConfig):
-    """The Serve deployment (options) for one model."""
+def engine_deployment(served_name: str, cfg: ModelConfig, version: str = "stable"):
+    """The Serve deployment (options) for one model: `engine-<model>`, and during a rollout
+    `engine-<model>-candidate` for its candidate (``cfg`` then the candidate's model section)."""
     p = placement_for(
         tensor_parallel_size=cfg.tensor_parallel_size,
         pipeline_parallel_size=cfg.pipeline_parallel_size,
@@ -138,7 +142,7 @@ def engine_deployment(served_name: str, cfg: ModelConfig):
     if p.actor_resources:
         actor_options["resources"] = p.actor_resources
     return serve.deployment(EngineReplica).options(
-        name=deployment_name(served_name),
+        name=deployment_name(served_name if version == "stable" else f"{served_name}-{version}"),
         num_replicas=cfg.replicas.start,
         ray_actor_options=actor_options,
         placement_group_bundles=p.bundles,

@@ -1,0 +1,112 @@
+"""owc serve's rollout analysis (cluster/rollouts/): the gateway processes' own metrics text
+parsed per version, operator commands answered, a restart resuming the step it was in
+(its window again in full, no step skipped), and the drain of the version that lost."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from cluster.capacity.rollout import RolloutState
+from cluster.config.loader import parse_config
+from cluster.discovery.rollouts import RolloutFiles
+from cluster.gateway.observability.metrics import GatewayMetrics
+from cluster.rollouts.analysis import LocalAnalysis, parse_counters
+from cluster.rollouts.local import RolloutLoop, drained_by
+
+CFG = parse_config({"models": {"m": {"source": "x", "candidate": {"engine_kwargs": {"max_num_seqs": 2}},
+                                     "rollout": {"steps": [20, 50], "step_s": 10, "conformance": False}}}})
+
+
+class Gateway:
+    """One gateway process's metrics, as its /metrics serves them."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.m = GatewayMetrics(self.registry)
+
+    def serve(self, version: str, n: int, *, code: str = "200", ttft: float = 0.1) -> None:
+        for _ in range(n):
+            self.m.requests.labels("m", "t", "/v1/chat/completions", code, version).inc()
+            self.m.ttft.labels("m", version).observe(ttft)
+            self.m.itl.labels("m", version).observe(0.01)
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+@pytest.mark.parametrize(("state", "drained"), [
+    ("promoted", "m"), ("rolled_back", "m-candidate"), ("aborted", "m-candidate"),
+    ("analysing", None), ("paused", None), ("pending", None),
+])
+def test_the_version_that_lost_drains(state, drained):
+    assert drained_by("m", RolloutState(state=state)) == drained
+
+
+def test_parse_counters_per_version():
+    g = Gateway()
+    g.serve("stable", 8)
+    g.serve("candidate", 2, code="503", ttft=2.0)
+    c = parse_counters(g.text(), "m")
+    assert (c["stable"].requests, c["stable"].errors, c["candidate"].requests, c["candidate"].errors) == (8, 0, 2, 2)
+    assert c["candidate"].ttft[float("inf")] == 2 and parse_counters(g.text(), "other")["stable"].requests == 0
+
+
+def _analysis(tmp_path, gw: Gateway, clock: list[float], **kw) -> LocalAnalysis:
+    files = RolloutFiles(tmp_path)
+    files.announce("http://gw")
+    return LocalAnalysis(CFG, files, scrape=lambda url: gw.text(), clock=lambda: clock[0], **kw)
+
+
+def test_a_rollback_drains_the_candidate(tmp_path):
+    gw, clock, drained = Gateway(), [0.0], []
+    loop = RolloutLoop(CFG, RolloutFiles(tmp_path), scale=lambda k, n: drained.append((k, n)),
+                       scrape=lambda url: gw.text())
+    loop.analysis._clock = lambda: clock[0]
+    RolloutFiles(tmp_path).announce("http://gw")
+    loop.analysis.tick()  # the window's baseline
+    gw.serve("stable", 50)
+    gw.serve("candidate", 10, code="500")
+    clock[0] = 11
+    loop.analysis.tick()
+    st = RolloutFiles(tmp_path).read("m")
+    assert (st["state"], st["weight"]) == ("rolled_back", 0) and "5xx share 100.0%" in st["reason"]
+    assert drained == [("m-candidate", 0)]
+
+
+def test_a_restart_resumes_the_step_and_runs_its_window_again(tmp_path):
+    gw, clock = Gateway(), [0.0]
+    a = _analysis(tmp_path, gw, clock)
+    a.tick()
+    gw.serve("stable", 40)
+    gw.serve("candidate", 10)
+    clock[0] = 11
+    a.tick()
+    assert (a.state("m").state, a.state("m").step) == ("analysing", 1)  # step 2 (50 %) began at 11
+    clock[0] = 15
+    b = _analysis(tmp_path, gw, clock)  # a new process: reads the file
+    b.tick()
+    assert (b.state("m").state, b.state("m").step, b.state("m").window_start) == ("analysing", 1, 15)
+    gw.serve("stable", 20)
+    gw.serve("candidate", 20)
+    clock[0] = 24  # 13 s after the step began, but 9 s after the restart: not yet
+    b.tick()
+    assert b.state("m").state == "analysing"
+    clock[0] = 25.5
+    b.tick()
+    assert b.state("m").state == "promoted"
+
+
+def test_commands_are_answered(tmp_path):
+    gw, clock = Gateway(), [0.0]
+    a = _analysis(tmp_path, gw, clock)
+    files = RolloutFiles(tmp_path)
+    a.tick()
+    pause = files.submit("m", "pause", "ops")
+    again = files.submit("m", "pause", "ops")
+    unknown = files.submit("nope", "abort")
+    a.tick()
+    assert files.take_answer(pause)["state"]["state"] == "paused"
+    assert "only an analysing" in files.take_answer(again)["error"]
+    assert "no rollout here" in files.take_answer(unknown)["error"]
+    assert files.pending() == [] and files.read("m")["paused_by"] == "operator"

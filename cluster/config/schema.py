@@ -125,9 +125,10 @@ class ModelConfig(StrictModel):
     resume_streams: bool = Field(
         True,
         description="A chat or completions stream whose engine dies after its first byte is continued on another "
-        "replica from the token ids the client already has (the client sees one stream). Streams that cannot be "
-        "resumed (n > 1, logprobs, tools, structured outputs, stop strings, parsed chat output such as gpt-oss's "
-        "harmony or a reasoning parser) end with an SSE error event, as they do when this is off.",
+        "replica from the token ids the client already has (the client sees one stream); for gpt-oss, chat streams "
+        "with reasoning and tool calls and Responses streams too. Streams that cannot be resumed (n > 1, logprobs, "
+        "stop strings; tools, structured outputs and reasoning parsers other than gpt-oss's) end with an SSE error "
+        "event, as they do when this is off.",
     )
     candidate: Candidate | None = Field(
         None, description="A new version of this model, rolled out by `rollout:` against the current (stable) one: "
@@ -193,6 +194,13 @@ class ModelConfig(StrictModel):
         format): a chat stream's text is not the tokens' text, so it cannot be resumed."""
         return bool(self.engine_kwargs.get("reasoning_parser")) or any(
             m in self.source.lower() for m in ("gpt-oss", "gpt_oss"))
+
+    def harmony(self, name: str) -> bool:
+        """gpt-oss, served as ``name``: its chat and Responses output is harmony (named so, or
+        served with gpt-oss's parsers); its streams are resumed by reading harmony."""
+        kw = self.engine_kwargs
+        return any(m in s.lower() for s in (name, self.source) for m in ("gpt-oss", "gpt_oss")) \
+            or kw.get("reasoning_parser") == "openai_gptoss" or kw.get("tool_call_parser") == "openai"
 
     @property
     def world_size(self) -> int:

@@ -254,6 +254,8 @@ def server_cli_args(
         args += ["--middleware", GUARD]
     if cfg.responses_store.enabled:  # vLLM's store never evicts: owc bounds it (cluster.engine.responses_store)
         args += ["--middleware", STORE_BOUND]
+    if cfg.resume_streams and cfg.harmony(served_name):  # gpt-oss resume renders and continues from token ids
+        args.append("--enable-scale-out")
     return args
 
 

@@ -21,7 +21,7 @@ from cluster.gateway.admission.caps import CapTable
 from cluster.gateway.edge.connections import CLOSED_KEY
 from cluster.gateway.responses.conversations import Conversations
 from cluster.gateway.responses.ids import ResponseIds
-from cluster.gateway.stream.resume import harmony_model, not_resumable
+from cluster.gateway.stream.resume import not_resumable
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.forwarder import ClientGone, Forwarder
@@ -214,7 +214,7 @@ class Admission:
             data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
             strip_usage = rewrite = True
         cfg = self._config.models[served]
-        harmony = harmony_model(served, cfg)
+        harmony = cfg.harmony(served)
         resume = bool(req.stream) and cfg.resume_streams and \
             not_resumable(route, data, parsed_chat=cfg.parses_chat_output, harmony=harmony) is None
         if resume and route in (CHAT, COMPLETIONS):

@@ -20,7 +20,7 @@ from cluster.gateway.anthropic.errors import error_event, message_of
 from cluster.gateway.context import COUNT_TOKENS, MESSAGES, RESPONSES
 from cluster.gateway.stream.messages import MessagesStream, strip_thinking_body
 from cluster.gateway.stream.reasoning import StreamStrip, strip_body
-from cluster.gateway.stream.resume import StreamLedger
+from cluster.gateway.stream.resume import StreamLedger, ledger_for
 
 # The Responses stream's last event (completed, incomplete or failed) carries the whole
 # response, usage included. An event line ends with a raw newline, which JSON text cannot
@@ -98,7 +98,7 @@ async def _relay_stream(
     # Anthropic's Messages stream: its usage, thinking strip and error events (cluster.gateway.stream.messages).
     messages = MessagesStream(strip_thinking=job.strip_reasoning) if job.route == MESSAGES else None
     strip = StreamStrip(job.route) if job.strip_reasoning and messages is None else None  # whole events only
-    ledger = StreamLedger(job.route, job.data, max_model_len=job.max_model_len) if job.resume else None
+    ledger = ledger_for(job) if job.resume else None
     source = _then(first, current[0].chunks())
     while True:
         try:
@@ -115,6 +115,8 @@ async def _relay_stream(
                     chunk, tail = chunk[:cut], chunk[cut:]
                 if ledger is not None:
                     chunk = ledger.take(chunk)
+                    if not chunk:  # events only the ledger needed (a harmony header token's ids)
+                        continue
                 now = time.perf_counter()
                 if messages is not None:
                     chunk, tokens = messages.chunk(chunk, delivery)

@@ -15,8 +15,11 @@ run's.
 Not resumable (``not_resumable`` says why; such a stream ends with the SSE error event):
 ``n`` > 1, log probabilities, tools, structured outputs, stop strings (vLLM holds back text
 that may start one, so the ids run ahead of the text), ``echo``/``suffix``/``best_of``, a
-batch of prompts, and chat on a model whose output is parsed (a reasoning parser, gpt-oss's
-harmony format). The Responses API is not resumed either.
+batch of prompts, and chat on a model whose output another reasoning parser reads.
+
+gpt-oss (harmony) streams have ledgers of their own: chat with reasoning, tools and
+structured outputs (cluster.gateway.stream.harmony_chat) and the Responses API
+(cluster.gateway.stream.harmony_responses); ``ledger_for`` picks a stream's.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from typing import Any
 
 import orjson
 
-from cluster.gateway.context import CHAT, COMPLETIONS
+from cluster.gateway.context import CHAT, COMPLETIONS, RESPONSES, Job
+from cluster.gateway.errors import OpenAIError
+from cluster.gateway.stream.splice import harmony_prompt
 
 # Sampling parameters a continuation keeps (as /v1/completions takes them).
 _CARRIED = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
@@ -39,9 +44,19 @@ _BLOCKING = {
 }
 
 
-def not_resumable(route: str, data: dict[str, Any], *, parsed_chat: bool) -> str | None:
+# Responses parameters whose stream a harmony continuation cannot reproduce.
+_RESPONSES_BLOCKING = {
+    "previous_response_id": "previous_response_id", "conversation": "conversation", "background": "background",
+    "stop": "stop strings", "top_logprobs": "logprobs", "enable_response_messages": "response messages",
+}
+
+
+def not_resumable(route: str, data: dict[str, Any], *, parsed_chat: bool, harmony: bool = False) -> str | None:
     """Why a stream of this request cannot be resumed; None when it can. ``parsed_chat``:
-    the model's chat output goes through a parser (reasoning, harmony)."""
+    the model's chat output goes through a parser (reasoning, harmony); ``harmony``: the
+    model is gpt-oss."""
+    if harmony and route in (CHAT, RESPONSES):
+        return _harmony_blocking(route, data)
     if route not in (CHAT, COMPLETIONS):
         return "route"
     if route == CHAT and parsed_chat:
@@ -58,6 +73,56 @@ def not_resumable(route: str, data: dict[str, Any], *, parsed_chat: bool) -> str
     return None
 
 
+def _harmony_blocking(route: str, data: dict[str, Any]) -> str | None:
+    if route == RESPONSES:
+        for name, why in _RESPONSES_BLOCKING.items():
+            if data.get(name) not in (None, False, [], ""):
+                return why
+        if any(not isinstance(t, dict) or t.get("type") != "function" for t in data.get("tools") or ()):
+            return "built-in tools"
+        return None
+    if (data.get("n") or 1) > 1:
+        return "n > 1"
+    for name in ("logprobs", "top_logprobs", "stop", "functions"):
+        if data.get(name) not in (None, False, [], ""):
+            return _BLOCKING[name]
+    if data.get("include_reasoning") is False:
+        return "hidden reasoning"  # vLLM then sends no token ids
+    return None
+
+
+def ledger_for(job: Job):
+    """The ledger that reads a resumable stream of ``job`` (``job.resume``)."""
+    if job.harmony and job.route == CHAT:
+        from cluster.gateway.stream.harmony_chat import HarmonyChatLedger
+
+        return HarmonyChatLedger(job.data, max_model_len=job.max_model_len)
+    if job.harmony and job.route == RESPONSES:
+        from cluster.gateway.stream.harmony_responses import ResponsesLedger
+
+        return ResponsesLedger(job.data, max_model_len=job.max_model_len)
+    return StreamLedger(job.route, job.data, max_model_len=job.max_model_len)
+
+
+def rendered(ledger, resp, first: bytes) -> None:
+    """Hand a harmony ledger the engine's render answer (``resp``, its body ``first``)."""
+    resp.release() if resp.status < 400 else resp.close()
+    if resp.status >= 400:  # 403: an engine started without --enable-scale-out
+        raise OpenAIError(502, f"the engine's {ledger.render[0]} answered {resp.status}", code="engine_render_failed")
+    try:
+        ledger.rendered(first)
+    except ValueError as e:
+        raise OpenAIError(502, str(e), code="engine_render_failed") from None
+
+
+def continuation(ledger) -> bytes:
+    """The ledger's continuation body; OpenAIError when there is none (no grammar remainder)."""
+    try:
+        return ledger.continuation()
+    except ValueError as e:
+        raise OpenAIError(502, f"the stream cannot be continued: {e}", code="engine_stream_broken") from None
+
+
 def _max_tokens(route: str, data: dict[str, Any]) -> int | None:
     if route == CHAT:
         return data.get("max_completion_tokens") or data.get("max_tokens")
@@ -66,6 +131,9 @@ def _max_tokens(route: str, data: dict[str, Any]) -> int | None:
 
 class StreamLedger:
     """What one stream delivered, read from its events; the continuation it resumes from."""
+
+    render = None  # nothing to ask another replica before the continuation
+    continuation_route = COMPLETIONS
 
     def __init__(self, route: str, data: dict[str, Any], *, max_model_len: int | None = None):
         self.route = route
@@ -159,7 +227,8 @@ class StreamLedger:
     @property
     def resumable(self) -> bool:
         """The stream broke where a continuation can pick it up."""
-        return self.prompt_ids is not None and self._meta is not None and self.remaining() != 0
+        return self.prompt_ids is not None and self._meta is not None and self.remaining() != 0 \
+            and not harmony_prompt(self.prompt_ids)  # gpt-oss served under another name: not plain text
 
     def remaining(self) -> int | None:
         """Tokens the request may still generate (None: up to the context, vLLM's bound)."""

@@ -27,7 +27,8 @@ def engine_argv(path: str) -> list[str]:
             "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", "{port}", "--enforce-eager",
             "--dtype", "bfloat16", "--max-model-len", "4096", "--kv-cache-memory-bytes", str(64 << 20),
             "--max-num-seqs", "4",
-            "--tool-call-parser", "openai", "--enable-auto-tool-choice", "--reasoning-parser", "openai_gptoss"]
+            "--tool-call-parser", "openai", "--enable-auto-tool-choice", "--reasoning-parser", "openai_gptoss",
+            "--enable-scale-out"]  # stream resume: render and token-in continuation (cluster.gateway.stream.splice)
 
 
 def _path() -> str:

@@ -141,6 +141,7 @@ def build_app(
     versions = RolloutView(config, RolloutFiles(rollout_dir(config.model_cache_dir)))  # rollouts (docs/rollouts.md)
     if versions.models:
         forwarder.versions = versions
+        registry.register(versions)  # owc_rollout_* (docs/metrics.md)
     admission = Admission(
         config=config, auth=auth, forwarder=forwarder, metrics=metrics, tracer=tracer,
         accounting=Accounting(metrics=metrics, routing=routing, access_log=access_log), conversations=conversations,

@@ -12,6 +12,10 @@ from prometheus_client import CollectorRegistry
 
 from cluster.config.loader import parse_config
 from cluster.gateway.batches.wiring import Backlog, runner_hooks
+from pathlib import Path
+
+from cluster.discovery.rollouts import RolloutFiles
+from cluster.gateway.rollout.view import RolloutView
 from cluster.gateway.upstream.adapter_loader import record_adapter_requests
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.routing.router import Routing
@@ -42,6 +46,9 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     # owc_adapter_requests_total: defined with the adapter loader, on the same registry (cluster.gateway.app)
     cfg = parse_config({"models": {"m": {"source": "external", "adapters": {"fr": {}}}}, "gateway": {"api_keys_env": None}})
     record_adapter_requests(registry, Routing({}, stats=StatsStore(stale_after_s=1)), cfg)
+    # owc_rollout_*: a model with a candidate's rollout, read from the analysis's state (cluster.gateway.app)
+    rolled = parse_config({"models": {"m": {"source": "external", "candidate": {"source": "other"}}}})
+    registry.register(RolloutView(rolled, RolloutFiles(Path("/nonexistent"))))
     for h in (g.duration.labels("m", "/r"), g.ttft.labels("m", "stable"), g.itl.labels("m", "stable"), g.decision_seconds.labels("p"),
               g.adapter_load_seconds.labels("m"), g.fair_wait.labels("m", "t")):
         h.observe(0.1)

@@ -93,6 +93,13 @@ CASES = {
          ('owc_adapter_loads_total{instance="g:1",model="m",result="failed"}', "0x30")],
         "20m", {"model": "m"}, "model m: LoRA adapter loads are failing",
     ),
+    "OwcRolloutRolledBack": (
+        [('owc_rollout_state{instance="g:1",model="m",state="rolled_back"}', "0x2 1x10"),
+         ('owc_rollout_state{instance="g:2",model="m",state="rolled_back"}', "0x2 1x10")],
+        [('owc_rollout_state{instance="g:1",model="m",state="rolled_back"}', "0x12"),
+         ('owc_rollout_state{instance="g:1",model="m",state="promoted"}', "0x2 1x10")],
+        "5m", {"model": "m"}, "m: the candidate version was rolled back",
+    ),
     "OwcScrapeTargetDown": (
         [('up{job="owc-engine",instance="e:1"}', "0x10")],
         [('up{job="owc-engine",instance="e:1"}', "1x10")],

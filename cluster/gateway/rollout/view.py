@@ -11,6 +11,8 @@ import logging
 import random
 from collections.abc import Callable
 
+from prometheus_client.core import GaugeMetricFamily
+
 from cluster.config.rollout import has_rollout
 from cluster.config.schema import OwcConfig
 from cluster.discovery.endpoints import Endpoint
@@ -20,6 +22,7 @@ from cluster.routing.versions import CANDIDATE, STABLE, pick_version
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
+STATES = ("pending", "analysing", "paused", "promoted", "rolled_back", "aborted")
 
 
 class RolloutView:
@@ -31,6 +34,7 @@ class RolloutView:
         self._sticky = {n: m.rollout.sticky for n, m in self.models.items()}
         self._draw = draw
         self._weights: dict[str, float] = {n: 0.0 for n in self.models}
+        self._states: dict[str, str] = {n: "pending" for n in self.models}
         self._mtimes: dict[str, int | None] = {}
         self._loop = Periodic(self.reload, period_s=period_s, what="reading rollout state", log=log, first_after=True)
 
@@ -42,6 +46,8 @@ class RolloutView:
             doc = self.files.read(model)
             weight = doc.get("weight") if doc else 0
             self._weights[model] = float(weight) if isinstance(weight, (int, float)) else 0.0
+            state = doc.get("state") if doc else "pending"
+            self._states[model] = state if state in STATES else "pending"
             self._mtimes[model] = mtime
 
     def weight(self, model: str) -> float | None:
@@ -61,6 +67,21 @@ class RolloutView:
             if any(e.version == other and not e.draining for e in endpoints):
                 return other
         return version
+
+    def collect(self):
+        """owc_rollout_candidate_weight and owc_rollout_state, as this process last read them
+        (a collector on the process's registry: read at scrape time)."""
+        w = GaugeMetricFamily("owc_rollout_candidate_weight",
+                              "The candidate's % of the model's traffic during a rollout (0 after a rollback).",
+                              labels=["model"])
+        s = GaugeMetricFamily("owc_rollout_state", "1 for the rollout's state now, 0 for the others.",
+                              labels=["model", "state"])
+        for model in self.models:
+            w.add_metric([model], self._weights[model])
+            for state in STATES:
+                s.add_metric([model, state], 1.0 if self._states[model] == state else 0.0)
+        yield w
+        yield s
 
     async def start(self) -> None:
         self.reload()

@@ -32,11 +32,18 @@ def queries(model: str) -> dict[str, str]:
         "kv_usage": f"avg(vllm:kv_cache_usage_perc{{{v}}})",
         "ttft_p95_s": f"histogram_quantile(0.95, sum by (le) (rate(owc_time_to_first_token_seconds_bucket{{{g}}}[1m])))",
         "tokens_per_s": f"sum(rate(vllm:generation_tokens_total{{{v}}}[1m]))",
-        "request_rate": f"sum(rate(owc_requests_total{{{g}}}[1m]))",
+        "request_rate": rate(g, "1m"),
         # burst sizing's short window (5 s scrapes: three samples). The batch backlog
         # (Signals.batch_queue) has no metric until the Batch API exports one: None, no budget used.
-        "arrival_rate": f"sum(rate(owc_requests_total{{{g}}}[{ARRIVAL_WINDOW_S:g}s]))",
+        "arrival_rate": rate(g, f"{ARRIVAL_WINDOW_S:g}s"),
     }
+
+
+def rate(g: str, window: str) -> str:
+    """Requests per second into the gateways for a model: 0, not nothing, while a gateway
+    exports the model (its in-flight gauge, created at 0) and no request was counted yet
+    (owc_requests_total has no series before its first); nothing while no gateway does."""
+    return f"(sum(rate(owc_requests_total{{{g}}}[{window}])) or sum(owc_requests_in_flight{{{g}}}) * 0)"
 
 
 def gateway_queries() -> dict[str, str]:

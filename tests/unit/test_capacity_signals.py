@@ -127,6 +127,21 @@ def test_history_kind_follows_the_key(key, kind):
 
 def test_burst_sizing_reads_the_arrival_rate_over_its_window():
     q = queries("m")
-    assert q["arrival_rate"] == 'sum(rate(owc_requests_total{model="m"}[15s]))'
+    assert q["arrival_rate"].startswith('(sum(rate(owc_requests_total{model="m"}[15s]))')
     sig, _ = prometheus({q["ongoing"]: "4", q["ongoing_at"]: "995", q["arrival_rate"]: "42.5"})
     assert sig.read("m").arrival_rate == 42.5
+
+
+def test_request_rates_are_zero_before_the_first_request_and_missing_without_a_gateway(tmp_path):
+    """A gateway exports a model's in-flight gauge at 0 from its start; its request counter has
+    no series until the first request. The rates read 0 then (burst sizing and the standing
+    headroom act from the first decision), and nothing while no gateway exports the model."""
+    q = queries("m")
+    idle = [('owc_requests_in_flight{instance="a:1", model="m"}', "0 0 0 0 0")]
+    busy = idle + [('owc_requests_total{instance="a:1", model="m", route="chat", status="200", tenant="t"}',
+                    "0 150 300 450 600")]
+    for name in ("arrival_rate", "request_rate"):
+        promtool_test(tmp_path, idle, [(q[name], "60s", 0)])
+        promtool_test(tmp_path, busy, [(q[name], "60s", 10)])
+        promtool_test(tmp_path, [('owc_requests_in_flight{instance="a:1", model="other"}', "0 0 0 0 0")],
+                      [(q[name], "60s", None)])

@@ -69,7 +69,7 @@ def build_fair_queue(config: OwcConfig, *, routing: Routing, endpoints: Endpoint
     return FairQueue(policy=config.gateway.fair_sharing, tenants=config.gateway.tenants,
                      max_num_seqs={n: max_num_seqs(m) for n, m in config.models.items()}, routing=routing,
                      endpoints=endpoints.endpoints, metrics=metrics, shared=build_shared_slots(config, metrics),
-                     batch_unknown_limit=config.batch.lines_on_unknown_capacity)
+                     batch_unknown_limit=config.batch.lines_on_unknown_capacity, batch_keep_free=config.batch.keep_free)
 
 
 def build_shared_slots(config: OwcConfig, metrics: GatewayMetrics) -> SharedSlots | None:

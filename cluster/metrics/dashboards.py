@@ -72,6 +72,16 @@ OVERVIEW = Dashboard(
            ("sum by (reason) (rate(owc_connections_closed_total[$__rate_interval]))", "closed: {{reason}}"),
            description="Held: all gateway processes. Closed per second by reason: deadlines (408), header size (431), "
            "evicted idle at the connection bound, refused over capacity (503)."),
+        _p("Rollout: candidate weight and state", (f"max by (model) (owc_rollout_candidate_weight{{{M}}})", "{{model}} weight %"),
+           (f"100 * max by (model, state) (owc_rollout_state{{{M},state=~\"paused|rolled_back|aborted\"}}) > 0", "{{model}} {{state}}"),
+           description="During a rollout (docs/rollouts.md): the candidate's % of the model's traffic; a paused, rolled-back or "
+           "aborted rollout shows its state at 100. `owc rollout status MODEL` names each gate's figures."),
+        _p("Rollout: TTFT p95 and 5xx share by version",
+           (f"histogram_quantile(0.95, sum by (model, version, le) (rate(owc_time_to_first_token_seconds_bucket{{{M}}}[$__rate_interval])))",
+            "{{model}} {{version}} TTFT p95"),
+           (f'sum by (model, version) (rate(owc_requests_total{{{M},code=~"5.."}}[$__rate_interval])) / sum by (model, version) '
+            f"(rate(owc_requests_total{{{M}}}[$__rate_interval]))", "{{model}} {{version}} 5xx share"),
+           description="Candidate against stable, as the rollout's gates compare them (over the step's window there)."),
     ),
 )
 

@@ -61,6 +61,12 @@ class BatchConfig(StrictModel):
         description="While a replica's capacity is not known yet (no max_num_seqs configured, none learned from its "
         "scrapes), batch lines this gateway process runs at once on the model.",
     )
+    keep_free: float = Field(
+        0.25, ge=0, lt=1,
+        description="Share of a model's running slots (over its replicas, every gateway process's requests counted) "
+        "that batch lines leave free for interactive arrivals, or gateway.fair_sharing.headroom slots if more (at "
+        "least one): a batch line takes a slot only while more than that is free and no interactive request waits.",
+    )
     lease_ttl_s: float = Field(
         30.0, gt=1, le=3600,
         description="Seconds a line stays leased to a gateway process without renewal; a process that died has its "

@@ -115,6 +115,8 @@ def cluster(model_cache, tmp_path_factory, file_sd_dir):
         },
         "monitoring": {"file_sd_dir": str(file_sd_dir)},
         "model_cache_dir": model_cache,
+        # The Batch API's files in the session's own directory (test_batch), not the user's.
+        "batch": {"store_dir": str(tmp_path_factory.mktemp("batch")), "poll_period_s": 0.2},
     })
     c = LocalCluster(cfg, temp_dir=str(tmp_path_factory.mktemp("ray")))
     try:

@@ -21,6 +21,9 @@ def cap(free: int, total: int = 8, *, busy=NONE, at_limit=NONE, unbounded=False,
 CASES = [
     # (name, capacity, headroom, interactive waiting, batch lines here, expected)
     ("idle engine", cap(8), 2, False, 0, NONE),
+    ("keep_free 0.5 of 8: four kept", cap(4), 2, False, 0, None, 0.5),
+    ("keep_free 0.5 of 8: a fifth free", cap(5), 2, False, 0, NONE, 0.5),
+    ("keep_free below the headroom: the headroom", cap(2), 2, False, 0, None, 0.1),
     ("free slots beyond the headroom", cap(3, busy=BUSY), 2, False, 5, BUSY),
     ("only the headroom left", cap(2), 2, False, 0, None),
     ("headroom 0 still keeps one slot", cap(1), 0, False, 0, None),
@@ -33,7 +36,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,capacity,headroom,waiting,here,expected", CASES, ids=[c[0] for c in CASES])
-def test_batch_admits(name, capacity, headroom, waiting, here, expected):
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_batch_admits(case):
+    name, capacity, headroom, waiting, here, expected, *keep = case
     assert batch_admits(capacity, headroom=headroom, interactive_waiting=waiting, batch_here=here,
-                        unknown_limit=2) == expected
+                        unknown_limit=2, keep_free=keep[0] if keep else 0.0) == expected

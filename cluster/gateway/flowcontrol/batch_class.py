@@ -9,6 +9,7 @@ function of one Capacity; the mixin polls it (no I/O, no HTTP library)."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Sequence
 
 from cluster.discovery.endpoints import Endpoint
@@ -20,15 +21,15 @@ POLL_S = 0.05  # how often a waiting batch line looks for idle room again
 
 
 def batch_admits(cap: Capacity, *, headroom: int, interactive_waiting: bool, batch_here: int,
-                 unknown_limit: int) -> frozenset[str] | None:
-    """The replicas to exclude for the next batch line; None: it waits. ``headroom``: free
-    running slots kept for interactive arrivals (at least one); ``batch_here``: this process's
-    batch lines of the model now."""
+                 unknown_limit: int, keep_free: float = 0.0) -> frozenset[str] | None:
+    """The replicas to exclude for the next batch line; None: it waits. Free running slots kept
+    for interactive arrivals: ``headroom``, or ``keep_free`` of the model's slots if more, at
+    least one; ``batch_here``: this process's batch lines of the model now."""
     if interactive_waiting or cap.routable == 0:
         return None
     if cap.unbounded:
         return cap.at_limit if batch_here < unknown_limit else None
-    if cap.free - max(1, headroom) >= 1:
+    if cap.free - max(1, headroom, math.ceil(keep_free * cap.total)) >= 1:
         return cap.busy  # only into a free running slot
     return None
 
@@ -39,18 +40,26 @@ class BatchSlots:
 
     _models: dict[str, ModelState]
     batch_unknown_limit: int = 2
+    batch_keep_free: float = 0.0
 
     async def batch_slot(self, model: str, pick: Callable[[Sequence[Endpoint], frozenset[str]], Endpoint]) -> Endpoint:
         """A replica for a batch line, taken by ``pick`` once the model has idle room; waits
-        (polling) until then, and while no replica is routable. Given back with ``batch_finished``."""
+        (polling, one line of the model at a time: the others wait their turn behind it) until
+        then, and while no replica is routable. Given back with ``batch_finished``."""
         st = self._models.get(model)
         if st is None:
             st = self._models[model] = ModelState()
+        locks = self.__dict__.setdefault("_batch_turns", {})
+        async with locks.setdefault(model, asyncio.Lock()):  # one waiting line per model polls; the others queue
+            return await self._batch_wait(model, st, pick)
+
+    async def _batch_wait(self, model: str, st: ModelState, pick) -> Endpoint:
         while True:
             endpoints = self._endpoints(model)
             cap = self.capacity(model, endpoints, self._view(model))
             exclude = batch_admits(cap, headroom=self._policy.headroom, interactive_waiting=bool(st.order),
-                                   batch_here=st.batch, unknown_limit=self.batch_unknown_limit)
+                                   batch_here=st.batch, unknown_limit=self.batch_unknown_limit,
+                                   keep_free=self.batch_keep_free)
             if exclude is not None:
                 try:
                     ep = pick(endpoints, exclude)

@@ -62,6 +62,7 @@ class FairQueue(SharedDispatch, BatchSlots):
         self, *, policy: FairSharing, tenants: Mapping[str, TenantConfig], max_num_seqs: Mapping[str, int | None],
         routing: Routing, endpoints: Callable[[str], list[Endpoint]], metrics: GatewayMetrics,
         clock: Callable[[], float] = time.monotonic, shared: SharedSlots | None = None, batch_unknown_limit: int = 2,
+        batch_keep_free: float = 0.0,
     ):
         """``max_num_seqs``: each model's configured engine batch (None: learn each replica's
         from its scrapes); ``shared``: the other gateway processes' counts while a model is hot."""
@@ -74,6 +75,7 @@ class FairQueue(SharedDispatch, BatchSlots):
         self._clock = clock
         self._shared = shared
         self.batch_unknown_limit = batch_unknown_limit  # batch lines per process on a replica of unknown capacity
+        self.batch_keep_free = batch_keep_free  # share of a model's slots batch lines leave free
         self._models: dict[str, ModelState] = {}
         self._learned: dict[str, int] = {}  # replica id -> capacity learned from scrapes
         self._theirs: dict[str, int] = {}  # replica id -> the other gateways' requests on it at the last scrape

@@ -33,9 +33,12 @@ def queries(model: str) -> dict[str, str]:
         "ttft_p95_s": f"histogram_quantile(0.95, sum by (le) (rate(owc_time_to_first_token_seconds_bucket{{{g}}}[1m])))",
         "tokens_per_s": f"sum(rate(vllm:generation_tokens_total{{{v}}}[1m]))",
         "request_rate": rate(g, "1m"),
-        # burst sizing's short window (5 s scrapes: three samples). The batch backlog
-        # (Signals.batch_queue) has no metric until the Batch API exports one: None, no budget used.
+        # burst sizing's short window (5 s scrapes: three samples).
         "arrival_rate": rate(g, f"{ARRIVAL_WINDOW_S:g}s"),
+        # The batch backlog: lines the gateways hold for the model, not answered yet (waiting for an
+        # idle slot or running); never load (batch lines are not in owc_requests_in_flight), only
+        # the budget batch_max_replicas. 0 while no batch runs (the gauge exists from the start).
+        "batch_queue": f"sum(owc_batch_lines_waiting{{{g}}})",
     }
 
 

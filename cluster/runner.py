@@ -161,7 +161,7 @@ class LocalCluster:
         if candidates(self.cfg):  # the rollout analysis, in this process (docs/rollouts.md)
             from cluster.rollouts.local import start_local
 
-            self._rollouts = start_local(self.cfg)
+            self._rollouts = start_local(self.cfg, self._engine_key)
 
     def _start_fair_share_store(self) -> None:
         """The gateway processes' shared fair-queue counts (no gateway.store to use): a local

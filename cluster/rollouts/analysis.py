@@ -60,10 +60,13 @@ def http_scrape(url: str) -> str:
 
 class LocalAnalysis:
     def __init__(self, config: OwcConfig, files: RolloutFiles, *, scrape: Callable[[str], str],
-                 clock: Callable[[], float] = time.time, on_change: Callable[[str, RolloutState], None] | None = None):
+                 clock: Callable[[], float] = time.time, on_change: Callable[[str, RolloutState], None] | None = None,
+                 conformance: Callable[[str], list[str]] | None = None):
         """``scrape``: a gateway process's /metrics text by its metrics URL (raises when it
         cannot be read); ``on_change``: told each state change (owc serve drains the version
-        that lost its traffic)."""
+        that lost its traffic); ``conformance``: the conformance gate's failed rows for a
+        model, candidate vs stable (None: not available here, the gate is skipped with a warning)."""
+        self._conformance = conformance
         self._files = files
         self._settings = {n: m.rollout for n, m in config.models.items() if m.candidate is not None}
         self._scrape = scrape
@@ -96,12 +99,23 @@ class LocalAnalysis:
         now = self._clock()
         for model, settings in self._settings.items():
             st = self.state(model)
-            if st.state == "pending":  # the conformance gate comes first (not built yet: passed, with a warning)
-                log.warning("rollout of %s: the conformance gate is not built yet; step 1 starts without it", model)
-                self.conformance(model, [])
+            if st.state == "pending":  # the conformance gate comes first, before any request
+                self.conformance(model, self._conformance_rows(model))
                 continue
             window = self._window(model, st, readings.get(model))
             self._set(model, policy.advance(st, settings, window, now))
+
+    def _conformance_rows(self, model: str) -> list[str]:
+        if not self._settings[model].conformance:
+            return []
+        if self._conformance is None:
+            log.warning("rollout of %s: no conformance gate here; step 1 starts without it", model)
+            return []
+        try:
+            return self._conformance(model)
+        except Exception as e:  # it could not run: the candidate is not trusted either
+            log.warning("rollout of %s: the conformance gate could not run: %s", model, e)
+            return [f"(not run: {type(e).__name__}: {e})"]
 
     def conformance(self, model: str, failed_rows: list[str]) -> None:
         st = self.state(model)

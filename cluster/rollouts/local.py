@@ -31,10 +31,12 @@ def drained_by(model: str, st: RolloutState) -> str | None:
 
 class RolloutLoop:
     def __init__(self, config: OwcConfig, files: RolloutFiles, *, scale: Callable[[str, int], None],
-                 scrape: Callable[[str], str] = http_scrape, period_s: float = TICK_S):
-        """``scale(deployment key, replicas)``: the local Ray Serve actuator's."""
+                 scrape: Callable[[str], str] = http_scrape, period_s: float = TICK_S,
+                 conformance: Callable[[str], list[str]] | None = None):
+        """``scale(deployment key, replicas)``: the local Ray Serve actuator's; ``conformance``:
+        the gate's failed rows for a model (cluster.rollouts.conformance)."""
         self._scale = scale
-        self.analysis = LocalAnalysis(config, files, scrape=scrape, on_change=self._changed)
+        self.analysis = LocalAnalysis(config, files, scrape=scrape, on_change=self._changed, conformance=conformance)
         self._period_s = period_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="owc-rollouts", daemon=True)
@@ -64,11 +66,13 @@ class RolloutLoop:
             self._thread.join(timeout=5)
 
 
-def start_local(config: OwcConfig) -> RolloutLoop:
+def start_local(config: OwcConfig, engine_key: str | None) -> RolloutLoop:
     """`owc serve`'s loop, on the local Ray Serve it started (its state under $OWC_ROLLOUT_DIR)."""
     from cluster.capacity.actuators import RayServeActuator
     from cluster.discovery.rollouts import rollout_dir
+    from cluster.rollouts.conformance import serve_conformance
 
-    loop = RolloutLoop(config, RolloutFiles(rollout_dir(config.model_cache_dir)), scale=RayServeActuator().scale)
+    loop = RolloutLoop(config, RolloutFiles(rollout_dir(config.model_cache_dir)), scale=RayServeActuator().scale,
+                       conformance=lambda model: serve_conformance(model, engine_key=engine_key))
     loop.start()
     return loop

@@ -110,3 +110,37 @@ def test_commands_are_answered(tmp_path):
     assert "only an analysing" in files.take_answer(again)["error"]
     assert "no rollout here" in files.take_answer(unknown)["error"]
     assert files.pending() == [] and files.read("m")["paused_by"] == "operator"
+
+
+def _gated(tmp_path, conformance):
+    cfg = parse_config({"models": {"m": {"source": "x", "candidate": {"source": "y"},
+                                         "rollout": {"steps": [20], "step_s": 10}}}})  # conformance: true (default)
+    files = RolloutFiles(tmp_path)
+    return LocalAnalysis(cfg, files, scrape=lambda url: "", clock=lambda: 0.0, conformance=conformance), files
+
+
+@pytest.mark.parametrize(("gate", "state", "weight", "reason"), [
+    (lambda m: ["chat tool_choice auto", "responses tools"], "aborted", 0,
+     "conformance failed: chat tool_choice auto, responses tools"),
+    (lambda m: [], "analysing", 20, None),
+    (lambda m: 1 / 0, "aborted", 0, "conformance failed: (not run: ZeroDivisionError"),
+    (None, "analysing", 20, None),  # no gate where it runs: skipped, with a warning
+])
+def test_the_conformance_gate_comes_before_step_1(tmp_path, gate, state, weight, reason):
+    a, files = _gated(tmp_path, gate)
+    assert files.read("m") is None or files.read("m")["state"] == "pending"
+    a.tick()
+    doc = files.read("m")
+    assert (doc["state"], doc["weight"]) == (state, weight)
+    if reason:
+        assert doc["reason"].startswith(reason)
+
+
+def test_replica_urls_one_per_version():
+    from cluster.discovery.endpoints import Endpoint
+    from cluster.rollouts.conformance import replica_urls
+
+    eps = [Endpoint("m", "a", "http://a", version="stable"), Endpoint("m", "b", "http://b", draining=True,
+                                                                          version="candidate"),
+           Endpoint("m", "c", "http://c", version="candidate"), Endpoint("o", "d", "http://d")]
+    assert replica_urls(eps, "m") == {"stable": "http://a", "candidate": "http://c"}

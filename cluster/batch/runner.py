@@ -279,12 +279,19 @@ class BatchRunner:
             task.cancel()
 
     async def stop(self) -> None:
-        """Cancel this process's lines (their leases lapse and other processes run them)."""
+        """Cancel this process's lines and give their leases back, so that the other processes
+        run them at once (a process that dies without stopping has them retaken at expiry)."""
+        held = {b: list(w.tasks) for b, w in self._local.items() if w.tasks}
         tasks = [t for w in self._local.values() for t in w.tasks.values()]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._local.clear()
+        for batch_id, lines in held.items():
+            try:
+                await self.ledger.release(batch_id, lines)
+            except Exception:  # noqa: BLE001 - the store down: the leases lapse instead
+                log.warning("batch %s: leases of %d lines not given back; they expire", batch_id, len(lines))
 
 
 def _counted(r: BatchRecord, p: Progress) -> BatchRecord:

@@ -173,6 +173,25 @@ def test_a_dead_runners_lines_are_taken_over_once(kind, tmp_path):
     asyncio.run(go())
 
 
+def test_a_stopped_runner_gives_its_lines_back_at_once(kind, tmp_path):
+    async def go():
+        clock = Clock()
+        a_svc, a_led = build(kind[0], tmp_path, clock, kind[1], lines_in_flight=3)
+        b_svc, b_led = (a_svc, a_led) if kind[0] == "memory" else build("redis", tmp_path, clock, kind[1])
+        stuck = Engine(hold=asyncio.Event())
+        a = BatchRunner(a_svc, a_led, stuck, clock=clock, owner="aaaa")
+        batch = await new_batch(a_svc, 5)
+        await a.tick()
+        await asyncio.sleep(0.01)
+        await a.stop()  # a graceful stop (SIGTERM): its three lines back, no lease to wait for
+        eng = Engine()
+        done = await run_until([BatchRunner(b_svc, b_led, eng, clock=clock, owner="bbbb")], b_svc, batch.id,
+                               {states.COMPLETED})
+        assert eng.calls == {f"r{i}": 1 for i in range(5)} and done.completed == 5
+
+    asyncio.run(go())
+
+
 def test_expiry_closes_with_partial_output(kind, tmp_path):
     async def go():
         clock = Clock()

@@ -5,6 +5,8 @@ process while a replica's capacity is unknown; nothing while no replica is routa
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from cluster.gateway.flowcontrol.batch_class import batch_admits
@@ -41,3 +43,42 @@ def test_batch_admits(case):
     name, capacity, headroom, waiting, here, expected, *keep = case
     assert batch_admits(capacity, headroom=headroom, interactive_waiting=waiting, batch_here=here,
                         unknown_limit=2, keep_free=keep[0] if keep else 0.0) == expected
+
+
+# -- through the fair queue (the mixin's wiring) ---------------------------------------------------
+
+async def test_a_batch_line_waits_for_idle_room_and_never_takes_the_headroom():
+    from tests.unit.test_fair_queue import Stack, settle
+
+    s = Stack(batch=4, headroom=1)  # one replica of 4 slots; one kept free
+    interactive = [await s.request("A") for _ in range(2)]
+    line = await asyncio.wait_for(s.fair.batch_slot("m", s.pick), 1)  # 2 free, 1 kept: one batch line
+    assert s.routing.in_flight("r0") == 3
+    second = asyncio.ensure_future(s.fair.batch_slot("m", s.pick))
+    await asyncio.sleep(0.12)
+    assert not second.done()  # the last free slot is the headroom's
+    arrival = await asyncio.wait_for(s.request("A"), 1)  # an interactive arrival takes it at once
+    s.done(interactive[0])
+    s.done(interactive[1])  # two slots free again, one kept: the waiting line goes
+    await asyncio.wait_for(second, 1)
+    s.routing.release(line.replica_id)
+    s.fair.batch_finished("m")
+    s.done(arrival)
+    await settle()
+
+
+async def test_a_freed_slot_goes_to_the_waiting_interactive_request_not_the_batch_line():
+    from tests.unit.test_fair_queue import Stack
+
+    s = Stack(batch=2, headroom=0)
+    held = [await s.request("A"), await s.request("A")]
+    waiting = asyncio.ensure_future(s.request("A", label="A-waiting"))
+    line = asyncio.ensure_future(s.fair.batch_slot("m", s.pick))
+    await asyncio.sleep(0.06)
+    s.done(held[0])  # one slot frees: the interactive request gets it, the batch line does not
+    got = await asyncio.wait_for(waiting, 1)
+    await asyncio.sleep(0.12)
+    assert not line.done() and s.fair._models["m"].batch == 0
+    line.cancel()
+    s.done(held[1])
+    s.done(got)

@@ -143,16 +143,16 @@ class BatchRunner:
 
     # -- lines ----------------------------------------------------------------------------------
 
-    def _work(self, b: BatchRecord) -> _Local:
+    async def _work(self, b: BatchRecord) -> _Local:
         w = self._local.get(b.id)
         if w is None:
             w = self._local[b.id] = _Local()
-        if w.offsets is None:
-            w.offsets = input_offsets(self.service.contents.path(b.input_file_id))
+        if w.offsets is None:  # a 200 MB input is read once per process, off the event loop
+            w.offsets = await asyncio.to_thread(input_offsets, self.service.contents.path(b.input_file_id))
         return w
 
     async def _run(self, b: BatchRecord, p: Progress, now: float, share: int) -> None:
-        w = self._work(b)
+        w = await self._work(b)
         ttl = self.cfg.lease_ttl_s
         await self.ledger.renew(b.id, list(w.tasks), now=now, ttl_s=ttl)
         room = min(share - len(w.tasks), self.cfg.lines_in_flight - self.in_flight)

@@ -5,6 +5,7 @@ candidate against its weight, client errors, the state document, and the engine 
 replicas after the end (the version that lost drained to 0).
 
     python -m loadtests.rollout_real [--slow]   # --slow: a candidate with max_num_seqs 1 (rolled back)
+    python -m loadtests.rollout_real --conformance   # the conformance gate on (a healthy candidate passes it)
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ ENGINE = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "max_num_seq
 ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
-def config(slow: bool, step_s: float, cache: str):
+def config(slow: bool, step_s: float, cache: str, conformance: bool = False):
     candidate = {**ENGINE, "max_num_seqs": 1 if slow else 8}
+    stable = dict(ENGINE)
     return parse_config({
         "models": {"tiny-llama": {
             "source": "demo:tiny-llama", "max_model_len": 1024, "dtype": "float32", "cpus_per_replica": 1,
-            "engine_kwargs": ENGINE, "engine_env": ENV, "candidate": {"engine_kwargs": candidate},
-            "rollout": {"steps": [20, 50], "step_s": step_s, "conformance": False},
+            "engine_kwargs": stable, "engine_env": ENV, "candidate": {"engine_kwargs": candidate},
+            "rollout": {"steps": [20, 50], "step_s": step_s, "conformance": conformance},
         }},
         "gateway": {"port": free_port(), "metrics_port": free_port(), "replicas": 1},
         "monitoring": {"file_sd_dir": None}, "model_cache_dir": cache,
@@ -44,73 +46,77 @@ def config(slow: bool, step_s: float, cache: str):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--slow", action="store_true")
+    p.add_argument("--conformance", action="store_true")
     p.add_argument("--step-s", type=float, default=20)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--cache", default=str(Path("~/.cache/owc/models").expanduser()))
     a = p.parse_args()
-    cfg = config(a.slow, a.step_s, a.cache)
+    cfg = config(a.slow, a.step_s, a.cache, a.conformance)
     cluster = LocalCluster(cfg, temp_dir=tempfile.mkdtemp(prefix="owc-rollout-"))
-    t_start = time.monotonic()
-    cluster.start(report=print, ready_timeout_s=900)
-    started_s = time.monotonic() - t_start
-    files = RolloutFiles(rollout_dir(cfg.model_cache_dir))
-    answers: list[tuple[float, int, str | None, float]] = []  # (t, status, version, weight then)
-    weights: list[tuple[float, int]] = []
-    stop = threading.Event()
+    try:
+        t_start = time.monotonic()
+        cluster.start(report=print, ready_timeout_s=900)
+        started_s = time.monotonic() - t_start
+        files = RolloutFiles(rollout_dir(cfg.model_cache_dir))
+        answers: list[tuple[float, int, str | None, float]] = []  # (t, status, version, weight then)
+        weights: list[tuple[float, int]] = []
+        stop = threading.Event()
 
-    def weight_watch() -> None:
-        while not stop.is_set():
-            doc = files.read("tiny-llama") or {}
-            if not weights or weights[-1][1] != doc.get("weight"):
-                weights.append((time.monotonic(), doc.get("weight")))
-            if doc.get("state") in ("promoted", "rolled_back", "aborted"):
-                stop.set()
-            time.sleep(0.1)
-
-    def client(i: int) -> None:
-        with httpx.Client(base_url=cluster.url, timeout=120) as c:
+        def weight_watch() -> None:
             while not stop.is_set():
-                body = {"model": "tiny-llama", "prompt": f"client {i} at {time.time()}", "max_tokens": 16,
-                        "stream": True}
-                try:
-                    with c.stream("POST", "/v1/completions", json=body) as r:
-                        r.read()
-                        answers.append((time.monotonic(), r.status_code, r.headers.get("x-owc-version"), 0))
-                except httpx.HTTPError as e:
-                    answers.append((time.monotonic(), 0, repr(e), 0))
+                doc = files.read("tiny-llama") or {}
+                if not weights or weights[-1][1] != doc.get("weight"):
+                    weights.append((time.monotonic(), doc.get("weight")))
+                if doc.get("state") in ("promoted", "rolled_back", "aborted"):
+                    stop.set()
+                time.sleep(0.1)
 
-    threads = [threading.Thread(target=weight_watch)] + [threading.Thread(target=client, args=(i,))
-                                                         for i in range(a.concurrency)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 10 * a.step_s + 120
-    while not stop.is_set() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join()
-    time.sleep(3)
-    after = [httpx.post(cluster.url + "/v1/completions", json={"model": "tiny-llama", "prompt": "x", "max_tokens": 2},
-                        timeout=60).headers.get("x-owc-version") for _ in range(10)]
-    from ray import serve
+        def client(i: int) -> None:
+            with httpx.Client(base_url=cluster.url, timeout=120) as c:
+                while not stop.is_set():
+                    body = {"model": "tiny-llama", "prompt": f"client {i} at {time.time()}", "max_tokens": 16,
+                            "stream": True}
+                    try:
+                        with c.stream("POST", "/v1/completions", json=body) as r:
+                            r.read()
+                            answers.append((time.monotonic(), r.status_code, r.headers.get("x-owc-version"), 0))
+                    except httpx.HTTPError as e:
+                        answers.append((time.monotonic(), 0, repr(e), 0))
 
-    time.sleep(5)
-    deps = {n: {str(getattr(k, "value", k)): v for k, v in d.replica_states.items()}
-            for n, d in serve.status().applications["owc"].deployments.items() if n.startswith("engine-")}
-    doc = files.read("tiny-llama")
-    cluster.stop()
+        threads = [threading.Thread(target=weight_watch)] + [threading.Thread(target=client, args=(i,))
+                                                             for i in range(a.concurrency)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10 * a.step_s + 120
+        while not stop.is_set() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        time.sleep(3)
+        after = [httpx.post(cluster.url + "/v1/completions", json={"model": "tiny-llama", "prompt": "x", "max_tokens": 2},
+                            timeout=60).headers.get("x-owc-version") for _ in range(10)]
+        from ray import serve
+
+        time.sleep(5)
+        deps = {n: {str(getattr(k, "value", k)): v for k, v in d.replica_states.items()}
+                for n, d in serve.status().applications["owc"].deployments.items() if n.startswith("engine-")}
+        doc = files.read("tiny-llama")
+    finally:
+        cluster.stop()
     steps = []
     for (t0, w), (t1, _) in zip(weights, weights[1:]):
         if w in (20, 50):
             sel = [v for t, s, v, _ in answers if t0 + 0.6 < t < t1 and s == 200]
             steps.append({"weight": w, "requests": len(sel),
                           "candidate_pct": round(100 * sum(v == "candidate" for v in sel) / max(len(sel), 1), 1)})
-    out = {"slow_candidate": a.slow, "step_s": a.step_s, "concurrency": a.concurrency, "start_s": round(started_s, 1),
+    out = {"slow_candidate": a.slow, "conformance": a.conformance,
+           "candidate_answers": sum(v == "candidate" for _, _, v, _ in answers), "step_s": a.step_s, "concurrency": a.concurrency, "start_s": round(started_s, 1),
            "requests": len(answers), "client_errors": sum(s != 200 for _, s, _, _ in answers),
            "weights_seen": [w for _, w in weights], "steps": steps, "answers_after_end": after,
            "deployments_after_end": deps, "state": doc}
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"rollout-real{'-slow' if a.slow else ''}.json"
+    path = RESULTS / f"rollout-real{'-slow' if a.slow else ''}{'-conformance' if a.conformance else ''}.json"
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if k != "state"}, indent=1))
     print("state:", doc.get("state"), doc.get("reason"))

@@ -1,7 +1,8 @@
 """Batches that run, through gateway processes on a fake engine, driven by the official `openai`
 SDK: upload, create, poll to completion, download the output and error files (OpenAI's line
 format; an unknown model, a streamed line and a model outside the tenant's allow-list in the
-error file with their status and OpenAI error body); a tenant over its batch_daily_tokens gets
+error file with their status and OpenAI error body); /v1/completions and /v1/responses batches
+too; a tenant over its batch_daily_tokens gets
 its remaining lines in the error file (429 insufficient_quota); the access log names the batch
 and the custom_id; owc_batch_* metrics; a cancel in progress ends with partial output. Then two gateway processes over one Redis (as `owc serve` runs
 them) with a tenancy store: the process holding lines is SIGKILLed mid-batch, the other takes
@@ -98,6 +99,16 @@ def test_sdk_batch_runs_to_completion_with_output_and_error_files(tmp_path):
         assert 'owc_batch_lines_total{outcome="ok",tenant="alpha"} 5.0' in metrics
         assert 'owc_batch_lines_total{outcome="error",tenant="alpha"} 3.0' in metrics
         assert 'owc_batch_closed_total{status="completed"} 1.0' in metrics
+        # The other endpoints: /v1/completions and /v1/responses lines.
+        for url, body in (("/v1/completions", {"model": "m1", "prompt": "hi", "max_tokens": 4}),
+                          ("/v1/responses", {"model": "m1", "input": "hi", "max_output_tokens": 16})):
+            data = b"".join(orjson.dumps({"custom_id": f"e{i}", "method": "POST", "url": url, "body": body}) + b"\n"
+                            for i in range(2))
+            fe = c.files.create(file=("e.jsonl", data), purpose="batch")
+            be = finished(c, c.batches.create(input_file_id=fe.id, endpoint=url, completion_window="24h").id)
+            got = rows(c, be.output_file_id)
+            assert be.status == "completed" and [r["response"]["status_code"] for r in got] == [200, 200], (url, be)
+            assert got[0]["response"]["body"]["object"] == {"/v1/completions": "text_completion"}.get(url, "response")
         # Over its batch_daily_tokens: the remaining lines in the error file (429 insufficient_quota), the
         # batch still completes; its requests_per_minute of 1 does not apply to batch lines.
         beta = sdk(gw, "sk-beta")

@@ -50,8 +50,13 @@ class Accounting:
         m = self._metrics
         latency = time.perf_counter() - delivery.started
         model, version = req.model, delivery.version or "stable"
-        m.requests.labels(model, req.tenant, req.route, str(req.status), version).inc()
-        if model != UNKNOWN:
+        # A batch line is counted in owc_batch_lines_total (cluster.batch.runner), not as an
+        # interactive request: the request rate, TTFT and ITL are what the capacity controller
+        # scales on and a rollout's gates compare, and a backlog must move neither.
+        interactive = req.batch is None
+        if interactive:
+            m.requests.labels(model, req.tenant, req.route, str(req.status), version).inc()
+        if model != UNKNOWN and interactive:
             m.duration.labels(model, req.route).observe(latency)
         if delivery.decisions:
             policy = self._routing.policy(model)
@@ -63,9 +68,9 @@ class Accounting:
                 m.observe_plugin(plugin, seconds)
         for reason in delivery.retry_reasons:
             m.retries.labels(model, reason).inc()
-        if delivery.ttft_s is not None:
+        if delivery.ttft_s is not None and interactive:
             m.ttft.labels(model, version).observe(delivery.ttft_s)
-        if delivery.itl:
+        if delivery.itl and interactive:
             hist = m.itl.labels(model, version)
             for gap in delivery.itl:
                 hist.observe(gap)

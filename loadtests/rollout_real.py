@@ -34,7 +34,7 @@ def config(slow: bool, step_s: float, cache: str, conformance: bool = False):
     stable = dict(ENGINE)
     return parse_config({
         "models": {"tiny-llama": {
-            "source": "demo:tiny-llama", "max_model_len": 1024, "dtype": "float32", "cpus_per_replica": 1,
+            "source": "demo:tiny-llama", "max_model_len": 4096, "dtype": "float32", "cpus_per_replica": 1,
             "engine_kwargs": stable, "engine_env": ENV, "candidate": {"engine_kwargs": candidate},
             "rollout": {"steps": [20, 50], "step_s": step_s, "conformance": conformance},
         }},
@@ -47,6 +47,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--slow", action="store_true")
     p.add_argument("--conformance", action="store_true")
+    p.add_argument("--long-streams", type=int, default=0, help="clients holding streams of 3000 tokens (~10 s and more)")
     p.add_argument("--step-s", type=float, default=20)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--cache", default=str(Path("~/.cache/owc/models").expanduser()))
@@ -83,8 +84,36 @@ def main() -> None:
                     except httpx.HTTPError as e:
                         answers.append((time.monotonic(), 0, repr(e), 0))
 
+        streams: list[dict] = []  # the long streams: start, end, version, finish, status
+
+        def long_client(i: int) -> None:
+            # Sticky sessions: even clients on the candidate from step 1 (their point < 20), odd ones on
+            # stable until a promotion (point >= 50): whichever version drains at the end holds one.
+            from cluster.routing.versions import session_point
+
+            want = (lambda p: p < 20) if i % 2 == 0 else (lambda p: p >= 50)
+            session = next(f"long-{i}-{k}" for k in range(10_000) if want(session_point(f"long-{i}-{k}")))
+            with httpx.Client(base_url=cluster.url, timeout=300, headers={"x-session-id": session}) as c:
+                while not stop.is_set():
+                    body = {"model": "tiny-llama", "prompt": f"long {i} {time.time()}", "max_tokens": 3000,
+                            "ignore_eos": True, "stream": True}
+                    row = {"start": time.monotonic(), "finish": None, "status": 0, "version": None}
+                    try:
+                        with c.stream("POST", "/v1/completions", json=body) as r:
+                            row["status"], row["version"] = r.status_code, r.headers.get("x-owc-version")
+                            for line in r.iter_lines():
+                                if line.startswith("data: {"):
+                                    fin = json.loads(line[6:])["choices"][0].get("finish_reason")
+                                    row["finish"] = fin or row["finish"]
+                    except httpx.HTTPError as e:
+                        row["error"] = repr(e)
+                    row["end"] = time.monotonic()
+                    streams.append(row)
+
         threads = [threading.Thread(target=weight_watch)] + [threading.Thread(target=client, args=(i,))
                                                              for i in range(a.concurrency)]
+        threads += [threading.Thread(target=long_client, args=(i,)) for i in range(a.long_streams)]
+        time.sleep(1.5)  # the gateway process's next read of the state (every 0.5 s): step 1's weight in force
         for t in threads:
             t.start()
         deadline = time.monotonic() + 10 * a.step_s + 120
@@ -115,8 +144,21 @@ def main() -> None:
            "requests": len(answers), "client_errors": sum(s != 200 for _, s, _, _ in answers),
            "weights_seen": [w for _, w in weights], "steps": steps, "answers_after_end": after,
            "deployments_after_end": deps, "state": doc}
+    if a.long_streams:
+        t_end = weights[-1][0]  # when the rollout ended (the weight's last change)
+        across = [s for s in streams if s["start"] < t_end < s["end"]]
+        out["long_streams"] = {"total": len(streams), "seconds_max": round(max((s["end"] - s["start"] for s in streams),
+                                                                              default=0), 1),
+                               "open_across_the_end": len(across),
+                               "completed_across_the_end": sum(s["finish"] == "length" and s["status"] == 200
+                                                               for s in across),
+                               "versions_across": sorted({s["version"] or "-" for s in across}),
+                               "across": [{"version": s["version"], "seconds": round(s["end"] - s["start"], 1),
+                                           "finish": s["finish"], "status": s["status"]} for s in across],
+                               "failed": [s for s in streams if s["status"] != 200 or s["finish"] != "length"]}
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"rollout-real{'-slow' if a.slow else ''}{'-conformance' if a.conformance else ''}.json"
+    path = RESULTS / (f"rollout-real{'-slow' if a.slow else ''}{'-conformance' if a.conformance else ''}"
+                      f"{'-long' if a.long_streams else ''}.json")
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if k != "state"}, indent=1))
     print("state:", doc.get("state"), doc.get("reason"))

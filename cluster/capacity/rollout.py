@@ -7,7 +7,8 @@ own metrics, `owc controller` from Prometheus. Its state is a small JSON-able re
 where a restart or a new leader finds it, and resumed from there: the step in progress and
 when its window began, never a counter of this process.
 
-- A step is analysed for ``step_s``; then its gates decide. All pass: the next step, or,
+- A step is analysed for ``step_s``, and longer until each version served
+  ``gates.min_requests`` in its window; then its gates decide. All pass: the next step, or,
   after the last analysed one, **promoted** (the candidate serves 100 %). One fails:
   **rolled_back** at once (weight 0), the reason naming the gate and its figures.
 - No data in a window (either version served nothing, or one has latency samples and the
@@ -120,6 +121,8 @@ def advance(state: RolloutState, settings: Rollout, window: Window | None, now: 
         return replace(state, state="paused", paused_by="no_data", updated=now, gates=(),
                        reason=f"no data in step {state.step + 1}'s window: {_missing(window)}")
     assert window is not None
+    if min(window.stable.requests, window.candidate.requests) < settings.gates.min_requests:
+        return state  # too few to decide: the window runs on
     gates = evaluate(window, settings.gates)
     failed = [g for g in gates if g.passed is False]
     if failed:

@@ -36,6 +36,11 @@ class Gates(StrictModel):
     min_delta_s: float = Field(
         0.05, ge=0, description="Seconds a latency p95 must exceed stable's by, besides the ratio, to fail its gate.",
     )
+    min_requests: int = Field(
+        50, ge=1, description="Requests each version must have served in a step's window before its gates decide: "
+        "with fewer the window runs on (a p95 of a few samples is one slow request; a fresh engine's first ones are "
+        "slow). None served at all pauses the step.",
+    )
 
 
 class Rollout(StrictModel):

@@ -18,6 +18,7 @@ def test_the_issue_example_with_its_defaults():
     assert (r.steps, r.step_s, r.mirror, r.sticky, r.conformance) == ([10, 50], 300.0, False, True, True)
     g = r.gates
     assert (g.max_error_rate_ratio, g.max_ttft_p95_ratio, g.max_itl_p95_ratio, g.min_delta_s) == (1.5, 1.5, 1.5, 0.05)
+    assert g.min_requests == 50  # beyond the issue's keys: a window decides on at least 50 requests a version
     assert has_rollout(m)
     c = candidate_model(m)
     assert c.engine_kwargs == {"max_num_seqs": 64}  # overridden

@@ -25,10 +25,10 @@ from tests.conftest import fake_engine_argv, gateway_argv, metric, server, wait_
 
 ENGINE_KEY = "engine-secret-for-rollout-tests"
 TENANT, ADMIN = "Bearer sk-t", "Bearer sk-admin"
-ROLLOUT = {"steps": [20, 50], "step_s": 5, "conformance": False}
+ROLLOUT = {"steps": [20, 50], "step_s": 5, "conformance": False, "gates": {"min_requests": 5}}
 # The healthy candidate's gates allow a shared CI machine's noise (fake engines answer in ms;
 # a busy machine adds 100s of ms to either version's p95); the slow one is 400 ms slower.
-LENIENT = {**ROLLOUT, "gates": {"min_delta_s": 1.0}}
+LENIENT = {**ROLLOUT, "gates": {"min_requests": 5, "min_delta_s": 1.0}}
 
 
 @pytest.fixture(scope="module")

@@ -65,8 +65,8 @@ def test_a_rollback_drains_the_candidate(tmp_path):
     loop.analysis._clock = lambda: clock[0]
     RolloutFiles(tmp_path).announce("http://gw")
     loop.analysis.tick()  # the window's baseline
-    gw.serve("stable", 50)
-    gw.serve("candidate", 10, code="500")
+    gw.serve("stable", 60)
+    gw.serve("candidate", 50, code="500")
     clock[0] = 11
     loop.analysis.tick()
     st = RolloutFiles(tmp_path).read("m")
@@ -78,8 +78,8 @@ def test_a_restart_resumes_the_step_and_runs_its_window_again(tmp_path):
     gw, clock = Gateway(), [0.0]
     a = _analysis(tmp_path, gw, clock)
     a.tick()
-    gw.serve("stable", 40)
-    gw.serve("candidate", 10)
+    gw.serve("stable", 80)
+    gw.serve("candidate", 50)
     clock[0] = 11
     a.tick()
     assert (a.state("m").state, a.state("m").step) == ("analysing", 1)  # step 2 (50 %) began at 11
@@ -87,8 +87,8 @@ def test_a_restart_resumes_the_step_and_runs_its_window_again(tmp_path):
     b = _analysis(tmp_path, gw, clock)  # a new process: reads the file
     b.tick()
     assert (b.state("m").state, b.state("m").step, b.state("m").window_start) == ("analysing", 1, 15)
-    gw.serve("stable", 20)
-    gw.serve("candidate", 20)
+    gw.serve("stable", 60)
+    gw.serve("candidate", 60)
     clock[0] = 24  # 13 s after the step began, but 9 s after the restart: not yet
     b.tick()
     assert b.state("m").state == "analysing"

@@ -53,6 +53,9 @@ def test_latency_gates_not_measured_without_samples():
 # --- the state machine over time: (state, window, now) -> (state, step, weight, reason has) --
 @pytest.mark.parametrize(("state", "window", "now", "expect"), [
     (_analysing(), _w(), 59, ("analysing", 0, 20, None)),  # window not over: nothing
+    (_analysing(), _w(requests=49, ttft_p95_s=9.0), 60, ("analysing", 0, 20, None)),  # too few to decide: runs on
+    (_analysing(), Window(Served(49, 0, 0.2, 0.02), Served(100, 0, 9.0, 0.02)), 60, ("analysing", 0, 20, None)),
+    (_analysing(), _w(requests=50, ttft_p95_s=9.0), 60, ("rolled_back", 0, 0, "TTFT p95")),
     (_analysing(), _w(), 60, ("analysing", 1, 50, None)),  # passed: next step
     (_analysing(1), _w(), 60, ("promoted", 1, 100, "every step passed")),  # the last step promotes
     (_analysing(), _w(ttft_p95_s=2.0), 60, ("rolled_back", 0, 0, "TTFT p95 2.000s")),

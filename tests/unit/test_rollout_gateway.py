@@ -161,6 +161,7 @@ def test_a_healthy_candidate_is_promoted_step_by_step(stack, analysis):
             share = 100 * sum(v == "candidate" for v in step) / max(len(step), 1)
             sigma = 100 * math.sqrt(w / 100 * (1 - w / 100) / max(len(step), 1))
             assert len(step) >= 20 and abs(share - w) < 3.5 * sigma, (w, len(step), share)
+    time.sleep(0.6)  # the gateway's next read of the state (every 0.5 s)
     assert {chat(gw.url, "fast")[1] for _ in range(5)} == {"candidate"}  # promoted: 100 %
     assert metric(gw.metrics_url, "owc_requests_total", model="fast", version="candidate") >= n_candidate
 
@@ -182,6 +183,11 @@ def test_a_slow_candidate_is_rolled_back_and_stable_serves_on(stack, analysis):
     assert all(s == 200 for s, _, _ in answers)
     time.sleep(0.6)  # the gateway's next read of the state
     assert {chat(gw.url, "slow")[1] for _ in range(10)} == {"stable"}
+    # What OwcRolloutRolledBack and the Rollout panel read, from the state this process routes by.
+    assert metric(gw.metrics_url, "owc_rollout_state", model="slow", state="rolled_back") == 1
+    assert metric(gw.metrics_url, "owc_rollout_state", model="slow", state="analysing") == 0
+    assert metric(gw.metrics_url, "owc_rollout_candidate_weight", model="slow") == 0
+    assert metric(gw.metrics_url, "owc_rollout_candidate_weight", model="fast") == 100
     r = httpx.post(gw.url + "/admin/v1/models/slow/rollout/resume", headers={"Authorization": ADMIN}, timeout=10)
     assert r.status_code == 409 and "has ended" in r.json()["error"]["message"]
 

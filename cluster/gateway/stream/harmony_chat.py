@@ -107,7 +107,10 @@ class HarmonyChatLedger:
         assert self._splice is not None
         tokens, finish, stop, usage = continuation_chunk(obj)
         if usage is not None and not obj.get("choices"):
-            return {**(self._meta or {}), "choices": [], "usage": self.usage()}
+            end = {**(self._meta or {}), "choices": [], "usage": self.usage()}
+            if obj.get("system_fingerprint"):  # /v1/completions has it, the token-in endpoint not
+                end["system_fingerprint"] = obj["system_fingerprint"]
+            return end
         self.output += tokens
         prev = self._splice.reader.recipient
         delta = self._delta(self._splice.segments(tokens, finished=finish is not None), prev, finished=finish is not None)

@@ -103,7 +103,9 @@ class ResponsesLedger:
 
     def _sse(self, event: dict[str, Any]) -> bytes:
         self._seq += 1
-        event["sequence_number"] = self._seq
+        event = dict(sorted({**event, "sequence_number": self._seq}.items()))  # vLLM's field order
+        if "name" in event:
+            event["name"] = event.pop("name")
         return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
     # --- resuming -------------------------------------------------------------------

@@ -32,12 +32,12 @@ def test_reasoning_tokens_are_counted_by_model_and_tenant():
     _settle(accounting, {"prompt_tokens": 5, "completion_tokens": 9, "completion_tokens_details": {"reasoning_tokens": 4}})
     _settle(accounting, {"input_tokens": 5, "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 3}},
             route="/v1/responses")
-    value = registry.get_sample_value("owc_reasoning_tokens_total", {"model": "m", "tenant": "t1"})
+    value = registry.get_sample_value("owc_reasoning_tokens_total", {"model": "m", "tenant": "t1", "version": "stable"})
     assert value == 7
-    assert registry.get_sample_value("owc_completion_tokens_total", {"model": "m", "tenant": "t1"}) == 16
+    assert registry.get_sample_value("owc_completion_tokens_total", {"model": "m", "tenant": "t1", "version": "stable"}) == 16
 
 
 def test_no_reasoning_in_the_usage_counts_none():
     registry, accounting = _accounting()
     _settle(accounting, {"input_tokens": 5, "output_tokens": 7}, route="/v1/messages")
-    assert registry.get_sample_value("owc_reasoning_tokens_total", {"model": "m", "tenant": "t1"}) is None
+    assert registry.get_sample_value("owc_reasoning_tokens_total", {"model": "m", "tenant": "t1", "version": "stable"}) is None

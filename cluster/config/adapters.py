@@ -29,8 +29,15 @@ class AdapterSpec(StrictModel):
     )
     candidate: AdapterCandidate | None = Field(
         None, description="A retrained version of this adapter, rolled out by the model's `rollout:` among the "
-        "requests that name the adapter (docs/rollouts.md).",
+        "requests that name the adapter. Not built yet: refused (docs/rollouts.md).",
     )
+
+    @model_validator(mode="after")
+    def _candidate_built(self) -> AdapterSpec:
+        if self.candidate is not None:  # nothing would load it or split traffic: refused, not ignored
+            raise ValueError("candidate: adapter rollouts are not built yet (docs/rollouts.md); roll out the "
+                             "retrained adapter as the model's candidate (candidate.adapters) instead")
+        return self
 
 
 class LoraConfig(StrictModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from cluster.config.base import StrictModel
 
@@ -53,15 +53,16 @@ class Rollout(StrictModel):
     )
     step_s: float = Field(300.0, ge=5, description="Seconds each step is analysed against stable (its window).")
     mirror: bool = Field(
-        False, description="The candidate gets copies of stable's traffic, its answers discarded (not built yet: "
-        "refused at serve time).",
+        False, description="The candidate gets copies of stable's traffic, its answers discarded. Not built yet: "
+        "true is refused (docs/rollouts.md).",
     )
     sticky: bool = Field(
         True, description="A session (x-session-id, else the body's `user`) keeps its version; requests with "
         "neither are split per request.",
     )
     conformance: bool = Field(
-        True, description="`owc conformance` candidate vs stable, API surface only, before step 1 (not built yet).",
+        True, description="`owc conformance` candidate vs stable, API surface only, before step 1; a failed row "
+        "aborts the rollout before the candidate serves a request.",
     )
     gates: Gates = Field(default_factory=Gates, description="The gates each step must pass.")
 
@@ -77,6 +78,13 @@ class Rollout(StrictModel):
         if 100 in v[:-1] or (len(v) == 1 and v[0] == 100):
             raise ValueError("rollout.steps: 100 only as the last step, after an analysed one")
         return v
+
+    @model_validator(mode="after")
+    def _built(self) -> Rollout:
+        if self.mirror:  # accepted and ignored, a mirrored rollout would be a live one the operator did not ask for
+            raise ValueError("rollout.mirror: mirror mode is not built yet (docs/rollouts.md); without it the "
+                             "candidate serves its share of live traffic")
+        return self
 
     @property
     def analysed_steps(self) -> list[int]:

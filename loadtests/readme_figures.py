@@ -500,6 +500,12 @@ FAULTS = {  # scenario record name -> what it is, and what its recovery time mea
                        "until every request in flight at the kill finished"),
     "engine_sigkill_ray": ("The same on a local Ray: Serve replaces the engine replica",
                            "until both replicas were routable again"),
+    "engine SIGKILL, gpt-oss chat streams (reasoning, tools)": (
+        "SIGKILL one of 2 vLLM engines of the tiny gpt-oss under chat streams with reasoning and tool calls "
+        "(greedy; each client read the uninterrupted run)", "until every stream in flight at the kill finished"),
+    "engine SIGKILL, gpt-oss responses streams (reasoning, function calls)": (
+        "The same kill under Responses streams (reasoning, output text, function calls)",
+        "until every stream in flight at the kill finished"),
     "gateway_sigkill": ("SIGKILL one of 2 gateway processes, closed loop of short requests",
                         "until Serve had 2 processes again"),
     "ray_node_killed": ("Ray worker node holding one engine replica killed, then added back",

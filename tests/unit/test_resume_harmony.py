@@ -208,6 +208,14 @@ def test_gpt_oss_models_and_their_ledgers():
     assert ModelConfig(source="external", engine_kwargs={"reasoning_parser": "openai_gptoss"}).harmony("m")
     assert not ModelConfig(source="external", engine_kwargs={"reasoning_parser": "qwen3"}).harmony("m")
     assert not ModelConfig(source="demo:tiny-llama").harmony("tiny-llama")
+    from cluster.engine.args import server_cli_args
+
+    def scale_out(name: str, **model) -> bool:  # owc serve's gpt-oss engines serve render and token-in
+        return "--enable-scale-out" in server_cli_args(model_path="/w", served_name=name, cfg=ModelConfig(**model), port=1)
+
+    assert scale_out("gpt-oss-20b", source="openai/gpt-oss-20b")
+    assert not scale_out("gpt-oss-20b", source="openai/gpt-oss-20b", resume_streams=False)
+    assert not scale_out("tiny-llama", source="demo:tiny-llama")
     job = lambda route, harmony: Job(request_id="r", route=route, model="m", tenant="t", data={}, body=b"",  # noqa: E731
                                      stream=True, headers={}, resume=True, harmony=harmony)
     assert isinstance(ledger_for(job(CHAT, True)), HarmonyChatLedger)

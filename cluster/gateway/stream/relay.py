@@ -21,6 +21,7 @@ from cluster.gateway.context import COUNT_TOKENS, MESSAGES, RESPONSES
 from cluster.gateway.stream.messages import MessagesStream, strip_thinking_body
 from cluster.gateway.stream.reasoning import StreamStrip, strip_body
 from cluster.gateway.stream.resume import StreamLedger, ledger_for
+from cluster.gateway.stream.splice import Diverged
 
 # The Responses stream's last event (completed, incomplete or failed) carries the whole
 # response, usage included. An event line ends with a raw newline, which JSON text cannot
@@ -151,7 +152,8 @@ async def _relay_stream(
             else:
                 log.warning("request %s: the engine's stream broke: %s", job.request_id, e)  # its address: not for the client
                 err = OpenAIError(502, "the engine's stream broke", code="engine_stream_broken")
-                on_broken()
+                if not isinstance(e, Diverged):  # a continuation that wrote other text: its replica is fine
+                    on_broken()
                 if ledger is not None and ledger.finish_reason is not None:
                     # Broken after its last token: the client misses only the end.
                     end = ledger.epilogue(include_usage=True)

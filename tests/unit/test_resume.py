@@ -153,3 +153,20 @@ def test_models_whose_chat_output_the_engine_parses(model, parsed):
     from cluster.config.schema import ModelConfig
 
     assert ModelConfig(**model).parses_chat_output is parsed
+
+
+def test_an_unbounded_chat_stream_asks_the_engine_for_its_context():
+    """No max_tokens and no max_model_len in the config: the continuation would stop after
+    /v1/completions' default 16 tokens; the replica that continues says its context first."""
+    ledger = StreamLedger(CHAT, {"model": "m"})
+    for e in CHAT_EVENTS[:6]:
+        ledger.take(e)
+    route, body = ledger.render
+    assert route == "/tokenize" and orjson.loads(body)["model"] == "m"
+    with pytest.raises(ValueError):
+        ledger.rendered(b'{"object":"error"}')
+    ledger.rendered(b'{"count":1,"max_model_len":1024,"tokens":[13],"token_strs":null}')
+    assert orjson.loads(ledger.continuation())["max_tokens"] == 1024 - 42 - 5
+    assert StreamLedger(CHAT, {"model": "m", "max_tokens": 8}).render is None
+    assert StreamLedger(CHAT, {"model": "m"}, max_model_len=2048).render is None
+    assert StreamLedger(COMPLETIONS, {"model": "m", "prompt": "a"}).render is None  # its default is 16 anyway

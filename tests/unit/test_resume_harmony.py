@@ -231,3 +231,17 @@ def test_a_plain_ledger_does_not_resume_a_harmony_stream_it_was_given():
     for e in _events(rec["engine_sse"])[:6]:
         ledger.take(e)
     assert not ledger.resumable
+
+
+def test_an_unbounded_harmony_chat_stream_asks_the_engine_for_its_context():
+    rec = REC["chat"]["chat"]
+    data = {k: v for k, v in rec["engine_request"].items() if k != "max_tokens"}
+    ledger = HarmonyChatLedger(data)
+    for e in _events(rec["engine_sse"])[:5]:
+        ledger.take(e)
+    assert ledger.render[0] == "/tokenize" and ledger.continuation_route == "/v1/completions"
+    ledger.rendered(b'{"count":1,"max_model_len":4096,"tokens":[13]}')
+    body = orjson.loads(ledger.continuation())
+    assert body["max_tokens"] == 4096 - len(body["prompt"])
+    constrained_ = HarmonyChatLedger(REC["chat"]["chat_tools"]["engine_request"])
+    assert constrained_.render[0] == "/v1/chat/completions/render"  # its render carries vLLM's bound

@@ -23,7 +23,9 @@ import orjson
 
 from cluster.gateway.context import CHAT, COMPLETIONS
 from cluster.gateway.stream import harmony
-from cluster.gateway.stream.splice import GENERATE, Splice, continuation_chunk, generate_body, harmony_prompt
+from cluster.gateway.stream.resume import context_length, context_request
+from cluster.gateway.stream.splice import (GENERATE, Splice, continuation_chunk, generate_body, harmony_prompt,
+                                           read_rendered)
 
 RENDER = CHAT + "/render"
 # Sampling parameters a /v1/completions continuation keeps (no grammar: nothing else differs).
@@ -63,8 +65,7 @@ class HarmonyChatLedger:
         self._next_tool = 0
         named = isinstance(data.get("tool_choice"), dict)
         self._tool_finish = not named
-        self.render: tuple[str, bytes] | None = (RENDER, orjson.dumps(data)) if constrained(data) else None
-        self.continuation_route = GENERATE if self.render else COMPLETIONS
+        self._constrained = constrained(data)
 
     # --- reading events -------------------------------------------------------------
     def take(self, chunk: bytes) -> bytes:
@@ -170,9 +171,23 @@ class HarmonyChatLedger:
             limit = self._max_model_len - len(self.prompt_ids)
         return max(0, limit - len(self.output))
 
-    def rendered(self, body: bytes) -> None:
-        from cluster.gateway.stream.splice import read_rendered
+    @property
+    def render(self) -> tuple[str, bytes] | None:
+        """What to ask the replica that continues first: vLLM's render of the request (its
+        grammar) where one may constrain it, else the context length where nothing bounds
+        the output (/v1/completions' own default is 16 tokens)."""
+        if self._constrained:
+            return RENDER, orjson.dumps(self._data)
+        return context_request(self._data.get("model")) if self.remaining() is None else None
 
+    @property
+    def continuation_route(self) -> str:
+        return GENERATE if self._rendered is not None else COMPLETIONS
+
+    def rendered(self, body: bytes) -> None:
+        if not self._constrained:
+            self._max_model_len = context_length(body)
+            return
         self._rendered = read_rendered(body)
         if self._rendered is None:
             raise ValueError("the engine's render answer has no token ids and sampling parameters")
@@ -193,8 +208,7 @@ class HarmonyChatLedger:
         body: dict[str, Any] = {"model": self._data.get("model"), "prompt": self.prompt_ids + self.output[:cut],
                                 "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True}
         body.update({k: self._data[k] for k in _CARRIED if self._data.get(k) is not None})
-        if left is not None:
-            body["max_tokens"] = left
+        body["max_tokens"] = left  # None: up to the context (/v1/completions' own default is 16)
         return orjson.dumps(body)
 
     def resumed(self) -> None:

@@ -104,6 +104,24 @@ def ledger_for(job: Job):
     return StreamLedger(job.route, job.data, max_model_len=job.max_model_len)
 
 
+TOKENIZE = "/tokenize"
+
+
+def context_request(model: Any) -> tuple[str, bytes]:
+    """vLLM's /tokenize answers with the engine's max_model_len."""
+    return TOKENIZE, orjson.dumps({"model": model, "prompt": "."})
+
+
+def context_length(body: bytes) -> int:
+    try:
+        n = orjson.loads(body)["max_model_len"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        n = None
+    if not isinstance(n, int) or n <= 0:
+        raise ValueError("the engine's /tokenize answer has no max_model_len")
+    return n
+
+
 def rendered(ledger, resp, first: bytes) -> None:
     """Hand a harmony ledger the engine's render answer (``resp``, its body ``first``)."""
     resp.release() if resp.status < 400 else resp.close()
@@ -132,7 +150,6 @@ def _max_tokens(route: str, data: dict[str, Any]) -> int | None:
 class StreamLedger:
     """What one stream delivered, read from its events; the continuation it resumes from."""
 
-    render = None  # nothing to ask another replica before the continuation
     continuation_route = COMPLETIONS
 
     def __init__(self, route: str, data: dict[str, Any], *, max_model_len: int | None = None):
@@ -225,6 +242,17 @@ class StreamLedger:
 
     # --- resuming -------------------------------------------------------------------
     @property
+    def render(self) -> tuple[str, bytes] | None:
+        """What to ask the replica that continues first: its context length, when neither the
+        request nor the config bounds the output (/v1/completions' own default is 16 tokens)."""
+        if _max_tokens(self.route, self._data) is None and self._max_model_len is None:
+            return context_request(self._data.get("model"))
+        return None
+
+    def rendered(self, body: bytes) -> None:
+        self._max_model_len = context_length(body)
+
+    @property
     def resumable(self) -> bool:
         """The stream broke where a continuation can pick it up."""
         return self.prompt_ids is not None and self._meta is not None and self.remaining() != 0 \
@@ -247,9 +275,8 @@ class StreamLedger:
         for k in _CARRIED:
             if self._data.get(k) is not None:
                 body[k] = self._data[k]
-        left = self.remaining()
-        if left is not None:
-            body["max_tokens"] = left
+        # None: up to the context, as the chat request had it (/v1/completions' own default is 16)
+        body["max_tokens"] = self.remaining()
         if self._data.get("min_tokens"):
             body["min_tokens"] = max(0, self._data["min_tokens"] - len(self.delivered))
         return orjson.dumps(body)

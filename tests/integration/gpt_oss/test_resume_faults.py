@@ -44,9 +44,10 @@ KINDS = {  # name: (route, body)
     "chat_tools": (CHAT, {"messages": [{"role": "user", "content": ASK}], "max_tokens": 96,
                           "tools": [{"type": "function", "function": {**TOOL, "strict": True}}],
                           "tool_choice": "required", "stream_options": {"include_usage": True}}),
-    "chat_agent": (CHAT, {"messages": [{"role": "user", "content": ASK}], "max_tokens": 64,
+    # no bound on the output, as agents often send: the continuation asks the engine its context
+    "chat_agent": (CHAT, {"messages": [{"role": "user", "content": ASK}],
                           "tools": [{"type": "function", "function": TOOL}], "stream_options": {"include_usage": True}}),
-    "responses": ("/v1/responses", {"input": ASK, "max_output_tokens": 64}),
+    "responses": ("/v1/responses", {"input": ASK}),
     "responses_tools": ("/v1/responses", {"input": ASK, "max_output_tokens": 96, "tool_choice": "required",
                                           "tools": [{"type": "function", **TOOL, "strict": True}]}),
 }

@@ -97,6 +97,13 @@ class Reader:
         self.reasoning_tokens = 0  # counted as vLLM counts them
         self.flushed = False  # the end of the turn closed a message (it was cut short)
 
+    @classmethod
+    def of(cls, tokens: list[int]) -> Reader:
+        """A reader that has read ``tokens``."""
+        reader = cls()
+        reader.feed(tokens)
+        return reader
+
     @property
     def recipient(self) -> str | None:
         return normalize(self._parser.current_recipient)

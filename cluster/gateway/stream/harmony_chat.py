@@ -221,8 +221,7 @@ class HarmonyChatLedger:
         """The whole request's usage, its reasoning tokens counted as vLLM counts them."""
         reader = self._splice.reader if self._splice is not None else None
         if reader is None:
-            reader = harmony.Reader()
-            reader.feed(self.output)
+            reader = harmony.Reader.of(self.output)
         prompt, completion = len(self.prompt_ids or ()), len(self.output)
         return {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion,
                 "completion_tokens_details": {"reasoning_tokens": reader.reasoning_tokens}}

@@ -147,8 +147,7 @@ class ResponsesLedger:
     def usage(self) -> dict[str, Any]:
         reader = self._splice.reader if self._splice is not None else None
         if reader is None:
-            reader = harmony.Reader()
-            reader.feed(self._output)
+            reader = harmony.Reader.of(self._output)
         prompt, output = len(self._prompt), len(self._output)
         return {"input_tokens": prompt,
                 "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0,

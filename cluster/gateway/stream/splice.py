@@ -95,8 +95,7 @@ class Splice:
         self._skip = ""  # text the client has that the continuation writes again
         self._recipient: str | None = None  # ... in a message to this recipient
         if self.cut < len(output):
-            whole = harmony.Reader()
-            whole.feed(output)
+            whole = harmony.Reader.of(output)
             self._skip, self._recipient = whole.content, whole.recipient
 
     @property

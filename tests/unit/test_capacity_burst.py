@@ -30,6 +30,11 @@ def seen(rate, queue=0.0, ago=5.0):
     return PolicyState(last_seen=(NOW - ago, rate, queue))
 
 
+# a batch backlog with no interactive load; a scale-down window open long enough
+ALONE = Signals(at=NOW, ongoing=0.0, queue=0.0, request_rate=0.0, arrival_rate=0.0, batch_queue=500)
+LOW = PolicyState(low_since=NOW - 500, low_peak=1)
+
+
 @pytest.mark.parametrize("case, signals, current, state, settings, target, reason", [
     # a burst's start: 40 req/s in the last 15 s, the minute's rate rising 1 req/s per second:
     # (40 + 1 x 60 s) / 8 = 12.5 -> 13 at once, past max_step_up (2) and the up cooldown
@@ -67,6 +72,14 @@ def seen(rate, queue=0.0, ago=5.0):
     ("batch, budget", sig(8, 8, batch_queue=5000), 2, seen(8), BATCH, 5, "up:batch_budget"),
     ("batch budget reached", sig(8, 8, batch_queue=5000), 5, seen(8), BATCH, 5, "hold:steady"),
     ("batch budget, no backlog", sig(8, 8, batch_queue=0), 2, seen(8), BATCH, 2, "hold:steady"),
+    # a batch backlog alone (no interactive request in flight or arriving): nothing scales up
+    # without a budget, nor is a scale-down held; with one it keeps batch_max_replicas, no more
+    ("batch alone, at the minimum", ALONE, 1, PolicyState(), S, 1, "hold:steady"),
+    ("batch alone, burst sizing sees no arrival", ALONE, 1, seen(0, ago=600), S, 1, "hold:steady"),
+    ("batch alone blocks no scale-down", ALONE, 3, LOW, S, 2, "down:low_load"),
+    ("batch alone, budget", ALONE, 1, PolicyState(), BATCH, 5, "up:batch_budget"),
+    ("batch alone, budget kept", ALONE, 5, LOW, BATCH, 5, "hold:steady"),
+    ("batch alone, above the budget", ALONE, 6, LOW, BATCH, 5, "down:low_load"),
 ])
 def test_scale_up_rule(case, signals, current, state, settings, target, reason):
     d = decide(signals, current=current, settings=settings, bounds=B, state=state, now=NOW)
@@ -96,3 +109,14 @@ def test_scale_down_keeps_the_headroom_and_restarts_its_window():
                now=NOW)
     # 8 req/s at 0.8 x 0.6 of 10 per replica: 2 replicas, + 2 standing
     assert (d.target, d.reason) == (4, "down:low_load") and d.state.low_since == NOW
+
+
+@pytest.mark.parametrize("settings", [S, BATCH], ids=["no budget", "budget"])
+def test_a_batch_backlog_neither_wakes_a_model_at_zero_nor_holds_it_from_zero(settings):
+    zero = Replicas(min=0, max=20)
+    d = decide(ALONE, current=0, settings=settings, bounds=zero, state=PolicyState(), now=NOW)
+    assert (d.target, d.reason) == (0, "hold:zero")
+    idle = settings.model_copy(update={"idle_to_zero_s": 300})
+    d = decide(ALONE, current=1, settings=idle, bounds=zero, state=PolicyState(idle_since=NOW - 400), now=NOW)
+    # without a budget the backlog is no reason to stay up; a budget keeps its replicas
+    assert (d.target, d.reason) == ((0, "down:idle") if settings is S else (5, "up:batch_budget"))

@@ -83,3 +83,9 @@ class RoutingStats(StrictModel):
         2.0, gt=0, description="Stats older than this are ignored: routing turns load-blind, never fails."
     )
     timeout_s: float = Field(1.0, gt=0, description="Timeout of one scrape; a failed scrape marks the replica unhealthy.")
+    share_across_gateways: bool = Field(
+        True, description="With a Redis the gateway processes share (gateway.fair_sharing.store_url, the one `owc "
+        "serve` starts, else gateway.store), one process at a time scrapes every engine and the others apply its "
+        "rounds as they are published: an engine's scrape load does not grow with the number of gateway processes. "
+        "The store down or slow, or no store: each process scrapes for itself (owc_routing_stats_mode).",
+    )

@@ -44,6 +44,7 @@ from cluster.gateway.responses.routes import add_responses_routes
 from cluster.gateway.rollout.routes import add_rollout_routes
 from cluster.gateway.rollout.view import RolloutView
 from cluster.gateway.upstream.stats_poller import StatsPoller
+from cluster.gateway.upstream.stats_share import StatsShareMetrics, build_stats_share
 from cluster.gateway.observability.tracing import RequestTracer
 from cluster.routing.router import Routing
 from cluster.routing.stats import StatsStore
@@ -117,9 +118,11 @@ def build_app(
     if auth.reloader is not None:
         auth.reloader.on_result = lambda keys, result: metrics.key_reloads.labels(keys, result).inc()
     if stats_poller is None and poll_stats:
+        stats_metrics = StatsShareMetrics(registry)  # one scrape per engine shared by the processes (stats_share)
         stats_poller = StatsPoller(
             endpoints=lambda: [e for n in config.models for e in endpoints.endpoints(n)], store=routing.stats,
             period_s=gw.routing_stats.period_s, timeout_s=gw.routing_stats.timeout_s, engine_key=engine_key,
+            share=build_stats_share(config, stats_metrics), metrics=stats_metrics,
         )
     metrics.init_models({n: routing.policy(n) for n in config.models}, routing.plugins())
     if access_log is None and gw.access_log.enabled:

@@ -17,6 +17,7 @@ from pathlib import Path
 from cluster.discovery.rollouts import RolloutFiles
 from cluster.gateway.rollout.view import RolloutView
 from cluster.gateway.upstream.adapter_loader import record_adapter_requests
+from cluster.gateway.upstream.stats_share import StatsShareMetrics
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.routing.router import Routing
 from cluster.routing.stats import StatsStore
@@ -57,6 +58,9 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     hooks, on_tokens = runner_hooks(registry)
     hooks.line("t", "ok"), hooks.closed("completed"), on_tokens("t", 1)
     registry.register(Backlog(SimpleNamespace(backlog={"in_progress": 1}, pending=3)))
+    # owc_routing_stats_*: the stats poller's, on the same registry (cluster.gateway.app)
+    stats = StatsShareMetrics(registry)
+    stats.round("scraped"), stats.errors.inc()
     g.fair_depth.labels("m", "t").set(1)
     for c in (g.prompt_tokens.labels("m", "t", "stable"), g.completion_tokens.labels("m", "t", "stable"),
               g.reasoning_tokens.labels("m", "t", "stable"), g.requests.labels("m", "t", "/r", "200", "stable")):

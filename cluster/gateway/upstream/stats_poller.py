@@ -1,28 +1,36 @@
-"""Feeds routing with engine stats off the request path: every ``period_s`` each gateway
-process scrapes every engine replica's own /metrics (vLLM's gauges) and, less often, its
-/v1/models (loaded LoRA adapters). A replica that cannot be reached is marked unhealthy;
-the next good scrape puts it back. One whose scrape times out is slow, not gone: its stats
-go stale. One that answers without usable stats stays routable,
-its stats go stale. Requests never wait on this loop; stale stats make routing
-load-blind (cluster.routing.stats)."""
+"""Feeds routing with engine stats off the request path: every ``period_s`` every engine
+replica's own /metrics (vLLM's gauges) is scraped and, less often, its /v1/models (loaded LoRA
+adapters). A replica that cannot be reached is marked unhealthy; the next good scrape puts it
+back. One whose scrape times out is slow, not gone: its stats go stale. One that answers
+without usable stats stays routable, its stats go stale. Requests never wait on this loop;
+stale stats make routing load-blind (cluster.routing.stats).
+
+With a shared store (``share``: cluster.gateway.upstream.stats_share) one gateway process
+scrapes for all of them and the others apply its rounds exactly as a scrape of their own, so
+an engine's scrape load does not grow with the number of gateway processes; without one, or
+while the store is away, each process scrapes for itself."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import httpx
 
 from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.upstream.engine_client import engine_headers
+from cluster.gateway.upstream.stats_share import FAILED, Outcome, RedisStatsShare, StatsShareMetrics
 from cluster.periodic import Periodic
 from cluster.routing.stats import StatsStore, lora_adapters, parse_vllm_metrics
+from cluster.routing.types import ReplicaStats
 
 log = logging.getLogger(__name__)
 
 ADAPTERS_EVERY = 8  # rounds between /v1/models reads
+HOLD_ROUNDS = ADAPTERS_EVERY + 4  # a follower's own adapter change outlives shared rounds that predate it
 
 
 class StatsPoller:
@@ -31,61 +39,114 @@ class StatsPoller:
     def __init__(
         self, *, endpoints: Callable[[], Iterable[Endpoint]], store: StatsStore, period_s: float, timeout_s: float,
         transport: httpx.AsyncBaseTransport | None = None, clock: Callable[[], float] = time.monotonic,
-        engine_key: str | None = None,
+        engine_key: str | None = None, share: RedisStatsShare | None = None,
+        metrics: StatsShareMetrics | None = None,
     ):
         self._endpoints = endpoints
         self._store = store
         self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport, headers=engine_headers(engine_key))
         self._clock = clock
+        self._period_s = period_s
+        self._share = share
+        self._metrics = metrics
         self._adapters: dict[str, frozenset[str]] = {}
+        self._reread: set[str] = set()  # replicas whose /v1/models a follower asked to re-read
+        self._changed: dict[tuple[str, str], tuple[bool, float]] = {}  # (replica, adapter) -> (loaded, until)
+        self._known: set[str] = set()
         self._round = 0
+        self._scraped_last = False
         # Never let the loop die: routing turns load-blind instead.
         self._loop = Periodic(self.poll_once, period_s=period_s, what="stats poll", log=log, fixed_rate=True,
                               traceback=True, clock=clock)
 
-    async def scrape(self, ep: Endpoint, with_adapters: bool) -> None:
+    async def scrape(self, ep: Endpoint, with_adapters: bool) -> Outcome | None:
+        """One replica's outcome: its stats, FAILED (unreachable), or None (no usable answer)."""
         try:
             resp = await self._client.get(f"{ep.url}/metrics")
             resp.raise_for_status()
             if with_adapters or ep.replica_id not in self._adapters:
                 models = await self._client.get(f"{ep.url}/v1/models")
                 self._adapters[ep.replica_id] = lora_adapters(models.json()) if models.status_code == 200 else frozenset()
-            stats = parse_vllm_metrics(resp.text, self._adapters.get(ep.replica_id, frozenset()))
+            return parse_vllm_metrics(resp.text, self._adapters.get(ep.replica_id, frozenset()))
         except httpx.TimeoutException as e:
             # Slow, not gone (a loaded engine, or this process's own loop): its stats age out
             # (stale after routing_stats.stale_after_s) instead of taking it out of routing.
             log.debug("stats scrape of %s timed out: %s", ep.url, e)
-            return
         except httpx.TransportError as e:
             log.debug("stats scrape of %s failed: %s", ep.url, e)
-            self._store.failed(ep.replica_id, self._clock())
-            return
+            return FAILED
         except (httpx.HTTPError, ValueError) as e:
             log.debug("no stats from %s: %s", ep.url, e)
-            return
-        self._store.update(ep.replica_id, stats, self._clock())
-        if self.on_scrape is not None:
-            self.on_scrape(ep.replica_id)
+        return None
+
+    def apply(self, outcomes: Mapping[str, Outcome], age_s: float = 0.0, *, source: str = "scraped") -> None:
+        """A round's outcomes into the store (replicas this process knows only), as taken ``age_s`` ago."""
+        now = self._clock()
+        at = now - age_s
+        for rid, o in outcomes.items():
+            if rid not in self._known:
+                continue
+            if o == FAILED:
+                self._store.failed(rid, at)
+                continue
+            self._store.update(rid, self._with_own_changes(rid, o, now), at)
+            if self.on_scrape is not None:
+                self.on_scrape(rid)
+        if self._metrics is not None:
+            self._metrics.round(source)
+
+    def _with_own_changes(self, rid: str, stats: ReplicaStats, now: float) -> ReplicaStats:
+        """A shared round read the replica's adapters before this process changed them: keep the change
+        until a round agrees or HOLD_ROUNDS have passed."""
+        adapters = stats.adapters
+        for (r, name), (loaded, until) in list(self._changed.items()):
+            if r != rid:
+                continue
+            if now > until or (name in adapters) == loaded:
+                del self._changed[(r, name)]
+            else:
+                adapters = adapters | {name} if loaded else adapters - {name}
+        return stats if adapters == stats.adapters else dataclasses.replace(stats, adapters=adapters)
 
     def adapter_changed(self, replica_id: str, adapter: str, loaded: bool) -> None:
-        """An adapter the gateway loaded or unloaded: in the cached adapter list and the store."""
+        """An adapter the gateway loaded or unloaded: in the cached adapter list and the store
+        (and, behind a shared scraper, until its rounds say so too)."""
         if replica_id in self._adapters:
             have = self._adapters[replica_id]
             self._adapters[replica_id] = have | {adapter} if loaded else have - {adapter}
         self._store.adapter_changed(replica_id, adapter, loaded)
+        if self._share is not None and self._share.mode == "follower":
+            self._changed[(replica_id, adapter)] = (loaded, self._clock() + HOLD_ROUNDS * self._period_s)
+            asyncio.get_running_loop().create_task(self._share.ask_adapters(replica_id))
 
     async def poll_once(self) -> None:
         eps = {e.replica_id: e for e in self._endpoints()}
+        self._known = set(eps)
         self._store.forget(eps)
         for rid in [r for r in self._adapters if r not in eps]:
             del self._adapters[rid]
         with_adapters = self._round % ADAPTERS_EVERY == 0
         self._round += 1
-        await asyncio.gather(*(self.scrape(e, with_adapters) for e in eps.values()))
+        if self._share is not None and not await self._share.should_scrape():
+            self._scraped_last = False
+            return  # a peer scrapes: its rounds arrive through the share (apply)
+        if not self._scraped_last:
+            self._adapters.clear()  # read afresh: what this process cached while following may be old
+        self._scraped_last = True
+        reread, self._reread = self._reread, set()
+        found = await asyncio.gather(*(self.scrape(e, with_adapters or rid in reread) for rid, e in eps.items()))
+        outcomes = {rid: o for rid, o in zip(eps, found) if o is not None}
+        self.apply(outcomes)
+        if self._share is not None:
+            self._reread = await self._share.publish(outcomes)
 
     async def start(self) -> None:
+        if self._share is not None:
+            await self._share.start(lambda outcomes, age: self.apply(outcomes, age, source="shared"))
         self._loop.start()
 
     async def stop(self) -> None:
         await self._loop.stop()
+        if self._share is not None:
+            await self._share.close()
         await self._client.aclose()

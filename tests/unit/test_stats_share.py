@@ -1,0 +1,234 @@
+"""Engine stats scraped once per period for every gateway process, through a real redis-server
+(cluster.gateway.upstream.stats_share, stats_poller): a follower applies the scraper's rounds
+(stats, unreachable replicas, pushed as they land) and the engines see one scrape a round
+however many processes there are; a scraper that dies is replaced within its lease; the store
+down leaves every process scraping for itself; the rounds and the mode are in the metrics. Each
+"process" is a StatsPoller with its own StatsStore over the same fake engines (httpx transport)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from cluster.discovery.endpoints import Endpoint
+from cluster.gateway.upstream.stats_poller import StatsPoller
+from cluster.gateway.upstream.stats_share import FAILED, RedisStatsShare, StatsShareMetrics, decode, encode
+from cluster.process import free_port
+from cluster.routing.stats import StatsStore
+from cluster.routing.types import ReplicaStats
+from cluster.tenancy.local_redis import LocalRedis
+
+PERIOD = 0.1
+LEASE = 0.3
+
+
+@pytest.fixture
+def redis_url():
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    server = LocalRedis.ensure(url)
+    try:
+        yield url, server
+    finally:
+        server.stop()
+
+
+class Engines:
+    """Fake vLLM engines r0, r1: /metrics with settable gauges, /v1/models with settable adapters; hits counted."""
+
+    def __init__(self):
+        self.waiting = {"r0": 0.0, "r1": 0.0}
+        self.adapters = {"r0": [], "r1": []}
+        self.down: set[str] = set()
+        self.hits = {"metrics": 0, "models": 0}
+        self.transport = httpx.MockTransport(self.handle)
+        self.eps = [Endpoint("m", r, f"http://{r}:8000") for r in self.waiting]
+
+    def handle(self, req: httpx.Request) -> httpx.Response:
+        rid = req.url.host
+        if rid in self.down:
+            raise httpx.ConnectError("refused", request=req)
+        if req.url.path == "/metrics":
+            self.hits["metrics"] += 1
+            return httpx.Response(200, text=f"vllm:num_requests_waiting {self.waiting[rid]}\n"
+                                  "vllm:num_requests_running 1.0\nvllm:kv_cache_usage_perc 0.5\n")
+        self.hits["models"] += 1
+        cards = [{"id": "m", "parent": None}] + [{"id": a, "parent": "m"} for a in self.adapters[rid]]
+        return httpx.Response(200, json={"data": cards})
+
+
+class Process:
+    """One gateway process's poller, store, metrics and share."""
+
+    def __init__(self, engines: Engines, url: str | None):
+        self.registry = CollectorRegistry()
+        self.metrics = StatsShareMetrics(self.registry)
+        self.share = url and RedisStatsShare(url, scope="t", period_s=PERIOD, lease_s=LEASE, timeout_s=0.1,
+                                             metrics=self.metrics, retry_s=0.2)
+        self.store = StatsStore(stale_after_s=1e9)
+        self.scraped: list[str] = []
+        self.poller = StatsPoller(endpoints=lambda: engines.eps, store=self.store, period_s=PERIOD, timeout_s=0.5,
+                                  transport=engines.transport, share=self.share or None, metrics=self.metrics)
+        self.poller.on_scrape = self.scraped.append
+
+    def waiting(self, rid: str) -> float | None:
+        s = self.store.latest(rid)
+        return s.waiting if s else None
+
+    def sample(self, name: str, **labels) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+    @property
+    def mode(self) -> str:
+        return next(m for m in ("local", "scraper", "follower") if self.sample("owc_routing_stats_mode", mode=m) == 1)
+
+    async def start(self) -> None:
+        if self.share:
+            await self.share.start(lambda outcomes, age: self.poller.apply(outcomes, age, source="shared"))
+
+    async def close(self) -> None:
+        await self.poller.stop()
+
+
+async def until(cond, timeout_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("o", [
+    ReplicaStats(waiting=2, running=3, kv_usage=0.25, adapters=frozenset({"fr", "de"}), active_adapters=frozenset({"fr"}),
+                 max_loras=2, resident_adapters=frozenset({"fr", "de"})),
+    ReplicaStats(),
+    FAILED,
+])
+def test_a_round_reads_back_as_it_was_scraped(o):
+    import json
+    assert decode(json.loads(json.dumps(encode({"r0": o})))) == {"r0": o}
+
+
+async def test_a_follower_applies_the_scrapers_rounds_and_the_engines_see_one_scrape(redis_url):
+    url, _ = redis_url
+    engines = Engines()
+    procs = [Process(engines, url) for _ in range(3)]
+    for p in procs:
+        await p.start()
+    try:
+        await asyncio.sleep(0.1)  # the followers' subscriptions
+        engines.waiting["r0"] = 5.0
+        for p in procs:
+            await p.poller.poll_once()
+        assert [p.mode for p in procs] == ["scraper", "follower", "follower"]
+        assert engines.hits["metrics"] == 2  # one round, two replicas: not one per process
+        assert [p.waiting("r0") for p in procs] == [5.0, 5.0, 5.0]
+        assert sorted(procs[1].scraped) == ["r0", "r1"]  # the fair queue hears of it as of a scrape
+        # The next round reaches the followers as it is published, without a poll of theirs.
+        engines.waiting["r0"] = 7.0
+        await procs[0].poller.poll_once()
+        await until(lambda: procs[1].waiting("r0") == 7.0 and procs[2].waiting("r0") == 7.0)
+        assert engines.hits["metrics"] == 4
+        assert procs[1].sample("owc_routing_stats_rounds_total", source="shared") == 2
+        assert procs[0].sample("owc_routing_stats_rounds_total", source="scraped") == 2
+        assert procs[1].sample("owc_routing_stats_rounds_total", source="scraped") is None
+        # An unreachable replica is unhealthy for the followers too.
+        engines.down.add("r1")
+        await procs[0].poller.poll_once()
+        await until(lambda: not procs[2].store.healthy("r1", time.monotonic()))
+    finally:
+        for p in procs:
+            await p.close()
+
+
+async def test_a_dead_scraper_is_replaced_within_its_lease(redis_url):
+    url, _ = redis_url
+    engines = Engines()
+    a, b = Process(engines, url), Process(engines, url)
+    await a.start(), await b.start()
+    try:
+        await a.poller.poll_once()
+        await b.poller.poll_once()
+        assert (a.mode, b.mode) == ("scraper", "follower")
+        # a dies without a word: b polls each period and takes the lease once it has lapsed.
+        a.share._listener.cancel()
+        died = time.monotonic()
+        while b.mode != "scraper":
+            assert time.monotonic() - died < LEASE + 2 * PERIOD
+            await asyncio.sleep(PERIOD)
+            await b.poller.poll_once()
+        engines.waiting["r1"] = 3.0
+        await b.poller.poll_once()
+        assert b.waiting("r1") == 3.0
+    finally:
+        await b.close()
+        await a.poller._client.aclose()
+
+
+async def test_a_scraper_that_stops_hands_its_lease_on_at_once(redis_url):
+    url, _ = redis_url
+    engines = Engines()
+    a, b = Process(engines, url), Process(engines, url)
+    await a.start(), await b.start()
+    try:
+        await a.poller.poll_once()
+        await b.poller.poll_once()
+        await a.close()
+        await b.poller.poll_once()
+        assert b.mode == "scraper"
+    finally:
+        await b.close()
+
+
+async def test_without_the_store_every_process_scrapes_for_itself(redis_url):
+    url, server = redis_url
+    engines = Engines()
+    a, b = Process(engines, url), Process(engines, url)
+    await a.start(), await b.start()
+    try:
+        await a.poller.poll_once()
+        await b.poller.poll_once()
+        assert engines.hits["metrics"] == 2
+        server.stop()  # the store goes away
+        engines.waiting["r0"] = 4.0
+        for p in (a, b):
+            await p.poller.poll_once()
+        assert (a.mode, b.mode) == ("local", "local")
+        assert engines.hits["metrics"] == 6  # each process scraped both replicas
+        assert a.waiting("r0") == b.waiting("r0") == 4.0
+        assert b.sample("owc_routing_stats_store_errors_total") >= 1
+        assert b.sample("owc_routing_stats_rounds_total", source="scraped") == 1
+    finally:
+        await a.close(), await b.close()
+
+
+async def test_no_store_configured_scrapes_locally():
+    engines = Engines()
+    p = Process(engines, None)
+    await p.poller.poll_once()
+    assert p.mode == "local" and p.waiting("r0") == 0.0 and engines.hits["metrics"] == 2
+    await p.close()
+
+
+async def test_a_followers_adapter_load_holds_and_the_scraper_rereads_it(redis_url):
+    url, _ = redis_url
+    engines = Engines()
+    a, b = Process(engines, url), Process(engines, url)
+    await a.start(), await b.start()
+    try:
+        await a.poller.poll_once()
+        await b.poller.poll_once()
+        models = engines.hits["models"]
+        engines.adapters["r0"] = ["fr"]
+        b.poller.adapter_changed("r0", "fr", True)  # b's admin API loaded it
+        await asyncio.sleep(0.05)  # the ask reaches the store
+        await a.poller.poll_once()  # a round read before the ask: b keeps its own change
+        await until(lambda: b.sample("owc_routing_stats_rounds_total", source="shared") == 2)
+        assert b.store.latest("r0").adapters == {"fr"}
+        await a.poller.poll_once()  # the round after re-reads r0's /v1/models (not a regular read: round 3 of 8)
+        assert engines.hits["models"] == models + 1
+        assert a.store.latest("r0").adapters == {"fr"}
+    finally:
+        await a.close(), await b.close()

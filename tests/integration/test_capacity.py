@@ -30,6 +30,9 @@ pytestmark = pytest.mark.integration
 MODEL = "tiny-llama"
 # The simulator's scale-up and scale-down must land within this many seconds of the real ones.
 TOLERANCE_S = 15.0
+# The closed loop's request length. The scale-down waits for the load's last requests, and the
+# long streams must outlast them: short requests keep that tail (and so the streams) short.
+LOAD_TOKENS = 200
 
 
 def _registry_endpoints():
@@ -74,11 +77,11 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
                           limits=httpx.Limits(max_connections=128))
 
     def worker(i: int) -> None:
-        """Closed loop: one 600-token request after another, so 8 workers keep 8 in flight
-        (over 3 per replica) whatever the machine's speed."""
+        """Closed loop: one LOAD_TOKENS-token request after another, so 8 workers keep 8 in
+        flight (over 3 per replica) whatever the machine's speed."""
         while not stop_load.is_set():
             t = time.monotonic() - t0
-            r = client.post("/v1/completions", json={"model": MODEL, "prompt": f"load {i}", "max_tokens": 600,
+            r = client.post("/v1/completions", json={"model": MODEL, "prompt": f"load {i}", "max_tokens": LOAD_TOKENS,
                                                      "ignore_eos": True})
             assert r.status_code == 200, r.text
             served.append((t, time.monotonic() - t0 - t, r.json()["usage"]["prompt_tokens"]))
@@ -111,22 +114,29 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
             sessions = [next(f"s{k}" for k in range(1000) if ranking(f"s{k}".encode(), ids)[0] == i)
                         for i in range(len(ids))]
             # Long enough to be running when the scale-down begins, which is only once the
-            # load's last 600-token requests are done: 600 tokens plus ~50 s at the load's
-            # recent speed per token (streams alone run faster: in practice ~20 s more after
-            # the load's end), within the 8192-token context.
+            # load's last LOAD_TOKENS-token requests are done (they run alongside the streams'
+            # first LOAD_TOKENS tokens) and the controller has seen 3 s of low load: LOAD_TOKENS
+            # plus ~25 s at the load's recent speed per token (streams alone run faster), within
+            # the 8192-token context.
             recent = sorted(served, key=lambda x: x[0])[-8:]
-            per_token = statistics.median(d / 600 for _, d, _ in recent)
-            long_tokens = int(min(7500, 600 + 50 / per_token))
+            per_token = statistics.median(d / LOAD_TOKENS for _, d, _ in recent)
+            long_tokens = int(min(7500, LOAD_TOKENS + 25 / per_token))
             streams = [pool.submit(_long_stream, cluster.url, i, s, long_tokens) for i, s in enumerate(sessions)]
             time.sleep(0.2)
             stop_load.set()
+            t_stop = time.monotonic() - t0
             t_down, reason, target = wait_for(lambda: decided("down"), 120, "the controller to scale down")
             assert (reason, target) == ("down:low_load", 1)
             # the leaving replica stops taking requests but stays until its streams are done
             wait_for(lambda: any(e.draining for e in _registry_endpoints()), 20, "a replica draining")
             results = [f.result() for f in streams]
+            t_streams = time.monotonic() - t0
             wait_for(lambda: len(_registry_endpoints()) == 1 and actuator.replicas(MODEL) == (1, 1), 60,
                      "the drained replica gone")
+            print(f"timeline: up {t_up:.1f}s, second replica after {startup_s:.1f}s, load stopped {t_stop:.1f}s "
+                  f"(last load request done {max(t + d for t, d, _ in served):.1f}s), down {t_down:.1f}s, streams "
+                  f"done {t_streams:.1f}s, replica gone {time.monotonic() - t0:.1f}s; {long_tokens} tokens per stream "
+                  f"at {per_token * 1000:.1f} ms/token under load, streams {[round(r['ended'] - r['began'], 1) for r in results]}s")
         finally:
             stop_load.set()
             stop_ctl.set()

@@ -121,7 +121,8 @@ class LocalCluster:
         store = self.cfg.gateway.store
         if store is not None and not self.cfg.ray.address:  # one machine: its tenancy store too
             self._redis = LocalRedis.ensure(store.url)
-        elif not self.cfg.ray.address and (needs_fair_share_store(self.cfg) or needs_batch_store(self.cfg)):
+        elif not self.cfg.ray.address and (needs_fair_share_store(self.cfg) or needs_batch_store(self.cfg)
+                                           or needs_stats_store(self.cfg)):
             self._start_fair_share_store()
         os.environ.update(RAY_ENV)
         # Rollout state of this cluster's own (its gateway processes inherit it through Ray's).
@@ -248,6 +249,15 @@ def needs_fair_share_store(cfg: OwcConfig) -> bool:
     fs = cfg.gateway.fair_sharing
     return (fs.enabled and fs.share_across_gateways and fs.store_url is None and cfg.gateway.store is None
             and cfg.gateway.replicas.max > 1)
+
+
+def needs_stats_store(cfg: OwcConfig) -> bool:
+    """More than one gateway process sharing the engines' stats scrapes (one scrape per engine
+    for all: cluster.gateway.upstream.stats_share), and no Redis configured for them: the local
+    store started for fair sharing carries them (its url is fair_sharing.store_url)."""
+    gw = cfg.gateway
+    return gw.routing_stats.share_across_gateways and gw.store is None and gw.fair_sharing.store_url is None \
+        and gw.replicas.max > 1
 
 
 def needs_batch_store(cfg: OwcConfig) -> bool:

@@ -232,3 +232,22 @@ async def test_a_followers_adapter_load_holds_and_the_scraper_rereads_it(redis_u
         assert a.store.latest("r0").adapters == {"fr"}
     finally:
         await a.close(), await b.close()
+
+
+@pytest.mark.parametrize(("gateway", "starts", "url"), [
+    ({}, True, None),  # owc serve's defaults: two processes, no store: it starts a redis-server (fair_sharing.store_url)
+    ({"replicas": 1}, False, None),  # one process: nobody to share with
+    ({"store": {"url": "redis://10.0.0.5:6379/0"}}, False, "redis://10.0.0.5:6379/0"),  # the tenancy store's
+    ({"fair_sharing": {"store_url": "redis://127.0.0.1:7/0"}}, False, "redis://127.0.0.1:7/0"),
+    ({"fair_sharing": {"enabled": False}}, True, None),  # still shares the scrapes
+    ({"routing_stats": {"share_across_gateways": False}, "store": {"url": "redis://10.0.0.5:6379/0"}}, False, None),
+])
+def test_where_the_shared_scrape_lives(gateway, starts, url):
+    from cluster.config.loader import parse_config
+    from cluster.gateway.upstream.stats_share import build_stats_share
+    from cluster.runner import needs_stats_store
+
+    cfg = parse_config({"models": {"m": {"source": "external"}}, "gateway": gateway})
+    assert needs_stats_store(cfg) == starts
+    got = build_stats_share(cfg, StatsShareMetrics(CollectorRegistry()))
+    assert (got.url if got is not None else None) == url

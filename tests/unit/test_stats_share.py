@@ -23,7 +23,8 @@ from cluster.routing.types import ReplicaStats
 from cluster.tenancy.local_redis import LocalRedis
 
 PERIOD = 0.1
-LEASE = 0.3
+TIMEOUT = 0.5  # of one scrape
+LEASE = 2 * PERIOD + TIMEOUT  # as cluster.gateway.upstream.stats_share.build_stats_share sets it
 
 
 @pytest.fixture
@@ -43,16 +44,18 @@ class Engines:
         self.waiting = {"r0": 0.0, "r1": 0.0}
         self.adapters = {"r0": [], "r1": []}
         self.down: set[str] = set()
+        self.slow: dict[str, float] = {}  # seconds a replica's /metrics takes
         self.hits = {"metrics": 0, "models": 0}
         self.transport = httpx.MockTransport(self.handle)
         self.eps = [Endpoint("m", r, f"http://{r}:8000") for r in self.waiting]
 
-    def handle(self, req: httpx.Request) -> httpx.Response:
+    async def handle(self, req: httpx.Request) -> httpx.Response:
         rid = req.url.host
         if rid in self.down:
             raise httpx.ConnectError("refused", request=req)
         if req.url.path == "/metrics":
             self.hits["metrics"] += 1
+            await asyncio.sleep(self.slow.get(rid, 0))
             return httpx.Response(200, text=f"vllm:num_requests_waiting {self.waiting[rid]}\n"
                                   "vllm:num_requests_running 1.0\nvllm:kv_cache_usage_perc 0.5\n")
         self.hits["models"] += 1
@@ -66,11 +69,11 @@ class Process:
     def __init__(self, engines: Engines, url: str | None):
         self.registry = CollectorRegistry()
         self.metrics = StatsShareMetrics(self.registry)
-        self.share = url and RedisStatsShare(url, scope="t", period_s=PERIOD, lease_s=LEASE, timeout_s=0.1,
+        self.share = url and RedisStatsShare(url, scope="t", period_s=PERIOD, lease_s=LEASE, timeout_s=0.5,
                                              metrics=self.metrics, retry_s=0.2)
         self.store = StatsStore(stale_after_s=1e9)
         self.scraped: list[str] = []
-        self.poller = StatsPoller(endpoints=lambda: engines.eps, store=self.store, period_s=PERIOD, timeout_s=0.5,
+        self.poller = StatsPoller(endpoints=lambda: engines.eps, store=self.store, period_s=PERIOD, timeout_s=TIMEOUT,
                                   transport=engines.transport, share=self.share or None, metrics=self.metrics)
         self.poller.on_scrape = self.scraped.append
 
@@ -87,7 +90,7 @@ class Process:
 
     async def start(self) -> None:
         if self.share:
-            await self.share.start(lambda outcomes, age: self.poller.apply(outcomes, age, source="shared"))
+            await self.share.start(self.poller.apply)
 
     async def close(self) -> None:
         await self.poller.stop()
@@ -141,6 +144,27 @@ async def test_a_follower_applies_the_scrapers_rounds_and_the_engines_see_one_sc
     finally:
         for p in procs:
             await p.close()
+
+
+async def test_a_slow_replica_does_not_hold_back_the_others_stats(redis_url):
+    url, _ = redis_url
+    engines = Engines()
+    a, b = Process(engines, url), Process(engines, url)
+    await a.start(), await b.start()
+    try:
+        await a.poller.poll_once()
+        await b.poller.poll_once()
+        engines.waiting.update(r0=2.0, r1=3.0)
+        engines.slow["r1"] = 0.4  # a loaded engine, answering within the scrape timeout
+        t0 = time.monotonic()
+        round_ = asyncio.ensure_future(a.poller.poll_once())
+        await until(lambda: a.waiting("r0") == 2.0 and b.waiting("r0") == 2.0)
+        assert a.waiting("r1") == b.waiting("r1") == 0.0 and time.monotonic() - t0 < 0.3
+        await round_
+        await until(lambda: b.waiting("r1") == 3.0)  # the late replica follows in a round of its own
+        assert b.sample("owc_routing_stats_rounds_total", source="shared") == 3  # counted as published
+    finally:
+        await a.close(), await b.close()
 
 
 async def test_a_dead_scraper_is_replaced_within_its_lease(redis_url):

@@ -53,6 +53,7 @@ class StatsPoller:
         self._reread: set[str] = set()  # replicas whose /v1/models a follower asked to re-read
         self._changed: dict[tuple[str, str], tuple[bool, float]] = {}  # (replica, adapter) -> (loaded, until)
         self._known: set[str] = set()
+        self._asks: set[asyncio.Task] = set()
         self._round = 0
         self._scraped_last = False
         # Never let the loop die: routing turns load-blind instead.
@@ -79,8 +80,9 @@ class StatsPoller:
             log.debug("no stats from %s: %s", ep.url, e)
         return None
 
-    def apply(self, outcomes: Mapping[str, Outcome], age_s: float = 0.0, *, source: str = "scraped") -> None:
-        """A round's outcomes into the store (replicas this process knows only), as taken ``age_s`` ago."""
+    def apply(self, outcomes: Mapping[str, Outcome], age_s: float = 0.0, *, source: str | None = "shared") -> None:
+        """Outcomes into the store (replicas this process knows only), as taken ``age_s`` ago;
+        ``source`` names the round in owc_routing_stats_rounds_total (None: a part not counted)."""
         now = self._clock()
         at = now - age_s
         for rid, o in outcomes.items():
@@ -92,7 +94,7 @@ class StatsPoller:
             self._store.update(rid, self._with_own_changes(rid, o, now), at)
             if self.on_scrape is not None:
                 self.on_scrape(rid)
-        if self._metrics is not None:
+        if self._metrics is not None and source is not None:
             self._metrics.round(source)
 
     def _with_own_changes(self, rid: str, stats: ReplicaStats, now: float) -> ReplicaStats:
@@ -117,7 +119,9 @@ class StatsPoller:
         self._store.adapter_changed(replica_id, adapter, loaded)
         if self._share is not None and self._share.mode == "follower":
             self._changed[(replica_id, adapter)] = (loaded, self._clock() + HOLD_ROUNDS * self._period_s)
-            asyncio.get_running_loop().create_task(self._share.ask_adapters(replica_id))
+            task = asyncio.get_running_loop().create_task(self._share.ask_adapters(replica_id))
+            self._asks.add(task)
+            task.add_done_callback(self._asks.discard)
 
     async def poll_once(self) -> None:
         eps = {e.replica_id: e for e in self._endpoints()}
@@ -134,15 +138,36 @@ class StatsPoller:
             self._adapters.clear()  # read afresh: what this process cached while following may be old
         self._scraped_last = True
         reread, self._reread = self._reread, set()
-        found = await asyncio.gather(*(self.scrape(e, with_adapters or rid in reread) for rid, e in eps.items()))
-        outcomes = {rid: o for rid, o in zip(eps, found) if o is not None}
-        self.apply(outcomes)
-        if self._share is not None:
-            self._reread = await self._share.publish(outcomes)
+        outcomes: dict[str, Outcome] = {}
+
+        async def one(rid: str, ep: Endpoint) -> None:
+            o = await self.scrape(ep, with_adapters or rid in reread)
+            if o is not None:
+                outcomes[rid] = o
+                self.apply({rid: o}, source=None)  # each replica's stats as they land, as before
+
+        tasks = [asyncio.ensure_future(one(rid, e)) for rid, e in eps.items()]
+        try:
+            # The followers get the round at once, but for replicas slower than half a period
+            # (a timing-out engine holds a round up to routing_stats.timeout_s): those follow.
+            pending = (await asyncio.wait(tasks, timeout=self._period_s / 2))[1] if tasks else set()
+            if self._metrics is not None:
+                self._metrics.round("scraped")
+            sent = dict(outcomes)
+            if self._share is not None:
+                self._reread |= await self._share.publish(sent)
+            if pending:
+                await asyncio.wait(pending)
+                late = {rid: o for rid, o in outcomes.items() if rid not in sent}
+                if self._share is not None and late:
+                    self._reread |= await self._share.publish(late)
+        finally:
+            for t in tasks:
+                t.cancel()
 
     async def start(self) -> None:
         if self._share is not None:
-            await self._share.start(lambda outcomes, age: self.apply(outcomes, age, source="shared"))
+            await self._share.start(self.apply)
         self._loop.start()
 
     async def stop(self) -> None:

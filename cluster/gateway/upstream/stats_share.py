@@ -11,8 +11,10 @@ their own. A follower tries the lease each period (the same script hands it the 
 when it misses a push); once a scraper dies its lease lapses and a follower takes over within
 ``lease_s`` plus a period, below ``routing_stats.stale_after_s`` at the defaults. A follower
 that loads or unloads an adapter asks the scraper to re-read that replica's /v1/models next
-round. The store down or slower than ``timeout_s``: every process scrapes for itself, as
-without a store (mode ``local``), and the store is tried again after ``retry_s``.
+round. The store down or slower than ``timeout_s`` (a period, at most 0.25 s): every process
+scrapes for itself, as without a store (mode ``local``), and the store is tried again after
+``retry_s`` (two periods: a scraper's one slow call leaves its followers' stats a few periods
+old, under ``stale_after_s``, and its lease outlives the pause).
 Never imports the gateway's other packages; the poller (cluster.gateway.upstream.stats_poller)
 calls it."""
 
@@ -265,5 +267,5 @@ def build_stats_share(config, metrics: StatsShareMetrics) -> RedisStatsShare | N
     if not (rs.share_across_gateways and url):
         return None
     return RedisStatsShare(url, scope=scope_of(config.models), period_s=rs.period_s,
-                           lease_s=2 * rs.period_s + rs.timeout_s, timeout_s=min(rs.period_s / 2, 0.25),
-                           metrics=metrics)
+                           lease_s=2 * rs.period_s + rs.timeout_s, timeout_s=min(rs.period_s, 0.25),
+                           retry_s=2 * rs.period_s, metrics=metrics)

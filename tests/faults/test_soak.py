@@ -4,7 +4,10 @@ streamed completions, refused requests (400), and clients that leave in the midd
 stream. Sampled every 5 s: the gateway's RSS and open file descriptors. After the warm-up
 (a tenth of the run, at least 20 s): fds flat (no leaked connection or file), and in the
 full soak (`make soak`: OWC_SOAK_S=1800) RSS growth < 5 % and the last tenth's TTFT p99
-within 1.5x the first tenth's. `make test` runs it for 60 s and checks the fds only."""
+within 1.5x the first tenth's. `make test` runs it for 40 s (20 s of warm-up, 20 s checked:
+~1,000 requests, ~80 clients leaving mid-stream, so a descriptor leaked per request or per
+leaving client passes the bound many times over) and checks the fds only; `make faults` runs
+the 60-s form its record names."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import yaml
 from loadtests.fault_load import Load, write
 from tests.conftest import fake_engine_argv, gateway_argv, server
 
-SOAK_S = float(os.environ.get("OWC_SOAK_S", "60"))
+SOAK_S = float(os.environ.get("OWC_SOAK_S", "60" if os.environ.get("OWC_FAULTS") == "full" else "40"))
 FULL = SOAK_S >= 600
 WORKERS = 8
 
@@ -51,7 +54,7 @@ def test_soak_keeps_fds_flat_and_memory_bounded(tmp_path, faults_out):
     first = [o.ttft_s for o in load.outcomes if o.ttft_s is not None and warm <= o.started - extra["t0"] < warm + SOAK_S / 10]
     last = [o.ttft_s for o in load.outcomes if o.ttft_s is not None and o.started - extra["t0"] >= t_end - SOAK_S / 10]
     p99 = lambda xs: sorted(xs)[int(0.99 * (len(xs) - 1))] if xs else None  # noqa: E731
-    record = load.record("soak" if FULL else "soak_60s", fault_at=extra["t0"] + warm, recovered_at=None,
+    record = load.record("soak" if FULL else f"soak_{SOAK_S:.0f}s", fault_at=extra["t0"] + warm, recovered_at=None,
                          duration_s=round(t_end), rss_kib_after_warmup=rss0, rss_kib_end=rss1,
                          rss_growth=round(rss1 / rss0 - 1, 4), fds_after_warmup=fds0, fds_end=fds1,
                          fds_max=max(s[2] for s in after), ttft_p99_first_tenth=p99(first),

@@ -64,7 +64,7 @@ faults: setup tools
 		$(BIN)/python -m pytest tests/faults tests/integration/gpt_oss/test_resume_faults.py -s $(PYTEST_ARGS)
 	$(BIN)/python -m loadtests.readme_figures --write
 
-# The 30-minute soak (the CI form runs 60 s); its record goes into faults.json too.
+# The 30-minute soak (make test runs a 40-s form, make faults a 60-s one); its record goes into faults.json too.
 SOAK_S ?= 1800
 soak: setup tools
 	OWC_SOAK_S=$(SOAK_S) OWC_FAULTS_OUT=loadtests/results/faults.json \

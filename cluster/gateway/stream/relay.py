@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import orjson
 
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Send
+from cluster.gateway.edge.client_writer import ClientWriter
 from cluster.gateway.upstream.engine_client import EngineError, Response
 from cluster.gateway.errors import OpenAIError, from_upstream, sse_error_event
 from cluster.gateway.anthropic.errors import error_event, message_of
@@ -38,10 +39,12 @@ Resume = Callable[[StreamLedger], Awaitable[tuple[Response, bytes]]]
 async def respond(
     resp: Response, first: bytes, send: Send, *, job: Job, delivery: Delivery, gone: asyncio.Future,
     timed_out: Callable[[], bool], on_broken: Callable[[], None], resume: Resume | None = None,
+    writer: ClientWriter | None = None,
 ) -> None:
     """Send the engine's response (``first``: its first body bytes, already read). Raises
     OpenAIError for an engine error status, before anything was sent. ``resume``: how a
-    resumable stream (``job.resume``) whose engine breaks is continued elsewhere."""
+    resumable stream (``job.resume``) whose engine breaks is continued elsewhere; ``writer``:
+    the client's connection, which a stream's events are written to from the engine read."""
     current = [resp]  # the engine response being relayed (a continuation's, once resumed)
     gone.add_done_callback(lambda t: None if t.cancelled() else current[0].close())
     completed = False
@@ -60,7 +63,8 @@ async def respond(
         out_headers = [(b"x-request-id", job.request_id.encode())]
         if job.stream:
             completed = await _relay_stream(current, first, send, out_headers=out_headers, job=job, delivery=delivery,
-                                            gone=gone, timed_out=timed_out, on_broken=on_broken, resume=resume)
+                                            gone=gone, timed_out=timed_out, on_broken=on_broken, resume=resume,
+                                            writer=writer)
         else:
             completed = True
             try:
@@ -83,64 +87,115 @@ async def respond(
             current[0].close()
 
 
+class _Events:
+    """One stream on its way to the client: whole SSE events only (a partial event waits
+    for the rest: clients cannot use half an event anyway, and usage events must be read and
+    stripped whole), the resume ledger, the usage, TTFT and inter-token gaps, the strips."""
+
+    __slots__ = ("delivery", "tail", "last", "responses", "messages", "strip", "ledger", "strip_usage")
+
+    def __init__(self, job: Job, delivery: Delivery):
+        self.delivery = delivery
+        self.tail = b""
+        self.last = 0.0
+        self.responses = job.route == RESPONSES
+        # Anthropic's Messages stream: its usage, thinking strip and error events (cluster.gateway.stream.messages).
+        self.messages = MessagesStream(strip_thinking=job.strip_reasoning) if job.route == MESSAGES else None
+        self.strip = StreamStrip(job.route) if job.strip_reasoning and self.messages is None else None  # whole events only
+        self.ledger = ledger_for(job) if job.resume else None
+        self.strip_usage = job.strip_usage
+
+    def feed(self, chunk: bytes) -> bytes:
+        """What of the engine's ``chunk`` goes to the client now (b"": nothing yet)."""
+        if self.tail:
+            chunk, self.tail = self.tail + chunk, b""
+        if not chunk.endswith(b"\n\n"):
+            cut = chunk.rfind(b"\n\n") + 2
+            if cut == 1:
+                self.tail = chunk
+                return b""
+            chunk, self.tail = chunk[:cut], chunk[cut:]
+        if self.ledger is not None:
+            chunk = self.ledger.take(chunk)
+            if not chunk:  # events only the ledger needed (a harmony header token's ids)
+                return b""
+        now = time.perf_counter()
+        delivery = self.delivery
+        if self.messages is not None:
+            chunk, tokens = self.messages.chunk(chunk, delivery)
+        elif self.responses:
+            # Named events, no [DONE]: the token events are the deltas (text, reasoning,
+            # tool arguments); the usage is in the final response event, relayed as is.
+            tokens = b".delta\n" in chunk
+            take_response_usage(chunk, delivery)
+        elif b'"choices":[]' in chunk:
+            # A fast engine's whole answer may arrive in one read with its usage.
+            chunk, tokens = take_usage(chunk, delivery, strip=self.strip_usage)
+        else:
+            tokens = not chunk.startswith(b"data: [DONE]")
+        if tokens:
+            if delivery.ttft_s is None:
+                delivery.ttft_s = now - delivery.started
+            else:
+                delivery.itl.append(now - self.last)
+            self.last = now
+        if self.strip is not None:
+            chunk = self.strip.chunk(chunk)
+        return chunk
+
+    def rest(self) -> bytes:
+        """The stream's unfinished last event, at its end."""
+        tail, self.tail = self.tail, b""
+        if tail and self.strip is not None:
+            tail = self.strip.chunk(tail)
+        return tail
+
+
+async def _pump(resp: Response, first: bytes, events: _Events, writer: ClientWriter) -> None:
+    """Relay the rest of ``resp``'s stream from its read callback straight to the client's
+    connection (cluster.gateway.edge.client_writer): no task wakes per event. Returns when
+    the engine finished; raises what broke the read (EngineError, a Diverged continuation)."""
+    def sink(chunk: bytes) -> None:
+        out = events.feed(chunk)
+        if out:
+            writer.write(out)
+            if writer.paused:  # the client reads slower than the engine writes
+                resp.pause()
+
+    sink(first)
+    conn = resp.pump(sink)
+    while True:
+        await conn.wait()
+        if conn.complete:
+            return
+        await writer.drain()
+        conn.resume()
+
+
 async def _relay_stream(
     current: list[Response], first: bytes, send: Send, *, out_headers: list, job: Job, delivery: Delivery,
     gone: asyncio.Future, timed_out: Callable[[], bool], on_broken: Callable[[], None], resume: Resume | None,
+    writer: ClientWriter | None = None,
 ) -> bool:
-    """Relay the SSE stream; True when the engine (or the replica that resumed it) finished it."""
+    """Relay the SSE stream; True when the engine (or the replica that resumed it) finished it.
+    ``writer``: the client's connection, written from the engine read (else each event is sent)."""
     await send({"type": "http.response.start", "status": 200, "headers": [
         (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
         (b"x-accel-buffering", b"no"), *out_headers,
     ]})
     delivery.status = 200
-    tail = b""
-    last = 0.0
-    responses = job.route == RESPONSES
-    # Anthropic's Messages stream: its usage, thinking strip and error events (cluster.gateway.stream.messages).
-    messages = MessagesStream(strip_thinking=job.strip_reasoning) if job.route == MESSAGES else None
-    strip = StreamStrip(job.route) if job.strip_reasoning and messages is None else None  # whole events only
-    ledger = ledger_for(job) if job.resume else None
-    source = _then(first, current[0].chunks())
+    events = _Events(job, delivery)
+    ledger, messages, responses = events.ledger, events.messages, events.responses
+    pumped = writer is not None and writer.usable
     while True:
         try:
-            async for chunk in source:
-                # Whole SSE events only: a partial event waits for the rest (clients cannot
-                # use half an event anyway), so that usage events can be read and stripped.
-                if tail:
-                    chunk, tail = tail + chunk, b""
-                if not chunk.endswith(b"\n\n"):
-                    cut = chunk.rfind(b"\n\n") + 2
-                    if cut == 1:
-                        tail = chunk
-                        continue
-                    chunk, tail = chunk[:cut], chunk[cut:]
-                if ledger is not None:
-                    chunk = ledger.take(chunk)
-                    if not chunk:  # events only the ledger needed (a harmony header token's ids)
-                        continue
-                now = time.perf_counter()
-                if messages is not None:
-                    chunk, tokens = messages.chunk(chunk, delivery)
-                elif responses:
-                    # Named events, no [DONE]: the token events are the deltas (text, reasoning,
-                    # tool arguments); the usage is in the final response event, relayed as is.
-                    tokens = b".delta\n" in chunk
-                    take_response_usage(chunk, delivery)
-                elif b'"choices":[]' in chunk:
-                    # A fast engine's whole answer may arrive in one read with its usage.
-                    chunk, tokens = take_usage(chunk, delivery, strip=job.strip_usage)
-                else:
-                    tokens = not chunk.startswith(b"data: [DONE]")
-                if tokens:
-                    if delivery.ttft_s is None:
-                        delivery.ttft_s = now - delivery.started
-                    else:
-                        delivery.itl.append(now - last)
-                    last = now
-                if strip is not None:
-                    chunk = strip.chunk(chunk)
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if pumped:
+                await _pump(current[0], first, events, writer)
+            else:
+                async for chunk in _then(first, current[0].chunks()):
+                    out = events.feed(chunk)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
             break
         except EngineError as e:
             if gone.done():  # we closed it because the client went away
@@ -173,8 +228,7 @@ async def _relay_stream(
                             return False
                         ledger.resumed()
                         delivery.resumes += 1
-                        tail = b""
-                        source = _then(first, resp.chunks())
+                        events.tail = b""
                         continue
             delivery.status = err.status
             event = error_event(err.status, err.message) if messages is not None else \
@@ -182,8 +236,7 @@ async def _relay_stream(
             await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return False
-    if tail and strip is not None:
-        tail = strip.chunk(tail)
+    tail = events.rest()
     if tail:
         await send({"type": "http.response.body", "body": tail, "more_body": True})
     if gone.done():

@@ -31,6 +31,7 @@ import orjson
 from cluster.gateway.context import CHAT, COMPLETIONS, RESPONSES, Job
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.stream.splice import harmony_prompt
+from cluster.gateway.stream.token_events import token_event
 
 # Sampling parameters a continuation keeps (as /v1/completions takes them).
 _CARRIED = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
@@ -170,9 +171,15 @@ class StreamLedger:
         """Whole SSE events from the engine (the original stream or a continuation), as the
         client gets them: the ids recorded and removed, a continuation's in the original shape."""
         out = []
+        fast = self._meta is not None and not self.continuing
         for event in chunk.split(b"\n\n"):
             if not event:
                 continue
+            if fast:
+                kept = self._token_event(event)
+                if kept is not None:
+                    out.append(kept)
+                    continue
             if not event.startswith(b"data: {"):
                 out.append(event)  # [DONE]
                 continue
@@ -184,6 +191,22 @@ class StreamLedger:
             obj = self._continued(obj) if self.continuing else self._original(obj)
             out.append(b"data: " + orjson.dumps(obj))
         return b"".join(e + b"\n\n" for e in out)
+
+    def _token_event(self, event: bytes) -> bytes | None:
+        """The common event of an original stream, without a JSON parse and re-dump
+        (cluster.gateway.stream.token_events); None: the slow path reads it."""
+        read = token_event(event, chat=self.route == CHAT)
+        if read is None:
+            return None
+        kept, ids, text, finish = read
+        if finish:
+            self.finish_reason = finish
+        if text or self.finish_reason:
+            self.delivered += self.held + ids
+            self.held = []
+        else:
+            self.held += ids
+        return kept
 
     def _original(self, obj: dict) -> dict:
         if self._meta is None and "id" in obj:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from urllib.parse import urlsplit
 
@@ -39,6 +39,9 @@ class _Conn(asyncio.Protocol):
         self.error: Exception | None = None
         self.paused = False
         self._keep_alive = False
+        # Streaming mode (``Response.pump``): each piece of the body goes straight to this
+        # callback from the read, instead of waking a reader task.
+        self.sink: Callable[[bytes], None] | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -49,6 +52,20 @@ class _Conn(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
             self._fail(EngineError(f"bad HTTP from engine: {e}"))
+            self.close()
+        if self.sink is not None and self._chunks:
+            self._flush(self.sink)
+
+    def _flush(self, sink: Callable[[bytes], None]) -> None:
+        """Streaming mode: the body this read held, to the sink in one piece (several events
+        that arrived together leave in one write)."""
+        data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        self._chunks.clear()
+        try:
+            sink(data)
+        except Exception as e:  # noqa: BLE001 - the pumping task raises it
+            self.sink = None
+            self._fail(e)
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -68,6 +85,8 @@ class _Conn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
+        if self.sink is not None:
+            return  # data_received hands what this read held to the sink at once
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and self.transport and not self.paused:
             self.transport.pause_reading()
@@ -83,13 +102,15 @@ class _Conn(asyncio.Protocol):
             self._wakeup.set_result(None)
 
     def _fail(self, err: Exception) -> None:
-        self.error = err
+        if self.error is None:  # the first cause, not the connection loss that follows it
+            self.error = err
         if self._head and not self._head.done():
             self._head.set_exception(err)
         self._wake()
 
     # used by EngineClient
     def send(self, data: bytes) -> None:
+        self.sink = None
         self._headers = {}
         self._chunks.clear()
         self._buffered = 0
@@ -103,6 +124,31 @@ class _Conn(asyncio.Protocol):
         assert self._head is not None
         await self._head
         return self._parser.get_status_code(), self._headers
+
+    def pause(self) -> None:
+        """Stop reading the engine (the client's side is full); ``wait`` returns."""
+        if self.transport is not None and not self.paused:
+            self.transport.pause_reading()
+            self.paused = True
+        self._wake()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.transport.resume_reading()
+        self.paused = False
+
+    async def wait(self) -> None:
+        """In streaming mode: until the body is complete, the read failed (raised), or
+        reading paused."""
+        while not self.complete:
+            if self.error:
+                raise self.error
+            if self.paused:
+                return
+            self._wakeup = asyncio.get_running_loop().create_future()
+            await self._wakeup
+        if self.error:
+            raise self.error
 
     async def body(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -144,6 +190,21 @@ class Response:
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self._conn.body()
+
+    def pump(self, sink: Callable[[bytes], None]) -> _Conn:
+        """Hand every further piece of the body to ``sink`` as it is read (what was read
+        already first); the connection is what the caller waits on (``_Conn.wait``)."""
+        conn = self._conn
+        conn._buffered = 0  # a read paused for that much (async mode) stays paused: ``wait`` returns at once
+        if conn._chunks:  # read after the first bytes, before the pump started
+            conn._flush(sink)
+            if conn.error is not None:
+                raise conn.error
+        conn.sink = sink
+        return conn
+
+    def pause(self) -> None:
+        self._conn.pause()
 
     async def read(self) -> bytes:
         return b"".join([c async for c in self._conn.body()])

@@ -23,6 +23,7 @@ from cluster.gateway.edge.client_writer import ClientWriter
 from cluster.gateway.upstream.engine_client import ConnectFailed, EngineClient, EngineError, Response
 from cluster.gateway.errors import RETRY_SOON, RETRY_STARTING, OpenAIError, from_upstream
 from cluster.gateway.flowcontrol.fair_queue import FairQueue
+from cluster.gateway.observability.children import Children
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.gateway.responses.conversations import owner_endpoints
 from cluster.gateway.context import MESSAGES
@@ -59,6 +60,24 @@ class _Deadline:
         self._handle.cancel()
 
 
+async def _first_of(a: asyncio.Future, b: asyncio.Future) -> None:
+    """Until ``a`` or ``b`` is done: asyncio.wait's FIRST_COMPLETED without its per-call
+    set, checks and extra task (on every request's path)."""
+    waiter = asyncio.get_running_loop().create_future()
+
+    def wake(_: asyncio.Future) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    a.add_done_callback(wake)
+    b.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        a.remove_done_callback(wake)
+        b.remove_done_callback(wake)
+
+
 def _taking_requests(endpoints: list[Endpoint]) -> bool:
     """Some replica is registered and not draining (a model at zero has none)."""
     return any(not e.draining for e in endpoints)
@@ -83,6 +102,7 @@ class Forwarder:
         self._wake_timeouts = dict(wake_timeouts or {})
         self._tracer = tracer
         self._fair = fair
+        self._child = Children()
 
     async def close(self) -> None:
         self._engine.close()
@@ -94,10 +114,11 @@ class Forwarder:
         """Forward one job; raises OpenAIError (or ClientGone) before any response byte is sent.
         ``writer``: the client's connection, for a stream's events (cluster.gateway.stream.relay)."""
         m = self._metrics
+        child = self._child
         if job.batch is not None:  # batch lines do not count in the controller's load signal
-            in_flight, queued = m.batch_in_flight.labels(job.model), m.batch_waiting.labels(job.model)
+            in_flight, queued = child(m.batch_in_flight, job.model), child(m.batch_waiting, job.model)
         else:
-            in_flight, queued = m.in_flight.labels(job.model), m.queued.labels(job.model)
+            in_flight, queued = child(m.in_flight, job.model), child(m.queued, job.model)
         in_flight.inc()
         queued.inc()
         answered = False
@@ -207,11 +228,12 @@ class Forwarder:
         # Once the body is consumed, receive() only returns on disconnect. Before the engine
         # answers (a non-streamed response comes all at the end), a disconnect cancels the
         # call; after, it closes the engine connection. Either way vLLM aborts the request.
-        gone = asyncio.ensure_future(wait_disconnect(receive))
-        opening = deadline.opening = asyncio.ensure_future(self._open(job, info, endpoints, headers, delivery, first=first))
+        loop = asyncio.get_running_loop()
+        gone = loop.create_task(wait_disconnect(receive))
+        opening = deadline.opening = loop.create_task(self._open(job, info, endpoints, headers, delivery, first=first))
         try:
             try:
-                await asyncio.wait({gone, opening}, return_when=asyncio.FIRST_COMPLETED)
+                await _first_of(gone, opening)
             except asyncio.CancelledError:
                 opening.cancel()
                 raise

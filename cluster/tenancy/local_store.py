@@ -5,8 +5,9 @@ share of every limit (the limit divided by the live gateway count)."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from collections.abc import Callable
 
 from cluster.tenancy.bucket import TokenBucket
@@ -20,6 +21,9 @@ class LocalStore:
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._in_flight: dict[str, set[str]] = {}
         self._quota: dict[tuple[str, str, int], int] = {}
+        # Lease ids unique in this store: a counter, not a uuid4 (a getrandom call per request).
+        self._lease_prefix = os.urandom(4).hex()
+        self._leases = itertools.count()
 
     def _bucket(self, tenant: str, kind: str, rate: float, cap: float, now: float) -> TokenBucket:
         b = self._buckets.get((tenant, kind))
@@ -76,7 +80,7 @@ class LocalStore:
             mused = self._quota[(tenant, "m", month)] = mused + cost
         lease = None
         if limits.max_concurrent is not None:
-            lease = uuid.uuid4().hex
+            lease = f"{self._lease_prefix}{next(self._leases):x}"
             slots.add(lease)
         return out(None, lease=lease)
 

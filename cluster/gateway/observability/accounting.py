@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.gateway.observability.access_log import AccessLog, prompt_of
+from cluster.gateway.observability.children import Children, observe_all
 from cluster.gateway.context import Delivery
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.gateway.context import RESPONSES
@@ -45,9 +46,10 @@ class Accounting:
         self._metrics = metrics
         self._routing = routing
         self._access_log = access_log
+        self._child = Children()
 
     def settle(self, req: Settled, delivery: Delivery) -> None:
-        m = self._metrics
+        m, child = self._metrics, self._child
         latency = time.perf_counter() - delivery.started
         model, version = req.model, delivery.version or "stable"
         # A batch line is counted in owc_batch_lines_total (cluster.batch.runner), not as an
@@ -55,9 +57,9 @@ class Accounting:
         # scales on and a rollout's gates compare, and a backlog must move neither.
         interactive = req.batch is None
         if interactive:
-            m.requests.labels(model, req.tenant, req.route, str(req.status), version).inc()
+            child(m.requests, model, req.tenant, req.route, str(req.status), version).inc()
         if model != UNKNOWN and interactive:
-            m.duration.labels(model, req.route).observe(latency)
+            child(m.duration, model, req.route).observe(latency)
         if delivery.decisions:
             policy = self._routing.policy(model)
             m.decisions.labels(model, policy).inc(len(delivery.decisions))
@@ -69,15 +71,13 @@ class Accounting:
         for reason in delivery.retry_reasons:
             m.retries.labels(model, reason).inc()
         if delivery.ttft_s is not None and interactive:
-            m.ttft.labels(model, version).observe(delivery.ttft_s)
+            child(m.ttft, model, version).observe(delivery.ttft_s)
         if delivery.itl and interactive:
-            hist = m.itl.labels(model, version)
-            for gap in delivery.itl:
-                hist.observe(gap)
+            observe_all(child(m.itl, model, version), delivery.itl)
         if delivery.prompt_tokens:
-            m.prompt_tokens.labels(model, req.tenant, version).inc(delivery.prompt_tokens)
+            child(m.prompt_tokens, model, req.tenant, version).inc(delivery.prompt_tokens)
         if delivery.completion_tokens:
-            m.completion_tokens.labels(model, req.tenant, version).inc(delivery.completion_tokens)
+            child(m.completion_tokens, model, req.tenant, version).inc(delivery.completion_tokens)
         if delivery.reasoning_tokens:
             m.reasoning_tokens.labels(model, req.tenant, version).inc(delivery.reasoning_tokens)
         if req.span is not None:

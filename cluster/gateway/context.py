@@ -7,6 +7,7 @@ status, timings, tokens); accounting reads both once the request is over.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -104,3 +105,21 @@ async def wait_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def first_of(a: asyncio.Future, b: asyncio.Future) -> None:
+    """Until ``a`` or ``b`` is done: asyncio.wait's FIRST_COMPLETED without its per-call
+    set, checks and extra task (on every request's path)."""
+    waiter = asyncio.get_running_loop().create_future()
+
+    def wake(_: asyncio.Future) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    a.add_done_callback(wake)
+    b.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        a.remove_done_callback(wake)
+        b.remove_done_callback(wake)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 
 from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.sources import EndpointSource
-from cluster.gateway.context import CLIENT_CLOSED, ClientGone, Delivery, Job, Receive, Send, wait_disconnect
+from cluster.gateway.context import CLIENT_CLOSED, ClientGone, Delivery, Job, Receive, Send, first_of, wait_disconnect
 from cluster.gateway.edge.client_writer import ClientWriter
 from cluster.gateway.upstream.engine_client import ConnectFailed, EngineClient, EngineError, Response
 from cluster.gateway.errors import RETRY_SOON, RETRY_STARTING, OpenAIError, from_upstream
@@ -58,24 +58,6 @@ class _Deadline:
 
     def cancel(self) -> None:
         self._handle.cancel()
-
-
-async def _first_of(a: asyncio.Future, b: asyncio.Future) -> None:
-    """Until ``a`` or ``b`` is done: asyncio.wait's FIRST_COMPLETED without its per-call
-    set, checks and extra task (on every request's path)."""
-    waiter = asyncio.get_running_loop().create_future()
-
-    def wake(_: asyncio.Future) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    a.add_done_callback(wake)
-    b.add_done_callback(wake)
-    try:
-        await waiter
-    finally:
-        a.remove_done_callback(wake)
-        b.remove_done_callback(wake)
 
 
 def _taking_requests(endpoints: list[Endpoint]) -> bool:
@@ -233,7 +215,7 @@ class Forwarder:
         opening = deadline.opening = loop.create_task(self._open(job, info, endpoints, headers, delivery, first=first))
         try:
             try:
-                await _first_of(gone, opening)
+                await first_of(gone, opening)
             except asyncio.CancelledError:
                 opening.cancel()
                 raise

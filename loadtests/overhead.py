@@ -48,8 +48,11 @@ def _spread(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its children so far."""
+def cpu_seconds(pid: int | list[int]) -> float:
+    """CPU seconds (user + system) of a process (or several: a target's gateway processes)
+    and their children so far."""
+    if isinstance(pid, list):
+        return sum(cpu_seconds(p) for p in pid)
     p = psutil.Process(pid)
     total = sum(p.cpu_times()[:2])
     for c in p.children(recursive=True):
@@ -60,10 +63,18 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-async def _measure(url: str, model: str, args: argparse.Namespace, label: str) -> dict:
-    ttft = await run_closed_loop(url, model, requests=args.ttft_requests, concurrency=1, max_tokens=args.max_tokens, target=label)
-    tput = await run_closed_loop(url, model, requests=args.tput_requests, concurrency=16, max_tokens=args.max_tokens, target=label)
+async def _measure(url: str, model: str, args: argparse.Namespace, label: str, headers: dict) -> dict:
+    ttft = await run_closed_loop(url, model, requests=args.ttft_requests, concurrency=1, max_tokens=args.max_tokens,
+                                 target=label, headers=headers)
+    tput = await run_closed_loop(url, model, requests=args.tput_requests, concurrency=16, max_tokens=args.max_tokens,
+                                 target=label, headers=headers)
     return {"ttft_c1": asdict(ttft), "tput_c16": asdict(tput)}
+
+
+async def _measure_long(url: str, model: str, args: argparse.Namespace, label: str, headers: dict) -> dict:
+    tput = await run_closed_loop(url, model, requests=args.long_requests, concurrency=16, max_tokens=args.long_tokens,
+                                 target=label, headers=headers)
+    return asdict(tput)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,27 +90,41 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure ray.serve.llm's OpenAI app (DeploymentHandle streaming; own engine, same settings)")
     p.add_argument("--resume-off", action="store_true",
                    help="also measure the gateway with stream resume off (the per-chunk cost of resume)")
+    p.add_argument("--long-tokens", type=int, default=256, help="output tokens of the long-response phase (0: none)")
+    p.add_argument("--long-requests", type=int, default=64)
+    p.add_argument("--one-process", action="store_true", help="skip owc's default two gateway processes")
     args = p.parse_args(argv)
 
     extra = [serve_llm(args.config)] if args.with_serve_llm else []
-    with comparison_stack(args.config, router=not args.no_router, extra=extra, resume_off=args.resume_off) as stack:
-        model, targets, cpu_pids = stack.model, stack.targets, stack.pids
+    with comparison_stack(args.config, router=not args.no_router, extra=extra, resume_off=args.resume_off,
+                          two_processes=not args.one_process) as stack:
+        model, targets, cpu_pids, headers = stack.model, stack.targets, stack.pids, stack.headers
         names = list(targets)
         for name in names:  # warm-up, not recorded
-            asyncio.run(run_closed_loop(targets[name], model, requests=16, concurrency=4, max_tokens=args.max_tokens))
+            asyncio.run(run_closed_loop(targets[name], model, requests=16, concurrency=4, max_tokens=args.max_tokens,
+                                        headers=headers))
         runs = []
         for r in range(args.runs):
             order = names[r % len(names):] + names[: r % len(names)]
             run: dict[str, dict] = {}
             for name in order:
-                before = cpu_seconds(cpu_pids[name]) if name in cpu_pids else None
-                run[name] = asyncio.run(_measure(targets[name], model, args, name))
+                pids = cpu_pids.get(name)
+                before = cpu_seconds(pids) if pids else None
+                run[name] = asyncio.run(_measure(targets[name], model, args, name, headers))
                 if before is not None:
-                    used = cpu_seconds(cpu_pids[name]) - before
+                    used = cpu_seconds(pids) - before
                     tokens = run[name]["tput_c16"]["output_tokens"] + run[name]["ttft_c1"]["output_tokens"]
                     run[name]["cpu_s_per_1k_tokens"] = 1000 * used / max(tokens, 1)
+                if args.long_tokens:
+                    before = cpu_seconds(pids) if pids else None
+                    run[name]["tput_c16_long"] = asyncio.run(_measure_long(targets[name], model, args, name, headers))
+                    if before is not None:
+                        used = cpu_seconds(pids) - before
+                        run[name]["cpu_s_per_1k_tokens_long"] = 1000 * used / max(run[name]["tput_c16_long"]["output_tokens"], 1)
                 print(f"run {r + 1}/{args.runs} {name}: ttft_p50={run[name]['ttft_c1']['ttft_p50_s'] * 1000:.1f}ms "
-                      f"tok/s={run[name]['tput_c16']['output_tokens_per_s']:.0f}", file=sys.stderr)
+                      f"tok/s={run[name]['tput_c16']['output_tokens_per_s']:.0f} "
+                      f"cpu/1k={run[name].get('cpu_s_per_1k_tokens', 0):.4f} "
+                      f"long cpu/1k={run[name].get('cpu_s_per_1k_tokens_long', 0):.4f}", file=sys.stderr)
             runs.append({"order": order, "results": run})
         engine_settings = stack.engine_settings
 
@@ -114,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": model,
         "engine": engine_settings,
         "settings": {"runs": args.runs, "ttft_requests": args.ttft_requests, "tput_requests": args.tput_requests,
-                     "max_tokens": args.max_tokens, "tput_concurrency": 16, "ttft_concurrency": 1},
+                     "max_tokens": args.max_tokens, "tput_concurrency": 16, "ttft_concurrency": 1,
+                     "long_tokens": args.long_tokens, "long_requests": args.long_requests},
         "targets": {"ttft_ratio_max": TARGETS_TTFT, "tput_ratio_min": TARGETS_TPUT, "router_slack": ROUTER_SLACK},
         "summary": summary,
         "runs": runs,
@@ -156,7 +182,16 @@ def summarise(runs: list[dict], names: list[str]) -> dict:
         cpu = [r["results"][name]["cpu_s_per_1k_tokens"] for r in runs if "cpu_s_per_1k_tokens" in r["results"][name]]
         if cpu:
             entry["cpu_s_per_1k_tokens"] = _spread(cpu)
-        errors = sum(r["results"][name][k]["errors"] for r in runs for k in ("ttft_c1", "tput_c16"))
+        if all("tput_c16_long" in r["results"][name] for r in runs):
+            entry["output_tokens_per_s_long"] = _spread([r["results"][name]["tput_c16_long"]["output_tokens_per_s"] for r in runs])
+            if name != "bare-vllm":
+                entry["tput_ratio_long"] = _spread([r["results"][name]["tput_c16_long"]["output_tokens_per_s"] /
+                                                    r["results"]["bare-vllm"]["tput_c16_long"]["output_tokens_per_s"] for r in runs])
+            long_cpu = [r["results"][name]["cpu_s_per_1k_tokens_long"] for r in runs if "cpu_s_per_1k_tokens_long" in r["results"][name]]
+            if long_cpu:
+                entry["cpu_s_per_1k_tokens_long"] = _spread(long_cpu)
+        errors = sum(r["results"][name][k]["errors"] for r in runs for k in ("ttft_c1", "tput_c16", "tput_c16_long")
+                     if k in r["results"][name])
         entry["errors"] = errors
         out[name] = entry
     if "owc-gateway-resume-off" in out:  # resume on / off, paired per run
@@ -175,7 +210,15 @@ def summarise(runs: list[dict], names: list[str]) -> dict:
         "tput_ok": gw.get("tput_ratio", {}).get("median", 0) >= TARGETS_TPUT,
     }
     if "vllm-router" in out:
-        verdict["vs_router_ok"] = gw["tput_ratio"]["median"] >= out["vllm-router"]["tput_ratio"]["median"] - ROUTER_SLACK
+        router = out["vllm-router"]
+        verdict["vs_router_ok"] = gw["tput_ratio"]["median"] >= router["tput_ratio"]["median"] - ROUTER_SLACK
+        # Issue 34: owc's CPU per 1k output tokens at or below the router's, at both response lengths
+        # (one gateway process, and owc's default two where measured: their CPU summed).
+        for key, suffix in (("cpu_s_per_1k_tokens", ""), ("cpu_s_per_1k_tokens_long", "_long")):
+            for name in ("owc-gateway", "owc-gateway-2proc"):
+                if key in out.get(name, {}) and key in router:
+                    verdict[f"cpu_vs_router_ok{suffix}" + ("_2proc" if name.endswith("2proc") else "")] = \
+                        out[name][key]["median"] <= router[key]["median"]
     out["verdict"] = verdict
     return out
 

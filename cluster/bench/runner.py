@@ -102,7 +102,8 @@ async def run_single(sc: Scenario, url: str, model: str, *, headers: dict[str, s
     return {"mode": "single", "target": url, "model": model, "points": points}
 
 
-async def run_compare(sc: Scenario, targets: dict[str, str], model: str, *, runs: int, baseline: str) -> dict:
+async def run_compare(sc: Scenario, targets: dict[str, str], model: str, *, runs: int, baseline: str,
+                      headers: dict[str, str] | None = None) -> dict:
     """Every target at every load point, `runs` times, rotating the order each run; ratios
     are paired per run against ``baseline``."""
     names = list(targets)
@@ -114,7 +115,7 @@ async def run_compare(sc: Scenario, targets: dict[str, str], model: str, *, runs
             order = names[r % len(names):] + names[: r % len(names)]
             run: dict[str, dict] = {}
             for name in order:
-                summary, results = await run_scenario(point, targets[name], model, target=name)
+                summary, results = await run_scenario(point, targets[name], model, headers=headers, target=name)
                 run[name] = asdict(summary)
                 samples[name]["ttft_s"] += [x.ttft_s for x in results if x.ok]
                 samples[name]["itl_s"] += [x for res in results if res.ok for x in res.itl_s]

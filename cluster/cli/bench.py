@@ -47,7 +47,8 @@ def bench(
 
         with comparison_stack(str(config) if config else None) as stack:
             doc["engine"] = stack.engine_settings
-            doc["result"] = asyncio.run(run_compare(sc, stack.targets, stack.model, runs=runs, baseline="bare-vllm"))
+            doc["result"] = asyncio.run(run_compare(sc, stack.targets, stack.model, runs=runs, baseline="bare-vllm",
+                                                       headers=stack.headers))
         stem = f"{sc.name}-compare"
     else:
         if not target:

@@ -4,8 +4,9 @@ nothing up, and a scale-down while batch lines run loses none.
     python -m loadtests.batch_capacity --out loadtests/results/batch-capacity.json   # ~10 minutes
 
 The cluster is loadtests/autoscaling_real.py's (reused, not copied): owc's gateway (one
-process, its batch runner on), the engine deployment under the capacity controller
-(cluster.capacity.controller acting through Serve, every ``INTERVAL_S``) reading a real
+process, or ``--gateways N`` sharing the batches through Redis; batch runners on), the engine
+deployment under the capacity controller (cluster.capacity.controller acting through Serve,
+every ``INTERVAL_S``) reading a real
 Prometheus (`owc monitor`, 5-s scrapes), a local redis-server as the gateway's store (batch
 records, leases and usage records). The engines are loadtests/profiled_engine.py (the
 simulator's replica model of the committed engine profile, per-token times x20), not vLLM.
@@ -79,19 +80,15 @@ def _running(url: str, key: str | None) -> int | None:
         return None
 
 
-def _lines_done(metrics_url: str | None) -> int | None:
-    """Batch lines the gateway has answered (owc_batch_lines_total, every outcome): the batch's
-    progress while it runs (its request_counts are filled in when it finalizes)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    if metrics_url is None:
-        return None
+def _lines_done(prom: str) -> int | None:
+    """Batch lines the gateway processes have answered (owc_batch_lines_total, every outcome, as
+    Prometheus last scraped it): the batch's progress while it runs."""
     try:
-        text = httpx.get(f"{metrics_url}/metrics", timeout=2.0).text
-    except httpx.HTTPError:
+        r = httpx.get(f"{prom}/api/v1/query", params={"query": "sum(owc_batch_lines_total)"}, timeout=2.0).json()
+    except (httpx.HTTPError, ValueError):
         return None
-    return int(sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                   if s.name == "owc_batch_lines_total"))
+    found = r.get("data", {}).get("result", [])
+    return int(float(found[0]["value"][1])) if found else 0
 
 
 def _usage(url: str) -> list[dict]:
@@ -110,7 +107,7 @@ def _usage(url: str) -> list[dict]:
 
 
 def real_run(profile: EngineProfile, settings: Autoscaling, *, lines: int, line_output: int, lines_in_flight: int,
-             alone_s: float, load_x: float, load_s: float, max_s: float, tmp: Path) -> dict:
+             gateways: int, alone_s: float, load_x: float, load_s: float, max_s: float, tmp: Path) -> dict:
     from prometheus_client import CollectorRegistry
     from ray import serve
 
@@ -132,6 +129,8 @@ def real_run(profile: EngineProfile, settings: Autoscaling, *, lines: int, line_
     doc = _config(tmp, profile, settings, BOUNDS)
     doc["models"][MODEL]["engine_kwargs"] = {"max_num_seqs": profile.max_num_seqs}  # known slots: batch_class
     doc["gateway"]["store"] = {"url": redis_url}
+    if gateways > 1:  # as owc serve runs them: one API port, each process a metrics port of its own
+        doc["gateway"].update({"replicas": gateways, "metrics_port": None})
     doc["batch"] = {"store_dir": str(tmp / "batch"), "poll_period_s": 0.5, "lines_in_flight": lines_in_flight}
     cluster = LocalCluster(parse_config(doc), launcher=profiled_launcher, temp_dir=tempfile.mkdtemp(prefix="owc-bc-"))
     cluster.start(ready_timeout_s=300)
@@ -186,7 +185,7 @@ def real_run(profile: EngineProfile, settings: Autoscaling, *, lines: int, line_
                                 "interactive load" if not load_done else "load ended",
                                 "replicas": sum(states.values()), "running": states.get("RUNNING", 0),
                                 "engines": on, "batch_status": batch["status"],
-                                "lines_done": _lines_done(cluster.metrics_url)})
+                                "lines_done": _lines_done(prom)})
                 if t >= next_decision:
                     current = actuator.replicas(MODEL)[0]
                     seen = signals.read(MODEL)
@@ -294,7 +293,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="owc-batch-capacity-") as tmp:
         real = real_run(profile, s, lines=args.lines, line_output=args.line_output,
-                        lines_in_flight=args.lines_in_flight, alone_s=args.alone, load_x=args.load_x,
+                        lines_in_flight=args.lines_in_flight, gateways=args.gateways, alone_s=args.alone, load_x=args.load_x,
                         load_s=args.load_s, max_s=args.max_s, tmp=Path(tmp))
     report = {
         "what": "issue 29 must-show 5: a batch backlog alone scales nothing up; a scale-down while batch lines "
@@ -310,7 +309,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         "bounds": BOUNDS.model_dump(), "interval_s": INTERVAL_S, "scrape_interval_s": SCRAPE_S,
         "owc_settings": s.model_dump(), "batch_max_replicas": s.batch_max_replicas,
         "batch_lines": {"lines": args.lines, "prompt_words": LINE_PROMPT, "max_tokens": args.line_output,
-                        "lines_in_flight": args.lines_in_flight, "gateway_processes": 1},
+                        "lines_in_flight": args.lines_in_flight, "gateway_processes": args.gateways},
         "real": real,
     }
     report["verdict"] = verdict(real, args.batch_max_replicas)
@@ -324,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lines", type=int, default=300)
     p.add_argument("--line-output", type=int, default=200, help="max_tokens of each batch line")
     p.add_argument("--lines-in-flight", type=int, default=12, help="batch.lines_in_flight")
+    p.add_argument("--gateways", type=int, default=1, help="gateway processes (owc serve's default: 2)")
     p.add_argument("--alone", type=float, default=90.0, help="seconds of the batch alone")
     p.add_argument("--load-x", type=float, default=1.8, help="interactive rate, in one replica's capacity")
     p.add_argument("--load-s", type=float, default=60.0)

@@ -395,10 +395,12 @@ def batch_capacity_block(doc: dict) -> str:
     for x in real["timeline"]:
         phase.setdefault(x["phase"], x["lines_done"])
     during = (phase.get("load ended") or 0) - (phase.get("interactive load") or 0)
+    n = lines.get("gateway_processes", 1)
+    procs = "one process" if n == 1 else f"{n} processes, as `owc serve` runs them"
     backlog = ", ".join(f"{x['batch_queue']:g}" for x in downs if x["batch_queue"] is not None) or "—"
     return "\n".join([
         f"One run (`{doc['command']}`, {doc['wall_s'] / 60:.0f} minutes) on a real local Ray Serve cluster: owc's "
-        f"gateway (one process, its batch runner on, `lines_in_flight` {lines['lines_in_flight']}), the capacity "
+        f"gateway ({procs}, batch runners on, `lines_in_flight` {lines['lines_in_flight']} per process), the capacity "
         f"controller deciding every {doc['interval_s']:g} s from `owc monitor`'s Prometheus ({doc['scrape_interval_s']:g}-s "
         f"scrapes), a local Redis for batch records, leases and usage; replicas {b['min']}–{b['max']}, "
         f"`batch_max_replicas` {doc['batch_max_replicas']}. **The engines are not vLLM**: `loadtests/profiled_engine.py`, "
@@ -676,6 +678,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "autoscaling-real": (AUTOSCALING_REAL, autoscaling_real_block),
     "batch-capacity": (BATCH_CAPACITY, batch_capacity_block),
     "batch-capacity-budget": ("batch-capacity-budget.json", batch_capacity_block),
+    "batch-capacity-2gw": ("batch-capacity-2gw.json", batch_capacity_block),
     "gateway-ab": ("gateway-ab.json", gateway_ab_block),
     "tenancy": ("tenancy-limits.json", tenancy_block),
     "fairness": ("fairness.json", fairness_block),

@@ -170,8 +170,12 @@ class StreamLedger:
     def take(self, chunk: bytes) -> bytes:
         """Whole SSE events from the engine (the original stream or a continuation), as the
         client gets them: the ids recorded and removed, a continuation's in the original shape."""
-        out = []
         fast = self._meta is not None and not self.continuing
+        if fast and chunk.find(b"\n\n") == len(chunk) - 2:  # one event, the common read
+            kept = self._token_event(chunk[:-2])
+            if kept is not None:
+                return kept + b"\n\n"
+        out = []
         for event in chunk.split(b"\n\n"):
             if not event:
                 continue

@@ -50,6 +50,7 @@ def _table(doc: dict) -> list[str]:
     labels = {
         "bare-vllm": "bare vLLM OpenAI server",
         "owc-gateway": "**owc gateway** → vLLM",
+        "owc-gateway-2proc": "**owc gateway, 2 processes** (owc serve's default) → vLLM",
         "vllm-router": "vllm-router (Rust) → vLLM",
         "ray-serve-llm": "`ray.serve.llm` OpenAI app (own engine, same settings)",
     }
@@ -97,7 +98,34 @@ def overhead_block(doc: dict) -> str:
             f"- No worse than vllm-router's ratio − {t['router_slack']:.2f}: **{'met' if v['vs_router_ok'] else 'not met'}** "
             f"(vllm-router {router['tput_ratio']['median']:.2f}×, TTFT {router['ttft_ratio']['median']:.2f}×)."
         )
-    return "\n".join([_settings(doc, "overhead.json"), "", *rows, "", *verdict])
+    return "\n".join([_settings(doc, "overhead.json"), "", *rows, "", *verdict, *_cpu_block(doc)])
+
+
+def _cpu_block(doc: dict) -> list[str]:
+    """CPU per 1k output tokens at both response lengths, owc against vllm-router (issue 34)."""
+    s, st = doc["summary"], doc["settings"]
+    if not st.get("long_tokens") or "vllm-router" not in s:
+        return []
+    rows = ["", f"CPU seconds per 1k output tokens of each front's processes (c=16; {st['max_tokens']} tokens: "
+            f"the c=1 and c=16 phases, {st['long_tokens']} tokens: {st['long_requests']} requests):", "",
+            f"| front | {st['max_tokens']} tokens | {st['long_tokens']} tokens | throughput ratio, {st['long_tokens']} tokens |",
+            "|---|---|---|---|"]
+    for name, label in (("owc-gateway", "owc gateway, 1 process"), ("owc-gateway-2proc", "owc gateway, 2 processes"),
+                        ("vllm-router", "vllm-router")):
+        if name in s and "cpu_s_per_1k_tokens_long" in s[name]:
+            e = s[name]
+            rows.append(f"| {label} | {_spread(e['cpu_s_per_1k_tokens'], lambda x: f'{x:.3f}')} | "
+                        f"{_spread(e['cpu_s_per_1k_tokens_long'], lambda x: f'{x:.3f}')} | "
+                        f"{_spread(e['tput_ratio_long'], _ratio)} |")
+    rows.append("")
+    v = s["verdict"]
+    for key, what in (("cpu_vs_router_ok", f"{st['max_tokens']} tokens, 1 process"),
+                      ("cpu_vs_router_ok_long", f"{st['long_tokens']} tokens, 1 process"),
+                      ("cpu_vs_router_ok_2proc", f"{st['max_tokens']} tokens, 2 processes"),
+                      ("cpu_vs_router_ok_long_2proc", f"{st['long_tokens']} tokens, 2 processes")):
+        if key in v:
+            rows.append(f"- CPU per 1k tokens ≤ vllm-router's, {what}: **{'met' if v[key] else 'not met'}**.")
+    return rows
 
 
 def loadtests_block(_: dict) -> str:

@@ -116,11 +116,12 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
             # Long enough to be running when the scale-down begins, which is only once the
             # load's last LOAD_TOKENS-token requests are done (they run alongside the streams'
             # first LOAD_TOKENS tokens) and the controller has seen 3 s of low load: LOAD_TOKENS
-            # plus ~25 s at the load's recent speed per token (streams alone run faster), within
+            # plus ~35 s at the load's recent speed per token (streams alone run faster, ~2.5x: ~14 s
+            # past the load's end, the decision comes ~5 s after it), within
             # the 8192-token context.
             recent = sorted(served, key=lambda x: x[0])[-8:]
             per_token = statistics.median(d / LOAD_TOKENS for _, d, _ in recent)
-            long_tokens = int(min(7500, LOAD_TOKENS + 25 / per_token))
+            long_tokens = int(min(7500, LOAD_TOKENS + 35 / per_token))
             streams = [pool.submit(_long_stream, cluster.url, i, s, long_tokens) for i, s in enumerate(sessions)]
             time.sleep(0.2)
             stop_load.set()

@@ -32,7 +32,7 @@ MODEL = "tiny-llama"
 TOLERANCE_S = 15.0
 # The closed loop's request length. The scale-down waits for the load's last requests, and the
 # long streams must outlast them: short requests keep that tail (and so the streams) short.
-LOAD_TOKENS = 200
+LOAD_TOKENS = 100
 
 
 def _registry_endpoints():

@@ -10,6 +10,7 @@ metrics and access-log lines (and owc_reasoning_tokens_total counts gpt-oss's re
 from __future__ import annotations
 
 import json
+import time
 
 import anthropic
 import httpx
@@ -151,6 +152,9 @@ def test_the_route_has_its_metrics_and_access_log(clients, gateway):
     reasoning = r.json()["usage"]["completion_tokens_details"]["reasoning_tokens"]
     assert reasoning > 0
     assert metric(gateway.metrics_url, "owc_reasoning_tokens_total", tenant="coder", model=MODEL) >= reasoning
-    lines = [json.loads(x) for x in gateway.access_log.read_text().splitlines() if x.strip()]
-    mine = [x for x in lines if x.get("route") == "/v1/messages" and x.get("status") == 200]
+    deadline, mine = time.time() + 10, []
+    while not mine and time.time() < deadline:  # lines reach the file shortly after the request ends
+        lines = [json.loads(x) for x in gateway.access_log.read_text().splitlines() if x.strip()]
+        mine = [x for x in lines if x.get("route") == "/v1/messages" and x.get("status") == 200]
+        time.sleep(0.05)
     assert mine and mine[-1]["tenant"] == "coder" and mine[-1]["completion_tokens"] > 0

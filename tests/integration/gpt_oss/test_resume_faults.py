@@ -179,14 +179,23 @@ async def _scenario(gateway, victim) -> dict:
             "running": running}
 
 
-def _access(gateway) -> dict[str, dict]:
-    lines = [json.loads(x) for x in gateway.access_log.read_text().splitlines() if x.strip()]
-    return {r["request_id"]: r for r in lines}
+def _access(gateway, ids: set[str]) -> dict[str, dict]:
+    """The access log's lines by request id, once it holds every one of ``ids`` (lines reach
+    the file shortly after their requests end: the log writes in batches)."""
+    deadline, log = time.monotonic() + 10, {}
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in gateway.access_log.read_text().splitlines() if x.strip()]
+        log = {r["request_id"]: r for r in lines}
+        if ids <= log.keys():
+            break
+        time.sleep(0.05)
+    return log
 
 
 def test_engine_sigkilled_under_gpt_oss_streams_loses_nothing_and_resumes_them(gateway, gptoss_engine_b, tmp_path):
     result = asyncio.run(_scenario(gateway, gptoss_engine_b))
-    killed_at, log = result["killed_at"], _access(gateway)
+    ids = {o.detail.split()[-1] for load in result["loads"].values() for o in load.outcomes if o.kind == "succeeded"}
+    killed_at, log = result["killed_at"], _access(gateway, ids)
     out_path = os.environ.get("OWC_FAULTS_OUT") or str(tmp_path / "faults.json")
     records = {}
     for api, load in result["loads"].items():

@@ -83,6 +83,7 @@ async def test_every_event_in_order_and_reading_paused_while_the_client_is_full(
         assert b"".join(writer.out) == b"".join(EVENTS)
         assert writer.drains >= len(writer.out) - 1 >= 5  # it waited for the client after each write
         assert delivery.ttft_s is not None and len(delivery.itl) >= len(writer.out) - 1
+        assert resp._conn.complete and resp._conn.sink is None  # pooled, it writes to no client
         client.close()
 
 

@@ -48,13 +48,14 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        sink = self.sink  # the message's end (in this read) unsets it; its last piece still goes
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
             self._fail(EngineError(f"bad HTTP from engine: {e}"))
             self.close()
-        if self.sink is not None and self._chunks:
-            self._flush(self.sink)
+        if sink is not None and self._chunks:
+            self._flush(sink)
 
     def _flush(self, sink: Callable[[bytes], None]) -> None:
         """Streaming mode: the body this read held, to the sink in one piece (several events
@@ -95,6 +96,7 @@ class _Conn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self.sink = None  # a pooled connection never writes to the client of a finished request
         self._wake()
 
     def _wake(self) -> None:
@@ -200,7 +202,8 @@ class Response:
             conn._flush(sink)
             if conn.error is not None:
                 raise conn.error
-        conn.sink = sink
+        if not conn.complete:
+            conn.sink = sink
         return conn
 
     def pause(self) -> None:

@@ -106,8 +106,9 @@ def _cpu_block(doc: dict) -> list[str]:
     s, st = doc["summary"], doc["settings"]
     if not st.get("long_tokens") or "vllm-router" not in s:
         return []
-    rows = ["", f"CPU seconds per 1k output tokens of each front's processes (c=16; {st['max_tokens']} tokens: "
-            f"the c=1 and c=16 phases, {st['long_tokens']} tokens: {st['long_requests']} requests):", "",
+    rows = ["", f"CPU seconds per 1k output tokens of each front's processes over the c=16 phases "
+            f"({st['max_tokens']} tokens: {st['tput_requests']} requests, {st['long_tokens']} tokens: "
+            f"{st['long_requests']} requests):", "",
             f"| front | {st['max_tokens']} tokens | {st['long_tokens']} tokens | throughput ratio, {st['long_tokens']} tokens |",
             "|---|---|---|---|"]
     for name, label in (("owc-gateway", "owc gateway, 1 process"), ("owc-gateway-2proc", "owc gateway, 2 processes"),

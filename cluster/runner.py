@@ -31,6 +31,7 @@ from cluster.engine.demo_model import build_demo_model, demo_name, is_demo_sourc
 from cluster.engine.failures import DeployError, StartFailure, failing, model_names
 from cluster.engine.guard import ENGINE_KEY_ENV
 from cluster.engine.launcher import Launcher, vllm_launcher
+from cluster.local_stores import needs_batch_store, needs_fair_share_store, needs_stats_store
 
 log = logging.getLogger(__name__)
 
@@ -242,31 +243,6 @@ class LocalCluster:
         except (Exception, asyncio.TimeoutError) as e:
             log.warning("Serve did not shut down within %.0fs: %r", serve_timeout_s, e)
         ray.shutdown()
-
-
-def needs_fair_share_store(cfg: OwcConfig) -> bool:
-    """More than one gateway process sharing fair-queue counts, and no Redis configured for them."""
-    fs = cfg.gateway.fair_sharing
-    return (fs.enabled and fs.share_across_gateways and fs.store_url is None and cfg.gateway.store is None
-            and cfg.gateway.replicas.max > 1)
-
-
-def needs_stats_store(cfg: OwcConfig) -> bool:
-    """More than one gateway process sharing the engines' stats scrapes (one scrape per engine
-    for all: cluster.gateway.upstream.stats_share), and no Redis configured for them: the local
-    store started for fair sharing carries them (its url is fair_sharing.store_url)."""
-    gw = cfg.gateway
-    return gw.routing_stats.share_across_gateways and gw.store is None and gw.fair_sharing.store_url is None \
-        and gw.replicas.max > 1
-
-
-def needs_batch_store(cfg: OwcConfig) -> bool:
-    """More than one gateway process serving the Batch API, and no Redis for its records and
-    leases: the local store started for fair sharing holds them (batch.store_url falls back to
-    fair_sharing.store_url), also when fair sharing does not share its counts."""
-    b, gw = cfg.batch, cfg.gateway
-    return b.enabled and b.store_url is None and gw.store is None and gw.fair_sharing.store_url is None \
-        and gw.replicas.max > 1
 
 
 def deploy_and_wait(app_name: str, models: dict[str, str], warn: Callable[[str], None], *,

@@ -248,6 +248,6 @@ def test_cancel_in_progress_finishes_in_flight_lines(kind, tmp_path):
 ])
 def test_owc_serve_starts_a_store_for_the_batches_of_its_gateway_processes(cfg, starts):
     from cluster.config.loader import parse_config
-    from cluster.runner import needs_batch_store
+    from cluster.local_stores import needs_batch_store
 
     assert needs_batch_store(parse_config({"models": {"m": {"source": "external"}}, **cfg})) is starts

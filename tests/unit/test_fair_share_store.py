@@ -224,7 +224,7 @@ async def first_tokens(a_url: str, b_url: str) -> dict[str, float]:
     ({"fair_sharing": {"enabled": False}}, False, None),
 ])
 def test_where_the_shared_counts_live(gateway, starts, url):
-    from cluster.runner import needs_fair_share_store
+    from cluster.local_stores import needs_fair_share_store
 
     cfg = parse_config({"models": {"m": {"source": "external"}}, "gateway": gateway})
     assert needs_fair_share_store(cfg) == starts

@@ -269,7 +269,7 @@ async def test_a_followers_adapter_load_holds_and_the_scraper_rereads_it(redis_u
 def test_where_the_shared_scrape_lives(gateway, starts, url):
     from cluster.config.loader import parse_config
     from cluster.gateway.upstream.stats_share import build_stats_share
-    from cluster.runner import needs_stats_store
+    from cluster.local_stores import needs_stats_store
 
     cfg = parse_config({"models": {"m": {"source": "external"}}, "gateway": gateway})
     assert needs_stats_store(cfg) == starts

@@ -116,6 +116,12 @@ class ModelConfig(StrictModel):
         1.0, gt=0, description="Logical Ray CPUs reserved per replica (the engine's CPU budget)."
     )
     startup_timeout_s: float = Field(600.0, gt=0, description="Seconds an engine may take to become healthy.")
+    health_probe_timeout_s: float = Field(
+        10.0, gt=0, le=25,
+        description="Seconds the engine's /health may take to answer in each of Ray Serve's health checks (every 5 s); "
+        "after three failed checks in a row Serve replaces the replica. Lower: a hung engine is replaced sooner; "
+        "higher: an engine on an overloaded node is not taken for a hung one.",
+    )
     routing: RoutingConfig = Field(default_factory=RoutingConfig, description="How the gateway picks this model's replica.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Capacity controller settings.")
     reasoning: ReasoningPolicy = Field(default_factory=ReasoningPolicy, description="Reasoning exposure to clients.")

@@ -85,8 +85,9 @@ class EngineReplica:
         """Called by Serve; raising marks the replica unhealthy and Serve replaces it."""
         if not self._proc.alive():
             raise EngineUnhealthy(f"engine process exited with code {self._proc.returncode}")
-        if not await self._proc.probe(self._session, timeout_s=10.0):
-            raise EngineUnhealthy("engine /health did not answer 200 within 10s")
+        timeout_s = self._cfg.health_probe_timeout_s
+        if not await self._proc.probe(self._session, timeout_s=timeout_s):
+            raise EngineUnhealthy(f"engine /health did not answer 200 within {timeout_s:g}s")
         await self._registry.heartbeat.remote(self._name, self._replica_id, self._proc.url, self._version)
 
     async def info(self) -> dict[str, Any]:

@@ -116,6 +116,8 @@ def cluster(model_cache, tmp_path_factory, file_sd_dir):
                 engine_env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
                             "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
                 routing={"params": {"queue_bound": {"max_queue_per_replica": 1000}}}, autoscaling=CAPACITY_TEST_SETTINGS,
+                # The hung-engine test's SIGSTOPped engine fails Serve's 3 checks in ~15 s, not ~30 s.
+                health_probe_timeout_s=5,
             ),
             "tiny-llama-tp2": model_entry(
                 tensor_parallel_size=2,

@@ -104,36 +104,53 @@ def test_every_fastapi_route_is_in_the_route_table(stack):
     assert {r.access for r in app.route_table()} == {"public", "tenant", "admin"}
 
 
-def _call(url: str, method: str, path: str, authorization: str | None) -> httpx.Response:
+def _call(http: httpx.Client, url: str, method: str, path: str, authorization: str | None) -> httpx.Response:
+    """One request of the matrix, on the matrix's client (kept-alive connections; no cookie carried
+    from one cell to the next)."""
+    http.cookies.clear()
     headers = {"Authorization": authorization} if authorization else {}
     real = path.replace("{model:path}", "m1").replace("{name:path}", "ad1").replace("{response_id}", "resp_not_minted_here")
     real = real.replace("{file_id}", "file-not-minted-here").replace("{batch_id}", "batch_not_minted_here")
     real = real.replace("{action}", "abort")  # a rollout command (the rollout is still running when the admin sends it)
     if method == "POST" and path == "/v1/files":
-        return httpx.post(url + real, files={"file": ("in.jsonl", BATCH_LINE)}, data={"purpose": "batch"},
-                          headers=headers, timeout=30)
+        return http.post(url + real, files={"file": ("in.jsonl", BATCH_LINE)}, data={"purpose": "batch"},
+                         headers=headers, timeout=30)
     if method == "POST" and path == "/v1/batches":  # an input file of the caller's own first (if it may upload)
-        up = _call(url, "POST", "/v1/files", authorization)
+        up = _call(http, url, "POST", "/v1/files", authorization)
         body = {"input_file_id": up.json().get("id", "file-none") if up.status_code == 200 else "file-none",
                 "endpoint": "/v1/chat/completions", "completion_window": "24h"}
-        return httpx.post(url + real, json=body, headers=headers, timeout=30)
+        return http.post(url + real, json=body, headers=headers, timeout=30)
     if method == "POST":
-        return httpx.post(url + real, json=BODIES.get(path, {}), headers=headers, timeout=30)
-    return httpx.request(method, url + real, headers=headers, timeout=30)
+        return http.post(url + real, json=BODIES.get(path, {}), headers=headers, timeout=30)
+    return http.request(method, url + real, headers=headers, timeout=30)
 
 
-def _reached(engines) -> float:
-    return sum(metric(e.url, "owc_fake_generation_requests_total") for e in engines)
+def _reached(engines, http: httpx.Client) -> float:
+    return sum(metric(e.url, "owc_fake_generation_requests_total", client=http) for e in engines)
 
 
 def test_auth_matrix(stack):
     gw, engines, cfg = stack
     routes = _table(cfg).route_table()
+    with httpx.Client() as http:  # one client for every cell's request and engine scrapes, not one per call
+        cells, leaks = _matrix(gw, engines, routes, http)
+    wrong = [c for c in cells if c[3] != c[4]]
+    assert wrong == [], wrong
+    assert leaks == []
+    assert len(cells) == len(routes) * len(CREDENTIALS) >= 7 * 6
+    # The gateway's own calls carried the engine key: the engines refused nothing.
+    assert sum(metric(e.url, "owc_fake_denied_requests_total") for e in engines) == 0
+
+
+def _matrix(gw, engines, routes, http: httpx.Client) -> tuple[list, list]:
+    """Every route under every credential: the cells (method, path, credential, status,
+    expected) and the leaks (requests that reached an engine without a valid credential);
+    the error bodies' shapes asserted as they come."""
     cells, leaks = [], []
     for route in routes:
         for cred, header in CREDENTIALS.items():
-            before = _reached(engines)
-            r = _call(gw.url, route.method, route.path, header)
+            before = _reached(engines, http)
+            r = _call(http, gw.url, route.method, route.path, header)
             expected = EXPECTED[route.access][cred]
             if cred == "other_tenant" and route.path in NOT_FOUND_OUTSIDE_LIST:
                 expected = 404
@@ -144,7 +161,7 @@ def test_auth_matrix(stack):
             if route.path == "/v1/models" and cred == "other_tenant":
                 expected = 200  # listed, without m1 (below)
             cells.append((route.method, route.path, cred, r.status_code, expected))
-            reached = _reached(engines) - before
+            reached = _reached(engines, http) - before
             valid = expected == 200 and route.access == "tenant" and route.method == "POST"
             if reached and not valid:
                 leaks.append((route.path, cred, reached))
@@ -154,12 +171,7 @@ def test_auth_matrix(stack):
             elif r.status_code >= 400:
                 body = r.json()
                 assert set(body["error"]) == {"message", "type", "param", "code"}, body
-    wrong = [c for c in cells if c[3] != c[4]]
-    assert wrong == [], wrong
-    assert leaks == []
-    assert len(cells) == len(routes) * len(CREDENTIALS) >= 7 * 6
-    # The gateway's own calls carried the engine key: the engines refused nothing.
-    assert sum(metric(e.url, "owc_fake_denied_requests_total") for e in engines) == 0
+    return cells, leaks
 
 
 def test_a_tenant_sees_only_its_models(stack):

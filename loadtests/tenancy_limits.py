@@ -161,19 +161,67 @@ async def drive(urls: list[str], *, seconds: float, rate: float, payload: dict |
             "tokens": tokens}
 
 
-def measure(n: int, *, kind: str, seconds: float, redis: Redis, tmp: Path) -> dict:
-    """One run: ``kind`` "requests" (rpm + burst) or "tokens" (tokens_per_minute)."""
-    redis.flush()
+def limits_stack(n: int, *, kind: str, redis: Redis, tmp: Path) -> Stack:
+    """A started stack of ``n`` gateway processes with ``kind``'s limits on ``redis``, for
+    ``measure`` runs over its first 1..n gateways (one start instead of one per run)."""
+    redis.flush()  # an empty store, as for a stack of one run
     limits = REQUEST_LIMITS if kind == "requests" else TOKEN_LIMITS
-    run_dir = tmp / f"{kind}-{n}"
+    run_dir = tmp / f"{kind}-stack"
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = write_config(run_dir / "owc.yaml", tenant=limits, store_url=redis.url, replicas=n)
-    stack = Stack(n, cfg, log_dir=run_dir).start()
-    try:
-        rate = 40.0 if kind == "requests" else 60.0
-        got = asyncio.run(drive(stack.urls, seconds=seconds, rate=rate))
-    finally:
-        stack.stop()
+    return Stack(n, cfg, log_dir=run_dir).start()
+
+
+def forget_tenancy(redis: Redis) -> None:
+    """The store's tenancy state gone (the tenant's limit counters, usage records and their
+    index), as after a flush; the other keys live gateways keep there (shared stats scrapes,
+    fair-queue counts) stay."""
+    import redis as redis_py
+
+    client = redis_py.Redis(port=redis.port)
+    keys = [*client.scan_iter("owc:t:*"), *client.scan_iter("owc:u:*"), "owc:usage"]
+    client.delete(*keys)
+
+
+def wait_settled(redis: Redis, accepted: int, timeout_s: float = 15.0) -> None:
+    """Until the store holds the usage of every accepted request: a request is settled just
+    after its answer is sent, and a settlement landing after the next run's reset would count
+    in that run."""
+    import datetime as dt
+
+    import redis as redis_py
+
+    client = redis_py.Redis(port=redis.port, decode_responses=True)
+    key = f"owc:u:{dt.datetime.now(dt.timezone.utc).date().isoformat()}:{TENANT}:{MODEL}"
+    deadline = time.monotonic() + timeout_s
+    while int(client.hget(key, "requests") or 0) < accepted:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{accepted} accepted requests, {client.hget(key, 'requests')} settled after {timeout_s}s")
+        time.sleep(0.05)
+
+
+def measure(n: int, *, kind: str, seconds: float, redis: Redis, tmp: Path, stack: Stack | None = None) -> dict:
+    """One run: ``kind`` "requests" (rpm + burst) or "tokens" (tokens_per_minute). ``stack``:
+    a running ``limits_stack`` of at least ``n`` gateways of this kind, driven through its
+    first ``n`` (its tenancy state reset first, its settlements awaited after); none: a stack
+    of ``n`` started and stopped for this run."""
+    limits = REQUEST_LIMITS if kind == "requests" else TOKEN_LIMITS
+    rate = 40.0 if kind == "requests" else 60.0
+    if stack is not None:
+        assert len(stack.urls) >= n, (n, stack.urls)
+        forget_tenancy(redis)
+        got = asyncio.run(drive(stack.urls[:n], seconds=seconds, rate=rate))
+        wait_settled(redis, got["accepted"])
+    else:
+        redis.flush()
+        run_dir = tmp / f"{kind}-{n}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = write_config(run_dir / "owc.yaml", tenant=limits, store_url=redis.url, replicas=n)
+        own = Stack(n, cfg, log_dir=run_dir).start()
+        try:
+            got = asyncio.run(drive(own.urls, seconds=seconds, rate=rate))
+        finally:
+            own.stop()
     if kind == "requests":
         expected = limits["burst"] + limits["requests_per_minute"] * seconds / 60
         count = got["accepted"]

@@ -16,16 +16,19 @@ import os
 import sys
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from cluster.config.schema import ModelConfig
 from cluster.engine.guard import ENGINE_KEY_ENV, authorized, bearer
 from cluster.engine.responses_store import store_env
 from loadtests.fake_anthropic import add_anthropic_routes
 from loadtests.fake_responses import FakeResponsesStore, context_tokens, tool_outputs
 from cluster.process import Command, watch_parent
+
+if TYPE_CHECKING:  # the engine process itself never reads an owc config: not imported there
+    from cluster.config.schema import ModelConfig
 
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)

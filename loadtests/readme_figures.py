@@ -507,14 +507,15 @@ def gateway_profile_block(doc: dict) -> str:
     return "\n".join([head, "", *rows])
 
 
-def batch_idle_block(doc: dict) -> str:
+def batch_idle_block(doc: dict, file: str = "batch-idle.json") -> str:
     """Interactive TTFT with and without a batch on the same engine (loadtests/batch_idle.py)."""
     s, runs = doc["summary"], doc["runs"]
     engine = "the fake engine" if doc.get("fake_engine") else f"one vLLM-CPU engine ({s['slots']} slots)"
     rows = [f"{engine}, two gateway processes on one local Redis; interactive Poisson arrivals at "
-            f"{s['rate_rps']:.1f} req/s (0.7 of the {s['capacity_rps']:.1f} req/s measured in a closed loop), with "
+            f"{s['rate_rps']:.1f} req/s ({s['rate_rps'] / s['capacity_rps']:.1f} of the {s['capacity_rps']:.1f} req/s "
+            "measured in a closed loop), with "
             f"and without a {s['lines']}-line batch created just before, `keep_free` {s['keep_free']}; "
-            f"{len(runs)} runs, interleaved. Raw results: `loadtests/results/batch-idle.json`.", "",
+            f"{len(runs)} runs, interleaved. Raw results: `loadtests/results/{file}`.", "",
             "| run | TTFT p95 alone (s) | TTFT p95 with the batch (s) | ratio | busy alone | busy with the batch "
             "| batch lines done in the phase | batch done after the phase (s) |",
             "|---|---|---|---|---|---|---|---|"]
@@ -755,6 +756,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "gateway-ab-cpu": ("gateway-ab-cpu.json", lambda doc: gateway_ab_block(doc, "gateway-ab-cpu.json")),
     "gateway-profile": ("gateway-profile.json", gateway_profile_block),
     "batch-idle": ("batch-idle.json", batch_idle_block),
+    "batch-idle-load50": ("batch-idle-load50.json", lambda doc: batch_idle_block(doc, "batch-idle-load50.json")),
     "tenancy": ("tenancy-limits.json", tenancy_block),
     "fairness": ("fairness.json", fairness_block),
     "gateway-faults": ("gateway-faults.json", gateway_faults_block),

@@ -175,14 +175,32 @@ def _monitor(cfg: dict, tmp: Path):
                 child.kill()
 
 
-def real_run(trace_path: Path, trace: list[TraceRequest], profile: EngineProfile, settings: Autoscaling,
-             bounds: Replicas, *, slo_s: float, interval_s: float, tmp: Path) -> dict:
+def controller_on(cfg, prom: str, interval_s: float):
+    """The capacity controller acting through Ray Serve on Prometheus' signals (actuator,
+    signals, controller), once Prometheus holds fresh gateway series for the model."""
     from prometheus_client import CollectorRegistry
-    from ray import serve
 
-    from cluster.capacity.actuators import RayServeActuator, serve_deployment
+    from cluster.capacity.actuators import RayServeActuator
     from cluster.capacity.controller import CapacityController
     from cluster.capacity.signals import PrometheusSignals
+
+    actuator, signals = RayServeActuator(), PrometheusSignals(prom)
+    ctl = CapacityController(config=cfg, signals=signals, actuator=actuator, registry=CollectorRegistry(),
+                             interval_s=interval_s)
+    deadline = time.time() + 120
+    while not ((sig := signals.read(MODEL)) is not None and sig.ongoing is not None
+               and time.time() - sig.at < 2 * SCRAPE_S):
+        if time.time() > deadline:
+            raise RuntimeError("Prometheus never had the gateway's series")
+        time.sleep(1)
+    return actuator, signals, ctl
+
+
+def real_run(trace_path: Path, trace: list[TraceRequest], profile: EngineProfile, settings: Autoscaling,
+             bounds: Replicas, *, slo_s: float, interval_s: float, tmp: Path) -> dict:
+    from ray import serve
+
+    from cluster.capacity.actuators import serve_deployment
     from cluster.config.loader import parse_config
     from cluster.runner import LocalCluster
     from loadtests.profiled_engine import profiled_launcher
@@ -194,16 +212,7 @@ def real_run(trace_path: Path, trace: list[TraceRequest], profile: EngineProfile
     cluster.start(ready_timeout_s=300)
     try:
         with _monitor(cluster.cfg.model_dump(mode="json"), tmp) as prom:
-            actuator = RayServeActuator()
-            signals = PrometheusSignals(prom)
-            ctl = CapacityController(config=cluster.cfg, signals=signals, actuator=actuator,
-                                     registry=CollectorRegistry(), interval_s=interval_s)
-            deadline = time.time() + 120
-            while not ((sig := signals.read(MODEL)) is not None and sig.ongoing is not None
-                       and time.time() - sig.at < 2 * SCRAPE_S):
-                if time.time() > deadline:
-                    raise RuntimeError("Prometheus never had the gateway's series")
-                time.sleep(1)
+            actuator, signals, ctl = controller_on(cluster.cfg, prom, interval_s)
             setup_s = time.time() - t_setup
             start = time.time() + 3.0
             results_path = tmp / "requests.json"

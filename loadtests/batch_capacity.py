@@ -45,7 +45,7 @@ import httpx
 from cluster.capacity.replay import sized
 from cluster.capacity.simulator import EngineProfile, TraceRequest
 from cluster.config.schema import Autoscaling, Replicas
-from loadtests.autoscaling_real import DILATION, MODEL, SCRAPE_S, _config, _git, _monitor, dilated
+from loadtests.autoscaling_real import DILATION, MODEL, SCRAPE_S, _config, _git, _monitor, controller_on, dilated
 
 INTERVAL_S = 5.0  # the controller's decisions (loadtests/autoscaling.py's OWC_INTERVAL_S)
 BOUNDS = Replicas(min=1, max=3)
@@ -108,12 +108,9 @@ def _usage(url: str) -> list[dict]:
 
 def real_run(profile: EngineProfile, settings: Autoscaling, *, lines: int, line_output: int, lines_in_flight: int,
              gateways: int, alone_s: float, load_x: float, load_s: float, max_s: float, tmp: Path) -> dict:
-    from prometheus_client import CollectorRegistry
     from ray import serve
 
-    from cluster.capacity.actuators import RayServeActuator, serve_deployment
-    from cluster.capacity.controller import CapacityController
-    from cluster.capacity.signals import PrometheusSignals
+    from cluster.capacity.actuators import serve_deployment
     from cluster.config.loader import parse_config
     from cluster.process import free_port
     from cluster.runner import LocalCluster
@@ -140,16 +137,7 @@ def real_run(profile: EngineProfile, settings: Autoscaling, *, lines: int, line_
     try:
         with _monitor(cluster.cfg.model_dump(mode="json"), tmp) as prom, httpx.Client(base_url=cluster.url,
                                                                                       timeout=30) as api:
-            actuator = RayServeActuator()
-            signals = PrometheusSignals(prom)
-            ctl = CapacityController(config=cluster.cfg, signals=signals, actuator=actuator,
-                                     registry=CollectorRegistry(), interval_s=INTERVAL_S)
-            deadline = time.time() + 120
-            while not ((sig := signals.read(MODEL)) is not None and sig.ongoing is not None
-                       and time.time() - sig.at < 2 * SCRAPE_S):
-                if time.time() > deadline:
-                    raise RuntimeError("Prometheus never had the gateway's series")
-                time.sleep(1)
+            actuator, signals, ctl = controller_on(cluster.cfg, prom, INTERVAL_S)
             registry = serve.get_deployment_handle("owc-registry", app_name="owc")
             dep = serve_deployment(MODEL)
             f = api.post("/v1/files", files={"file": ("lines.jsonl", batch_input(lines, line_output))},

@@ -114,10 +114,7 @@ class ProfiledEngine(FakeEngine):
                                                     "finish_reason": "length" if last else None}]}))
                 self.gen_tokens.labels(*self._labels).inc()
         finally:  # a client gone: the sequence leaves the batch
-            if seq in self._prefill:
-                self._prefill.remove(seq)
-            if seq in self._decoding:
-                self._decoding.remove(seq)
+            self._leave(seq)
         if (body.get("stream_options") or {}).get("include_usage"):
             await resp.write(_sse({"id": rid, "object": "text_completion", "created": created, "model": self.model,
                                    "choices": [], "usage": usage}))
@@ -125,6 +122,12 @@ class ProfiledEngine(FakeEngine):
         await resp.write_eof()
         return resp
 
+
+    def _leave(self, seq: _Seq) -> None:
+        if seq in self._prefill:
+            self._prefill.remove(seq)
+        if seq in self._decoding:
+            self._decoding.remove(seq)
 
     async def _whole(self, seq: _Seq, rid: str, started: float, usage: dict) -> web.Response:
         text = []
@@ -135,10 +138,7 @@ class ProfiledEngine(FakeEngine):
                 text.append(f" tok{i}")
                 self.gen_tokens.labels(*self._labels).inc()
         finally:  # a client gone: the sequence leaves the batch
-            if seq in self._prefill:
-                self._prefill.remove(seq)
-            if seq in self._decoding:
-                self._decoding.remove(seq)
+            self._leave(seq)
         return web.json_response({"id": rid, "object": "text_completion", "created": int(time.time()),
                                   "model": self.model, "usage": usage,
                                   "choices": [{"index": 0, "text": "".join(text), "finish_reason": "length"}]})

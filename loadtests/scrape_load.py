@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,24 +34,9 @@ from cluster.config.loader import load_config
 from cluster.engine.launcher import vllm_launcher
 from cluster.process import Command, ServerProcess, free_port
 from cluster.tenancy.local_redis import LocalRedis
+from loadtests.overhead import _spread, cpu_seconds
 
 MODES = ("shared", "per-process")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its children so far."""
-    p = psutil.Process(pid)
-    total = sum(p.cpu_times()[:2])
-    for c in p.children(recursive=True):
-        try:
-            total += sum(c.cpu_times()[:2])
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def spread(xs: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
 def time_renders(url: str, pid: int, n: int) -> dict:
@@ -67,7 +51,7 @@ def time_renders(url: str, pid: int, n: int) -> dict:
             c.get(url + "/metrics").raise_for_status()
             walls.append((time.perf_counter() - t0) * 1000)
         cpu = cpu_seconds(pid) - cpu0
-    return {"renders": n, "wall_ms": spread(walls), "engine_cpu_ms_per_render": 1000 * cpu / n, "bytes": size}
+    return {"renders": n, "wall_ms": _spread(walls), "engine_cpu_ms_per_render": 1000 * cpu / n, "bytes": size}
 
 
 def gateway_config(model: str, redis_url: str, shared: bool) -> Path:
@@ -212,8 +196,8 @@ def main() -> None:
             ps = [p for p in points if p["mode"] == mode and p["gateways"] == n]
             summary[f"{mode} N={n}"] = {
                 "mode": mode, "gateways": n,
-                "engine_cpu_per_s": spread([p["engine_cpu_s"] / p["seconds"] for p in ps]),
-                "metrics_per_s": spread([p["metrics_per_s"] for p in ps]),
+                "engine_cpu_per_s": _spread([p["engine_cpu_s"] / p["seconds"] for p in ps]),
+                "metrics_per_s": _spread([p["metrics_per_s"] for p in ps]),
             }
     result = {
         "benchmark": "scrape_load",
@@ -224,7 +208,7 @@ def main() -> None:
         "period_s": cfg.gateway.routing_stats.period_s,
         "settings": {"rounds": a.rounds, "window_s": a.window, "settle_s": a.settle, "gateways": counts},
         "render": render,
-        "idle_engine_cpu_per_s": spread(idle),
+        "idle_engine_cpu_per_s": _spread(idle),
         "summary": summary,
         "points": points,
     }

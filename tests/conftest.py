@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cluster.process import Command, ServerProcess, free_port
 
@@ -74,3 +75,16 @@ def metric(url: str, name: str, *, client: httpx.Client | None = None, **labels:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             total += float(value)
     return total
+
+
+@pytest.fixture
+def redis_server():
+    """A redis-server of the test's own on a free port: (its URL, the LocalRedis to stop or restart)."""
+    from cluster.tenancy.local_redis import LocalRedis
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    server = LocalRedis.ensure(url)
+    try:
+        yield url, server
+    finally:
+        server.stop()

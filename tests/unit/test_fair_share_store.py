@@ -25,27 +25,15 @@ from cluster.gateway.app import build_shared_slots
 from cluster.gateway.flowcontrol.fair_queue import FairQueue
 from cluster.gateway.flowcontrol.shared import SharedSlots
 from cluster.gateway.observability.metrics import GatewayMetrics
-from cluster.process import free_port
 from cluster.routing.router import Routing
 from cluster.routing.stats import StatsStore
 from cluster.routing.types import ReplicaStats, RequestInfo
-from cluster.tenancy.local_redis import LocalRedis
 from cluster.tenancy.slot_share import RedisSlotShare
 from tests.conftest import fake_engine_argv, gateway_argv, metric, server
 from tests.unit.test_fair_queue import Client, Grant, settle
 
 POLICY = {"headroom": 2, "dispatch_margin": 2}  # the defaults; saturated at 4 free slots or fewer
 BATCH = 8
-
-
-@pytest.fixture
-def redis_url():
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    server = LocalRedis.ensure(url)
-    try:
-        yield url, server
-    finally:
-        server.stop()
 
 
 class Gateway:
@@ -80,8 +68,8 @@ def shared(url: str, ttl_s: float = 2.0) -> SharedSlots:
                        threshold=POLICY["headroom"] + POLICY["dispatch_margin"])
 
 
-async def test_a_tenant_on_one_process_only_is_seen_by_the_others(redis_url):
-    url, _ = redis_url
+async def test_a_tenant_on_one_process_only_is_seen_by_the_others(redis_server):
+    url, _ = redis_server
     g1, g2 = Gateway(shared(url)), Gateway(shared(url))
     try:
         b = [await g2.request("B") for _ in range(5)]  # B alone (on g2): 5 of 8, the last one with g2 saturated
@@ -108,8 +96,8 @@ async def test_without_the_shared_view_the_other_process_gives_the_headroom_away
     await g2.fair.close()
 
 
-async def test_a_process_that_dies_holding_slots_has_its_counts_expire(redis_url):
-    url, _ = redis_url
+async def test_a_process_that_dies_holding_slots_has_its_counts_expire(redis_server):
+    url, _ = redis_server
     g1, g2 = Gateway(shared(url, ttl_s=1.0)), Gateway(shared(url, ttl_s=1.0))
     try:
         for _ in range(BATCH + POLICY["dispatch_margin"]):  # g1 fills the replica to its bound (batch + margin)
@@ -130,8 +118,8 @@ async def test_a_process_that_dies_holding_slots_has_its_counts_expire(redis_url
         await g2.fair.close()
 
 
-async def test_a_stalled_store_leaves_each_process_deciding_alone(redis_url):
-    url, server = redis_url
+async def test_a_stalled_store_leaves_each_process_deciding_alone(redis_server):
+    url, server = redis_server
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry)
     cfg = parse_config({"models": {"m": {"source": "external"}}, "gateway": {"fair_sharing": {"store_url": url}}})
@@ -166,12 +154,12 @@ async def test_a_stalled_store_leaves_each_process_deciding_alone(redis_url):
         await g.fair.close()
 
 
-def test_two_gateway_processes_keep_the_headroom_for_a_tenant_on_one_of_them(tmp_path, redis_url):
+def test_two_gateway_processes_keep_the_headroom_for_a_tenant_on_one_of_them(tmp_path, redis_server):
     """Real gateway processes over HTTP (fake engine, 4 slots, headroom 1): B floods through
     gw2 only, A sends through gw1 only. The first slot B frees goes to A (B holds its share),
     not to B's backlog queued in gw2, which never saw A; without the shared counts gw2 hands it
     to B's next at once and A waits for a later one."""
-    url, _ = redis_url
+    url, _ = redis_server
     path = tmp_path / "owc.yaml"
     path.write_text(yaml.safe_dump({
         "models": {"fake": {"source": "external", "engine_kwargs": {"max_num_seqs": 4}}},

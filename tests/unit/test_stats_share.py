@@ -17,24 +17,12 @@ from prometheus_client import CollectorRegistry
 from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.upstream.stats_poller import StatsPoller
 from cluster.gateway.upstream.stats_share import FAILED, RedisStatsShare, StatsShareMetrics, decode, encode
-from cluster.process import free_port
 from cluster.routing.stats import StatsStore
 from cluster.routing.types import ReplicaStats
-from cluster.tenancy.local_redis import LocalRedis
 
 PERIOD = 0.1
 TIMEOUT = 0.5  # of one scrape
 LEASE = 2 * PERIOD + TIMEOUT  # as cluster.gateway.upstream.stats_share.build_stats_share sets it
-
-
-@pytest.fixture
-def redis_url():
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    server = LocalRedis.ensure(url)
-    try:
-        yield url, server
-    finally:
-        server.stop()
 
 
 class Engines:
@@ -114,8 +102,8 @@ def test_a_round_reads_back_as_it_was_scraped(o):
     assert decode(json.loads(json.dumps(encode({"r0": o})))) == {"r0": o}
 
 
-async def test_a_follower_applies_the_scrapers_rounds_and_the_engines_see_one_scrape(redis_url):
-    url, _ = redis_url
+async def test_a_follower_applies_the_scrapers_rounds_and_the_engines_see_one_scrape(redis_server):
+    url, _ = redis_server
     engines = Engines()
     procs = [Process(engines, url) for _ in range(3)]
     for p in procs:
@@ -146,8 +134,8 @@ async def test_a_follower_applies_the_scrapers_rounds_and_the_engines_see_one_sc
             await p.close()
 
 
-async def test_a_slow_replica_does_not_hold_back_the_others_stats(redis_url):
-    url, _ = redis_url
+async def test_a_slow_replica_does_not_hold_back_the_others_stats(redis_server):
+    url, _ = redis_server
     engines = Engines()
     a, b = Process(engines, url), Process(engines, url)
     await a.start(), await b.start()
@@ -167,8 +155,8 @@ async def test_a_slow_replica_does_not_hold_back_the_others_stats(redis_url):
         await a.close(), await b.close()
 
 
-async def test_a_dead_scraper_is_replaced_within_its_lease(redis_url):
-    url, _ = redis_url
+async def test_a_dead_scraper_is_replaced_within_its_lease(redis_server):
+    url, _ = redis_server
     engines = Engines()
     a, b = Process(engines, url), Process(engines, url)
     await a.start(), await b.start()
@@ -191,8 +179,8 @@ async def test_a_dead_scraper_is_replaced_within_its_lease(redis_url):
         await a.poller._client.aclose()
 
 
-async def test_a_scraper_that_stops_hands_its_lease_on_at_once(redis_url):
-    url, _ = redis_url
+async def test_a_scraper_that_stops_hands_its_lease_on_at_once(redis_server):
+    url, _ = redis_server
     engines = Engines()
     a, b = Process(engines, url), Process(engines, url)
     await a.start(), await b.start()
@@ -206,8 +194,8 @@ async def test_a_scraper_that_stops_hands_its_lease_on_at_once(redis_url):
         await b.close()
 
 
-async def test_without_the_store_every_process_scrapes_for_itself(redis_url):
-    url, server = redis_url
+async def test_without_the_store_every_process_scrapes_for_itself(redis_server):
+    url, server = redis_server
     engines = Engines()
     a, b = Process(engines, url), Process(engines, url)
     await a.start(), await b.start()
@@ -236,8 +224,8 @@ async def test_no_store_configured_scrapes_locally():
     await p.close()
 
 
-async def test_a_followers_adapter_load_holds_and_the_scraper_rereads_it(redis_url):
-    url, _ = redis_url
+async def test_a_followers_adapter_load_holds_and_the_scraper_rereads_it(redis_server):
+    url, _ = redis_server
     engines = Engines()
     a, b = Process(engines, url), Process(engines, url)
     await a.start(), await b.start()

@@ -2,6 +2,7 @@
 its SLO, replica-hours, scale events, peak and start-ups; the dilated profile; and the docs
 block rendered from the committed result."""
 
+import contextlib
 import json
 
 import pytest
@@ -47,6 +48,28 @@ def test_real_block_reflects_the_committed_result():
     assert doc["trace"]["sha256_16"] in block and "not vLLM" in block
 
 
+@contextlib.asynccontextmanager
+async def _profiled_engine():
+    """A profiled engine (2 slots, 100 prompt tokens in 10 ms, 10-ms decode steps) served on a
+    free port: (the engine, its URL)."""
+    from aiohttp import web
+
+    from cluster.process import free_port
+    from loadtests.profiled_engine import ProfiledEngine
+
+    profile = {"max_num_seqs": 2, "prefill_tokens_per_s": 10_000, "decode_step_base_s": 0.01,
+               "decode_step_per_seq_s": 0.0, "startup_s": 0.0, "kv_capacity_tokens": 1000}
+    engine = ProfiledEngine(model="m", profile=profile)
+    runner = web.AppRunner(engine.app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield engine, f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
 def test_profiled_engine_serves_the_simulators_replica_model(monkeypatch):
     """Batch slots (the third request waits for one: vllm:num_requests_waiting), a prefill before
     the first token, one token per decode step, the usage at the end."""
@@ -54,40 +77,26 @@ def test_profiled_engine_serves_the_simulators_replica_model(monkeypatch):
     import time
 
     import aiohttp
-    from aiohttp import web
 
     from cluster.bench.driver import one_request
     from cluster.engine.guard import ENGINE_KEY_ENV
-    from cluster.process import free_port
-    from loadtests.profiled_engine import ProfiledEngine
 
     monkeypatch.delenv(ENGINE_KEY_ENV, raising=False)
-    profile = {"max_num_seqs": 2, "prefill_tokens_per_s": 10_000, "decode_step_base_s": 0.01,
-               "decode_step_per_seq_s": 0.0, "startup_s": 0.0, "kv_capacity_tokens": 1000}
 
     async def scenario():
-        engine = ProfiledEngine(model="m", profile=profile)
-        runner = web.AppRunner(engine.app())
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        url = f"http://127.0.0.1:{port}"
         waiting = []
-        try:
-            async with aiohttp.ClientSession() as s:
-                async def watch():
-                    while True:
-                        waiting.append(engine.waiting.labels("m", "0")._value.get())
-                        await asyncio.sleep(0.005)
+        async with _profiled_engine() as (engine, url), aiohttp.ClientSession() as s:
+            async def watch():
+                while True:
+                    waiting.append(engine.waiting.labels("m", "0")._value.get())
+                    await asyncio.sleep(0.005)
 
-                w = asyncio.create_task(watch())
-                t0 = time.perf_counter()
-                rs = await asyncio.gather(*(one_request(s, url, "m", f"r{i} " + "x " * 99, 5, chat=False)
-                                            for i in range(3)))
-                took = time.perf_counter() - t0
-                w.cancel()
-        finally:
-            await runner.cleanup()
+            w = asyncio.create_task(watch())
+            t0 = time.perf_counter()
+            rs = await asyncio.gather(*(one_request(s, url, "m", f"r{i} " + "x " * 99, 5, chat=False)
+                                        for i in range(3)))
+            took = time.perf_counter() - t0
+            w.cancel()
         return rs, took, waiting, engine
 
     rs, took, waiting, engine = asyncio.run(scenario())
@@ -107,31 +116,17 @@ def test_profiled_engine_answers_a_whole_completion_through_its_scheduler(monkey
     import time
 
     import aiohttp
-    from aiohttp import web
 
     from cluster.engine.guard import ENGINE_KEY_ENV
-    from cluster.process import free_port
-    from loadtests.profiled_engine import ProfiledEngine
 
     monkeypatch.delenv(ENGINE_KEY_ENV, raising=False)
-    profile = {"max_num_seqs": 2, "prefill_tokens_per_s": 10_000, "decode_step_base_s": 0.01,
-               "decode_step_per_seq_s": 0.0, "startup_s": 0.0, "kv_capacity_tokens": 1000}
 
     async def scenario():
-        engine = ProfiledEngine(model="m", profile=profile)
-        runner = web.AppRunner(engine.app())
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            async with aiohttp.ClientSession() as s:
-                t0 = time.perf_counter()
-                async with s.post(f"http://127.0.0.1:{port}/v1/completions",
-                                  json={"model": "m", "prompt": "a b c", "max_tokens": 5}) as r:
-                    body = await r.json()
-                return r.status, body, time.perf_counter() - t0, engine
-        finally:
-            await runner.cleanup()
+        async with _profiled_engine() as (engine, url), aiohttp.ClientSession() as s:
+            t0 = time.perf_counter()
+            async with s.post(f"{url}/v1/completions", json={"model": "m", "prompt": "a b c", "max_tokens": 5}) as r:
+                body = await r.json()
+            return r.status, body, time.perf_counter() - t0, engine
 
     status, body, took, engine = asyncio.run(scenario())
     assert status == 200 and body["object"] == "text_completion"

@@ -36,9 +36,17 @@ class LineLedger(Protocol):
     async def release(self, batch_id: str, lines: list[int]) -> None:
         """Give the leases of ``lines`` back unfinished (dropped before they reached an engine)."""
 
-    async def finish(self, batch_id: str, line: int, *, outcome: str, owner: str) -> bool:
+    async def finish(self, batch_id: str, line: int, *, outcome: str, owner: str, charge: str = "") -> bool:
         """Mark the line done (``outcome`` OK or ERR, its result file written by ``owner``):
-        True when this call did, False when it was done already."""
+        True when this call did, False when it was done already. ``charge``: what the line owes
+        (its tenancy charge, opaque here), kept pending with the done-mark, in the same step,
+        until ``settled``, so that a process dying in between leaves it to another."""
+
+    async def charges(self, batch_id: str) -> dict[int, str]:
+        """line -> charge of the done lines whose charge is not settled yet."""
+
+    async def settled(self, batch_id: str, line: int) -> None:
+        """The line's pending charge is settled: forget it."""
 
     async def progress(self, batch_id: str, *, now: float) -> Progress: ...
 
@@ -59,6 +67,7 @@ class _Lines:
     cursor: int = 0
     leases: dict[int, float] = field(default_factory=dict)  # line -> lease expiry
     done: dict[int, tuple[str, str]] = field(default_factory=dict)
+    charges: dict[int, str] = field(default_factory=dict)
     close_until: float = 0.0
     close_owner: str = ""
 
@@ -91,13 +100,21 @@ class MemoryLedger:
         for ln in lines:
             s.leases[ln] = 0.0  # expired: claimed again first
 
-    async def finish(self, batch_id: str, line: int, *, outcome: str, owner: str) -> bool:
+    async def finish(self, batch_id: str, line: int, *, outcome: str, owner: str, charge: str = "") -> bool:
         s = self._of(batch_id)
         s.leases.pop(line, None)
         if line in s.done:
             return False
         s.done[line] = (outcome, owner)
+        if charge:
+            s.charges[line] = charge
         return True
+
+    async def charges(self, batch_id: str) -> dict[int, str]:
+        return dict(self._of(batch_id).charges)
+
+    async def settled(self, batch_id: str, line: int) -> None:
+        self._of(batch_id).charges.pop(line, None)
 
     async def progress(self, batch_id: str, *, now: float) -> Progress:
         s = self._of(batch_id)

@@ -1,6 +1,7 @@
 """The line ledger (cluster.batch.ledger) in Redis, shared by every gateway process: per batch
 (`owc:bl:{batch id}:…`) the claim cursor, a sorted set of leases scored by their expiry, a hash
-of done lines (line -> outcome:owner, set once: HSETNX) with their counts, and the close lease.
+of done lines (line -> outcome:owner, set once: HSETNX) with their counts and, set in the same
+script, the charges not settled yet (line -> charge), and the close lease.
 Claims and finishes are one Lua script each, so two processes never take the same live line
 and a line is done once."""
 
@@ -34,6 +35,7 @@ FINISH = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2] .. ':' .. ARGV[3]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], ARGV[1], ARGV[4]) end
 return 1
 """
 
@@ -68,9 +70,15 @@ class RedisLedger:
         if lines:
             await self._renew(keys=[_k(batch_id, "lease")], args=["0", *lines])  # expired: claimed again first
 
-    async def finish(self, batch_id: str, line: int, *, outcome: str, owner: str) -> bool:
-        return bool(await self._finish(keys=[_k(batch_id, "lease"), _k(batch_id, "done"), _k(batch_id, "n")],
-                                       args=[line, outcome, owner]))
+    async def finish(self, batch_id: str, line: int, *, outcome: str, owner: str, charge: str = "") -> bool:
+        return bool(await self._finish(keys=[_k(batch_id, "lease"), _k(batch_id, "done"), _k(batch_id, "n"),
+                                             _k(batch_id, "charge")], args=[line, outcome, owner, charge]))
+
+    async def charges(self, batch_id: str) -> dict[int, str]:
+        return {int(k): v.decode() for k, v in (await self._r.hgetall(_k(batch_id, "charge"))).items()}
+
+    async def settled(self, batch_id: str, line: int) -> None:
+        await self._r.hdel(_k(batch_id, "charge"), line)
 
     async def progress(self, batch_id: str, *, now: float) -> Progress:
         async with self._r.pipeline(transaction=False) as p:
@@ -97,7 +105,7 @@ class RedisLedger:
         return False
 
     async def drop(self, batch_id: str) -> None:
-        await self._r.delete(*(_k(batch_id, p) for p in ("lease", "cur", "done", "n", "close")))
+        await self._r.delete(*(_k(batch_id, p) for p in ("lease", "cur", "done", "n", "close", "charge")))
 
     async def close(self) -> None:
         await self._r.aclose()

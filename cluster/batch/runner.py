@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -42,8 +42,19 @@ class LineCall:
     body: Any
     batch_id: str
     custom_id: str
+    line: int = -1  # its number in the input (0-based)
     sent: bool = False
     request_id: str = ""  # the gateway's request id, once admission has given it one
+    charge: str | None = None  # what the line owes once answered (the gateway's tenancy charge), not settled
+
+
+class LineCharges(Protocol):
+    """Where a line's charge is settled (the gateway's tenancy): once per line whoever asks."""
+
+    async def settle_line(self, batch_id: str, line: int, charge: str) -> None: ...
+
+    async def release_lines(self, tenant: str, batch_id: str, lines: list[int] | None, *,
+                            settled_only: bool = False) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -77,13 +88,15 @@ class _Local:
 
 class BatchRunner:
     def __init__(self, service: BatchService, ledger: LineLedger, execute: Execute, *,
-                 clock: Callable[[], float] = time.time, hooks: RunnerHooks | None = None, owner: str | None = None):
+                 clock: Callable[[], float] = time.time, hooks: RunnerHooks | None = None, owner: str | None = None,
+                 charges: LineCharges | None = None):
         self.service = service
         self.cfg = service.cfg
         self.ledger = ledger
         self._execute = execute
         self._clock = clock
         self._hooks = hooks or RunnerHooks()
+        self._charges = charges
         self.owner = owner or os.urandom(6).hex()
         self.results = Results(self.cfg.store_dir)
         self._local: dict[str, _Local] = {}
@@ -167,7 +180,7 @@ class BatchRunner:
     async def _line(self, b: BatchRecord, w: _Local, line: int) -> None:
         try:
             obj = read_line(self.service.contents.path(b.input_file_id), w.offsets[line])
-            call = w.calls[line] = LineCall(b.tenant, obj["url"], obj["body"], b.id, obj["custom_id"])
+            call = w.calls[line] = LineCall(b.tenant, obj["url"], obj["body"], b.id, obj["custom_id"], line)
             try:
                 ans = await self._execute(call)
             except asyncio.CancelledError:
@@ -177,15 +190,35 @@ class BatchRunner:
                 ans = LineAnswer(500, {"error": {"message": "internal gateway error", "type": "server_error",
                                                  "param": None, "code": None}}, "")
             self.results.write(b.id, line, self.owner, answered(call.custom_id, ans.status, ans.request_id, ans.body))
-            first = await self.ledger.finish(b.id, line, outcome=OK if ans.status < 400 else ERR, owner=self.owner)
+            first = await self.ledger.finish(b.id, line, outcome=OK if ans.status < 400 else ERR, owner=self.owner,
+                                             charge=call.charge or "")
             self._hooks.line(b.tenant, ("ok" if ans.status < 400 else "error") if first else "duplicate")
+            if call.charge and self._charges is not None:
+                if first:  # the done-mark won: this answer is the line's, and so is its charge
+                    await self._settle(b.id, line, call.charge)
+                else:  # a rerun's reservation, if the line was charged already (else its winner's settle takes it)
+                    await self._charges.release_lines(b.tenant, b.id, [line], settled_only=True)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - store or disk: the lease lapses and the line runs again
-            log.exception("batch %s line %d: result not recorded (it runs again once its lease expires)", b.id, line)
+            log.exception("batch %s line %d: result or charge not recorded (a line not done runs again once its "
+                          "lease expires; a charge left pending is settled at the batch's close)", b.id, line)
         finally:
             w.tasks.pop(line, None)
             w.calls.pop(line, None)
+
+    async def _settle(self, batch_id: str, line: int, charge: str) -> None:
+        await self._charges.settle_line(batch_id, line, charge)
+        await self.ledger.settled(batch_id, line)
+
+    async def _settle_all(self, b: BatchRecord) -> None:
+        """Charges left pending (a process died between a line's done-mark and its charge) settled,
+        once each, and every reservation still held for the batch's lines given back."""
+        if self._charges is None:
+            return
+        for line, charge in (await self.ledger.charges(b.id)).items():
+            await self._settle(b.id, line, charge)
+        await self._charges.release_lines(b.tenant, b.id, None)
 
     # -- closing --------------------------------------------------------------------------------
 
@@ -207,6 +240,7 @@ class BatchRunner:
             return  # another process's lines still run (or its leases have not expired yet)
         if not await self.ledger.take_close(b.id, self.owner, ttl_s=max(60.0, self.cfg.lease_ttl_s)):
             return
+        await self._settle_all(b)
         done = await self.ledger.done_lines(b.id)
         written: dict[str, tuple[str, int, int]] = {}
         if done or b.status == states.EXPIRED:

@@ -3,6 +3,22 @@ gateways never both spend the last token and gateway clocks do not matter. Keys 
 in the scripts from the tenant's prefix `owc:t:{tenant}` (standalone Redis; the braces
 keep one tenant's keys in one Redis Cluster slot)."""
 
+_HOLDS = """
+local HOLD_TTL_S = 259200
+local function adjust(p, kind, period, delta, ttl)
+  if delta == 0 or period == '-1' then return end
+  local key = p .. kind .. period
+  if redis.call('EXISTS', key) == 1 then redis.call('INCRBY', key, delta)
+  elseif delta > 0 then redis.call('SET', key, delta, 'EX', ttl) end
+end
+local function refund(p, hold)
+  local cost, day, month = string.match(hold, '^(%S+) (%S+) (%S+)$')
+  adjust(p, ':d:', day, -tonumber(cost), 259200)
+  adjust(p, ':m:', month, -tonumber(cost), 5356800)
+  return tonumber(cost), day, month
+end
+"""
+
 _CLOCK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -18,10 +34,11 @@ end
 """
 
 # ARGV: prefix, rpm, burst, tpm, cost, max_concurrent, lease, lease_ttl_s, daily, monthly
-# (-1: no such limit). Returns strings: code ('ok' or a refusal), retry_s, requests
+# (-1: no such limit), and for a batch line its hold key and line ('' none): a line reserves
+# once (its hold: "cost day month"); a rerun of a line still held is admitted on that hold. Returns strings: code ('ok' or a refusal), retry_s, requests
 # remaining, requests reset_s, tokens remaining, tokens reset_s, day used, month used,
 # day, month (yyyymm), day reset_s, month reset_s.
-RESERVE = _CLOCK + """
+RESERVE = _CLOCK + _HOLDS + """
 local p = ARGV[1]
 local rpm, burst, tpm = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local cost, maxc, lease, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
@@ -62,6 +79,8 @@ local function out(code, retry)
   return {code, tostring(retry), tostring(rq), tostring(rqr), tostring(tk), tostring(tkr), tostring(dused),
           tostring(mused), tostring(day), tostring(month), tostring(dreset), tostring(mreset)}
 end
+local hk, hf = ARGV[11] or '', ARGV[12] or ''
+if hk ~= '' and redis.call('HEXISTS', hk, hf) == 1 then return out('ok', 0) end
 if daily >= 0 and dused + cost > daily then return out('daily', dreset) end
 if monthly >= 0 and mused + cost > monthly then return out('monthly', mreset) end
 if maxc >= 0 and n >= maxc then return out('concurrency', 1) end
@@ -81,6 +100,10 @@ end
 if monthly >= 0 then
   mused = redis.call('INCRBY', mkey, cost)
   redis.call('EXPIRE', mkey, math.ceil(mreset) + 3024000)
+end
+if hk ~= '' then
+  redis.call('HSET', hk, hf, string.format('%d %d %d', cost, daily >= 0 and day or -1, monthly >= 0 and month or -1))
+  redis.call('EXPIRE', hk, HOLD_TTL_S)
 end
 return out('ok', 0)
 """
@@ -124,4 +147,52 @@ for i, key in ipairs(KEYS) do
   redis.call('EXPIRE', key, math.ceil(ttl * 2))
 end
 return #KEYS
+"""
+
+# A batch line's charge, once per line whoever calls it (the settled marker, HSETNX): its hold
+# (the reservation of whichever run made it) refunded and, the first time, the tokens charged
+# and the usage recorded. ARGV: prefix, hold key, settled key, line, tokens, day, month (of the
+# run: used when no hold is left; -1: no such quota), usage key ('': none), member, requests,
+# prompt, completion, reasoning, errors, usage ttl_s, usage day. Returns 1 when this call charged.
+SETTLE_LINE = _HOLDS + """
+local p, hk, sk, f = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local day, month, reserved = ARGV[6], ARGV[7], 0
+local hold = redis.call('HGET', hk, f)
+if hold then
+  reserved, day, month = refund(p, hold)
+  redis.call('HDEL', hk, f)
+end
+local first = redis.call('HSETNX', sk, f, '1') == 1
+redis.call('EXPIRE', sk, HOLD_TTL_S)
+if not first then return 0 end
+adjust(p, ':d:', day, tonumber(ARGV[5]), 259200)
+adjust(p, ':m:', month, tonumber(ARGV[5]), 5356800)
+local u = ARGV[8]
+if u == '' then return 1 end
+redis.call('HINCRBY', u, 'requests', ARGV[10])
+redis.call('HINCRBY', u, 'prompt_tokens', ARGV[11])
+redis.call('HINCRBY', u, 'completion_tokens', ARGV[12])
+redis.call('HINCRBY', u, 'reasoning_tokens', ARGV[13])
+redis.call('HINCRBY', u, 'errors', ARGV[14])
+redis.call('EXPIRE', u, ARGV[15])
+redis.call('ZADD', 'owc:usage', tonumber(ARGV[16]), ARGV[9])
+return 1
+"""
+
+# Batch lines' holds given back (refunded, deleted): ARGV: prefix, hold key, settled key,
+# settled_only ('1': only lines already settled, i.e. a late rerun's hold), lines (none: all).
+RELEASE_LINES = _HOLDS + """
+local p, hk, sk, only = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local lines = {}
+if #ARGV > 4 then for i = 5, #ARGV do lines[#lines + 1] = ARGV[i] end else lines = redis.call('HKEYS', hk) end
+local n = 0
+for _, f in ipairs(lines) do
+  local hold = redis.call('HGET', hk, f)
+  if hold and (not only or redis.call('HEXISTS', sk, f) == 1) then
+    refund(p, hold)
+    redis.call('HDEL', hk, f)
+    n = n + 1
+  end
+end
+return n
 """

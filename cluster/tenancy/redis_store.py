@@ -9,7 +9,7 @@ import contextlib
 import uuid
 
 from cluster.tenancy.charging import Window
-from cluster.tenancy.lua import RENEW, RESERVE, SETTLE
+from cluster.tenancy.lua import RELEASE_LINES, RENEW, RESERVE, SETTLE, SETTLE_LINE
 from cluster.tenancy.model import Decision, Limits, day_name
 from cluster.tenancy.redis_client import fail_fast_client
 
@@ -27,6 +27,11 @@ def usage_key(day: int, tenant: str, model: str) -> tuple[str, str]:
     return "owc:u:" + member.replace("\t", ":"), member
 
 
+def line_keys(tenant: str, batch_id: str) -> tuple[str, str]:
+    """(a batch's line holds, its settled lines) under the tenant's prefix."""
+    return prefix(tenant) + ":bh:" + batch_id, prefix(tenant) + ":bs:" + batch_id
+
+
 def _arg(v) -> str:
     return "-1" if v is None else repr(v)
 
@@ -38,18 +43,23 @@ class RedisStore:
         self._reserve = self._r.register_script(RESERVE)
         self._settle = self._r.register_script(SETTLE)
         self._renew = self._r.register_script(RENEW)
+        self._settle_line = self._r.register_script(SETTLE_LINE)
+        self._release_lines = self._r.register_script(RELEASE_LINES)
         self.lease_ttl_s = lease_ttl_s
         self._usage_ttl_s = usage_ttl_days * 86400
         self._leases: dict[str, str] = {}  # lease -> its concurrency set, while the request runs
         self._renewer: asyncio.Task | None = None
 
-    async def reserve(self, tenant: str, limits: Limits, cost: int) -> Decision:
+    async def reserve(self, tenant: str, limits: Limits, cost: int, *, hold: tuple[str, int] | None = None) -> Decision:
+        """``hold``: (batch id, line) of a batch line: reserved once per line (a rerun is admitted on
+        the hold its earlier run left), settled by ``settle_line``."""
+        hk, hf = (line_keys(tenant, hold[0])[0], str(hold[1])) if hold else ("", "")
         lease = uuid.uuid4().hex if limits.max_concurrent is not None else ""
         burst = limits.burst if limits.burst is not None else 1
         r = await self._reserve(args=[
             prefix(tenant), _arg(limits.requests_per_minute), repr(float(burst)), _arg(limits.tokens_per_minute),
             str(cost), _arg(limits.max_concurrent), lease, repr(self.lease_ttl_s), _arg(limits.daily_tokens),
-            _arg(limits.monthly_tokens),
+            _arg(limits.monthly_tokens), hk, hf,
         ])
         code, retry, rq, rq_reset, tk, tk_reset, dused, mused, day, month, dreset, mreset = r
         ok = code == "ok"
@@ -78,6 +88,23 @@ class RedisStore:
             "1" if limits.daily_tokens is not None else "0", "1" if limits.monthly_tokens is not None else "0",
             key, member, *(str(u) for u in usage), str(self._usage_ttl_s),
         ])
+
+    async def settle_line(self, tenant: str, model: str, batch_id: str, line: int, *, tokens: int, day: int,
+                          month: int, limits: Limits, usage: tuple[int, int, int, int, int] | None) -> bool:
+        """A batch line's charge, once per line (True: this call made it); its hold refunded."""
+        hk, sk = line_keys(tenant, batch_id)
+        key, member = usage_key(day, tenant, model) if usage is not None else ("", "")
+        return bool(await self._settle_line(args=[
+            prefix(tenant), hk, sk, str(line), str(tokens), str(day if limits.daily_tokens is not None else -1),
+            str(month if limits.monthly_tokens is not None else -1), key, member,
+            *(str(u) for u in usage or (0, 0, 0, 0, 0)), str(self._usage_ttl_s), str(day),
+        ]))
+
+    async def release_lines(self, tenant: str, batch_id: str, lines: list[int] | None, *, settled_only: bool) -> int:
+        """Holds of ``lines`` (None: all the batch's) refunded; ``settled_only``: only of lines charged."""
+        hk, sk = line_keys(tenant, batch_id)
+        return int(await self._release_lines(args=[prefix(tenant), hk, sk, "1" if settled_only else "0",
+                                                   *(str(x) for x in lines or ())])) if lines != [] else 0
 
     def _start_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from cluster.config.auth import TenantConfig
 from cluster.tenancy.charging import Outcome, charge, settlement
+from cluster.tenancy.line_charge import LineCharge, Part
 from cluster.tenancy.local_store import LocalStore
 from cluster.tenancy.model import UNAVAILABLE, Decision, Limits
 
@@ -54,6 +55,7 @@ class Ticket:
     settled: bool = field(default=False)
     batch_quota: bool = False  # refused on the tenant's batch_daily_tokens
     side: Ticket | None = None  # a batch line's reservation on its tenant's batch_daily_tokens
+    line: tuple[str, int] | None = None  # a batch line's (batch id, line): reserved once per line
 
 
 def batch_key(tenant: str) -> str:
@@ -86,32 +88,39 @@ class Tenancy:
     def limits(self, tenant: str) -> Limits:
         return self._limits.get(tenant, Limits())
 
-    async def admit(self, tenant: str, model: str, *, cost: int, estimate: int, batch: bool = False) -> Ticket:
+    async def admit(self, tenant: str, model: str, *, cost: int, estimate: int, batch: bool = False,
+                    line: tuple[str, int] | None = None) -> Ticket:
         """The decision for one request reserving ``cost`` tokens (refused: ``decision.refused``);
         ``batch``: a batch line, held to the daily and monthly quotas and the tenant's
-        batch_daily_tokens only (not its per-minute limits or concurrency)."""
+        batch_daily_tokens only (not its per-minute limits or concurrency); with ``line`` (batch
+        id, line) it is reserved once per line and charged by ``settle_line``, not ``settle``."""
         lim = self.limits(tenant)
         if not batch:
             return await self._decide(tenant, model, cost, estimate, lim)
         side = None
         if tenant in self._batch_daily:
             side = await self._decide(batch_key(tenant), model, cost, estimate,
-                                      Limits(daily_tokens=self._batch_daily[tenant]))
+                                      Limits(daily_tokens=self._batch_daily[tenant]), hold=line)
             if not side.decision.admitted:
                 return dataclasses.replace(side, tenant=tenant, batch_quota=True)
         t = await self._decide(tenant, model, cost, estimate,
-                               Limits(daily_tokens=lim.daily_tokens, monthly_tokens=lim.monthly_tokens))
-        if not t.decision.admitted and side is not None:
-            await self._settle(side, -side.decision.cost, usage=None)  # nothing ran: the reservation back
-        t.side = side
+                               Limits(daily_tokens=lim.daily_tokens, monthly_tokens=lim.monthly_tokens), hold=line)
+        if not t.decision.admitted and side is not None:  # nothing ran: the reservation back
+            if line is None:
+                await self._settle(side, -side.decision.cost, usage=None)
+            else:
+                await self._release(side.decision.source, side.tenant, line[0], [line[1]])
+        t.side, t.line = side, line
         return t
 
-    async def _decide(self, tenant: str, model: str, cost: int, estimate: int, lim: Limits) -> Ticket:
+    async def _decide(self, tenant: str, model: str, cost: int, estimate: int, lim: Limits, *,
+                      hold: tuple[str, int] | None = None) -> Ticket:
         if self.store is None:
-            return Ticket(tenant, model, estimate, self._local.reserve_now(tenant, lim, cost), lim)
+            return Ticket(tenant, model, estimate, self._local.reserve_now(tenant, lim, cost, hold=hold), lim)
         if self._clock() >= self._down_until:
             try:
-                d = await self.store.reserve(tenant, lim, cost)
+                d = await self.store.reserve(tenant, lim, cost, hold=hold) if hold else await self.store.reserve(
+                    tenant, lim, cost)
                 self._up()
                 self._report(tenant, lim, d)
                 return Ticket(tenant, model, estimate, d, lim)
@@ -122,7 +131,7 @@ class Tenancy:
         if self.on_failure == CLOSED:
             return Ticket(tenant, model, estimate, Decision(UNAVAILABLE, retry_s=self._retry_s, source="open"), lim)
         share = lim.divided(max(1, int(self._gateways())))
-        return Ticket(tenant, model, estimate, self._local.reserve_now(tenant, share, cost), share)
+        return Ticket(tenant, model, estimate, self._local.reserve_now(tenant, share, cost, hold=hold), share)
 
     async def settle(self, ticket: Ticket | None, outcome: Outcome, *, reasoning: int = 0) -> None:
         """Charge a finished request for what its client received (refund or top-up of its
@@ -149,6 +158,64 @@ class Tenancy:
             await self.store.settle(ticket.tenant, ticket.model, d, limits=ticket.limits, delta=delta, usage=usage)
         except Exception as e:  # the charge is lost with the store; its lease lapses
             self._failed(e)
+
+    # -- batch lines: charged once per line, whichever process ran it and however often -----------
+
+    def line_charge(self, ticket: Ticket, outcome: Outcome, *, reasoning: int = 0) -> str | None:
+        """A batch line's pending charge (LineCharge JSON), settled later by ``settle_line``;
+        None when nothing is to be charged (refused, or admitted with the store down, open)."""
+        if ticket.settled or not ticket.decision.admitted or ticket.decision.source == "open":
+            return None
+        ticket.settled = True
+        prompt, completion = charge(outcome, estimate=ticket.estimate)
+
+        def part(t: Ticket | None) -> Part | None:
+            if t is None or t.decision.source == "open":
+                return None
+            return Part(t.decision.source, t.decision.day, t.decision.month, t.limits.daily_tokens is not None,
+                        t.limits.monthly_tokens is not None)
+
+        return LineCharge(ticket.tenant, ticket.model, prompt + completion,
+                          (1, prompt, completion, reasoning, int(outcome.status >= 400)), part(ticket),
+                          part(ticket.side)).dumps()
+
+    def _store_of(self, source: str):
+        return self.store if source == "redis" else self._local
+
+    async def settle_line(self, batch_id: str, line: int, raw: str) -> None:
+        """Charge a batch line (its tokens, its usage record) unless it was already: the store
+        keeps which lines are settled, so a second call (a rerun, a close after a crash) charges
+        nothing; the line's hold (the reservation of whichever run made it) is refunded. Raises
+        when the store fails, so that the caller keeps the charge pending."""
+        c = LineCharge.loads(raw)
+        for tenant, p, usage in ((c.tenant, c.main, c.usage), (batch_key(c.tenant), c.side, None)):
+            if p is None:
+                continue
+            lim = Limits(daily_tokens=0 if p.daily else None, monthly_tokens=0 if p.monthly else None)
+            try:
+                await self._store_of(p.source).settle_line(tenant, c.model, batch_id, line, tokens=c.tokens,
+                                                           day=p.day, month=p.month, limits=lim, usage=usage)
+            except Exception as e:
+                self._failed(e)
+                raise
+
+    async def release_lines(self, tenant: str, batch_id: str, lines: list[int] | None, *,
+                            settled_only: bool = False) -> None:
+        """Holds of a batch's lines refunded: ``lines`` (None: all, its close); ``settled_only``: of
+        lines already charged only (a late rerun's). Raises when the store fails."""
+        for t in (tenant, batch_key(tenant)) if tenant in self._batch_daily else (tenant,):
+            for source in ("local", "redis") if self.store is not None else ("local",):
+                await self._release(source, t, batch_id, lines, settled_only=settled_only)
+
+    async def _release(self, source: str, tenant: str, batch_id: str, lines: list[int] | None, *,
+                       settled_only: bool = False) -> None:
+        if source == "open":
+            return
+        try:
+            await self._store_of(source).release_lines(tenant, batch_id, lines, settled_only=settled_only)
+        except Exception as e:
+            self._failed(e)
+            raise
 
     def _up(self) -> None:
         if self._down_until:

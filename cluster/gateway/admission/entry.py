@@ -131,6 +131,11 @@ class Admission:
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count()
 
+    @property
+    def tenancy(self):
+        """The tenancy (cluster.tenancy.service.Tenancy) whose quotas this admission charges."""
+        return self._tenancy.tenancy
+
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
         route = scope["path"]
         headers = dict(scope["headers"])

@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 class RequestTicket:
     """One request's tenancy state; ``send`` adds the rate-limit headers once admission knows them."""
 
-    __slots__ = ("headers", "ticket", "_send")
+    __slots__ = ("headers", "ticket", "line", "_send")
 
     def __init__(self, send: Send):
         self.headers: list[tuple[bytes, bytes]] = []
         self.ticket: Ticket | None = None
+        self.line = None  # a batch line's LineCall: its charge is left on it for the batch runner
         self._send = send
 
     async def send(self, message: dict) -> None:
@@ -74,12 +75,13 @@ class GatewayTenancy:
         # A batch line: charged to the tenant's daily and monthly quotas, not its per-minute limits or
         # concurrency (its batch never throttles its interactive traffic); its usage recorded as batch:<model>.
         model = job.model if job.batch is None else f"batch:{job.model}"
+        line = job.batch
         t = await self.tenancy.admit(job.tenant, model, cost=cost, estimate=prompt_estimate(job.data),
-                                     batch=job.batch is not None)
+                                     batch=line is not None, line=None if line is None else (line.batch_id, line.line))
         d = t.decision
         rt.headers = [(k.encode(), v.encode()) for k, v in ratelimit_headers(d.requests, d.tokens).items()]
         if d.admitted:
-            rt.ticket = t
+            rt.ticket, rt.line = t, line
             return
         raise _refusal(job.tenant, t, cost)
 
@@ -87,9 +89,12 @@ class GatewayTenancy:
         if rt.ticket is None:
             return
         events = (1 + len(delivery.itl)) if delivery.ttft_s is not None else 0
+        outcome = Outcome(status, delivery.prompt_tokens, delivery.completion_tokens, events)
+        if rt.line is not None:  # a batch line is charged once per line, by the runner whose done-mark won
+            rt.line.charge = self.tenancy.line_charge(rt.ticket, outcome, reasoning=delivery.reasoning_tokens or 0)
+            return
         try:
-            await self.tenancy.settle(rt.ticket, Outcome(status, delivery.prompt_tokens, delivery.completion_tokens,
-                                                         events), reasoning=delivery.reasoning_tokens or 0)
+            await self.tenancy.settle(rt.ticket, outcome, reasoning=delivery.reasoning_tokens or 0)
         except Exception:  # never the client's problem: the request is over
             log.exception("tenancy settlement of a %s request failed", rt.ticket.tenant)
 

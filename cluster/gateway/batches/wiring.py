@@ -104,7 +104,8 @@ def build_batches(config: OwcConfig, *, admission: Callable[..., Awaitable[None]
     runner = None
     if cfg.run and admission is not None:
         hooks, on_tokens = runner_hooks(registry) if registry is not None else (RunnerHooks(), None)
-        runner = BatchRunner(service, build_ledger(config), line_executor(admission, on_tokens=on_tokens), hooks=hooks)
+        runner = BatchRunner(service, build_ledger(config), line_executor(admission, on_tokens=on_tokens), hooks=hooks,
+                             charges=getattr(admission, "tenancy", None))  # each line charged once (tenancy)
         if registry is not None:
             registry.register(Backlog(runner))
     return Batches(service, sweep_period_s=cfg.sweep_period_s, runner=runner, poll_period_s=cfg.poll_period_s)

@@ -86,6 +86,7 @@ class BatchRequest:
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None
+    output_expires_s: int | None = None  # output_expires_after.seconds: the output and error files' lifetime
 
 
 def check_create(body: Any) -> BatchRequest:
@@ -103,7 +104,31 @@ def check_create(body: Any) -> BatchRequest:
     if body["completion_window"] not in COMPLETION_WINDOWS:
         raise invalid("completion_window must be \"24h\"", param="completion_window", code="unsupported_value")
     return BatchRequest(body["input_file_id"], body["endpoint"], body["completion_window"],
-                        check_metadata(body.get("metadata")))
+                        check_metadata(body.get("metadata")), check_output_expiry(body.get("output_expires_after")))
+
+
+def check_output_expiry(v: Any) -> int | None:
+    """OpenAI's ``output_expires_after`` ({anchor: "created_at", seconds: 3600 .. 2592000}, anchored
+    at the output file's creation): its seconds; None when not given."""
+    if v is None:
+        return None
+    name = "output_expires_after"
+    if not isinstance(v, dict):
+        raise invalid(f"{name} must be an object with anchor and seconds", param=name)
+    for key in v:
+        if key not in ("anchor", "seconds"):
+            raise invalid(f"{name}: unknown parameter {key!r}", param=f"{name}.{key}", code="unknown_parameter")
+    for key in ("anchor", "seconds"):
+        if key not in v:
+            raise invalid(f"missing required parameter: '{name}.{key}'", param=f"{name}.{key}",
+                          code="missing_required_parameter")
+    if v["anchor"] != "created_at":
+        raise invalid(f"{name}.anchor must be \"created_at\"", param=f"{name}.anchor", code="unsupported_value")
+    seconds = v["seconds"]
+    if not isinstance(seconds, int) or isinstance(seconds, bool) or not EXPIRY_S[0] <= seconds <= EXPIRY_S[1]:
+        raise invalid(f"{name}.seconds must be an integer within {EXPIRY_S[0]} and {EXPIRY_S[1]}",
+                      param=f"{name}.seconds")
+    return seconds
 
 
 def check_metadata(v: Any) -> dict[str, str] | None:

@@ -66,6 +66,7 @@ class BatchRecord:
     error_file_id: str | None = None
     errors: list[dict[str, Any]] | None = None  # OpenAI's BatchError objects (code, message, param, line)
     metadata: dict[str, str] | None = None
+    output_expires_s: int | None = None  # output_expires_after.seconds (None: batch.file_expiry_s)
     in_progress_at: int | None = None
     finalizing_at: int | None = None
     completed_at: int | None = None

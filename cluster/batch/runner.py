@@ -302,7 +302,8 @@ class BatchRunner:
 
     async def _record(self, b: BatchRecord, name: str, written: tuple[str, int, int], now: float) -> None:
         file_id, size, lines = written
-        rec = FileRecord(file_id, b.tenant, size, now, int(now) + self.cfg.file_expiry_s,
+        expiry = b.output_expires_s or self.cfg.file_expiry_s  # output_expires_after, anchored at created_at
+        rec = FileRecord(file_id, b.tenant, size, now, int(now) + expiry,
                          f"{b.id}_{name}.jsonl", "batch_output", lines)
         await self.service.index.add_file(rec, max_tenant_bytes=UNLIMITED)
         self.service.contents.commit(file_id)

@@ -158,7 +158,8 @@ class BatchService:
         check_file_for_batch(f.summary, req.endpoint)
         now = self._clock()
         rec = BatchRecord(new_batch_id(), tenant, req.endpoint, f.id, req.completion_window, states.VALIDATING, now,
-                          int(now) + WINDOW_S[req.completion_window], total=f.lines, metadata=req.metadata)
+                          int(now) + WINDOW_S[req.completion_window], total=f.lines, metadata=req.metadata,
+                          output_expires_s=req.output_expires_s)
         await self._store(self.index.add_batch(rec))
         return rec
 

@@ -146,6 +146,13 @@ def test_other_refusals_are_4xx_never_5xx(gw):
         c.batches.create(input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h")
     with pytest.raises(openai.NotFoundError):
         c.batches.create(input_file_id="file-nope", endpoint=CHAT, completion_window="24h")
+    for bad, param in [({"anchor": "created_at", "seconds": 60}, "output_expires_after.seconds"),
+                       ({"anchor": "now", "seconds": 3600}, "output_expires_after.anchor"), ("1h", "output_expires_after")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h", output_expires_after=bad)
+        assert e.value.body["param"] == param and e.value.body["type"] == "invalid_request_error"
+    c.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h",
+                     output_expires_after={"anchor": "created_at", "seconds": 3600})
     h = {"Authorization": "Bearer sk-alpha"}
     for method, path, kw in [
         ("POST", "/v1/files", {"content": b"not multipart", "headers": {**h, "Content-Type": "text/plain"}}),

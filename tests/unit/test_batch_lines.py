@@ -68,6 +68,25 @@ CREATE = [
     ("metadata too many", {**OK_BODY, "metadata": {str(i): "v" for i in range(17)}}, 400, "metadata"),
     ("metadata value not a string", {**OK_BODY, "metadata": {"k": 1}}, 400, "metadata"),
     ("metadata key too long", {**OK_BODY, "metadata": {"k" * 65: "v"}}, 400, "metadata"),
+    ("output expiry not an object", {**OK_BODY, "output_expires_after": 3600}, 400, "output_expires_after"),
+    ("output expiry anchor", {**OK_BODY, "output_expires_after": {"anchor": "last_active_at", "seconds": 3600}},
+     400, "output_expires_after.anchor"),
+    ("output expiry no seconds", {**OK_BODY, "output_expires_after": {"anchor": "created_at"}},
+     400, "output_expires_after.seconds"),
+    ("output expiry no anchor", {**OK_BODY, "output_expires_after": {"seconds": 3600}},
+     400, "output_expires_after.anchor"),
+    ("output expiry under an hour", {**OK_BODY, "output_expires_after": {"anchor": "created_at", "seconds": 3599}},
+     400, "output_expires_after.seconds"),
+    ("output expiry over 30 days", {**OK_BODY, "output_expires_after": {"anchor": "created_at", "seconds": 2592001}},
+     400, "output_expires_after.seconds"),
+    ("output expiry seconds a string", {**OK_BODY, "output_expires_after": {"anchor": "created_at", "seconds": "3600"}},
+     400, "output_expires_after.seconds"),
+    ("output expiry seconds a bool", {**OK_BODY, "output_expires_after": {"anchor": "created_at", "seconds": True}},
+     400, "output_expires_after.seconds"),
+    ("output expiry seconds a float", {**OK_BODY, "output_expires_after": {"anchor": "created_at", "seconds": 3600.5}},
+     400, "output_expires_after.seconds"),
+    ("output expiry unknown key", {**OK_BODY, "output_expires_after": {"anchor": "created_at", "seconds": 3600,
+                                                                        "x": 1}}, 400, "output_expires_after.x"),
 ]
 
 
@@ -81,6 +100,10 @@ def test_create_batch_bodies_refused(name, body, status, param):
 def test_create_batch_body_accepted():
     r = check_create({**OK_BODY, "metadata": {"job": "nightly"}, "output_expires_after": None})
     assert (r.input_file_id, r.endpoint, r.completion_window, r.metadata) == ("file-x", CHAT, "24h", {"job": "nightly"})
+    assert r.output_expires_s is None
+    for seconds in (3600, 2592000):
+        body = {**OK_BODY, "output_expires_after": {"anchor": "created_at", "seconds": seconds}}
+        assert check_create(body).output_expires_s == seconds
 
 
 def test_every_line_must_name_the_batch_endpoint():

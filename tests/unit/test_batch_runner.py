@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from cluster.batch import states
+from cluster.batch.errors import BatchApiError
 from cluster.batch.index import MemoryIndex
 from cluster.batch.ledger import MemoryLedger
 from cluster.batch.redis_index import RedisIndex
@@ -234,6 +235,42 @@ def test_cancel_in_progress_finishes_in_flight_lines(kind, tmp_path):
         assert sorted(eng.calls) == ["r0", "r1"]  # no line taken after the cancel
         assert [x["custom_id"] for x in await lines_of(svc, done.output_file_id)] == ["r0", "r1"]
         assert done.error_file_id is None and done.cancelled_at and done.completed == 2
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("expires_after", [None, 7200])
+def test_output_files_expire_after_output_expires_after(kind, tmp_path, expires_after):
+    """output_expires_after (create batch) sets the output and error files' expires_at (their
+    created_at + seconds; without it batch.file_expiry_s), and the sweep deletes them then."""
+    async def go():
+        clock = Clock()
+        svc, ledger = build(kind[0], tmp_path, clock, kind[1], file_expiry_s=86400)
+        f = await upload(svc, TENANT, jsonl(3))
+        body = {"input_file_id": f.id, "endpoint": CHAT, "completion_window": "24h"}
+        if expires_after:
+            body["output_expires_after"] = {"anchor": "created_at", "seconds": expires_after}
+        batch = await svc.create_batch(TENANT, body)
+        assert (await svc.batch(TENANT, batch.id)).output_expires_s == expires_after  # stored
+        clock.now += 100  # the files are made later than the batch: anchored at their own creation
+        done = await run_until([BatchRunner(svc, ledger, Engine(refuse={"r1"}), clock=clock)], svc, batch.id,
+                               {states.COMPLETED})
+        lifetime = expires_after or 86400
+        made = [await svc.file(TENANT, done.output_file_id), await svc.file(TENANT, done.error_file_id)]
+        for rec in made:
+            assert rec.created_at == int(clock.now) and rec.openai()["expires_at"] == rec.created_at + lifetime
+        clock.now += lifetime - 1
+        await svc.sweep()
+        assert [await svc.file(TENANT, r.id) for r in made] == made  # not yet
+        clock.now += 1
+        assert (await svc.sweep())[0] >= 2
+        for rec in made:
+            assert not svc.contents.path(rec.id).exists()  # gone from disk and store
+            with pytest.raises(BatchApiError):
+                await svc.file(TENANT, rec.id)
+            assert rec.id not in [x.id for x in await svc.index.files(TENANT)]
+        await svc.close()
+        await ledger.close()
 
     asyncio.run(go())
 

@@ -34,20 +34,23 @@ import yaml
 
 from cluster.bench.driver import percentile
 from cluster.gateway.auth.keys import hash_key
+from cluster.engine.launcher import vllm_launcher
 from cluster.process import Command, ServerProcess, free_port
 from cluster.tenancy.local_redis import LocalRedis
+from loadtests.fairness import default_model
 from loadtests.fairness_load import KEYS, Occupancy, body, capacity, engine_idle, poisson
 
 TARGET = 1.25
 KEY = "sk-bench"
 
 
-def gateway_config(d: Path, model: str, slots: int, store_url: str, keep_free: float) -> Path:
+def gateway_config(d: Path, model: str, slots: int, store_url: str, keep_free: float,
+                   batch_extra: dict | None = None) -> Path:
     cfg = {"models": {model: {"source": "external", "engine_kwargs": {"max_num_seqs": slots}}},
            "gateway": {"api_keys_env": None, "api_keys_file": str(d / "keys.yaml"), "access_log": {"enabled": False},
                        "fair_sharing": {"store_url": store_url}},
            "batch": {"store_dir": str(d / "batch"), "store_url": store_url, "poll_period_s": 0.2,
-                     "keep_free": keep_free}}
+                     "keep_free": keep_free, **(batch_extra or {})}}
     # capacity() sends with fairness_load's key of B: a tenant of its own
     (d / "keys.yaml").write_text(yaml.safe_dump({hash_key(KEY): "bench", hash_key(KEYS["B"]): "probe"}))
     (d / "owc.yaml").write_text(yaml.safe_dump(cfg))
@@ -91,11 +94,25 @@ def phase(name: str, urls: list[str], *, a: argparse.Namespace, rate: float, see
     return out
 
 
+def start_engine(slots: int, cores: str, log: Path) -> tuple[str, ServerProcess]:
+    """The embedded default's model on vLLM with ``slots`` max_num_seqs (not started yet)."""
+    model, mcfg, cache = default_model()
+    cfg = mcfg.model_copy(update={"engine_kwargs": {**mcfg.engine_kwargs, "max_num_seqs": slots}})
+    cmd = vllm_launcher(model, cfg, cache)
+    if cores:
+        cmd = Command(["taskset", "-c", cores, *cmd.argv], env=cmd.env)
+    return model, ServerProcess(cmd, log_path=log)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engine-url")
+    ap.add_argument("--engine-url", help="an engine you started; neither this nor --fake: the embedded default's "
+                    "model on vLLM, started here with max_num_seqs --slots")
     ap.add_argument("--model", default="m")
     ap.add_argument("--slots", type=int, default=8, help="the engine's max_num_seqs")
+    ap.add_argument("--engine-cores", default="",
+                    help="run the engine started here on these cores only (taskset -c, e.g. 0), as on a GPU host "
+                         "where the engine's compute does not share the CPU with the gateways (loadtests.fairness)")
     ap.add_argument("--fake", action="store_true", help="start a fake engine (ttft 50 ms, itl 20 ms) instead")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=60)
@@ -103,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lines", type=int, default=500)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--keep-free", type=float, default=0.25, help="batch.keep_free")
+    ap.add_argument("--batch-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another batch: setting (YAML value), e.g. lines_in_flight=1")
     ap.add_argument("--out", type=Path, default=Path("loadtests/results/batch-idle.json"))
     a = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="owc-batch-idle-"))
@@ -116,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
                                                 "--model", a.model, "--ttft-ms", "50", "--itl-ms", "20",
                                                 "--max-num-seqs", str(a.slots)]), port=port))
             a.engine_url = f"http://127.0.0.1:{port}"
-        cfg = gateway_config(tmp, a.model, a.slots, store, a.keep_free)
+        elif a.engine_url is None:
+            a.model, engine = start_engine(a.slots, a.engine_cores, tmp / "engine.log")
+            procs.append(engine)
+            engine.start()
+            asyncio.run(engine.wait_ready(600))
+            a.engine_url = engine.url
+        extra = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.batch_set)}
+        cfg = gateway_config(tmp, a.model, a.slots, store, a.keep_free, extra)
         urls = []
         for _ in range(2):  # owc serve's two gateway processes
             port, mport = free_port(), free_port()
@@ -138,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"run": r, "ratio_p95": round(run["ratio_p95"], 3),
                               "busy": [run[p]["engine"].get("busy_fraction") for p in ("alone", "batch")]}))
         ratios = [x["ratio_p95"] for x in runs]
-        summary = {"keep_free": a.keep_free, "capacity_rps": round(cap, 3), "rate_rps": round(rate, 3), "slots": a.slots, "lines": a.lines,
+        summary = {"keep_free": a.keep_free, "batch_settings": extra, "engine_cores": a.engine_cores or "all", "capacity_rps": round(cap, 3), "rate_rps": round(rate, 3), "slots": a.slots, "lines": a.lines,
                    "ratio_p95_median": round(statistics.median(ratios), 3), "ratio_p95_min": round(min(ratios), 3),
                    "ratio_p95_max": round(max(ratios), 3), "target": TARGET,
                    "busy_alone_median": statistics.median(x["alone"]["engine"].get("busy_fraction", 0) for x in runs),

@@ -67,6 +67,16 @@ class BatchConfig(StrictModel):
         "that batch lines leave free for interactive arrivals, or gateway.fair_sharing.headroom slots if more (at "
         "least one): a batch line takes a slot only while more than that is free and no interactive request waits.",
     )
+    ttft_tolerance: float | None = Field(
+        0.2, ge=0, le=10,
+        description="Batch lines back off while the interactive requests' TTFT (p90 of a pace_window_s window, "
+        "measured by the same gateway process) is above (1 + this) x its figure in windows without batch lines: "
+        "the lines one process may run on the model halve, and grow by one per window within it (on engines where "
+        "each running sequence slows every step, free slots are not free capacity). null: free slots only.",
+    )
+    pace_window_s: float = Field(
+        2.0, ge=0.1, le=60, description="Seconds of one window of that comparison.",
+    )
     lease_ttl_s: float = Field(
         30.0, gt=1, le=3600,
         description="Seconds a line stays leased to a gateway process without renewal; a process that died has its "

@@ -48,6 +48,7 @@ from cluster.gateway.upstream.stats_share import StatsShareMetrics, build_stats_
 from cluster.gateway.observability.tracing import RequestTracer
 from cluster.routing.router import Routing
 from cluster.routing.stats import StatsStore
+from cluster.gateway.flowcontrol.batch_pacer import BatchPacer
 from cluster.gateway.flowcontrol.fair_queue import FairQueue
 from cluster.gateway.edge.loop_lag import LoopLag
 from cluster.gateway.flowcontrol.shared import SharedSlots
@@ -67,10 +68,13 @@ def build_fair_queue(config: OwcConfig, *, routing: Routing, endpoints: Endpoint
         v = m.engine_kwargs.get("max_num_seqs")
         return v if isinstance(v, int) and v > 0 else None
 
+    b = config.batch
     return FairQueue(policy=config.gateway.fair_sharing, tenants=config.gateway.tenants,
                      max_num_seqs={n: max_num_seqs(m) for n, m in config.models.items()}, routing=routing,
                      endpoints=endpoints.endpoints, metrics=metrics, shared=build_shared_slots(config, metrics),
-                     batch_unknown_limit=config.batch.lines_on_unknown_capacity, batch_keep_free=config.batch.keep_free)
+                     batch_unknown_limit=config.batch.lines_on_unknown_capacity, batch_keep_free=config.batch.keep_free,
+                     batch_pacer=None if b.ttft_tolerance is None else BatchPacer(
+                         max_lines=b.lines_in_flight, tolerance=b.ttft_tolerance, window_s=b.pace_window_s))
 
 
 def build_shared_slots(config: OwcConfig, metrics: GatewayMetrics) -> SharedSlots | None:
@@ -147,7 +151,9 @@ def build_app(
         registry.register(versions)  # owc_rollout_* (docs/metrics.md)
     admission = Admission(
         config=config, auth=auth, forwarder=forwarder, metrics=metrics, tracer=tracer,
-        accounting=Accounting(metrics=metrics, routing=routing, access_log=access_log), conversations=conversations,
+        accounting=Accounting(metrics=metrics, routing=routing, access_log=access_log,
+                              interactive_ttft=fair.batch_pacer.interactive_ttft if fair.batch_pacer else None),
+        conversations=conversations,
     )
 
     lag = LoopLag(metrics.loop_lag.set)

@@ -2,7 +2,8 @@
 takes an engine slot only when no interactive request of its model waits in this process and
 the model's free running slots, counted over every gateway process as the fair queue sees them
 (the shared view while the model is hot, else one scrape old), stay above the headroom; it
-never queues in the fair order, so an interactive arrival never waits behind it. While a
+never queues in the fair order, so an interactive arrival never waits behind it; and no more
+lines than the interactive requests' TTFT allows (cluster.gateway.flowcontrol.batch_pacer). While a
 replica's capacity is not known, a small fixed number of lines per process. Pure: the rule is a
 function of one Capacity; the mixin polls it (no I/O, no HTTP library)."""
 
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.errors import OpenAIError
+from cluster.gateway.flowcontrol.batch_pacer import BatchPacer
 from cluster.gateway.flowcontrol.capacity import Capacity
 from cluster.gateway.flowcontrol.shared_dispatch import ModelState
 
@@ -21,11 +23,12 @@ POLL_S = 0.05  # how often a waiting batch line looks for idle room again
 
 
 def batch_admits(cap: Capacity, *, headroom: int, interactive_waiting: bool, batch_here: int,
-                 unknown_limit: int, keep_free: float = 0.0) -> frozenset[str] | None:
+                 unknown_limit: int, keep_free: float = 0.0, paced: int | None = None) -> frozenset[str] | None:
     """The replicas to exclude for the next batch line; None: it waits. Free running slots kept
     for interactive arrivals: ``headroom``, or ``keep_free`` of the model's slots if more, at
-    least one; ``batch_here``: this process's batch lines of the model now."""
-    if interactive_waiting or cap.routable == 0:
+    least one; ``batch_here``: this process's batch lines of the model now; ``paced``: the most
+    this process may run now as the interactive TTFTs allow (cluster.gateway.flowcontrol.batch_pacer)."""
+    if interactive_waiting or cap.routable == 0 or (paced is not None and batch_here >= paced):
         return None
     if cap.unbounded:
         return cap.at_limit if batch_here < unknown_limit else None
@@ -41,6 +44,7 @@ class BatchSlots:
     _models: dict[str, ModelState]
     batch_unknown_limit: int = 2
     batch_keep_free: float = 0.0
+    batch_pacer: BatchPacer | None = None
 
     async def batch_slot(self, model: str, pick: Callable[[Sequence[Endpoint], frozenset[str]], Endpoint]) -> Endpoint:
         """A replica for a batch line, taken by ``pick`` once the model has idle room; waits
@@ -57,9 +61,10 @@ class BatchSlots:
         while True:
             endpoints = self._endpoints(model)
             cap = self.capacity(model, endpoints, self._view(model))
+            paced = None if self.batch_pacer is None else self.batch_pacer.limit(model, st.batch)
             exclude = batch_admits(cap, headroom=self._policy.headroom, interactive_waiting=bool(st.order),
                                    batch_here=st.batch, unknown_limit=self.batch_unknown_limit,
-                                   keep_free=self.batch_keep_free)
+                                   keep_free=self.batch_keep_free, paced=paced)
             if exclude is not None:
                 try:
                     ep = pick(endpoints, exclude)

@@ -38,6 +38,7 @@ from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.context import ClientGone, Receive, wait_disconnect
 from cluster.gateway.errors import RETRY_SOON, OpenAIError
 from cluster.gateway.flowcontrol.batch_class import BatchSlots
+from cluster.gateway.flowcontrol.batch_pacer import BatchPacer
 from cluster.gateway.flowcontrol.capacity import Capacity, learn_capacity, others_on
 from cluster.gateway.flowcontrol.shared import Counts, SharedSlots
 from cluster.gateway.flowcontrol.shared_dispatch import ModelState, SharedDispatch
@@ -62,7 +63,7 @@ class FairQueue(SharedDispatch, BatchSlots):
         self, *, policy: FairSharing, tenants: Mapping[str, TenantConfig], max_num_seqs: Mapping[str, int | None],
         routing: Routing, endpoints: Callable[[str], list[Endpoint]], metrics: GatewayMetrics,
         clock: Callable[[], float] = time.monotonic, shared: SharedSlots | None = None, batch_unknown_limit: int = 2,
-        batch_keep_free: float = 0.0,
+        batch_keep_free: float = 0.0, batch_pacer: BatchPacer | None = None,
     ):
         """``max_num_seqs``: each model's configured engine batch (None: learn each replica's
         from its scrapes); ``shared``: the other gateway processes' counts while a model is hot."""
@@ -76,6 +77,7 @@ class FairQueue(SharedDispatch, BatchSlots):
         self._shared = shared
         self.batch_unknown_limit = batch_unknown_limit  # batch lines per process on a replica of unknown capacity
         self.batch_keep_free = batch_keep_free  # share of a model's slots batch lines leave free
+        self.batch_pacer = batch_pacer  # batch lines as the interactive TTFTs allow (None: slots only)
         self._models: dict[str, ModelState] = {}
         self._learned: dict[str, int] = {}  # replica id -> capacity learned from scrapes
         self._theirs: dict[str, int] = {}  # replica id -> the other gateways' requests on it at the last scrape

@@ -4,6 +4,7 @@ admission knew (route, tenant, model, final status) and what the forwarder deliv
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +43,12 @@ class Settled:
 
 
 class Accounting:
-    def __init__(self, *, metrics: GatewayMetrics, routing: Routing, access_log: AccessLog | None = None):
+    def __init__(self, *, metrics: GatewayMetrics, routing: Routing, access_log: AccessLog | None = None,
+                 interactive_ttft: Callable[[str, float], None] | None = None):
+        """``interactive_ttft(model, seconds)``: told each interactive request's time to first
+        token (the batch lines' pacer, cluster.gateway.flowcontrol.batch_pacer)."""
         self._metrics = metrics
+        self._interactive_ttft = interactive_ttft
         self._routing = routing
         self._access_log = access_log
         self._child = Children()
@@ -72,6 +77,8 @@ class Accounting:
             m.retries.labels(model, reason).inc()
         if delivery.ttft_s is not None and interactive:
             child(m.ttft, model, version).observe(delivery.ttft_s)
+            if self._interactive_ttft is not None:
+                self._interactive_ttft(model, delivery.ttft_s)
         if delivery.itl and interactive:
             observe_all(child(m.itl, model, version), delivery.itl)
         if delivery.prompt_tokens:

@@ -82,6 +82,18 @@ class Results:
         except FileNotFoundError:
             return None
 
+    def keep_input(self, batch_id: str, source: Path) -> None:
+        """The batch's own link to its input file's content (made once, when it starts): deleting
+        the file (DELETE /v1/files) does not take the lines of a running batch away. Raises
+        FileNotFoundError when the input is gone already."""
+        try:
+            os.link(source, self._dir(batch_id) / "input")
+        except FileExistsError:  # another process started it
+            pass
+
+    def input_of(self, batch_id: str) -> Path:
+        return self.root / "work" / batch_id / "input"
+
     def remove(self, batch_id: str) -> None:
         shutil.rmtree(self.root / "work" / batch_id, ignore_errors=True) if is_batch_id(batch_id) else None
 

@@ -146,7 +146,11 @@ class BatchRunner:
     async def _start(self, b: BatchRecord, now: float) -> BatchRecord:
         """validating -> in_progress once its input file is there (failed when it is gone)."""
         rec = await self.service.index.file(b.tenant, b.input_file_id)
-        if rec is None or not self.service.contents.path(b.input_file_id).exists():
+        try:  # the batch keeps its input's content: a delete of the file from now on takes no line away
+            await asyncio.to_thread(self.results.keep_input, b.id, self.service.contents.path(b.input_file_id))
+        except FileNotFoundError:
+            rec = None
+        if rec is None:
             err = [{"code": "invalid_file", "message": "the input file no longer exists", "param": "input_file_id",
                     "line": None}]
             return await self._update(b, lambda r: dataclasses.replace(states.advance(r, states.FAILED, now), errors=err)
@@ -156,12 +160,17 @@ class BatchRunner:
 
     # -- lines ----------------------------------------------------------------------------------
 
+    def _input(self, b: BatchRecord):
+        """The batch's link to its input (a batch started before links were made: the file itself)."""
+        kept = self.results.input_of(b.id)
+        return kept if kept.exists() else self.service.contents.path(b.input_file_id)
+
     async def _work(self, b: BatchRecord) -> _Local:
         w = self._local.get(b.id)
         if w is None:
             w = self._local[b.id] = _Local()
         if w.offsets is None:  # a 200 MB input is read once per process, off the event loop
-            w.offsets = await asyncio.to_thread(input_offsets, self.service.contents.path(b.input_file_id))
+            w.offsets = await asyncio.to_thread(input_offsets, self._input(b))
         return w
 
     async def _run(self, b: BatchRecord, p: Progress, now: float, share: int) -> None:
@@ -179,7 +188,7 @@ class BatchRunner:
 
     async def _line(self, b: BatchRecord, w: _Local, line: int) -> None:
         try:
-            obj = read_line(self.service.contents.path(b.input_file_id), w.offsets[line])
+            obj = read_line(self._input(b), w.offsets[line])
             call = w.calls[line] = LineCall(b.tenant, obj["url"], obj["body"], b.id, obj["custom_id"], line)
             try:
                 ans = await self._execute(call)
@@ -290,7 +299,7 @@ class BatchRunner:
         return out
 
     def _custom_ids(self, b: BatchRecord) -> Iterator[str]:
-        path = self.service.contents.path(b.input_file_id)
+        path = self._input(b)
         try:
             with path.open("rb") as f:
                 for raw in f:

@@ -239,6 +239,49 @@ def test_cancel_in_progress_finishes_in_flight_lines(kind, tmp_path):
     asyncio.run(go())
 
 
+def test_an_input_file_deleted_while_its_batch_runs_takes_no_line_away(kind, tmp_path):
+    """The batch links its input's content when it starts (as OpenAI, a batch outlives a delete of
+    its input file): the file is gone from the tenant's files at once, the batch still runs every
+    line, and the link goes with the batch's work directory when it closes."""
+    async def go():
+        clock = Clock()
+        svc, ledger = build(kind[0], tmp_path, clock, kind[1], lines_in_flight=2)
+        hold = asyncio.Event()
+        eng = Engine(hold=hold)
+        runner = BatchRunner(svc, ledger, eng, clock=clock)
+        batch = await new_batch(svc, 6)
+        await runner.tick()
+        await asyncio.sleep(0.01)
+        assert sorted(eng.calls) == ["r0", "r1"]
+        await svc.delete_file(TENANT, batch.input_file_id)
+        assert not svc.contents.path(batch.input_file_id).exists()
+        with pytest.raises(BatchApiError):
+            await svc.file(TENANT, batch.input_file_id)
+        hold.set()
+        done = await run_until([runner], svc, batch.id, {states.COMPLETED})
+        assert [x["custom_id"] for x in await lines_of(svc, done.output_file_id)] == [f"r{i}" for i in range(6)]
+        assert done.error_file_id is None
+        assert not (tmp_path / "store" / "work" / batch.id).exists()  # its link to the input gone too
+        await svc.close()
+        await ledger.close()
+
+    asyncio.run(go())
+
+
+def test_a_batch_whose_input_is_deleted_before_it_starts_fails(kind, tmp_path):
+    async def go():
+        clock = Clock()
+        svc, ledger = build(kind[0], tmp_path, clock, kind[1])
+        batch = await new_batch(svc, 2)
+        await svc.delete_file(TENANT, batch.input_file_id)
+        done = await run_until([BatchRunner(svc, ledger, Engine(), clock=clock)], svc, batch.id, {states.FAILED})
+        assert [e["code"] for e in done.openai()["errors"]["data"]] == ["invalid_file"]
+        await svc.close()
+        await ledger.close()
+
+    asyncio.run(go())
+
+
 @pytest.mark.parametrize("expires_after", [None, 7200])
 def test_output_files_expire_after_output_expires_after(kind, tmp_path, expires_after):
     """output_expires_after (create batch) sets the output and error files' expires_at (their

@@ -7,6 +7,7 @@ ran (the window closed) gets ``response: null`` and an ``error``."""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -18,6 +19,7 @@ import orjson
 
 from cluster.batch.ids import is_batch_id
 
+log = logging.getLogger(__name__)
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
@@ -90,6 +92,12 @@ class Results:
             os.link(source, self._dir(batch_id) / "input")
         except FileExistsError:  # another process started it
             pass
+        except FileNotFoundError:
+            raise
+        except OSError as e:  # a filesystem without hard links: the lines are read from the file itself
+            if not source.exists():
+                raise FileNotFoundError(source) from e
+            log.warning("batch %s: no link to its input (%s); a delete of the file will stop its lines", batch_id, e)
 
     def input_of(self, batch_id: str) -> Path:
         return self.root / "work" / batch_id / "input"

@@ -331,3 +331,18 @@ def test_owc_serve_starts_a_store_for_the_batches_of_its_gateway_processes(cfg, 
     from cluster.local_stores import needs_batch_store
 
     assert needs_batch_store(parse_config({"models": {"m": {"source": "external"}}, **cfg})) is starts
+
+
+def test_an_input_link_the_filesystem_refuses_falls_back_to_the_file(tmp_path, monkeypatch):
+    """No hard links (EPERM, EXDEV): the batch starts anyway, reading the file itself; a source
+    gone is FileNotFoundError (the batch fails), whatever the filesystem says."""
+    from cluster.batch.output import Results
+
+    results, batch_id, src = Results(tmp_path), "batch_" + "a" * 24, tmp_path / "in"
+    src.write_bytes(b"x")
+    monkeypatch.setattr("os.link", lambda *a: (_ for _ in ()).throw(OSError(1, "EPERM")))
+    results.keep_input(batch_id, src)
+    assert not results.input_of(batch_id).exists()
+    src.unlink()
+    with pytest.raises(FileNotFoundError):
+        results.keep_input(batch_id, src)

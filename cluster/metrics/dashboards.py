@@ -158,8 +158,10 @@ TENANTS = Dashboard(
            (f"max(owc_batch_lines_pending{{{M}}})", "lines pending"),
            (f"max by (status) (owc_batch_batches{{{M}}})", "batches {{status}}"),
            (f"sum(owc_batch_lines_in_flight{{{M}}})", "lines in flight"),
-           description="Lines of open batches not done yet, batches with work left by status, and lines on engines "
-                       "now (not counted in owc_requests_in_flight: a backlog scales nothing up)."),
+           (f"sum(owc_batch_lines_allowed{{{M}}})", "lines allowed by the interactive TTFT"),
+           description="Lines of open batches not done yet, batches with work left by status, lines on engines "
+                       "now (not counted in owc_requests_in_flight: a backlog scales nothing up), and the lines the "
+                       "gateways may run as their interactive requests' TTFT allows (batch.ttft_tolerance)."),
     ),
 )
 

@@ -63,7 +63,8 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     stats.round("scraped"), stats.errors.inc()
     g.fair_depth.labels("m", "t").set(1)
     for c in (g.prompt_tokens.labels("m", "t", "stable"), g.completion_tokens.labels("m", "t", "stable"),
-              g.reasoning_tokens.labels("m", "t", "stable"), g.requests.labels("m", "t", "/r", "200", "stable")):
+              g.reasoning_tokens.labels("m", "t", "stable"), g.requests.labels("m", "t", "/r", "200", "stable"),
+              g.batch_paced.labels("m")):  # set while batch lines wait (cluster.gateway.flowcontrol.batch_pacer)
         c.inc()
     out = {}
     for fam in registry.collect():

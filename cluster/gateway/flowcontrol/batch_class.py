@@ -18,6 +18,7 @@ from cluster.gateway.errors import OpenAIError
 from cluster.gateway.flowcontrol.batch_pacer import BatchPacer
 from cluster.gateway.flowcontrol.capacity import Capacity
 from cluster.gateway.flowcontrol.shared_dispatch import ModelState
+from cluster.gateway.observability.metrics import GatewayMetrics
 
 POLL_S = 0.05  # how often a waiting batch line looks for idle room again
 
@@ -39,9 +40,10 @@ def batch_admits(cap: Capacity, *, headroom: int, interactive_waiting: bool, bat
 
 class BatchSlots:
     """FairQueue's batch class (cluster.gateway.flowcontrol.fair_queue); relies on its
-    ``_models``, ``_policy``, ``_endpoints``, ``capacity`` and ``_view``."""
+    ``_models``, ``_policy``, ``_endpoints``, ``_metrics``, ``capacity`` and ``_view``."""
 
     _models: dict[str, ModelState]
+    _metrics: GatewayMetrics
     batch_unknown_limit: int = 2
     batch_keep_free: float = 0.0
     batch_pacer: BatchPacer | None = None
@@ -62,6 +64,8 @@ class BatchSlots:
             endpoints = self._endpoints(model)
             cap = self.capacity(model, endpoints, self._view(model))
             paced = None if self.batch_pacer is None else self.batch_pacer.limit(model, st.batch)
+            if paced is not None:
+                self._metrics.batch_paced.labels(model).set(paced)
             exclude = batch_admits(cap, headroom=self._policy.headroom, interactive_waiting=bool(st.order),
                                    batch_here=st.batch, unknown_limit=self.batch_unknown_limit,
                                    keep_free=self.batch_keep_free, paced=paced)

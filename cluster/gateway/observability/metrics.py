@@ -104,6 +104,13 @@ class GatewayMetrics:
             ["model"],
             registry=registry,
         )
+        self.batch_paced = Gauge(
+            "owc_batch_lines_allowed",
+            "Batch lines this gateway process may run on the model now as its interactive requests' TTFT allows "
+            "(batch.ttft_tolerance; batch.lines_in_flight while no interactive request comes), by served model.",
+            ["model"],
+            registry=registry,
+        )
         self.loop_lag = Gauge(
             "owc_event_loop_lag_seconds",
             "Worst lateness of this gateway process's event loop over the last 2 s (a 100 ms timer).",

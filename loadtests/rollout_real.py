@@ -6,6 +6,7 @@ replicas after the end (the version that lost drained to 0).
 
     python -m loadtests.rollout_real [--slow]   # --slow: a candidate with max_num_seqs 1 (rolled back)
     python -m loadtests.rollout_real --conformance   # the conformance gate on (a healthy candidate passes it)
+    python -m loadtests.rollout_real --mirror   # mirror mode, copies switched on and off (loadtests.rollout_mirror)
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ ENGINE = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "max_num_seq
 ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
-def config(slow: bool, step_s: float, cache: str, conformance: bool = False):
+def config(slow: bool, step_s: float, cache: str, conformance: bool = False, mirror: bool = False):
     candidate = {**ENGINE, "max_num_seqs": 1 if slow else 8}
     stable = dict(ENGINE)
     return parse_config({
         "models": {"tiny-llama": {
             "source": "demo:tiny-llama", "max_model_len": 4096, "dtype": "float32", "cpus_per_replica": 1,
             "engine_kwargs": stable, "engine_env": ENV, "candidate": {"engine_kwargs": candidate},
-            "rollout": {"steps": [20, 50], "step_s": step_s, "conformance": conformance},
+            "rollout": {"steps": [50] if mirror else [20, 50], "step_s": step_s, "conformance": conformance,
+                        "mirror": mirror},
         }},
         "gateway": {"port": free_port(), "metrics_port": free_port(), "replicas": 1},
         "monitoring": {"file_sd_dir": None}, "model_cache_dir": cache,
@@ -51,7 +53,14 @@ def main() -> None:
     p.add_argument("--step-s", type=float, default=20)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--cache", default=str(Path("~/.cache/owc/models").expanduser()))
+    p.add_argument("--mirror", action="store_true", help="mirror mode: stable's answers and TTFT with and without copies")
+    p.add_argument("--windows", type=int, default=8, help="--mirror: windows, copies off and on in turn")
+    p.add_argument("--window-s", type=float, default=15)
     a = p.parse_args()
+    if a.mirror:
+        from loadtests.rollout_mirror import run
+
+        return run(a)
     cfg = config(a.slow, a.step_s, a.cache, a.conformance)
     cluster = LocalCluster(cfg, temp_dir=tempfile.mkdtemp(prefix="owc-rollout-"))
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from cluster.config.base import StrictModel
 
@@ -53,8 +53,14 @@ class Rollout(StrictModel):
     )
     step_s: float = Field(300.0, ge=5, description="Seconds each step is analysed against stable (its window).")
     mirror: bool = Field(
-        False, description="The candidate gets copies of stable's traffic, its answers discarded. Not built yet: "
-        "true is refused (docs/rollouts.md).",
+        False, description="The candidate gets copies of a share of stable's traffic (each step's weight: the % "
+        "of requests copied), its answers read for the gates and discarded; every client is answered by stable. "
+        "The promotion then moves all traffic to the candidate as usual.",
+    )
+    mirror_queue: int = Field(
+        64, ge=1, le=10_000, description="Mirror mode: copies of this model pending at once (sent to the candidate, "
+        "not answered yet) per gateway process; a copy beyond is dropped (owc_rollout_mirror_dropped_total), never "
+        "waited for.",
     )
     sticky: bool = Field(
         True, description="A session (x-session-id, else the body's `user`) keeps its version; requests with "
@@ -78,13 +84,6 @@ class Rollout(StrictModel):
         if 100 in v[:-1] or (len(v) == 1 and v[0] == 100):
             raise ValueError("rollout.steps: 100 only as the last step, after an analysed one")
         return v
-
-    @model_validator(mode="after")
-    def _built(self) -> Rollout:
-        if self.mirror:  # accepted and ignored, a mirrored rollout would be a live one the operator did not ask for
-            raise ValueError("rollout.mirror: mirror mode is not built yet (docs/rollouts.md); without it the "
-                             "candidate serves its share of live traffic")
-        return self
 
     @property
     def analysed_steps(self) -> list[int]:

@@ -42,6 +42,7 @@ from cluster.gateway.responses.conversations import Conversations
 from cluster.gateway.responses.ids import ResponseIds
 from cluster.gateway.responses.routes import add_responses_routes
 from cluster.gateway.rollout.routes import add_rollout_routes
+from cluster.gateway.rollout.mirror import Mirror
 from cluster.gateway.rollout.view import RolloutView
 from cluster.gateway.upstream.stats_poller import StatsPoller
 from cluster.gateway.upstream.stats_share import StatsShareMetrics, build_stats_share
@@ -145,15 +146,21 @@ def build_app(
     )
     forwarder.adapters = adapters = build_loader(config=config, endpoints=endpoints, metrics=metrics, routing=routing,
                                                  poller=stats_poller, engine_key=engine_key)  # LoRA adapters
+    accounting = Accounting(metrics=metrics, routing=routing, access_log=access_log,
+                            interactive_ttft=fair.batch_pacer.interactive_ttft if fair.batch_pacer else None)
     versions = RolloutView(config, RolloutFiles(rollout_dir(config.model_cache_dir)))  # rollouts (docs/rollouts.md)
     if versions.models:
         forwarder.versions = versions
         registry.register(versions)  # owc_rollout_* (docs/metrics.md)
+    if versions.mirrored:  # mirror mode: copies for the candidate, off the clients' path
+        forwarder.mirror = Mirror(
+            view=versions, endpoints=endpoints, routing=routing, open=forwarder.open, settle=accounting.settle,
+            metrics=metrics, queue={n: config.models[n].rollout.mirror_queue for n in versions.mirrored},
+            timeout_s=gw.limits.request_timeout_s,
+        )
     admission = Admission(
         config=config, auth=auth, forwarder=forwarder, metrics=metrics, tracer=tracer,
-        accounting=Accounting(metrics=metrics, routing=routing, access_log=access_log,
-                              interactive_ttft=fair.batch_pacer.interactive_ttft if fair.batch_pacer else None),
-        conversations=conversations,
+        accounting=accounting, conversations=conversations,
     )
 
     lag = LoopLag(metrics.loop_lag.set)
@@ -186,6 +193,8 @@ def build_app(
             if stats_poller is not None:
                 await stats_poller.stop()
             await endpoints.stop()
+            if forwarder.mirror is not None:
+                await forwarder.mirror.close()
             await forwarder.close()
             await versions.stop()
             await adapters.close()

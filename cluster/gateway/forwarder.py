@@ -68,6 +68,7 @@ def _taking_requests(endpoints: list[Endpoint]) -> bool:
 class Forwarder:
     adapters = None  # cluster.gateway.upstream.adapter_loader.AdapterLoader: loads a LoRA adapter the chosen replica lacks
     versions = None  # cluster.gateway.rollout.view.RolloutView: the version a request goes to during a rollout
+    mirror = None  # cluster.gateway.rollout.mirror.Mirror: mirror mode's copies for the candidate
 
     def __init__(
         self, *, routing: Routing, endpoints: EndpointSource, engine: EngineClient, metrics: GatewayMetrics,
@@ -127,6 +128,8 @@ class Forwarder:
             preamble = ANTHROPIC_SHARED if job.route == MESSAGES else ()  # an agent's system prompt and tools
             info = RequestInfo(model=job.model, prefix_key=prefix_key(job.data, chars, preamble=preamble) if chars else b"",
                                session_key=session_key(job.headers, job.data), adapter=job.adapter)
+            if self.mirror is not None:  # mirror mode: maybe a copy for the candidate, never awaited
+                self.mirror.offer(job, info)
             headers = {"Content-Type": "application/json", "X-Request-Id": job.request_id, **(trace_headers or {})}
             first = await self._slot(job, info, endpoints, receive, delivery)
             try:
@@ -212,7 +215,7 @@ class Forwarder:
         # call; after, it closes the engine connection. Either way vLLM aborts the request.
         loop = asyncio.get_running_loop()
         gone = loop.create_task(wait_disconnect(receive))
-        opening = deadline.opening = loop.create_task(self._open(job, info, endpoints, headers, delivery, first=first))
+        opening = deadline.opening = loop.create_task(self.open(job, info, endpoints, headers, delivery, first=first))
         try:
             try:
                 await first_of(gone, opening)
@@ -238,12 +241,12 @@ class Forwarder:
                     if ledger.render is not None:  # a harmony stream: the engine's prompt and grammar first
                         route, body = ledger.render
                         render = dataclasses.replace(job, route=route, body=body, body_for=None, pin=None, stream=False)
-                        answer = await self._open(render, info, endpoints, headers, delivery, exclude=tried)
+                        answer = await self.open(render, info, endpoints, headers, delivery, exclude=tried)
                         self._release(delivery.endpoint.replica_id, job)
                         rendered(ledger, *answer)
                     cont = dataclasses.replace(job, route=ledger.continuation_route, body=continuation(ledger),
                                                body_for=None, pin=None)
-                    resp, first = await self._open(cont, info, endpoints, headers, delivery, exclude=tried)
+                    resp, first = await self.open(cont, info, endpoints, headers, delivery, exclude=tried)
                     rid = delivery.endpoint.replica_id
                     tried.add(rid)
                     if resp.status >= 400:
@@ -271,9 +274,9 @@ class Forwarder:
             deadline.cancel()
             gone.cancel()
 
-    async def _open(self, job: Job, info: RequestInfo, endpoints: list[Endpoint], headers: dict[str, str],
-                    delivery: Delivery, *, first: Endpoint | None = None,
-                    exclude: set[str] | None = None) -> tuple[Response, bytes]:
+    async def open(self, job: Job, info: RequestInfo, endpoints: list[Endpoint], headers: dict[str, str],
+                   delivery: Delivery, *, first: Endpoint | None = None,
+                   exclude: set[str] | None = None) -> tuple[Response, bytes]:
         """Send the job to the replica routing picks (``first``: already picked and taken) and
         wait for its first body bytes (a non-streamed response: all of it). Until then the
         client has received nothing, so a replica that refuses the connection or dies is

@@ -64,6 +64,7 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     g.fair_depth.labels("m", "t").set(1)
     for c in (g.prompt_tokens.labels("m", "t", "stable"), g.completion_tokens.labels("m", "t", "stable"),
               g.reasoning_tokens.labels("m", "t", "stable"), g.requests.labels("m", "t", "/r", "200", "stable"),
+              g.mirror_dropped.labels("m"),  # mirror mode's (cluster.gateway.rollout.mirror)
               g.batch_paced.labels("m")):  # set while batch lines wait (cluster.gateway.flowcontrol.batch_pacer)
         c.inc()
     out = {}

@@ -33,15 +33,25 @@ def test_no_candidate_no_rollout():
 
 
 def test_what_is_not_built_is_refused_not_ignored():
-    """Mirror mode and adapter candidates are not built: a config asking for them is refused
-    with the key and why, never served as something else."""
+    """Adapter candidates are not built: a config asking for them is refused with the key and
+    why, never served as something else."""
     with pytest.raises(ConfigError) as err:
         parse_config({"models": {"m": {"source": "x", "adapters": {"a": {"source": "/a1", "candidate": {"source": "/a2"}}}}}})
     assert "models.m.adapters.a" in str(err.value) and "not built yet" in str(err.value)
-    with pytest.raises(ConfigError) as err:
-        parse_config(_model(candidate={"source": "y"}, rollout={"mirror": True}))
-    assert "models.m.rollout" in str(err.value) and "mirror mode is not built yet" in str(err.value)
+
+
+def test_mirror_mode_and_its_bounded_queue():
+    r = parse_config(_model(candidate={"source": "y"}, rollout={"mirror": True})).models["m"].rollout
+    assert (r.mirror, r.mirror_queue) == (True, 64)
     assert parse_config(_model(candidate={"source": "y"}, rollout={"mirror": False})).models["m"].rollout.mirror is False
+    assert parse_config(_model(candidate={"source": "y"}, rollout={"mirror_queue": 8})).models["m"].rollout.mirror_queue == 8
+    for bad in (0, -1, "many", 1.5):
+        with pytest.raises(ConfigError) as err:
+            parse_config(_model(candidate={"source": "y"}, rollout={"mirror": True, "mirror_queue": bad}))
+        assert "models.m.rollout.mirror_queue" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_config(_model(candidate={"source": "y"}, rollout={"mirror": "yes please"}))
+    assert "models.m.rollout.mirror" in str(err.value)
 
 
 def test_a_trailing_100_is_the_promotion():

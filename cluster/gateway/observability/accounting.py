@@ -40,6 +40,10 @@ class Settled:
     data: dict[str, Any] | None = None  # the parsed body, when it got that far
     span: Any = None
     batch: tuple[str, str] | None = None  # a batch line: (batch id, custom_id)
+    # A mirror mode copy (cluster.gateway.rollout.mirror): counted under its version in the request,
+    # TTFT, ITL and token metrics the rollout's gates read; not in the duration histogram (no version
+    # label: it is the clients'), the access log or a trace.
+    mirror: bool = False
 
 
 class Accounting:
@@ -63,7 +67,7 @@ class Accounting:
         interactive = req.batch is None
         if interactive:
             child(m.requests, model, req.tenant, req.route, str(req.status), version).inc()
-        if model != UNKNOWN and interactive:
+        if model != UNKNOWN and interactive and not req.mirror:
             child(m.duration, model, req.route).observe(latency)
         if delivery.decisions:
             policy = self._routing.policy(model)
@@ -77,7 +81,7 @@ class Accounting:
             m.retries.labels(model, reason).inc()
         if delivery.ttft_s is not None and interactive:
             child(m.ttft, model, version).observe(delivery.ttft_s)
-            if self._interactive_ttft is not None:
+            if self._interactive_ttft is not None and not req.mirror:  # a copy's TTFT is no client's
                 self._interactive_ttft(model, delivery.ttft_s)
         if delivery.itl and interactive:
             observe_all(child(m.itl, model, version), delivery.itl)
@@ -94,7 +98,7 @@ class Accounting:
                 "gen_ai.usage.output_tokens": delivery.completion_tokens,
                 "owc.usage.reasoning_tokens": delivery.reasoning_tokens,
             })
-        if self._access_log is not None:
+        if self._access_log is not None and not req.mirror:
             self._access_log.write(self._log_record(req, delivery, latency))
 
     def _log_record(self, req: Settled, delivery: Delivery, latency: float) -> dict[str, Any]:

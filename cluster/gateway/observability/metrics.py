@@ -155,6 +155,13 @@ class GatewayMetrics:
             ["model", "reason"],
             registry=registry,
         )
+        self.mirror_dropped = Counter(
+            "owc_rollout_mirror_dropped",
+            "Mirror mode: copies for the candidate dropped because this gateway process's queue of pending copies "
+            "of the model was full (docs/rollouts.md).",
+            ["model"],
+            registry=registry,
+        )
         self.resumes = Counter(
             "owc_stream_resumes",
             "Streams whose engine broke after the first byte, by model and result: resumed (continued on "

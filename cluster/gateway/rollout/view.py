@@ -3,7 +3,12 @@ request path; the version of each request picked from it (cluster.routing.versio
 
 A model with a rollout in its config but no state written yet (the analysis has not
 started, or the conformance gate runs) goes to stable: weight 0. After a rollback or an
-abort the weight is 0, after a promotion 100."""
+abort the weight is 0, after a promotion 100.
+
+Mirror mode (`rollout.mirror`): below 100 % every request goes to stable, and the weight is
+the share of requests a copy of which the candidate gets (``copies``; the copies are sent by
+cluster.gateway.rollout.mirror); at 100 % (promoted) the candidate answers as in a live
+rollout, at 0 (rolled back) nothing is copied."""
 
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ class RolloutView:
         self.models = {n: m for n, m in config.models.items() if m.candidate is not None}  # version routing
         self.rolled_out = {n for n, m in config.models.items() if has_rollout(m)}  # the admin API's models
         self._sticky = {n: m.rollout.sticky for n, m in self.models.items()}
+        self.mirrored = {n for n, m in self.models.items() if m.rollout.mirror}
         self._draw = draw
         self._weights: dict[str, float] = {n: 0.0 for n in self.models}
         self._states: dict[str, str] = {n: "pending" for n in self.models}
@@ -61,12 +67,21 @@ class RolloutView:
         weight = self._weights.get(model)
         if weight is None:
             return None
+        if model in self.mirrored and weight < 100:  # the client's answer comes from stable alone
+            return STABLE
         version = pick_version(weight, session if self._sticky[model] else None, self._draw)
         if not any(e.version == version and not e.draining for e in endpoints):
             other = STABLE if version == CANDIDATE else CANDIDATE
             if any(e.version == other and not e.draining for e in endpoints):
                 return other
         return version
+
+    def copies(self, model: str, session: str | None) -> bool:
+        """Mirror mode: the candidate gets a copy of this request (the weight's share of the
+        requests, sticky by session as a live rollout picks its version)."""
+        weight = self._weights.get(model, 0.0)
+        return model in self.mirrored and 0 < weight < 100 and \
+            pick_version(weight, session if self._sticky[model] else None, self._draw) == CANDIDATE
 
     def collect(self):
         """owc_rollout_candidate_weight and owc_rollout_state, as this process last read them

@@ -127,6 +127,14 @@ class LeaseElector:
             return True
         return self.is_leader()
 
+    def holds(self) -> bool:
+        """Held now, from this candidate's last renewal and no call (another thread may ask:
+        `owc controller`'s rollout analysis): True while that renewal is younger than the
+        Lease less one renew interval, so whatever the caller writes next lands while no
+        other candidate can have taken the Lease (the holder renews every interval)."""
+        renewed = self._renewed
+        return renewed is not None and (self._clock() - renewed).total_seconds() < self._duration - self._renew_every
+
     def record(self, annotations: Mapping[str, str]) -> bool:
         """Write ``annotations`` on the Lease (renewing it) only if this candidate holds it
         now: False when another holds it or the write lost a race (then do not act)."""

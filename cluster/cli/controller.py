@@ -47,11 +47,15 @@ def controller(
     except ValueError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
-    if not targets:
-        console.print("[yellow]no model has autoscaling.enabled and gateway.replicas.max == min: nothing to "
-                      "control[/yellow]")
+    rolled_out = [n for n, m in cfg.models.items() if m.candidate is not None]
+    if not targets and not (kubernetes and rolled_out):
+        console.print("[yellow]no model has autoscaling.enabled and gateway.replicas.max == min"
+                      + (", and no candidate to roll out" if kubernetes else "")
+                      + ": nothing to control[/yellow]")
         raise typer.Exit(2)
-    elector = None
+    if rolled_out and not kubernetes:
+        console.print(f"rollouts of {', '.join(rolled_out)}: analysed by owc serve itself, not here")
+    elector = rollouts = None
     if kubernetes:
         from kubernetes import client
         from kubernetes import config as kconfig
@@ -67,6 +71,13 @@ def controller(
         elector = LeaseElector(api=client.CoordinationV1Api(), namespace=namespace, name=lease,
                                identity=identity or socket.gethostname(), duration_s=lease_duration,
                                renew_interval_s=interval)
+        if rolled_out:  # the rollout analysis, on Prometheus, while this pod holds the Lease (docs/rollouts.md)
+            from cluster.discovery.rollout_configmap import ConfigMapRollouts
+            from cluster.rollouts.leader import LeaderRollouts, configmap_name
+
+            store = ConfigMapRollouts(client.CoreV1Api(), namespace, configmap_name(rayservice))
+            rollouts = LeaderRollouts(cfg, store, prometheus=PrometheusSignals(prometheus), elector=elector,
+                                      scale=actuator.scale)
     else:
         import os
 
@@ -90,18 +101,30 @@ def controller(
             sd_dir = file_sd_dir(cfg.monitoring.file_sd_dir)
             write_targets(sd_dir, f"controller-{metrics_port}", [{"targets": [f"127.0.0.1:{metrics_port}"]}])
     lease_note = f", Lease {lease} for {lease_duration}s" if kubernetes else ""
-    console.print(f"capacity controller: {', '.join(ctl.models)} every {interval:g}s (Prometheus {prometheus}"
-                  f"{lease_note})")
+    console.print(f"capacity controller: {', '.join(ctl.models) or 'no autoscaled target'} every {interval:g}s "
+                  f"(Prometheus {prometheus}{lease_note})")
+    if rollouts is not None:
+        console.print(f"rollout analysis: {', '.join(rollouts.models)} every second while leading (state in "
+                      f"ConfigMap {configmap_name(rayservice)})")
+        if not once:
+            rollouts.start()
     stop = threading.Event()
     try:
         if once:
-            for model, d in ctl.reconcile_once().items():
+            decisions = ctl.reconcile_once()  # takes (or renews) the Lease first
+            if rollouts is not None and rollouts.tick():
+                for model in rollouts.models:
+                    st = rollouts.analysis.state(model)
+                    console.print(f"rollout of {model}: {st.state}, step {st.step + 1}, weight {st.weight}%")
+            for model, d in decisions.items():
                 console.print(f"{model}: {d.target} ({d.reason})")
         else:
             ctl.run(interval, stop)
     except KeyboardInterrupt:
         stop.set()
     finally:
+        if rollouts is not None:
+            rollouts.stop()
         if sd_dir is not None:
             from cluster.metrics.targets import remove_targets
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -59,13 +60,19 @@ def http_scrape(url: str) -> str:
 
 
 class LocalAnalysis:
-    def __init__(self, config: OwcConfig, files: RolloutFiles, *, scrape: Callable[[str], str],
+    def __init__(self, config: OwcConfig, files: RolloutFiles | Any, *, scrape: Callable[[str], str],
                  clock: Callable[[], float] = time.time, on_change: Callable[[str, RolloutState], None] | None = None,
-                 conformance: Callable[[str], list[str]] | None = None):
+                 conformance: Callable[[str], list[str]] | None = None,
+                 windows: Callable[[str, RolloutState, float], Window | None] | None = None):
         """``scrape``: a gateway process's /metrics text by its metrics URL (raises when it
         cannot be read); ``on_change``: told each state change (owc serve drains the version
         that lost its traffic); ``conformance``: the conformance gate's failed rows for a
-        model, candidate vs stable (None: not available here, the gate is skipped with a warning)."""
+        model, candidate vs stable (None: not available here, the gate is skipped with a warning).
+        ``windows(model, state, now)``: a source that reads the window since
+        ``state.window_start`` by itself (cluster.rollouts.prometheus, `owc controller`)
+        instead of the gateway processes' /metrics; a state found written keeps its window
+        then (the counts are the source's, not this process's)."""
+        self._windows = windows
         self._conformance = conformance
         self._files = files
         self._settings = {n: m.rollout for n, m in config.models.items() if m.candidate is not None}
@@ -87,22 +94,28 @@ class LocalAnalysis:
                 st = policy.start(self._settings[model], now)
             else:  # written by an earlier analysis: its step's window starts again, in full
                 st = RolloutState.from_dict(doc)
-                if st.state == "analysing":
+                if st.state == "analysing" and self._windows is None:
                     st = RolloutState.from_dict({**st.to_dict(), "window_start": now})
             self._set(model, st, force=True)
         return self._states[model]
 
+    def forget(self) -> None:
+        """Drop every state and baseline held here: the next tick reads the states again
+        (`owc controller` on losing the Lease or in a new term: another leader may have moved them)."""
+        self._states.clear()
+        self._base.clear()
+
     def tick(self) -> None:
         for cmd in self._files.pending():
             self._command(cmd)
-        readings = self._read_all() if self._settings else {}
+        readings = self._read_all() if self._settings and self._windows is None else {}
         now = self._clock()
         for model, settings in self._settings.items():
             st = self.state(model)
             if st.state == "pending":  # the conformance gate comes first, before any request
                 self.conformance(model, self._conformance_rows(model))
                 continue
-            window = self._window(model, st, readings.get(model))
+            window = self._windows(model, st, now) if self._windows else self._window(model, st, readings.get(model))
             self._set(model, policy.advance(st, settings, window, now))
 
     def _conformance_rows(self, model: str) -> list[str]:

@@ -118,3 +118,51 @@ def cap(free: int) -> Capacity:
 def test_batch_admits_keeps_to_the_paced_limit(here, paced, admitted):
     got = batch_admits(cap(20), headroom=2, interactive_waiting=False, batch_here=here, unknown_limit=2, paced=paced)
     assert (got is not None) is admitted
+
+
+# -- the wiring: the gateway's accounting tells it, the batch class asks it -------------------------
+
+def test_accounting_tells_the_pacer_interactive_ttfts_only():
+    from prometheus_client import CollectorRegistry
+
+    from cluster.gateway.context import Delivery
+    from cluster.gateway.observability.accounting import Accounting, Settled
+    from cluster.gateway.observability.metrics import GatewayMetrics
+
+    class _Routing:
+        def policy(self, model: str) -> str:
+            return "p2c"
+
+    told = []
+    accounting = Accounting(metrics=GatewayMetrics(CollectorRegistry()), routing=_Routing(),
+                            interactive_ttft=lambda model, s: told.append((model, s)))
+    for batch in (None, ("batch_1", "line-1")):
+        d = Delivery()
+        d.ttft_s = 0.25
+        accounting.settle(Settled("r", "/v1/chat/completions", 200, tenant="t", model="m", batch=batch), d)
+    accounting.settle(Settled("r", "/v1/chat/completions", 400, tenant="t", model="m"), Delivery())  # no token
+    assert told == [("m", 0.25)]
+
+
+async def test_a_batch_line_waits_while_the_pacer_allows_none():
+    import asyncio
+
+    from tests.unit.test_fair_queue import Stack, settle
+
+    clock = Clock()
+    s = Stack(batch=8, headroom=1)
+    s.fair.batch_pacer = p = pacer(clock, max_lines=4)
+    windows(p, clock, [(0.10, 0)])  # the baseline
+    first = await asyncio.wait_for(s.fair.batch_slot("m", s.pick), 1)  # the limit is 2 after a good window
+    assert s.registry.get_sample_value("owc_batch_lines_allowed", {"model": "m"}) == 2
+    windows(p, clock, [(0.50, 1), (0.50, 1)])  # the interactive TTFT five times the baseline: 2 -> 1 -> 0
+    line = asyncio.ensure_future(s.fair.batch_slot("m", s.pick))
+    await asyncio.sleep(0.12)
+    assert not line.done()  # 7 slots free, yet no line may start
+    assert s.registry.get_sample_value("owc_batch_lines_allowed", {"model": "m"}) == 0
+    windows(p, clock, [(0.10, 1), (0.10, 1)])  # back within the tolerance: one line more a window, 0 -> 2
+    await asyncio.wait_for(line, 1)
+    for ep in (first, line.result()):
+        s.routing.release(ep.replica_id)
+        s.fair.batch_finished("m")
+    await settle()

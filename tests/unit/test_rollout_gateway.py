@@ -14,14 +14,10 @@ import httpx
 import pytest
 import yaml
 
-from cluster.config.loader import parse_config
-from cluster.discovery.endpoints import Endpoint
-from cluster.discovery.rollouts import RolloutFiles
-from cluster.discovery.sources import write_endpoints_file
 from cluster.gateway.auth.keys import hash_key
 from cluster.rollouts.analysis import LocalAnalysis, http_scrape as scrape
-from tests.unit.rollout_helpers import Ticker
-from tests.conftest import fake_engine_argv, gateway_argv, metric, server, wait_for
+from tests.unit.rollout_helpers import Ticker, rollout_stack
+from tests.conftest import fake_engine_argv, metric, wait_for
 
 ENGINE_KEY = "engine-secret-for-rollout-tests"
 TENANT, ADMIN = "Bearer sk-t", "Bearer sk-admin"
@@ -42,24 +38,13 @@ def stack(tmp_path_factory):
            "model_cache_dir": str(d),
            "gateway": {"api_keys_env": None, "admin_keys_env": None, "api_keys_file": str(d / "keys.yaml"),
                        "admin_keys_file": str(d / "admin.yaml"), "access_log": {"path": str(d / "access.log")}}}
-    (d / "owc.yaml").write_text(yaml.safe_dump(cfg))
     env = {"OWC_ENGINE_KEY": ENGINE_KEY, "OWC_ROLLOUT_DIR": str(d / "rollouts")}
     engines = {("fast", "stable"): fake_engine_argv("fast"), ("fast", "candidate"): fake_engine_argv("fast"),
                ("slow", "stable"): fake_engine_argv("slow"),
                ("slow", "candidate"): fake_engine_argv("slow", ttft_ms=400),
                ("plain", "stable"): fake_engine_argv("plain")}
-    with server(engines[("fast", "stable")], env=env) as fs, server(engines[("fast", "candidate")], env=env) as fc, \
-            server(engines[("slow", "stable")], env=env) as ss, server(engines[("slow", "candidate")], env=env) as sc, \
-            server(engines[("plain", "stable")], env=env) as ps:
-        procs = {("fast", "stable"): fs, ("fast", "candidate"): fc, ("slow", "stable"): ss, ("slow", "candidate"): sc,
-                 ("plain", "stable"): ps}
-        eps = [Endpoint(model=m, replica_id=f"{m}-{v}", url=p.url, version=v) for (m, v), p in procs.items()]
-        write_endpoints_file(str(d / "endpoints.json"), eps)
-        argv = [*gateway_argv(config=str(d / "owc.yaml")), "--endpoints-file", str(d / "endpoints.json")]
-        with server(argv, env=env) as gw:
-            files = RolloutFiles(d / "rollouts")
-            wait_for(lambda: files.gateways(), 10, "the gateway process's metrics announcement")
-            yield gw, procs, files, parse_config(cfg)
+    with rollout_stack(d, cfg, engines, env) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

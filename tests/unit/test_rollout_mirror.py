@@ -11,15 +11,11 @@ import time
 
 import httpx
 import pytest
-import yaml
 
-from cluster.config.loader import parse_config
-from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.rollouts import RolloutFiles
-from cluster.discovery.sources import write_endpoints_file
 from cluster.rollouts.analysis import LocalAnalysis, http_scrape as scrape
-from tests.unit.rollout_helpers import Ticker
-from tests.conftest import fake_engine_argv, gateway_argv, metric, server, wait_for
+from tests.unit.rollout_helpers import Ticker, rollout_stack
+from tests.conftest import fake_engine_argv, metric, wait_for
 
 ENGINE_KEY = "engine-secret-for-mirror-tests"
 MIRROR = {"mirror": True, "steps": [20, 50], "step_s": 5, "conformance": False,
@@ -35,22 +31,11 @@ def stack(tmp_path_factory):
                       "hang": {"source": "external", "candidate": cand, "rollout": {**MIRROR, "mirror_queue": 3}},
                       "prom": {"source": "external", "candidate": cand, "rollout": MIRROR}},
            "model_cache_dir": str(d), "gateway": {"api_keys_env": None, "admin_keys_env": None}}
-    (d / "owc.yaml").write_text(yaml.safe_dump(cfg))
     env = {"OWC_ENGINE_KEY": ENGINE_KEY, "OWC_ROLLOUT_DIR": str(d / "rollouts")}
-    argvs = {(m, v): fake_engine_argv(m) for m in ("mir", "hang", "prom") for v in ("stable", "candidate")}
-    argvs[("hang", "candidate")] = fake_engine_argv("hang", ttft_ms=HANG_S * 1000)
-    keys = list(argvs)
-    with server(argvs[keys[0]], env=env) as p0, server(argvs[keys[1]], env=env) as p1, \
-            server(argvs[keys[2]], env=env) as p2, server(argvs[keys[3]], env=env) as p3, \
-            server(argvs[keys[4]], env=env) as p4, server(argvs[keys[5]], env=env) as p5:
-        procs = dict(zip(keys, (p0, p1, p2, p3, p4, p5)))
-        eps = [Endpoint(model=m, replica_id=f"{m}-{v}", url=p.url, version=v) for (m, v), p in procs.items()]
-        write_endpoints_file(str(d / "endpoints.json"), eps)
-        argv = [*gateway_argv(config=str(d / "owc.yaml")), "--endpoints-file", str(d / "endpoints.json")]
-        with server(argv, env=env) as gw:
-            files = RolloutFiles(d / "rollouts")
-            wait_for(lambda: files.gateways(), 10, "the gateway process's metrics announcement")
-            yield gw, procs, files, parse_config(cfg)
+    engines = {(m, v): fake_engine_argv(m) for m in ("mir", "hang", "prom") for v in ("stable", "candidate")}
+    engines[("hang", "candidate")] = fake_engine_argv("hang", ttft_ms=HANG_S * 1000)
+    with rollout_stack(d, cfg, engines, env) as stack:
+        yield stack
 
 
 def weigh(files: RolloutFiles, model: str, weight: float, state: str = "analysing") -> None:

@@ -17,6 +17,7 @@ process re-reads the weight every 0.5 s: one GET serves both calls); 0 for the a
 from __future__ import annotations
 
 import json
+import logging
 import string
 import threading
 import time
@@ -25,6 +26,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+log = logging.getLogger(__name__)
 ENV = "OWC_ROLLOUT_CONFIGMAP"  # <namespace>/<name>: gateway processes on Kubernetes use it
 _SAFE = set(string.ascii_letters + string.digits + "-.")
 ANSWER_KEEP_S = 60.0  # an answer nobody took (the command was withdrawn) goes after this
@@ -37,6 +39,11 @@ def key_of(model: str) -> str:
 
 def _status(e: Exception) -> int | None:
     return getattr(e, "status", None)
+
+
+class Unavailable(OSError):
+    """The API server did not answer or refused (as a directory that cannot be written:
+    the admin API answers 503)."""
 
 
 class ConfigMapRollouts:
@@ -55,7 +62,7 @@ class ConfigMapRollouts:
         except Exception as e:
             if _status(e) == 404:
                 return {}, None
-            raise
+            raise Unavailable(f"ConfigMap {self._ns}/{self.name} not read: {e}") from e
         meta = cm.metadata if not isinstance(cm, dict) else None
         data = (cm.data if meta is not None else cm.get("data")) or {}
         rv = meta.resource_version if meta is not None else cm["metadata"]["resourceVersion"]
@@ -65,7 +72,12 @@ class ConfigMapRollouts:
         with self._lock:
             now = self._clock()
             if self._cached is None or now - self._cached[0] >= self._max_age_s:
-                self._cached = (now, self._get()[0])
+                try:
+                    self._cached = (now, self._get()[0])
+                except Unavailable:
+                    if self._cached is None or self._max_age_s <= 0:
+                        raise
+                    return self._cached[1]  # a gateway routes by the last weight it read meanwhile
             return self._cached[1]
 
     def _update(self, change: Callable[[dict[str, str]], None]) -> None:
@@ -83,11 +95,11 @@ class ConfigMapRollouts:
             except Exception as e:
                 if _status(e) == 409:  # another writer came first: read again
                     continue
-                raise
+                raise Unavailable(f"ConfigMap {self._ns}/{self.name} not written: {e}") from e
             with self._lock:
                 self._cached = None
             return
-        raise RuntimeError(f"ConfigMap {self._ns}/{self.name}: {RETRIES} write conflicts in a row")
+        raise Unavailable(f"ConfigMap {self._ns}/{self.name}: {RETRIES} write conflicts in a row")
 
     def read(self, model: str) -> dict[str, Any] | None:
         return _doc(self._data().get(key_of(model)))
@@ -124,14 +136,21 @@ class ConfigMapRollouts:
         self._update(change)
 
     def take_answer(self, cid: str) -> dict[str, Any] | None:
-        raw = self._get()[0].get(f"ans.{cid}")
-        if raw is None:
+        """The answer, once (None: not yet, or the API did not answer this time: asked again)."""
+        try:
+            raw = self._get()[0].get(f"ans.{cid}")
+            if raw is not None:
+                self._update(lambda data: data.pop(f"ans.{cid}", None))
+        except Unavailable as e:
+            log.warning("rollout answer %s not read: %s", cid, e)
             return None
-        self._update(lambda data: data.pop(f"ans.{cid}", None))
         return _doc(raw)
 
     def withdraw(self, cid: str) -> None:
-        self._update(lambda data: data.pop(f"cmd.{cid}", None))
+        try:
+            self._update(lambda data: data.pop(f"cmd.{cid}", None))
+        except Unavailable as e:  # left there, it may still apply (docs/rollouts.md)
+            log.warning("rollout command %s not withdrawn: %s", cid, e)
 
     def announce(self, metrics_url: str) -> None:
         """Nothing: on Kubernetes the analysis reads the gateways' metrics from Prometheus."""
@@ -139,6 +158,18 @@ class ConfigMapRollouts:
 
     def gateways(self) -> dict:
         return {}
+
+
+def in_cluster(ref: str, *, max_age_s: float = 0.25) -> ConfigMapRollouts:
+    """A gateway process's view of ``<namespace>/<name>`` with its pod's service account."""
+    from kubernetes import client
+    from kubernetes import config as kconfig
+
+    namespace, _, name = ref.partition("/")
+    if not namespace or not name:
+        raise ValueError(f"${ENV} must be <namespace>/<name>, not {ref!r}")
+    kconfig.load_incluster_config()
+    return ConfigMapRollouts(client.CoreV1Api(), namespace, name, max_age_s=max_age_s)
 
 
 def _doc(raw: str | None) -> dict[str, Any] | None:

@@ -9,7 +9,8 @@ the gateway process is no Ray worker, and a restarted analysis (or gateway) find
 state where it left it.
 
 The directory: $OWC_ROLLOUT_DIR (owc serve sets one of its own), else `rollouts/` under the
-model cache (a shared volume on Kubernetes, as the adapter store's file)."""
+model cache. On Kubernetes (the chart) the same documents and commands live in a ConfigMap
+instead (cluster.discovery.rollout_configmap; ``rollout_store`` picks)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,18 @@ def rollout_dir(model_cache_dir: str, environ: dict[str, str] | None = None) -> 
     if env.get(DIR_ENV):
         return Path(env[DIR_ENV]).expanduser()
     return Path(model_cache_dir).expanduser() / "rollouts"
+
+
+def rollout_store(model_cache_dir: str, environ: dict[str, str] | None = None):
+    """Where this process finds the rollout state: the ConfigMap named by
+    $OWC_ROLLOUT_CONFIGMAP (``<namespace>/<name>``; the chart sets it on gateway pods, where
+    `owc controller` runs the analysis), else the directory above (`owc serve`)."""
+    from cluster.discovery.rollout_configmap import ENV, in_cluster
+
+    env = os.environ if environ is None else environ
+    if env.get(ENV):
+        return in_cluster(env[ENV])
+    return RolloutFiles(rollout_dir(model_cache_dir, env))
 
 
 def _write(path: Path, doc: dict[str, Any]) -> None:

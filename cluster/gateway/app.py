@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cluster.config.schema import OwcConfig
-from cluster.discovery.rollouts import RolloutFiles, rollout_dir
+from cluster.discovery.rollouts import rollout_store
 from cluster.discovery.sources import EndpointSource
 from cluster.gateway.observability.access_log import AccessLog
 from cluster.gateway.observability.accounting import Accounting
@@ -148,7 +148,7 @@ def build_app(
                                                  poller=stats_poller, engine_key=engine_key)  # LoRA adapters
     accounting = Accounting(metrics=metrics, routing=routing, access_log=access_log,
                             interactive_ttft=fair.batch_pacer.interactive_ttft if fair.batch_pacer else None)
-    versions = RolloutView(config, RolloutFiles(rollout_dir(config.model_cache_dir)))  # rollouts (docs/rollouts.md)
+    versions = RolloutView(config, rollout_store(config.model_cache_dir))  # rollouts (docs/rollouts.md)
     if versions.models:
         forwarder.versions = versions
         registry.register(versions)  # owc_rollout_* (docs/metrics.md)

@@ -18,7 +18,7 @@ from cluster.config.schema import GatewayConfig, ModelConfig, OwcConfig
 from cluster.engine.guard import ENGINE_KEY_ENV
 from cluster.gateway.app import build_app, metrics_app
 from cluster.gateway.edge.connections import ConnectionGuard, raise_open_file_limit
-from cluster.discovery.rollouts import RolloutFiles, rollout_dir
+from cluster.discovery.rollouts import rollout_store
 from cluster.discovery.sources import FileEndpoints, StaticEndpoints
 from cluster.gateway.edge.server import UnsafeBindError, auth_for_bind, bind_socket, make_server, serve
 from cluster.process import watch_parent
@@ -69,7 +69,7 @@ def run(
     announced = None
     if metrics_port and any(m.candidate is not None for m in cfg.models.values()):
         # owc serve's rollout analysis reads each gateway process's own metrics (docs/rollouts.md).
-        announced = RolloutFiles(rollout_dir(cfg.model_cache_dir)).announce(f"http://{cfg.gateway.local_host}:{metrics_port}")
+        announced = rollout_store(cfg.model_cache_dir).announce(f"http://{cfg.gateway.local_host}:{metrics_port}")
     try:
         uvloop.run(serve(api, api_socket, side=side, side_socket=side_socket))
     finally:

@@ -194,3 +194,31 @@ def test_window_queries_read_the_version_labelled_series_over_the_window():
     assert q["requests"] == 'sum(increase(owc_requests_total{model="tiny",version="candidate"}[42s]))'
     assert 'code=~"5.."' in q["errors"] and "[42s]" in q["ttft_p95_s"] and "histogram_quantile(0.95" in q["itl_p95_s"]
     assert PrometheusWindows(None)("tiny", RolloutState(), 10.0) is None  # no window started: nothing to read
+
+
+def test_gateway_processes_route_by_the_weight_the_leader_wrote(api, monkeypatch):
+    from cluster.discovery import rollout_configmap
+    from cluster.discovery.rollouts import RolloutFiles, rollout_store
+    from cluster.gateway.rollout.view import RolloutView
+
+    now, prom = [0.0], FakePrometheus()
+    a = Pod(api, "pod-a", now, prom)
+    c = client.ApiClient(client.Configuration(host=api.url))
+    gateway = ConfigMapRollouts(client.CoreV1Api(c), NS, configmap_name(NAME), max_age_s=0.25)
+    view = RolloutView(parse_config(OWC), gateway)
+    view.reload()
+    assert view.weight("tiny") == 0.0  # nothing written yet: all on stable
+    a.round()
+    view.reload()
+    assert view.weight("tiny") == 0.0  # read 0.25 s ago at most: the same answer
+    gateway._cached = None
+    view.reload()
+    assert view.weight("tiny") == 20.0
+    api.server.shutdown()  # the API server gone: the last weight read stays in force
+    api.server.server_close()
+    gateway._cached = (-1.0, gateway._cached[1])
+    view.reload()
+    assert view.weight("tiny") == 20.0
+    monkeypatch.setattr(rollout_configmap, "in_cluster", lambda ref: ("configmap", ref))
+    assert rollout_store("/m", {"OWC_ROLLOUT_CONFIGMAP": "serving/owc-rollouts"}) == ("configmap", "serving/owc-rollouts")
+    assert isinstance(rollout_store("/m", {}), RolloutFiles)

@@ -43,7 +43,12 @@ def add_rollout_routes(table: RouteTable, *, config: OwcConfig, view: RolloutVie
     @table.add("GET", "/admin/v1/models/{model:path}/rollout", "admin")
     async def get_rollout(request: Request, model: str) -> Response:
         model = rolled_out(model)
-        return JSONResponse(view.files.read(model) or not_started(config, model))
+        try:
+            doc = view.files.read(model)
+        except OSError as e:  # the ConfigMap (Kubernetes API) cannot be read
+            raise OpenAIError(503, f"the rollout state cannot be read: {e}", code="rollout_analysis_unavailable",
+                              type="server_error") from None
+        return JSONResponse(doc or not_started(config, model))
 
     @table.add("POST", "/admin/v1/models/{model:path}/rollout/{action}", "admin")
     async def act(request: Request, model: str, action: str) -> Response:
@@ -51,7 +56,11 @@ def add_rollout_routes(table: RouteTable, *, config: OwcConfig, view: RolloutVie
             raise OpenAIError(404, f"unknown rollout action '{action}'; one of {', '.join(ACTIONS)}", param="action")
         model = rolled_out(model)
         request.state.audit = {"model": model, "action": f"rollout.{action}"}
-        cid = view.files.submit(model, action, getattr(request.state, "admin", None))
+        try:
+            cid = view.files.submit(model, action, getattr(request.state, "admin", None))
+        except OSError as e:  # the state's directory or ConfigMap (Kubernetes API) cannot be written
+            raise OpenAIError(503, f"the rollout command could not be handed to the analysis: {e}",
+                              code="rollout_analysis_unavailable", type="server_error") from None
         deadline = time.monotonic() + ANSWER_TIMEOUT_S
         while (answer := view.files.take_answer(cid)) is None:
             if time.monotonic() > deadline:

@@ -20,6 +20,8 @@ def controller(
     namespace: Annotated[str, typer.Option(envvar="POD_NAMESPACE", help="Kubernetes namespace")] = "default",
     rayservice: Annotated[str, typer.Option(help="RayService name")] = "owc",
     lease: Annotated[str, typer.Option(help="Lease name for leader election")] = "owc-controller",
+    rollout_configmap: Annotated[Optional[str], typer.Option(
+        help="ConfigMap of the rollouts' state (default <rayservice>-rollouts)")] = None,
     lease_duration: Annotated[Optional[int], typer.Option(
         help="Seconds the Lease lasts unrenewed; at least 2 x --interval + 5 (the default)")] = None,
     identity: Annotated[Optional[str], typer.Option(envvar="POD_NAME", help="Leader-election identity")] = None,
@@ -75,7 +77,8 @@ def controller(
             from cluster.discovery.rollout_configmap import ConfigMapRollouts
             from cluster.rollouts.leader import LeaderRollouts, configmap_name
 
-            store = ConfigMapRollouts(client.CoreV1Api(), namespace, configmap_name(rayservice))
+            rollout_configmap = rollout_configmap or configmap_name(rayservice)
+            store = ConfigMapRollouts(client.CoreV1Api(), namespace, rollout_configmap)
             rollouts = LeaderRollouts(cfg, store, prometheus=PrometheusSignals(prometheus), elector=elector,
                                       scale=actuator.scale)
     else:
@@ -105,7 +108,7 @@ def controller(
                   f"(Prometheus {prometheus}{lease_note})")
     if rollouts is not None:
         console.print(f"rollout analysis: {', '.join(rollouts.models)} every second while leading (state in "
-                      f"ConfigMap {configmap_name(rayservice)})")
+                      f"ConfigMap {rollout_configmap})")
         if not once:
             rollouts.start()
     stop = threading.Event()

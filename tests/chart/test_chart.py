@@ -166,7 +166,9 @@ def test_worker_groups_sized_from_parallelism_and_pods_hardened(values):
         else:
             assert "nvidia.com/gpu" not in limits
         r = m.get("replicas", {})
-        assert g["minReplicas"] == r.get("min", 1) and g["maxReplicas"] == r.get("max", 1)
+        # during a rollout the candidate's replicas (its own, else the model's) need pods too
+        extra = m["candidate"].get("replicas", r).get("max", 1) if m.get("candidate") else 0
+        assert g["minReplicas"] == r.get("min", 1) and g["maxReplicas"] == r.get("max", 1) + extra
         probe = g["template"]["spec"]["containers"][0]["startupProbe"]
         assert probe["periodSeconds"] * probe["failureThreshold"] >= m.get("startup_timeout_s", 600)
     pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]

@@ -341,3 +341,20 @@ model cache when gateway pods share it. Empty string: no shared volume (the Batc
 {{- printf "%s/owc/batch" .Values.modelCache.mountPath }}
 {{- end -}}
 {{- end }}
+
+{{/* The rollouts' ConfigMap (docs/rollouts.md): each rollout's state and the operators'
+     commands, written by `owc controller` (the Lease holder) and read by every gateway pod.
+     Named after a hash of every model's candidate and rollout sections, so that a changed
+     candidate starts a new rollout (a new, empty ConfigMap); "" when no model has one. */}}
+{{- define "owc.rolloutConfigMap" -}}
+{{- $cfg := fromYaml (include "owc.config" .) }}
+{{- $c := dict }}
+{{- range $name, $m := $cfg.models }}
+{{- if $m.candidate }}
+{{- $_ := set $c $name (dict "candidate" $m.candidate "rollout" (default (dict) $m.rollout)) }}
+{{- end }}
+{{- end }}
+{{- if $c }}
+{{- printf "%s-rollouts-%s" (include "owc.fullname" .) (toJson $c | sha256sum | trunc 8) }}
+{{- end }}
+{{- end }}

@@ -22,10 +22,14 @@
 {{- if or (lt (int $gwr.initial) (int $gwr.min)) (gt (int $gwr.initial) (int $gwr.max)) }}
 {{- fail "owc.gateway.replicas.initial must lie within [min, max]" }}
 {{- end }}
+{{- if and (include "owc.rolloutConfigMap" .) (not .Values.controller.enabled) }}
+{{- fail "a model has a candidate but controller.enabled is false: on Kubernetes the rollout analysis runs in owc controller (docs/rollouts.md)" }}
+{{- end }}
 {{- if .Values.controller.enabled }}
 {{- $scaled := gt (int $gwr.max) (int $gwr.min) }}
 {{- range $name, $m := $models }}
 {{- if (default (dict) $m.autoscaling).enabled }}{{ $scaled = true }}{{ end }}
+{{- if $m.candidate }}{{ $scaled = true }}{{ end }}{{/* it runs the rollout analysis */}}
 {{- end }}
 {{- if not $scaled }}
 {{- fail "controller.enabled but no owc.models.*.autoscaling.enabled and owc.gateway.replicas.max = min: the controller would have nothing to scale" }}

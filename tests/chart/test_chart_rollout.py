@@ -1,0 +1,94 @@
+"""The chart with a rollout (issue 30, docs/rollouts.md): a values file whose model has a
+candidate renders a RayService valid against the vendored KubeRay CRD whose owc config
+carries the candidate (cluster.app builds engine-<model>-candidate from it), the candidate's
+pods within the engine group's maxReplicas, the rollouts' ConfigMap that `owc controller`
+writes and every gateway pod reads (with the least RBAC for each), and an upgrade that
+keeps the candidate's controller-set num_replicas as the engines'."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.chart.test_chart import CHART, _render_against_live, crd_schema, helm, render_values
+
+VALUES = yaml.safe_load((CHART / "ci" / "rollout-values.yaml").read_text())
+
+
+def _docs(tmp_path: Path, values: dict = VALUES) -> dict[tuple[str, str], dict]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in render_values(tmp_path, values)}
+
+
+def _group(rs: dict, name: str) -> dict:
+    groups = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    return next(g for g in groups if g["groupName"] == name)
+
+
+def test_a_candidate_renders_a_valid_rayservice_and_the_rollouts_configmap(tmp_path):
+    docs = _docs(tmp_path)
+    rs = docs[("RayService", "owc")]
+    jsonschema.Draft7Validator(crd_schema("RayService", "v1")).validate(rs)
+    cfg = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["config"]
+    assert cfg["models"]["tiny-llama"]["candidate"] == VALUES["owc"]["models"]["tiny-llama"]["candidate"]
+    assert _group(rs, "engine-tiny-llama")["maxReplicas"] == 4  # the model's 2 and the candidate's 2
+    (cm_name,) = [n for k, n in docs if k == "ConfigMap" and n.startswith("owc-rollouts-")]
+    assert re.fullmatch(r"owc-rollouts-[0-9a-f]{8}", cm_name) and "data" not in docs[("ConfigMap", cm_name)]
+    # the controller writes it (its flag names it; get/update on that one ConfigMap)
+    (c,) = docs[("Deployment", "owc-controller")]["spec"]["template"]["spec"]["containers"]
+    assert c["command"][c["command"].index("--rollout-configmap") + 1] == cm_name
+    rule = {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [cm_name], "verbs": ["get", "update"]}
+    assert rule in docs[("Role", "owc-controller")]["rules"]
+    # every gateway pod reads it with a service account that may do nothing else
+    gw = _group(rs, "gateway")["template"]["spec"]
+    assert gw["serviceAccountName"] == "owc-gateway" and gw["automountServiceAccountToken"] is True
+    env = {e["name"]: e.get("value") for e in gw["containers"][0]["env"]}
+    assert env["OWC_ROLLOUT_CONFIGMAP"] == f"llm/{cm_name}"
+    assert docs[("Role", "owc-gateway-rollouts")]["rules"] == [rule]
+    binding = docs[("RoleBinding", "owc-gateway-rollouts")]
+    assert binding["subjects"][0]["name"] == "owc-gateway" and binding["roleRef"]["name"] == "owc-gateway-rollouts"
+    # engine pods get no token
+    assert _group(rs, "engine-tiny-llama")["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_a_changed_candidate_is_a_new_rollout_and_no_candidate_no_rollout_objects(tmp_path):
+    def cm(values: dict) -> set[str]:
+        return {n for (k, n) in _docs(tmp_path, values) if k == "ConfigMap" and n.startswith("owc-rollouts")}
+
+    changed = copy.deepcopy(VALUES)
+    changed["owc"]["models"]["tiny-llama"]["candidate"]["engine_kwargs"]["max_num_seqs"] = 32
+    first, second = cm(VALUES), cm(changed)
+    assert len(first) == len(second) == 1 and first != second
+    plain = copy.deepcopy(VALUES)
+    del plain["owc"]["models"]["tiny-llama"]["candidate"]
+    plain["controller"] = {"enabled": False}  # nothing else to control here
+    docs = _docs(tmp_path, plain)
+    assert not {n for (k, n) in docs if "rollouts" in n}
+    gw = _group(docs[("RayService", "owc")], "gateway")["template"]["spec"]
+    assert gw["automountServiceAccountToken"] is False and "serviceAccountName" not in gw
+
+
+def test_a_candidate_without_the_controller_is_refused(tmp_path):
+    values = copy.deepcopy(VALUES)
+    values["controller"] = {"enabled": False}
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump(values))
+    r = helm("template", "owc", str(CHART), "--namespace", "llm", "-f", str(path))
+    assert r.returncode != 0 and "rollout analysis runs in owc controller" in r.stderr
+
+
+@pytest.mark.parametrize("live", [
+    [{"name": "engine-tiny-llama", "num_replicas": 0}, {"name": "engine-tiny-llama-candidate", "num_replicas": 2}],
+    [{"name": "engine-tiny-llama", "num_replicas": 1}, {"name": "engine-tiny-llama-candidate", "num_replicas": 0}],
+])
+def test_an_upgrade_keeps_the_candidates_controller_set_replicas(tmp_path, live):
+    """The controller drains the version that lost (num_replicas 0): a `helm upgrade` keeps it."""
+    docs = _render_against_live(tmp_path, VALUES, live)
+    rs = next(d for d in docs if d["kind"] == "RayService")
+    (app,) = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    assert app["deployments"] == live
+    jsonschema.Draft7Validator(crd_schema("RayService", "v1")).validate(rs)

@@ -10,8 +10,9 @@ not the holder does nothing; on losing the Lease, and on every new Lease term, i
 every state it held and reads them again from the ConfigMap when it leads: a new leader
 takes the step in progress and its window's start from there, and Prometheus has the
 window's counts, so the step goes on where the old leader left it — never skipped, never
-restarted. An ended rollout found (or reached) drains the version that lost its traffic
-through the RayService (the KubernetesActuator), again on each new term: a leader killed
+restarted. An ended rollout found (or reached) scales the version that lost its traffic
+down to one replica through the RayService (the KubernetesActuator; Serve's declarative config
+has no 0), again on each new term: a leader killed
 between writing ``promoted`` and draining leaves it to the next one."""
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from cluster.rollouts.prometheus import PrometheusWindows
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
+# Ray Serve's declarative config (serveConfigV2) refuses num_replicas 0 (ServeDeploySchema:
+# > 0), and KubeRay applies nothing of an invalid one: the version that lost its traffic keeps
+# one idle replica (weight 0 or 100: no request reaches it) until the config drops it.
+DRAIN_TO = 1
 
 
 def configmap_name(rayservice: str) -> str:
@@ -37,11 +42,13 @@ def configmap_name(rayservice: str) -> str:
 
 class LeaderRollouts:
     def __init__(self, config: OwcConfig, store: Any, *, prometheus: Any, elector: Any,
-                 scale: Callable[[str, int], None], clock: Callable[[], float] | None = None):
+                 scale: Callable[[str, int], None], clock: Callable[[], float] | None = None,
+                 drain_to: int = DRAIN_TO):
         """``store``: cluster.discovery.rollout_configmap.ConfigMapRollouts; ``prometheus``:
         something with PrometheusSignals' ``query``; ``elector``: the controller's
         LeaseElector (``holds``, ``term``); ``scale(deployment key, replicas)``: the
-        KubernetesActuator's."""
+        KubernetesActuator's; ``drain_to``: the replicas the losing version keeps."""
+        self._drain_to = drain_to
         self._elector = elector
         self._scale = scale
         extra = {"clock": clock} if clock is not None else {}
@@ -86,7 +93,7 @@ class LeaderRollouts:
     def _drain(self) -> None:
         for key in sorted(self._to_drain):
             try:
-                self._scale(key, 0)
+                self._scale(key, self._drain_to)
             except Exception as e:  # a conflict (a helm upgrade, the capacity controller) or the API busy
                 log.warning("rollouts: could not drain %s yet (retried next tick): %s", key, e)
                 continue

@@ -82,11 +82,11 @@ def test_a_candidate_without_the_controller_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("live", [
-    [{"name": "engine-tiny-llama", "num_replicas": 0}, {"name": "engine-tiny-llama-candidate", "num_replicas": 2}],
-    [{"name": "engine-tiny-llama", "num_replicas": 1}, {"name": "engine-tiny-llama-candidate", "num_replicas": 0}],
+    [{"name": "engine-tiny-llama", "num_replicas": 1}, {"name": "engine-tiny-llama-candidate", "num_replicas": 2}],
+    [{"name": "engine-tiny-llama", "num_replicas": 2}, {"name": "engine-tiny-llama-candidate", "num_replicas": 1}],
 ])
 def test_an_upgrade_keeps_the_candidates_controller_set_replicas(tmp_path, live):
-    """The controller drains the version that lost (num_replicas 0): a `helm upgrade` keeps it."""
+    """The controller scales the version that lost down (to 1: Serve's config has no 0): an upgrade keeps it."""
     docs = _render_against_live(tmp_path, VALUES, live)
     rs = next(d for d in docs if d["kind"] == "RayService")
     (app,) = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]

@@ -135,7 +135,10 @@ def test_the_leader_stopped_mid_step_the_follower_goes_on_with_that_step(api):
     assert seen == [("analysing", 0), ("analysing", 1), ("promoted", 1)]  # every step, in order, none skipped
     assert state(api).weight == 100
     deps = yaml.safe_load(api.rayservice()["spec"]["serveConfigV2"])["applications"][0]["deployments"]
-    assert deps == [{"name": "engine-tiny", "num_replicas": 0}]  # stable drained after the promotion
+    assert deps == [{"name": "engine-tiny", "num_replicas": 1}]  # stable scaled down after the promotion
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(yaml.safe_load(api.rayservice()["spec"]["serveConfigV2"]))  # KubeRay can apply it
 
 
 def test_a_new_leader_drains_what_its_predecessor_ended_but_did_not_drain(api):
@@ -146,7 +149,7 @@ def test_a_new_leader_drains_what_its_predecessor_ended_but_did_not_drain(api):
     b = Pod(api, "pod-b", now, prom)
     assert b.round() is True
     deps = yaml.safe_load(api.rayservice()["spec"]["serveConfigV2"])["applications"][0]["deployments"]
-    assert deps == [{"name": "engine-tiny-candidate", "num_replicas": 0}]
+    assert deps == [{"name": "engine-tiny-candidate", "num_replicas": 1}]
     assert state(api).state == "rolled_back"
 
 

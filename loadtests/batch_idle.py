@@ -25,6 +25,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,17 +70,60 @@ def batch_state(url: str, batch_id: str):
     return openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=2).batches.retrieve(batch_id)
 
 
-def phase(name: str, urls: list[str], *, a: argparse.Namespace, rate: float, seed: int) -> dict:
+class Paced(threading.Thread):
+    """Each gateway process's batch lines allowed (the TTFT pacer's limit) and in flight, summed
+    over the processes, sampled every ``period_s`` from their metrics ports while a phase runs."""
+
+    def __init__(self, metrics_urls: list[str], period_s: float = 0.5):
+        super().__init__(daemon=True)
+        self.urls, self.period_s = metrics_urls, period_s
+        self.samples: list[tuple[float, float, float]] = []  # (s since start, allowed, in flight)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        import httpx
+
+        t0 = time.monotonic()
+        with httpx.Client(timeout=2.0) as c:
+            while not self._stop_event.wait(self.period_s):
+                allowed = in_flight = 0.0
+                for url in self.urls:
+                    try:
+                        text = c.get(url).text
+                    except httpx.HTTPError:
+                        continue
+                    for line in text.splitlines():
+                        if line.startswith("owc_batch_lines_allowed{"):
+                            allowed += float(line.split()[-1])
+                        elif line.startswith("owc_batch_lines_in_flight{"):
+                            in_flight += float(line.split()[-1])
+                self.samples.append((round(time.monotonic() - t0, 2), allowed, in_flight))
+
+    def stop(self) -> list[tuple[float, float, float]]:
+        self._stop_event.set()
+        self.join(timeout=5)
+        return self.samples
+
+
+def phase(name: str, urls: list[str], *, a: argparse.Namespace, rate: float, seed: int,
+          metrics_urls: list[str] = ()) -> dict:
     batch_id = start_batch(urls[0], a.model, a.lines, a.max_tokens, f"r{seed}") if name == "batch" else None
+    paced = Paced(list(metrics_urls))
+    paced.start()
     with Occupancy(a.engine_url) as occ:
         got = asyncio.run(poisson(urls, KEY, body(a.model, a.max_tokens, stream=True), rate=rate,
                                   seconds=a.seconds, seed=seed, streamed=True))
+    lines = paced.stop()
     ttfts = [t for s, t, _ in got if s == 200 and t is not None]
     statuses: dict[str, int] = {}
     for s, _, _ in got:
         statuses[str(s)] = statuses.get(str(s), 0) + 1
     out = {"n": len(got), "statuses": statuses, "ttft_p50_s": percentile(ttfts, 50),
            "ttft_p95_s": percentile(ttfts, 95), "engine": occ.summary(a.slots)}
+    if name == "batch" and lines:  # the pacer's limit and the lines running, over the gateway processes
+        out["batch_lines_allowed_mean"] = round(statistics.fmean(x[1] for x in lines), 2)
+        out["batch_lines_in_flight_mean"] = round(statistics.fmean(x[2] for x in lines), 2)
+        out["batch_lines_timeline"] = lines
     if out["engine"]:
         out["engine"]["busy_fraction"] = round(out["engine"]["running_mean"] / a.slots, 3)
     if batch_id is not None:
@@ -143,13 +187,14 @@ def main(argv: list[str] | None = None) -> int:
             a.engine_url = engine.url
         extra = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.batch_set)}
         cfg = gateway_config(tmp, a.model, a.slots, store, a.keep_free, extra)
-        urls = []
+        urls, metrics_urls = [], []
         for _ in range(2):  # owc serve's two gateway processes
             port, mport = free_port(), free_port()
             procs.append(ServerProcess(Command([sys.executable, "-m", "cluster.gateway.main", "--port", str(port),
                                                 "--metrics-port", str(mport), "--config", str(cfg),
                                                 "--upstream", f"{a.model}={a.engine_url}"]), port=port))
             urls.append(f"http://127.0.0.1:{port}")
+            metrics_urls.append(f"http://127.0.0.1:{mport}/metrics")
         for p in procs:
             p.start()
             asyncio.run(p.wait_ready(120))
@@ -158,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for r in range(a.runs):
             order = ["alone", "batch"] if r % 2 == 0 else ["batch", "alone"]
-            run = {p: phase(p, urls, a=a, rate=rate, seed=100 * r + i) for i, p in enumerate(order)}
+            run = {p: phase(p, urls, a=a, rate=rate, seed=100 * r + i, metrics_urls=metrics_urls)
+                   for i, p in enumerate(order)}
             run["ratio_p95"] = run["batch"]["ttft_p95_s"] / run["alone"]["ttft_p95_s"]
             runs.append(run)
             print(json.dumps({"run": r, "ratio_p95": round(run["ratio_p95"], 3),

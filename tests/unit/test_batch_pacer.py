@@ -40,18 +40,21 @@ def windows(p: BatchPacer, clock: Clock, rows: list[tuple[float | None, int]]) -
 
 
 @pytest.mark.parametrize("rows, expected", [
-    # no interactive traffic: every line it may
-    ([(None, 8), (None, 8)], [8, 8, 8]),
-    # traffic alone (no batch line ran): the baseline; then batch lines within the tolerance grow one a window
-    ([(0.10, 0), (0.11, 1), (0.11, 2), (0.12, 3)], [8, 2, 3, 4, 5]),
+    # one line until a window has shown whether interactive traffic comes; none came: every line it may
+    ([(None, 8), (None, 8)], [1, 8, 8]),
+    # traffic alone (no batch line ran): the baseline, and no growth (the limit was not reached); then
+    # batch lines at the limit and within the tolerance: one more a window
+    ([(0.10, 0), (0.11, 1), (0.11, 2), (0.12, 3)], [1, 1, 2, 3, 4]),
+    # lines below the limit (the batch wanted fewer): the limit does not grow
+    ([(0.10, 0), (0.10, 1), (0.10, 1), (0.10, 1)], [1, 1, 2, 2, 2]),
     # lines that slow the interactive TTFT beyond 1.2x the baseline halve until they do not
-    ([(0.10, 0), (0.20, 4), (0.20, 2), (0.11, 1)], [8, 2, 1, 0, 1]),
+    ([(0.10, 0), (0.10, 1), (0.10, 2), (0.10, 3), (0.30, 4), (0.30, 2), (0.11, 1)], [1, 1, 2, 3, 4, 2, 1, 2]),
     # batch lines running from the first window (no baseline): the next window runs none (a probe)
-    ([(0.30, 8), (0.10, 0), (0.30, 1)], [8, 0, 2, 1]),
+    ([(0.30, 1), (0.10, 0), (0.30, 1)], [1, 0, 1, 0]),
     # a probe window in which lines were still running: the probe goes on
-    ([(0.30, 8), (0.30, 2), (0.10, 0), (0.10, 1)], [8, 0, 0, 2, 3]),
+    ([(0.30, 1), (0.30, 1), (0.10, 0), (0.10, 1)], [1, 0, 0, 1, 2]),
     # traffic back after an idle window: one line at once (slow start), not the idle window's 8
-    ([(None, 8), (0.10, 1), (0.10, 0), (0.10, 1)], [8, 8, 0, 2, 3]),
+    ([(None, 1), (0.10, 1), (0.10, 0), (0.10, 1)], [1, 8, 0, 1, 2]),
 ])
 def test_windows(rows, expected):
     clock = Clock()
@@ -61,22 +64,32 @@ def test_windows(rows, expected):
 def test_first_interactive_request_after_idle_cuts_to_one_line_at_once():
     clock = Clock()
     p = pacer(clock)
-    assert p.limit("m", 8) == 8
+    windows(p, clock, [(None, 8)])
+    assert p.limit("m", 8) == 8  # no interactive request in the last window
     p.interactive_ttft("m", 0.1)
     assert p.limit("m", 8) == 1  # within the window, before any comparison
 
 
-def test_a_window_with_too_few_requests_runs_on_up_to_three_windows():
+def test_a_window_with_too_few_requests_runs_on_up_to_five_windows():
     clock = Clock()
     p = pacer(clock)
     windows(p, clock, [(0.10, 0)])  # baseline 0.10
     base_limit = p.limit("m", 1)
     for _ in range(3):
         p.interactive_ttft("m", 0.5)
-    clock.t += 4.0  # two windows long, three slow requests: not judged yet
+    clock.t += 9.0  # four and a half windows long, three slow requests: not judged yet
     assert p.limit("m", 1) == base_limit
-    clock.t += 2.5  # past three windows: judged on what it has
+    clock.t += 1.5  # past five windows: judged on what it has
     assert p.limit("m", 1) == base_limit // 2
+
+
+def test_the_baseline_is_the_median_quiet_window_not_a_lucky_one():
+    clock = Clock()
+    p = pacer(clock)
+    windows(p, clock, [(0.05, 0), (0.10, 0), (0.10, 0)])
+    assert p.baseline("m") == pytest.approx(0.10)
+    windows(p, clock, [(0.11, 1)])  # within 1.2 x 0.10 (not within 1.2 x the lucky 0.05, which would halve it)
+    assert p.limit("m", 0) == 2
 
 
 def test_every_window_with_batch_lines_forces_a_probe_once_a_memory():
@@ -105,8 +118,12 @@ def test_old_baselines_are_forgotten():
 def test_models_are_paced_apart():
     clock = Clock()
     p = pacer(clock)
-    p.interactive_ttft("a", 0.1)
-    assert p.limit("a", 0) == 1 and p.limit("b", 0) == 8
+    windows(p, clock, [(None, 0)])  # model m's window (nothing for a and b yet)
+    p.limit("b", 0)
+    for _ in range(5):
+        p.interactive_ttft("a", 0.1)
+    clock.t += 2.0
+    assert p.limit("a", 0) == 1 and p.limit("b", 0) == 8  # a: traffic (one line until lines show more); b: none
 
 
 def cap(free: int) -> Capacity:
@@ -152,10 +169,10 @@ async def test_a_batch_line_waits_while_the_pacer_allows_none():
     clock = Clock()
     s = Stack(batch=8, headroom=1)
     s.fair.batch_pacer = p = pacer(clock, max_lines=4)
-    windows(p, clock, [(0.10, 0)])  # the baseline
-    first = await asyncio.wait_for(s.fair.batch_slot("m", s.pick), 1)  # the limit is 2 after a good window
-    assert s.registry.get_sample_value("owc_batch_lines_allowed", {"model": "m"}) == 2
-    windows(p, clock, [(0.50, 1), (0.50, 1)])  # the interactive TTFT five times the baseline: 2 -> 1 -> 0
+    windows(p, clock, [(0.10, 0)])  # the baseline; one line
+    first = await asyncio.wait_for(s.fair.batch_slot("m", s.pick), 1)
+    assert s.registry.get_sample_value("owc_batch_lines_allowed", {"model": "m"}) == 1
+    windows(p, clock, [(0.50, 1), (0.50, 1)])  # the interactive TTFT five times the baseline: 1 -> 0
     line = asyncio.ensure_future(s.fair.batch_slot("m", s.pick))
     await asyncio.sleep(0.12)
     assert not line.done()  # 7 slots free, yet no line may start

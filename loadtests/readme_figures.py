@@ -507,6 +507,16 @@ def gateway_profile_block(doc: dict) -> str:
     return "\n".join([head, "", *rows])
 
 
+def _batch_settings(s: dict) -> str:
+    """The run's batch settings beyond keep_free: the TTFT pacer's (absent: a run before it)."""
+    extra = dict(s.get("batch_settings") or {})
+    if "batch_settings" not in s:
+        return ", no TTFT pacing (before it was built)"
+    tol = extra.pop("ttft_tolerance", 0.2)
+    pacing = "no TTFT pacing" if tol is None else f"TTFT pacing at `ttft_tolerance` {tol}"
+    return ", " + ", ".join([pacing, *(f"`{k}` {v}" for k, v in extra.items())])
+
+
 def batch_idle_block(doc: dict, file: str = "batch-idle.json") -> str:
     """Interactive TTFT with and without a batch on the same engine (loadtests/batch_idle.py)."""
     s, runs = doc["summary"], doc["runs"]
@@ -514,8 +524,8 @@ def batch_idle_block(doc: dict, file: str = "batch-idle.json") -> str:
     rows = [f"{engine}, two gateway processes on one local Redis; interactive Poisson arrivals at "
             f"{s['rate_rps']:.1f} req/s ({s['rate_rps'] / s['capacity_rps']:.1f} of the {s['capacity_rps']:.1f} req/s "
             "measured in a closed loop), with "
-            f"and without a {s['lines']}-line batch created just before, `keep_free` {s['keep_free']}; "
-            f"{len(runs)} runs, interleaved. Raw results: `loadtests/results/{file}`.", "",
+            f"and without a {s['lines']}-line batch created just before, `keep_free` {s['keep_free']}"
+            f"{_batch_settings(s)}; {len(runs)} runs, interleaved. Raw results: `loadtests/results/{file}`.", "",
             "| run | TTFT p95 alone (s) | TTFT p95 with the batch (s) | ratio | busy alone | busy with the batch "
             "| batch lines done in the phase | batch done after the phase (s) |",
             "|---|---|---|---|---|---|---|---|"]

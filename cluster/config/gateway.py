@@ -27,6 +27,11 @@ class Limits(StrictModel):
         30.0, gt=0, description="Seconds a client has to send a request's body once its headers are in; slower is "
         "408 and the connection is closed.",
     )
+    upload_timeout_s: float = Field(
+        900.0, gt=0, description="Seconds a client has to send a file upload's body (POST /v1/files, up to "
+        "batch.max_file_bytes: 200 MB in 900 s is ~0.23 MB/s) once its headers are in; other bodies have "
+        "body_timeout_s. Slower is 408 and the connection is closed.",
+    )
     keepalive_timeout_s: float = Field(
         75.0, gt=0, description="Seconds an idle keep-alive connection stays open (above the common 60 s idle "
         "timeout of load balancers in front, so they close first).",

@@ -27,6 +27,7 @@ from tests.conftest import fake_engine_argv, gateway_argv, metric, server, wait_
 CHAT = "/v1/chat/completions"
 HEADER_TIMEOUT_S = 3.0
 BODY_TIMEOUT_S = 3.0
+UPLOAD_TIMEOUT_S = 60.0
 MAX_CONNECTIONS = 1200
 KEY_A, KEY_B, KEY_C, KEY_LIMITED = "owc-key-a", "owc-key-b", "owc-key-c", "owc-key-limited"
 
@@ -55,6 +56,7 @@ def stack(engine, tmp_path_factory):
             "api_keys_env": None, "api_keys_file": str(keys), "keys_reload_s": 0.2,
             "trusted_proxies": ["127.0.0.2/32"],
             "limits": {"header_timeout_s": HEADER_TIMEOUT_S, "body_timeout_s": BODY_TIMEOUT_S,
+                       "upload_timeout_s": UPLOAD_TIMEOUT_S,
                        "max_connections": MAX_CONNECTIONS, "auth_failures_per_minute": 6, "auth_failures_burst": 5},
             "tenants": {"limited": {"max_n": 2, "max_output_tokens": 8}},
         },
@@ -128,6 +130,26 @@ def test_a_body_sent_at_one_byte_per_second_gets_408_and_is_closed(stack):
     assert r["lifetime_max_s"] <= BODY_TIMEOUT_S + 1.5, r
     # the access log and metrics say 408 (not a client that left)
     wait_for(lambda: metric(stack.metrics_url, "owc_requests_total", code="408") - before >= 20, 5, "408s counted")
+
+
+def test_a_file_upload_has_its_own_body_deadline(stack):
+    """POST /v1/files (a batch input of up to 200 MB) is not cut at body_timeout_s: its body has
+    upload_timeout_s. The trickled body here outlasts body_timeout_s and is then answered by the
+    route (a malformed upload: 400), not 408."""
+    body = b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b--\r\n"
+    head = (f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    port = int(stack.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(head + body[:10])
+        time.sleep(BODY_TIMEOUT_S + 1.5)
+        sock.sendall(body[10:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status = answer.split(b"\r\n", 1)[0]
+    assert status.startswith(b"HTTP/1.1 4") and b" 408 " not in status, answer[:300]
 
 
 def _raw(port: int, head: bytes) -> bytes:

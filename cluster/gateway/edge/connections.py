@@ -61,6 +61,8 @@ def connection_bound(configured: int | None, open_files: int) -> int:
     return min(configured, ceiling)
 
 
+UPLOAD_PATH = b"/v1/files"  # the Files API's upload (multipart, batch.max_file_bytes)
+
 @dataclass(frozen=True)
 class Bounds:
     header_timeout_s: float
@@ -68,11 +70,18 @@ class Bounds:
     keepalive_timeout_s: float
     max_header_bytes: int
     max_connections: int
+    upload_timeout_s: float = 900.0  # a file upload's body (POST /v1/files: up to batch.max_file_bytes)
 
     @classmethod
     def from_limits(cls, limits: Limits, open_files: int) -> Bounds:
         return cls(limits.header_timeout_s, limits.body_timeout_s, limits.keepalive_timeout_s,
-                   limits.max_header_bytes, connection_bound(limits.max_connections, open_files))
+                   limits.max_header_bytes, connection_bound(limits.max_connections, open_files),
+                   limits.upload_timeout_s)
+
+    def body_s(self, method: bytes, url: bytes) -> float:
+        """The deadline of a request's body: a file upload's own, else body_timeout_s."""
+        return self.upload_timeout_s if method == b"POST" and url.split(b"?", 1)[0] == UPLOAD_PATH \
+            else self.body_timeout_s
 
 
 class ConnectionGuard:
@@ -139,6 +148,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._phase = "headers"
         self._header_bytes = 0
         self._timer: Any = None
+        self._body_s = guard.bounds.body_timeout_s  # this request's body deadline (Bounds.body_s)
         self._refused = False
 
     # -- connection ---------------------------------------------------------------------
@@ -205,7 +215,8 @@ class GuardedProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False  # answered with Connection: close
         self._phase = "body"
         self._guard.busy(self)  # a request the app serves: not idle (not evictable) until it is answered
-        self._arm(self._guard.bounds.body_timeout_s, "body_timeout")
+        self._body_s = self._guard.bounds.body_s(self.parser.get_method(), self.url)
+        self._arm(self._body_s, "body_timeout")
 
     def on_body(self, body: bytes) -> None:
         if self._phase != "refused":
@@ -238,7 +249,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def _expired(self, reason: str) -> None:
         self._timer = None
         what = "headers" if reason == "header_timeout" else "body"
-        seconds = self._guard.bounds.header_timeout_s if what == "headers" else self._guard.bounds.body_timeout_s
+        seconds = self._guard.bounds.header_timeout_s if what == "headers" else self._body_s
         self._end(reason, 408, b"Request Timeout", OpenAIError(
             408, f"the request's {what} did not arrive within {seconds:g} s", code="request_timeout"))
 

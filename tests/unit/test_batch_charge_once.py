@@ -109,6 +109,16 @@ async def counters(t: Tenancy) -> dict[str, int]:
     return out
 
 
+async def two_sides(kind: str, tmp_path, clock, url: str | None):
+    """The batch service and two gateway processes' sides (A, and B sharing A's stores in
+    process), the store emptied first."""
+    svc, _ = build(kind, tmp_path, clock, url, lines_in_flight=LINES)
+    a = Side(kind, url, None)
+    if a.tenancy.store is not None:
+        await a.tenancy.store._r.flushdb()
+    return svc, a, Side(kind, url, (a.tenancy, a.ledger))
+
+
 POINTS = ["engine", "write", "finish", "settle", "forget", "none"]
 
 
@@ -119,11 +129,7 @@ def test_a_line_is_charged_once_whatever_step_its_process_dies_at(kind, point, t
 
     async def go():
         clock = Clock()
-        svc, _ = build(kind, tmp_path, clock, url, lines_in_flight=LINES)
-        a = Side(kind, url, None)
-        if a.tenancy.store is not None:
-            await a.tenancy.store._r.flushdb()
-        b = Side(kind, url, (a.tenancy, a.ledger))
+        svc, a, b = await two_sides(kind, tmp_path, clock, url)
         ran_a = Gateway(a.tenancy, die_in_engine=point == "engine")
         runner_a = dying_runner(svc, a.ledger, a.tenancy, ran_a, clock, point)
         batch = await new_batch(svc, LINES)
@@ -165,11 +171,7 @@ def test_a_late_answer_of_a_line_charged_already_charges_nothing(kind, tmp_path,
 
     async def go():
         clock = Clock()
-        svc, _ = build(kind, tmp_path, clock, url, lines_in_flight=LINES)
-        a = Side(kind, url, None)
-        if a.tenancy.store is not None:
-            await a.tenancy.store._r.flushdb()
-        b = Side(kind, url, (a.tenancy, a.ledger))
+        svc, a, b = await two_sides(kind, tmp_path, clock, url)
         late = asyncio.Event()
         runner_a = BatchRunner(svc, a.ledger, Gateway(a.tenancy, hold=late), clock=clock, owner="aaaa",
                                charges=a.tenancy)

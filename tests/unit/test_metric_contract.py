@@ -14,6 +14,7 @@ from cluster.config.loader import parse_config
 from cluster.gateway.batches.wiring import Backlog, runner_hooks
 from pathlib import Path
 
+from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.rollouts import RolloutFiles
 from cluster.gateway.rollout.view import RolloutView
 from cluster.gateway.upstream.adapter_loader import record_adapter_requests
@@ -49,7 +50,9 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     record_adapter_requests(registry, Routing({}, stats=StatsStore(stale_after_s=1)), cfg)
     # owc_rollout_*: a model with a candidate's rollout, read from the analysis's state (cluster.gateway.app)
     rolled = parse_config({"models": {"m": {"source": "external", "candidate": {"source": "other"}}}})
-    registry.register(RolloutView(rolled, RolloutFiles(Path("/nonexistent"))))
+    view = RolloutView(rolled, RolloutFiles(Path("/nonexistent")))
+    registry.register(view)
+    view.pick("m", None, [Endpoint("m", "r", "http://x", version="candidate")])  # stable picked, absent: a fallback
     for h in (g.duration.labels("m", "/r"), g.ttft.labels("m", "stable"), g.itl.labels("m", "stable"), g.decision_seconds.labels("p"),
               g.adapter_load_seconds.labels("m"), g.fair_wait.labels("m", "t")):
         h.observe(0.1)

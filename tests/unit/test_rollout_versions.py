@@ -37,3 +37,31 @@ def test_a_session_keeps_its_version_and_stays_on_the_candidate_as_the_weight_gr
 def test_session_points_are_in_range_and_spread():
     points = [session_point(str(i)) for i in range(1000)]
     assert all(0 <= p < 100 for p in points) and min(points) < 5 and max(points) > 95
+
+
+def test_a_version_without_a_routable_replica_falls_back_and_is_counted(tmp_path):
+    """RolloutView.pick: the picked version with no replica taking requests gives way to the
+    other one, counted in owc_rollout_version_fallbacks_total{model,version=picked}."""
+    from cluster.config.loader import parse_config
+    from cluster.discovery.endpoints import Endpoint
+    from cluster.discovery.rollouts import RolloutFiles
+    from cluster.gateway.rollout.view import RolloutView
+
+    files = RolloutFiles(tmp_path)
+    files.write("m", {"state": "analysing", "weight": 20})
+    cfg = parse_config({"models": {"m": {"source": "external", "candidate": {"source": "other"}}}})
+    draws = iter([0.1, 0.1, 0.1, 0.9])
+    view = RolloutView(cfg, files, draw=lambda: next(draws))
+    view.reload()
+    stable, cand = Endpoint("m", "s", "http://s"), Endpoint("m", "c", "http://c", version=CANDIDATE)
+    draining = Endpoint("m", "c", "http://c", draining=True, version=CANDIDATE)
+
+    def fallbacks():
+        fam = [f for f in view.collect() if f.name == "owc_rollout_version_fallbacks"][0]
+        return {tuple(s.labels.values()): s.value for s in fam.samples}
+
+    assert view.pick("m", None, [stable, cand]) == CANDIDATE and fallbacks() == {}
+    assert view.pick("m", None, [stable, draining]) == STABLE
+    assert view.pick("m", None, [stable]) == STABLE
+    assert view.pick("m", None, [cand]) == CANDIDATE  # drew stable (0.9), none: the candidate answers
+    assert fallbacks() == {("m", CANDIDATE): 2, ("m", STABLE): 1}

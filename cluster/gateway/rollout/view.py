@@ -17,7 +17,7 @@ import logging
 import random
 from collections.abc import Callable
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cluster.config.rollout import has_rollout
 from cluster.config.schema import OwcConfig
@@ -43,6 +43,7 @@ class RolloutView:
         self._weights: dict[str, float] = {n: 0.0 for n in self.models}
         self._states: dict[str, str] = {n: "pending" for n in self.models}
         self._mtimes: dict[str, int | None] = {}
+        self._fallbacks: dict[tuple[str, str], int] = {}  # (model, version picked but not routable) -> requests
         self._loop = Periodic(self._reload_off_loop, period_s=period_s, what="reading rollout state", log=log,
                               first_after=True)
 
@@ -75,6 +76,8 @@ class RolloutView:
         if not any(e.version == version and not e.draining for e in endpoints):
             other = STABLE if version == CANDIDATE else CANDIDATE
             if any(e.version == other and not e.draining for e in endpoints):
+                key = (model, version)
+                self._fallbacks[key] = self._fallbacks.get(key, 0) + 1
                 return other
         return version
 
@@ -86,19 +89,25 @@ class RolloutView:
             pick_version(weight, session if self._sticky[model] else None, self._draw) == CANDIDATE
 
     def collect(self):
-        """owc_rollout_candidate_weight and owc_rollout_state, as this process last read them
-        (a collector on the process's registry: read at scrape time)."""
+        """owc_rollout_candidate_weight and owc_rollout_state, as this process last read them,
+        and owc_rollout_version_fallbacks_total (a collector on the process's registry: read at scrape time)."""
         w = GaugeMetricFamily("owc_rollout_candidate_weight",
                               "The candidate's % of the model's traffic during a rollout (0 after a rollback).",
                               labels=["model"])
         s = GaugeMetricFamily("owc_rollout_state", "1 for the rollout's state now, 0 for the others.",
                               labels=["model", "state"])
+        f = CounterMetricFamily("owc_rollout_version_fallbacks",
+                                "Requests whose picked version (label) had no replica taking requests, answered by "
+                                "the other version.", labels=["model", "version"])
         for model in self.models:
             w.add_metric([model], self._weights[model])
             for state in STATES:
                 s.add_metric([model, state], 1.0 if self._states[model] == state else 0.0)
+        for (model, version), n in list(self._fallbacks.items()):
+            f.add_metric([model, version], n)
         yield w
         yield s
+        yield f
 
     async def _reload_off_loop(self) -> None:
         """``reload`` on a worker thread: on Kubernetes it is a call to the API server

@@ -21,7 +21,7 @@ import httpx
 import psutil
 
 from cluster import reaper
-from cluster.config.rollout import candidates
+from cluster.config.rollout import candidates, rollout_targets
 from cluster.config.schema import OwcConfig
 from cluster.discovery.rollouts import DIR_ENV as ROLLOUT_DIR_ENV
 from cluster.metrics.targets import file_sd_dir, remove_targets, write_targets
@@ -160,7 +160,7 @@ class LocalCluster:
         deploy_and_wait(APP_NAME, names, warn, status=serve.status)
         report("waiting for the gateway")
         self.wait_ready(ready_timeout_s)
-        if candidates(self.cfg):  # the rollout analysis, in this process (docs/rollouts.md)
+        if rollout_targets(self.cfg):  # the rollout analysis, in this process (docs/rollouts.md)
             from cluster.rollouts.local import start_local
 
             self._rollouts = start_local(self.cfg, self._engine_key)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from cluster.engine.guard import ENGINE_KEY_ENV, authorized, bearer, identity_headers
+from cluster.engine.guard import ENGINE_KEY_ENV, authorized, bearer
 from cluster.engine.responses_store import store_env
 from loadtests.fake_anthropic import add_anthropic_routes
 from loadtests.fake_responses import FakeResponsesStore, context_tokens, tool_outputs
@@ -36,10 +36,9 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 
 class FakeEngine:
     def __init__(self, *, model: str, ttft_s: float, itl_s: float, max_num_seqs: int, default_max_tokens: int = 16,
-                 adapters: tuple[str, ...] = (), die_after_tokens: int = 0, auto_tool_choice: bool = True):
+                 adapters: tuple[str, ...] = (), die_after_tokens: int = 0, lora_ttft_s: dict[str, float] | None = None):
         self.model = model
-        # False: as vLLM started without --enable-auto-tool-choice (tool_choice "auto" is a 400)
-        self.auto_tool_choice = auto_tool_choice
+        self.lora_ttft_s = dict(lora_ttft_s or {})  # extra TTFT of a request naming this LoRA (a slow retrained adapter)
         self.die_after_tokens = die_after_tokens  # exit (as if SIGKILLed) after streaming this many tokens
         self._tokens_served = 0
         self.adapters = tuple(adapters)  # LoRA adapters "loaded": listed by /v1/models, accepted as model names
@@ -121,8 +120,7 @@ class FakeEngine:
         return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def health(self, _: web.Request) -> web.Response:
-        # the model and version its engine replica set (as EngineGuard names an owc-started vLLM)
-        return web.Response(status=200, headers={k.decode(): v.decode() for k, v in identity_headers(os.environ)})
+        return web.Response(status=200)
 
     async def metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), content_type="text/plain")
@@ -153,8 +151,6 @@ class FakeEngine:
         effort = body.get("reasoning_effort") if chat else reasoning.get("effort")
         if effort is not None and effort not in REASONING_EFFORTS:  # vLLM's request schema
             return _error(400, f"Input should be one of {', '.join(REASONING_EFFORTS)}")
-        if not self.auto_tool_choice and body.get("tools") and body.get("tool_choice", "auto") == "auto":
-            return _error(400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set')
         n_out = int(body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
                     or self.default_max_tokens)
         raw = body.get("prompt")
@@ -192,7 +188,8 @@ class FakeEngine:
 
     async def _run(self, request, chat, rid, n_in, n_out, stream, body, usage, started, start=0):
         self.prompt_tokens.labels(*self._labels).inc(n_in + start)
-        await asyncio.sleep(self.ttft_s)
+        await asyncio.sleep(self.ttft_s + self.lora_ttft_s.get(body.get("model"), 0.0))
+        model = body["model"] if body.get("model") in self.adapters else self.model  # vLLM names the LoRA served
         self.ttft.labels(*self._labels).observe(time.monotonic() - started)
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
@@ -205,13 +202,13 @@ class FakeEngine:
                 if chat
                 else {"index": 0, "text": text, "finish_reason": "length"}
             )
-            return web.json_response({"id": rid, "object": obj, "created": created, "model": self.model, "choices": [choice], "usage": usage})
+            return web.json_response({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage})
         ids = bool(body.get("return_token_ids"))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         chunk_obj = "chat.completion.chunk" if chat else "text_completion"
         if chat:  # vLLM's first chat event: the role (and the prompt's ids when asked for)
-            first = {"id": rid, "object": chunk_obj, "created": created, "model": self.model,
+            first = {"id": rid, "object": chunk_obj, "created": created, "model": model,
                      "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
             if ids:
                 first["prompt_token_ids"] = list(range(1, n_in + 1))
@@ -229,10 +226,10 @@ class FakeEngine:
                     delta["prompt_token_ids"] = list(range(1, n_in + 1)) + [1000 + k for k in range(start)]
             if i == start + n_out - 1:
                 delta["finish_reason"] = "length"
-            await resp.write(_sse({"id": rid, "object": chunk_obj, "created": created, "model": self.model, "choices": [delta]}))
+            await resp.write(_sse({"id": rid, "object": chunk_obj, "created": created, "model": model, "choices": [delta]}))
             self.gen_tokens.labels(*self._labels).inc()
         if (body.get("stream_options") or {}).get("include_usage"):
-            await resp.write(_sse({"id": rid, "object": chunk_obj, "created": created, "model": self.model, "choices": [],
+            await resp.write(_sse({"id": rid, "object": chunk_obj, "created": created, "model": model, "choices": [],
                                    "usage": {**usage, "prompt_tokens": n_in + start,
                                              "total_tokens": n_in + start + n_out}}))
         await resp.write(b"data: [DONE]\n\n")
@@ -359,17 +356,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--parent-pid", type=int, default=0)
     p.add_argument("--lora", action="append", default=[], help="a LoRA adapter name this engine has loaded")
+    p.add_argument("--lora-ttft-ms", action="append", default=[], metavar="NAME=MS",
+                   help="extra TTFT of the requests naming this LoRA adapter")
     p.add_argument("--die-after-tokens", type=int, default=0,
                    help="exit abruptly (as if SIGKILLed) after streaming this many tokens in all")
-    p.add_argument("--no-auto-tool-choice", action="store_true",
-                   help='as vLLM without --enable-auto-tool-choice: tool_choice "auto" with tools is a 400')
     a = p.parse_args(argv)
     watch_parent(a.parent_pid)
 
     async def serve() -> None:
         engine = FakeEngine(model=a.model, ttft_s=a.ttft_ms / 1000, itl_s=a.itl_ms / 1000, max_num_seqs=a.max_num_seqs,
                             adapters=tuple(a.lora), die_after_tokens=a.die_after_tokens,
-                            auto_tool_choice=not a.no_auto_tool_choice)
+                            lora_ttft_s={n: float(ms) / 1000 for n, _, ms in (x.rpartition("=") for x in a.lora_ttft_ms)})
         # vLLM aborts a request whose client went away; aiohttp does so only when asked.
         runner = web.AppRunner(engine.app(), access_log=None, handle_signals=True, handler_cancellation=True)
         await runner.setup()

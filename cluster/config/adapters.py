@@ -29,15 +29,26 @@ class AdapterSpec(StrictModel):
     )
     candidate: AdapterCandidate | None = Field(
         None, description="A retrained version of this adapter, rolled out by the model's `rollout:` among the "
-        "requests that name the adapter. Not built yet: refused (docs/rollouts.md).",
+        "requests that name the adapter: loaded by the gateway on the model's replicas beside it, as "
+        "`<name>@candidate`, when its first request reaches each (docs/rollouts.md).",
     )
 
-    @model_validator(mode="after")
-    def _candidate_built(self) -> AdapterSpec:
-        if self.candidate is not None:  # nothing would load it or split traffic: refused, not ignored
-            raise ValueError("candidate: adapter rollouts are not built yet (docs/rollouts.md); roll out the "
-                             "retrained adapter as the model's candidate (candidate.adapters) instead")
-        return self
+
+def candidate_lora(name: str) -> str:
+    """The LoRA name an adapter's candidate is loaded under on the engines: '@' is in no
+    served name (cluster.config.base.NAME), so it never clashes with one a client can ask for."""
+    return f"{name}@candidate"
+
+
+def lora_source(adapters: dict[str, AdapterSpec], lora: str) -> str | None:
+    """Where the engines load the LoRA ``lora`` from: an adapter's source, or its candidate's
+    (``candidate_lora``); None: nothing owc loads."""
+    spec = adapters.get(lora)
+    if spec is not None:
+        return spec.source
+    name, _, tail = lora.rpartition("@")
+    spec = adapters.get(name)
+    return spec.candidate.source if tail == "candidate" and spec is not None and spec.candidate else None
 
 
 class LoraConfig(StrictModel):
@@ -87,7 +98,9 @@ def check_lora(lora: LoraConfig, adapters: dict[str, AdapterSpec], engine_kwargs
 def lora_engine_kwargs(lora: LoraConfig, adapters: dict[str, AdapterSpec]) -> dict[str, object]:
     """vLLM's LoRA arguments for a model (empty when LoRA is off): what vLLM's parser checks
     in `owc config validate` and what the launcher passes. Declared adapters with a source
-    are loaded at start (lora_modules)."""
+    are loaded at start (lora_modules). An adapter's candidate is not: vLLM refuses to start when
+a static LoRA fails to load, and a broken retrained adapter must not stop the model from
+serving; the gateway loads it on each replica on demand (docs/rollouts.md)."""
     if not lora_enabled(lora, adapters):
         return {}
     kwargs: dict[str, object] = {"enable_lora": True, "max_loras": lora.max_loras, "max_lora_rank": lora.max_rank}

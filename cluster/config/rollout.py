@@ -127,6 +127,19 @@ def has_rollout(model: ModelConfig) -> bool:
     return model.candidate is not None or any(a.candidate is not None for a in model.adapters.values())
 
 
+def rollout_targets(config: OwcConfig) -> dict[str, tuple[str, str | None]]:
+    """Each rollout by its key, the name it is known by (state, admin API, `owc rollout`): a
+    model's own candidate under the model's name, an adapter's candidate under the adapter's
+    name (a served name too; names are unique across models and adapters) -> (model, adapter
+    or None). A model has at most one rollout (the config refuses more)."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for name, m in config.models.items():
+        if m.candidate is not None:
+            out[name] = (name, None)
+        out.update({a: (name, a) for a, spec in m.adapters.items() if spec.candidate is not None})
+    return out
+
+
 def candidates(config: OwcConfig) -> dict[str, ModelConfig]:
     """Each model's candidate version, as a whole model section."""
     return {n: candidate_model(m) for n, m in config.models.items() if m.candidate is not None}

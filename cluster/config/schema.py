@@ -185,8 +185,10 @@ class ModelConfig(StrictModel):
             except ValidationError as e:  # each problem at its path under candidate
                 raise ValueError("; ".join(f"candidate.{'.'.join(map(str, err['loc']))}: {err['msg']}"
                                            for err in e.errors())) from None
-            if self.candidate.adapters is not None and any(a.candidate for a in self.adapters.values()):
-                raise ValueError("candidate.adapters and an adapter's candidate: roll out one of them at a time")
+        rolled = [n for n, a in self.adapters.items() if a.candidate is not None]
+        if rolled and self.candidate is not None or len(rolled) > 1:  # the version label has one meaning per model
+            what = ["the model's candidate"] * (self.candidate is not None) + [f"adapters.{n}.candidate" for n in rolled]
+            raise ValueError(f"one rollout per model at a time: {', '.join(what)}")
         return self
 
     @property

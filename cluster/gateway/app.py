@@ -149,7 +149,7 @@ def build_app(
     accounting = Accounting(metrics=metrics, routing=routing, access_log=access_log,
                             interactive_ttft=fair.batch_pacer.interactive_ttft if fair.batch_pacer else None)
     versions = RolloutView(config, rollout_store(config.model_cache_dir))  # rollouts (docs/rollouts.md)
-    if versions.models:
+    if versions.targets:  # a model's or an adapter's candidate
         forwarder.versions = versions
         registry.register(versions)  # owc_rollout_* (docs/metrics.md)
     if versions.mirrored:  # mirror mode: copies for the candidate, off the clients' path

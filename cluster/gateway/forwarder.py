@@ -26,6 +26,7 @@ from cluster.gateway.flowcontrol.fair_queue import FairQueue
 from cluster.gateway.observability.children import Children
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.gateway.responses.conversations import owner_endpoints
+from cluster.gateway.rollout.version import versioned
 from cluster.gateway.context import MESSAGES
 from cluster.gateway.stream.resume import StreamLedger, continuation, rendered
 from cluster.gateway.stream.relay import respond
@@ -123,7 +124,7 @@ class Forwarder:
                 endpoints = await self._wait_for_replica(job.model, wake_s, receive)
             if job.pin is not None:  # a previous_response_id: only its owner holds it
                 endpoints = owner_endpoints(job, endpoints)
-            endpoints = self._version(job, endpoints, delivery)
+            job, endpoints = self._version(job, endpoints, delivery)
             chars = self._routing.prefix_chars(job.model)
             preamble = ANTHROPIC_SHARED if job.route == MESSAGES else ()  # an agent's system prompt and tools
             info = RequestInfo(model=job.model, prefix_key=prefix_key(job.data, chars, preamble=preamble) if chars else b"",
@@ -149,23 +150,13 @@ class Forwarder:
                     "server.address": ep.url if ep else None, "owc.replica_id": ep.replica_id if ep else None,
                 })
 
-    def _version(self, job: Job, endpoints: list[Endpoint], delivery: Delivery) -> list[Endpoint]:
-        """During a rollout, the version that answers (cluster.gateway.rollout) and only its
-        replicas; a request pinned to a replica (a stored response) keeps that replica's."""
-        if self.versions is None:
-            return endpoints
-        if job.pin is not None:
-            if self.versions.weight(job.model) is not None and endpoints:
-                delivery.version = endpoints[0].version
-            return endpoints
-        version = self.versions.pick(job.model, session_key(job.headers, job.data), endpoints)
-        if version is None:
-            return endpoints
-        delivery.version = version
-        return [e for e in endpoints if e.version == version]
+    def _version(self, job: Job, endpoints: list[Endpoint], delivery: Delivery) -> tuple[Job, list[Endpoint]]:
+        """During a rollout, the version that answers and its replicas (cluster.gateway.rollout.version)."""
+        return (job, endpoints) if self.versions is None else versioned(self.versions, job, endpoints, delivery)
 
     def _of_version(self, model: str, delivery: Delivery) -> list[Endpoint]:
-        return [e for e in self._endpoints.endpoints(model) if delivery.version in (None, e.version)]
+        version = delivery.version if self.versions is not None and model in self.versions.models else None
+        return [e for e in self._endpoints.endpoints(model) if version in (None, e.version)]
 
     async def _slot(self, job: Job, info: RequestInfo, endpoints: list[Endpoint], receive: Receive,
                     delivery: Delivery) -> Endpoint | None:

@@ -14,6 +14,7 @@ import sys
 from prometheus_client import CollectorRegistry
 
 from cluster.config.loader import load_config
+from cluster.config.rollout import has_rollout
 from cluster.config.schema import GatewayConfig, ModelConfig, OwcConfig
 from cluster.engine.guard import ENGINE_KEY_ENV
 from cluster.gateway.app import build_app, metrics_app
@@ -67,7 +68,7 @@ def run(
 
     api = make_server(app, connections=app.connections, drain_timeout_s=cfg.gateway.autoscaling.drain_timeout_s)
     announced = None
-    if metrics_port and any(m.candidate is not None for m in cfg.models.values()):
+    if metrics_port and any(has_rollout(m) for m in cfg.models.values()):
         # owc serve's rollout analysis reads each gateway process's own metrics (docs/rollouts.md).
         announced = rollout_store(cfg.model_cache_dir).announce(f"http://{cfg.gateway.local_host}:{metrics_port}")
     try:

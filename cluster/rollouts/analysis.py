@@ -8,7 +8,11 @@ it changed; the gateway processes route by its weight within half a second.
 
 A window's baseline is the counters read when the window began (this process's memory). An
 analysis that starts on a state it did not write (a restart) begins the current step's
-window again from now: the step is analysed in full, never skipped."""
+window again from now: the step is analysed in full, never skipped.
+
+A rollout is known by its key (cluster.config.rollout.rollout_targets): a model's name, or
+an adapter's for an adapter's candidate; the metrics are read under the model's name (its
+requests that name no rolled-out adapter are version ``other`` then, outside the window)."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.capacity import rollout as policy
 from cluster.capacity.rollout import Counters, RolloutState, Window, served_between
+from cluster.config.rollout import rollout_targets
 from cluster.config.schema import OwcConfig
 from cluster.discovery.rollouts import RolloutFiles
 
@@ -62,14 +67,12 @@ def http_scrape(url: str) -> str:
 class LocalAnalysis:
     def __init__(self, config: OwcConfig, files: RolloutFiles | Any, *, scrape: Callable[[str], str],
                  clock: Callable[[], float] = time.time, on_change: Callable[[str, RolloutState], None] | None = None,
-                 conformance: Callable[[str], list[str] | None] | None = None,
+                 conformance: Callable[[str], list[str]] | None = None,
                  windows: Callable[[str, RolloutState, float], Window | None] | None = None):
         """``scrape``: a gateway process's /metrics text by its metrics URL (raises when it
         cannot be read); ``on_change``: told each state change (owc serve drains the version
         that lost its traffic); ``conformance``: the conformance gate's failed rows for a
-        model, candidate vs stable, or None when it has no verdict yet (the rollout stays pending;
-        asked again next tick); no ``conformance``: not available here, the gate is skipped
-        with a warning.
+        model, candidate vs stable (None: not available here, the gate is skipped with a warning).
         ``windows(model, state, now)``: a source that reads the window since
         ``state.window_start`` by itself (cluster.rollouts.prometheus, `owc controller`)
         instead of the gateway processes' /metrics; a state found written keeps its window
@@ -77,7 +80,10 @@ class LocalAnalysis:
         self._windows = windows
         self._conformance = conformance
         self._files = files
-        self._settings = {n: m.rollout for n, m in config.models.items() if m.candidate is not None}
+        targets = rollout_targets(config)
+        self._settings = {k: config.models[m].rollout for k, (m, _) in targets.items()}
+        self._served = {k: m for k, (m, _) in targets.items()}  # the `model` label of its metrics
+        self.adapter_rollouts = {k for k, (_, a) in targets.items() if a is not None}
         self._scrape = scrape
         self._clock = clock
         self._on_change = on_change
@@ -115,15 +121,17 @@ class LocalAnalysis:
         for model, settings in self._settings.items():
             st = self.state(model)
             if st.state == "pending":  # the conformance gate comes first, before any request
-                rows = self._conformance_rows(model)
-                if rows is not None:
-                    self.conformance(model, rows)
+                self.conformance(model, self._conformance_rows(model))
                 continue
-            window = self._windows(model, st, now) if self._windows else self._window(model, st, readings.get(model))
+            window = self._windows(self._served[model], st, now) if self._windows else \
+                self._window(model, st, readings.get(model))
             self._set(model, policy.advance(st, settings, window, now))
 
-    def _conformance_rows(self, model: str) -> list[str] | None:
+    def _conformance_rows(self, model: str) -> list[str]:
         if not self._settings[model].conformance:
+            return []
+        if model in self.adapter_rollouts:  # both LoRAs on the same engine: one API surface
+            log.info("rollout of adapter %s: no conformance gate (the engine is stable's own)", model)
             return []
         if self._conformance is None:
             log.warning("rollout of %s: no conformance gate here; step 1 starts without it", model)
@@ -164,7 +172,7 @@ class LocalAnalysis:
                 log.debug("rollout analysis: %s not read: %s", url, e)
                 continue
             for model in self._settings:
-                for version, counters in parse_counters(text, model).items():
+                for version, counters in parse_counters(text, self._served[model]).items():
                     out[model][version][url] = counters
         return out
 

@@ -2,7 +2,9 @@
 cluster.rollouts.analysis, and the drain when a rollout ends — promoted: stable's engine
 deployment goes to 0 replicas; rolled back or aborted: the candidate's. Scaling down through
 Serve drains (cluster.engine.replica: each replica leaves routing, finishes its streams,
-then stops), and the gateway processes had already moved the traffic by the weight."""
+then stops), and the gateway processes had already moved the traffic by the weight.
+An adapter's rollout has no deployment of its own to drain: both LoRAs stay loaded on the
+model's replicas, the weight alone says which one answers (docs/rollouts.md)."""
 
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ class RolloutLoop:
         self._thread = threading.Thread(target=self._run, name="owc-rollouts", daemon=True)
 
     def _changed(self, model: str, st: RolloutState) -> None:
-        key = drained_by(model, st)
+        # An adapter's rollout has no deployment of its own: nothing to drain.
+        key = None if model in self.analysis.adapter_rollouts else drained_by(model, st)
         if key is not None:
             log.warning("rollout of %s %s: draining %s", model, st.state, key)
             try:

@@ -14,6 +14,9 @@ from hashlib import blake2b
 
 STABLE, CANDIDATE = "stable", "candidate"
 VERSIONS = (STABLE, CANDIDATE)
+# During an adapter's rollout, the model's requests that do not name that adapter: labelled
+# apart, so that the analysis's stable and candidate series hold the adapter's requests only.
+OTHER = "other"
 
 
 def session_point(key: str) -> float:

@@ -4,7 +4,8 @@ inheritance of what the candidate does not override, and bad input named by its 
 import pytest
 
 from cluster.config.loader import ConfigError, parse_config
-from cluster.config.rollout import candidate_model, has_rollout
+from cluster.config.adapters import lora_engine_kwargs, lora_source
+from cluster.config.rollout import candidate_model, has_rollout, rollout_targets
 
 ISSUE_EXAMPLE = {"models": {"tiny-llama": {
     "source": "demo:tiny-llama", "engine_kwargs": {"max_num_seqs": 16}, "aliases": ["tl"],
@@ -32,12 +33,31 @@ def test_no_candidate_no_rollout():
         candidate_model(m)
 
 
-def test_what_is_not_built_is_refused_not_ignored():
-    """Adapter candidates are not built: a config asking for them is refused with the key and
-    why, never served as something else."""
+def test_an_adapter_candidate_is_a_rollout_of_its_own_loaded_beside_the_adapter():
+    """adapters.<name>.candidate: known by the adapter's name, on the model's replicas as the
+    LoRA `<name>@candidate`, which the gateway loads on demand from the candidate's source."""
+    cfg = parse_config({"models": {"m": {"source": "x", "adapters": {
+        "a": {"source": "/a1", "candidate": {"source": "/a2"}}, "b": {"source": "/b"}}}, "n": {"source": "y"}}})
+    m = cfg.models["m"]
+    assert has_rollout(m) and m.candidate is None
+    assert rollout_targets(cfg) == {"a": ("m", "a")}
+    # Not at the engine's start (a static LoRA that fails to load stops vLLM): on demand, by the gateway.
+    assert lora_engine_kwargs(m.lora, m.adapters)["lora_modules"] == [{"name": "a", "path": "/a1"}, {"name": "b", "path": "/b"}]
+    assert [lora_source(m.adapters, n) for n in ("a", "a@candidate", "b", "b@candidate", "c@candidate")] == \
+        ["/a1", "/a2", "/b", None, None]
+
+
+@pytest.mark.parametrize("model, expected", [
+    ({"candidate": {"source": "y"}, "adapters": {"a": {"source": "/a1", "candidate": {"source": "/a2"}}}},
+     "one rollout per model at a time: the model's candidate, adapters.a.candidate"),
+    ({"adapters": {"a": {"source": "/a", "candidate": {"source": "/a2"}}, "b": {"source": "/b", "candidate": {"source": "/b2"}}}},
+     "one rollout per model at a time: adapters.a.candidate, adapters.b.candidate"),
+])
+def test_one_rollout_per_model_at_a_time(model, expected):
+    """The version label has one meaning per model (the model's versions, or one adapter's)."""
     with pytest.raises(ConfigError) as err:
-        parse_config({"models": {"m": {"source": "x", "adapters": {"a": {"source": "/a1", "candidate": {"source": "/a2"}}}}}})
-    assert "models.m.adapters.a" in str(err.value) and "not built yet" in str(err.value)
+        parse_config({"models": {"m": {"source": "x", **model}}})
+    assert expected in str(err.value)
 
 
 def test_mirror_mode_and_its_bounded_queue():

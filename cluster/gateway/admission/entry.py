@@ -14,7 +14,9 @@ import re
 
 import orjson
 
+from cluster.config.rollout import has_rollout
 from cluster.config.schema import OwcConfig
+from cluster.routing.versions import VERSIONS
 from cluster.gateway.observability.accounting import UNKNOWN, Accounting, Settled
 from cluster.gateway.auth.authenticator import Authenticator, allowed
 from cluster.gateway.admission.caps import CapTable
@@ -101,7 +103,7 @@ async def send_error(send: Send, err: OpenAIError, request_id: str | None) -> No
 def versioned(send: Send, delivery: Delivery) -> Send:
     """``send`` with ``x-owc-version`` on the response once the forwarder picked a version."""
     async def out(message: dict) -> None:
-        if message["type"] == "http.response.start" and delivery.version is not None:
+        if message["type"] == "http.response.start" and delivery.version in VERSIONS:  # not `other`
             message = {**message, "headers": [*message.get("headers", ()), (b"x-owc-version", delivery.version.encode())]}
         await send(message)
 
@@ -125,7 +127,7 @@ class Admission:
         self._conversations = conversations or Conversations(config, ResponseIds.from_env(None))
         self._limit = config.gateway.limits.max_body_bytes
         self._caps = CapTable(config.gateway.limits, config.gateway.tenants)
-        self._versioned = any(m.candidate is not None for m in config.models.values())
+        self._versioned = any(has_rollout(m) for m in config.models.values())
         # Request ids: a random per-process prefix and a counter (uuid4 per request costs a
         # getrandom syscall on the hot path); unique across gateway processes.
         self._id_prefix = os.urandom(8).hex()

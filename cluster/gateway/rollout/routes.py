@@ -25,18 +25,23 @@ ACTIONS = ("promote", "abort", "pause", "resume")
 ANSWER_TIMEOUT_S = 5.0
 
 
-def not_started(config: OwcConfig, model: str) -> dict[str, Any]:
-    """What GET answers before the analysis wrote anything: pending, all traffic on stable."""
+def not_started(config: OwcConfig, model: str, served: str | None = None) -> dict[str, Any]:
+    """What GET answers before the analysis wrote anything: pending, all traffic on stable.
+    ``served``: the model whose `rollout:` it is (an adapter's rollout: the adapter's model)."""
     return {"model": model, "state": "pending", "step": 0, "weight": 0, "reason": "the analysis has not started",
-            "gates": {}, "steps": config.models[model].rollout.steps}
+            "gates": {}, "steps": config.models[served or model].rollout.steps}
 
 
 def add_rollout_routes(table: RouteTable, *, config: OwcConfig, view: RolloutView) -> None:
     def rolled_out(model: str) -> str:
-        if model not in config.models:
+        """``model``: a served model's name, or an adapter's (an adapter's rollout is known by it)."""
+        served = config.resolve(model)
+        if served is None or model in config.models[served].aliases:
             raise OpenAIError(404, f"The model '{model}' is not served here", param="model", code="model_not_found")
         if model not in view.rolled_out:
-            raise OpenAIError(404, f"model '{model}' has no candidate to roll out (no `candidate:` in its config)",
+            rolled = view.adapter_of.get(model)
+            also = f"; its adapter '{rolled}' is rolled out: /admin/v1/models/{rolled}/rollout" if rolled else ""
+            raise OpenAIError(404, f"'{model}' has no candidate to roll out (no `candidate:` in its config){also}",
                               param="model", code="no_rollout")
         return model
 
@@ -48,7 +53,7 @@ def add_rollout_routes(table: RouteTable, *, config: OwcConfig, view: RolloutVie
         except OSError as e:  # the ConfigMap (Kubernetes API) cannot be read
             raise OpenAIError(503, f"the rollout state cannot be read: {e}", code="rollout_analysis_unavailable",
                               type="server_error") from None
-        return JSONResponse(doc or not_started(config, model))
+        return JSONResponse(doc or not_started(config, model, view.targets[model][0]))
 
     @table.add("POST", "/admin/v1/models/{model:path}/rollout/{action}", "admin")
     async def act(request: Request, model: str, action: str) -> Response:

@@ -8,7 +8,11 @@ abort the weight is 0, after a promotion 100.
 Mirror mode (`rollout.mirror`): below 100 % every request goes to stable, and the weight is
 the share of requests a copy of which the candidate gets (``copies``; the copies are sent by
 cluster.gateway.rollout.mirror); at 100 % (promoted) the candidate answers as in a live
-rollout, at 0 (rolled back) nothing is copied."""
+rollout, at 0 (rolled back) nothing is copied.
+
+An adapter's rollout (``adapters.<name>.candidate``) is known by the adapter's name: its
+weight splits the requests that name the adapter (``adapter_version``); the model's other
+requests are version ``other`` (cluster.gateway.rollout.adapter)."""
 
 from __future__ import annotations
 
@@ -19,12 +23,12 @@ from collections.abc import Callable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from cluster.config.rollout import has_rollout
+from cluster.config.rollout import rollout_targets
 from cluster.config.schema import OwcConfig
 from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.rollouts import RolloutFiles
 from cluster.periodic import Periodic
-from cluster.routing.versions import CANDIDATE, STABLE, pick_version
+from cluster.routing.versions import CANDIDATE, OTHER, STABLE, pick_version
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
@@ -36,19 +40,21 @@ class RolloutView:
                  period_s: float = POLL_S):
         self.files = files
         self.models = {n: m for n, m in config.models.items() if m.candidate is not None}  # version routing
-        self.rolled_out = {n for n, m in config.models.items() if has_rollout(m)}  # the admin API's models
-        self._sticky = {n: m.rollout.sticky for n, m in self.models.items()}
+        self.targets = rollout_targets(config)  # each rollout's key (a model's or an adapter's name) -> (model, adapter)
+        self.rolled_out = set(self.targets)  # the admin API's names
+        self.adapter_of = {m: a for m, a in self.targets.values() if a is not None}  # model -> its adapter rolled out
+        self._sticky = {k: config.models[m].rollout.sticky for k, (m, _) in self.targets.items()}
         self.mirrored = {n for n, m in self.models.items() if m.rollout.mirror}
         self._draw = draw
-        self._weights: dict[str, float] = {n: 0.0 for n in self.models}
-        self._states: dict[str, str] = {n: "pending" for n in self.models}
+        self._weights: dict[str, float] = {k: 0.0 for k in self.targets}
+        self._states: dict[str, str] = {k: "pending" for k in self.targets}
         self._mtimes: dict[str, int | None] = {}
         self._fallbacks: dict[tuple[str, str], int] = {}  # (model, version picked but not routable) -> requests
         self._loop = Periodic(self._reload_off_loop, period_s=period_s, what="reading rollout state", log=log,
                               first_after=True)
 
     def reload(self) -> None:
-        for model in self.models:
+        for model in self.targets:
             mtime = self.files.mtime(model)
             if mtime == self._mtimes.get(model, -1):
                 continue
@@ -61,13 +67,24 @@ class RolloutView:
 
     def weight(self, model: str) -> float | None:
         """The candidate's % of the model's traffic; None: the model has no candidate."""
-        return self._weights.get(model)
+        return self._weights.get(model) if model in self.models else None
+
+    def adapter_version(self, model: str, adapter: str | None, session: str | None) -> str | None:
+        """During an adapter's rollout on ``model``: the version of a request naming ``adapter``
+        (by the weight, sticky by session as a model's rollout), ``other`` for the model's
+        requests that name no adapter or another one; None: no adapter rollout on ``model``."""
+        rolled = self.adapter_of.get(model)
+        if rolled is None:
+            return None
+        if adapter != rolled:
+            return OTHER
+        return pick_version(self._weights[rolled], session if self._sticky[rolled] else None, self._draw)
 
     def pick(self, model: str, session: str | None, endpoints: list[Endpoint]) -> str | None:
         """The version that answers (None: the model has no candidate): by weight, sticky by
         session where the rollout says so; the other version when the picked one has no
         replica taking requests (starting, or drained after the rollout ended)."""
-        weight = self._weights.get(model)
+        weight = self._weights.get(model) if model in self.models else None
         if weight is None:
             return None
         if model in self.mirrored and weight < 100:  # the client's answer comes from stable alone
@@ -99,7 +116,7 @@ class RolloutView:
         f = CounterMetricFamily("owc_rollout_version_fallbacks",
                                 "Requests whose picked version (label) had no replica taking requests, answered by "
                                 "the other version.", labels=["model", "version"])
-        for model in self.models:
+        for model in self.targets:  # an adapter's rollout under the adapter's name
             w.add_metric([model], self._weights[model])
             for state in STATES:
                 s.add_metric([model, state], 1.0 if self._states[model] == state else 0.0)

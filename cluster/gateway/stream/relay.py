@@ -73,6 +73,8 @@ async def respond(
                 pass
             if job.strip_reasoning:  # the usage above still counts the reasoning tokens
                 first = strip_thinking_body(first) if job.route == MESSAGES else strip_body(job.route, first)
+            if job.rename:  # an adapter candidate's answer names the adapter asked for
+                first = renamed(first, job.rename)
             ctype = resp.headers.get("content-type", "application/json").encode()
             delivery.status = resp.status
             await send({"type": "http.response.start", "status": resp.status,
@@ -92,7 +94,7 @@ class _Events:
     for the rest: clients cannot use half an event anyway, and usage events must be read and
     stripped whole), the resume ledger, the usage, TTFT and inter-token gaps, the strips."""
 
-    __slots__ = ("delivery", "tail", "last", "responses", "messages", "strip", "ledger", "strip_usage")
+    __slots__ = ("delivery", "tail", "last", "responses", "messages", "strip", "ledger", "strip_usage", "rename")
 
     def __init__(self, job: Job, delivery: Delivery):
         self.delivery = delivery
@@ -104,6 +106,7 @@ class _Events:
         self.strip = StreamStrip(job.route) if job.strip_reasoning and self.messages is None else None  # whole events only
         self.ledger = ledger_for(job) if job.resume else None
         self.strip_usage = job.strip_usage
+        self.rename = job.rename
 
     def feed(self, chunk: bytes) -> bytes:
         """What of the engine's ``chunk`` goes to the client now (b"": nothing yet)."""
@@ -141,14 +144,21 @@ class _Events:
             self.last = now
         if self.strip is not None:
             chunk = self.strip.chunk(chunk)
-        return chunk
+        return renamed(chunk, self.rename) if self.rename else chunk
 
     def rest(self) -> bytes:
         """The stream's unfinished last event, at its end."""
         tail, self.tail = self.tail, b""
         if tail and self.strip is not None:
             tail = self.strip.chunk(tail)
-        return tail
+        return renamed(tail, self.rename) if self.rename else tail
+
+
+def renamed(data: bytes, pairs: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """``data`` (whole events or a whole body) with each pair's engine bytes replaced (Job.rename)."""
+    for engine, client in pairs:
+        data = data.replace(engine, client)
+    return data
 
 
 async def _pump(resp: Response, first: bytes, events: _Events, writer: ClientWriter) -> None:

@@ -21,6 +21,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from cluster.adapters.store import AdapterStore
+from cluster.config.adapters import lora_source
 from cluster.config.schema import OwcConfig
 from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.sources import EndpointSource
@@ -143,13 +144,13 @@ class AdapterLoader:
     async def ensure(self, model: str, ep: Endpoint, name: str, held: frozenset[str] = frozenset()) -> None:
         """The adapter is on ``ep`` before a request for it goes there (``held``: what the
         routing stats say it has). Concurrent callers share one load; a failed load is a 502."""
-        spec = self._config.models[model].adapters.get(name)
-        if spec is None or not spec.source or name in held or name in self._loaded.get(ep.replica_id, ()):
+        source = lora_source(self._config.models[model].adapters, name)  # an adapter's, or its candidate's
+        if not source or name in held or name in self._loaded.get(ep.replica_id, ()):
             return  # an adapter without a source is the engine's own: nothing to load
         key = (ep.replica_id, name)
         flight = self._flights.get(key)
         if flight is None:
-            flight = self._flights[key] = asyncio.ensure_future(self.load(model, ep, name, spec.source))
+            flight = self._flights[key] = asyncio.ensure_future(self.load(model, ep, name, source))
             flight.add_done_callback(lambda _: self._flights.pop(key, None))
         result = await asyncio.shield(flight)
         if not result.ok:

@@ -1,0 +1,141 @@
+"""Adapter candidates through a gateway process with fake engines (docs/rollouts.md, "Adapter
+candidates"): a retrained adapter (`adapters.<name>.candidate`) is loaded on the model's own
+replicas as `<name>@candidate` (here on demand, by the gateway), gets the weight's share of
+the requests that name the adapter, answers under the name the client asked for, and is
+analysed against the current adapter on those requests only: the model's other requests are
+version `other`, outside the window. One candidate promoted, a slower one rolled back while
+the base model's even slower traffic would have hidden it had it been counted as stable."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import yaml
+
+from cluster.gateway.auth.keys import hash_key
+from cluster.rollouts.analysis import LocalAnalysis, http_scrape as scrape
+from tests.unit.rollout_helpers import Ticker, rollout_stack
+from tests.conftest import fake_engine_argv, metric, wait_for
+
+ENGINE_KEY = "engine-secret-for-adapter-rollout-tests"
+TENANT, ADMIN = "Bearer sk-t", "Bearer sk-admin"
+ROLLOUT = {"steps": [20, 50], "step_s": 5, "conformance": True, "gates": {"min_requests": 5}}
+LENIENT = {**ROLLOUT, "gates": {"min_requests": 5, "min_delta_s": 1.0}}  # a shared CI machine's noise
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    d = tmp_path_factory.mktemp("adapter-rollout")
+    (d / "keys.yaml").write_text(yaml.safe_dump({hash_key("sk-t"): "t"}))
+    (d / "admin.yaml").write_text(yaml.safe_dump({hash_key("sk-admin"): "ops"}))
+    cfg = {"models": {
+        "m": {"source": "external", "rollout": LENIENT,
+              "adapters": {"support": {"source": "/adapters/support-v1", "candidate": {"source": "/adapters/support-v2"}},
+                           "legal": {"source": "/adapters/legal"}}},
+        "n": {"source": "external", "rollout": ROLLOUT,
+              "adapters": {"fr": {"source": "/adapters/fr-v1", "candidate": {"source": "/adapters/fr-v2"}}}}},
+        "model_cache_dir": str(d),
+        "gateway": {"api_keys_env": None, "admin_keys_env": None, "api_keys_file": str(d / "keys.yaml"),
+                    "admin_keys_file": str(d / "admin.yaml"), "access_log": {"path": str(d / "access.log")},
+                    "routing_stats": {"period_s": 0.2}}}
+    env = {"OWC_ENGINE_KEY": ENGINE_KEY, "OWC_ROLLOUT_DIR": str(d / "rollouts")}
+    # Stable adapters loaded at the engine's start; the candidates are not: the gateway loads
+    # each on demand. n's retrained fr is 400 ms slower to its first token, n's base model 600 ms.
+    engines = {("m", "stable"): [*fake_engine_argv("m"), "--lora", "support", "--lora", "legal"],
+               ("n", "stable"): [*fake_engine_argv("n"), "--lora", "fr",
+                                 "--lora-ttft-ms", "fr@candidate=400", "--lora-ttft-ms", "n=600"]}
+    with rollout_stack(d, cfg, engines, env) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def analysis(stack):
+    _, _, files, cfg = stack
+    # conformance: true in the config; an adapter's rollout has none to run (one engine), so
+    # no gate is given here and none is needed for step 1 to start.
+    with Ticker(LocalAnalysis(cfg, files, scrape=scrape)) as a:
+        yield a
+
+
+def chat(url: str, model: str, *, stream: bool = True) -> tuple[int, str | None, set[str]]:
+    """(status, x-owc-version, the `model` names in the answer)."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": stream}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers={"Authorization": TENANT}, timeout=30) as r:
+        text = r.read().decode()
+    docs = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")] if stream else \
+        [json.loads(text)] if r.status_code == 200 else []
+    return r.status_code, r.headers.get("x-owc-version"), {d["model"] for d in docs if "model" in d}
+
+
+def load(url: str, mix: dict[str, int], until, timeout_s: float = 40) -> list[tuple[str, int, str | None, set[str]]]:
+    """Streamed requests from ``mix[name]`` clients per requested name until ``until()``."""
+    out: list = []
+    deadline = time.monotonic() + timeout_s
+
+    def client(name: str, i: int) -> None:
+        while not until() and time.monotonic() < deadline:
+            out.append((name, *chat(url, name, stream=i % 2 == 0)))
+
+    with ThreadPoolExecutor(sum(mix.values())) as pool:
+        for f in [pool.submit(client, n, i) for n, k in mix.items() for i in range(k)]:
+            f.result()
+    return out
+
+
+def ended(files, key):
+    return lambda: (files.read(key) or {}).get("state") in ("promoted", "rolled_back", "aborted")
+
+
+def test_the_admin_api_knows_an_adapter_rollout_by_the_adapters_name(stack, analysis):
+    gw, _, _, _ = stack
+    url = gw.url + "/admin/v1/models/support/rollout"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": TENANT}).status_code == 403
+    doc = wait_for(lambda: (r := httpx.get(url, headers={"Authorization": ADMIN}).json())["state"] != "pending" and r,
+                   10, "the analysis to start support's step 1 (no conformance gate for an adapter)")
+    assert (doc["model"], doc["step"], doc["weight"], doc["steps"]) == ("support", 0, 20, [20, 50])
+    r = httpx.get(gw.url + "/admin/v1/models/m/rollout", headers={"Authorization": ADMIN})
+    assert r.status_code == 404 and "/admin/v1/models/support/rollout" in r.json()["error"]["message"]
+    r = httpx.get(gw.url + "/admin/v1/models/legal/rollout", headers={"Authorization": ADMIN})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "no_rollout"
+
+
+def test_an_adapter_candidate_is_promoted_on_its_own_requests(stack, analysis):
+    gw, procs, files, _ = stack
+    answers = load(gw.url, {"support": 4, "m": 1, "legal": 1}, ended(files, "support"))
+    doc = files.read("support")
+    assert doc["state"] == "promoted", doc
+    assert all(status == 200 for _, status, _, _ in answers)
+    support = [(v, names) for name, _, v, names in answers if name == "support"]
+    assert {v for v, _ in support} == {"stable", "candidate"}
+    assert all(names == {"support"} for _, names in support)  # never the candidate's LoRA name
+    assert all(v is None for name, _, v, _ in answers if name != "support")  # not in the rollout: no header
+    assert all(names == ({"m"} if name == "m" else {name}) for name, _, _, names in answers)
+    # The gateway loaded the candidate's LoRA on the replica when its first request came.
+    assert metric(gw.metrics_url, "owc_adapter_loads_total", model="m", result="ok") >= 1
+    served = {v: metric(gw.metrics_url, "owc_requests_total", model="m", version=v) for v in ("stable", "candidate", "other")}
+    assert served["stable"] + served["candidate"] == len(support)
+    assert served["other"] == len(answers) - len(support)
+    time.sleep(0.6)  # the gateway's next read of the state
+    assert all(chat(gw.url, "support", stream=s)[1:] == ("candidate", {"support"}) for s in (True, False) * 3)
+    assert metric(gw.metrics_url, "owc_rollout_candidate_weight", model="support") == 100
+
+
+def test_a_slower_adapter_candidate_is_rolled_back_though_the_base_model_is_slower_still(stack, analysis):
+    """n's base requests (600 ms) would raise stable's p95 over the slow candidate's (400 ms) if
+    they were counted: the rollback shows the window holds the adapter's requests only."""
+    gw, _, files, _ = stack
+    answers = load(gw.url, {"fr": 4, "n": 4}, ended(files, "fr"))
+    doc = files.read("fr")
+    assert doc["state"] == "rolled_back" and doc["weight"] == 0, doc
+    assert "TTFT p95" in doc["reason"]
+    assert all(status == 200 for _, status, _, _ in answers)
+    assert all(names == {"fr"} for name, _, _, names in answers if name == "fr")
+    time.sleep(0.6)
+    assert {chat(gw.url, "fr")[1] for _ in range(10)} == {"stable"}  # the model keeps serving the old adapter
+    assert metric(gw.metrics_url, "owc_rollout_state", model="fr", state="rolled_back") == 1
+    assert metric(gw.metrics_url, "owc_requests_total", model="n", version="other") >= 20

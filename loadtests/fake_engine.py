@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from cluster.engine.guard import ENGINE_KEY_ENV, authorized, bearer
+from cluster.engine.guard import ENGINE_KEY_ENV, authorized, bearer, identity_headers
 from cluster.engine.responses_store import store_env
 from loadtests.fake_anthropic import add_anthropic_routes
 from loadtests.fake_responses import FakeResponsesStore, context_tokens, tool_outputs
@@ -36,9 +36,12 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 
 class FakeEngine:
     def __init__(self, *, model: str, ttft_s: float, itl_s: float, max_num_seqs: int, default_max_tokens: int = 16,
-                 adapters: tuple[str, ...] = (), die_after_tokens: int = 0, lora_ttft_s: dict[str, float] | None = None):
+                 adapters: tuple[str, ...] = (), die_after_tokens: int = 0, auto_tool_choice: bool = True,
+                 lora_ttft_s: dict[str, float] | None = None):
         self.model = model
         self.lora_ttft_s = dict(lora_ttft_s or {})  # extra TTFT of a request naming this LoRA (a slow retrained adapter)
+        # False: as vLLM started without --enable-auto-tool-choice (tool_choice "auto" is a 400)
+        self.auto_tool_choice = auto_tool_choice
         self.die_after_tokens = die_after_tokens  # exit (as if SIGKILLed) after streaming this many tokens
         self._tokens_served = 0
         self.adapters = tuple(adapters)  # LoRA adapters "loaded": listed by /v1/models, accepted as model names
@@ -120,7 +123,8 @@ class FakeEngine:
         return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def health(self, _: web.Request) -> web.Response:
-        return web.Response(status=200)
+        # the model and version its engine replica set (as EngineGuard names an owc-started vLLM)
+        return web.Response(status=200, headers={k.decode(): v.decode() for k, v in identity_headers(os.environ)})
 
     async def metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), content_type="text/plain")
@@ -151,6 +155,8 @@ class FakeEngine:
         effort = body.get("reasoning_effort") if chat else reasoning.get("effort")
         if effort is not None and effort not in REASONING_EFFORTS:  # vLLM's request schema
             return _error(400, f"Input should be one of {', '.join(REASONING_EFFORTS)}")
+        if not self.auto_tool_choice and body.get("tools") and body.get("tool_choice", "auto") == "auto":
+            return _error(400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set')
         n_out = int(body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
                     or self.default_max_tokens)
         raw = body.get("prompt")
@@ -360,12 +366,15 @@ def main(argv: list[str] | None = None) -> None:
                    help="extra TTFT of the requests naming this LoRA adapter")
     p.add_argument("--die-after-tokens", type=int, default=0,
                    help="exit abruptly (as if SIGKILLed) after streaming this many tokens in all")
+    p.add_argument("--no-auto-tool-choice", action="store_true",
+                   help='as vLLM without --enable-auto-tool-choice: tool_choice "auto" with tools is a 400')
     a = p.parse_args(argv)
     watch_parent(a.parent_pid)
 
     async def serve() -> None:
         engine = FakeEngine(model=a.model, ttft_s=a.ttft_ms / 1000, itl_s=a.itl_ms / 1000, max_num_seqs=a.max_num_seqs,
                             adapters=tuple(a.lora), die_after_tokens=a.die_after_tokens,
+                            auto_tool_choice=not a.no_auto_tool_choice,
                             lora_ttft_s={n: float(ms) / 1000 for n, _, ms in (x.rpartition("=") for x in a.lora_ttft_ms)})
         # vLLM aborts a request whose client went away; aiohttp does so only when asked.
         runner = web.AppRunner(engine.app(), access_log=None, handle_signals=True, handler_cancellation=True)

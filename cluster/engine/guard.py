@@ -5,17 +5,25 @@ limits who reaches the port at all) needs ``Authorization: Bearer <engine key>``
 
 vLLM's own `--api-key` is not enough: it guards only /v1, /v2, /inference and /cohere,
 while `POST /invocations` generates and `/tokenize` answers without it. The key comes from
-the engine process's environment (OWC_ENGINE_KEY), never its command line."""
+the engine process's environment (OWC_ENGINE_KEY), never its command line.
+
+/health also says which model and version the engine serves (``x-owc-model``,
+``x-owc-version``, from OWC_ENGINE_MODEL / OWC_ENGINE_VERSION, which the engine replica
+sets): on Kubernetes `owc controller` finds one replica of each version for a rollout's
+conformance gate by asking the engine pods (cluster.rollouts.engine_pods)."""
 
 from __future__ import annotations
 
 import hmac
 import json
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
+from urllib.parse import quote
 
 ENGINE_KEY_ENV = "OWC_ENGINE_KEY"
+MODEL_ENV, VERSION_ENV = "OWC_ENGINE_MODEL", "OWC_ENGINE_VERSION"
+MODEL_HEADER, VERSION_HEADER = "x-owc-model", "x-owc-version"
 OPEN_PATHS = frozenset({"/health", "/metrics"})
 
 Scope = MutableMapping[str, Any]
@@ -38,6 +46,19 @@ def bearer(key: str) -> bytes:
     return b"Bearer " + key.encode()
 
 
+def identity_env(model: str, version: str) -> dict[str, str]:
+    """The environment that makes an engine's /health say what it serves."""
+    return {MODEL_ENV: model, VERSION_ENV: version}
+
+
+def identity_headers(env: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """/health's headers naming the model (percent-encoded) and version; none when unset."""
+    model, version = env.get(MODEL_ENV), env.get(VERSION_ENV)
+    if not model or not version:
+        return []
+    return [(MODEL_HEADER.encode(), quote(model, safe="").encode()), (VERSION_HEADER.encode(), quote(version, safe="").encode())]
+
+
 class EngineGuard:
     """Refuses to start without a key: an engine owc starts is never open by accident."""
 
@@ -47,6 +68,7 @@ class EngineGuard:
             raise RuntimeError(f"{ENGINE_KEY_ENV} is not set: the engine would answer anyone")
         self.app = app
         self._expected = bearer(key)
+        self._identity = identity_headers(os.environ)
 
     async def __call__(self, scope: Scope, receive, send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -61,4 +83,13 @@ class EngineGuard:
                 ]})
                 await send({"type": "http.response.body", "body": _DENIED})
                 return
+            if scope["path"] == "/health" and self._identity:
+                send = self._naming(send)
         await self.app(scope, receive, send)
+
+    def _naming(self, send: Callable[[dict], Awaitable[None]]) -> Callable[[dict], Awaitable[None]]:
+        async def named(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self._identity]}
+            await send(message)
+        return named

@@ -18,7 +18,7 @@ from ray import serve
 
 from cluster.config.schema import EngineNetwork, ModelConfig
 from cluster.discovery.timing import DRAIN_NOTICE_S, HEALTH_CHECK_PERIOD_S
-from cluster.engine.guard import ENGINE_KEY_ENV
+from cluster.engine.guard import ENGINE_KEY_ENV, identity_env
 from cluster.engine.launcher import Launcher, vllm_launcher
 from cluster.engine.names import deployment_name
 from cluster.engine.placement import placement_for
@@ -59,8 +59,10 @@ class EngineReplica:
         if not key:  # fail closed: an engine owc starts answers only the gateway
             raise EngineUnhealthy(f"{ENGINE_KEY_ENV} is not set in this Ray worker's environment: `owc serve` sets it "
                                   "for a Ray it starts; on a Ray cluster of your own (or Kubernetes) set it on every node")
+        command = launcher(served_name, self._cfg, cache_dir, host=net.bind_host, engine_key=key)
+        command.env.update(identity_env(served_name, version))  # /health names them (EngineGuard)
         self._proc = ServerProcess(
-            launcher(served_name, self._cfg, cache_dir, host=net.bind_host, engine_key=key),
+            command,
             log_path=log_dir / f"engine-{served_name.replace('/', '_')}-{self._replica_id}.log",
             host=advertise,
             port=net.port,

@@ -67,12 +67,14 @@ def http_scrape(url: str) -> str:
 class LocalAnalysis:
     def __init__(self, config: OwcConfig, files: RolloutFiles | Any, *, scrape: Callable[[str], str],
                  clock: Callable[[], float] = time.time, on_change: Callable[[str, RolloutState], None] | None = None,
-                 conformance: Callable[[str], list[str]] | None = None,
+                 conformance: Callable[[str], list[str] | None] | None = None,
                  windows: Callable[[str, RolloutState, float], Window | None] | None = None):
         """``scrape``: a gateway process's /metrics text by its metrics URL (raises when it
         cannot be read); ``on_change``: told each state change (owc serve drains the version
         that lost its traffic); ``conformance``: the conformance gate's failed rows for a
-        model, candidate vs stable (None: not available here, the gate is skipped with a warning).
+        model, candidate vs stable, or None when it has no verdict yet (the rollout stays pending;
+        asked again next tick); no ``conformance``: not available here, the gate is skipped
+        with a warning.
         ``windows(model, state, now)``: a source that reads the window since
         ``state.window_start`` by itself (cluster.rollouts.prometheus, `owc controller`)
         instead of the gateway processes' /metrics; a state found written keeps its window
@@ -121,13 +123,15 @@ class LocalAnalysis:
         for model, settings in self._settings.items():
             st = self.state(model)
             if st.state == "pending":  # the conformance gate comes first, before any request
-                self.conformance(model, self._conformance_rows(model))
+                rows = self._conformance_rows(model)
+                if rows is not None:
+                    self.conformance(model, rows)
                 continue
             window = self._windows(self._served[model], st, now) if self._windows else \
                 self._window(model, st, readings.get(model))
             self._set(model, policy.advance(st, settings, window, now))
 
-    def _conformance_rows(self, model: str) -> list[str]:
+    def _conformance_rows(self, model: str) -> list[str] | None:
         if not self._settings[model].conformance:
             return []
         if model in self.adapter_rollouts:  # both LoRAs on the same engine: one API surface

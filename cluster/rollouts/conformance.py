@@ -27,10 +27,7 @@ def replica_urls(snapshot: list[Any], model: str) -> dict[str, str]:
 
 def serve_conformance(model: str, *, engine_key: str | None, wait_s: float = 600, max_tokens: int = 16) -> list[str]:
     """The failed rows (features) of ``model``'s candidate against stable on the local Ray Serve."""
-    import openai
     from ray import serve
-
-    from cluster.gateway.upstream.engine_client import engine_headers
 
     registry = serve.get_deployment_handle("owc-registry", app_name="owc")
     deadline = time.monotonic() + wait_s
@@ -38,6 +35,16 @@ def serve_conformance(model: str, *, engine_key: str | None, wait_s: float = 600
         if time.monotonic() > deadline:
             raise TimeoutError(f"no replica of each version after {wait_s:.0f}s: {sorted(urls)}")
         time.sleep(1)
+
+    return compare_versions(urls, model, engine_key=engine_key, max_tokens=max_tokens)
+
+
+def compare_versions(urls: dict[str, str], model: str, *, engine_key: str | None, max_tokens: int = 16) -> list[str]:
+    """The failed rows of the cases against ``urls["stable"]`` and ``urls["candidate"]``
+    (bare engines, with the engine credential); `owc serve` and `owc controller` alike."""
+    import openai
+
+    from cluster.gateway.upstream.engine_client import engine_headers
 
     def client(url: str) -> Any:
         return openai.OpenAI(base_url=url.rstrip("/") + "/v1", api_key="none", default_headers=engine_headers(engine_key),

@@ -13,18 +13,25 @@ window's counts, so the step goes on where the old leader left it — never skip
 restarted. An ended rollout found (or reached) scales the version that lost its traffic
 down to one replica through the RayService (the KubernetesActuator; Serve's declarative config
 has no 0), again on each new term: a leader killed
-between writing ``promoted`` and draining leaves it to the next one."""
+between writing ``promoted`` and draining leaves it to the next one.
+
+The conformance gate (``engines`` and ``compare`` given; cluster.rollouts.gate) runs in the
+tick while a rollout is ``pending``; its verdict is written only while this controller still
+leads in the same term, so a leader change mid-gate makes the new leader run it again."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from cluster.capacity.rollout import RolloutState
+from cluster.config.rollout import candidate_model
 from cluster.config.schema import OwcConfig
 from cluster.rollouts.analysis import LocalAnalysis
+from cluster.rollouts.gate import LeaderGate
 from cluster.rollouts.local import drained_by
 from cluster.rollouts.prometheus import PrometheusWindows
 
@@ -34,6 +41,9 @@ TICK_S = 1.0
 # > 0), and KubeRay applies nothing of an invalid one: the version that lost its traffic keeps
 # one idle replica (weight 0 or 100: no request reaches it) until the config drops it.
 DRAIN_TO = 1
+# The conformance gate waits for a replica of each version up to the candidate's
+# startup_timeout_s plus this (its pods are placed, pulled and started first).
+GATE_PLACEMENT_S = 600.0
 
 
 def configmap_name(rayservice: str) -> str:
@@ -43,17 +53,27 @@ def configmap_name(rayservice: str) -> str:
 class LeaderRollouts:
     def __init__(self, config: OwcConfig, store: Any, *, prometheus: Any, elector: Any,
                  scale: Callable[[str, int], None], clock: Callable[[], float] | None = None,
-                 drain_to: int = DRAIN_TO):
+                 drain_to: int = DRAIN_TO, engines: Callable[[str], dict[str, str]] | None = None,
+                 compare: Callable[[dict[str, str], str], list[str]] | None = None):
         """``store``: cluster.discovery.rollout_configmap.ConfigMapRollouts; ``prometheus``:
         something with PrometheusSignals' ``query``; ``elector``: the controller's
         LeaseElector (``holds``, ``term``); ``scale(deployment key, replicas)``: the
-        KubernetesActuator's; ``drain_to``: the replicas the losing version keeps."""
+        KubernetesActuator's; ``drain_to``: the replicas the losing version keeps;
+        ``engines(model)``: version -> one engine URL (cluster.rollouts.engine_pods) and
+        ``compare(urls, model)``: the conformance cases' failed rows — without both, no
+        conformance gate (step 1 starts without it, with a warning)."""
         self._drain_to = drain_to
         self._elector = elector
         self._scale = scale
         extra = {"clock": clock} if clock is not None else {}
+        gate = None
+        if engines is not None and compare is not None:
+            startup = {n: candidate_model(m).startup_timeout_s for n, m in config.models.items() if m.candidate}
+            gate = LeaderGate(replicas=engines, compare=compare, elector=elector,
+                              pending_since=lambda model: self.analysis.state(model).updated or 0.0,
+                              wait_s=lambda model: startup.get(model, 600.0) + GATE_PLACEMENT_S, clock=clock or time.time)
         self.analysis = LocalAnalysis(config, store, scrape=_no_scrape, on_change=self._changed,
-                                      windows=PrometheusWindows(prometheus), **extra)
+                                      windows=PrometheusWindows(prometheus), conformance=gate, **extra)
         self._term: Any = None
         self._leading = False
         self._to_drain: set[str] = set()  # deployment keys still to scale to 0 (retried each tick)

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jsonschema
@@ -94,8 +95,15 @@ class FakeApi:
                                   "code": code, "message": reason})
 
             def do_GET(self):
+                path, _, query = self.path.partition("?")
                 with api.lock:
-                    obj = api.objects.get(self.path)
+                    obj = api.objects.get(path)
+                    if obj is None and path.endswith("/pods"):  # a list by label (the rollouts' conformance gate)
+                        sel = urllib.parse.parse_qs(query).get("labelSelector", [""])[0]
+                        want = dict(kv.split("=", 1) for kv in sel.split(",") if kv)
+                        items = [o for p, o in sorted(api.objects.items()) if p.rpartition("/")[0] == path
+                                 and want.items() <= o["metadata"].get("labels", {}).items()]
+                        return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
                     self._send(200, obj) if obj else self._status(404, "NotFound")
 
             def do_POST(self):  # create a Lease

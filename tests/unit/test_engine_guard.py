@@ -10,7 +10,7 @@ import pytest
 
 from cluster.config.schema import ModelConfig
 from cluster.engine.args import RESERVED_KWARGS, check_engine_kwargs
-from cluster.engine.guard import ENGINE_KEY_ENV, EngineGuard
+from cluster.engine.guard import ENGINE_KEY_ENV, EngineGuard, identity_env
 from cluster.engine.launcher import vllm_launcher
 
 KEY = "k" * 43
@@ -52,6 +52,32 @@ def test_health_and_metrics_stay_open(path):
 
 def test_websockets_are_closed_without_the_key():
     assert _status("/v1/realtime", None, kind="websocket") == "websocket.close"
+
+
+def test_health_names_the_model_and_version_its_replica_set(monkeypatch):
+    """On Kubernetes `owc controller` tells a rollout's stable and candidate replicas apart
+    by this (cluster.rollouts.engine_pods); other paths are answered as they were."""
+    monkeypatch.setenv(ENGINE_KEY_ENV, KEY)
+    for k, v in identity_env("org/model x", "candidate").items():
+        monkeypatch.setenv(k, v)
+
+    def headers(path: str) -> dict[bytes, bytes]:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        scope = {"type": "http", "path": path, "headers": [(b"authorization", b"Bearer " + KEY.encode())]}
+        asyncio.run(EngineGuard(_app)(scope, receive, send))
+        return dict(sent[0]["headers"])
+
+    assert headers("/health") == {b"x-owc-model": b"org%2Fmodel%20x", b"x-owc-version": b"candidate"}
+    assert headers("/v1/models") == {}
+    monkeypatch.delenv("OWC_ENGINE_VERSION")
+    assert headers("/health") == {}  # an engine owc did not name: nothing claimed
 
 
 def test_the_guard_refuses_to_start_without_a_key(monkeypatch):

@@ -56,9 +56,10 @@ class FakePrometheus:
 class Pod:
     """One `owc controller` pod: its capacity controller (which holds the Lease) and rollouts."""
 
-    def __init__(self, api: FakeApi, who: str, now: list[float], prom: FakePrometheus):
+    def __init__(self, api: FakeApi, who: str, now: list[float], prom: FakePrometheus, *, config=None, **gate):
+        """``gate``: LeaderRollouts' conformance gate (``engines``, ``compare``; test_rollout_gate)."""
         c = client.ApiClient(client.Configuration(host=api.url))
-        cfg = parse_config(OWC)
+        cfg = config or parse_config(OWC)
         self.elector = LeaseElector(api=client.CoordinationV1Api(c), namespace=NS, name="owc-controller",
                                     identity=who, duration_s=15, renew_interval_s=5,
                                     clock=lambda: T0 + dt.timedelta(seconds=now[0]))
@@ -68,7 +69,7 @@ class Pod:
         store = ConfigMapRollouts(client.CoreV1Api(c), NS, configmap_name(NAME))
         signals = PrometheusSignals("http://prometheus:9090", client=httpx.Client(transport=httpx.MockTransport(prom)))
         self.rollouts = LeaderRollouts(cfg, store, prometheus=signals, elector=self.elector, scale=actuator.scale,
-                                       clock=lambda: now[0])
+                                       clock=lambda: now[0], **gate)
 
     def round(self) -> bool:
         self.capacity.reconcile_once()  # renews (or takes) the Lease, as every round does

@@ -1,0 +1,186 @@
+"""The rollouts' conformance gate in `owc controller` on Kubernetes (issue 30, must-show 3):
+the leader finds one stable and one candidate engine replica among the release's engine pods
+(listed through the in-test API server, each fake engine naming its model and version on
+/health as EngineGuard makes an owc-started vLLM do), runs `owc conformance`'s cases against
+both with the engine credential, and applies the verdict. A candidate without the tool-call
+parser stable has is aborted with the failed rows named, its weight never above 0; a
+matching one starts step 1; a leader that loses the Lease mid-gate writes nothing and the new
+leader runs the gate again."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import yaml
+from kubernetes import client
+
+from cluster.capacity.rollout import RolloutState
+from cluster.config.loader import parse_config
+from cluster.engine.guard import identity_env
+from cluster.rollouts.conformance import compare_versions
+from cluster.rollouts.engine_pods import EnginePods
+from cluster.rollouts.leader import configmap_name
+from tests.conftest import fake_engine_argv, server
+from tests.unit.test_capacity_kubernetes import NAME, NS, FakeApi
+from tests.unit.test_rollout_controller import FakePrometheus, Pod, state
+
+KEY = "engine-key-of-the-gate-tests"
+SELECTOR = "app.kubernetes.io/instance=llm,owc.io/component=engine"
+OWC = {"models": {"tiny": {
+    "source": "demo:tiny-llama", "candidate": {"engine_kwargs": {"max_num_seqs": 8}},
+    "rollout": {"steps": [20, 50], "step_s": 60, "gates": {"min_requests": 5}},  # conformance: true (the default)
+}}}
+
+
+@pytest.fixture(scope="module")
+def engines():
+    """Engine processes by role: stable, a matching candidate, one without auto tool choice."""
+    def engine(version: str, *extra: str):
+        env = {"OWC_ENGINE_KEY": KEY, **identity_env("tiny", version)}
+        return server([*fake_engine_argv("tiny", ttft_ms=1, itl_ms=0), *extra], env=env)
+
+    with engine("stable") as s, engine("candidate") as good, engine("candidate", "--no-auto-tool-choice") as bad:
+        yield {"stable": s.url, "good": good.url, "bad": bad.url}
+
+
+@pytest.fixture
+def api():
+    a = FakeApi(OWC)
+    yield a
+    a.server.shutdown()
+
+
+def add_pod(api: FakeApi, name: str, url: str | None, *, ready: bool = True, component: str = "engine") -> None:
+    port = int(url.rsplit(":", 1)[1]) if url else 1
+    api.objects[f"/api/v1/namespaces/{NS}/pods/{name}"] = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app.kubernetes.io/instance": "llm", "owc.io/component": component}},
+        "spec": {"containers": [{"name": "ray-worker", "ports": [{"name": "engine", "containerPort": port}]}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": str(ready)}]},
+    }
+
+
+def leader_pod(api: FakeApi, who: str, now: list[float], compare=None) -> Pod:
+    pods = EnginePods(client.CoreV1Api(client.ApiClient(client.Configuration(host=api.url))), NS, SELECTOR)
+    compare = compare or (lambda urls, model: compare_versions(urls, model, engine_key=KEY))
+    return Pod(api, who, now, FakePrometheus(), config=parse_config(OWC), engines=pods.replica_urls, compare=compare)
+
+
+def test_engine_pods_name_one_replica_of_each_version(api, engines):
+    free = engines["good"].rsplit(":", 1)[0] + ":1"  # nothing listens there
+    add_pod(api, "a-starting", engines["bad"], ready=False)
+    add_pod(api, "b-no-engine-yet", free)
+    add_pod(api, "c-gateway", engines["good"], component="gateway")
+    pods = EnginePods(client.CoreV1Api(client.ApiClient(client.Configuration(host=api.url))), NS, SELECTOR)
+    assert pods.replica_urls("tiny") == {}
+    add_pod(api, "d-stable", engines["stable"])
+    add_pod(api, "e-candidate", engines["good"])
+    assert pods.replica_urls("tiny") == {"stable": engines["stable"], "candidate": engines["good"]}
+    assert pods.replica_urls("other") == {}
+
+
+def test_a_candidate_that_fails_conformance_is_aborted_before_any_weight(api, engines):
+    now = [0.0]
+    a = leader_pod(api, "pod-a", now)
+    weights = []
+    for t in (0, 5):  # no engine pod up yet: no verdict, pending, weight 0
+        now[0] = t
+        assert a.round() is True
+        weights.append(state(api).weight)
+        assert state(api).state == "pending"
+    add_pod(api, "stable-0", engines["stable"])
+    add_pod(api, "candidate-0", engines["bad"])
+    now[0] = 10
+    assert a.round() is True
+    st = state(api)
+    weights.append(st.weight)
+    assert st.state == "aborted" and weights == [0, 0, 0]
+    assert st.reason.startswith("conformance failed: ") and "chat tool_choice auto" in st.reason
+    assert "chat json_schema" not in st.reason  # only the rows that differ
+    deps = yaml.safe_load(api.rayservice()["spec"]["serveConfigV2"])["applications"][0]["deployments"]
+    assert {"name": "engine-tiny-candidate", "num_replicas": 1} in deps  # drained (Serve's config has no 0)
+
+
+def test_a_matching_candidate_starts_step_1_and_a_gate_that_never_finds_both_versions_aborts(api, engines):
+    now = [0.0]
+    add_pod(api, "stable-0", engines["stable"])
+    a = leader_pod(api, "pod-a", now)
+    assert a.round() is True and state(api).state == "pending"  # no candidate replica yet
+    add_pod(api, "candidate-0", engines["good"])
+    now[0] = 5
+    assert a.round() is True
+    st = state(api)
+    assert (st.state, st.step, st.weight, st.window_start) == ("analysing", 0, 20, 5.0)
+    # another rollout whose candidate never comes up: aborted once the wait is over (600 s startup + 600)
+    del api.objects[f"/api/v1/namespaces/{NS}/configmaps/{configmap_name(NAME)}"]
+    del api.objects[f"/api/v1/namespaces/{NS}/pods/candidate-0"]
+    b = leader_pod(api, "pod-a", now)
+    assert b.round() is True and state(api).state == "pending"
+    now[0] = 5 + 1190
+    assert b.round() is True and state(api).state == "pending"
+    now[0] = 5 + 1210
+    assert b.round() is True
+    st = state(api)
+    assert (st.state, st.weight) == ("aborted", 0) and "no replica of each version after 1210s" in st.reason
+
+
+def test_a_leader_that_loses_the_lease_mid_gate_writes_nothing_and_the_new_one_runs_it_again(api, engines):
+    now = [0.0]
+    add_pod(api, "stable-0", engines["stable"])
+    add_pod(api, "candidate-0", engines["bad"])
+    started, release, b_ran = threading.Event(), threading.Event(), []
+
+    def slow(urls, model):  # a's gate: minutes on CPU
+        started.set()
+        assert release.wait(30)
+        return ["a's stale verdict"]
+
+    a = leader_pod(api, "pod-a", now, compare=slow)
+    b = leader_pod(api, "pod-b", now, compare=lambda urls, model: b_ran.append(urls) or ["chat tool_choice auto"])
+    a.capacity.reconcile_once()  # a takes the Lease
+    tick = threading.Thread(target=a.rollouts.tick)
+    tick.start()
+    assert started.wait(30)
+    for t in (5, 10):  # the capacity rounds renew the Lease while the gate runs: b stays a follower
+        now[0] = t
+        a.capacity.reconcile_once()
+        assert b.round() is False
+    assert state(api).state == "pending"
+    now[0] = 30  # a stops renewing (paused): its Lease, renewed at 10 for 15 s, lapsed at 25
+    assert b.round() is True  # b leads and runs the gate itself
+    assert b_ran == [{"stable": engines["stable"], "candidate": engines["bad"]}]
+    st = state(api)
+    assert st.state == "aborted" and st.reason == "conformance failed: chat tool_choice auto"
+    path = f"/api/v1/namespaces/{NS}/configmaps/{configmap_name(NAME)}"
+    rv = api.objects[path]["metadata"]["resourceVersion"]
+    release.set()  # a's gate ends after it lost the Lease
+    tick.join(30)
+    assert api.objects[path]["metadata"]["resourceVersion"] == rv  # a wrote nothing
+    assert "stale" not in state(api).reason
+
+
+def test_owc_controller_once_holds_step_1_for_the_gate_on_the_engine_pods(api, engines, tmp_path):
+    """The CLI's wiring (its own process: the kubernetes client keeps KUBECONFIG globally):
+    with --engine-pods the gate is on (no candidate pod yet: pending, weight 0, where without
+    it step 1 would start); without $OWC_ENGINE_KEY it refuses to start."""
+    from tests.unit.test_capacity_failover import kubeconfig
+
+    add_pod(api, "stable-0", engines["stable"])
+    cfg = tmp_path / "owc.yaml"
+    cfg.write_text(yaml.safe_dump(OWC))
+    argv = [sys.executable, "-m", "cluster.cli", "controller", str(cfg), "--kubernetes", "--once", "--metrics-port", "0",
+            "--interval", "5", "--prometheus", "http://127.0.0.1:1", "--namespace", NS, "--rayservice", NAME,
+            "--identity", "pod-a", "--rollout-configmap", configmap_name(NAME), "--engine-pods", SELECTOR]
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path, api.url)), "COLUMNS": "200"}
+    env.pop("OWC_ENGINE_KEY", None)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "OWC_ENGINE_KEY" in r.stdout + r.stderr
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**env, "OWC_ENGINE_KEY": KEY})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rollout of tiny: pending, step 1, weight 0%" in r.stdout + r.stderr
+    st = state(api)
+    assert isinstance(st, RolloutState) and (st.state, st.weight) == ("pending", 0)

@@ -7,6 +7,11 @@ replicas after the end (the version that lost drained to 0).
     python -m loadtests.rollout_real [--slow]   # --slow: a candidate with max_num_seqs 1 (rolled back)
     python -m loadtests.rollout_real --conformance   # the conformance gate on (a healthy candidate passes it)
     python -m loadtests.rollout_real --mirror   # mirror mode, copies switched on and off (loadtests.rollout_mirror)
+    python -m loadtests.rollout_real --long-streams 2 --step-s 60 --out rollout-real-promotion.json
+
+Each step's share is judged on the requests that started while the gateway processes routed by
+its weight (their own gauge, polled every 0.25 s; loadtests.rollout_shares), with the gateway's
+own counters and version fallbacks over the step beside it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from cluster.config.loader import parse_config
 from cluster.discovery.rollouts import RolloutFiles, rollout_dir
 from cluster.process import free_port
 from cluster.runner import LocalCluster
+from loadtests.rollout_shares import gateway_sample, step_shares, steps_by_end
 
 RESULTS = Path(__file__).parent / "results"
 ENGINE = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "max_num_seqs": 16}
@@ -56,6 +62,9 @@ def main() -> None:
     p.add_argument("--mirror", action="store_true", help="mirror mode: stable's answers and TTFT with and without copies")
     p.add_argument("--windows", type=int, default=8, help="--mirror: windows, copies off and on in turn")
     p.add_argument("--window-s", type=float, default=15)
+    p.add_argument("--out", default=None, help="results file name under loadtests/results (default by the options)")
+    p.add_argument("--rows", default=None, help="also write every request's start, end, status and version and the "
+                   "gateway polls to this path (not committed: large)")
     a = p.parse_args()
     if a.mirror:
         from loadtests.rollout_mirror import run
@@ -68,8 +77,9 @@ def main() -> None:
         cluster.start(report=print, ready_timeout_s=900)
         started_s = time.monotonic() - t_start
         files = RolloutFiles(rollout_dir(cfg.model_cache_dir))
-        answers: list[tuple[float, int, str | None, float]] = []  # (t, status, version, weight then)
+        answers: list[dict] = []  # start, end, status, version
         weights: list[tuple[float, int]] = []
+        polls: list[tuple[float, list[dict]]] = []  # (poll began, each gateway process's weight and counters)
         stop = threading.Event()
 
         def weight_watch() -> None:
@@ -81,17 +91,31 @@ def main() -> None:
                     stop.set()
                 time.sleep(0.1)
 
+        def gateway_watch() -> None:  # the weight each gateway process routes by, and its counters
+            urls = sorted(files.gateways())
+            with httpx.Client(timeout=2) as c:
+                while not stop.is_set():
+                    t = time.monotonic()
+                    try:
+                        polls.append((t, [gateway_sample(c.get(u + "/metrics").text, "tiny-llama") for u in urls]))
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(max(0.0, 0.25 - (time.monotonic() - t)))
+
         def client(i: int) -> None:
             with httpx.Client(base_url=cluster.url, timeout=120) as c:
                 while not stop.is_set():
                     body = {"model": "tiny-llama", "prompt": f"client {i} at {time.time()}", "max_tokens": 16,
                             "stream": True}
+                    row = {"start": time.monotonic(), "status": 0, "version": None}
                     try:
                         with c.stream("POST", "/v1/completions", json=body) as r:
                             r.read()
-                            answers.append((time.monotonic(), r.status_code, r.headers.get("x-owc-version"), 0))
+                            row["status"], row["version"] = r.status_code, r.headers.get("x-owc-version")
                     except httpx.HTTPError as e:
-                        answers.append((time.monotonic(), 0, repr(e), 0))
+                        row["error"] = repr(e)
+                    row["end"] = time.monotonic()
+                    answers.append(row)
 
         streams: list[dict] = []  # the long streams: start, end, version, finish, status
 
@@ -119,7 +143,7 @@ def main() -> None:
                     row["end"] = time.monotonic()
                     streams.append(row)
 
-        threads = [threading.Thread(target=weight_watch)] + [threading.Thread(target=client, args=(i,))
+        threads = [threading.Thread(target=weight_watch), threading.Thread(target=gateway_watch)] + [threading.Thread(target=client, args=(i,))
                                                              for i in range(a.concurrency)]
         threads += [threading.Thread(target=long_client, args=(i,)) for i in range(a.long_streams)]
         time.sleep(1.5)  # the gateway process's next read of the state (every 0.5 s): step 1's weight in force
@@ -142,16 +166,15 @@ def main() -> None:
         doc = files.read("tiny-llama")
     finally:
         cluster.stop()
-    steps = []
-    for (t0, w), (t1, _) in zip(weights, weights[1:]):
-        if w in (20, 50):
-            sel = [v for t, s, v, _ in answers if t0 + 0.6 < t < t1 and s == 200]
-            steps.append({"weight": w, "requests": len(sel),
-                          "candidate_pct": round(100 * sum(v == "candidate" for v in sel) / max(len(sel), 1), 1)})
+    fallbacks = {v: sum(s["fallbacks"][v] for s in polls[-1][1]) for v in ("stable", "candidate")} if polls else None
     out = {"slow_candidate": a.slow, "conformance": a.conformance,
-           "candidate_answers": sum(v == "candidate" for _, _, v, _ in answers), "step_s": a.step_s, "concurrency": a.concurrency, "start_s": round(started_s, 1),
-           "requests": len(answers), "client_errors": sum(s != 200 for _, s, _, _ in answers),
-           "weights_seen": [w for _, w in weights], "steps": steps, "answers_after_end": after,
+           "candidate_answers": sum(r["version"] == "candidate" for r in answers), "step_s": a.step_s,
+           "concurrency": a.concurrency, "long_streams_clients": a.long_streams, "start_s": round(started_s, 1),
+           "requests": len(answers), "client_errors": sum(r["status"] != 200 for r in answers),
+           "weights_seen": [w for _, w in weights], "gateway_weights_seen": sorted({s["weight"] for _, ss in polls for s in ss
+                                                                                     if s["weight"] is not None}),
+           "steps": step_shares(answers, polls), "steps_by_end_time": steps_by_end(answers, weights),
+           "version_fallbacks": fallbacks, "answers_after_end": after,
            "deployments_after_end": deps, "state": doc}
     if a.long_streams:
         t_end = weights[-1][0]  # when the rollout ended (the weight's last change)
@@ -166,9 +189,11 @@ def main() -> None:
                                            "finish": s["finish"], "status": s["status"]} for s in across],
                                "failed": [s for s in streams if s["status"] != 200 or s["finish"] != "length"]}
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / (f"rollout-real{'-slow' if a.slow else ''}{'-conformance' if a.conformance else ''}"
+    path = RESULTS / a.out if a.out else RESULTS / (f"rollout-real{'-slow' if a.slow else ''}{'-conformance' if a.conformance else ''}"
                       f"{'-long' if a.long_streams else ''}.json")
     path.write_text(json.dumps(out, indent=1))
+    if a.rows:
+        Path(a.rows).write_text(json.dumps({"answers": answers, "polls": polls, "state_weights": weights, "streams": streams}))
     print(json.dumps({k: v for k, v in out.items() if k != "state"}, indent=1))
     print("state:", doc.get("state"), doc.get("reason"))
 

@@ -208,8 +208,12 @@ def _admits(rule: dict, port: int) -> bool:
 @pytest.mark.parametrize("values", CI_VALUES, ids=ids(CI_VALUES))
 def test_engine_port_admits_only_gateway_pods_and_prometheus(values):
     """Across every policy that selects engine pods, the engine port's peers are the
-    release's gateway pods and the Prometheus namespace, nothing else."""
+    release's gateway pods and the Prometheus namespace, nothing else — and the controller
+    pods where a rollout's conformance gate calls the engines (its --engine-pods)."""
     docs = rendered(values)
+    ctl = [c for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-controller")
+           for c in d["spec"]["template"]["spec"]["containers"]]
+    callers = {"gateway", "controller"} if any("--engine-pods" in c["command"] for c in ctl) else {"gateway"}
     port = int(yaml.safe_load((CHART / "values.yaml").read_text())["engineWorkers"]["port"])
     engine_labels = next(g["template"]["metadata"]["labels"] for d in docs if d["kind"] == "RayService"
                          for g in d["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] != "gateway")
@@ -225,7 +229,7 @@ def test_engine_port_admits_only_gateway_pods_and_prometheus(values):
     assert peers, "no policy covers the engine port"
     for peer in peers:
         if "podSelector" in peer:
-            assert peer["podSelector"]["matchLabels"].get("owc.io/component") == "gateway", peer
+            assert peer["podSelector"]["matchLabels"].get("owc.io/component") in callers, peer
         else:
             assert set(peer) == {"namespaceSelector"}, peer
             assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}, peer

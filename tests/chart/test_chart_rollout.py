@@ -72,6 +72,32 @@ def test_a_changed_candidate_is_a_new_rollout_and_no_candidate_no_rollout_object
     assert gw["automountServiceAccountToken"] is False and "serviceAccountName" not in gw
 
 
+def test_the_conformance_gate_gives_the_controller_engine_pods_the_key_and_the_engine_port(tmp_path):
+    """With rollout.conformance on (the default) the controller lists the engine pods (its
+    --engine-pods selects the engine groups' pods, not the gateways'), holds the engine
+    credential from its Secret and may reach the engine port; with it off, none of that."""
+    docs = _docs(tmp_path)
+    rs = docs[("RayService", "owc")]
+    (c,) = docs[("Deployment", "owc-controller")]["spec"]["template"]["spec"]["containers"]
+    selector = dict(kv.split("=") for kv in c["command"][c["command"].index("--engine-pods") + 1].split(","))
+    assert selector.items() <= _group(rs, "engine-tiny-llama")["template"]["metadata"]["labels"].items()
+    assert not selector.items() <= _group(rs, "gateway")["template"]["metadata"]["labels"].items()
+    env = {e["name"]: e for e in c["env"]}
+    assert env["OWC_ENGINE_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "owc-engine-key", "key": "engine-key"}
+    assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]} in docs[("Role", "owc-controller")]["rules"]
+    peers = [p["podSelector"]["matchLabels"]["owc.io/component"] for r in docs[("NetworkPolicy", "owc-engine")]["spec"]["ingress"]
+             for p in r["from"] if "podSelector" in p]
+    assert peers == ["gateway", "controller"]
+    off = copy.deepcopy(VALUES)
+    off["owc"]["models"]["tiny-llama"]["rollout"]["conformance"] = False
+    docs = _docs(tmp_path, off)
+    (c,) = docs[("Deployment", "owc-controller")]["spec"]["template"]["spec"]["containers"]
+    assert "--engine-pods" not in c["command"] and "OWC_ENGINE_KEY" not in {e["name"] for e in c["env"]}
+    assert all("pods" not in r["resources"] for r in docs[("Role", "owc-controller")]["rules"])
+    assert [p["podSelector"]["matchLabels"]["owc.io/component"] for r in docs[("NetworkPolicy", "owc-engine")]["spec"]["ingress"]
+            for p in r["from"] if "podSelector" in p] == ["gateway"]
+
+
 def test_a_candidate_without_the_controller_is_refused(tmp_path):
     values = copy.deepcopy(VALUES)
     values["controller"] = {"enabled": False}

@@ -358,3 +358,18 @@ model cache when gateway pods share it. Empty string: no shared volume (the Batc
 {{- printf "%s-rollouts-%s" (include "owc.fullname" .) (toJson $c | sha256sum | trunc 8) }}
 {{- end }}
 {{- end }}
+
+{{/* The rollouts' conformance gate in `owc controller` (docs/rollouts.md): "true" when some
+     model with a candidate keeps rollout.conformance on (the default). The controller then
+     lists the engine pods (this selector), holds the engine credential and may reach the
+     engine port. */}}
+{{- define "owc.rolloutGate" -}}
+{{- $cfg := fromYaml (include "owc.config" .) }}
+{{- range $name, $m := $cfg.models }}
+{{- if and $m.candidate (ne (toString (default (dict) $m.rollout).conformance) "false") }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{- define "owc.enginePodSelector" -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s,owc.io/component=engine" (include "owc.name" .) .Release.Name }}
+{{- end }}

@@ -123,6 +123,12 @@ class FairSharing(StrictModel):
         "do not hold, and of the free slots beyond the headroom each gateway hands such a tenant only its part (its "
         "part of the model's load), so that gateways behind one balancer keep the headroom together.",
     )
+    preempt: bool = Field(
+        True, description="A tenant under its fair share sent to a replica with no free running slot takes one back: "
+        "the youngest request there of a tenant over its share (of a priority no higher) that has not answered its "
+        "client yet (non-streamed, or a stream before its first byte) is aborted and waits again at the head of its "
+        "tenant's queue. Each request is taken back once at most; its engine work so far is lost.",
+    )
     active_window_s: float = Field(
         10.0, gt=0, description="A tenant that sent a request of the model within this many seconds is active: it "
         "counts in the fair shares of that model.",

@@ -20,9 +20,11 @@ from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.sources import EndpointSource
 from cluster.gateway.context import CLIENT_CLOSED, ClientGone, Delivery, Job, Receive, Send, first_of, wait_disconnect
 from cluster.gateway.edge.client_writer import ClientWriter
+from cluster.gateway.upstream.deadline import Deadline
 from cluster.gateway.upstream.engine_client import ConnectFailed, EngineClient, EngineError, Response
 from cluster.gateway.errors import RETRY_SOON, RETRY_STARTING, OpenAIError, from_upstream
 from cluster.gateway.flowcontrol.fair_queue import FairQueue
+from cluster.gateway.flowcontrol.preemption import Preempted
 from cluster.gateway.observability.children import Children
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.gateway.responses.conversations import owner_endpoints
@@ -39,26 +41,6 @@ from cluster.routing.types import RequestInfo
 log = logging.getLogger(__name__)
 ANTHROPIC_SHARED = ("system", "tools")  # the Messages API's shared prompt leads its prefix key
 ENGINE_LOST = "the engine replica's connection broke before it answered; retry"
-
-
-class _Deadline:
-    """Ends a request that outlives ``request_timeout_s``: closes its engine connection."""
-
-    def __init__(self, timeout_s: float):
-        self.expired = False
-        self.resp: Response | None = None
-        self.opening: asyncio.Future | None = None
-        self._handle = asyncio.get_running_loop().call_later(timeout_s, self._expire)
-
-    def _expire(self) -> None:
-        self.expired = True
-        if self.resp is not None:
-            self.resp.close()
-        elif self.opening is not None:
-            self.opening.cancel()
-
-    def cancel(self) -> None:
-        self._handle.cancel()
 
 
 def _taking_requests(endpoints: list[Endpoint]) -> bool:
@@ -133,14 +115,20 @@ class Forwarder:
                 self.mirror.offer(job, info)
             headers = {"Content-Type": "application/json", "X-Request-Id": job.request_id, **(trace_headers or {})}
             first = await self._slot(job, info, endpoints, receive, delivery)
-            try:
-                await self._send(job, receive, send, info=info, endpoints=endpoints, headers=headers,
-                                 delivery=delivery, on_answer=on_answer, first=first, writer=writer)
-            finally:
-                if first is not None and job.batch is not None:
-                    self._fair.batch_finished(job.model)
-                elif first is not None:
-                    self._fair.finished(job.model, job.tenant)
+            while True:
+                try:
+                    await self._send(job, receive, send, info=info, endpoints=endpoints, headers=headers,
+                                     delivery=delivery, on_answer=on_answer, first=first, writer=writer)
+                    break
+                except Preempted:  # its slot taken back before it answered: it waits again, first of its tenant
+                    pass
+                finally:
+                    if first is not None and job.batch is not None:
+                        self._fair.batch_finished(job.model)
+                    elif first is not None:
+                        self._fair.finished(job.model, job.tenant)
+                first = None
+                first = await self._slot(job, info, endpoints, receive, delivery, again=True)
         finally:
             on_answer()
             in_flight.dec()
@@ -159,7 +147,7 @@ class Forwarder:
         return [e for e in self._endpoints.endpoints(model) if version in (None, e.version)]
 
     async def _slot(self, job: Job, info: RequestInfo, endpoints: list[Endpoint], receive: Receive,
-                    delivery: Delivery) -> Endpoint | None:
+                    delivery: Delivery, *, again: bool = False) -> Endpoint | None:
         """The replica the request's first attempt goes to, taken: once it has room, in the
         tenant's fair turn (cluster.gateway.flowcontrol.fair_queue). None without a fair queue."""
         if self._fair is None:
@@ -175,7 +163,7 @@ class Forwarder:
             job.batch.sent = True
             return ep
         return await self._fair.slot(job.model, job.tenant, endpoints, pick, receive, pinned=job.pin is not None,
-                                     give_back=lambda ep: self._routing.release(ep.replica_id, job.adapter))
+                                     give_back=lambda ep: self._routing.release(ep.replica_id, job.adapter), again=again)
 
     def _choose(self, endpoints, info: RequestInfo, exclude: frozenset[str], delivery: Delivery,
                 lost: str | None) -> Endpoint:
@@ -200,24 +188,32 @@ class Forwarder:
     async def _send(self, job: Job, receive: Receive, send: Send, *, info: RequestInfo, endpoints: list[Endpoint],
                     headers: dict[str, str], delivery: Delivery, on_answer: Callable[[], None],
                     first: Endpoint | None = None, writer: ClientWriter | None = None) -> None:
-        deadline = _Deadline(self._request_timeout_s)
+        deadline = Deadline(self._request_timeout_s)
         # Once the body is consumed, receive() only returns on disconnect. Before the engine
         # answers (a non-streamed response comes all at the end), a disconnect cancels the
         # call; after, it closes the engine connection. Either way vLLM aborts the request.
         loop = asyncio.get_running_loop()
         gone = loop.create_task(wait_disconnect(receive))
         opening = deadline.opening = loop.create_task(self.open(job, info, endpoints, headers, delivery, first=first))
+        # Until it answers, a request granted by the fair queue may have its slot taken back.
+        grant = self._fair.preemptible(job.model, job.tenant, first.replica_id, opening.cancel) \
+            if first is not None and job.batch is None and job.pin is None else None
         try:
             try:
                 await first_of(gone, opening)
             except asyncio.CancelledError:
                 opening.cancel()
                 raise
+            finally:
+                if grant is not None:
+                    self._fair.settled(job.model, grant)
             if not opening.done():
                 opening.cancel()
                 delivery.status = CLIENT_CLOSED
                 return
             if opening.cancelled():
+                if grant is not None and grant.preempted:
+                    raise Preempted()
                 raise OpenAIError(504, "engine did not answer in time", code="engine_timeout")
             resp, first = opening.result()
             deadline.resp = resp

@@ -68,7 +68,8 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     for c in (g.prompt_tokens.labels("m", "t", "stable"), g.completion_tokens.labels("m", "t", "stable"),
               g.reasoning_tokens.labels("m", "t", "stable"), g.requests.labels("m", "t", "/r", "200", "stable"),
               g.mirror_dropped.labels("m"),  # mirror mode's (cluster.gateway.rollout.mirror)
-              g.batch_paced.labels("m")):  # set while batch lines wait (cluster.gateway.flowcontrol.batch_pacer)
+              g.batch_paced.labels("m"),  # set while batch lines wait (cluster.gateway.flowcontrol.batch_pacer)
+              g.fair_preemptions.labels("m", "t")):  # a slot taken back (cluster.gateway.flowcontrol.preemption)
         c.inc()
     out = {}
     for fam in registry.collect():

@@ -51,7 +51,9 @@ class FairOrder:
     def depths(self) -> dict[str, int]:
         return {t: len(f.waiting) for c in self._classes.values() for t, f in c.flows.items()}
 
-    def push(self, tenant: str, item: Hashable, *, weight: float = 1.0, priority: int = 0) -> None:
+    def push(self, tenant: str, item: Hashable, *, weight: float = 1.0, priority: int = 0, front: bool = False) -> None:
+        """``front``: an item handed out before and taken back (preempted) goes first in its
+        flow, its cost refunded (it will be charged when handed out again)."""
         if weight <= 0:
             raise ValueError("weight must be > 0")
         c = self._classes.setdefault(priority, _Class())
@@ -60,7 +62,11 @@ class FairOrder:
             cls, finish = self._finish.pop(tenant, (priority, 0.0))
             flow = c.flows[tenant] = _Flow(weight=weight, priority=priority, finish=finish if cls == priority else 0.0)
         flow.weight = weight
-        flow.waiting.append(item)
+        if front:
+            flow.finish = max(0.0, flow.finish - 1.0 / weight)
+            flow.waiting.appendleft(item)
+        else:
+            flow.waiting.append(item)
         self._size += 1
 
     def peek(self, admits: Callable[[str], bool] | None = None) -> tuple[str, Hashable] | None:

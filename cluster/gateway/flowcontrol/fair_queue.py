@@ -40,6 +40,7 @@ from cluster.gateway.errors import RETRY_SOON, OpenAIError
 from cluster.gateway.flowcontrol.batch_class import BatchSlots
 from cluster.gateway.flowcontrol.batch_pacer import BatchPacer
 from cluster.gateway.flowcontrol.capacity import Capacity, learn_capacity, others_on
+from cluster.gateway.flowcontrol.preemption import TakeBack
 from cluster.gateway.flowcontrol.shared import Counts, SharedSlots
 from cluster.gateway.flowcontrol.shared_dispatch import ModelState, SharedDispatch
 from cluster.gateway.observability.metrics import GatewayMetrics
@@ -58,7 +59,7 @@ class _Waiter:
     since: float
 
 
-class FairQueue(SharedDispatch, BatchSlots):
+class FairQueue(SharedDispatch, BatchSlots, TakeBack):
     def __init__(
         self, *, policy: FairSharing, tenants: Mapping[str, TenantConfig], max_num_seqs: Mapping[str, int | None],
         routing: Routing, endpoints: Callable[[str], list[Endpoint]], metrics: GatewayMetrics,
@@ -181,11 +182,12 @@ class FairQueue(SharedDispatch, BatchSlots):
     # -- the queue ----------------------------------------------------------------------------
 
     async def slot(self, model: str, tenant: str, endpoints: Sequence[Endpoint], pick: Pick, receive: Receive,
-                   *, give_back: Callable[[Endpoint], None], pinned: bool = False) -> Endpoint:
+                   *, give_back: Callable[[Endpoint], None], pinned: bool = False, again: bool = False) -> Endpoint:
         """A replica for the request, taken by ``pick`` once it has room; meanwhile the request
         waits its fair turn. Raises OpenAIError (429 queue_full, or routing's answer) or
         ClientGone (a replica already picked for it is then given back with ``give_back``).
-        Every slot returned is given back with ``finished``."""
+        Every slot returned is given back with ``finished``. ``again``: the request's slot was
+        taken back (cluster.gateway.flowcontrol.preemption): it waits at the head of its tenant's queue."""
         st = self._models.get(model)
         if st is None:
             st = self._models[model] = ModelState()
@@ -200,12 +202,15 @@ class FairQueue(SharedDispatch, BatchSlots):
             if exclude is not None and self._shared is not None and self._shared.hot(model):
                 self._start_ticker()  # saturated: the decision again on the counts of every process, one round trip
                 view = await self._shared.exchange(model, lambda: self._mine(model, st), claim=tenant)
-                exclude = None if st.order else self._admits(st, self.capacity(model, endpoints, view), tenant)
+                cap = self.capacity(model, endpoints, view)
+                exclude = None if st.order else self._admits(st, cap, tenant)
             if exclude is not None:
                 self._metrics.fair_wait.labels(model, tenant).observe(0.0)
-                return self._granted(st, tenant, pick(endpoints, exclude))
+                ep = self._granted(st, tenant, pick(endpoints, exclude))
+                self._take_back(model, st, tenant, ep.replica_id, cap)
+                return ep
         return await self._wait(model, st, tenant, _Waiter(pick, give_back, asyncio.get_running_loop().create_future(),
-                                                          self._clock()), receive)
+                                                          self._clock()), receive, front=again)
 
     def _granted(self, st: ModelState, tenant: str, ep: Endpoint) -> Endpoint:
         st.in_flight[tenant] = st.in_flight.get(tenant, 0) + 1
@@ -224,7 +229,8 @@ class FairQueue(SharedDispatch, BatchSlots):
         if st.order:
             self._dispatch(model)
 
-    async def _wait(self, model: str, st: ModelState, tenant: str, waiter: _Waiter, receive: Receive) -> Endpoint:
+    async def _wait(self, model: str, st: ModelState, tenant: str, waiter: _Waiter, receive: Receive, *,
+                    front: bool = False) -> Endpoint:
         p = self._policy
         if st.order.depth(tenant) >= p.max_queued_per_tenant:
             raise self._refusal(f"tenant '{tenant}' has {p.max_queued_per_tenant} requests waiting for {model}")
@@ -236,11 +242,13 @@ class FairQueue(SharedDispatch, BatchSlots):
             self._depth(model, st, victim[0])
             victim[1].future.set_exception(self._refusal(f"{p.max_queued} requests are waiting for {model}"))
         cfg = self._tenants.get(tenant)
-        st.order.push(tenant, waiter, weight=cfg.weight if cfg else 1.0, priority=cfg.priority if cfg else 0)
+        st.order.push(tenant, waiter, weight=cfg.weight if cfg else 1.0, priority=cfg.priority if cfg else 0,
+                      front=front)
         self._depth(model, st, tenant)
         self._dispatch(model)
         if not waiter.future.done():
             self._start_ticker()
+            self._take_back(model, st, tenant, None, self.capacity(model, self._endpoints(model), self._view(model)))
         gone = asyncio.ensure_future(wait_disconnect(receive))
         try:
             await asyncio.wait({waiter.future, gone}, timeout=p.max_wait_s, return_when=asyncio.FIRST_COMPLETED)
@@ -273,7 +281,7 @@ class FairQueue(SharedDispatch, BatchSlots):
             self._dispatch(model)
 
     def _candidates(self, model: str, st: ModelState, view: Counts | None):
-        """(endpoints, admits, exclusions) for the next grant; None while no replica has room."""
+        """(endpoints, admits, exclusions, capacity) for the next grant; None while no replica has room."""
         endpoints = self._endpoints(model)
         cap = self.capacity(model, endpoints, view)
         if not cap.room:
@@ -285,7 +293,7 @@ class FairQueue(SharedDispatch, BatchSlots):
                 excluded[tenant] = self._admits(st, cap, tenant)
             return excluded[tenant] is not None
 
-        return endpoints, admits, excluded
+        return endpoints, admits, excluded, cap
 
     def _next(self, model: str, st: ModelState, view: Counts | None) -> str | None:
         """The tenant the next grant would go to (no I/O, nothing taken)."""
@@ -297,7 +305,7 @@ class FairQueue(SharedDispatch, BatchSlots):
         """Grant waiters in fair order while there is room (one at most with ``once``)."""
         granted = 0
         while st.order and (c := self._candidates(model, st, view)) is not None:
-            endpoints, admits, excluded = c
+            endpoints, admits, excluded, cap = c
             got = st.order.pop(admits)
             if got is None:
                 break
@@ -306,7 +314,9 @@ class FairQueue(SharedDispatch, BatchSlots):
             self._metrics.fair_wait.labels(model, tenant).observe(self._clock() - waiter.since)
             granted += 1
             try:
-                waiter.future.set_result(self._granted(st, tenant, waiter.pick(endpoints, excluded[tenant])))
+                ep = self._granted(st, tenant, waiter.pick(endpoints, excluded[tenant]))
+                waiter.future.set_result(ep)
+                self._take_back(model, st, tenant, ep.replica_id, cap)
             except Exception as err:  # routing's refusal (or a bug): that request's answer, not the releaser's
                 waiter.future.set_exception(err)
             if once:

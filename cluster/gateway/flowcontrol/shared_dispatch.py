@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from cluster.gateway.flowcontrol.fair_order import FairOrder
+from cluster.gateway.flowcontrol.preemption import Preemptible
 from cluster.gateway.flowcontrol.shared import Counts, SharedSlots
 
 TICK_S = 0.02  # how often a model with waiters re-checks room that no release announced (other gateways, new replicas)
@@ -19,6 +20,7 @@ class ModelState:
     in_flight: dict[str, int] = field(default_factory=dict)  # tenant -> its requests of this model holding a slot
     seen: dict[str, float] = field(default_factory=dict)  # tenant -> when it last sent a request of this model
     batch: int = 0  # batch lines of this model holding a slot (cluster.gateway.flowcontrol.batch_class)
+    preemptible: Preemptible = field(default_factory=Preemptible)  # grants that may be taken back
 
 
 class SharedDispatch:

@@ -130,6 +130,13 @@ class GatewayMetrics:
             buckets=QUEUE_WAIT_BUCKETS,
             registry=registry,
         )
+        self.fair_preemptions = Counter(
+            "owc_fair_preemptions_total",
+            "Requests whose engine slot the fair queue took back (aborted before their first byte to the client, then "
+            "sent again) for a tenant under its share, by served model and the tenant taken from.",
+            ["model", "tenant"],
+            registry=registry,
+        )
         self.fair_share_up = Gauge(
             "owc_fair_share_store_up", "1 while this gateway process shares its fair-queue counts of saturated models "
             "with the others (gateway.fair_sharing.share_across_gateways), 0 while it decides alone (the store down, "

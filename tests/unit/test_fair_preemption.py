@@ -1,0 +1,115 @@
+"""Preemption in the fair queue (cluster.gateway.flowcontrol.preemption): a tenant under its
+share that would wait for a slot takes one back from a tenant over its share — the youngest
+request that has not answered yet, once — and the one taken back waits again at the head of
+its tenant's queue. The forwarder's side (abort, wait again, answer) is in
+test_fair_sharing_http.py's preemption test."""
+
+from __future__ import annotations
+
+import asyncio
+
+from cluster.config.auth import TenantConfig
+from cluster.gateway.flowcontrol.fair_order import FairOrder
+from cluster.gateway.flowcontrol.preemption import Grant as Held
+from cluster.gateway.flowcontrol.preemption import Preemptible
+from tests.unit.test_fair_queue import Client, Grant, Stack, settle
+
+
+class Taken:
+    """Registers each grant as preemptible; records which were taken back."""
+
+    def __init__(self, s: Stack):
+        self.s, self.taken, self.held = s, [], {}
+
+    async def request(self, tenant: str, label: str, **kw) -> Grant:
+        g = await self.s.request(tenant, label=label, **kw)
+        self.held[label] = self.s.fair.preemptible("m", tenant, g.replica_id, lambda: self.taken.append(label))
+        return g
+
+    def preempted(self) -> float:
+        return self.s.registry.get_sample_value("owc_fair_preemptions_total", {"model": "m", "tenant": "B"}) or 0.0
+
+
+async def test_a_waiting_tenant_under_its_share_takes_back_the_youngest_slot():
+    s = Stack(batch=2, headroom=1)  # B alone took both slots
+    t = Taken(s)
+    b0 = await t.request("B", "B0")
+    b1 = await t.request("B", "B1")
+    queued = asyncio.ensure_future(s.request("B", label="B2"))  # B's own backlog
+    await settle()
+    a = asyncio.ensure_future(s.request("A"))
+    await settle()
+    assert t.taken == ["B1"] and t.preempted() == 1.0  # the youngest, not B0
+    assert not a.done()
+    s.done(b1)  # the forwarder: B1's engine connection closed, its slot given back
+    assert (await asyncio.wait_for(a, 1)).replica_id == "r0"
+    again = asyncio.ensure_future(s.fair.slot("m", "B", s.eps, s.pick, Client().receive,  # B1 waits again ...
+                                              give_back=lambda e: None, again=True))
+    await settle()
+    s.done(b0)
+    await asyncio.wait_for(again, 1)
+    assert not queued.done()  # ... ahead of B's backlog
+    queued.cancel()
+
+
+async def test_a_tenant_sent_to_a_busy_replica_takes_back_a_slot_there():
+    s = Stack(batch=2, dispatch_margin=1)  # A goes to the engine's queue at once ...
+    t = Taken(s)
+    await t.request("B", "B0")
+    await t.request("B", "B1")
+    await asyncio.wait_for(s.request("A"), 1)
+    assert t.taken == ["B1"]  # ... and a slot there is taken back for it
+
+
+async def test_nothing_taken_back():
+    # preemption off; a tenant alone; the waiting tenant itself over its share; a victim of a
+    # higher class; a request that answered already (settled); a request taken back once
+    cases = []
+    for kw, who, prio in [({"preempt": False}, "A", 0), ({}, "B", 0), ({}, "A", 1)]:
+        s = Stack(batch=2, tenants={"B": TenantConfig(priority=prio)}, **kw)
+        t = Taken(s)
+        await t.request("B", "B0")
+        await t.request("B", "B1")
+        waiting = asyncio.ensure_future(s.request(who))
+        await settle()
+        cases.append(t.taken)
+        waiting.cancel()
+    s = Stack(batch=2)
+    t = Taken(s)
+    await t.request("B", "B0")
+    b1 = await t.request("B", "B1")
+    s.fair.settled("m", t.held["B1"])
+    s.fair.settled("m", t.held["B0"])
+    waiting = asyncio.ensure_future(s.request("A"))
+    await settle()
+    cases.append(t.taken)
+    waiting.cancel()
+    assert cases == [[], [], [], []]
+    assert b1.replica_id == "r0"
+
+
+def test_victims_youngest_once_and_of_a_lower_class():
+    p = Preemptible()
+    gs = [Held("B", "r0", 1.0, lambda: None), Held("B", "r0", 3.0, lambda: None),
+          Held("C", "r1", 5.0, lambda: None), Held("A", "r0", 4.0, lambda: None)]
+    for g in gs:
+        p.hold(g)
+    over = {"B", "C"}.__contains__
+    assert p.victim("r0", over, lambda t: True) is gs[1]  # A is not over its share
+    assert p.victim(None, over, lambda t: True) is gs[2]  # any replica: the youngest anywhere
+    assert p.victim(None, over, lambda t: t != "C") is gs[1]  # C's class is higher than the waiter's
+    p.take_back(gs[1])
+    assert gs[1].preempted and p.victim("r0", over, lambda t: True) is gs[0]
+    p.drop(gs[0])
+    assert p.victim("r0", over, lambda t: True) is None
+
+
+def test_a_request_taken_back_goes_first_in_its_flow_and_is_charged_once():
+    order = FairOrder()
+    for i in range(3):
+        order.push("B", f"B{i}")
+    order.push("A", "A0")
+    assert order.pop() == ("B", "B0")
+    order.push("B", "B0", front=True)  # taken back: first of B's again, at the start tag it had (not charged
+    # twice: charged again, B's next start tag would be 1 and A0's turn would come first)
+    assert [order.pop() for _ in range(5)] == [("B", "B0"), ("A", "A0"), ("B", "B1"), ("B", "B2"), None]

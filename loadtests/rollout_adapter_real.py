@@ -109,6 +109,7 @@ def main() -> None:
     cluster = LocalCluster(cfg, temp_dir=tempfile.mkdtemp(prefix="owc-adapter-rollout-"))
     rows: list[dict] = []
     base: list[int] = []
+    base_errors: Counter = Counter()
     weights: list[tuple[float, int]] = []
     try:
         t0 = time.monotonic()
@@ -141,8 +142,11 @@ def main() -> None:
                         with c.stream("POST", "/v1/completions", json=body) as r:
                             r.read()
                             base.append(r.status_code)
-                    except httpx.HTTPError:
+                            if r.status_code != 200:
+                                base_errors[r.text[:160]] += 1
+                    except httpx.HTTPError as e:
                         base.append(0)
+                        base_errors[repr(e)[:160]] += 1
 
         threads = [threading.Thread(target=watch)] + [threading.Thread(target=client, args=(i,)) for i in range(a.clients)]
         threads += [threading.Thread(target=base_client, args=(i,)) for i in range(a.base_clients)]
@@ -165,11 +169,13 @@ def main() -> None:
     by_version: dict[str, dict] = {}
     for r in rows:
         v = by_version.setdefault(r["version"] or "-", {"requests": 0, "client_errors": 0, "texts": Counter(),
-                                                         "model_names": Counter()})
+                                                         "model_names": Counter(), "errors": Counter()})
         v["requests"] += 1
         v["client_errors"] += r["status"] != 200
         v["texts"][r["text"] or f"(status {r['status']})"] += 1
         v["model_names"][",".join(r["names"]) or "-"] += 1
+        if r.get("error"):
+            v["errors"][r["error"][:160]] += 1
     served = Counter()
     for line in metrics.splitlines():
         if line.startswith("owc_requests_total{") and f'model="{MODEL}"' in line:
@@ -177,9 +183,10 @@ def main() -> None:
             served[version] += float(line.rsplit(" ", 1)[1])
     out = {"broken_candidate": a.broken, "step_s": a.step_s, "min_requests": a.min_requests, "clients": a.clients,
            "base_clients": a.base_clients, "start_s": round(started_s, 1), "adapter_requests": len(rows),
-           "by_version": {k: {**v, "texts": dict(v["texts"]), "model_names": dict(v["model_names"])}
+           "by_version": {k: {**v, "texts": dict(v["texts"]), "model_names": dict(v["model_names"]),
+                              "errors": dict(v["errors"])}
                           for k, v in by_version.items()},
-           "base_requests": len(base), "base_client_errors": sum(s != 200 for s in base),
+           "base_requests": len(base), "base_client_errors": sum(s != 200 for s in base), "base_errors": dict(base_errors),
            "gateway_requests_by_version": dict(served), "weights_seen": [w for _, w in weights],
            "answers_after_end": [{"version": r["version"], "status": r["status"], "text": r["text"], "names": r["names"]}
                                  for r in after],

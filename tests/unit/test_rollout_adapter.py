@@ -61,6 +61,48 @@ def analysis(stack):
         yield a
 
 
+@pytest.mark.parametrize(("model", "adapter", "session", "weight", "draw", "expect"), [
+    ("m", "support", None, 20, 0.1, "candidate"),
+    ("m", "support", None, 20, 0.3, "stable"),
+    ("m", "support", None, 0, 0.0, "stable"),  # rolled back
+    ("m", "support", None, 100, 0.99, "candidate"),  # promoted
+    ("m", None, None, 100, 0.0, "other"),  # the base model during the adapter's rollout
+    ("m", "legal", None, 100, 0.0, "other"),  # another adapter of the model
+    ("n", "fr", None, 100, 0.0, None),  # a model without an adapter rollout: not versioned here
+    ("n", None, None, 100, 0.0, None),
+])
+def test_the_version_of_a_request_during_an_adapter_rollout(tmp_path, model, adapter, session, weight, draw, expect):
+    from cluster.config.loader import parse_config
+    from cluster.discovery.rollouts import RolloutFiles
+    from cluster.gateway.rollout.view import RolloutView
+
+    cfg = parse_config({"models": {
+        "m": {"source": "x", "adapters": {"support": {"source": "/s1", "candidate": {"source": "/s2"}}, "legal": {"source": "/l"}}},
+        "n": {"source": "y", "adapters": {"fr": {"source": "/f"}}}}})
+    files = RolloutFiles(tmp_path)
+    files.write("support", {"state": "analysing", "weight": weight})
+    view = RolloutView(cfg, files, draw=lambda: draw)
+    view.reload()
+    assert view.adapter_version(model, adapter, session) == expect
+    assert view.weight("m") is None and view.pick("m", None, []) is None  # the model's own routing is not split
+
+
+def test_a_candidate_request_names_the_candidates_lora_and_its_answer_the_adapter():
+    from cluster.gateway.context import Job
+    from cluster.gateway.rollout.version import candidate_job
+    from cluster.gateway.stream.relay import renamed
+
+    data = {"model": "support", "messages": [{"role": "user", "content": "support@candidate?"}]}
+    job = Job(request_id="r", route="/v1/chat/completions", model="m", tenant="t", data=data, body=b"{}", stream=True,
+              headers={}, adapter="support")
+    c = candidate_job(job)
+    assert (c.adapter, c.data["model"], json.loads(c.body)["model"]) == ("support@candidate",) * 3
+    assert data["model"] == "support" and job.rename == ()  # the client's request is left as it was
+    engine = b'data: {"model":"support@candidate","choices":[{"delta":{"content":"support@candidate"}}]}\n\n'
+    assert renamed(engine, c.rename) == b'data: {"model":"support","choices":[{"delta":{"content":"support@candidate"}}]}\n\n'
+    assert renamed(b'{"model": "support@candidate"}', c.rename) == b'{"model": "support"}'  # a spaced writer too
+
+
 def chat(url: str, model: str, *, stream: bool = True) -> tuple[int, str | None, set[str]]:
     """(status, x-owc-version, the `model` names in the answer)."""
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": stream}
@@ -123,6 +165,12 @@ def test_an_adapter_candidate_is_promoted_on_its_own_requests(stack, analysis):
     time.sleep(0.6)  # the gateway's next read of the state
     assert all(chat(gw.url, "support", stream=s)[1:] == ("candidate", {"support"}) for s in (True, False) * 3)
     assert metric(gw.metrics_url, "owc_rollout_candidate_weight", model="support") == 100
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    r = CliRunner().invoke(app, ["rollout", "status", "support", "--json", "--url", gw.url, "--api-key", "sk-admin"])
+    assert r.exit_code == 0 and (json.loads(r.output)["state"], json.loads(r.output)["weight"]) == ("promoted", 100), r.output
 
 
 def test_a_slower_adapter_candidate_is_rolled_back_though_the_base_model_is_slower_still(stack, analysis):

@@ -189,6 +189,8 @@ class ModelConfig(StrictModel):
         if rolled and self.candidate is not None or len(rolled) > 1:  # the version label has one meaning per model
             what = ["the model's candidate"] * (self.candidate is not None) + [f"adapters.{n}.candidate" for n in rolled]
             raise ValueError(f"one rollout per model at a time: {', '.join(what)}")
+        if rolled and self.rollout.mirror:  # copies would need the LoRA renamed off the client's path too
+            raise ValueError(f"rollout.mirror: not built for an adapter's candidate (adapters.{rolled[0]}.candidate)")
         return self
 
     @property

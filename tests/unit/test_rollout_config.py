@@ -52,9 +52,12 @@ def test_an_adapter_candidate_is_a_rollout_of_its_own_loaded_beside_the_adapter(
      "one rollout per model at a time: the model's candidate, adapters.a.candidate"),
     ({"adapters": {"a": {"source": "/a", "candidate": {"source": "/a2"}}, "b": {"source": "/b", "candidate": {"source": "/b2"}}}},
      "one rollout per model at a time: adapters.a.candidate, adapters.b.candidate"),
+    ({"adapters": {"a": {"source": "/a", "candidate": {"source": "/a2"}}}, "rollout": {"mirror": True}},
+     "rollout.mirror: not built for an adapter's candidate (adapters.a.candidate)"),
 ])
 def test_one_rollout_per_model_at_a_time(model, expected):
-    """The version label has one meaning per model (the model's versions, or one adapter's)."""
+    """The version label has one meaning per model (the model's versions, or one adapter's); mirror
+    mode is not built for an adapter's candidate: refused, not ignored."""
     with pytest.raises(ConfigError) as err:
         parse_config({"models": {"m": {"source": "x", **model}}})
     assert expected in str(err.value)

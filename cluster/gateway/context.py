@@ -62,7 +62,7 @@ class Job:
     max_model_len: int | None = None  # the model's context, when the config sets it
     # A batch line (cluster.batch.runner.LineCall): the lowest priority class, idle engine slots only.
     batch: Any = None
-    # An adapter candidate's request (cluster.gateway.rollout.adapter): (engine's bytes, client's) pairs the
+    # An adapter candidate's request (cluster.gateway.rollout.version): (engine's bytes, client's) pairs the
     # relay replaces in the answer, so that it names the adapter the client asked for, not the candidate's LoRA.
     rename: tuple[tuple[bytes, bytes], ...] = ()
 

@@ -12,7 +12,7 @@ rollout, at 0 (rolled back) nothing is copied.
 
 An adapter's rollout (``adapters.<name>.candidate``) is known by the adapter's name: its
 weight splits the requests that name the adapter (``adapter_version``); the model's other
-requests are version ``other`` (cluster.gateway.rollout.adapter)."""
+requests are version ``other`` (cluster.gateway.rollout.version)."""
 
 from __future__ import annotations
 

@@ -36,8 +36,9 @@ ENGINE = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "max_num_seq
 ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
-def config(slow: bool, step_s: float, cache: str, conformance: bool = False, mirror: bool = False):
-    candidate = {**ENGINE, "max_num_seqs": 1 if slow else 8}
+def config(slow: bool, step_s: float, cache: str, conformance: bool = False, mirror: bool = False,
+           candidate_seqs: int = 8):
+    candidate = {**ENGINE, "max_num_seqs": 1 if slow else candidate_seqs}
     stable = dict(ENGINE)
     return parse_config({
         "models": {"tiny-llama": {
@@ -62,6 +63,8 @@ def main() -> None:
     p.add_argument("--mirror", action="store_true", help="mirror mode: stable's answers and TTFT with and without copies")
     p.add_argument("--windows", type=int, default=8, help="--mirror: windows, copies off and on in turn")
     p.add_argument("--window-s", type=float, default=15)
+    p.add_argument("--candidate-max-num-seqs", type=int, default=8, help="the healthy candidate's max_num_seqs "
+                   "(stable's is 16; the issue's example candidate has 64)")
     p.add_argument("--out", default=None, help="results file name under loadtests/results (default by the options)")
     p.add_argument("--rows", default=None, help="also write every request's start, end, status and version and the "
                    "gateway polls to this path (not committed: large)")
@@ -70,7 +73,7 @@ def main() -> None:
         from loadtests.rollout_mirror import run
 
         return run(a)
-    cfg = config(a.slow, a.step_s, a.cache, a.conformance)
+    cfg = config(a.slow, a.step_s, a.cache, a.conformance, candidate_seqs=a.candidate_max_num_seqs)
     cluster = LocalCluster(cfg, temp_dir=tempfile.mkdtemp(prefix="owc-rollout-"))
     try:
         t_start = time.monotonic()
@@ -167,7 +170,8 @@ def main() -> None:
     finally:
         cluster.stop()
     fallbacks = {v: sum(s["fallbacks"][v] for s in polls[-1][1]) for v in ("stable", "candidate")} if polls else None
-    out = {"slow_candidate": a.slow, "conformance": a.conformance,
+    out = {"slow_candidate": a.slow, "conformance": a.conformance, "stable_max_num_seqs": ENGINE["max_num_seqs"],
+           "candidate_max_num_seqs": cfg.models["tiny-llama"].candidate.engine_kwargs["max_num_seqs"],
            "candidate_answers": sum(r["version"] == "candidate" for r in answers), "step_s": a.step_s,
            "concurrency": a.concurrency, "long_streams_clients": a.long_streams, "start_s": round(started_s, 1),
            "requests": len(answers), "client_errors": sum(r["status"] != 200 for r in answers),

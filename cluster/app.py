@@ -34,7 +34,7 @@ def build_application(
         for name, m in cfg.models.items()
     ]
     engines += [  # during a rollout, the candidate version's own deployment (docs/rollouts.md)
-        engine_deployment(name, candidate_model(m), "candidate").bind(
+        engine_deployment(name, candidate_model(m), "candidate", pin=m.candidate.ray_resources).bind(
             served_name=name,
             model_config=candidate_model(m),
             cache_dir=cfg.model_cache_dir,

@@ -24,7 +24,10 @@ def controller(
         help="ConfigMap of the rollouts' state (default <rayservice>-rollouts)")] = None,
     engine_pods: Annotated[Optional[str], typer.Option(
         help="Label selector of the engine pods: the rollouts' conformance gate runs on one replica of each "
-        "version found there (needs $OWC_ENGINE_KEY); unset: no gate, step 1 starts without it")] = None,
+        "version found there (needs the engine credential: --engine-key-file or $OWC_ENGINE_KEY); unset: no gate, "
+        "step 1 starts without it")] = None,
+    engine_key_file: Annotated[Optional[Path], typer.Option(
+        help="File holding the engine credential for the conformance gate (else $OWC_ENGINE_KEY)")] = None,
     lease_duration: Annotated[Optional[int], typer.Option(
         help="Seconds the Lease lasts unrenewed; at least 2 x --interval + 5 (the default)")] = None,
     identity: Annotated[Optional[str], typer.Option(envvar="POD_NAME", help="Leader-election identity")] = None,
@@ -84,7 +87,7 @@ def controller(
             rollout_configmap = rollout_configmap or configmap_name(rayservice)
             store = ConfigMapRollouts(client.CoreV1Api(), namespace, rollout_configmap)
             rollouts = LeaderRollouts(cfg, store, prometheus=PrometheusSignals(prometheus), elector=elector,
-                                      scale=actuator.scale, **_gate(engine_pods, client.CoreV1Api(), namespace))
+                                      scale=actuator.scale, **_gate(engine_pods, engine_key_file, client.CoreV1Api(), namespace))
     else:
         import os
 
@@ -138,10 +141,10 @@ def controller(
             remove_targets(sd_dir, f"controller-{metrics_port}")
 
 
-def _gate(selector: str | None, core: object, namespace: str) -> dict:
+def _gate(selector: str | None, key_file: Path | None, core: object, namespace: str) -> dict:
     """The rollouts' conformance gate on Kubernetes: engine pods by ``selector``, the cases with
-    the engine credential ($OWC_ENGINE_KEY; refused without it: every call would be a 401 on
-    both sides, which compares equal)."""
+    the engine credential (``key_file``, else $OWC_ENGINE_KEY; refused without one: every call
+    would be a 401 on both sides, which compares equal)."""
     import os
 
     if not selector:
@@ -150,9 +153,10 @@ def _gate(selector: str | None, core: object, namespace: str) -> dict:
     from cluster.rollouts.conformance import compare_versions
     from cluster.rollouts.engine_pods import EnginePods
 
-    key = os.environ.get(ENGINE_KEY_ENV)
+    key = key_file.read_text().strip() if key_file is not None else os.environ.get(ENGINE_KEY_ENV)
     if not key:
-        console.print(f"[red]--engine-pods needs ${ENGINE_KEY_ENV} (the engine credential) for the conformance gate[/red]")
+        console.print(f"[red]--engine-pods needs the engine credential for the conformance gate: --engine-key-file "
+                      f"or ${ENGINE_KEY_ENV}[/red]")
         raise typer.Exit(2)
     return {"engines": EnginePods(core, namespace, selector).replica_urls,
             "compare": lambda urls, model: compare_versions(urls, model, engine_key=key)}

@@ -102,7 +102,15 @@ class Candidate(StrictModel):
     replicas: dict[str, int] | None = Field(None, description="The candidate's replica bounds (as `replicas`).")
     adapters: dict[str, object] | None = Field(None, description="The candidate's LoRA adapters (as `adapters`).")
     lora: dict[str, object] | None = Field(None, description="The candidate engine's LoRA limits (as `lora`).")
-    image: str | None = Field(None, min_length=1, description="Kubernetes only: the candidate engine's image.")
+    image: str | None = Field(
+        None, min_length=1, description="Kubernetes only (the chart): the candidate engine's image. Its engines then "
+        "run in a worker group of their own with that image, pinned there by `ray_resources` (the chart sets it).",
+    )
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each candidate replica takes IN PLACE OF its CPUs "
+        "(its GPUs stay): it runs only on nodes that offer them. The chart sets it with `image` to the resource of "
+        "the candidate's own worker group, whose pods offer Ray no CPU, so no other replica lands there.",
+    )
 
     def overrides(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in CANDIDATE_KEYS if getattr(self, k) is not None}

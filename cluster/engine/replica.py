@@ -129,9 +129,12 @@ class EngineReplica:
         log.warning("engine %s replica %s still busy after %.0fs of draining", self._name, self._replica_id, timeout_s)
 
 
-def engine_deployment(served_name: str, cfg: ModelConfig, version: str = "stable"):
+def engine_deployment(served_name: str, cfg: ModelConfig, version: str = "stable",
+                      pin: dict[str, float] | None = None):
     """The Serve deployment (options) for one model: `engine-<model>`, and during a rollout
-    `engine-<model>-candidate` for its candidate (``cfg`` then the candidate's model section)."""
+    `engine-<model>-candidate` for its candidate (``cfg`` then the candidate's model section).
+    ``pin``: custom resources the replica takes in place of its CPUs (candidate.ray_resources:
+    on Kubernetes the candidate's own worker group, whose pods offer Ray no CPU)."""
     p = placement_for(
         tensor_parallel_size=cfg.tensor_parallel_size,
         pipeline_parallel_size=cfg.pipeline_parallel_size,
@@ -144,11 +147,16 @@ def engine_deployment(served_name: str, cfg: ModelConfig, version: str = "stable
         actor_options["num_gpus"] = p.actor_num_gpus
     if p.actor_resources:
         actor_options["resources"] = p.actor_resources
+    bundles = p.bundles
+    if pin:
+        actor_options["num_cpus"] = 0
+        actor_options["resources"] = {**p.actor_resources, **pin}
+        bundles = [{**{k: v for k, v in p.bundles[0].items() if k != "CPU"}, **pin}, *p.bundles[1:]]
     return serve.deployment(EngineReplica).options(
         name=deployment_name(served_name if version == "stable" else f"{served_name}-{version}"),
         num_replicas=cfg.replicas.start,
         ray_actor_options=actor_options,
-        placement_group_bundles=p.bundles,
+        placement_group_bundles=bundles,
         placement_group_strategy=p.strategy,
         max_ongoing_requests=100,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,  # each check heartbeats to the registry

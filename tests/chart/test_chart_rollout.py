@@ -75,15 +75,19 @@ def test_a_changed_candidate_is_a_new_rollout_and_no_candidate_no_rollout_object
 def test_the_conformance_gate_gives_the_controller_engine_pods_the_key_and_the_engine_port(tmp_path):
     """With rollout.conformance on (the default) the controller lists the engine pods (its
     --engine-pods selects the engine groups' pods, not the gateways'), holds the engine
-    credential from its Secret and may reach the engine port; with it off, none of that."""
+    credential (its Secret mounted as a file) and may reach the engine port; with it off,
+    none of that."""
     docs = _docs(tmp_path)
     rs = docs[("RayService", "owc")]
     (c,) = docs[("Deployment", "owc-controller")]["spec"]["template"]["spec"]["containers"]
     selector = dict(kv.split("=") for kv in c["command"][c["command"].index("--engine-pods") + 1].split(","))
     assert selector.items() <= _group(rs, "engine-tiny-llama")["template"]["metadata"]["labels"].items()
     assert not selector.items() <= _group(rs, "gateway")["template"]["metadata"]["labels"].items()
-    env = {e["name"]: e for e in c["env"]}
-    assert env["OWC_ENGINE_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "owc-engine-key", "key": "engine-key"}
+    assert c["command"][c["command"].index("--engine-key-file") + 1] == "/etc/owc/engine-key/engine-key"
+    pod = docs[("Deployment", "owc-controller")]["spec"]["template"]["spec"]
+    assert {"name": "engine-key", "mountPath": "/etc/owc/engine-key", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "engine-key", "secret": {"secretName": "owc-engine-key", "items": [
+        {"key": "engine-key", "path": "engine-key"}]}} in pod["volumes"]  # a file, not an env var (checkov CKV_K8S_35)
     assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]} in docs[("Role", "owc-controller")]["rules"]
     peers = [p["podSelector"]["matchLabels"]["owc.io/component"] for r in docs[("NetworkPolicy", "owc-engine")]["spec"]["ingress"]
              for p in r["from"] if "podSelector" in p]
@@ -92,10 +96,47 @@ def test_the_conformance_gate_gives_the_controller_engine_pods_the_key_and_the_e
     off["owc"]["models"]["tiny-llama"]["rollout"]["conformance"] = False
     docs = _docs(tmp_path, off)
     (c,) = docs[("Deployment", "owc-controller")]["spec"]["template"]["spec"]["containers"]
-    assert "--engine-pods" not in c["command"] and "OWC_ENGINE_KEY" not in {e["name"] for e in c["env"]}
+    assert "--engine-pods" not in c["command"] and "engine-key" not in {v["name"] for v in c["volumeMounts"]}
     assert all("pods" not in r["resources"] for r in docs[("Role", "owc-controller")]["rules"])
     assert [p["podSelector"]["matchLabels"]["owc.io/component"] for r in docs[("NetworkPolicy", "owc-engine")]["spec"]["ingress"]
             for p in r["from"] if "podSelector" in p] == ["gateway"]
+
+
+def test_a_candidate_image_runs_in_a_worker_group_of_its_own(tmp_path):
+    """candidate.image: the candidate's engines get a worker group with that image, offering Ray
+    no CPU and one custom resource; the Serve config's candidate.ray_resources names that
+    resource, so engine-<model>-candidate (built from the rendered config) runs there only,
+    and stable's replicas (which need CPUs) never do. The model's group no longer makes room
+    for the candidate. Valid against the vendored CRD; a PDB for the new group."""
+    from cluster.config.loader import parse_config
+    from cluster.config.rollout import candidate_model
+    from cluster.engine.replica import engine_deployment
+
+    values = copy.deepcopy(VALUES)
+    values["owc"]["models"]["tiny-llama"]["candidate"]["image"] = "registry.example.com/owc:vllm-next"
+    docs = _docs(tmp_path, values)
+    rs = docs[("RayService", "owc")]
+    jsonschema.Draft7Validator(crd_schema("RayService", "v1")).validate(rs)
+    cand, stable = _group(rs, "engine-tiny-llama-candidate"), _group(rs, "engine-tiny-llama")
+    assert cand["template"]["spec"]["containers"][0]["image"] == "registry.example.com/owc:vllm-next"
+    assert stable["template"]["spec"]["containers"][0]["image"] == docs[("Deployment", "owc-controller")]["spec"][
+        "template"]["spec"]["containers"][0]["image"]
+    assert cand["rayStartParams"] == {"num-cpus": "0", "resources": '"{\\"owc-engine-tiny-llama-candidate\\": 1}"'}
+    assert (cand["minReplicas"], cand["maxReplicas"], stable["maxReplicas"]) == (1, 2, 2)
+    assert cand["template"]["metadata"]["labels"]["owc.io/component"] == "engine"  # the gate, monitoring, the policy
+    cfg = parse_config(yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["config"])
+    m = cfg.models["tiny-llama"]
+    assert m.candidate.ray_resources == {"owc-engine-tiny-llama-candidate": 1}
+    rc = engine_deployment("tiny-llama", candidate_model(m), "candidate", pin=m.candidate.ray_resources)._replica_config
+    assert rc.placement_group_bundles == [{"owc-engine-tiny-llama-candidate": 1.0}] and rc.ray_actor_options["num_cpus"] == 0
+    assert engine_deployment("tiny-llama", m)._replica_config.placement_group_bundles == [{"CPU": 2.0}]  # not there
+    pdb = docs[("PodDisruptionBudget", "owc-engine-tiny-llama-candidate")]
+    assert pdb["spec"]["selector"]["matchLabels"]["owc.io/engine-group"] == "engine-tiny-llama-candidate"
+    # without an image (the rollout values): one group, room for the candidate, no ray_resources
+    rs = _docs(tmp_path)[("RayService", "owc")]
+    assert [g["groupName"] for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]] == ["gateway", "engine-tiny-llama"]
+    assert "ray_resources" not in yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["config"]["models"][
+        "tiny-llama"]["candidate"]
 
 
 def test_a_candidate_without_the_controller_is_refused(tmp_path):

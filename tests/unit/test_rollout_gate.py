@@ -166,7 +166,8 @@ def test_a_leader_that_loses_the_lease_mid_gate_writes_nothing_and_the_new_one_r
 def test_owc_controller_once_holds_step_1_for_the_gate_on_the_engine_pods(api, engines, tmp_path):
     """The CLI's wiring (its own process: the kubernetes client keeps KUBECONFIG globally):
     with --engine-pods the gate is on (no candidate pod yet: pending, weight 0, where without
-    it step 1 would start); without $OWC_ENGINE_KEY it refuses to start."""
+    it step 1 would start); without the engine credential (--engine-key-file, $OWC_ENGINE_KEY)
+    it refuses to start."""
     from tests.unit.test_capacity_failover import kubeconfig
 
     add_pod(api, "stable-0", engines["stable"])
@@ -179,7 +180,9 @@ def test_owc_controller_once_holds_step_1_for_the_gate_on_the_engine_pods(api, e
     env.pop("OWC_ENGINE_KEY", None)
     r = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "OWC_ENGINE_KEY" in r.stdout + r.stderr
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**env, "OWC_ENGINE_KEY": KEY})
+    (tmp_path / "engine-key").write_text(KEY + "\n")  # the chart mounts the Secret as a file
+    r = subprocess.run([*argv, "--engine-key-file", str(tmp_path / "engine-key")], capture_output=True, text=True,
+                       timeout=120, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "rollout of tiny: pending, step 1, weight 0%" in r.stdout + r.stderr
     st = state(api)

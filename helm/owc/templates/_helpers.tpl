@@ -66,6 +66,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "engine-%s" (regexReplaceAll "[^a-z0-9-]+" (lower .) "-") | trunc 40 | trimSuffix "-" }}
 {{- end }}
 
+{{/* A rollout's candidate with an image of its own (candidate.image): its worker group, and
+     the custom Ray resource that group offers and the candidate's replicas take in place of
+     CPUs (candidate.ray_resources, set in owc.config). */}}
+{{- define "owc.candidateGroup" -}}
+{{- printf "%s-candidate" (include "owc.engineGroup" .) }}
+{{- end }}
+
+{{- define "owc.candidateResource" -}}
+{{- printf "owc-%s" (include "owc.candidateGroup" .) }}
+{{- end }}
+
 {{/* The owc config the cluster runs: the user's, with the Kubernetes-specific settings.
      No models configured: the chart's default model (defaultModel). */}}
 {{- define "owc.config" -}}
@@ -86,6 +97,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ = set $cfg "gateway" $gw }}
 {{- $_ = set $cfg "engine_network" (dict "bind_host" "0.0.0.0" "port" (int .Values.engineWorkers.port)) }}
 {{- $_ = set $cfg "monitoring" (dict "file_sd_dir" nil) }}
+{{- range $name, $m := $cfg.models }}
+{{- if and $m.candidate $m.candidate.image }}{{/* pinned to its own worker group (rayservice.yaml) */}}
+{{- $_ := set $m.candidate "ray_resources" (dict (include "owc.candidateResource" $name) 1) }}
+{{- end }}
+{{- end }}
 {{- $batch := deepCopy (default (dict) $cfg.batch) }}
 {{- with (include "owc.batchStoreDir" .) }}
 {{- $_ = set $batch "store_dir" . }}

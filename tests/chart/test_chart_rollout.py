@@ -117,6 +117,9 @@ def test_a_candidate_image_runs_in_a_worker_group_of_its_own(tmp_path):
     docs = _docs(tmp_path, values)
     rs = docs[("RayService", "owc")]
     jsonschema.Draft7Validator(crd_schema("RayService", "v1")).validate(rs)
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(yaml.safe_load(rs["spec"]["serveConfigV2"]))  # KubeRay can apply it
     cand, stable = _group(rs, "engine-tiny-llama-candidate"), _group(rs, "engine-tiny-llama")
     assert cand["template"]["spec"]["containers"][0]["image"] == "registry.example.com/owc:vllm-next"
     assert stable["template"]["spec"]["containers"][0]["image"] == docs[("Deployment", "owc-controller")]["spec"][

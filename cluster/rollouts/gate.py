@@ -51,9 +51,17 @@ class LeaderGate:
         term = self._elector.term
         log.warning("rollout of %s: conformance gate: stable %s against candidate %s", model, urls["stable"],
                     urls["candidate"])
-        failed = self._compare(urls, model)
-        if not self._elector.holds() or self._elector.term != term:
-            log.warning("rollout of %s: the Lease was lost while the conformance gate ran: its verdict is not "
-                        "written (the leader runs the gate again)", model)
+        try:
+            failed = self._compare(urls, model)
+        except Exception:  # could not run: the candidate is not trusted (aborted), unless the Lease went meanwhile
+            if self._leading(term, model):
+                raise
             return None
-        return failed
+        return failed if self._leading(term, model) else None
+
+    def _leading(self, term: Any, model: str) -> bool:
+        if self._elector.holds() and self._elector.term == term:
+            return True
+        log.warning("rollout of %s: the Lease was lost while the conformance gate ran: its verdict is not written "
+                    "(the leader runs the gate again)", model)
+        return False

@@ -128,7 +128,10 @@ def test_a_matching_candidate_starts_step_1_and_a_gate_that_never_finds_both_ver
     assert (st.state, st.weight) == ("aborted", 0) and "no replica of each version after 1210s" in st.reason
 
 
-def test_a_leader_that_loses_the_lease_mid_gate_writes_nothing_and_the_new_one_runs_it_again(api, engines):
+@pytest.mark.parametrize("stale", ["verdict", "error"])
+def test_a_leader_that_loses_the_lease_mid_gate_writes_nothing_and_the_new_one_runs_it_again(api, engines, stale):
+    """Whatever a's gate ends with after a lost the Lease (a verdict, or an error that would
+    abort as 'could not run'), a writes nothing."""
     now = [0.0]
     add_pod(api, "stable-0", engines["stable"])
     add_pod(api, "candidate-0", engines["bad"])
@@ -137,6 +140,8 @@ def test_a_leader_that_loses_the_lease_mid_gate_writes_nothing_and_the_new_one_r
     def slow(urls, model):  # a's gate: minutes on CPU
         started.set()
         assert release.wait(30)
+        if stale == "error":
+            raise ConnectionError("a's stale engine went away")
         return ["a's stale verdict"]
 
     a = leader_pod(api, "pod-a", now, compare=slow)

@@ -48,7 +48,8 @@ def pod_urls(pods: Any) -> list[str]:
         ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
         port = next((p.container_port for c in spec.containers for p in c.ports or [] if p.name == PORT_NAME), None)
         if ready and port:
-            out.append(f"http://{status.pod_ip}:{port}")
+            host = f"[{status.pod_ip}]" if ":" in status.pod_ip else status.pod_ip  # an IPv6 pod IP
+            out.append(f"http://{host}:{port}")
     return sorted(out)
 
 

@@ -22,7 +22,7 @@ from cluster.capacity.rollout import RolloutState
 from cluster.config.loader import parse_config
 from cluster.engine.guard import identity_env
 from cluster.rollouts.conformance import compare_versions
-from cluster.rollouts.engine_pods import EnginePods
+from cluster.rollouts.engine_pods import EnginePods, pod_urls
 from cluster.rollouts.leader import configmap_name
 from tests.conftest import fake_engine_argv, server
 from tests.unit.test_capacity_kubernetes import NAME, NS, FakeApi
@@ -81,6 +81,9 @@ def test_engine_pods_name_one_replica_of_each_version(api, engines):
     add_pod(api, "e-candidate", engines["good"])
     assert pods.replica_urls("tiny") == {"stable": engines["stable"], "candidate": engines["good"]}
     assert pods.replica_urls("other") == {}
+    api.objects[f"/api/v1/namespaces/{NS}/pods/d-stable"]["status"]["podIP"] = "fd00::7"
+    assert pod_urls(client.CoreV1Api(client.ApiClient(client.Configuration(host=api.url))).list_namespaced_pod(
+        NS, label_selector=SELECTOR))[-1] == f"http://[fd00::7]:{engines['stable'].rsplit(':', 1)[1]}"
 
 
 def test_a_candidate_that_fails_conformance_is_aborted_before_any_weight(api, engines):

@@ -22,6 +22,11 @@
 {{- if or (lt (int $gwr.initial) (int $gwr.min)) (gt (int $gwr.initial) (int $gwr.max)) }}
 {{- fail "owc.gateway.replicas.initial must lie within [min, max]" }}
 {{- end }}
+{{- range $name, $m := (default (dict) .Values.owc.models) }}
+{{- if and $m.candidate $m.candidate.ray_resources }}
+{{- fail (printf "owc.models.%s.candidate.ray_resources is the chart's: set candidate.image and the chart pins the candidate to a worker group of its own (docs/rollouts.md)" $name) }}
+{{- end }}
+{{- end }}
 {{- if and (include "owc.rolloutConfigMap" .) (not .Values.controller.enabled) }}
 {{- fail "a model has a candidate but controller.enabled is false: on Kubernetes the rollout analysis runs in owc controller (docs/rollouts.md)" }}
 {{- end }}

@@ -15,9 +15,10 @@ down to one replica through the RayService (the KubernetesActuator; Serve's decl
 has no 0), again on each new term: a leader killed
 between writing ``promoted`` and draining leaves it to the next one.
 
-The conformance gate (``engines`` and ``compare`` given; cluster.rollouts.gate) runs in the
-tick while a rollout is ``pending``; its verdict is written only while this controller still
-leads in the same term, so a leader change mid-gate makes the new leader run it again."""
+The conformance gate (``engines`` and ``compare`` given; cluster.rollouts.gate) is started by
+the tick while a rollout is ``pending`` and runs on a thread of its own; its verdict is taken
+only while this controller leads in the term the run began in, so a leader change mid-gate
+makes the leader run it again."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import yaml
@@ -20,6 +21,7 @@ from kubernetes import client
 
 from cluster.capacity.rollout import RolloutState
 from cluster.config.loader import parse_config
+from cluster.discovery.rollout_configmap import ConfigMapRollouts
 from cluster.engine.guard import identity_env
 from cluster.rollouts.conformance import compare_versions
 from cluster.rollouts.engine_pods import EnginePods, pod_urls
@@ -86,22 +88,31 @@ def test_engine_pods_name_one_replica_of_each_version(api, engines):
         NS, label_selector=SELECTOR))[-1] == f"http://[fd00::7]:{engines['stable'].rsplit(':', 1)[1]}"
 
 
+def verdict(api: FakeApi, pod: Pod, seen: list[RolloutState], timeout_s: float = 60) -> RolloutState:
+    """Rounds until the gate's verdict is written (its cases run on a thread of their own;
+    each round meanwhile answers "no verdict yet"); every state written is kept in ``seen``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert pod.round() is True
+        seen.append(state(api))
+        if seen[-1].state != "pending" or time.monotonic() > deadline:
+            return seen[-1]
+        time.sleep(0.05)
+
+
 def test_a_candidate_that_fails_conformance_is_aborted_before_any_weight(api, engines):
-    now = [0.0]
+    now, seen = [0.0], []
     a = leader_pod(api, "pod-a", now)
-    weights = []
-    for t in (0, 5):  # no engine pod up yet: no verdict, pending, weight 0
+    for t in (0, 5):  # no engine pod up yet: no verdict, pending
         now[0] = t
         assert a.round() is True
-        weights.append(state(api).weight)
-        assert state(api).state == "pending"
+        seen.append(state(api))
     add_pod(api, "stable-0", engines["stable"])
     add_pod(api, "candidate-0", engines["bad"])
     now[0] = 10
-    assert a.round() is True
-    st = state(api)
-    weights.append(st.weight)
-    assert st.state == "aborted" and weights == [0, 0, 0]
+    st = verdict(api, a, seen)
+    assert st.state == "aborted" and {s.weight for s in seen} == {0}  # never a request's share
+    assert {s.state for s in seen[:-1]} == {"pending"} and len(seen) > 3
     assert st.reason.startswith("conformance failed: ") and "chat tool_choice auto" in st.reason
     assert "chat json_schema" not in st.reason  # only the rows that differ
     deps = yaml.safe_load(api.rayservice()["spec"]["serveConfigV2"])["applications"][0]["deployments"]
@@ -115,8 +126,7 @@ def test_a_matching_candidate_starts_step_1_and_a_gate_that_never_finds_both_ver
     assert a.round() is True and state(api).state == "pending"  # no candidate replica yet
     add_pod(api, "candidate-0", engines["good"])
     now[0] = 5
-    assert a.round() is True
-    st = state(api)
+    st = verdict(api, a, [])
     assert (st.state, st.step, st.weight, st.window_start) == ("analysing", 0, 20, 5.0)
     # another rollout whose candidate never comes up: aborted once the wait is over (600 s startup + 600)
     del api.objects[f"/api/v1/namespaces/{NS}/configmaps/{configmap_name(NAME)}"]
@@ -131,44 +141,67 @@ def test_a_matching_candidate_starts_step_1_and_a_gate_that_never_finds_both_ver
     assert (st.state, st.weight) == ("aborted", 0) and "no replica of each version after 1210s" in st.reason
 
 
+def test_the_analysis_goes_on_while_the_gate_runs_an_abort_applies_at_once(api, engines):
+    now, release = [0.0], threading.Event()
+    add_pod(api, "stable-0", engines["stable"])
+    add_pod(api, "candidate-0", engines["good"])
+    a = leader_pod(api, "pod-a", now, compare=lambda urls, model: release.wait(30) and [])  # minutes on CPU
+    assert a.round() is True and state(api).state == "pending"  # the cases started, the tick returned
+    ConfigMapRollouts(client.CoreV1Api(client.ApiClient(client.Configuration(host=api.url))), NS,
+                      configmap_name(NAME)).submit("tiny", "abort", "ops")
+    now[0] = 1
+    assert a.round() is True
+    assert (state(api).state, state(api).weight) == ("aborted", 0)
+    release.set()  # the gate's late "all match" changes nothing
+    time.sleep(0.2)
+    now[0] = 2
+    assert a.round() is True and state(api).state == "aborted"
+
+
 @pytest.mark.parametrize("stale", ["verdict", "error"])
-def test_a_leader_that_loses_the_lease_mid_gate_writes_nothing_and_the_new_one_runs_it_again(api, engines, stale):
-    """Whatever a's gate ends with after a lost the Lease (a verdict, or an error that would
-    abort as 'could not run'), a writes nothing."""
+def test_a_leader_that_loses_the_lease_mid_gate_writes_nothing_and_the_gate_runs_again(api, engines, stale):
+    """a's cases end after a lost the Lease (with a verdict, or an error that would abort as
+    'could not run'): a writes nothing; back as leader in a new term it discards that run and
+    runs the gate again."""
     now = [0.0]
     add_pod(api, "stable-0", engines["stable"])
     add_pod(api, "candidate-0", engines["bad"])
-    started, release, b_ran = threading.Event(), threading.Event(), []
+    started, release, finished, b_block = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+    calls = []
 
-    def slow(urls, model):  # a's gate: minutes on CPU
+    def a_compare(urls, model):
+        calls.append(urls)
+        if len(calls) > 1:  # the run of a's second term
+            return ["chat tool_choice auto"]
         started.set()
-        assert release.wait(30)
-        if stale == "error":
-            raise ConnectionError("a's stale engine went away")
-        return ["a's stale verdict"]
+        try:
+            assert release.wait(30)
+            if stale == "error":
+                raise ConnectionError("a's stale engine went away")
+            return ["a's stale verdict"]
+        finally:
+            finished.set()
 
-    a = leader_pod(api, "pod-a", now, compare=slow)
-    b = leader_pod(api, "pod-b", now, compare=lambda urls, model: b_ran.append(urls) or ["chat tool_choice auto"])
-    a.capacity.reconcile_once()  # a takes the Lease
-    tick = threading.Thread(target=a.rollouts.tick)
-    tick.start()
-    assert started.wait(30)
+    a = leader_pod(api, "pod-a", now, compare=a_compare)
+    b = leader_pod(api, "pod-b", now, compare=lambda urls, model: b_block.wait(30) and [])
+    assert a.round() is True and started.wait(30)  # a leads; its cases run
     for t in (5, 10):  # the capacity rounds renew the Lease while the gate runs: b stays a follower
         now[0] = t
-        a.capacity.reconcile_once()
-        assert b.round() is False
+        assert a.round() is True and b.round() is False
     assert state(api).state == "pending"
     now[0] = 30  # a stops renewing (paused): its Lease, renewed at 10 for 15 s, lapsed at 25
-    assert b.round() is True  # b leads and runs the gate itself
-    assert b_ran == [{"stable": engines["stable"], "candidate": engines["bad"]}]
-    st = state(api)
-    assert st.state == "aborted" and st.reason == "conformance failed: chat tool_choice auto"
+    assert b.round() is True  # b leads and starts its own run (which hangs)
     path = f"/api/v1/namespaces/{NS}/configmaps/{configmap_name(NAME)}"
     rv = api.objects[path]["metadata"]["resourceVersion"]
-    release.set()  # a's gate ends after it lost the Lease
-    tick.join(30)
-    assert api.objects[path]["metadata"]["resourceVersion"] == rv  # a wrote nothing
-    assert "stale" not in state(api).reason
+    release.set()  # a's cases end after a lost the Lease
+    assert finished.wait(30)
+    assert a.rollouts.tick() is False  # a is no leader: its run's verdict is not taken
+    assert api.objects[path]["metadata"]["resourceVersion"] == rv and state(api).state == "pending"
+    now[0] = 50  # b is gone too (its Lease, taken at 30, lapsed at 45): a leads again, in a new term
+    st = verdict(api, a, [])
+    assert len(calls) == 2  # the stale run discarded, the gate run again
+    assert st.state == "aborted" and st.reason == "conformance failed: chat tool_choice auto"
+    b_block.set()
 
 
 def test_owc_controller_once_holds_step_1_for_the_gate_on_the_engine_pods(api, engines, tmp_path):

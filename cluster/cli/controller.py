@@ -114,8 +114,9 @@ def controller(
     console.print(f"capacity controller: {', '.join(ctl.models) or 'no autoscaled target'} every {interval:g}s "
                   f"(Prometheus {prometheus}{lease_note})")
     if rollouts is not None:
+        gate = f"conformance gate on the engine pods {engine_pods}" if engine_pods else "no conformance gate"
         console.print(f"rollout analysis: {', '.join(rollouts.models)} every second while leading (state in "
-                      f"ConfigMap {rollout_configmap})")
+                      f"ConfigMap {rollout_configmap}; {gate})", soft_wrap=True)
         if not once:
             rollouts.start()
     stop = threading.Event()

@@ -226,5 +226,6 @@ def test_owc_controller_once_holds_step_1_for_the_gate_on_the_engine_pods(api, e
                        timeout=120, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "rollout of tiny: pending, step 1, weight 0%" in r.stdout + r.stderr
+    assert f"conformance gate on the engine pods {SELECTOR}" in r.stdout + r.stderr
     st = state(api)
     assert isinstance(st, RolloutState) and (st.state, st.weight) == ("pending", 0)

@@ -154,7 +154,16 @@ class Forwarder:
             return None
 
         def pick(eps, exclude: frozenset[str]) -> Endpoint:
+            # A waiter is granted on the room of the model's replicas of every version: during a
+            # rollout it still goes to its own version's (past their limit when none has room).
+            # (A model's rollout only: an adapter's versions share the replicas and keep their label.)
+            split = delivery.version is not None and self.versions is not None and job.model in self.versions.models
+            mine = [e for e in eps if e.version == delivery.version] if split else eps
+            if mine is not eps and mine:
+                eps, exclude = mine, exclude if any(e.replica_id not in exclude for e in mine) else frozenset()
             ep = self._choose(eps, info, exclude, delivery, lost=None)
+            if split:
+                delivery.version = ep.version  # its version gone meanwhile: the answer says who answered
             self._routing.acquire(ep.replica_id, job.adapter)
             return ep
 

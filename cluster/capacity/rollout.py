@@ -113,18 +113,23 @@ def conformance_done(state: RolloutState, settings: Rollout, failed_rows: Sequen
 def advance(state: RolloutState, settings: Rollout, window: Window | None, now: float) -> RolloutState:
     """One tick of the analysis. ``window``: what each version served since
     ``state.window_start`` (None: no metrics at all)."""
-    if state.state == "paused" and state.paused_by == "no_data" and has_data(window):
+    if state.state == "paused" and state.paused_by == "no_data" and (has_data(window) or _errors_decide(window)):
         return replace(state, state="analysing", paused_by=None, reason=None, window_start=now, updated=now)
     if state.state != "analysing" or state.window_start is None or now - state.window_start < settings.step_s:
         return state
-    if not has_data(window):
-        return replace(state, state="paused", paused_by="no_data", updated=now, gates=(),
-                       reason=f"no data in step {state.step + 1}'s window: {_missing(window)}")
+    no_data = replace(state, state="paused", paused_by="no_data", updated=now, gates=(),
+                      reason=f"no data in step {state.step + 1}'s window: {_missing(window)}")
+    if not has_data(window) and not _errors_decide(window):
+        return no_data
     assert window is not None
     if min(window.stable.requests, window.candidate.requests) < settings.gates.min_requests:
         return state  # too few to decide: the window runs on
     gates = evaluate(window, settings.gates)
     failed = [g for g in gates if g.passed is False]
+    if not has_data(window):  # latency for one version only: a failed error gate alone decides
+        failed = [g for g in failed if g.name == "max_error_rate_ratio"]
+        if not failed:
+            return no_data
     if failed:
         return replace(state, state="rolled_back", weight=0, gates=gates, updated=now,
                        reason=f"step {state.step + 1} ({state.weight}%): " + "; ".join(map(_why, failed)))
@@ -153,6 +158,17 @@ def command(state: RolloutState, settings: Rollout, what: str, now: float) -> Ro
     if state.state != "paused":
         raise CommandRefused(f"only a paused rollout can be resumed (it is {state.state})")
     return replace(state, state="analysing", paused_by=None, reason=None, window_start=now, updated=now)
+
+
+def _errors_decide(window: Window | None) -> bool:
+    """Both versions served, latency measured for one only, and the other answered errors (a
+    candidate failing every request streams no token): the window runs on to ``min_requests``
+    and the error gate judges it instead of pausing on no data."""
+    if window is None or min(window.stable.requests, window.candidate.requests) <= 0:
+        return False
+    s, c = window.stable, window.candidate
+    unmeasured = [v for v in (s, c) if v.ttft_p95_s is None or v.itl_p95_s is None]
+    return len(unmeasured) == 1 and unmeasured[0].errors > 0
 
 
 def has_data(window: Window | None) -> bool:

@@ -37,7 +37,10 @@ def stack(tmp_path_factory):
               "adapters": {"support": {"source": "/adapters/support-v1", "candidate": {"source": "/adapters/support-v2"}},
                            "legal": {"source": "/adapters/legal"}}},
         "n": {"source": "external", "rollout": ROLLOUT,
-              "adapters": {"fr": {"source": "/adapters/fr-v1", "candidate": {"source": "/adapters/fr-v2"}}}}},
+              "adapters": {"fr": {"source": "/adapters/fr-v1", "candidate": {"source": "/adapters/fr-v2"}}}},
+        # A retrained adapter the engine refuses to load (the fake engine fails a path with "fail").
+        "k": {"source": "external", "rollout": ROLLOUT,
+              "adapters": {"ops": {"source": "/adapters/ops-v1", "candidate": {"source": "/adapters/fail-ops-v2"}}}}},
         "model_cache_dir": str(d),
         "gateway": {"api_keys_env": None, "admin_keys_env": None, "api_keys_file": str(d / "keys.yaml"),
                     "admin_keys_file": str(d / "admin.yaml"), "access_log": {"path": str(d / "access.log")},
@@ -47,7 +50,8 @@ def stack(tmp_path_factory):
     # each on demand. n's retrained fr is 400 ms slower to its first token, n's base model 600 ms.
     engines = {("m", "stable"): [*fake_engine_argv("m"), "--lora", "support", "--lora", "legal"],
                ("n", "stable"): [*fake_engine_argv("n"), "--lora", "fr",
-                                 "--lora-ttft-ms", "fr@candidate=400", "--lora-ttft-ms", "n=600"]}
+                                 "--lora-ttft-ms", "fr@candidate=400", "--lora-ttft-ms", "n=600"],
+               ("k", "stable"): [*fake_engine_argv("k"), "--lora", "ops"]}
     with rollout_stack(d, cfg, engines, env) as stack:
         yield stack
 
@@ -187,3 +191,18 @@ def test_a_slower_adapter_candidate_is_rolled_back_though_the_base_model_is_slow
     assert {chat(gw.url, "fr")[1] for _ in range(10)} == {"stable"}  # the model keeps serving the old adapter
     assert metric(gw.metrics_url, "owc_rollout_state", model="fr", state="rolled_back") == 1
     assert metric(gw.metrics_url, "owc_requests_total", model="n", version="other") >= 20
+
+
+def test_a_candidate_the_engine_cannot_load_is_rolled_back_on_its_errors(stack, analysis):
+    """Its requests fail (502, the load refused) and stream no token: the error gate rolls it
+    back instead of the step pausing on latency measured for stable only; stable's answers
+    never fail, and afterwards every `ops` answer is stable's."""
+    gw, _, files, _ = stack
+    answers = load(gw.url, {"ops": 4}, ended(files, "ops"))
+    doc = files.read("ops")
+    assert doc["state"] == "rolled_back" and doc["weight"] == 0, doc
+    assert "5xx share 100.0%" in doc["reason"], doc["reason"]
+    assert {(v, status) for _, status, v, _ in answers} == {("stable", 200), ("candidate", 502)}
+    time.sleep(0.6)
+    assert {chat(gw.url, "ops")[:2] for _ in range(6)} == {(200, "stable")}
+    assert metric(gw.metrics_url, "owc_adapter_loads_total", model="k", result="failed") >= 5

@@ -64,8 +64,15 @@ def test_latency_gates_not_measured_without_samples():
     (_analysing(1), _w(requests=0), 60, ("paused", 1, 50, "candidate served no request")),
     (_analysing(1), Window(Served(0, 0), GOOD), 60, ("paused", 1, 50, "stable served no request")),
     (_analysing(1), _w(ttft_p95_s=None), 60, ("paused", 1, 50, "TTFT measured for stable only")),
+    # A candidate failing every request streams no token: its 5xx decide, not "no data".
+    (_analysing(), _w(errors=100, ttft_p95_s=None, itl_p95_s=None), 60, ("rolled_back", 0, 0, "5xx share 100.0%")),
+    (_analysing(), _w(requests=20, errors=20, ttft_p95_s=None, itl_p95_s=None), 60, ("analysing", 0, 20, None)),
+    (_analysing(), Window(Served(400, 400), _w().candidate), 60, ("paused", 0, 20, "TTFT measured for candidate")),
+    (_analysing(), _w(errors=1, ttft_p95_s=None, itl_p95_s=None), 60, ("rolled_back", 0, 0, "5xx share 1.0%")),
     (ro.RolloutState(state="paused", paused_by="no_data", step=1, weight=50), _w(), 70, ("analysing", 1, 50, None)),
     (ro.RolloutState(state="paused", paused_by="no_data", step=1, weight=50), None, 70, ("paused", 1, 50, None)),
+    (ro.RolloutState(state="paused", paused_by="no_data", step=1, weight=50), _w(errors=100, ttft_p95_s=None),
+     70, ("analysing", 1, 50, None)),  # traffic again, the candidate failing it: analysed (its 5xx decide)
     (ro.RolloutState(state="paused", paused_by="operator", step=1, weight=50), _w(), 70, ("paused", 1, 50, None)),
     (ro.RolloutState(state="promoted", step=1, weight=100), _w(errors=100), 999, ("promoted", 1, 100, None)),
     (ro.RolloutState(state="pending"), _w(), 999, ("pending", 0, 0, None)),

@@ -37,7 +37,7 @@ ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobi
 
 
 def config(slow: bool, step_s: float, cache: str, conformance: bool = False, mirror: bool = False,
-           candidate_seqs: int = 8):
+           candidate_seqs: int = 8, gateways: int = 1):
     candidate = {**ENGINE, "max_num_seqs": 1 if slow else candidate_seqs}
     stable = dict(ENGINE)
     return parse_config({
@@ -47,7 +47,7 @@ def config(slow: bool, step_s: float, cache: str, conformance: bool = False, mir
             "rollout": {"steps": [50] if mirror else [20, 50], "step_s": step_s, "conformance": conformance,
                         "mirror": mirror},
         }},
-        "gateway": {"port": free_port(), "metrics_port": free_port(), "replicas": 1},
+        "gateway": {"port": free_port(), "metrics_port": free_port(), "replicas": gateways},
         "monitoring": {"file_sd_dir": None}, "model_cache_dir": cache,
     })
 
@@ -68,6 +68,7 @@ def main() -> None:
                    "with `taskset -c 0` so that stable, the gateways and the clients keep off them")
     p.add_argument("--candidate-max-num-seqs", type=int, default=8, help="the healthy candidate's max_num_seqs "
                    "(stable's is 16; the issue's example candidate has 64)")
+    p.add_argument("--gateways", type=int, default=1, help="gateway processes (owc serve's default is 2)")
     p.add_argument("--out", default=None, help="results file name under loadtests/results (default by the options)")
     p.add_argument("--rows", default=None, help="also write every request's start, end, status and version and the "
                    "gateway polls to this path (not committed: large)")
@@ -76,7 +77,8 @@ def main() -> None:
         from loadtests.rollout_mirror import run
 
         return run(a)
-    cfg = config(a.slow, a.step_s, a.cache, a.conformance, candidate_seqs=a.candidate_max_num_seqs)
+    cfg = config(a.slow, a.step_s, a.cache, a.conformance, candidate_seqs=a.candidate_max_num_seqs,
+                 gateways=a.gateways)
     cluster = LocalCluster(cfg, temp_dir=tempfile.mkdtemp(prefix="owc-rollout-"))
     try:
         t_start = time.monotonic()
@@ -176,7 +178,7 @@ def main() -> None:
     out = {"slow_candidate": a.slow, "conformance": a.conformance, "stable_max_num_seqs": ENGINE["max_num_seqs"],
            "candidate_max_num_seqs": cfg.models["tiny-llama"].candidate.engine_kwargs["max_num_seqs"],
            "candidate_answers": sum(r["version"] == "candidate" for r in answers), "step_s": a.step_s,
-           "concurrency": a.concurrency, "long_streams_clients": a.long_streams, "start_s": round(started_s, 1),
+           "concurrency": a.concurrency, "long_streams_clients": a.long_streams, "gateway_processes": a.gateways, "start_s": round(started_s, 1),
            "requests": len(answers), "client_errors": sum(r["status"] != 200 for r in answers),
            "weights_seen": [w for _, w in weights], "gateway_weights_seen": sorted({s["weight"] for _, ss in polls for s in ss
                                                                                      if s["weight"] is not None}),

@@ -72,6 +72,34 @@ def test_a_changed_candidate_is_a_new_rollout_and_no_candidate_no_rollout_object
     assert gw["automountServiceAccountToken"] is False and "serviceAccountName" not in gw
 
 
+def test_an_adapter_candidate_gets_the_rollouts_configmap_and_the_controller(tmp_path):
+    """adapters.<name>.candidate alone: the same ConfigMap, controller flag and gateway access as
+    a model's candidate (owc controller analyses it under the adapter's name); a changed adapter
+    candidate is a new rollout; no candidate deployment (the LoRA runs on the model's engines)."""
+    def values(source: str) -> dict:
+        v = copy.deepcopy(VALUES)
+        m = v["owc"]["models"]["tiny-llama"]
+        del m["candidate"]
+        m["adapters"] = {"support": {"source": "/models/support-v1", "candidate": {"source": source}}}
+        return v
+
+    docs = _docs(tmp_path, values("/models/support-v2"))
+    (cm_name,) = [n for k, n in docs if k == "ConfigMap" and n.startswith("owc-rollouts-")]
+    (c,) = docs[("Deployment", "owc-controller")]["spec"]["template"]["spec"]["containers"]
+    assert c["command"][c["command"].index("--rollout-configmap") + 1] == cm_name
+    rs = docs[("RayService", "owc")]
+    gw = _group(rs, "gateway")["template"]["spec"]
+    assert {e["name"]: e.get("value") for e in gw["containers"][0]["env"]}["OWC_ROLLOUT_CONFIGMAP"] == f"llm/{cm_name}"
+    from cluster.config.loader import parse_config
+    from cluster.config.rollout import rollout_targets
+
+    cfg = parse_config(yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["config"])
+    assert rollout_targets(cfg) == {"support": ("tiny-llama", "support")}  # what owc controller analyses
+    assert "engine-tiny-llama-candidate" not in yaml.safe_dump(rs)
+    other = {n for (k, n) in _docs(tmp_path, values("/models/support-v3")) if k == "ConfigMap" and n.startswith("owc-rollouts")}
+    assert other and cm_name not in other
+
+
 def test_the_conformance_gate_gives_the_controller_engine_pods_the_key_and_the_engine_port(tmp_path):
     """With rollout.conformance on (the default) the controller lists the engine pods (its
     --engine-pods selects the engine groups' pods, not the gateways'), holds the engine

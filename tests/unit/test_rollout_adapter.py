@@ -9,6 +9,7 @@ the base model's even slower traffic would have hidden it had it been counted as
 from __future__ import annotations
 
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from cluster.config.loader import parse_config
 from cluster.gateway.auth.keys import hash_key
 from cluster.rollouts.analysis import LocalAnalysis, http_scrape as scrape
 from tests.unit.rollout_helpers import Ticker, rollout_stack
@@ -206,3 +208,43 @@ def test_a_candidate_the_engine_cannot_load_is_rolled_back_on_its_errors(stack, 
     time.sleep(0.6)
     assert {chat(gw.url, "ops")[:2] for _ in range(6)} == {(200, "stable")}
     assert metric(gw.metrics_url, "owc_adapter_loads_total", model="k", result="failed") >= 5
+
+
+def test_owc_controller_analyses_an_adapter_rollout_on_the_models_series():
+    """On Kubernetes (the in-test API server and Prometheus of test_rollout_controller): the
+    leader analyses the adapter's rollout under the adapter's name, reading the model's
+    stable/candidate series (the model's other requests are `other`), promotes it, and scales
+    no deployment (the LoRA runs on the model's engines)."""
+    from cluster.capacity.rollout import RolloutState
+    from cluster.discovery.rollout_configmap import key_of
+    from cluster.rollouts.leader import configmap_name
+    from tests.unit.test_capacity_kubernetes import NAME, NS, FakeApi
+    from tests.unit.test_rollout_controller import FakePrometheus, Pod
+
+    owc = {"models": {"tiny": {"source": "demo:tiny-llama", "adapters": {
+        "support": {"source": "/models/support-v1", "candidate": {"source": "/models/support-v2"}}},
+        "rollout": {"steps": [20, 50], "step_s": 60, "gates": {"min_requests": 5}}}}}
+    api = FakeApi(owc)
+    try:
+        queries: list[str] = []
+
+        class Recording(FakePrometheus):
+            def __call__(self, request):
+                queries.append(request.url.params["query"])
+                return super().__call__(request)
+
+        now, prom = [0.0], Recording()
+        pod = Pod(api, "pod-a", now, prom, config=parse_config(owc))
+        before = yaml.safe_load(api.rayservice()["spec"]["serveConfigV2"])
+        seen = []
+        for t in (0, 30, 60, 90, 120):
+            now[0] = t
+            assert pod.round() is True
+            cm = api.objects[f"/api/v1/namespaces/{NS}/configmaps/{configmap_name(NAME)}"]
+            st = RolloutState.from_dict(yaml.safe_load(cm["data"][key_of("support")]))
+            seen.append((st.state, st.weight))
+        assert seen == [("analysing", 20), ("analysing", 20), ("analysing", 50), ("analysing", 50), ("promoted", 100)]
+        assert queries and all('model="tiny"' in q and re.search(r'version="(stable|candidate)"', q) for q in queries)
+        assert yaml.safe_load(api.rayservice()["spec"]["serveConfigV2"]) == before  # nothing drained or scaled
+    finally:
+        api.server.shutdown()

@@ -361,13 +361,22 @@ model cache when gateway pods share it. Empty string: no shared volume (the Batc
 {{/* The rollouts' ConfigMap (docs/rollouts.md): each rollout's state and the operators'
      commands, written by `owc controller` (the Lease holder) and read by every gateway pod.
      Named after a hash of every model's candidate and rollout sections, so that a changed
-     candidate starts a new rollout (a new, empty ConfigMap); "" when no model has one. */}}
+     candidate starts a new rollout (a new, empty ConfigMap); "" when no model has one. An
+     adapter's candidate (adapters.<name>.candidate) counts too, hashed with its adapter's name. */}}
 {{- define "owc.rolloutConfigMap" -}}
 {{- $cfg := fromYaml (include "owc.config" .) }}
 {{- $c := dict }}
 {{- range $name, $m := $cfg.models }}
-{{- if $m.candidate }}
-{{- $_ := set $c $name (dict "candidate" $m.candidate "rollout" (default (dict) $m.rollout)) }}
+{{- $adapters := dict }}
+{{- if kindIs "map" $m.adapters }}
+{{- range $a, $spec := $m.adapters }}
+{{- if and (kindIs "map" $spec) $spec.candidate }}{{ $_ := set $adapters $a $spec.candidate }}{{ end }}
+{{- end }}
+{{- end }}
+{{- if or $m.candidate $adapters }}
+{{- $entry := dict "candidate" $m.candidate "rollout" (default (dict) $m.rollout) }}
+{{- if $adapters }}{{ $_ := set $entry "adapters" $adapters }}{{ end }}
+{{- $_ := set $c $name $entry }}
 {{- end }}
 {{- end }}
 {{- if $c }}

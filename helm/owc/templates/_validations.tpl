@@ -34,8 +34,8 @@
 {{- $scaled := gt (int $gwr.max) (int $gwr.min) }}
 {{- range $name, $m := $models }}
 {{- if (default (dict) $m.autoscaling).enabled }}{{ $scaled = true }}{{ end }}
-{{- if $m.candidate }}{{ $scaled = true }}{{ end }}{{/* it runs the rollout analysis */}}
 {{- end }}
+{{- if include "owc.rolloutConfigMap" . }}{{ $scaled = true }}{{ end }}{{/* it runs the rollout analysis (a model's or an adapter's candidate) */}}
 {{- if not $scaled }}
 {{- fail "controller.enabled but no owc.models.*.autoscaling.enabled and owc.gateway.replicas.max = min: the controller would have nothing to scale" }}
 {{- end }}

@@ -138,6 +138,16 @@ def ended(files, key):
     return lambda: (files.read(key) or {}).get("state") in ("promoted", "rolled_back", "aborted")
 
 
+@pytest.fixture(scope="module")
+def loads(stack, analysis):
+    """The three rollouts driven at once (each until its own end): the requests of each."""
+    gw, _, files, _ = stack
+    mixes = {"support": {"support": 4, "m": 1, "legal": 1}, "fr": {"fr": 4, "n": 4}, "ops": {"ops": 4}}
+    with ThreadPoolExecutor(len(mixes)) as pool:
+        running = {key: pool.submit(load, gw.url, mix, ended(files, key)) for key, mix in mixes.items()}
+        return {key: f.result() for key, f in running.items()}
+
+
 def test_the_admin_api_knows_an_adapter_rollout_by_the_adapters_name(stack, analysis):
     gw, _, _, _ = stack
     url = gw.url + "/admin/v1/models/support/rollout"
@@ -152,9 +162,9 @@ def test_the_admin_api_knows_an_adapter_rollout_by_the_adapters_name(stack, anal
     assert r.status_code == 404 and r.json()["error"]["code"] == "no_rollout"
 
 
-def test_an_adapter_candidate_is_promoted_on_its_own_requests(stack, analysis):
+def test_an_adapter_candidate_is_promoted_on_its_own_requests(stack, loads):
     gw, procs, files, _ = stack
-    answers = load(gw.url, {"support": 4, "m": 1, "legal": 1}, ended(files, "support"))
+    answers = loads["support"]
     doc = files.read("support")
     assert doc["state"] == "promoted", doc
     assert all(status == 200 for _, status, _, _ in answers)
@@ -179,11 +189,11 @@ def test_an_adapter_candidate_is_promoted_on_its_own_requests(stack, analysis):
     assert r.exit_code == 0 and (json.loads(r.output)["state"], json.loads(r.output)["weight"]) == ("promoted", 100), r.output
 
 
-def test_a_slower_adapter_candidate_is_rolled_back_though_the_base_model_is_slower_still(stack, analysis):
+def test_a_slower_adapter_candidate_is_rolled_back_though_the_base_model_is_slower_still(stack, loads):
     """n's base requests (600 ms) would raise stable's p95 over the slow candidate's (400 ms) if
     they were counted: the rollback shows the window holds the adapter's requests only."""
     gw, _, files, _ = stack
-    answers = load(gw.url, {"fr": 4, "n": 4}, ended(files, "fr"))
+    answers = loads["fr"]
     doc = files.read("fr")
     assert doc["state"] == "rolled_back" and doc["weight"] == 0, doc
     assert "TTFT p95" in doc["reason"]
@@ -192,15 +202,16 @@ def test_a_slower_adapter_candidate_is_rolled_back_though_the_base_model_is_slow
     time.sleep(0.6)
     assert {chat(gw.url, "fr")[1] for _ in range(10)} == {"stable"}  # the model keeps serving the old adapter
     assert metric(gw.metrics_url, "owc_rollout_state", model="fr", state="rolled_back") == 1
-    assert metric(gw.metrics_url, "owc_requests_total", model="n", version="other") >= 20
+    base = sum(name == "n" for name, _, _, _ in answers)
+    assert base >= 5 and metric(gw.metrics_url, "owc_requests_total", model="n", version="other") == base
 
 
-def test_a_candidate_the_engine_cannot_load_is_rolled_back_on_its_errors(stack, analysis):
+def test_a_candidate_the_engine_cannot_load_is_rolled_back_on_its_errors(stack, loads):
     """Its requests fail (502, the load refused) and stream no token: the error gate rolls it
     back instead of the step pausing on latency measured for stable only; stable's answers
     never fail, and afterwards every `ops` answer is stable's."""
     gw, _, files, _ = stack
-    answers = load(gw.url, {"ops": 4}, ended(files, "ops"))
+    answers = loads["ops"]
     doc = files.read("ops")
     assert doc["state"] == "rolled_back" and doc["weight"] == 0, doc
     assert "5xx share 100.0%" in doc["reason"], doc["reason"]

@@ -1,4 +1,4 @@
-"""`owc rollout status|promote|abort|pause|resume MODEL [--json]`: a model's rollout over the
+"""`owc rollout status|promote|abort|pause|resume MODEL [--json]`: a model's (or an adapter's) rollout over the
 gateway's admin API (docs/rollouts.md; an admin key from --api-key or OWC_ADMIN_KEY)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import typer
 from cluster.cli._common import out
 from cluster.cli.adapter import KEY, URL, _call, _fail
 
-MODEL = typer.Argument(help="Served model with a candidate")
+MODEL = typer.Argument(help="Served model with a candidate, or an adapter with one (adapters.<name>.candidate)")
 JSON = typer.Option("--json", help="JSON output")
 
 

@@ -221,7 +221,7 @@ async def _relay_stream(
                     on_broken()
                 if ledger is not None and ledger.finish_reason is not None:
                     # Broken after its last token: the client misses only the end.
-                    end = ledger.epilogue(include_usage=True)
+                    end = renamed(ledger.epilogue(include_usage=True), job.rename)  # its meta: the engine's names
                     if end.startswith(b"data: {"):
                         end, _ = take_usage(end, delivery, strip=job.strip_usage)
                     await send({"type": "http.response.body", "body": end, "more_body": True})

@@ -114,14 +114,14 @@ class Forwarder:
             if self.mirror is not None:  # mirror mode: maybe a copy for the candidate, never awaited
                 self.mirror.offer(job, info)
             headers = {"Content-Type": "application/json", "X-Request-Id": job.request_id, **(trace_headers or {})}
-            first, taken = await self._slot(job, info, endpoints, receive, delivery), False
+            first = await self._slot(job, info, endpoints, receive, delivery)
             while True:
                 try:
                     await self._send(job, receive, send, info=info, endpoints=endpoints, headers=headers,
-                                     delivery=delivery, on_answer=on_answer, first=first, writer=writer, taken=taken)
+                                     delivery=delivery, on_answer=on_answer, first=first, writer=writer)
                     break
                 except Preempted:  # its slot taken back before it answered: it waits again, first of its tenant
-                    taken = True
+                    pass
                 finally:
                     if first is not None and job.batch is not None:
                         self._fair.batch_finished(job.model)
@@ -172,8 +172,7 @@ class Forwarder:
             job.batch.sent = True
             return ep
         return await self._fair.slot(job.model, job.tenant, endpoints, pick, receive, pinned=job.pin is not None,
-                                     give_back=lambda ep: self._routing.release(ep.replica_id, job.adapter), again=again,
-                                     revocable=not job.stream and not again)
+                                     give_back=lambda ep: self._routing.release(ep.replica_id, job.adapter), again=again)
 
     def _choose(self, endpoints, info: RequestInfo, exclude: frozenset[str], delivery: Delivery,
                 lost: str | None) -> Endpoint:
@@ -197,7 +196,7 @@ class Forwarder:
 
     async def _send(self, job: Job, receive: Receive, send: Send, *, info: RequestInfo, endpoints: list[Endpoint],
                     headers: dict[str, str], delivery: Delivery, on_answer: Callable[[], None],
-                    first: Endpoint | None = None, writer: ClientWriter | None = None, taken: bool = False) -> None:
+                    first: Endpoint | None = None, writer: ClientWriter | None = None) -> None:
         deadline = Deadline(self._request_timeout_s)
         # Once the body is consumed, receive() only returns on disconnect. Before the engine
         # answers (a non-streamed response comes all at the end), a disconnect cancels the
@@ -207,7 +206,7 @@ class Forwarder:
         opening = deadline.opening = loop.create_task(self.open(job, info, endpoints, headers, delivery, first=first))
         # Until it answers, a request granted by the fair queue may have its slot taken back.
         grant = self._fair.preemptible(job.model, job.tenant, first.replica_id, opening.cancel) \
-            if first is not None and job.batch is None and job.pin is None and not taken else None
+            if first is not None and job.batch is None and job.pin is None else None
         try:
             try:
                 await first_of(gone, opening)

@@ -113,33 +113,3 @@ def test_a_request_taken_back_goes_first_in_its_flow_and_is_charged_once():
     order.push("B", "B0", front=True)  # taken back: first of B's again, at the start tag it had (not charged
     # twice: charged again, B's next start tag would be 1 and A0's turn would come first)
     assert [order.pop() for _ in range(5)] == [("B", "B0"), ("A", "A0"), ("B", "B1"), ("B", "B2"), None]
-
-
-async def test_requests_that_can_be_taken_back_may_use_the_headroom():
-    # headroom 1 of 4 slots: B at its share (2) leaves the last one free while A is active when its
-    # request is a stream (not revocable); a non-streamed one takes it (A would take it back);
-    # with preemption off it does not.
-    got = {}
-    for preempt, revocable in [(True, False), (True, True), (False, True)]:
-        s = Stack(batch=4, headroom=1, preempt=preempt)
-
-        def b_request():
-            return s.fair.slot("m", "B", s.eps, s.pick, Client().receive, give_back=lambda e: None,
-                               revocable=revocable)
-        await s.request("A")  # A active, holding 1
-        for _ in range(2):
-            await asyncio.wait_for(b_request(), 1)  # under its share
-        third = asyncio.ensure_future(b_request())
-        await settle()
-        got[(preempt, revocable)] = third.done()
-        third.cancel()
-    assert got == {(True, False): False, (True, True): True, (False, True): False}
-
-
-def test_order_head():
-    order = FairOrder()
-    assert order.head("A") is None
-    order.push("A", 1)
-    order.push("A", 2)
-    order.push("A", 0, front=True)
-    assert order.head("A") == 0

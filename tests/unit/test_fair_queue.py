@@ -99,11 +99,24 @@ LEARN_CASES = [
     (8, 8, 0, 9),  # runs all it was given with nothing waiting: it can take more
     (8, 5, 0, 8),  # below capacity: unchanged
 ]
+# With a dispatch margin the gateway sends beyond what it thinks the batch is, so a larger batch
+# shows by itself: no probe (an engine running exactly its 8 would otherwise be thought to run 9).
+LEARN_WITH_MARGIN = [
+    (8, 8, 0, 8),  # runs all it was given, nothing waiting: unchanged
+    (8, 10, 0, 10),  # ran more than thought: that
+    (None, 8, 2, 8),
+    (8, 6, 1, 8),
+]
 
 
 @pytest.mark.parametrize("known,running,waiting,expected", LEARN_CASES)
 def test_learn_capacity(known, running, waiting, expected):
     assert learn_capacity(known, ReplicaStats(running=running, waiting=waiting)) == expected
+
+
+@pytest.mark.parametrize("known,running,waiting,expected", LEARN_WITH_MARGIN)
+def test_learn_capacity_with_a_margin(known, running, waiting, expected):
+    assert learn_capacity(known, ReplicaStats(running=running, waiting=waiting), probe=False) == expected
 
 
 # -- the queue --------------------------------------------------------------------------------

@@ -37,14 +37,17 @@ def others_on(stats: ReplicaStats, own: int) -> int:
     return max(0, int(stats.running + stats.waiting) - own)
 
 
-def learn_capacity(known: int | None, stats: ReplicaStats) -> int | None:
+def learn_capacity(known: int | None, stats: ReplicaStats, *, probe: bool = True) -> int | None:
     """What the replica can run at once, from one scrape: while it has a queue, at least what
     it runs (never less than learned before: a queue behind fewer can be a LoRA batch waiting
-    for its adapter's slot, not a smaller batch); when it runs at least what was thought its
-    capacity with nothing waiting, more than that."""
+    for its adapter's slot, not a smaller batch); when it runs more than what was thought its
+    capacity with nothing waiting, that. ``probe`` (the gateway sends a replica no more than
+    its capacity: no dispatch margin): running all it was given with nothing waiting, one
+    more — never with a margin, which shows a larger batch by itself, where a probe that an
+    engine running exactly its batch confirms would stay one slot over it for good."""
     running = int(stats.running)
     if stats.waiting >= 1 and running >= 1:
         return max(running, known or 0)
-    if known is not None and stats.waiting < 1 and running >= known:
-        return running + 1
+    if known is not None and stats.waiting < 1 and (running > known or probe and running == known):
+        return running + 1 if probe else running
     return known

@@ -98,7 +98,7 @@ class FairQueue(SharedDispatch, BatchSlots, TakeBack):
         stats = self._routing.stats.latest(replica_id)
         if stats is not None:
             self._theirs[replica_id] = others_on(stats, own)
-            learned = learn_capacity(self._learned.get(replica_id), stats)
+            learned = learn_capacity(self._learned.get(replica_id), stats, probe=not self._policy.dispatch_margin)
             if learned is not None:
                 self._learned[replica_id] = learned
         if self._shared is not None:

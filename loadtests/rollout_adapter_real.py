@@ -92,6 +92,19 @@ def ask(c: httpx.Client, i: int) -> dict:
     return row
 
 
+def shares(rows: list[dict], weights: list[tuple[float, int]]) -> list[dict]:
+    """Each step's candidate share of the adapter's requests, on those started while the step's
+    weight was in force (from 0.6 s after the state file changed: the gateway re-reads it every 0.5 s)."""
+    out = []
+    for (t0, w), (t1, _) in zip(weights, weights[1:]):
+        if w in (None, 0, 100):
+            continue
+        step = [r for r in rows if t0 + 0.6 < r["start"] < t1]
+        out.append({"weight": w, "requests": len(step),
+                    "candidate_share": round(100 * sum(r["version"] == "candidate" for r in step) / max(len(step), 1), 1)})
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--broken", action="store_true", help="the candidate trained at rank 32 > lora.max_rank 16")
@@ -188,6 +201,7 @@ def main() -> None:
                           for k, v in by_version.items()},
            "base_requests": len(base), "base_client_errors": sum(s != 200 for s in base), "base_errors": dict(base_errors),
            "gateway_requests_by_version": dict(served), "weights_seen": [w for _, w in weights],
+           "steps": shares(rows, weights),
            "answers_after_end": [{"version": r["version"], "status": r["status"], "text": r["text"], "names": r["names"]}
                                  for r in after],
            "state": doc}

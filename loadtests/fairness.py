@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "settings": {"model": model, "max_num_seqs": a.max_num_seqs, "max_tokens": a.max_tokens, "seconds": a.seconds,
                      "capacity_req_per_s": cap, "rate_a": rate_a, "rate_b": 10 * rate_a,
-                     "fair_sharing": FairSharing().model_dump(include={"dispatch_margin", "headroom", "share_across_gateways"}),
+                     "fair_sharing": FairSharing().model_dump(include={"dispatch_margin", "headroom", "preempt", "share_across_gateways"}),
                      "shared_store": "local redis-server (the fair-2gw, fair-3gw and fair-shared fronts)",
                      "front_priority": " ".join(front) or "none", "engine_cores": a.engine_cores or "all",
                      "front_cores": front_cores,

@@ -18,11 +18,12 @@ from collections.abc import Callable, Mapping
 
 from cluster.discovery.endpoints import Endpoint
 from cluster.discovery.sources import EndpointSource
-from cluster.gateway.context import CLIENT_CLOSED, ClientGone, Delivery, Job, Receive, Send, first_of, wait_disconnect
+from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send, first_of, wait_disconnect
 from cluster.gateway.edge.client_writer import ClientWriter
 from cluster.gateway.upstream.deadline import Deadline
+from cluster.gateway.upstream.wake import taking_requests, wait_for_replica
 from cluster.gateway.upstream.engine_client import ConnectFailed, EngineClient, EngineError, Response
-from cluster.gateway.errors import RETRY_SOON, RETRY_STARTING, OpenAIError, from_upstream
+from cluster.gateway.errors import RETRY_SOON, OpenAIError, from_upstream
 from cluster.gateway.flowcontrol.fair_queue import FairQueue
 from cluster.gateway.flowcontrol.preemption import Preempted
 from cluster.gateway.observability.children import Children
@@ -41,11 +42,6 @@ from cluster.routing.types import RequestInfo
 log = logging.getLogger(__name__)
 ANTHROPIC_SHARED = ("system", "tools")  # the Messages API's shared prompt leads its prefix key
 ENGINE_LOST = "the engine replica's connection broke before it answered; retry"
-
-
-def _taking_requests(endpoints: list[Endpoint]) -> bool:
-    """Some replica is registered and not draining (a model at zero has none)."""
-    return any(not e.draining for e in endpoints)
 
 
 class Forwarder:
@@ -100,10 +96,10 @@ class Forwarder:
         try:
             endpoints = self._endpoints.endpoints(job.model)
             wake_s = self._wake_timeouts.get(job.model)
-            if wake_s is not None and not _taking_requests(endpoints) and job.batch is None:
+            if wake_s is not None and not taking_requests(endpoints) and job.batch is None:
                 # Scaled to zero: hold the request (it counts as in flight, which is what wakes
                 # the model through the controller) until a replica registers.
-                endpoints = await self._wait_for_replica(job.model, wake_s, receive)
+                endpoints = await wait_for_replica(self._endpoints, job.model, wake_s, receive)
             if job.pin is not None:  # a previous_response_id: only its owner holds it
                 endpoints = owner_endpoints(job, endpoints)
             job, endpoints = self._version(job, endpoints, delivery)
@@ -114,14 +110,14 @@ class Forwarder:
             if self.mirror is not None:  # mirror mode: maybe a copy for the candidate, never awaited
                 self.mirror.offer(job, info)
             headers = {"Content-Type": "application/json", "X-Request-Id": job.request_id, **(trace_headers or {})}
-            first = await self._slot(job, info, endpoints, receive, delivery)
+            first, taken = await self._slot(job, info, endpoints, receive, delivery), False
             while True:
                 try:
                     await self._send(job, receive, send, info=info, endpoints=endpoints, headers=headers,
-                                     delivery=delivery, on_answer=on_answer, first=first, writer=writer)
+                                     delivery=delivery, on_answer=on_answer, first=first, writer=writer, taken=taken)
                     break
                 except Preempted:  # its slot taken back before it answered: it waits again, first of its tenant
-                    pass
+                    taken = True
                 finally:
                     if first is not None and job.batch is not None:
                         self._fair.batch_finished(job.model)
@@ -172,7 +168,8 @@ class Forwarder:
             job.batch.sent = True
             return ep
         return await self._fair.slot(job.model, job.tenant, endpoints, pick, receive, pinned=job.pin is not None,
-                                     give_back=lambda ep: self._routing.release(ep.replica_id, job.adapter), again=again)
+                                     give_back=lambda ep: self._routing.release(ep.replica_id, job.adapter), again=again,
+                                     revocable=not job.stream and not again)
 
     def _choose(self, endpoints, info: RequestInfo, exclude: frozenset[str], delivery: Delivery,
                 lost: str | None) -> Endpoint:
@@ -196,31 +193,44 @@ class Forwarder:
 
     async def _send(self, job: Job, receive: Receive, send: Send, *, info: RequestInfo, endpoints: list[Endpoint],
                     headers: dict[str, str], delivery: Delivery, on_answer: Callable[[], None],
-                    first: Endpoint | None = None, writer: ClientWriter | None = None) -> None:
+                    first: Endpoint | None = None, writer: ClientWriter | None = None, taken: bool = False) -> None:
         deadline = Deadline(self._request_timeout_s)
         # Once the body is consumed, receive() only returns on disconnect. Before the engine
         # answers (a non-streamed response comes all at the end), a disconnect cancels the
         # call; after, it closes the engine connection. Either way vLLM aborts the request.
         loop = asyncio.get_running_loop()
         gone = loop.create_task(wait_disconnect(receive))
-        opening = deadline.opening = loop.create_task(self.open(job, info, endpoints, headers, delivery, first=first))
+        given, begun = first, []
+
+        async def opened() -> tuple[Response, bytes]:  # from its start ``open`` gives the replica back itself
+            begun.append(True)
+            return await self.open(job, info, endpoints, headers, delivery, first=given)
+
+        def unstarted() -> None:  # cancelled before it ran: the replica the fair queue gave it goes back here
+            if not begun and given is not None:
+                self._release(given.replica_id, job)
+
+        opening = deadline.opening = loop.create_task(opened())
         # Until it answers, a request granted by the fair queue may have its slot taken back.
         grant = self._fair.preemptible(job.model, job.tenant, first.replica_id, opening.cancel) \
-            if first is not None and job.batch is None and job.pin is None else None
+            if first is not None and job.batch is None and job.pin is None and not taken else None
         try:
             try:
                 await first_of(gone, opening)
             except asyncio.CancelledError:
                 opening.cancel()
+                unstarted()
                 raise
             finally:
                 if grant is not None:
                     self._fair.settled(job.model, grant)
             if not opening.done():
                 opening.cancel()
+                unstarted()
                 delivery.status = CLIENT_CLOSED
                 return
             if opening.cancelled():
+                unstarted()
                 if grant is not None and grant.preempted:
                     raise Preempted()
                 raise OpenAIError(504, "engine did not answer in time", code="engine_timeout")
@@ -321,21 +331,3 @@ class Forwarder:
                     raise OpenAIError(503, "no engine replica of this model is reachable; retry shortly",
                                       code="no_healthy_replica", headers=RETRY_SOON) from None
                 delivery.retry_reasons.append(reason)
-
-    async def _wait_for_replica(self, model: str, timeout_s: float, receive: Receive) -> list[Endpoint]:
-        """The model's endpoints once one is routable; a client that leaves meanwhile stops
-        the wait (it no longer counts in flight, so it no longer keeps the model awake)."""
-        deadline = time.monotonic() + timeout_s
-        gone = asyncio.ensure_future(wait_disconnect(receive))
-        try:
-            while time.monotonic() < deadline:
-                await asyncio.wait({gone}, timeout=0.1)
-                if gone.done():
-                    raise ClientGone()
-                endpoints = self._endpoints.endpoints(model)
-                if _taking_requests(endpoints):
-                    return endpoints
-        finally:
-            gone.cancel()
-        raise OpenAIError(503, f"model {model} is scaled to zero and no replica started within {timeout_s:g}s",
-                          code="no_healthy_replica", headers=RETRY_STARTING)

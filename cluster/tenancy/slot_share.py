@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 # KEYS: none (built from the model's hash tag, as cluster.tenancy.lua does for tenants).
 # ARGV: key prefix, this process's id, TTL ms, then field, count pairs (this process's counts).
-# Returns the other live processes' fields summed, flat: field, count, ...
+# Returns the other live processes' fields summed, flat: field, count, ...; and for each tenant
+# field ``t:X`` the least any other live process holds, as ``l:t:X`` (0 where one has none).
 EXCHANGE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -33,21 +34,30 @@ redis.call('PEXPIRE', mine, ttl)
 redis.call('ZADD', p .. ':gw', now + ttl, me)
 redis.call('ZREMRANGEBYSCORE', p .. ':gw', '-inf', now)
 redis.call('PEXPIRE', p .. ':gw', ttl)
-local sums, names = {}, {}
+local sums, names, least, held, others = {}, {}, {}, {}, 0
 for _, g in ipairs(redis.call('ZRANGE', p .. ':gw', 0, -1)) do
   if g ~= me then
+    others = others + 1
     local kv = redis.call('HGETALL', p .. ':g:' .. g)
     for i = 1, #kv, 2 do
-      local f = kv[i]
+      local f, v = kv[i], tonumber(kv[i + 1])
       if f ~= '~' then
-        if sums[f] == nil then sums[f] = 0; names[#names + 1] = f end
-        sums[f] = sums[f] + tonumber(kv[i + 1])
+        if sums[f] == nil then sums[f] = 0; names[#names + 1] = f; least[f] = v; held[f] = 0 end
+        sums[f] = sums[f] + v
+        if v < least[f] then least[f] = v end
+        held[f] = held[f] + 1
       end
     end
   end
 end
 local out = {}
-for _, f in ipairs(names) do out[#out + 1] = f; out[#out + 1] = tostring(sums[f]) end
+for _, f in ipairs(names) do
+  out[#out + 1] = f; out[#out + 1] = tostring(sums[f])
+  if string.sub(f, 1, 2) == 't:' then
+    out[#out + 1] = 'l:' .. f
+    out[#out + 1] = tostring(held[f] < others and 0 or least[f])
+  end
+end
 return out
 """
 

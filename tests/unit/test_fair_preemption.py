@@ -113,3 +113,72 @@ def test_a_request_taken_back_goes_first_in_its_flow_and_is_charged_once():
     order.push("B", "B0", front=True)  # taken back: first of B's again, at the start tag it had (not charged
     # twice: charged again, B's next start tag would be 1 and A0's turn would come first)
     assert [order.pop() for _ in range(5)] == [("B", "B0"), ("A", "A0"), ("B", "B1"), ("B", "B2"), None]
+
+
+async def test_requests_that_can_be_taken_back_may_use_the_headroom():
+    # headroom 1 of 4 slots: B at its share (2) leaves the last one free while A is active when its
+    # request is a stream (not revocable); a non-streamed one takes it (A would take it back);
+    # with preemption off it does not.
+    got = {}
+    for preempt, revocable in [(True, False), (True, True), (False, True)]:
+        s = Stack(batch=4, headroom=1, preempt=preempt)
+
+        def b_request():
+            return s.fair.slot("m", "B", s.eps, s.pick, Client().receive, give_back=lambda e: None,
+                               revocable=revocable)
+        await s.request("A")  # A active, holding 1
+        for _ in range(2):
+            await asyncio.wait_for(b_request(), 1)  # under its share
+        third = asyncio.ensure_future(b_request())
+        await settle()
+        got[(preempt, revocable)] = third.done()
+        third.cancel()
+    assert got == {(True, False): False, (True, True): True, (False, True): False}
+
+
+def test_order_head():
+    order = FairOrder()
+    assert order.head("A") is None
+    order.push("A", 1)
+    order.push("A", 2)
+    order.push("A", 0, front=True)
+    assert order.head("A") == 0
+
+
+async def test_a_request_taken_back_before_its_send_began_gives_its_replica_back():
+    # The youngest grant is the one most likely taken back before its engine call even started
+    # (its task not run yet): the replica the fair queue gave it must still go back, else every
+    # such preemption leaks one of the replica's slots for good.
+    from cluster.discovery.sources import StaticEndpoints
+    from cluster.gateway.context import Delivery, Job
+    from cluster.gateway.flowcontrol.preemption import Preempted
+    from cluster.gateway.forwarder import Forwarder
+    from cluster.gateway.upstream.engine_client import EngineClient
+    from cluster.routing.types import RequestInfo
+
+    s = Stack(batch=2)
+
+    class TakesBackAtOnce:  # the fair queue's side, taking the grant back the moment it is registered
+        def preemptible(self, model, tenant, replica_id, abort):
+            abort()
+            return type("G", (), {"preempted": True})()
+
+        def settled(self, model, grant):
+            pass
+
+        def released(self, model):
+            pass
+
+    fwd = Forwarder(routing=s.routing, endpoints=StaticEndpoints({"m": ["http://127.0.0.1:9"]}),
+                    engine=EngineClient(connect_timeout_s=1), metrics=s.metrics, request_timeout_s=30, fair=TakesBackAtOnce())
+    ep = s.eps[0]
+    s.routing.acquire(ep.replica_id)  # what the fair queue's pick did
+    job = Job(request_id="r", route="/v1/completions", model="m", tenant="B", data={}, body=b"{}", stream=False,
+              headers={})
+    try:
+        await fwd._send(job, Client().receive, None, info=RequestInfo(model="m"), endpoints=s.eps, headers={},
+                        delivery=Delivery(), on_answer=lambda: None, first=ep)
+        raise AssertionError("not taken back")
+    except Preempted:
+        pass
+    assert s.routing.in_flight(ep.replica_id) == 0

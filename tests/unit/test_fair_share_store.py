@@ -252,3 +252,43 @@ def test_owc_serve_starts_a_local_store_for_the_shared_counts(tmp_path):
         assert url and redis.Redis.from_url(url).ping()
     finally:
         c._redis.stop()
+
+
+async def test_the_exchange_returns_the_fewest_any_other_process_holds(redis_server):
+    url, _ = redis_server
+    p = [RedisSlotShare(url, timeout_s=0.5) for _ in range(3)]
+    try:
+        await p[0].exchange("least", {"t:B": 3, "r:r0": 3})
+        await p[1].exchange("least", {"t:B": 1, "t:A": 1, "r:r0": 2})
+        got = await p[2].exchange("least", {"t:B": 0})
+        # sums of the others, and per tenant the fewest one of them holds (0: one has none)
+        assert got == {"t:B": 4, "l:t:B": 1, "t:A": 1, "l:t:A": 0, "r:r0": 5}
+    finally:
+        for x in p:
+            await x.close()
+
+
+async def test_the_headroom_goes_to_a_request_that_can_be_taken_back_where_the_fewest_are(redis_server):
+    # Preemption: a request can only take back a slot of its own process, so a process holding
+    # more of the flood's requests than another may not give it the headroom; the one holding
+    # fewest may (non-streamed: revocable).
+    url, _ = redis_server
+    g1, g2 = Gateway(shared(url)), Gateway(shared(url))
+    try:
+        await g1.request("A")  # A active (on g1 only), holding 1
+        for _ in range(5):  # B on g1: its share (4 of 8), then one more beyond the headroom
+            await asyncio.wait_for(g1.request("B"), 1)
+        g2.scrape(running=6)  # saturated as g2 sees it too
+
+        def b_on(g):
+            return asyncio.ensure_future(g.fair.slot("m", "B", g.eps, g.pick, Client().receive,
+                                                     give_back=lambda e: None, revocable=True))
+        on_g1 = b_on(g1)
+        await asyncio.sleep(0.3)
+        assert not on_g1.done()  # g1 holds 5 of B's, g2 none: not g1's to give
+        on_g2 = b_on(g2)
+        assert (await asyncio.wait_for(on_g2, 1)).replica_id == "r0"  # g2 holds fewest: the headroom
+        on_g1.cancel()
+    finally:
+        await g1.fair.close()
+        await g2.fair.close()

@@ -113,4 +113,5 @@ def test_a_light_tenant_takes_a_slot_back_from_the_flood(tmp_path, preempt):
             assert max(t for _, _, t in (got["B0"], got["B1"])) > 1.3, got  # restarted after 0.3 s
             assert metric(engine.url, "owc_fake_aborted_requests_total") == 1
         else:
-            assert got["A"] > 1.0 and taken == 0, got
+            # without: A waits for one of B's to end (~0.95 s)
+            assert got["A"] >= min(t for _, _, t in (got["B0"], got["B1"])) - 0.02 and taken == 0, got

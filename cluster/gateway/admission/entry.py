@@ -27,7 +27,8 @@ from cluster.gateway.responses.ids import ResponseIds
 from cluster.gateway.stream.resume import not_resumable
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.forwarder import ClientGone, Forwarder
+from cluster.gateway.context import ClientGone
+from cluster.gateway.forwarder import Forwarder
 from cluster.gateway.admission.tenancy import GatewayTenancy
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.gateway.observability.tracing import RequestTracer

@@ -69,6 +69,14 @@ class FairOrder:
             flow.waiting.append(item)
         self._size += 1
 
+    def head(self, tenant: str) -> Hashable | None:
+        """The tenant's next item (None: it has none waiting)."""
+        for c in self._classes.values():
+            flow = c.flows.get(tenant)
+            if flow is not None:
+                return flow.waiting[0]
+        return None
+
     def peek(self, admits: Callable[[str], bool] | None = None) -> tuple[str, Hashable] | None:
         """The tenant and item that ``pop`` would return, without taking it."""
         chosen = self._next(admits)

@@ -57,6 +57,7 @@ class _Waiter:
     give_back: Callable[[Endpoint], None]
     future: asyncio.Future
     since: float
+    revocable: bool = False  # its slot can be taken back until it answers (a non-streamed request)
 
 
 class FairQueue(SharedDispatch, BatchSlots, TakeBack):
@@ -164,8 +165,10 @@ class FairQueue(SharedDispatch, BatchSlots, TakeBack):
             return True
         return cap.others > 0 and cap.own > 0 and mine * (cap.own + cap.others) / cap.own >= cap.total * part
 
-    def _admits(self, st: ModelState, cap: Capacity, tenant: str) -> frozenset[str] | None:
-        """The replicas to exclude for the tenant's next request; None: it may not go now."""
+    def _admits(self, st: ModelState, cap: Capacity, tenant: str, revocable: bool = False) -> frozenset[str] | None:
+        """The replicas to exclude for the tenant's next request; None: it may not go now.
+        ``revocable``: a request whose slot can be taken back (preemption on) may take the
+        headroom too: a lighter tenant's request then takes that slot back."""
         if cap.unbounded or cap.routable == 0:
             return cap.at_limit
         if len(cap.at_limit) >= cap.routable:
@@ -176,18 +179,25 @@ class FairQueue(SharedDispatch, BatchSlots, TakeBack):
             # other gateways see the same free slots until their next scrape (with the shared view,
             # until their next exchange: all of them).
             part = cap.own / (cap.own + cap.others) if cap.others and cap.view is None else 1.0
-            return cap.busy if (cap.free - self._policy.headroom) * part >= 1 else None
+            # A request whose slot can be taken back may take the headroom too; with other processes
+            # only where this one holds no more of the tenant's requests than the one holding fewest,
+            # so that each holds some to take back (a request can only take back its own process's).
+            spread = cap.view is None or st.in_flight.get(tenant, 0) <= cap.view.least.get(tenant, 0)
+            headroom = 0 if revocable and self._policy.preempt and spread else self._policy.headroom
+            return cap.busy if (cap.free - headroom) * part >= 1 else None
         return cap.at_limit
 
     # -- the queue ----------------------------------------------------------------------------
 
     async def slot(self, model: str, tenant: str, endpoints: Sequence[Endpoint], pick: Pick, receive: Receive,
-                   *, give_back: Callable[[Endpoint], None], pinned: bool = False, again: bool = False) -> Endpoint:
+                   *, give_back: Callable[[Endpoint], None], pinned: bool = False, again: bool = False,
+                   revocable: bool = False) -> Endpoint:
         """A replica for the request, taken by ``pick`` once it has room; meanwhile the request
         waits its fair turn. Raises OpenAIError (429 queue_full, or routing's answer) or
         ClientGone (a replica already picked for it is then given back with ``give_back``).
         Every slot returned is given back with ``finished``. ``again``: the request's slot was
-        taken back (cluster.gateway.flowcontrol.preemption): it waits at the head of its tenant's queue."""
+        taken back (cluster.gateway.flowcontrol.preemption): it waits at the head of its tenant's
+        queue. ``revocable``: its slot can be taken back until it answers (it may use the headroom)."""
         st = self._models.get(model)
         if st is None:
             st = self._models[model] = ModelState()
@@ -198,19 +208,19 @@ class FairQueue(SharedDispatch, BatchSlots, TakeBack):
             return self._granted(st, tenant, pick(endpoints, frozenset()))
         if not st.order:
             cap = self.capacity(model, endpoints, self._view(model))
-            exclude = self._admits(st, cap, tenant)
+            exclude = self._admits(st, cap, tenant, revocable)
             if exclude is not None and self._shared is not None and self._shared.hot(model):
                 self._start_ticker()  # saturated: the decision again on the counts of every process, one round trip
                 view = await self._shared.exchange(model, lambda: self._mine(model, st), claim=tenant)
                 cap = self.capacity(model, endpoints, view)
-                exclude = None if st.order else self._admits(st, cap, tenant)
+                exclude = None if st.order else self._admits(st, cap, tenant, revocable)
             if exclude is not None:
                 self._metrics.fair_wait.labels(model, tenant).observe(0.0)
                 ep = self._granted(st, tenant, pick(endpoints, exclude))
                 self._take_back(model, st, tenant, ep.replica_id, cap)
                 return ep
         return await self._wait(model, st, tenant, _Waiter(pick, give_back, asyncio.get_running_loop().create_future(),
-                                                          self._clock()), receive, front=again)
+                                                          self._clock(), revocable), receive, front=again)
 
     def _granted(self, st: ModelState, tenant: str, ep: Endpoint) -> Endpoint:
         st.in_flight[tenant] = st.in_flight.get(tenant, 0) + 1
@@ -290,7 +300,7 @@ class FairQueue(SharedDispatch, BatchSlots, TakeBack):
 
         def admits(tenant: str) -> bool:
             if tenant not in excluded:
-                excluded[tenant] = self._admits(st, cap, tenant)
+                excluded[tenant] = self._admits(st, cap, tenant, st.order.head(tenant).revocable)
             return excluded[tenant] is not None
 
         return endpoints, admits, excluded, cap

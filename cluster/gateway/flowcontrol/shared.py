@@ -40,6 +40,7 @@ class Counts:
 
     tenants: Mapping[str, int] = field(default_factory=dict)  # tenant -> requests (0: active, none holding)
     replicas: Mapping[str, int] = field(default_factory=dict)  # replica id (or PENDING) -> requests
+    least: Mapping[str, int] = field(default_factory=dict)  # tenant -> the fewest one other process holds
 
     def fields(self) -> dict[str, int]:
         return {**{"t:" + t: n for t, n in self.tenants.items()}, **{"r:" + r: n for r, n in self.replicas.items()}}
@@ -47,7 +48,8 @@ class Counts:
     @classmethod
     def from_fields(cls, flat: Mapping[str, int]) -> Counts:
         tenants = {k[2:]: int(v) for k, v in flat.items() if k.startswith("t:")}
-        return cls(tenants, {k[2:]: int(v) for k, v in flat.items() if k.startswith("r:")})
+        return cls(tenants, {k[2:]: int(v) for k, v in flat.items() if k.startswith("r:")},
+                   {k[4:]: int(v) for k, v in flat.items() if k.startswith("l:t:")})
 
     @property
     def pending(self) -> int:

@@ -13,7 +13,6 @@ owc_* series under version="candidate", and the copies dropped)."""
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import threading
@@ -103,12 +102,6 @@ def pct(xs: list[float], q: float) -> float | None:
 
 def run(a) -> None:
     cfg = config(False, 3600, a.cache, mirror=True)  # one 50 % step that does not end during the run
-    cores = getattr(a, "candidate_cores", None)
-    if cores:  # the candidate's engine on cores of its own (its OMP threads bound there by vLLM-CPU)
-        m = cfg.models[MODEL]
-        env = {**(m.candidate.engine_env or m.engine_env), "VLLM_CPU_OMP_THREADS_BIND": cores}
-        m = m.model_copy(update={"candidate": m.candidate.model_copy(update={"engine_env": env})})
-        cfg = cfg.model_copy(update={"models": {**cfg.models, MODEL: m}})
     cluster = LocalCluster(cfg, temp_dir=tempfile.mkdtemp(prefix="owc-mirror-"))
     try:
         t_start = time.monotonic()
@@ -147,8 +140,7 @@ def run(a) -> None:
                 texts.setdefault(r["prompt"], {True: set(), False: set()})[w["copies_on"]].add(r["text"])
     both = {p: t for p, t in texts.items() if t[True] and t[False]}
     out = {
-        "config": {"weight": WEIGHT, "candidate_cores": cores or None, "affinity": sorted(os.sched_getaffinity(0)),
-                   "windows": a.windows, "window_s": a.window_s, "concurrency": a.concurrency,
+        "config": {"weight": WEIGHT, "windows": a.windows, "window_s": a.window_s, "concurrency": a.concurrency,
                    "max_tokens": 16, "temperature": 0, "stable_max_num_seqs": 16, "candidate_max_num_seqs": 8},
         "start_s": round(started_s, 1), "warmup_requests": len(warm),
         "requests": len(every), "client_errors": sum(r["status"] != 200 for r in every),
@@ -177,5 +169,5 @@ def run(a) -> None:
         "copies_off": sum(w["gateway"]["candidate_requests"] for w in off),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"rollout-real-mirror{'-pinned' if cores else ''}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / "rollout-real-mirror.json").write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if k != "windows"}, indent=1))

@@ -63,9 +63,6 @@ def main() -> None:
     p.add_argument("--mirror", action="store_true", help="mirror mode: stable's answers and TTFT with and without copies")
     p.add_argument("--windows", type=int, default=8, help="--mirror: windows, copies off and on in turn")
     p.add_argument("--window-s", type=float, default=15)
-    p.add_argument("--candidate-cores", default="", help="--mirror: the candidate engine's compute bound to these "
-                   "cores (VLLM_CPU_OMP_THREADS_BIND, e.g. 1), as a candidate on hardware of its own; run the rest "
-                   "with `taskset -c 0` so that stable, the gateways and the clients keep off them")
     p.add_argument("--candidate-max-num-seqs", type=int, default=8, help="the healthy candidate's max_num_seqs "
                    "(stable's is 16; the issue's example candidate has 64)")
     p.add_argument("--gateways", type=int, default=1, help="gateway processes (owc serve's default is 2)")

@@ -123,7 +123,7 @@ async def test_requests_that_can_be_taken_back_may_use_the_headroom():
     for preempt, revocable in [(True, False), (True, True), (False, True)]:
         s = Stack(batch=4, headroom=1, preempt=preempt)
 
-        def b_request():
+        def b_request(s=s, revocable=revocable):
             return s.fair.slot("m", "B", s.eps, s.pick, Client().receive, give_back=lambda e: None,
                                revocable=revocable)
         await s.request("A")  # A active, holding 1

@@ -41,12 +41,17 @@ class FairOrder:
     def __len__(self) -> int:
         return self._size
 
-    def depth(self, tenant: str) -> int:
+    def _flow(self, tenant: str) -> tuple[_Class, _Flow] | None:
+        """The tenant's flow with waiters and its class (a tenant waits in one class at a time)."""
         for c in self._classes.values():
             flow = c.flows.get(tenant)
             if flow is not None:
-                return len(flow.waiting)
-        return 0
+                return c, flow
+        return None
+
+    def depth(self, tenant: str) -> int:
+        found = self._flow(tenant)
+        return len(found[1].waiting) if found else 0
 
     def depths(self) -> dict[str, int]:
         return {t: len(f.waiting) for c in self._classes.values() for t, f in c.flows.items()}
@@ -71,11 +76,8 @@ class FairOrder:
 
     def head(self, tenant: str) -> Hashable | None:
         """The tenant's next item (None: it has none waiting)."""
-        for c in self._classes.values():
-            flow = c.flows.get(tenant)
-            if flow is not None:
-                return flow.waiting[0]
-        return None
+        found = self._flow(tenant)
+        return found[1].waiting[0] if found else None
 
     def peek(self, admits: Callable[[str], bool] | None = None) -> tuple[str, Hashable] | None:
         """The tenant and item that ``pop`` would return, without taking it."""
@@ -102,19 +104,18 @@ class FairOrder:
 
     def remove(self, tenant: str, item: Hashable) -> bool:
         """Take a waiter out (its client left, or it waited too long); False if it is not queued."""
-        for c in self._classes.values():
-            flow = c.flows.get(tenant)
-            if flow is None:
-                continue
-            try:
-                flow.waiting.remove(item)
-            except ValueError:
-                return False
-            self._size -= 1
-            if not flow.waiting:
-                self._retire(c, tenant, flow)
-            return True
-        return False
+        found = self._flow(tenant)
+        if found is None:
+            return False
+        c, flow = found
+        try:
+            flow.waiting.remove(item)
+        except ValueError:
+            return False
+        self._size -= 1
+        if not flow.waiting:
+            self._retire(c, tenant, flow)
+        return True
 
     def newest_of_longest(self) -> tuple[str, Hashable] | None:
         """The last-queued item of the tenant with the most waiters (what a full queue pushes out)."""

@@ -16,7 +16,7 @@ import yaml
 
 from loadtests.prefix_workload import workload
 from tests.conftest import gateway_argv, metric, server, wait_for
-from tests.integration.conftest import model_entry, vllm_engines
+from tests.integration.conftest import ENGINE_KWARGS, model_entry, vllm_engines
 
 pytestmark = pytest.mark.integration
 MODEL = "tiny-llama"
@@ -33,7 +33,11 @@ def engines(model_cache, tmp_path_factory):
 def _gateway(engines, tmp_path_factory, policy: str):
     path = tmp_path_factory.mktemp("gw") / "owc.yaml"
     path.write_text(yaml.safe_dump({
-        "models": {MODEL: {"source": "external", "routing": {"policy": policy}}},
+        # The engines' batch, as a platform team fronting its own engines sets it: without it each
+        # gateway learns it from queues it sees, and the SIGKILL test's 12 short requests could end
+        # before the round-robin one had learned to send a replica the 4 that test waits for.
+        "models": {MODEL: {"source": "external", "routing": {"policy": policy},
+                           "engine_kwargs": {"max_num_seqs": ENGINE_KWARGS["max_num_seqs"]}}},
         "gateway": {"api_keys_env": None, "routing_stats": {"period_s": 0.1}},
     }))
     return server(gateway_argv(*(f"{MODEL}={e.url}" for e in engines), config=str(path)))
@@ -90,18 +94,38 @@ def test_sigkill_of_a_busy_replica_is_invisible_to_non_streamed_requests(engines
     url, metrics_url = gateways["rr"].url, gateways["rr"].metrics_url
     prompts = [[{"role": "user", "content": f"Write item {i} of the list, in French and English."}] for i in range(12)]
     extra = {"ignore_eos": True}
-    expected = [_chat(url, p, max_tokens=24, **extra).json()["choices"][0]["message"]["content"] for p in prompts]
+    # The victim is a replica read running 4 whose generated tokens, counted by vLLM since this
+    # batch began, leave at least 256 to go: the kill lands dozens of decode steps before its
+    # requests end, never on a batch just finished. (The earlier CI failures here were the
+    # gateway counting such a loss as "connect_refused": the request's pooled connection broke,
+    # and the fresh one it was re-sent on was refused. Fixed in the engine client.)
+    tokens = 192
     with ThreadPoolExecutor(len(prompts)) as pool:
-        futures = [pool.submit(_chat, url, p, 24, **extra, min_tokens=24) for p in prompts]
-        victim = wait_for(lambda: next((e for e in engines if metric(e.url, "vllm:num_requests_running") >= 4), None),
-                          60, "a replica running 4 requests", period_s=0.02)
-        running = metric(victim.url, "vllm:num_requests_running")
+        expected = list(pool.map(lambda p: _chat(url, p, tokens, **extra).json()["choices"][0]["message"]["content"],
+                                 prompts))
+    per_replica = tokens * len(prompts) // len(engines)  # round robin: half the requests each
+    before = {e.pid: metric(e.url, "vllm:generation_tokens_total") for e in engines}
+
+    seen: dict[str, float] = {}
+
+    def busy(client: httpx.Client):
+        for e in engines:
+            if metric(e.url, "vllm:num_requests_running", client=client) >= 4:
+                done = metric(e.url, "vllm:generation_tokens_total", client=client) - before[e.pid]
+                if 0 < done <= per_replica - 256:
+                    seen["done"] = done
+                    return e
+        return None
+
+    with ThreadPoolExecutor(len(prompts)) as pool, httpx.Client() as client:
+        futures = [pool.submit(_chat, url, p, tokens, **extra, min_tokens=tokens) for p in prompts]
+        victim = wait_for(lambda: busy(client), 60, "a replica running 4 requests with 256 tokens to go", period_s=0.02)
         os.kill(victim.pid, signal.SIGKILL)
         t0 = time.monotonic()
         results = [f.result() for f in futures]
-    assert running >= 4
+    print(f"killed a replica at {seen['done']:.0f} of its {per_replica} tokens")
     assert [r.status_code for r in results] == [200] * len(prompts), [r.text for r in results if r.status_code != 200]
     assert [r.json()["choices"][0]["message"]["content"] for r in results] == expected
     assert time.monotonic() - t0 < 60
-    assert metric(metrics_url, "owc_retries_total", model=MODEL, reason="engine_lost") >= 1
+    assert metric(metrics_url, "owc_retries_total", model=MODEL, reason="engine_lost") >= 4  # the 4 it was running
     wait_for(lambda: metric(metrics_url, "owc_engine_replicas_routable", model=MODEL) == 1, 5, "the dead replica out of routing")

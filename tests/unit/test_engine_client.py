@@ -84,6 +84,38 @@ async def test_refused_connection_is_connect_failed():
         await EngineClient(connect_timeout_s=2).post("127.0.0.1", free_port(), "/", b"{}", {})
 
 
+async def test_engine_dying_under_a_request_on_a_pooled_connection_is_lost_not_refused():
+    """A non-streamed request's headers come only at the end: an engine killed meanwhile breaks the
+    pooled connection the request went out on, and the fresh connection tried next is refused.
+    That is an engine lost with the request (the gateway answers 502 if no retry is left), not a
+    refused connection (503: nothing was sent)."""
+    second = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.readuntil(b"\r\n\r\n{}")
+        writer.write(PLAIN)
+        await reader.readuntil(b"\r\n\r\n{}")  # the second request arrives and is never answered
+        second.set()
+        await asyncio.sleep(30)
+
+    port = free_port()
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    up = EngineClient(connect_timeout_s=2)
+    r = await up.post("127.0.0.1", port, "/", b"{}", {})
+    assert (r.status, await r.read()) == (400, b"{}")
+    r.release()
+    pending = asyncio.ensure_future(up.post("127.0.0.1", port, "/", b"{}", {}))
+    await asyncio.wait_for(second.wait(), 5)
+    server.close()  # the engine is killed: it listens no more, and the request's connection is reset
+    writers[0].transport.abort()
+    with pytest.raises(EngineError) as e:
+        await asyncio.wait_for(pending, 5)
+    assert not isinstance(e.value, ConnectFailed), e.value
+    assert len(writers) == 1  # the request went out on the pooled connection
+
+
 async def test_engine_closing_mid_body_is_an_error_and_close_aborts():
     partial = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
     s = Scripted([partial], close_after=1)

@@ -272,16 +272,25 @@ class EngineClient:
         head = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}", *self._auth_lines]
         head += [f"{k}: {v}" for k, v in headers.items()]
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        broken: EngineError | None = None
         while True:
-            conn, reused = await self._acquire(key)
+            try:
+                conn, reused = await self._acquire(key)
+            except ConnectFailed as e:
+                if broken is None:
+                    raise
+                # The pooled connection broke with the request sent, and the engine now refuses
+                # new ones: it went away, maybe while running the request. Lost, not refused.
+                raise EngineError(f"{broken}; then {e}") from None
             conn.send(data)
             try:
                 status, hdrs = await conn.head()
-            except EngineError:
+            except EngineError as e:
                 conn.close()
                 # A pooled connection the engine closed while idle (keep-alive timeout):
                 # the request never reached it, so send it again on a fresh connection.
                 if reused:
+                    broken = e
                     continue
                 raise
             except BaseException:

@@ -10,6 +10,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -114,19 +115,28 @@ class EngineReplica:
         await self._session.close()
 
     async def _wait_idle(self, timeout_s: float) -> None:
-        """Until the engine has no request running or waiting (vLLM's own gauges)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self._proc.alive():
-            try:
-                async with self._session.get(f"{self._proc.url}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
-                    text = await r.text()
-                stats = parse_vllm_metrics(text)
-                if stats.running + stats.waiting == 0:
-                    return
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-                return
-            await asyncio.sleep(0.5)
-        log.warning("engine %s replica %s still busy after %.0fs of draining", self._name, self._replica_id, timeout_s)
+        if not await wait_idle(self._session, self._proc.url, timeout_s, alive=self._proc.alive):
+            log.warning("engine %s replica %s still busy after %.0fs of draining", self._name, self._replica_id, timeout_s)
+
+
+async def wait_idle(session: aiohttp.ClientSession, url: str, timeout_s: float, *,
+                    alive: Callable[[], bool], period_s: float = 0.5) -> bool:
+    """Until the engine at ``url`` has no request running or waiting (vLLM's own gauges), or
+    its process is gone: True. False when ``timeout_s`` passed first. A /metrics read that
+    fails or times out (a busy engine) is read again: it says nothing of the streams running."""
+    deadline = time.monotonic() + timeout_s
+    while alive():
+        try:
+            async with session.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                stats = parse_vllm_metrics(await r.text())
+            if stats.running + stats.waiting == 0:
+                return True
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            log.debug("drain: %s/metrics unread: %s", url, e)
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(period_s)
+    return True
 
 
 def engine_deployment(served_name: str, cfg: ModelConfig, version: str = "stable",

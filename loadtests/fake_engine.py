@@ -36,13 +36,17 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 
 class FakeEngine:
     def __init__(self, *, model: str, ttft_s: float, itl_s: float, max_num_seqs: int, default_max_tokens: int = 16,
-                 adapters: tuple[str, ...] = (), die_after_tokens: int = 0, auto_tool_choice: bool = True,
+                 adapters: tuple[str, ...] = (), die_after_tokens: int = 0, die_in_usage: bool = False,
+                 error_after_tokens: int = 0, auto_tool_choice: bool = True,
                  lora_ttft_s: dict[str, float] | None = None):
         self.model = model
         self.lora_ttft_s = dict(lora_ttft_s or {})  # extra TTFT of a request naming this LoRA (a slow retrained adapter)
         # False: as vLLM started without --enable-auto-tool-choice (tool_choice "auto" is a 400)
         self.auto_tool_choice = auto_tool_choice
         self.die_after_tokens = die_after_tokens  # exit (as if SIGKILLed) after streaming this many tokens
+        # vLLM when its engine core dies: an error event, [DONE], a cleanly ended stream
+        self.error_after_tokens = error_after_tokens
+        self.die_in_usage = die_in_usage  # exit half-way through a stream's usage event (after its last token)
         self._tokens_served = 0
         self.adapters = tuple(adapters)  # LoRA adapters "loaded": listed by /v1/models, accepted as model names
         self.ttft_s = ttft_s
@@ -224,6 +228,13 @@ class FakeEngine:
                 await asyncio.sleep(self.itl_s)
             if self.die_after_tokens and self._tokens_served >= self.die_after_tokens:
                 os._exit(1)  # an engine killed mid-stream: every open connection breaks
+            if self.error_after_tokens and self._tokens_served >= self.error_after_tokens:
+                await resp.write(_sse({"error": {"message": "EngineCore encountered an issue. See stack trace (above) "
+                                                            "for the root cause.", "type": "InternalServerError",
+                                                 "param": None, "code": 500}}))
+                await resp.write(b"data: [DONE]\n\n")
+                await resp.write_eof()
+                return resp
             self._tokens_served += 1
             delta = {"index": 0, "delta": {"content": f" tok{i}"}, "finish_reason": None} if chat else {"index": 0, "text": f" tok{i}", "finish_reason": None}
             if ids:
@@ -235,9 +246,13 @@ class FakeEngine:
             await resp.write(_sse({"id": rid, "object": chunk_obj, "created": created, "model": model, "choices": [delta]}))
             self.gen_tokens.labels(*self._labels).inc()
         if (body.get("stream_options") or {}).get("include_usage"):
-            await resp.write(_sse({"id": rid, "object": chunk_obj, "created": created, "model": model, "choices": [],
-                                   "usage": {**usage, "prompt_tokens": n_in + start,
-                                             "total_tokens": n_in + start + n_out}}))
+            event = _sse({"id": rid, "object": chunk_obj, "created": created, "model": model, "choices": [],
+                          "usage": {**usage, "prompt_tokens": n_in + start, "total_tokens": n_in + start + n_out}})
+            if self.die_in_usage:
+                await resp.write(event[:len(event) // 2])
+                await asyncio.sleep(0.05)  # on the wire first
+                os._exit(1)
+            await resp.write(event)
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -366,6 +381,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="extra TTFT of the requests naming this LoRA adapter")
     p.add_argument("--die-after-tokens", type=int, default=0,
                    help="exit abruptly (as if SIGKILLed) after streaming this many tokens in all")
+    p.add_argument("--error-after-tokens", type=int, default=0,
+                   help="after streaming this many tokens in all, end each stream with vLLM's engine-dead error event")
+    p.add_argument("--die-in-usage", action="store_true",
+                   help="exit abruptly half-way through writing a stream's usage event")
     p.add_argument("--no-auto-tool-choice", action="store_true",
                    help='as vLLM without --enable-auto-tool-choice: tool_choice "auto" with tools is a 400')
     a = p.parse_args(argv)
@@ -374,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     async def serve() -> None:
         engine = FakeEngine(model=a.model, ttft_s=a.ttft_ms / 1000, itl_s=a.itl_ms / 1000, max_num_seqs=a.max_num_seqs,
                             adapters=tuple(a.lora), die_after_tokens=a.die_after_tokens,
+                            die_in_usage=a.die_in_usage, error_after_tokens=a.error_after_tokens,
                             auto_tool_choice=not a.no_auto_tool_choice,
                             lora_ttft_s={n: float(ms) / 1000 for n, _, ms in (x.rpartition("=") for x in a.lora_ttft_ms)})
         # vLLM aborts a request whose client went away; aiohttp does so only when asked.

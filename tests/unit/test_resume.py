@@ -98,6 +98,38 @@ def test_a_second_death_resumes_from_everything_delivered_so_far():
         {"prompt_tokens": 42, "completion_tokens": 12, "total_tokens": 54}
 
 
+VLLM_ENGINE_DEAD = (b'data: {"error":{"message":"EngineCore encountered an issue. See stack trace (above) for the '
+                    b'root cause.","type":"InternalServerError","param":null,"code":500}}\n\n')
+
+
+def test_the_engines_own_error_event_breaks_the_stream_after_what_came_before_it():
+    """vLLM ends a stream whose engine core died with an error event and [DONE]: the events
+    before it in the same read still go out and count as delivered; it and what follows do not."""
+    ledger = StreamLedger(CHAT, REC["chat"]["request"])
+    for e in CHAT_EVENTS[:5]:
+        ledger.take(e)
+    out = ledger.take(CHAT_EVENTS[5] + VLLM_ENGINE_DEAD + b"data: [DONE]\n\n")
+    assert [o["choices"][0]["delta"] for o in _objs(out)] == [_objs(CHAT_EVENTS[5])[0]["choices"][0]["delta"]]
+    assert b"error" not in out and b"[DONE]" not in out
+    assert ledger.failed.startswith("EngineCore encountered") and ledger.resumable
+    assert orjson.loads(ledger.continuation())["prompt"] == CHAT_PROMPT + CHAT_IDS[:5]
+    ledger.resumed()
+    assert ledger.failed is None
+
+
+@pytest.mark.parametrize("event, failed", [
+    ({"error": {"message": "m", "type": "InternalServerError", "code": 500}}, "m"),
+    ({"error": {"message": "m", "type": "BadRequestError", "code": 400}}, None),  # the request's: not resumed
+    ({"error": "text"}, None),
+    ({"choices": [{"index": 0}], "error": {"code": 500}}, None),
+    ({"choices": [], "usage": {}}, None),
+])
+def test_which_events_are_the_engines_failure(event, failed):
+    from cluster.gateway.stream.resume import engine_failure
+
+    assert engine_failure(event) == failed
+
+
 def test_a_stream_broken_after_its_last_token_needs_only_its_end():
     ledger = StreamLedger(CHAT, REC["chat"]["request"])
     for e in CHAT_EVENTS[:13]:  # every token, the last with finish_reason; no usage, no [DONE]

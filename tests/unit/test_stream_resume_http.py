@@ -45,13 +45,16 @@ def _text(events: list[str], route: str) -> str:
     return "".join(out)
 
 
-def _dying(n: int):
-    return server([*fake_engine_argv("m", itl_ms=20), "--die-after-tokens", str(n)])
+def _dying(n: int, how: str = "--die-after-tokens"):
+    return server([*fake_engine_argv("m", itl_ms=20), how, str(n)])
 
 
+# An engine process that dies (its connections break), and one whose engine core dies under
+# the API server (vLLM then ends each stream with an error event and [DONE]).
+@pytest.mark.parametrize("how", ["--die-after-tokens", "--error-after-tokens"])
 @pytest.mark.parametrize("route", [CHAT, COMPLETIONS])
-def test_streams_on_a_dying_engine_are_resumed_on_the_other(route, tmp_path):
-    with _dying(20) as dying, server(fake_engine_argv("m", itl_ms=20)) as good, \
+def test_streams_on_a_dying_engine_are_resumed_on_the_other(route, how, tmp_path):
+    with _dying(20, how) as dying, server(fake_engine_argv("m", itl_ms=20)) as good, \
             server(gateway_argv(f"m={dying.url}", f"m={good.url}", config=_config(tmp_path))) as gw:
         with ThreadPoolExecutor(6) as pool:  # round robin: 3 on the engine that dies after 20 tokens in all
             runs = list(pool.map(lambda _: _stream(gw.url, route, max_tokens=12,
@@ -71,6 +74,21 @@ def test_streams_on_a_dying_engine_are_resumed_on_the_other(route, tmp_path):
         # 3 streams of 12 tokens on the engine that dies after 20: at least 2 were cut
         assert 2 <= resumed <= 3
         assert metric(gw.metrics_url, "owc_requests_total", code="200") == 6
+
+
+@pytest.mark.parametrize("route", [CHAT, COMPLETIONS])
+def test_an_engine_dying_inside_the_usage_event_leaves_no_partial_event(route, tmp_path):
+    """Broken after its last token, half-way through the usage event (a replica stopped as its
+    stream ended): the client gets the stream's end from the gateway, and not one byte of the
+    broken event."""
+    with server([*fake_engine_argv("m"), "--die-in-usage"]) as dying, \
+            server(gateway_argv(f"m={dying.url}", config=_config(tmp_path))) as gw:
+        events = _stream(gw.url, route, max_tokens=5, stream_options={"include_usage": True})
+    assert events[-1] == "[DONE]", events
+    assert _text(events[:-1], route) == " tok0 tok1 tok2 tok3 tok4"
+    parsed = [orjson.loads(e) for e in events[:-1]]  # every event whole
+    assert not any("error" in e for e in parsed), parsed
+    assert parsed[-1]["usage"]["completion_tokens"] == 5 and parsed[-1]["choices"] == []
 
 
 def test_resume_off_or_not_resumable_ends_with_the_error_event(tmp_path):

@@ -146,6 +146,13 @@ class _Events:
             chunk = self.strip.chunk(chunk)
         return renamed(chunk, self.rename) if self.rename else chunk
 
+    def broke(self) -> None:
+        """Raise when the ledger read the engine's own error event: the stream broke there,
+        as if its connection had (what came before it has been relayed)."""
+        failed = getattr(self.ledger, "failed", None)
+        if failed is not None:
+            raise EngineError(f"the engine reported an error mid-stream: {failed}")
+
     def rest(self) -> bytes:
         """The stream's unfinished last event, at its end."""
         tail, self.tail = self.tail, b""
@@ -171,6 +178,7 @@ async def _pump(resp: Response, first: bytes, events: _Events, writer: ClientWri
             writer.write(out)
             if writer.paused:  # the client reads slower than the engine writes
                 resp.pause()
+        events.broke()
 
     sink(first)
     conn = resp.pump(sink)
@@ -206,6 +214,7 @@ async def _relay_stream(
                     out = events.feed(chunk)
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
+                    events.broke()
             break
         except EngineError as e:
             if gone.done():  # we closed it because the client went away
@@ -225,8 +234,10 @@ async def _relay_stream(
                     if end.startswith(b"data: {"):
                         end, _ = take_usage(end, delivery, strip=job.strip_usage)
                     await send({"type": "http.response.body", "body": end, "more_body": True})
+                    events.tail = b""  # the broken connection's unfinished event: the epilogue replaces it
                     break
                 if ledger is not None and resume is not None and ledger.resumable:
+                    current[0].close()  # an engine that reported its failure in-band still has it open
                     try:
                         resp, first = await resume(ledger)
                     except OpenAIError as refused:

@@ -142,6 +142,16 @@ def continuation(ledger) -> bytes:
         raise OpenAIError(502, f"the stream cannot be continued: {e}", code="engine_stream_broken") from None
 
 
+def engine_failure(obj: dict) -> str | None:
+    """The message of an engine's server-side error event (no choices, an error with a 5xx
+    code, as vLLM writes when generation fails mid-stream); None for any other event."""
+    err = obj.get("error")
+    if not isinstance(err, dict) or obj.get("choices"):
+        return None
+    code = err.get("code")
+    return str(err.get("message") or "engine error") if isinstance(code, int) and code >= 500 else None
+
+
 def _max_tokens(route: str, data: dict[str, Any]) -> int | None:
     if route == CHAT:
         return data.get("max_completion_tokens") or data.get("max_tokens")
@@ -165,6 +175,10 @@ class StreamLedger:
         self.continuing = False
         self.resumes = 0
         self._meta: dict[str, Any] | None = None  # id, object, created, model of the stream
+        # The engine's own error event (vLLM writes one when its engine core dies under the
+        # stream, e.g. a replica stopped by its drain timeout): the stream broke; what came
+        # before it still goes to the client, the relay then resumes (cluster.gateway.stream.relay).
+        self.failed: str | None = None
 
     # --- reading events -------------------------------------------------------------
     def take(self, chunk: bytes) -> bytes:
@@ -177,7 +191,7 @@ class StreamLedger:
                 return kept + b"\n\n"
         out = []
         for event in chunk.split(b"\n\n"):
-            if not event:
+            if not event or self.failed is not None:
                 continue
             if fast:
                 kept = self._token_event(event)
@@ -191,6 +205,9 @@ class StreamLedger:
                 obj = orjson.loads(event[6:])
             except orjson.JSONDecodeError:
                 out.append(event)
+                continue
+            if (failed := engine_failure(obj)) is not None:
+                self.failed = failed
                 continue
             obj = self._continued(obj) if self.continuing else self._original(obj)
             out.append(b"data: " + orjson.dumps(obj))
@@ -313,6 +330,7 @@ class StreamLedger:
         self.held = []
         self.base = len(self.delivered)
         self.continuing = True
+        self.failed = None
         self.resumes += 1
 
     def usage(self, cont: dict | None = None) -> dict:

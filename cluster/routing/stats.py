@@ -83,13 +83,34 @@ def wanted_lines(text: str) -> str:
     return "\n".join(kept)
 
 
-def parse_vllm_metrics(text: str, adapters: Iterable[str] = ()) -> ReplicaStats:
+_TYPE_LINES = tuple(f"\n# TYPE {name} ".encode() for name in _KEPT)
+
+
+def wanted_families(data: bytes) -> str:
+    """``wanted_lines`` of an exposition as bytes, by a search for each kept family's ``# TYPE``
+    line and its samples up to the next family's comment lines (the exposition format keeps a
+    family's samples together after its TYPE line), without splitting the ~50 kB of the other
+    families into lines: a quarter of wanted_lines' CPU. Text without those TYPE lines goes
+    through wanted_lines."""
+    parts = []
+    for marker in _TYPE_LINES:
+        at = data.find(marker)
+        if at >= 0:
+            end = data.find(b"\n#", at + len(marker))
+            parts.append(data[at + 1:end + 1] if end >= 0 else data[at + 1:] + b"\n")
+    if not parts:
+        return wanted_lines(data.decode("utf-8", "replace"))
+    return b"".join(parts).decode("utf-8", "replace")
+
+
+def parse_vllm_metrics(text: str | bytes, adapters: Iterable[str] = ()) -> ReplicaStats:
     """Sum each wanted gauge over its series (one per engine core / model name); the LoRA
     adapters in use from ``vllm:lora_requests_info`` (see the module's docstring)."""
     values = {field: 0.0 for field in _WANTED.values()}
     lora = LoraInfo()
     seen = False
-    for family in text_string_to_metric_families(wanted_lines(text)):
+    kept = wanted_families(text) if isinstance(text, bytes) else wanted_lines(text)
+    for family in text_string_to_metric_families(kept):
         if family.name == LORA_INFO:
             lora = lora_info(s for s in family.samples if s.name == LORA_INFO)
             continue

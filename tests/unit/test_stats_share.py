@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cluster.discovery.endpoints import Endpoint
+from cluster.gateway.upstream.scrape_fetch import Unreachable
 from cluster.gateway.upstream.stats_poller import StatsPoller
 from cluster.gateway.upstream.stats_share import FAILED, RedisStatsShare, StatsShareMetrics, decode, encode
 from cluster.routing.stats import StatsStore
@@ -51,6 +52,25 @@ class Engines:
         return httpx.Response(200, json={"data": cards})
 
 
+class HttpxFetch:
+    """The poller's engine reads (scrape_fetch's get/aclose) through the fake engines' httpx transport."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport):
+        self._client = httpx.AsyncClient(timeout=TIMEOUT, transport=transport)
+
+    async def get(self, base_url: str, path: str) -> tuple[int, bytes]:
+        try:
+            resp = await self._client.get(base_url + path)
+        except httpx.TimeoutException:
+            raise TimeoutError from None
+        except httpx.TransportError as e:
+            raise Unreachable(str(e)) from None
+        return resp.status_code, resp.content
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
 class Process:
     """One gateway process's poller, store, metrics and share."""
 
@@ -62,7 +82,7 @@ class Process:
         self.store = StatsStore(stale_after_s=1e9)
         self.scraped: list[str] = []
         self.poller = StatsPoller(endpoints=lambda: engines.eps, store=self.store, period_s=PERIOD, timeout_s=TIMEOUT,
-                                  transport=engines.transport, share=self.share or None, metrics=self.metrics)
+                                  fetch=HttpxFetch(engines.transport), share=self.share or None, metrics=self.metrics)
         self.poller.on_scrape = self.scraped.append
 
     def waiting(self, rid: str) -> float | None:
@@ -176,7 +196,7 @@ async def test_a_dead_scraper_is_replaced_within_its_lease(redis_server):
         assert b.waiting("r1") == 3.0
     finally:
         await b.close()
-        await a.poller._client.aclose()
+        await a.poller._fetch.aclose()
 
 
 async def test_a_scraper_that_stops_hands_its_lease_on_at_once(redis_server):

@@ -18,10 +18,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-import httpx
+import orjson
 
 from cluster.discovery.endpoints import Endpoint
-from cluster.gateway.upstream.engine_client import engine_headers
+from cluster.gateway.upstream.scrape_fetch import EngineFetch, Fetch, Unreachable
 from cluster.gateway.upstream.stats_share import FAILED, Outcome, RedisStatsShare, StatsShareMetrics
 from cluster.periodic import Periodic
 from cluster.routing.stats import StatsStore, lora_adapters, parse_vllm_metrics
@@ -38,13 +38,14 @@ class StatsPoller:
 
     def __init__(
         self, *, endpoints: Callable[[], Iterable[Endpoint]], store: StatsStore, period_s: float, timeout_s: float,
-        transport: httpx.AsyncBaseTransport | None = None, clock: Callable[[], float] = time.monotonic,
+        fetch: Fetch | None = None, clock: Callable[[], float] = time.monotonic,
         engine_key: str | None = None, share: RedisStatsShare | None = None,
         metrics: StatsShareMetrics | None = None,
     ):
         self._endpoints = endpoints
         self._store = store
-        self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport, headers=engine_headers(engine_key))
+        # ``fetch``: how an engine is read (cluster.gateway.upstream.scrape_fetch); tests give their own.
+        self._fetch = fetch or EngineFetch(timeout_s=timeout_s, engine_key=engine_key)
         self._clock = clock
         self._period_s = period_s
         self._share = share
@@ -63,20 +64,22 @@ class StatsPoller:
     async def scrape(self, ep: Endpoint, with_adapters: bool) -> Outcome | None:
         """One replica's outcome: its stats, FAILED (unreachable), or None (no usable answer)."""
         try:
-            resp = await self._client.get(f"{ep.url}/metrics")
-            resp.raise_for_status()
+            status, body = await self._fetch.get(ep.url, "/metrics")
+            if not 200 <= status < 300:
+                log.debug("no stats from %s: HTTP %s", ep.url, status)
+                return None
             if with_adapters or ep.replica_id not in self._adapters:
-                models = await self._client.get(f"{ep.url}/v1/models")
-                self._adapters[ep.replica_id] = lora_adapters(models.json()) if models.status_code == 200 else frozenset()
-            return parse_vllm_metrics(resp.text, self._adapters.get(ep.replica_id, frozenset()))
-        except httpx.TimeoutException as e:
+                status, models = await self._fetch.get(ep.url, "/v1/models")
+                self._adapters[ep.replica_id] = lora_adapters(orjson.loads(models)) if status == 200 else frozenset()
+            return parse_vllm_metrics(body, self._adapters.get(ep.replica_id, frozenset()))
+        except TimeoutError as e:
             # Slow, not gone (a loaded engine, or this process's own loop): its stats age out
             # (stale after routing_stats.stale_after_s) instead of taking it out of routing.
             log.debug("stats scrape of %s timed out: %s", ep.url, e)
-        except httpx.TransportError as e:
+        except Unreachable as e:
             log.debug("stats scrape of %s failed: %s", ep.url, e)
             return FAILED
-        except (httpx.HTTPError, ValueError) as e:
+        except (ValueError, AttributeError) as e:
             log.debug("no stats from %s: %s", ep.url, e)
         return None
 
@@ -174,4 +177,4 @@ class StatsPoller:
         await self._loop.stop()
         if self._share is not None:
             await self._share.close()
-        await self._client.aclose()
+        await self._fetch.aclose()

@@ -18,6 +18,18 @@ OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
 def _text_bytes(value: Any) -> int:
+    # A parsed JSON body's values are exactly str, dict, list, numbers, booleans and None: those
+    # first, by type (an isinstance against the Mapping ABC per value cost admission more than the
+    # walk itself); anything else (a caller's own mapping or tuple) as before.
+    kind = type(value)
+    if kind is str:
+        return len(value) if value.isascii() else len(value.encode())
+    if kind is dict:
+        return sum(map(_text_bytes, value.values()))
+    if kind is list:
+        return sum(map(_text_bytes, value))
+    if value is None or kind in (int, float, bool):
+        return 0
     if isinstance(value, str):
         return len(value.encode())
     if isinstance(value, Mapping):
@@ -55,10 +67,11 @@ def output_allowance(data: Mapping[str, Any], *, cap: int, defaults: Mapping[str
     return min(int(asked), cap) * max(1, n)
 
 
-def reservation(data: Mapping[str, Any], *, cap: int, defaults: Mapping[str, int]) -> int:
-    """Tokens charged before the work: prompt estimate + output allowance."""
+def reservation(data: Mapping[str, Any], *, cap: int, defaults: Mapping[str, int], estimate: int | None = None) -> int:
+    """Tokens charged before the work: prompt estimate (``estimate``: already computed) + output allowance."""
     n = data.get("n") if isinstance(data.get("n"), int) else 1
-    return prompt_estimate(data) + output_allowance(data, cap=cap, defaults=defaults, n=n)
+    prompt = prompt_estimate(data) if estimate is None else estimate
+    return prompt + output_allowance(data, cap=cap, defaults=defaults, n=n)
 
 
 @dataclass(frozen=True)
@@ -112,13 +125,23 @@ class Window:
 
 
 def ratelimit_headers(requests: Window | None, tokens: Window | None) -> dict[str, str]:
-    """x-ratelimit-limit|remaining|reset-requests|tokens for the limits a tenant has."""
-    out: dict[str, str] = {}
+    """x-ratelimit-limit|remaining|reset-requests|tokens for the limits a tenant has (by name;
+    admission puts ``ratelimit_header_pairs`` on the response)."""
+    return {k.decode(): v.decode() for k, v in ratelimit_header_pairs(requests, tokens)}
+
+
+_RATELIMIT_NAMES = {kind: (f"x-ratelimit-limit-{kind}".encode(), f"x-ratelimit-remaining-{kind}".encode(),
+                           f"x-ratelimit-reset-{kind}".encode()) for kind in ("requests", "tokens")}
+
+
+def ratelimit_header_pairs(requests: Window | None, tokens: Window | None) -> list[tuple[bytes, bytes]]:
+    """``ratelimit_headers`` as the response's (name, value) byte pairs, built directly."""
+    out: list[tuple[bytes, bytes]] = []
     for kind, w in (("requests", requests), ("tokens", tokens)):
         if w is not None:
-            out[f"x-ratelimit-limit-{kind}"] = f"{w.limit:g}"
-            out[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(w.remaining)))
-            out[f"x-ratelimit-reset-{kind}"] = format_reset(w.reset_s)
+            limit, remaining, reset = _RATELIMIT_NAMES[kind]
+            out += ((limit, f"{w.limit:g}".encode()), (remaining, b"%d" % max(0, math.floor(w.remaining))),
+                    (reset, format_reset(w.reset_s).encode()))
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 from cluster.tenancy.charging import Window
@@ -68,6 +69,7 @@ def day_number(date: dt.date) -> int:
     return (date - dt.date(1970, 1, 1)).days
 
 
+@functools.lru_cache(maxsize=8)  # every request asks for today's: the date arithmetic once a day
 def month_of(day: int) -> tuple[int, int]:
     """(yyyymm, the next month's first day) of a UTC day number."""
     d = dt.date(1970, 1, 1) + dt.timedelta(days=day)

@@ -132,6 +132,12 @@ def test_tenant_rate_limit_is_a_429_with_retry_after(stack):
     err = codes[1].json()["error"]
     assert err["code"] == "rate_limit_exceeded" and err["type"] == "rate_limit_error"
     assert int(codes[1].headers["retry-after"]) >= 1
+    # OpenAI's rate-limit headers on the answer and on the refusal (1 a minute: the bucket refills in ~60 s)
+    for r in codes[:2]:
+        assert (r.headers["x-ratelimit-limit-requests"], r.headers["x-ratelimit-remaining-requests"]) == ("1", "0")
+        reset = r.headers["x-ratelimit-reset-requests"]  # 60 s minus the time since the first: "59s" or so
+        assert reset == "1m0s" or (reset.endswith("s") and 0 < int(reset[:-1]) < 60), reset
+    assert "x-ratelimit-limit-tokens" not in codes[0].headers  # no token limit: no token headers
     assert metric(g.metrics_url, "owc_rejections_total", model="fake-model", reason="rate_limit_exceeded") == 2
     assert metric(g.metrics_url, "owc_requests_total", tenant="limited", code="429") == 2
     # Another tenant is not affected.

@@ -4,6 +4,7 @@ the in-process store's decisions (cluster.tenancy.local_store), table-driven."""
 from __future__ import annotations
 
 import asyncio
+from types import MappingProxyType
 
 import pytest
 
@@ -22,6 +23,10 @@ DEFAULTS = {"default": 1024, "low": 2048, "high": 32768}
     ({"input": "héllo", "instructions": "be brief"}, 4),  # 6 + 8 bytes
     ({}, 1),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 40}]}]}, 12),
+    # numbers, booleans and nulls count nothing; non-ASCII text counts its UTF-8 bytes
+    ({"messages": [{"role": "user", "content": "日本語", "name": None, "weight": 1.5, "cached": True, "n": 3}]}, 4),
+    # not what a parsed JSON body holds (a caller's own mapping or tuple): counted alike
+    ({"messages": (MappingProxyType({"role": "user", "content": "abcd"}),)}, 2),
 ])
 def test_prompt_estimate_is_bytes_over_four(data, tokens):
     assert prompt_estimate(data) == tokens

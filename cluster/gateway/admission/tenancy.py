@@ -13,7 +13,7 @@ from cluster.config.schema import OwcConfig
 from cluster.gateway.context import Delivery, Job, Send
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.observability.metrics import GatewayMetrics
-from cluster.tenancy.charging import Outcome, prompt_estimate, ratelimit_headers, reservation, retry_after
+from cluster.tenancy.charging import Outcome, prompt_estimate, ratelimit_header_pairs, reservation, retry_after
 from cluster.tenancy.model import CONCURRENCY, DAILY, MONTHLY, TOO_LARGE, UNAVAILABLE, month_of
 from cluster.tenancy.service import Hooks, Tenancy, Ticket
 
@@ -71,15 +71,16 @@ class GatewayTenancy:
         cap = (tenant_cfg.max_output_tokens if tenant_cfg else None) or gw.limits.max_output_tokens
         allowance = gw.output_allowance.get(job.model) or gw.output_allowance.get("*")
         defaults = {"default": allowance.default, **allowance.by_effort} if allowance else {}
-        cost = reservation(job.data, cap=cap, defaults=defaults)
+        estimate = prompt_estimate(job.data)  # walks every string of the prompt: once
+        cost = reservation(job.data, cap=cap, defaults=defaults, estimate=estimate)
         # A batch line: charged to the tenant's daily and monthly quotas, not its per-minute limits or
         # concurrency (its batch never throttles its interactive traffic); its usage recorded as batch:<model>.
         model = job.model if job.batch is None else f"batch:{job.model}"
         line = job.batch
-        t = await self.tenancy.admit(job.tenant, model, cost=cost, estimate=prompt_estimate(job.data),
+        t = await self.tenancy.admit(job.tenant, model, cost=cost, estimate=estimate,
                                      batch=line is not None, line=None if line is None else (line.batch_id, line.line))
         d = t.decision
-        rt.headers = [(k.encode(), v.encode()) for k, v in ratelimit_headers(d.requests, d.tokens).items()]
+        rt.headers = ratelimit_header_pairs(d.requests, d.tokens)
         if d.admitted:
             rt.ticket, rt.line = t, line
             return

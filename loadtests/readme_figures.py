@@ -507,6 +507,24 @@ def gateway_profile_block(doc: dict) -> str:
     return "\n".join([head, "", *rows])
 
 
+def per_request_block(doc: dict) -> str:
+    """Gateway CPU per request: owc with its default features off in turn, the HTTP floor, vllm-router."""
+    s = doc["summary"]
+    def off(name: str) -> str:
+        return ", ".join(doc["variants"].get(name, [])) or "—"
+
+    rows = [f"CPU microseconds per request of the target's process, {doc['max_tokens']}-token streams at c=16 in front "
+            f"of the fake engine, {doc['requests_per_round']} requests per target per round, median of "
+            f"{len(doc['rounds'])} interleaved rounds (min–max); ratios to vllm-router paired per round; "
+            f"{doc['errors']} errors. Raw results: `loadtests/results/per-request.json` (`{doc['command']}`).", "",
+            "| target | features off | CPU µs / request | / vllm-router |", "|---|---|---|---|"]
+    for name, v in s.items():
+        label = f"**{name}**" if name in ("owc", "vllm-router") else name
+        rows.append(f"| {label} | {off(name)} | "
+                    f"{_spread(v['cpu_us_per_request'], lambda x: f'{x:.0f}')} | {_spread(v['vs_router'], _ratio)} |")
+    return "\n".join(rows)
+
+
 def _batch_settings(s: dict) -> str:
     """The run's batch settings beyond keep_free: the TTFT pacer's (absent: a run before it)."""
     extra = dict(s.get("batch_settings") or {})
@@ -771,6 +789,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "gateway-ab": ("gateway-ab.json", gateway_ab_block),
     "gateway-ab-cpu": ("gateway-ab-cpu.json", lambda doc: gateway_ab_block(doc, "gateway-ab-cpu.json")),
     "gateway-profile": ("gateway-profile.json", gateway_profile_block),
+    "per-request": ("per-request.json", per_request_block),
     "batch-idle": ("batch-idle.json", batch_idle_block),
     "batch-idle-load50": ("batch-idle-load50.json", lambda doc: batch_idle_block(doc, "batch-idle-load50.json")),
     "batch-idle-paced": ("batch-idle-paced.json", lambda doc: batch_idle_block(doc, "batch-idle-paced.json")),

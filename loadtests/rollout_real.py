@@ -7,6 +7,7 @@ replicas after the end (the version that lost drained to 0).
     python -m loadtests.rollout_real [--slow]   # --slow: a candidate with max_num_seqs 1 (rolled back)
     python -m loadtests.rollout_real --conformance   # the conformance gate on (a healthy candidate passes it)
     python -m loadtests.rollout_real --mirror   # mirror mode, copies switched on and off (loadtests.rollout_mirror)
+    python -m loadtests.rollout_real --mirror --partition   # ... stable's engine on a CPU of its own
     python -m loadtests.rollout_real --long-streams 2 --step-s 60 --out rollout-real-promotion.json
 
 Each step's share is judged on the requests that started while the gateway processes routed by
@@ -65,6 +66,14 @@ def main() -> None:
     p.add_argument("--window-s", type=float, default=15)
     p.add_argument("--candidate-max-num-seqs", type=int, default=8, help="the healthy candidate's max_num_seqs "
                    "(stable's is 16; the issue's example candidate has 64)")
+    p.add_argument("--candidate-idle", action="store_true", help="--mirror: the candidate engine's processes "
+                   "under SCHED_IDLE, as a candidate on hardware of its own (it runs only on CPU time nothing else "
+                   "wants); results to rollout-real-mirror-idle.json")
+    p.add_argument("--partition", action="store_true", help="--mirror: stable's engine alone on CPU 0, everything "
+                   "else on CPU 1 with the candidate under SCHED_IDLE, as a candidate on hardware of its own; results "
+                   "to rollout-real-mirror-partitioned.json")
+    p.add_argument("--clients", choices=("threads", "asyncio"), default="threads", help="--mirror: the load "
+                   "generator's clients, a thread each (httpx) or asyncio tasks in one thread (aiohttp, less CPU)")
     p.add_argument("--gateways", type=int, default=1, help="gateway processes (owc serve's default is 2)")
     p.add_argument("--out", default=None, help="results file name under loadtests/results (default by the options)")
     p.add_argument("--rows", default=None, help="also write every request's start, end, status and version and the "

@@ -144,3 +144,43 @@ def test_replica_urls_one_per_version():
                                                                           version="candidate"),
            Endpoint("m", "c", "http://c", version="candidate"), Endpoint("o", "d", "http://d")]
     assert replica_urls(eps, "m") == {"stable": "http://a", "candidate": "http://c"}
+
+
+def test_a_gateway_process_killed_mid_step_changes_nothing(tmp_path):
+    """owc serve's analysis reads each gateway process's own counters. One killed mid-step (its
+    /metrics refused) loses only what it served in that window; its replacement (a new process,
+    a new metrics URL, counters from 0) counts from when it appeared: the step keeps its window,
+    is neither skipped nor rolled back, and ends on time with the next step."""
+    gws, dead = {"http://gw1": Gateway(), "http://gw2": Gateway()}, set()
+
+    def scrape(url: str) -> str:
+        if url in dead:
+            raise ConnectionError(url)
+        return gws[url].text()
+
+    files, clock = RolloutFiles(tmp_path), [0.0]
+    for url in gws:
+        files.announce(url)
+    a = LocalAnalysis(CFG, files, scrape=scrape, clock=lambda: clock[0])
+    a.tick()  # step 1 (20 %) and its window's baseline
+    for g in gws.values():
+        g.serve("stable", 40)
+        g.serve("candidate", 10)
+    clock[0] = 5
+    a.tick()
+    dead.add("http://gw2")  # SIGKILLed: what it served in this window goes with it
+    gws["http://gw3"] = Gateway()  # its replacement
+    files.announce("http://gw3")
+    for url in ("http://gw1", "http://gw3"):
+        gws[url].serve("stable", 40)
+        gws[url].serve("candidate", 20)
+    clock[0] = 7
+    a.tick()
+    st = a.state("m")
+    assert (st.state, st.step, st.weight, st.window_start) == ("analysing", 0, 20, 0.0)
+    assert "http://gw2" not in files.gateways()  # its announcement is gone; gw1's and gw3's stay
+    clock[0] = 10.5
+    a.tick()
+    st = a.state("m")
+    assert (st.state, st.step, st.weight, st.window_start) == ("analysing", 1, 50, 10.5), st.reason
+    assert st.gates and all(g.passed for g in st.gates), st.gates  # judged on gw1's and gw3's counts

@@ -7,6 +7,7 @@ rolls a slow one back, pauses on no data; the admin API reads and commands it.""
 from __future__ import annotations
 
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -119,14 +120,18 @@ def _load(url: str, model: str, until, *, workers: int = 4, timeout_s: float = 4
 def test_a_healthy_candidate_is_promoted_step_by_step(stack, analysis):
     gw, procs, files, _ = stack
     weights: list[tuple[float, int]] = []
+    # The 4 load threads all ask: a read and its record under one lock, or a thread holding an
+    # older read records it after a newer one (CI once saw 20, 50, 20, 50, 100 that way).
+    lock = threading.Lock()
 
     def promoted() -> bool:
-        doc = files.read("fast")
-        if doc is None:
-            return False
-        if not weights or weights[-1][1] != doc.get("weight"):
-            weights.append((time.monotonic(), doc.get("weight")))
-        return doc.get("state") in ("promoted", "rolled_back", "aborted")
+        with lock:
+            doc = files.read("fast")
+            if doc is None:
+                return False
+            if not weights or weights[-1][1] != doc.get("weight"):
+                weights.append((time.monotonic(), doc.get("weight")))
+            return doc.get("state") in ("promoted", "rolled_back", "aborted")
 
     before = served(procs, "fast")
     answers = _load(gw.url, "fast", promoted)

@@ -134,6 +134,8 @@ def test_a_mirrored_candidate_is_analysed_on_its_copies_and_promoted(stack):
                 break
             status, version, _, _ = ask(gw.url, "prom")
             assert status == 200
+            if (files.read("prom") or {}).get("state") == "promoted":
+                break  # promoted while this request ran: the gateway may have sent it to the candidate already
             answers.append((version, doc.get("weight")))
     doc = files.read("prom")
     assert doc["state"] == "promoted", doc

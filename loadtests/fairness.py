@@ -53,7 +53,7 @@ import yaml
 
 from cluster.bench.driver import percentile
 from cluster.bench.stack import start_ready
-from loadtests.fairness_load import KEYS, Occupancy, body, capacity, engine_idle, poisson
+from loadtests.fairness_load import KEYS, Occupancy, body, capacity, engine_idle, poisson, solo
 from loadtests.prefix_routing import PRIORITIES, priority_prefix
 from cluster.config.gateway import FairSharing
 from cluster.config.loader import load_config
@@ -122,8 +122,22 @@ def pooled_p95(runs: list[dict], name: str) -> float:
     return percentile([t for r in runs for t in r[name]["a"]["ttfts_s"]], 95) or float("inf")
 
 
+def solo_ratios(runs: list[dict], a: str, b: str) -> dict:
+    """One tenant alone through ``a`` over ``b``, paired per run: requests/s and, where both
+    phases measured it (streamed solo phases), TTFT p50 and p95."""
+    out = {"req_per_s": spread([r[a]["req_per_s"] / max(r[b]["req_per_s"], 1e-9) for r in runs])}
+    for q in ("ttft_p50_s", "ttft_p95_s"):
+        if all(r[a].get(q) and r[b].get(q) for r in runs):
+            out[q] = spread([r[a][q] / r[b][q] for r in runs])
+    return out
+
+
 def summarise(runs: list[dict], rate_a: float, cap: float) -> dict:
     out: dict = {}
+    if "solo-shared" in runs[0] and "solo-fair" in runs[0]:  # one tenant, fair with / without the shared store
+        out["solo_shared_vs_own"] = solo_ratios(runs, "solo-shared", "solo-fair")
+    if "fair" not in runs[0]:  # a diagnosis of some phases (--only): no verdict
+        return out
     for name in [n for n in COMPARED if n in runs[0]]:
         alone = ALONE.get(name, "alone") if ALONE.get(name) in runs[0] else "alone"
         ratios = [(r[name]["a"]["ttft_p95_s"] or float("inf")) / r[alone]["a"]["ttft_p95_s"] for r in runs]
@@ -135,11 +149,9 @@ def summarise(runs: list[dict], rate_a: float, cap: float) -> dict:
             out[name]["engine_running_mean"] = spread([r[name]["engine"]["running_mean"] for r in runs])
         if all("ttfts_s" in r[name]["a"] for r in runs):  # every run's A requests together: the p95 of ~3x the samples
             out[name]["a_ttft_p95_ratio_pooled"] = pooled_p95(runs, name) / pooled_p95(runs, alone)
-    tput = [r["solo-fair"]["req_per_s"] / max(r["solo-fifo"]["req_per_s"], 1e-9) for r in runs]
-    out["solo_throughput_ratio"] = spread(tput)  # one tenant, fair on / off
-    if "solo-shared" in runs[0]:  # one tenant, fair with / without the shared store's exchanges
-        out["solo_shared_ratio"] = spread([r["solo-shared"]["req_per_s"] / max(r["solo-fair"]["req_per_s"], 1e-9)
-                                           for r in runs])
+    out["solo_throughput_ratio"] = solo_ratios(runs, "solo-fair", "solo-fifo")["req_per_s"]  # fair on / off
+    if "solo_shared_vs_own" in out:  # its requests/s, under the key the figures read
+        out["solo_shared_ratio"] = out["solo_shared_vs_own"]["req_per_s"]
     out["verdict"] = {
         "fair_ttft_ok": out["fair"]["a_ttft_p95_ratio"]["median"] <= TARGET_RATIO,
         # B's completions with fair queueing against first come, first served in the same run (the
@@ -271,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in order:
                 for e in engines.values():
                     asyncio.run(engine_idle(e.url))
-                if name.startswith("solo-"):  # one tenant, closed loop: throughput with the queue on and off
+                if name.startswith("solo-"):  # one tenant, closed loop of streams: throughput and TTFT, queue on / off
                     url = gateways[{"solo-fair": "fair", "solo-fifo": "fifo", "solo-shared": "fair-shared"}[name]].url
-                    results[name] = {"req_per_s": asyncio.run(capacity(
-                        url, model, concurrency=2 * a.max_num_seqs, max_tokens=a.max_tokens, seconds=a.solo_seconds))}
+                    results[name] = asyncio.run(solo(
+                        url, model, concurrency=2 * a.max_num_seqs, max_tokens=a.max_tokens, seconds=a.solo_seconds))
                     print(f"run {run} {name}: {json.dumps(results[name])}", file=sys.stderr)
                     continue
                 a_names, b_names = targets[name]
@@ -307,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                      "a_priority_vllm": A_PRIORITY if a.vllm_priority else None},
         "runs": runs,
     }
-    if not a.only:
+    if not a.only or "fair" not in runs[0]:  # some phases only: the one-tenant ratios, no verdict
         doc["summary"] = summarise(runs, rate_a, cap)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(doc, indent=1) + "\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from cluster.bench.driver import SSEParser
+from cluster.bench.driver import SSEParser, percentile
 
 KEYS = {"A": "sk-fair-tenant-a", "B": "sk-fair-tenant-b"}
 PROMPT = "Summarise the quarterly report in three bullet points."
@@ -59,10 +59,7 @@ async def poisson(urls: list[str], key: str, payload: dict, *, rate: float, seco
                 status, ttft = await one_streamed(session, url, key, payload)
             else:
                 try:
-                    async with session.post(url + "/v1/chat/completions", json=payload,
-                                            headers={"Authorization": f"Bearer {key}"}) as r:
-                        await r.read()
-                        status, ttft = r.status, None
+                    status, ttft = await one_plain(session, url, key, payload)
                 except aiohttp.ClientError:
                     status, ttft = -1, None
             out.append((status, ttft, time.monotonic()))
@@ -145,24 +142,49 @@ class Occupancy:
                 "slot_free_share": round(sum(1 for r, _ in xs if r < slots) / len(xs), 3)}
 
 
-async def capacity(url: str, model: str, *, concurrency: int, max_tokens: int, seconds: float) -> float:
-    """Completed requests/s in a closed loop at ``concurrency``."""
-    done = 0
+async def one_plain(session: aiohttp.ClientSession, url: str, key: str, payload: dict) -> tuple[int, None]:
+    """Status of one non-streamed request, read to its end."""
+    async with session.post(url + "/v1/chat/completions", json=payload,
+                            headers={"Authorization": f"Bearer {key}"}) as r:
+        await r.read()
+        return r.status, None
+
+
+async def closed_loop(url: str, payload: dict, one, *, concurrency: int, seconds: float) -> tuple[int, list[float], float]:
+    """``concurrency`` workers sending ``payload`` as tenant B back to back for ``seconds``, each
+    request through ``one`` (one_plain or one_streamed): the requests answered 200 within them,
+    their times to first text (streamed), and the seconds the loop ran."""
+    done, ttfts = 0, []
     stop = time.monotonic() + seconds
-    payload = body(model, max_tokens, stream=False)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
         async def worker() -> None:
             nonlocal done
             while time.monotonic() < stop:
-                async with s.post(url + "/v1/chat/completions", json=payload,
-                                  headers={"Authorization": f"Bearer {KEYS['B']}"}) as r:
-                    await r.read()
-                    if r.status == 200 and time.monotonic() <= stop:
-                        done += 1
+                status, ttft = await one(s, url, KEYS["B"], payload)
+                if status == 200 and time.monotonic() <= stop:
+                    done += 1
+                    if ttft is not None:
+                        ttfts.append(ttft)
 
         t0 = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.monotonic() - t0)
+        return done, ttfts, time.monotonic() - t0
+
+
+async def capacity(url: str, model: str, *, concurrency: int, max_tokens: int, seconds: float) -> float:
+    """Completed requests/s in a closed loop of non-streamed requests at ``concurrency``."""
+    done, _, elapsed = await closed_loop(url, body(model, max_tokens, stream=False), one_plain,
+                                         concurrency=concurrency, seconds=seconds)
+    return done / elapsed
+
+
+async def solo(url: str, model: str, *, concurrency: int, max_tokens: int, seconds: float) -> dict:
+    """One tenant alone, a closed loop of streamed requests at ``concurrency``: completed
+    requests/s and the time to each one's first text chunk."""
+    done, ttfts, elapsed = await closed_loop(url, body(model, max_tokens, stream=True), one_streamed,
+                                             concurrency=concurrency, seconds=seconds)
+    return {"req_per_s": done / elapsed, "ttft_p50_s": percentile(ttfts, 50), "ttft_p95_s": percentile(ttfts, 95),
+            "n": done}
 
 
 def flood_main(argv: list[str]) -> None:

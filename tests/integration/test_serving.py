@@ -120,7 +120,7 @@ def _wait_idle(url: str, timeout_s: float = 5) -> float:
 
 def test_client_disconnect_aborts_engine_request(cluster, http):
     (url,) = engine_urls("tiny-llama")
-    _wait_idle(url)
+    _wait_idle(url, timeout_s=60)  # the precondition: nothing of an earlier test still running on the shared engine
     body = {"model": "tiny-llama", "prompt": "x", "max_tokens": 900, "stream": True, "ignore_eos": True}
     with http.stream("POST", "/v1/completions", json=body, timeout=60) as r:
         for i, _ in enumerate(r.iter_raw()):

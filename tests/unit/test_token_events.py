@@ -19,7 +19,7 @@ def _events(name):
 
 
 class _JsonOnly(StreamLedger):
-    def _token_event(self, event):
+    def _token_event(self, event, sep=b""):
         return None
 
 
@@ -63,3 +63,12 @@ HEAD = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m
 ])
 def test_token_event_shapes(event, chat, expected):
     assert token_event(event, chat=chat) == expected
+    # The one event of a read, with its blank line: read the same, the kept event keeps it.
+    whole = token_event(event + b"\n\n", chat=chat, sep=b"\n\n")
+    assert whole == (None if expected is None else (expected[0] + b"\n\n", *expected[1:]))
+    assert token_event(event + b"\n\n", chat=chat) is None  # a blank line it was not told of: not this shape
+
+
+@pytest.mark.parametrize("ids", [b"[1,,2]", b"[,1]", b"[1,]", b"[1 ,2]", b"[-1]"])
+def test_malformed_ids_are_left_to_the_json_path(ids):
+    assert token_event(HEAD + b'"delta":{"content":"a"},"finish_reason":null,"token_ids":' + ids + b"}]}", chat=True) is None

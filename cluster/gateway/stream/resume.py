@@ -186,9 +186,9 @@ class StreamLedger:
         client gets them: the ids recorded and removed, a continuation's in the original shape."""
         fast = self._meta is not None and not self.continuing
         if fast and chunk.find(b"\n\n") == len(chunk) - 2:  # one event, the common read
-            kept = self._token_event(chunk[:-2])
+            kept = self._token_event(chunk, b"\n\n")
             if kept is not None:
-                return kept + b"\n\n"
+                return kept
         out = []
         for event in chunk.split(b"\n\n"):
             if not event or self.failed is not None:
@@ -213,18 +213,20 @@ class StreamLedger:
             out.append(b"data: " + orjson.dumps(obj))
         return b"".join(e + b"\n\n" for e in out)
 
-    def _token_event(self, event: bytes) -> bytes | None:
+    def _token_event(self, event: bytes, sep: bytes = b"") -> bytes | None:
         """The common event of an original stream, without a JSON parse and re-dump
         (cluster.gateway.stream.token_events); None: the slow path reads it."""
-        read = token_event(event, chat=self.route == CHAT)
+        read = token_event(event, chat=self.route == CHAT, sep=sep)
         if read is None:
             return None
         kept, ids, text, finish = read
         if finish:
             self.finish_reason = finish
         if text or self.finish_reason:
-            self.delivered += self.held + ids
-            self.held = []
+            if self.held:
+                self.delivered += self.held
+                self.held = []
+            self.delivered += ids
         else:
             self.held += ids
         return kept

@@ -13,53 +13,70 @@ inside a JSON string: a quote there is escaped.
 from __future__ import annotations
 
 _IDS_KEY = b',"token_ids":['
+_IDS_AT = len(_IDS_KEY)
 _NULL_PROMPT_IDS = b',"prompt_token_ids":null'
 _FINISH = b'"finish_reason":'
-_ABSENT = object()
+_FINISH_AT = len(_FINISH)
+_CONTENT = b'"content":'
+_TEXT = b'"text":'
+# By what follows the event's JSON (``sep``): how it must end, and how the kept event ends.
+_END = {b"": b"]}]}", b"\n\n": b"]}]}\n\n"}
+_CLOSE = {b"": b"}]}", b"\n\n": b"}]}\n\n"}
 
 
-def token_event(event: bytes, *, chat: bool) -> tuple[bytes, list[int], bool, str | None] | None:
+def token_event(event: bytes, *, chat: bool, sep: bytes = b"") -> tuple[bytes, list[int], bool, str | None] | None:
     """(the event as the client gets it, its token ids, whether it carried text, its finish
-    reason), or None when the event is not of the shape read here."""
-    if not event.endswith(b"]}]}"):
+    reason), or None when the event is not of the shape read here. ``sep``: b"\\n\\n" when
+    ``event`` is a whole SSE event with its blank line (the one event of a read), kept on it.
+
+    Every streamed token passes here: the reads are inlined (no helper call per key) and one
+    id, the common event, is read without a split (issue 34: the ledger's per-token cost)."""
+    if not event.endswith(_END[sep]):
         return None
     at = event.rfind(_IDS_KEY)
     if at < 0:
         return None
-    ids_text = event[at + len(_IDS_KEY):-4]
-    if ids_text.replace(b",", b"").isdigit():
-        ids = [int(i) for i in ids_text.split(b",")]
+    ids_text = event[at + _IDS_AT:-4 - len(sep)]
+    if ids_text.isdigit():
+        ids = [int(ids_text)]
     elif not ids_text:
         ids = []
+    elif ids_text.replace(b",", b"").isdigit() and b",," not in ids_text and ids_text[0] != 44 and ids_text[-1] != 44:
+        ids = [int(i) for i in ids_text.split(b",")]
     else:
         return None
     head = event[:at]
     if head.endswith(_NULL_PROMPT_IDS):
         head = head[:-len(_NULL_PROMPT_IDS)]
-    if b'"prompt_t' in head or head.count(b'"index":') != 1 or b'"reasoning' in head:
+    if b'"prompt_t' in head or b'"reasoning' in head or head.count(b'"index":') != 1:
         return None
-    finish = _value(head, _FINISH)
-    text = _value(head, b'"content":' if chat else b'"text":')
-    if finish is _ABSENT or (text is _ABSENT and not chat):  # a chat delta may hold no content
+    # The finish reason: null, or a string (its text has no escapes).
+    f = head.find(_FINISH)
+    if f < 0:
         return None
-    return head + b"}]}", ids, bool(text) and text is not _ABSENT, finish
-
-
-def _value(event: bytes, key: bytes):
-    """``key``'s value as far as the ledger needs it: None for null, "" for an empty
-    string, True for another string (the finish reason: its text, which has no escapes);
-    _ABSENT when the key is missing or holds anything else."""
-    at = event.find(key)
-    if at < 0:
-        return _ABSENT
-    at += len(key)
-    if event.startswith(b"null", at):
+    f += _FINISH_AT
+    if head.startswith(b"null", f):
+        finish = None
+    elif head.startswith(b'"', f):
+        end = head.find(b'"', f + 1)
+        if end < 0:
+            return None
+        finish = head[f + 1:end].decode()
+    else:
         return None
-    if not event.startswith(b'"', at):
-        return _ABSENT
-    if event.startswith(b'""', at):
-        return ""
-    if key == _FINISH:
-        end = event.find(b'"', at + 1)
-        return event[at + 1:end].decode() if end > 0 else _ABSENT
-    return True
+    # Whether it carried text: a non-empty string under the route's key (a chat delta may
+    # hold no content; a completion's text must be there).
+    t = head.find(_CONTENT if chat else _TEXT)
+    if t < 0:
+        if not chat:
+            return None
+        text = False
+    else:
+        t += len(_CONTENT) if chat else len(_TEXT)
+        if head.startswith(b'"', t):
+            text = not head.startswith(b'""', t)
+        elif head.startswith(b"null", t) or chat:
+            text = False
+        else:
+            return None
+    return head + _CLOSE[sep], ids, text, finish

@@ -223,10 +223,8 @@ class StreamLedger:
         if finish:
             self.finish_reason = finish
         if text or self.finish_reason:
-            if self.held:
-                self.delivered += self.held
-                self.held = []
-            self.delivered += ids
+            self.delivered += self.held + ids
+            self.held = []
         else:
             self.held += ids
         return kept

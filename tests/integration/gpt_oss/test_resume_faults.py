@@ -219,8 +219,11 @@ def test_engine_sigkilled_under_gpt_oss_streams_loses_nothing_and_resumes_them(g
         assert rec["lost"] == 0 and rec["failed"] == 0, rec
         assert rec["detail"]["text_mismatches"] == [], rec
         assert all(n >= 1 for n in rec["detail"]["resumed_by_kind"].values()), rec["detail"]  # each kind cut, resumed
-    # every stream running on the engine when it died was resumed
-    assert sum(r["resumed"] for r in records.values()) == result["running"], records
+    # Every stream running on the engine when it died was resumed, and none that was not open
+    # there: a closed-loop worker whose stream ended may have opened its next one on the victim
+    # between the read of its running count and the kill (a CI run resumed 5 with 4 read running).
+    assert result["running"] <= sum(r["resumed"] for r in records.values()) <= \
+        sum(r["detail"]["streams_in_flight_at_kill"] for r in records.values()), records
     assert metric(gateway.metrics_url, "owc_stream_resumes_total", model=MODEL, result="failed") == 0
     assert sum(r["resumed"] for r in records.values()) == \
         metric(gateway.metrics_url, "owc_stream_resumes_total", model=MODEL, result="resumed")

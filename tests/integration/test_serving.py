@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import wait_for
 from tests.integration.conftest import engine_urls, metric
 
 pytestmark = pytest.mark.integration
@@ -125,10 +126,8 @@ def test_client_disconnect_aborts_engine_request(cluster, http):
     with http.stream("POST", "/v1/completions", json=body, timeout=60) as r:
         for i, _ in enumerate(r.iter_raw()):
             if i == 0:  # vLLM's gauge follows its scheduler's stats: it may read 0 at the first chunk (a CI run did)
-                deadline = time.monotonic() + 2
-                while metric(url, "vllm:num_requests_running") != 1 and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                assert metric(url, "vllm:num_requests_running") == 1
+                wait_for(lambda: metric(url, "vllm:num_requests_running") == 1, 2, "the engine to run the stream",
+                         period_s=0.02)
             if i >= 5:
                 break
     t_closed = time.monotonic()

@@ -93,7 +93,7 @@ def _merged(events: list[dict]) -> list[dict]:
                 and prev["delta"]["type"] == e["delta"]["type"]:
             prev["delta"] = {**prev["delta"], key: prev["delta"][key] + e["delta"][key]}
         else:
-            out.append(json.loads(json.dumps(e)))
+            out.append(dict(e))  # its delta is replaced, never changed in place: the caller's events stay as they were
     return out
 
 

@@ -98,6 +98,7 @@ class FakeEngine:
         app = web.Application(client_max_size=8 << 20, middlewares=middlewares)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/metrics/", self.metrics)  # vLLM's prometheus_client mount (the filtered scrape)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)

@@ -5,7 +5,8 @@ scrape shared through Redis (gateway.routing_stats.share_across_gateways) and wi
 
 One vLLM OpenAI server (the embedded default's model and engine settings, as loadtests.overhead
 starts it) and one local redis-server; no traffic. First one /metrics render is timed from a
-client (wall ms) and by the engine's own CPU time over ``--renders`` back-to-back renders. Then
+client (wall ms) and by the engine's own CPU time over ``--renders`` back-to-back renders, and
+the same for the filtered read the gateways make (only routing's families). Then
 each round measures, for every mode (shared, per-process; the order alternates by round) and N
 in ``--gateways``, ``--window`` seconds of the engine process's CPU time (psutil, process and
 children) with N gateway processes (`python -m cluster.gateway.main --upstream`) in front of
@@ -32,6 +33,7 @@ import psutil
 from cluster.bench.stack import LOG_DIR, start_ready
 from cluster.config.loader import load_config
 from cluster.engine.launcher import vllm_launcher
+from cluster.gateway.upstream.stats_poller import FILTERED_METRICS
 from cluster.process import Command, ServerProcess, free_port
 from cluster.tenancy.local_redis import LocalRedis
 from loadtests.overhead import _spread, cpu_seconds
@@ -39,19 +41,20 @@ from loadtests.overhead import _spread, cpu_seconds
 MODES = ("shared", "per-process")
 
 
-def time_renders(url: str, pid: int, n: int) -> dict:
-    """``n`` sequential GET /metrics: each one's wall ms, and the engine's CPU ms per render."""
+def time_renders(url: str, pid: int, n: int, path: str = "/metrics") -> dict:
+    """``n`` sequential GETs of ``path``: each one's wall ms, and the engine's CPU ms per render."""
     walls = []
     with httpx.Client(timeout=10) as c:
-        c.get(url + "/metrics").raise_for_status()
-        size = len(c.get(url + "/metrics").content)
+        c.get(url + path).raise_for_status()
+        size = len(c.get(url + path).content)
         cpu0 = cpu_seconds(pid)
         for _ in range(n):
             t0 = time.perf_counter()
-            c.get(url + "/metrics").raise_for_status()
+            c.get(url + path).raise_for_status()
             walls.append((time.perf_counter() - t0) * 1000)
         cpu = cpu_seconds(pid) - cpu0
-    return {"renders": n, "wall_ms": _spread(walls), "engine_cpu_ms_per_render": 1000 * cpu / n, "bytes": size}
+    return {"renders": n, "wall_ms": _spread(walls), "engine_cpu_ms_per_render": 1000 * cpu / n, "bytes": size,
+            "path": path}
 
 
 def gateway_config(model: str, redis_url: str, shared: bool) -> Path:
@@ -130,7 +133,10 @@ def table(doc: dict) -> str:
     return "\n".join(rows) + (
         f"\n\nIdle engine (no gateway): {cell(idle, '.3f')} cores. One /metrics render "
         f"({r['bytes']:,} bytes): {r['wall_ms']['median']:.1f} ms wall at the client (median of {r['renders']}), "
-        f"{r['engine_cpu_ms_per_render']:.1f} ms of the engine's CPU. {st['rounds']} interleaved rounds of "
+        f"{r['engine_cpu_ms_per_render']:.1f} ms of the engine's CPU" + (
+            f"; the gateways' filtered read (`{f['path']}`, {f['bytes']:,} bytes): {f['wall_ms']['median']:.1f} ms "
+            f"wall, {f['engine_cpu_ms_per_render']:.2f} ms of the engine's CPU" if (f := doc.get("filtered_render")) else ""
+        ) + f". {st['rounds']} interleaved rounds of "
         f"{st['window_s']:g} s per point, median (min–max); period {doc['period_s']:g} s; {doc['date']}; "
         f"`{doc['command']}`.")
 
@@ -165,6 +171,9 @@ def main() -> None:
         render = time_renders(engine.url, engine.pid, a.renders)
         print(f"render: {render['wall_ms']['median']:.2f} ms wall, {render['engine_cpu_ms_per_render']:.2f} ms engine CPU",
               file=sys.stderr)
+        filtered = time_renders(engine.url, engine.pid, a.renders, FILTERED_METRICS)
+        print(f"filtered render: {filtered['wall_ms']['median']:.2f} ms wall, "
+              f"{filtered['engine_cpu_ms_per_render']:.2f} ms engine CPU", file=sys.stderr)
         for rnd in range(a.rounds):
             order = MODES if rnd % 2 == 0 else MODES[::-1]
             for i, mode in enumerate(order):
@@ -208,6 +217,7 @@ def main() -> None:
         "period_s": cfg.gateway.routing_stats.period_s,
         "settings": {"rounds": a.rounds, "window_s": a.window, "settle_s": a.settle, "gateways": counts},
         "render": render,
+        "filtered_render": filtered,
         "idle_engine_cpu_per_s": _spread(idle),
         "summary": summary,
         "points": points,

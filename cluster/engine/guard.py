@@ -1,7 +1,8 @@
 """The engine's door: an ASGI middleware that owc installs in every vLLM server it starts
-(vLLM's `--middleware cluster.engine.guard.EngineGuard`). Every path but /health and
-/metrics (read by Serve's health check and by the scraper; on Kubernetes a NetworkPolicy
-limits who reaches the port at all) needs ``Authorization: Bearer <engine key>``.
+(vLLM's `--middleware cluster.engine.guard.EngineGuard`). Every path but /health, /metrics
+and /metrics/ (read by Serve's health check and by the scrapers: /metrics/ is the same
+metrics, filtered by ``name[]``; on Kubernetes a NetworkPolicy limits who reaches the port
+at all) needs ``Authorization: Bearer <engine key>``.
 
 vLLM's own `--api-key` is not enough: it guards only /v1, /v2, /inference and /cohere,
 while `POST /invocations` generates and `/tokenize` answers without it. The key comes from
@@ -24,7 +25,7 @@ from urllib.parse import quote
 ENGINE_KEY_ENV = "OWC_ENGINE_KEY"
 MODEL_ENV, VERSION_ENV = "OWC_ENGINE_MODEL", "OWC_ENGINE_VERSION"
 MODEL_HEADER, VERSION_HEADER = "x-owc-model", "x-owc-version"
-OPEN_PATHS = frozenset({"/health", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/metrics", "/metrics/"})
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]

@@ -63,7 +63,7 @@ def lora_info(samples: Iterable) -> LoraInfo:
     return LoraInfo(active=active, max_loras=max_loras, resident=frozenset(recent) | active)
 
 
-_KEPT = frozenset({*_WANTED, LORA_INFO})
+_KEPT = WANTED_FAMILIES = frozenset({*_WANTED, LORA_INFO})
 _KEPT_PREFIXES = tuple(_KEPT)
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cluster.gateway.upstream.stats_poller import FILTERED_METRICS
+from cluster.routing.stats import parse_vllm_metrics
 from tests.integration.conftest import engine_urls
 
 MODEL = "tiny-llama-tp2"  # not scaled by the capacity test: one replica, stable URL
@@ -40,6 +42,16 @@ def test_the_engine_key_opens_it_and_the_gateway_keeps_working(cluster, client):
     assert "vllm:num_requests_running" in httpx.get(url + "/metrics", timeout=10).text  # the scraper's view
     out = client.completions.create(model=MODEL, prompt="x", max_tokens=3)
     assert out.usage.completion_tokens >= 1
+
+
+def test_the_scrapers_filtered_read_is_open_and_holds_routings_gauges_only(cluster):
+    """The gateways' stats read (FILTERED_METRICS) on a real guarded vLLM: open like /metrics,
+    only the families routing reads (not vLLM's histograms), and parsed as a whole read is."""
+    (url,) = engine_urls(MODEL)
+    whole, filtered = httpx.get(url + "/metrics", timeout=10), httpx.get(url + FILTERED_METRICS, timeout=10)
+    assert filtered.status_code == 200 and "vllm:num_requests_running" in filtered.text
+    assert "_bucket" in whole.text and "_bucket" not in filtered.text and len(filtered.content) < len(whole.content) / 10
+    assert parse_vllm_metrics(filtered.content).running >= 0  # raises without the scheduler gauges
 
 
 def test_the_engine_key_is_in_the_environment_never_argv(cluster):

@@ -45,7 +45,7 @@ def test_every_generating_or_informing_path_needs_the_key(path, authorization, s
     assert _status(path, authorization) == status
 
 
-@pytest.mark.parametrize("path", ["/health", "/metrics"])
+@pytest.mark.parametrize("path", ["/health", "/metrics", "/metrics/"])
 def test_health_and_metrics_stay_open(path):
     assert _status(path, None) == 200
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.upstream.scrape_fetch import Unreachable
-from cluster.gateway.upstream.stats_poller import StatsPoller
+from cluster.gateway.upstream.stats_poller import FILTERED_METRICS, StatsPoller
 from cluster.gateway.upstream.stats_share import FAILED, RedisStatsShare, StatsShareMetrics, decode, encode
 from cluster.routing.stats import StatsStore
 from cluster.routing.types import ReplicaStats
@@ -34,7 +35,9 @@ class Engines:
         self.adapters = {"r0": [], "r1": []}
         self.down: set[str] = set()
         self.slow: dict[str, float] = {}  # seconds a replica's /metrics takes
+        self.plain: set[str] = set()  # replicas without vLLM's filtering /metrics/ (404 there)
         self.hits = {"metrics": 0, "models": 0}
+        self.reads: list[tuple[str, str]] = []  # (replica, path?query) of each metrics read
         self.transport = httpx.MockTransport(self.handle)
         self.eps = [Endpoint("m", r, f"http://{r}:8000") for r in self.waiting]
 
@@ -42,7 +45,10 @@ class Engines:
         rid = req.url.host
         if rid in self.down:
             raise httpx.ConnectError("refused", request=req)
-        if req.url.path == "/metrics":
+        if req.url.path in ("/metrics", "/metrics/"):
+            self.reads.append((rid, req.url.raw_path.decode()))
+            if req.url.path == "/metrics/" and rid in self.plain:
+                return httpx.Response(404)
             self.hits["metrics"] += 1
             await asyncio.sleep(self.slow.get(rid, 0))
             return httpx.Response(200, text=f"vllm:num_requests_waiting {self.waiting[rid]}\n"
@@ -241,6 +247,22 @@ async def test_no_store_configured_scrapes_locally():
     p = Process(engines, None)
     await p.poller.poll_once()
     assert p.mode == "local" and p.waiting("r0") == 0.0 and engines.hits["metrics"] == 2
+    await p.close()
+
+
+async def test_a_scrape_asks_for_the_routing_gauges_only_and_an_engine_without_the_filter_is_read_whole():
+    engines = Engines()
+    engines.plain.add("r1")
+    engines.waiting.update(r0=3.0, r1=4.0)
+    p = Process(engines, None)
+    for _ in range(2):
+        await p.poller.poll_once()
+    assert p.waiting("r0") == 3.0 and p.waiting("r1") == 4.0
+    assert [path for rid, path in engines.reads if rid == "r0"] == [FILTERED_METRICS] * 2
+    assert [path for rid, path in engines.reads if rid == "r1"] == [FILTERED_METRICS, "/metrics", "/metrics"]
+    names = parse_qs(urlsplit(FILTERED_METRICS).query)["name[]"]
+    assert {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+            "vllm:lora_requests_info"} == set(names)
     await p.close()
 
 

@@ -134,7 +134,8 @@ def table(doc: dict) -> str:
         f"\n\nIdle engine (no gateway): {cell(idle, '.3f')} cores. One /metrics render "
         f"({r['bytes']:,} bytes): {r['wall_ms']['median']:.1f} ms wall at the client (median of {r['renders']}), "
         f"{r['engine_cpu_ms_per_render']:.1f} ms of the engine's CPU" + (
-            f"; the gateways' filtered read (`{f['path']}`, {f['bytes']:,} bytes): {f['wall_ms']['median']:.1f} ms "
+            f"; the gateways' filtered read (`/metrics/?name[]=…`, {f['path'].count('name')} families, "
+            f"{f['bytes']:,} bytes): {f['wall_ms']['median']:.1f} ms "
             f"wall, {f['engine_cpu_ms_per_render']:.2f} ms of the engine's CPU" if (f := doc.get("filtered_render")) else ""
         ) + f". {st['rounds']} interleaved rounds of "
         f"{st['window_s']:g} s per point, median (min–max); period {doc['period_s']:g} s; {doc['date']}; "

@@ -36,6 +36,7 @@ class Engines:
         self.down: set[str] = set()
         self.slow: dict[str, float] = {}  # seconds a replica's /metrics takes
         self.plain: set[str] = set()  # replicas without vLLM's filtering /metrics/ (404 there)
+        self.failing: set[str] = set()  # replicas whose /metrics/ answers 503
         self.hits = {"metrics": 0, "models": 0}
         self.reads: list[tuple[str, str]] = []  # (replica, path?query) of each metrics read
         self.transport = httpx.MockTransport(self.handle)
@@ -47,8 +48,8 @@ class Engines:
             raise httpx.ConnectError("refused", request=req)
         if req.url.path in ("/metrics", "/metrics/"):
             self.reads.append((rid, req.url.raw_path.decode()))
-            if req.url.path == "/metrics/" and rid in self.plain:
-                return httpx.Response(404)
+            if req.url.path == "/metrics/" and rid in self.plain | self.failing:
+                return httpx.Response(404 if rid in self.plain else 503)
             self.hits["metrics"] += 1
             await asyncio.sleep(self.slow.get(rid, 0))
             return httpx.Response(200, text=f"vllm:num_requests_waiting {self.waiting[rid]}\n"
@@ -260,6 +261,15 @@ async def test_a_scrape_asks_for_the_routing_gauges_only_and_an_engine_without_t
     assert p.waiting("r0") == 3.0 and p.waiting("r1") == 4.0
     assert [path for rid, path in engines.reads if rid == "r0"] == [FILTERED_METRICS] * 2
     assert [path for rid, path in engines.reads if rid == "r1"] == [FILTERED_METRICS, "/metrics", "/metrics"]
+    # A failing engine (5xx) has no stats that round and is asked the filtered read again.
+    engines.failing.add("r0")
+    engines.waiting["r0"] = 9.0
+    await p.poller.poll_once()
+    assert p.waiting("r0") == 3.0
+    engines.failing.clear()
+    await p.poller.poll_once()
+    assert p.waiting("r0") == 9.0
+    assert [path for rid, path in engines.reads if rid == "r0"] == [FILTERED_METRICS] * 4
     names = parse_qs(urlsplit(FILTERED_METRICS).query)["name[]"]
     assert {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
             "vllm:lora_requests_info"} == set(names)

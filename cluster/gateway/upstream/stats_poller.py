@@ -35,7 +35,8 @@ HOLD_ROUNDS = ADAPTERS_EVERY + 4  # a follower's own adapter change outlives sha
 # Only the families routing reads: vLLM's /metrics/ (its prometheus_client mount; the bare
 # /metrics route ignores the filter) renders ~0.5 kB of them instead of ~50 kB of every
 # family, ~0.3 ms of the engine's CPU per scrape instead of ~4.7 (issue 34). An engine that
-# does not answer it with the gauges is read through the plain /metrics from then on.
+# answers it without the gauges (or refuses it: 404, an older guard's 401) is read through the
+# plain /metrics from then on; a 5xx is a failing engine, asked the same again next round.
 FILTERED_METRICS = "/metrics/?" + urllib.parse.urlencode([("name[]", n) for n in sorted(WANTED_FAMILIES)])
 
 
@@ -95,6 +96,9 @@ class StatsPoller:
             status, body = await self._fetch.get(ep.url, FILTERED_METRICS)
             if 200 <= status < 300 and b"vllm:num_requests_running" in body:
                 return body
+            if status >= 500:  # a failing engine, not a missing filter: no stats this round
+                log.debug("no stats from %s: HTTP %s", ep.url, status)
+                return None
             self._plain.add(ep.replica_id)
             log.info("%s does not filter its metrics (HTTP %s): reading its whole /metrics", ep.url, status)
         status, body = await self._fetch.get(ep.url, "/metrics")

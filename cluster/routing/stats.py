@@ -23,9 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from cluster.routing.types import ReplicaStats
 
 LORA_INFO = "vllm:lora_requests_info"
+RUNNING = "vllm:num_requests_running"  # present in every vLLM exposition: the mark of its scheduler gauges
 _WANTED = {
     "vllm:num_requests_waiting": "waiting",
-    "vllm:num_requests_running": "running",
+    RUNNING: "running",
     "vllm:kv_cache_usage_perc": "kv_usage",
 }
 

@@ -25,7 +25,7 @@ from cluster.discovery.endpoints import Endpoint
 from cluster.gateway.upstream.scrape_fetch import EngineFetch, Fetch, Unreachable
 from cluster.gateway.upstream.stats_share import FAILED, Outcome, RedisStatsShare, StatsShareMetrics
 from cluster.periodic import Periodic
-from cluster.routing.stats import WANTED_FAMILIES, StatsStore, lora_adapters, parse_vllm_metrics
+from cluster.routing.stats import RUNNING, WANTED_FAMILIES, StatsStore, lora_adapters, parse_vllm_metrics
 from cluster.routing.types import ReplicaStats
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ HOLD_ROUNDS = ADAPTERS_EVERY + 4  # a follower's own adapter change outlives sha
 # answers it without the gauges (or refuses it: 404, an older guard's 401) is read through the
 # plain /metrics from then on; a 5xx is a failing engine, asked the same again next round.
 FILTERED_METRICS = "/metrics/?" + urllib.parse.urlencode([("name[]", n) for n in sorted(WANTED_FAMILIES)])
+_RUNNING = RUNNING.encode()
 
 
 class StatsPoller:
@@ -94,7 +95,7 @@ class StatsPoller:
         """The replica's routing gauges (FILTERED_METRICS, else its whole /metrics); None: no answer."""
         if ep.replica_id not in self._plain:
             status, body = await self._fetch.get(ep.url, FILTERED_METRICS)
-            if 200 <= status < 300 and b"vllm:num_requests_running" in body:
+            if 200 <= status < 300 and _RUNNING in body:
                 return body
             if status >= 500:  # a failing engine, not a missing filter: no stats this round
                 log.debug("no stats from %s: HTTP %s", ep.url, status)

@@ -134,13 +134,20 @@ _RATELIMIT_NAMES = {kind: (f"x-ratelimit-limit-{kind}".encode(), f"x-ratelimit-r
                            f"x-ratelimit-reset-{kind}".encode()) for kind in ("requests", "tokens")}
 
 
+def plain_number(x: float) -> str:
+    """A limit as OpenAI writes it: an integer, never an exponent (`:g` wrote 1,000,000 as
+    "1e+06", which clients reading the header as an integer refuse); a fractional one in
+    plain decimals."""
+    return "%d" % x if x == int(x) else f"{x:f}".rstrip("0")
+
+
 def ratelimit_header_pairs(requests: Window | None, tokens: Window | None) -> list[tuple[bytes, bytes]]:
     """``ratelimit_headers`` as the response's (name, value) byte pairs, built directly."""
     out: list[tuple[bytes, bytes]] = []
     for kind, w in (("requests", requests), ("tokens", tokens)):
         if w is not None:
             limit, remaining, reset = _RATELIMIT_NAMES[kind]
-            out += ((limit, f"{w.limit:g}".encode()), (remaining, b"%d" % max(0, math.floor(w.remaining))),
+            out += ((limit, plain_number(w.limit).encode()), (remaining, b"%d" % max(0, math.floor(w.remaining))),
                     (reset, format_reset(w.reset_s).encode()))
     return out
 

@@ -84,6 +84,15 @@ def test_header_values():
     assert ratelimit_headers(Window(1000, -5, 61), None)["x-ratelimit-remaining-requests"] == "0"
 
 
+@pytest.mark.parametrize("limit, text", [
+    (60, "60"), (1_000_000, "1000000"), (2_500_000.0, "2500000"), (10**12, "1000000000000"), (0.5, "0.5"), (1.25, "1.25"),
+])
+def test_limit_headers_are_plain_numbers(limit, text):
+    """Integers as OpenAI sends them, never "1e+06" (clients read them with int())."""
+    h = ratelimit_headers(Window(limit, 0, 1), Window(limit, 0, 1))
+    assert h["x-ratelimit-limit-requests"] == h["x-ratelimit-limit-tokens"] == text
+
+
 class Clock:
     def __init__(self, t: float = 86400 * 20000 + 3600):
         self.t = t

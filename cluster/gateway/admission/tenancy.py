@@ -13,7 +13,7 @@ from cluster.config.schema import OwcConfig
 from cluster.gateway.context import Delivery, Job, Send
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.observability.metrics import GatewayMetrics
-from cluster.tenancy.charging import Outcome, prompt_estimate, ratelimit_header_pairs, reservation, retry_after
+from cluster.tenancy.charging import Outcome, plain_number, prompt_estimate, ratelimit_header_pairs, reservation, retry_after
 from cluster.tenancy.model import CONCURRENCY, DAILY, MONTHLY, TOO_LARGE, UNAVAILABLE, month_of
 from cluster.tenancy.service import Hooks, Tenancy, Ticket
 
@@ -119,8 +119,9 @@ def _refusal(tenant: str, t: Ticket, cost: int) -> OpenAIError:
                            type="rate_limit_error", code="tenancy_store_unavailable", headers=retry)
     if d.refused == TOO_LARGE:
         return OpenAIError(429, f"request too large: it reserves {cost} tokens, more than "
-                           f"tenant '{tenant}''s limit of {lim.tokens_per_minute:g} tokens per minute; lower "
+                           f"tenant '{tenant}''s limit of {plain_number(lim.tokens_per_minute)} tokens per minute; lower "
                            "max_tokens", type="rate_limit_error", code="rate_limit_exceeded", headers=retry)
-    what = f"{lim.requests_per_minute:g} requests" if d.refused == "requests" else f"{lim.tokens_per_minute:g} tokens"
+    what = f"{plain_number(lim.requests_per_minute)} requests" if d.refused == "requests" \
+        else f"{plain_number(lim.tokens_per_minute)} tokens"
     return OpenAIError(429, f"tenant '{tenant}' is over its limit of {what} per minute", type="rate_limit_error",
                        code="rate_limit_exceeded", headers=retry)

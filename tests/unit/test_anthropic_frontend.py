@@ -98,6 +98,7 @@ def test_the_front_end_hands_admission_the_bearer_key_and_reshapes_its_errors():
     assert seen["headers"] == [(b"authorization", b"Bearer sk-x")]
     start, body = sent
     assert start["status"] == 401 and (b"x-request-id", b"r1") in start["headers"]
+    assert (b"request-id", b"r1") in start["headers"]  # Anthropic's SDK: APIStatusError.request_id
     assert dict(start["headers"])[b"content-length"] == str(len(body["body"])).encode()
     assert orjson.loads(body["body"])["error"]["type"] == "authentication_error"
 
@@ -116,6 +117,28 @@ def test_a_stream_passes_the_error_shape_untouched_and_get_is_405():
     assert sent == events
     start, body = _run(AnthropicFrontEnd(None), method="GET")
     assert start["status"] == 405 and orjson.loads(body["body"])["error"]["type"] == "invalid_request_error"
+
+
+def test_every_answer_carries_anthropics_request_id_header():
+    """Anthropic's SDK reads ``request-id`` (Message._request_id, MessageStream.request_id,
+    APIStatusError.request_id); owc's ``x-request-id`` stays as well."""
+    sent: list[dict] = []
+
+    async def send(m):
+        sent.append(m)
+
+    shaped = ErrorShape(send)
+    asyncio.run(shaped({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream"), (b"x-request-id", b"abc")]}))
+    assert dict(sent[0]["headers"])[b"request-id"] == b"abc" and dict(sent[0]["headers"])[b"x-request-id"] == b"abc"
+    sent.clear()
+    asyncio.run(shaped({"type": "http.response.start", "status": 429, "headers": [(b"x-request-id", b"def")]}))
+    asyncio.run(shaped({"type": "http.response.body", "body": b'{"error":{"message":"slow down"}}'}))
+    assert dict(sent[0]["headers"])[b"request-id"] == b"def"
+    sent.clear()
+    asyncio.run(shaped({"type": "http.response.start", "status": 200,
+                        "headers": [(b"x-request-id", b"a"), (b"request-id", b"kept")]}))
+    assert [v for k, v in sent[0]["headers"] if k == b"request-id"] == [b"kept"]
 
 
 def _sse(name: str, data: dict) -> bytes:

@@ -8,14 +8,17 @@ accounting); this front-end only translates what differs at the edge:
   cannot reach anything behind (the engine gets only the engine credential, as always);
 - every error answered before a stream started leaves in Anthropic's shape with its status
   (cluster.gateway.anthropic.errors); errors after (``event: error``) are written in that
-  shape by the stream relay (cluster.gateway.stream.messages).
+  shape by the stream relay (cluster.gateway.stream.messages);
+- every answer carries the request id as Anthropic names it, ``request-id`` (Anthropic's SDK
+  reads that header for ``Message._request_id``, ``MessageStream.request_id`` and
+  ``APIStatusError.request_id``), beside owc's ``x-request-id``.
 
 ``?beta=true`` (Claude Code's) is a query string: the route is its path, the query is ignored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -39,9 +42,19 @@ def with_bearer(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]
     return out
 
 
+def with_request_id(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with Anthropic's ``request-id`` beside ``x-request-id`` (same value)."""
+    headers = list(headers)
+    rid = next((v for k, v in headers if k.lower() == b"x-request-id"), None)
+    if rid is None or any(k.lower() == b"request-id" for k, _ in headers):
+        return headers
+    return [*headers, (b"request-id", rid)]
+
+
 class ErrorShape:
     """A ``send`` that rewrites an error response (status >= 400, a whole JSON body) into
-    Anthropic's shape; anything else passes as it is (a stream starts with 200)."""
+    Anthropic's shape; anything else passes as it is (a stream starts with 200), with the
+    ``request-id`` header Anthropic's SDK reads."""
 
     __slots__ = ("_send", "_start")
 
@@ -50,9 +63,11 @@ class ErrorShape:
         self._start: dict | None = None
 
     async def __call__(self, message: dict) -> None:
-        if message["type"] == "http.response.start" and message["status"] >= 400:
-            self._start = message  # held until its body is known
-            return
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": with_request_id(message.get("headers", ()))}
+            if message["status"] >= 400:
+                self._start = message  # held until its body is known
+                return
         if self._start is not None and message["type"] == "http.response.body":
             start, self._start = self._start, None
             body = anthropic_error(start["status"], message.get("body", b""))

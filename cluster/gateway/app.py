@@ -27,7 +27,7 @@ from cluster.gateway.observability.access_log import AccessLog
 from cluster.gateway.observability.accounting import Accounting
 from cluster.gateway.admin.adapters import add_adapter_routes, build_loader
 from cluster.gateway.upstream.adapter_loader import record_adapter_requests
-from cluster.gateway.admission.entry import ROUTES, Admission, send_error
+from cluster.gateway.admission.entry import REQUEST_ID, ROUTES, Admission, send_error
 from cluster.gateway.anthropic.frontend import PATHS as ANTHROPIC_PATHS, AnthropicFrontEnd
 from cluster.gateway.auth.authenticator import Authenticator
 from cluster.gateway.batches.routes import add_batch_routes
@@ -257,9 +257,32 @@ class GatewayApp:
                 await self._admission(scope, receive, send)
             else:
                 err = OpenAIError(405, f"Method Not Allowed: {scope['method']} {scope['path']}", headers={"Allow": "POST"})
-                await send_error(send, err, None)
+                await send_error(send, err, request_id(scope))
+        elif scope["type"] == "http":
+            await self.api(scope, receive, with_request_id(send, request_id(scope)))
         else:
             await self.api(scope, receive, send)
+
+
+def request_id(scope: dict) -> str:
+    """A FastAPI route's request id: the client's X-Request-Id when it is plain, else a new one."""
+    raw = dict(scope["headers"]).get(b"x-request-id")
+    return raw.decode("ascii") if raw and REQUEST_ID.fullmatch(raw) else os.urandom(16).hex()
+
+
+def with_request_id(send: Any, rid: str) -> Any:
+    """``send`` with ``x-request-id`` on the response, as OpenAI puts it on every answer (its SDK
+    reads it for ``_request_id`` and ``APIStatusError.request_id``) and the generation routes do."""
+    value = rid.encode()
+
+    async def out(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                message = {**message, "headers": [*headers, (b"x-request-id", value)]}
+        await send(message)
+
+    return out
 
 
 def metrics_app(registry: CollectorRegistry) -> Any:

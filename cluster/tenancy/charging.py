@@ -117,7 +117,10 @@ def format_reset(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class Window:
-    """One limit's state after a decision."""
+    """One limit's state after a decision, as OpenAI's x-ratelimit-* headers define it:
+    ``limit`` is what may be sent before the limit is exhausted, i.e. the bucket's capacity
+    (requests: the tenant's `burst`, not its per-minute rate; tokens: tokens_per_minute), so
+    that ``remaining`` never exceeds it and is back at it after ``reset_s``."""
 
     limit: float
     remaining: float

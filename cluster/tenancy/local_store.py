@@ -58,7 +58,7 @@ class LocalStore:
         def out(code: str | None, retry: float = 0.0, lease: str | None = None) -> Decision:
             return Decision(
                 refused=code, retry_s=retry, lease=lease, day=day, month=month, day_used=dused, month_used=mused,
-                requests=Window(limits.requests_per_minute, rq.level, rq.reset_s()) if rq else None,
+                requests=Window(rq.cap, rq.level, rq.reset_s()) if rq else None,  # charging.Window: its bucket
                 tokens=Window(limits.tokens_per_minute, tk.level, tk.reset_s()) if tk else None,
                 day_reset_s=dreset, month_reset_s=mreset, source="local", cost=0 if code else cost,
             )

@@ -68,7 +68,7 @@ class RedisStore:
             self._start_renewer()
         return Decision(
             refused=None if ok else code, retry_s=float(retry),
-            requests=Window(limits.requests_per_minute, float(rq), float(rq_reset)) if limits.requests_per_minute else None,
+            requests=Window(float(burst), float(rq), float(rq_reset)) if limits.requests_per_minute else None,
             tokens=Window(limits.tokens_per_minute, float(tk), float(tk_reset)) if limits.tokens_per_minute else None,
             lease=lease if ok and lease else None, day=int(float(day)), month=int(float(month)),
             day_used=None if float(dused) < 0 else int(float(dused)),

@@ -124,3 +124,29 @@ def test_limits_divided_among_gateways():
     assert (share.requests_per_minute, share.tokens_per_minute, share.max_concurrent, share.daily_tokens) == \
         (20, 300, 1, 333)
     assert share.burst == pytest.approx(10 / 3) and lim.divided(1) is lim
+
+
+def test_the_requests_limit_header_is_the_bucket_remaining_counts_down_from():
+    """OpenAI's x-ratelimit-limit-requests is "the maximum number of requests that are permitted
+    before exhausting the rate limit" (60, remaining 59 after one request): the bucket's capacity.
+    With a burst below the per-minute rate (the default: a tenth), the limit was the rate: 1000 with
+    99 remaining on an idle tenant (a client reading remaining/limit saw 90% used); with a burst
+    above it, remaining exceeded the limit."""
+    store = LocalStore(clock=Clock())
+    for lim, limit, remaining in ((Limits(requests_per_minute=1000, burst=100), "100", "99"),
+                                  (Limits(requests_per_minute=60, burst=200), "200", "199"),
+                                  (Limits(requests_per_minute=60, burst=60, tokens_per_minute=1000), "60", "59")):
+        d = store.reserve_now(f"t{limit}", lim, 1)
+        h = ratelimit_headers(d.requests, d.tokens)
+        assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) == (limit, remaining)
+        assert int(h["x-ratelimit-remaining-requests"]) <= int(h["x-ratelimit-limit-requests"])
+
+
+def test_the_shared_store_names_the_same_requests_limit(redis_server):
+    from cluster.tenancy.redis_store import RedisStore
+
+    url, _ = redis_server
+    store = RedisStore(url)
+    d = asyncio.run(store.reserve("t", Limits(requests_per_minute=1000, burst=100), 1))
+    h = ratelimit_headers(d.requests, d.tokens)
+    assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) == ("100", "99")

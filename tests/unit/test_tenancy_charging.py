@@ -150,3 +150,20 @@ def test_the_shared_store_names_the_same_requests_limit(redis_server):
     d = asyncio.run(store.reserve("t", Limits(requests_per_minute=1000, burst=100), 1))
     h = ratelimit_headers(d.requests, d.tokens)
     assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) == ("100", "99")
+
+
+def test_a_reservation_over_the_whole_bucket_is_not_worth_retrying():
+    """cost > tokens_per_minute: no wait admits it. Retry-After 60 made the OpenAI SDK (langchain-openai)
+    sleep 60 s before each of its 2 retries and LiteLLM's router 60 s before each of its own: minutes
+    before the client saw the error. It says: do not retry; a refusal that clears keeps its Retry-After."""
+    from cluster.gateway.admission.tenancy import _refusal
+    from cluster.tenancy.service import Ticket
+
+    store = LocalStore(clock=lambda: 1_700_000_000.0)
+    lim = Limits(requests_per_minute=60, burst=1, tokens_per_minute=3000)
+    too_large = _refusal("t", Ticket("t", "m", 2, store.reserve_now("t", lim, 4002), lim), 4002)
+    assert too_large.status == 429 and too_large.code == "rate_limit_exceeded"
+    assert too_large.headers == {"x-should-retry": "false"}
+    assert store.reserve_now("t", lim, 10).admitted
+    busy = _refusal("t", Ticket("t", "m", 2, store.reserve_now("t", lim, 10), lim), 10)  # the one request spent
+    assert busy.headers == {"Retry-After": "1"} and "x-should-retry" not in busy.headers

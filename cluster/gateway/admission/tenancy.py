@@ -118,9 +118,13 @@ def _refusal(tenant: str, t: Ticket, cost: int) -> OpenAIError:
         return OpenAIError(429, "the tenancy store is unavailable and limits fail closed; retry shortly",
                            type="rate_limit_error", code="tenancy_store_unavailable", headers=retry)
     if d.refused == TOO_LARGE:
+        # Waiting never admits it (it is more than the whole bucket): no Retry-After, which the
+        # OpenAI SDK (up to 60 s) and LiteLLM's router obey before each of their retries, and
+        # x-should-retry: false, which the OpenAI and Anthropic SDKs obey.
         return OpenAIError(429, f"request too large: it reserves {cost} tokens, more than "
                            f"tenant '{tenant}''s limit of {plain_number(lim.tokens_per_minute)} tokens per minute; lower "
-                           "max_tokens", type="rate_limit_error", code="rate_limit_exceeded", headers=retry)
+                           "max_tokens", type="rate_limit_error", code="rate_limit_exceeded",
+                           headers={"x-should-retry": "false"})
     what = f"{plain_number(lim.requests_per_minute)} requests" if d.refused == "requests" \
         else f"{plain_number(lim.tokens_per_minute)} tokens"
     return OpenAIError(429, f"tenant '{tenant}' is over its limit of {what} per minute", type="rate_limit_error",

@@ -132,7 +132,7 @@ def test_previous_response_id_pins_its_owner():
     assert job.pin == "m-1" and [e.url for e in owner_endpoints(job, EPS)] == ["http://b"]
     with pytest.raises(OpenAIError) as e:  # the owner is gone
         owner_endpoints(job, EPS[:1])
-    assert e.value.status == 404 and e.value.param == "response_id" and "draining or gone" in e.value.message
+    assert e.value.status == 400 and e.value.param == "previous_response_id" and "draining or gone" in e.value.message
     with pytest.raises(OpenAIError):  # the owner is draining
         owner_endpoints(job, [EPS[0], Endpoint(model="m", replica_id="m-1", url="http://b", draining=True)])
 
@@ -142,12 +142,14 @@ def test_previous_response_id_pins_its_owner():
     (None, "beta", "m"),  # another tenant's
     (None, "alpha", "plain"),  # another model's
 ])
-def test_unverifiable_previous_id_is_vllms_404(prev, tenant, model):
+def test_unverifiable_previous_id_is_openais_400(prev, tenant, model):
     conv = Conversations(CFG, ResponseIds(KEY))
     prev = prev or conv.ids.mint("alpha", "m", "m-0")
     with pytest.raises(OpenAIError) as e:
         conv.prepare(_job({"model": model, "input": "x", "previous_response_id": prev}, model=model, tenant=tenant))
-    assert e.value.status == 404 and e.value.body()["error"]["message"] == f"Response with id '{prev}' not found."
+    assert e.value.body()["error"] == {"message": f"Previous response with id '{prev}' not found.",
+                                       "type": "invalid_request_error", "param": "previous_response_id",
+                                       "code": "previous_response_not_found"} and e.value.status == 400
 
 
 def test_strip_policy_marks_the_job():
@@ -159,10 +161,12 @@ def test_strip_policy_marks_the_job():
 # --- the 404s say why (cluster.gateway.responses.missing) ---------------------------------------
 
 def _err(call) -> OpenAIError:
+    """A follow-up's refusal: OpenAI's 400 (a 404 there puts a LiteLLM deployment in cooldown)."""
     with pytest.raises(OpenAIError) as e:
         call()
     err = e.value
-    assert (err.status, err.param, err.code, err.type) == (404, "response_id", "not_found", "not_found_error")
+    assert (err.status, err.param, err.code, err.type) == (400, "previous_response_id", "previous_response_not_found",
+                                                           "invalid_request_error")
     return err
 
 
@@ -172,7 +176,7 @@ def test_an_expired_id_names_ttl_s():
     prev = conv.ids.mint("alpha", "m", "m-0")
     clock.t += 61
     err = _err(lambda: conv.prepare(_job({"model": "m", "input": "x", "previous_response_id": prev})))
-    assert err.message.startswith(f"Response with id '{prev}' not found.") and "models.m.responses_store.ttl_s" in err.message
+    assert err.message.startswith(f"Previous response with id '{prev}' not found.") and "models.m.responses_store.ttl_s" in err.message
     # A model whose store owc does not bound has no ttl at the gateway: the engine's store answers.
     old = conv.ids.mint("alpha", "plain", "plain-0")
     clock.t += 10_000
@@ -183,7 +187,7 @@ def test_an_unknown_id_names_the_id_key_only_when_it_is_random():
     prev = "resp_0123456789abcdef0123456789abcdef"
     data = {"model": "m", "input": "x", "previous_response_id": prev}
     shared = _err(lambda: Conversations(CFG, ResponseIds(KEY)).prepare(_job(data)))
-    assert shared.message == f"Response with id '{prev}' not found."  # says nothing of whose it is
+    assert shared.message == f"Previous response with id '{prev}' not found."  # says nothing of whose it is
     random = _err(lambda: Conversations(CFG, ResponseIds.from_env(None, {})).prepare(_job(data)))
     assert random.message.startswith(shared.message) and KEY_ENV in random.message
 
@@ -200,7 +204,8 @@ def test_the_owners_own_404_names_the_setting(model, says):
                                                          "type": "invalid_request_error", "param": "response_id",
                                                          "code": 404}}))
     err = conv.explain(job, engines)
-    assert err.status == 404 and err.message.startswith(engines.message) and all(s in err.message for s in says)
+    assert (err.status, err.param, err.code) == (400, "previous_response_id", "previous_response_not_found")
+    assert err.message.startswith("Previous r" + engines.message[1:]) and all(s in err.message for s in says)
     other = OpenAIError(404, "The model `m` does not exist.", param="model")
     assert conv.explain(job, other) is other  # not about the response: as it was
     unpinned = conv.prepare(_job({"model": model, "input": "x"}, model=model))

@@ -78,12 +78,15 @@ def test_another_tenants_id_is_a_404(stack):
     _, _, g = stack
     mine = _sdk(g).responses.create(model="m", input="secret", max_output_tokens=2)
     beta = _sdk(g, "sk-beta")
-    for call in (lambda: beta.responses.retrieve(mine.id), lambda: beta.responses.cancel(mine.id),
-                 lambda: beta.responses.create(model="m", input="x", previous_response_id=mine.id, max_output_tokens=2)):
+    for call in (lambda: beta.responses.retrieve(mine.id), lambda: beta.responses.cancel(mine.id)):
         with pytest.raises(openai.NotFoundError) as e:
             call()
         assert e.value.body["message"].startswith(f"Response with id '{mine.id}' not found.")
         assert e.value.body["param"] == "response_id"
+    with pytest.raises(openai.BadRequestError) as e:  # a follow-up: OpenAI's 400, not a 404 (no router cooldown)
+        beta.responses.create(model="m", input="x", previous_response_id=mine.id, max_output_tokens=2)
+    assert e.value.body["message"].startswith(f"Previous response with id '{mine.id}' not found.")
+    assert (e.value.body["param"], e.value.body["code"]) == ("previous_response_id", "previous_response_not_found")
     assert _sdk(g).responses.retrieve(mine.id).id == mine.id  # still the owner's
 
 
@@ -93,7 +96,7 @@ def test_ids_the_gateway_did_not_mint_are_404_without_reaching_an_engine(stack):
                         timeout=10).json()["id"]  # in engine 0's store, made without the gateway
     with pytest.raises(openai.NotFoundError):
         _sdk(g).responses.retrieve(direct)
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError):
         _sdk(g).responses.create(model="m", input="x", previous_response_id=direct, max_output_tokens=2)
     unstored = _sdk(g).responses.create(model="m", input="hi", max_output_tokens=2, store=False)
     with pytest.raises(openai.NotFoundError):
@@ -104,10 +107,12 @@ def test_an_engine_without_its_store_answers_a_404_naming_the_setting(stack):
     _, _, g = stack
     c = _sdk(g)
     made = c.responses.create(model="plain", input="hi", max_output_tokens=2)  # served; the engine kept nothing
-    for call in (lambda: c.responses.retrieve(made.id),
-                 lambda: c.responses.create(model="plain", input="x", previous_response_id=made.id, max_output_tokens=2)):
-        with pytest.raises(openai.NotFoundError) as e:
+    for call, error, first in (
+            (lambda: c.responses.retrieve(made.id), openai.NotFoundError, "Response"),
+            (lambda: c.responses.create(model="plain", input="x", previous_response_id=made.id, max_output_tokens=2),
+             openai.BadRequestError, "Previous response")):
+        with pytest.raises(error) as e:
             call()
         message = e.value.body["message"]
-        assert message.startswith(f"Response with id '{made.id}' not found.")
+        assert message.startswith(f"{first} with id '{made.id}' not found.")
         assert "VLLM_ENABLE_RESPONSES_API_STORE=1" in message and "models.plain.responses_store.enabled" in message

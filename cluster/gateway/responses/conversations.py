@@ -10,11 +10,12 @@ Admission hands every job to ``Conversations.prepare``:
   (VLLM_ENABLE_RESPONSES_API_STORE=1) without owc's config saying so, and its own store then
   answers follow-ups and retrievals. SSE events are never rewritten for this;
 - a Responses request with `previous_response_id` is pinned to the replica its id names
-  (``Job.pin``); an id the gateway cannot verify for this tenant and model → vLLM's 404
-  (cluster.gateway.responses.missing says why where a setting would change it).
+  (``Job.pin``); an id the gateway cannot verify for this tenant and model → OpenAI's 400
+  `previous_response_not_found` (cluster.gateway.responses.missing says why where a setting
+  would change it; GET and cancel of such an id keep vLLM's 404).
 The forwarder narrows a pinned job's endpoints to its owner (``owner_endpoints``): a replica
-that is gone or draining → 404. The owner's own 404 (its store is off, or it evicted the
-response) reaches the client through ``explain``, naming the setting. Retrieval and cancel
+that is gone or draining → the same 400. The owner's own 404 (its store is off, or it evicted the
+response) reaches the client through ``explain`` as that 400, naming the setting. Retrieval and cancel
 are routes of their own (cluster.gateway.responses.routes).
 """
 
@@ -69,7 +70,10 @@ class Conversations:
         out: dict = {}
         prev = job.data.get("previous_response_id")
         if prev is not None:
-            out["pin"] = locate(self._config, self._ids, job.tenant, prev, model=job.model).replica_id
+            try:
+                out["pin"] = locate(self._config, self._ids, job.tenant, prev, model=job.model).replica_id
+            except OpenAIError as e:
+                raise missing.previous_not_found(e, prev) from None
         if job.data.get("store", True) is not False:
             out["body_for"] = _minting(self._ids, job)
         return out
@@ -81,7 +85,8 @@ class Conversations:
         prev = job.data.get("previous_response_id")
         if not missing.is_vllms(err, prev):
             return err
-        return missing.engine_missing(prev, job.model, store_enabled=self._config.models[job.model].responses_store.enabled)
+        return missing.previous_not_found(missing.engine_missing(
+            prev, job.model, store_enabled=self._config.models[job.model].responses_store.enabled), prev)
 
 
 def _minting(ids: ResponseIds, job: Job) -> Callable[[Endpoint], bytes]:
@@ -98,5 +103,6 @@ def owner_endpoints(job: Job, endpoints: list[Endpoint]) -> list[Endpoint]:
     (its stored responses leave with it)."""
     owner = [e for e in endpoints if e.replica_id == job.pin and not e.draining]
     if not owner:
-        raise missing.owner_gone(job.data.get("previous_response_id", ""))
+        prev = job.data.get("previous_response_id", "")
+        raise missing.previous_not_found(missing.owner_gone(prev), prev)
     return owner

@@ -1,7 +1,9 @@
 """The 404s of stored responses, each saying why where a setting would change it.
 
 Every one keeps vLLM's own first sentence, status, type, param and code (an SDK or a test
-that reads them sees what bare vLLM answers); what follows names the setting that matters:
+that reads them sees what bare vLLM answers), except for a follow-up (`previous_response_id`),
+which gets OpenAI's 400 ``previous_response_not_found`` (``previous_not_found``); what follows
+names the setting that matters:
 
 - ``unknown``: the gateway cannot verify the id for this tenant (another tenant's, forged,
   not minted by owc, e.g. `store: false`). Nothing is added (an unknown id tells nothing of
@@ -30,6 +32,17 @@ def not_found(response_id: object, hint: str = "") -> OpenAIError:
     """vLLM's answer for an id it does not hold (as the gateway relays it), with ``hint`` after it."""
     message = vllm_message(response_id) + (" " + hint if hint else "")
     return OpenAIError(404, message, param="response_id", code="not_found")
+
+
+def previous_not_found(err: OpenAIError, response_id: object) -> OpenAIError:
+    """One of the 404s above answering a follow-up (POST /v1/responses naming ``response_id`` as its
+    `previous_response_id`) as OpenAI answers it: 400 `previous_response_not_found`, param
+    `previous_response_id`, "Previous response with id '…' not found." and the same hint. A 404 there
+    reads as "model not found" to a router in front: LiteLLM's puts the deployment in cooldown and
+    sends every request of the group elsewhere (or nowhere) for a stale conversation id."""
+    hint = err.message[len(vllm_message(response_id)):] if err.message.startswith(vllm_message(response_id)) else ""
+    return OpenAIError(400, "Previous r" + vllm_message(response_id)[1:] + hint,
+                       param="previous_response_id", code="previous_response_not_found")
 
 
 def is_vllms(err: OpenAIError, response_id: object) -> bool:

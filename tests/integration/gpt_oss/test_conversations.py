@@ -104,7 +104,7 @@ def created(gateways):
 
 
 @pytest.mark.parametrize("kind", ["forged", "other tenant", "vllm's own shape"])
-def test_forged_and_other_tenant_ids_are_404(gateways, created, kind):
+def test_forged_and_other_tenant_ids_are_404_and_a_follow_up_400(gateways, created, kind):
     g1, _ = gateways
     a = created
     rid = {"forged": a.id[:-3] + ("AAA" if not a.id.endswith("AAA") else "BBB"), "other tenant": a.id,
@@ -113,11 +113,13 @@ def test_forged_and_other_tenant_ids_are_404(gateways, created, kind):
     for call in (
         lambda c: c.responses.retrieve(rid),
         lambda c: c.responses.cancel(rid),
-        lambda c: c.responses.create(model=MODEL, input="more", previous_response_id=rid, max_output_tokens=8),
     ):
         with pytest.raises(openai.NotFoundError) as e:
             call(_sdk(g1, key))
         assert e.value.body["message"] == f"Response with id '{rid}' not found." and e.value.body["param"] == "response_id"
+    with pytest.raises(openai.BadRequestError) as e:  # a follow-up: OpenAI's 400
+        _sdk(g1, key).responses.create(model=MODEL, input="more", previous_response_id=rid, max_output_tokens=8)
+    assert e.value.body["code"] == "previous_response_not_found" and e.value.body["param"] == "previous_response_id"
 
 
 def test_store_false_mints_nothing_and_client_request_id_is_refused(gateways):
@@ -191,7 +193,7 @@ def test_expose_is_bare_vllm(engines, gateways):
     assert events(g1.url, {"Authorization": "Bearer sk-alpha"}) == events(engines[0].url, {})
 
 
-def test_a_draining_or_removed_owner_makes_its_ids_404(engines, gateways):
+def test_a_draining_or_removed_owner_makes_its_ids_404_and_follow_ups_400(engines, gateways):
     g1, g2 = gateways
     held = {}
     for _ in range(4):
@@ -211,5 +213,5 @@ def test_a_draining_or_removed_owner_makes_its_ids_404(engines, gateways):
     assert _sdk(g2).responses.retrieve(held["r0"]).id == held["r0"]
     _write_endpoints(g1.endpoints_file, engines, gone={1})
     wait_for(lambda: gone(g1, held["r1"]) and gone(g2, held["r1"]), 5, "removed owner's id → 404")
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError):
         _sdk(g2).responses.create(model=MODEL, input="more", previous_response_id=held["r1"], max_output_tokens=8)

@@ -65,3 +65,10 @@ def test_every_expression_passes_promtool(tmp_path):
     r = subprocess.run([tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{len(rules)} rules found" in r.stdout
+
+
+def test_routable_panels_read_the_routable_gauge():
+    """owc_engine_replicas counts registered replicas, unhealthy and draining ones included: a
+    panel titled routable must read owc_engine_replicas_routable."""
+    routable = [(title, expr) for _, title, expr in all_exprs() if "routable" in title.lower()]
+    assert routable and any("owc_engine_replicas_routable" in e for _, e in routable), routable

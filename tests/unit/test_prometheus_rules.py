@@ -45,8 +45,10 @@ CASES = {
     "OwcTTFTSLOBurnRateSlow": (TTFT_BAD, TTFT_GOOD, "85m", {"model": "m"},
                                "m: time-to-first-token SLO error budget burning 6x too fast"),
     "OwcNoHealthyReplica": (
-        [('owc_engine_replicas{model="m",instance="g:1"}', "0x10")],
-        [('owc_engine_replicas{model="m",instance="g:1"}', "1x10")],
+        # A replica registered but unhealthy (or draining) answers no request either: the gateway's
+        # 503 no_healthy_replica follows the routable count, not the registered one.
+        [('owc_engine_replicas{model="m",instance="g:1"}', "1x10"), ('owc_engine_replicas_routable{model="m",instance="g:1"}', "0x10")],
+        [('owc_engine_replicas{model="m",instance="g:1"}', "1x10"), ('owc_engine_replicas_routable{model="m",instance="g:1"}', "1x10")],
         "5m", {"model": "m"}, "m: no engine replica is routable",
     ),
     "OwcKVCacheSaturated": (

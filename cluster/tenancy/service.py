@@ -116,7 +116,9 @@ class Tenancy:
     async def _decide(self, tenant: str, model: str, cost: int, estimate: int, lim: Limits, *,
                       hold: tuple[str, int] | None = None) -> Ticket:
         if self.store is None:
-            return Ticket(tenant, model, estimate, self._local.reserve_now(tenant, lim, cost, hold=hold), lim)
+            d = self._local.reserve_now(tenant, lim, cost, hold=hold)
+            self._report(tenant, lim, d)  # owc_tenant_quota_used_ratio without a shared store too
+            return Ticket(tenant, model, estimate, d, lim)
         if self._clock() >= self._down_until:
             try:
                 d = await self.store.reserve(tenant, lim, cost, hold=hold) if hold else await self.store.reserve(

@@ -167,3 +167,22 @@ def test_a_reservation_over_the_whole_bucket_is_not_worth_retrying():
     assert store.reserve_now("t", lim, 10).admitted
     busy = _refusal("t", Ticket("t", "m", 2, store.reserve_now("t", lim, 10), lim), 10)  # the one request spent
     assert busy.headers == {"Retry-After": "1"} and "x-should-retry" not in busy.headers
+
+
+def test_quota_gauge_without_a_shared_store():
+    """owc_tenant_quota_used_ratio (the Tenants dashboard's quota panel) is set by the in-process
+    store too: a gateway without gateway.store enforces daily/monthly quotas all the same."""
+    from prometheus_client import CollectorRegistry
+
+    from cluster.config.loader import parse_config
+    from cluster.gateway.admission.tenancy import build_tenancy
+    from cluster.gateway.observability.metrics import GatewayMetrics
+
+    cfg = parse_config({"models": {"m": {"source": "external"}},
+                        "gateway": {"api_keys_env": None, "tenants": {"t": {"daily_tokens": 1000, "monthly_tokens": 4000}}}})
+    assert cfg.gateway.store is None
+    registry = CollectorRegistry()
+    tenancy = build_tenancy(cfg, GatewayMetrics(registry))
+    assert asyncio.run(tenancy.admit("t", "m", cost=100, estimate=100)).decision.admitted
+    assert registry.get_sample_value("owc_tenant_quota_used_ratio", {"tenant": "t", "period": "day"}) == 0.1
+    assert registry.get_sample_value("owc_tenant_quota_used_ratio", {"tenant": "t", "period": "month"}) == 0.025

@@ -755,3 +755,28 @@ def test_batch_files_live_on_a_volume_every_gateway_pod_shares(tmp_path):
             assert vol["persistentVolumeClaim"]["claimName"] == pvcs[0]["metadata"]["name"]
         else:
             assert not pvcs and vol["persistentVolumeClaim"]["claimName"] == claim
+
+
+def test_every_owc_scrape_job_is_watched_by_the_target_down_alert():
+    """prometheus-operator names a PodMonitor's job after its jobLabel's pod label (else
+    "<namespace>/<podmonitor>"): the gateway's, engines' and controller's jobs must be the ones
+    OwcScrapeTargetDown matches, or a crash-looping process is never alerted."""
+    import re
+
+    alerts = yaml.safe_load((PROMETHEUS_DIR / "rules" / "owc-alerts.yml").read_text())["groups"][0]["rules"]
+    expr = next(r["expr"] for r in alerts if r.get("alert") == "OwcScrapeTargetDown")
+    regex = re.search(r'job=~"([^"]+)"', expr).group(1)
+    docs = rendered(CHART / "ci" / "gpt-oss-20b-autoscaled-values.yaml")  # controller and PodMonitors on
+    pods = [d["spec"]["template"]["metadata"]["labels"] for d in docs if d["kind"] == "Deployment"]
+    rs = next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    pods += [g["template"]["metadata"]["labels"] for g in rs["workerGroupSpecs"]]
+    for pm in (d for d in docs if d["kind"] == "PodMonitor"):
+        sel = pm["spec"]["selector"]["matchLabels"]
+        if sel.get("owc.io/component") not in ("gateway", "engine", "controller"):
+            continue
+        matched = [p for p in pods if all(p.get(k) == v for k, v in sel.items())]
+        assert matched, pm["metadata"]["name"]
+        label = pm["spec"].get("jobLabel")
+        for p in matched:
+            job = p.get(label) if label else f"llm/{pm['metadata']['name']}"
+            assert job and re.fullmatch(regex, job), (pm["metadata"]["name"], job, regex)

@@ -184,3 +184,33 @@ def test_promtool_alert_fires_and_stays_quiet(alert, tmp_path: Path):
     path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     r = subprocess.run([tool("promtool"), "test", "rules", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_dead_controller_is_alerted(tmp_path: Path):
+    """The controller's process dies: its series goes stale and its scrape fails. Not reconciling
+    (replicas no longer follow load) must still alert, and its target must count as down."""
+    spec = {
+        "rule_files": [str(f) for f in RULES],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": "owc_controller_last_reconcile_timestamp_seconds", "values": "0+60x10 stale"},
+                {"series": 'up{job="owc-controller",instance="c:1"}', "values": "1x10 0x30"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "30m", "alertname": "OwcCapacityControllerNotReconciling", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning"},
+                    "exp_annotations": {"summary": "the capacity controller has not reconciled for 20m 0s",
+                                        "runbook": ALERTS["OwcCapacityControllerNotReconciling"]["annotations"]["runbook"]}}]},
+                {"eval_time": "30m", "alertname": "OwcScrapeTargetDown", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "job": "owc-controller", "instance": "c:1"},
+                    "exp_annotations": {"summary": "owc-controller target c:1 is down",
+                                        "runbook": ALERTS["OwcScrapeTargetDown"]["annotations"]["runbook"]}}]},
+            ],
+        }],
+    }
+    path = tmp_path / "test.yml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    r = subprocess.run([tool("promtool"), "test", "rules", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -780,3 +780,34 @@ def test_every_owc_scrape_job_is_watched_by_the_target_down_alert():
         for p in matched:
             job = p.get(label) if label else f"llm/{pm['metadata']['name']}"
             assert job and re.fullmatch(regex, job), (pm["metadata"]["name"], job, regex)
+
+
+@pytest.mark.parametrize("values", ["gpt-oss-20b-autoscaled-values.yaml", "gpt-oss-20b-1gpu-values.yaml"])
+def test_no_pod_port_is_scraped_twice(values):
+    """Two PodMonitors on one pod's port store every series twice (job differs): sum(rate(...))
+    over them doubles, e.g. the Capacity dashboard's controller decisions."""
+    docs = rendered(CHART / "ci" / values)
+    pods = [d["spec"]["template"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    rs = [d for d in docs if d["kind"] == "RayService"]
+    for d in rs:
+        rc = d["spec"]["rayClusterConfig"]
+        pods += [rc["headGroupSpec"]["template"], *(g["template"] for g in rc["workerGroupSpecs"])]
+
+    def selects(sel: dict, labels: dict) -> bool:
+        ok = all(labels.get(k) == v for k, v in sel.get("matchLabels", {}).items())
+        for e in sel.get("matchExpressions", []):
+            has = labels.get(e["key"])
+            ok &= {"In": has in e.get("values", []), "NotIn": has not in e.get("values", []),
+                   "Exists": has is not None, "DoesNotExist": has is None}[e["operator"]]
+        return ok
+
+    scraped: dict[tuple[str, str], list[str]] = {}
+    for pm in (d for d in docs if d["kind"] == "PodMonitor"):
+        for pod in pods:
+            ports = {p.get("name") for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+            if selects(pm["spec"]["selector"], pod["metadata"]["labels"]):
+                for ep in pm["spec"]["podMetricsEndpoints"]:
+                    if ep["port"] in ports:
+                        key = (pod["metadata"]["labels"].get("owc.io/component"), ep["port"])
+                        scraped.setdefault(key, []).append(pm["metadata"]["name"])
+    assert scraped and not {k: v for k, v in scraped.items() if len(v) > 1}, scraped

@@ -129,3 +129,20 @@ def test_rules_and_dashboards_use_only_listed_metrics():
                     used.setdefault(_base(n), d.uid)
     missing = {n: where for n, where in used.items() if n not in listed}
     assert not missing, f"metrics used but not in {DOC.name}: {missing}"
+
+
+def test_dashboards_filter_by_model_only_metrics_with_a_model_label():
+    """Grafana's $model is `.*` for All, which also matches a missing label: a selector
+    `model=~"$model"` on a metric without `model` works until an operator picks a model, then
+    its panel shows no data."""
+    table = contract()
+    selector = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
+    wrong = set()
+    for d in DASHBOARDS:
+        for p in render(d)["panels"]:
+            for t in p["targets"]:
+                for name, matchers in selector.findall(t["expr"]):
+                    base = name if name in table else _base(name)
+                    if 'model=~"$model"' in matchers and base in table and "model" not in table[base][1]:
+                        wrong.add((d.uid, p["title"], base))
+    assert not wrong, sorted(wrong)

@@ -61,7 +61,9 @@ def test_tokens_are_reserved_before_the_work_and_settled_with_the_engines_usage(
         before = _fake_served(stack)
         r = _post(url, body(max_tokens=700))  # a reservation above the whole limit
         assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
-        assert r.headers["x-ratelimit-limit-tokens"] == "600" and "retry-after" in r.headers
+        assert r.headers["x-ratelimit-limit-tokens"] == "600"
+        # no wait admits it (more than the whole bucket): no Retry-After, and SDKs are told not to retry
+        assert "retry-after" not in r.headers and r.headers["x-should-retry"] == "false"
         assert _fake_served(stack) == before  # refused before any engine saw it
         long_words = {**body(max_tokens=20), "messages": [{"role": "user", "content": "abcdefghijklmnopqrstuvwxyz " * 8}]}
         r1 = _post(url, long_words)  # estimated 54 prompt tokens (bytes / 4); the engine counts 11

@@ -27,7 +27,7 @@ from cluster.gateway.observability.access_log import AccessLog
 from cluster.gateway.observability.accounting import Accounting
 from cluster.gateway.admin.adapters import add_adapter_routes, build_loader
 from cluster.gateway.upstream.adapter_loader import record_adapter_requests
-from cluster.gateway.admission.entry import REQUEST_ID, ROUTES, Admission, send_error
+from cluster.gateway.admission.entry import ROUTES, Admission, client_request_id, send_error
 from cluster.gateway.anthropic.frontend import PATHS as ANTHROPIC_PATHS, AnthropicFrontEnd
 from cluster.gateway.auth.authenticator import Authenticator
 from cluster.gateway.batches.routes import add_batch_routes
@@ -265,9 +265,12 @@ class GatewayApp:
 
 
 def request_id(scope: dict) -> str:
-    """A FastAPI route's request id: the client's X-Request-Id when it is plain, else a new one."""
-    raw = dict(scope["headers"]).get(b"x-request-id")
-    return raw.decode("ascii") if raw and REQUEST_ID.fullmatch(raw) else os.urandom(16).hex()
+    """A FastAPI route's request id: the client's X-Request-Id when it is plain (admission's
+    check, which refuses the rest with a 400; here they are replaced), else a new one."""
+    try:
+        return client_request_id(dict(scope["headers"])) or os.urandom(16).hex()
+    except OpenAIError:
+        return os.urandom(16).hex()
 
 
 def with_request_id(send: Any, rid: str) -> Any:

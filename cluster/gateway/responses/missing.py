@@ -40,8 +40,9 @@ def previous_not_found(err: OpenAIError, response_id: object) -> OpenAIError:
     `previous_response_id`, "Previous response with id '…' not found." and the same hint. A 404 there
     reads as "model not found" to a router in front: LiteLLM's puts the deployment in cooldown and
     sends every request of the group elsewhere (or nowhere) for a stale conversation id."""
-    hint = err.message[len(vllm_message(response_id)):] if err.message.startswith(vllm_message(response_id)) else ""
-    return OpenAIError(400, "Previous r" + vllm_message(response_id)[1:] + hint,
+    vllm = vllm_message(response_id)
+    hint = err.message[len(vllm):] if err.message.startswith(vllm) else ""
+    return OpenAIError(400, "Previous r" + vllm[1:] + hint,
                        param="previous_response_id", code="previous_response_not_found")
 
 

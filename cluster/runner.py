@@ -17,7 +17,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import httpx
 import psutil
 
 from cluster import reaper
@@ -26,6 +25,7 @@ from cluster.config.schema import OwcConfig
 from cluster.discovery.rollouts import DIR_ENV as ROLLOUT_DIR_ENV
 from cluster.metrics.targets import file_sd_dir, remove_targets, write_targets
 from cluster.process import free_port
+from cluster.readiness import wait_gateways_ready
 from cluster.tenancy.local_redis import LocalRedis
 from cluster.engine.demo_model import build_demo_model, demo_name, is_demo_source
 from cluster.engine.failures import DeployError, StartFailure, failing, model_names
@@ -202,18 +202,7 @@ class LocalCluster:
         return {v: os.environ[v] for v in (gw.api_keys_env, gw.admin_keys_env) if v and os.environ.get(v)}
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                r = httpx.get(self.url + "/ready", timeout=2)
-                if r.status_code == 200:
-                    return
-                last = r.text
-            except httpx.HTTPError as e:
-                last = str(e)
-            time.sleep(0.25)
-        raise TimeoutError(f"gateway not ready after {timeout_s:.0f}s: {last}")
+        wait_gateways_ready(self.url, self.cfg.gateway.replicas.start, timeout_s)
 
     def stop(self, serve_timeout_s: float = 6.0) -> None:
         """Graceful Serve shutdown (replicas stop their engines), bounded: a replica still

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -107,10 +108,12 @@ def build_app(
     poll_stats: bool = True,
     engine_key: str | None = None,
     open_files: int | None = None,
+    process: str | None = None,
 ) -> GatewayApp:
     """``routing``, ``access_log``, ``tracer`` and the stats poller default to what the
     config asks for; ``engine_key`` goes with every call to an engine; ``open_files``: the
-    process's open-file limit the connection bound is derived from (default: its soft limit)."""
+    process's open-file limit the connection bound is derived from (default: its soft limit);
+    ``process``: the id /ready answers with (default: a random one, one per app)."""
     gw = config.gateway
     routing = routing or build_routing(config)
     metrics = GatewayMetrics(registry, replicas=lambda: replica_counts(config, endpoints, routing))
@@ -224,7 +227,8 @@ def build_app(
         return error_response(OpenAIError(500, f"internal gateway error: {type(exc).__name__}", type="server_error"))
 
     table = RouteTable(app, auth, audit=access_log.write if access_log is not None else None)
-    add_routes(table, config=config, endpoints=endpoints, routing=routing, clock=clock)
+    add_routes(table, config=config, endpoints=endpoints, routing=routing, clock=clock,
+               process=process or uuid.uuid4().hex[:12])
     if auth.admin_configured:  # no admin keys: no adapter admin routes (404)
         add_adapter_routes(table, config=config, loader=adapters)
         add_rollout_routes(table, config=config, view=versions)

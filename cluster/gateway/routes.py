@@ -87,8 +87,10 @@ class RouteTable:
 
 def add_routes(
     table: RouteTable, *, config: OwcConfig, endpoints: EndpointSource, routing: Routing,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] = time.time, process: str = "",
 ) -> None:
+    """``process``: this gateway process's id, in /ready's answer (`owc serve` waits until every
+    process sharing the port has answered ready, cluster.runner.wait_gateways_ready)."""
     tenants = config.gateway.tenants
 
     def model_card(name: str) -> dict[str, Any]:
@@ -114,7 +116,7 @@ def add_routes(
             if routable == 0 and config.models[name].wakes_on_request:
                 models[name]["scaled_to_zero"] = True  # ready: a request wakes it
         ok = all(m["replicas"] > 0 or m.get("scaled_to_zero") for m in models.values())
-        return JSONResponse({"ready": ok, "models": models}, status_code=200 if ok else 503)
+        return JSONResponse({"ready": ok, "models": models, "process": process}, status_code=200 if ok else 503)
 
     @table.add("GET", "/v1/models", "tenant")
     async def list_models(request: Request) -> Response:

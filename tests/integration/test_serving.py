@@ -24,6 +24,7 @@ def test_models_and_readiness(client, cluster, http):
     assert sorted(m.id for m in client.models.list().data) == ["tiny-llama", "tiny-llama-tp2"]
     assert client.models.retrieve("demo").id == "tiny-llama"
     ready = http.get("/ready").json()
+    assert len(ready.pop("process")) == 12  # which gateway process answered (cluster.readiness)
     assert ready == {"ready": True, "models": {"tiny-llama": {"replicas": 1}, "tiny-llama-tp2": {"replicas": 1}}}
     assert http.get("/health").status_code == 200
 

@@ -17,7 +17,9 @@ import psutil
 import pytest
 import yaml
 
+from cluster.config.gateway import GatewayReplicas
 from cluster.process import free_port
+from cluster.readiness import wait_gateways_ready
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -142,14 +144,20 @@ def test_signal_mid_stream_stops_everything(tmp_path, model_cache, sig):
     tree = Descendants(proc.pid)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _ready(url), 300, "owc serve to be ready")
+        # Every gateway process ready, as `owc serve` waits for before it says so (one 200 is one process).
+        wait_gateways_ready(url, GatewayReplicas().start, 300)
         names = tree.names()
         assert any("cluster.engine.launch" in n for n in names) and any("raylet" in n for n in names)
         body = {"model": "tiny-llama", "prompt": "x", "max_tokens": 1000, "stream": True, "ignore_eos": True}
         with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
-            it = r.iter_raw()
-            next(it)
-            next(it)  # tokens are flowing
+            assert r.status_code == 200, r.read()
+            lines = r.iter_lines()
+            tokens = 0
+            for line in lines:
+                tokens += line.startswith("data: {")
+                if tokens == 2:
+                    break  # tokens are flowing
+            assert tokens == 2
             tree.sample()
             _stop_and_check(proc, tree, sig, port)
     finally:

@@ -63,6 +63,8 @@ def test_health_and_ready(gateway):
     r = wait_for(lambda: (x := httpx.get(gateway.url + "/ready")).json()["models"]["dark-model"]["replicas"] == 0 and x,
                  5, "the unreachable replica out of routing")
     assert r.status_code == 503 and r.json()["models"]["fake-model"]["replicas"] == 1
+    # the process that answered, the same on each call (`owc serve` waits for every one: cluster.readiness)
+    assert r.json()["process"] and httpx.get(gateway.url + "/ready").json()["process"] == r.json()["process"]
 
 
 def test_models_list_and_alias_lookup(client):

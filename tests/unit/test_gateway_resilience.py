@@ -75,6 +75,10 @@ class BadEngine:
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                                  b"Transfer-Encoding: chunked\r\n\r\n")
                     data = b"data: " + event + b"\n\n"
+                    if b" /v1/responses " in head.split(b"\r\n")[0]:  # the Responses API's named events
+                        data = (b'event: response.created\ndata: {"type":"response.created","sequence_number":0}\n\n'
+                                b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                                b'"delta":"Bon","sequence_number":1}\n\n')
                     writer.write(b"%x\r\n%s\r\n" % (len(data), data))
                     await writer.drain()
                     await asyncio.sleep(0.2)
@@ -130,6 +134,19 @@ def test_stream_broken_mid_way_ends_with_an_sse_error_event(tmp_path):
         assert err["code"] == "engine_stream_broken"
         # a broken stream is not retried: the client had its first token already
         assert bad.posts == 1 and metric(gw.metrics_url, "owc_requests_total", code="502") == 1
+
+
+def test_responses_stream_broken_mid_way_ends_with_the_specs_error_event(tmp_path):
+    with BadEngine("break") as bad, server(gateway_argv(f"m={bad.url}", config=_config(tmp_path))) as gw:
+        r = httpx.post(gw.url + "/v1/responses", json={"model": "m", "input": "hi", "stream": True}, timeout=30)
+        assert r.status_code == 200
+        events = [e for e in r.text.split("\n\n") if e]
+        assert "Bon" in events[1]
+        name, data = events[-1].split("\n")
+        err = orjson.loads(data.removeprefix("data: "))
+        # ResponseErrorEvent numbered after the last event relayed, with the error object beside it
+        assert name == "event: error" and err["type"] == "error" and err["sequence_number"] == 2
+        assert err["code"] == err["error"]["code"] == "engine_stream_broken" and err["param"] is None
 
 
 def test_per_request_timeout_is_a_504(tmp_path):

@@ -173,7 +173,19 @@ def test_chat_usage_details_and_bad_counts():
     assert (d.prompt_tokens, d.completion_tokens, d.reasoning_tokens) == (None, None, None)
 
 
-def test_a_broken_responses_stream_ends_with_an_error_event():
-    event = responses_error_event(OpenAIError(502, "the engine's stream broke", code="engine_stream_broken"))
+@pytest.mark.parametrize("after, number", [
+    (b"", 0),  # nothing relayed yet
+    (b'event: response.created\ndata: {"type":"response.created","sequence_number":0}\n\n', 1),
+    (b'event: a\ndata: {"sequence_number":7}\n\nevent: b\ndata: {"delta":"x","sequence_number": 12}\n\n', 13),
+    (b'event: a\ndata: {"delta":"\\"sequence_number\\":","x":1}\n\n', 0),  # the key inside a string: no number
+])
+def test_a_broken_responses_stream_ends_with_the_specs_error_event(after, number):
+    event = responses_error_event(OpenAIError(502, "the engine's stream broke", code="engine_stream_broken"), after=after)
     name, data = event.decode().strip().split("\n")
-    assert name == "event: error" and json.loads(data.removeprefix("data: "))["error"]["code"] == "engine_stream_broken"
+    body = json.loads(data.removeprefix("data: "))
+    assert name == "event: error"
+    # ResponseErrorEvent (all five required), and the error object the OpenAI SDK raises on
+    assert {k: body[k] for k in ("type", "code", "message", "param", "sequence_number")} == {
+        "type": "error", "code": "engine_stream_broken", "message": "the engine's stream broke", "param": None,
+        "sequence_number": number}
+    assert body["error"]["code"] == "engine_stream_broken" and body["error"]["type"]

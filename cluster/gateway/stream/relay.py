@@ -94,7 +94,7 @@ class _Events:
     for the rest: clients cannot use half an event anyway, and usage events must be read and
     stripped whole), the resume ledger, the usage, TTFT and inter-token gaps, the strips."""
 
-    __slots__ = ("delivery", "tail", "last", "responses", "messages", "strip", "ledger", "strip_usage", "rename")
+    __slots__ = ("delivery", "tail", "last", "responses", "messages", "strip", "ledger", "strip_usage", "rename", "sent")
 
     def __init__(self, job: Job, delivery: Delivery):
         self.delivery = delivery
@@ -107,6 +107,7 @@ class _Events:
         self.ledger = ledger_for(job) if job.resume else None
         self.strip_usage = job.strip_usage
         self.rename = job.rename
+        self.sent = b""  # a Responses stream's last events relayed: an error event numbers itself after them
 
     def feed(self, chunk: bytes) -> bytes:
         """What of the engine's ``chunk`` goes to the client now (b"": nothing yet)."""
@@ -131,6 +132,7 @@ class _Events:
             # tool arguments); the usage is in the final response event, relayed as is.
             tokens = b".delta\n" in chunk
             take_response_usage(chunk, delivery)
+            self.sent = chunk
         elif b'"choices":[]' in chunk:
             # A fast engine's whole answer may arrive in one read with its usage.
             chunk, tokens = take_usage(chunk, delivery, strip=self.strip_usage)
@@ -253,7 +255,7 @@ async def _relay_stream(
                         continue
             delivery.status = err.status
             event = error_event(err.status, err.message) if messages is not None else \
-                responses_error_event(err) if responses else sse_error_event(err)
+                responses_error_event(err, after=events.sent) if responses else sse_error_event(err)
             await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return False
@@ -312,6 +314,16 @@ def take_response_usage(chunk: bytes, delivery: Delivery) -> bool:
     return True
 
 
-def responses_error_event(err: OpenAIError) -> bytes:
-    """A broken Responses stream's end: an `error` event (the OpenAI SDK raises on it)."""
-    return b"event: error\ndata: " + orjson.dumps(err.body()) + b"\n\n"
+def responses_error_event(err: OpenAIError, *, after: bytes = b"") -> bytes:
+    """A broken Responses stream's end: the spec's `error` event (type, code, message, param,
+    the sequence number after the last event relayed, ``after``), with the OpenAI error object
+    beside them, on which the OpenAI SDK raises."""
+    at = after.rfind(_SEQUENCE)
+    digits = after[at + len(_SEQUENCE):].lstrip()[:20] if at >= 0 else b""
+    n = len(digits) - len(digits.lstrip(b"0123456789"))
+    event = {"type": "error", "code": err.code, "message": err.message, "param": err.param,
+             "sequence_number": int(digits[:n]) + 1 if n else 0, **err.body()}
+    return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+_SEQUENCE = b'"sequence_number":'

@@ -1,8 +1,9 @@
 """The gateway app, wired: the generation routes (cluster.gateway.admission.entry) and, on
 FastAPI, the route table's other routes (cluster.gateway.routes). Every error leaves in the
 OpenAI shape (cluster.gateway.errors), but on Anthropic's Messages routes, whose front-end
-(cluster.gateway.anthropic) answers in Anthropic's. Metrics are served by a separate metrics-only app
-on each process's own port (``metrics_app``), never on the API port."""
+(cluster.gateway.anthropic) answers in Anthropic's, as do the models routes to an Anthropic
+client. Metrics are served by a separate metrics-only app on each process's own port
+(``metrics_app``), never on the API port."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from cluster.gateway.observability.accounting import Accounting
 from cluster.gateway.admin.adapters import add_adapter_routes, build_loader
 from cluster.gateway.upstream.adapter_loader import record_adapter_requests
 from cluster.gateway.admission.entry import ROUTES, Admission, client_request_id, send_error
-from cluster.gateway.anthropic.frontend import PATHS as ANTHROPIC_PATHS, AnthropicFrontEnd
+from cluster.gateway.anthropic import models as anthropic_models
+from cluster.gateway.anthropic.frontend import PATHS as ANTHROPIC_PATHS, AnthropicFrontEnd, ErrorShape, with_bearer
 from cluster.gateway.auth.authenticator import Authenticator
 from cluster.gateway.batches.routes import add_batch_routes
 from cluster.gateway.batches.wiring import build_batches
@@ -256,6 +258,10 @@ class GatewayApp:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] in ANTHROPIC_PATHS:
             await self._anthropic(scope, receive, send)
+        elif scope["type"] == "http" and anthropic_models.is_anthropic(scope):
+            # Anthropic's SDK listing models: its key header, its error shape, its request-id
+            scope = {**scope, "headers": with_bearer(list(scope["headers"]))}
+            await self.api(scope, receive, with_request_id(ErrorShape(send), request_id(scope)))
         elif scope["type"] == "http" and scope["path"] in ROUTES:
             if scope["method"] == "POST":
                 await self._admission(scope, receive, send)

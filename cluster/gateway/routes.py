@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from cluster.config.schema import OwcConfig
 from cluster.discovery.sources import EndpointSource
+from cluster.gateway.anthropic import models as anthropic_models
 from cluster.gateway.auth.authenticator import Authenticator, Principal, allowed
 from cluster.gateway.errors import OpenAIError
 from cluster.routing.router import Routing
@@ -90,19 +91,20 @@ def add_routes(
     clock: Callable[[], float] = time.time, process: str = "",
 ) -> None:
     """``process``: this gateway process's id, in /ready's answer (`owc serve` waits until every
-    process sharing the port has answered ready, cluster.runner.wait_gateways_ready)."""
+    process sharing the port has answered ready, cluster.readiness)."""
     tenants = config.gateway.tenants
+    started = int(clock())  # a model's `created`: when this gateway began serving it, the same on every call
 
     def model_card(name: str) -> dict[str, Any]:
         m = config.models[name]
-        card: dict[str, Any] = {"id": name, "object": "model", "created": int(clock()), "owned_by": "owc"}
+        card: dict[str, Any] = {"id": name, "object": "model", "created": started, "owned_by": "owc"}
         if m.max_model_len:
             card["max_model_len"] = m.max_model_len
         card["aliases"] = list(m.aliases)
         return card
 
     def adapter_card(name: str, adapter: str) -> dict[str, Any]:
-        return {"id": adapter, "object": "model", "created": int(clock()), "owned_by": "owc", "parent": name}
+        return {"id": adapter, "object": "model", "created": started, "owned_by": "owc", "parent": name}
 
     @table.add("GET", "/health", "public")
     async def health(request: Request) -> Response:
@@ -124,6 +126,8 @@ def add_routes(
         cards = [model_card(n) for n in config.models if allowed(tenants, tenant, n)]
         cards += [adapter_card(n, a) for n, m in config.models.items() for a in list(m.adapters)
                   if allowed(tenants, tenant, n, a)]  # LoRA adapters, each with its parent model
+        if anthropic_models.HEADER.decode() in request.headers:  # an Anthropic client: its Models API's page
+            return JSONResponse(anthropic_models.page(cards, request.query_params))
         return JSONResponse({"object": "list", "data": cards})
 
     @table.add("GET", "/v1/models/{model:path}", "tenant")
@@ -132,7 +136,10 @@ def add_routes(
         adapter = model if served is not None and model in config.models[served].adapters else None
         if served is None or not allowed(tenants, request.state.tenant, served, adapter):
             raise OpenAIError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
-        return JSONResponse(adapter_card(served, adapter) if adapter else model_card(served))
+        card = adapter_card(served, adapter) if adapter else model_card(served)
+        if anthropic_models.HEADER.decode() in request.headers:
+            return JSONResponse(anthropic_models.model(card))
+        return JSONResponse(card)
 
     @table.add("GET", "/admin/v1/replicas", "admin")
     async def admin_replicas(request: Request) -> Response:

@@ -96,3 +96,25 @@ def test_an_engine_dying_mid_stream_ends_with_anthropics_error_event(stack):
     assert last.startswith(b"event: error\ndata: ")
     assert orjson.loads(last.split(b"data: ", 1)[1])["error"]["type"] == "api_error"
     assert all(e.startswith(b"event: ") for e in events)  # whole events, none cut
+
+
+def test_anthropics_sdk_lists_and_retrieves_models(stack):
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=stack.url, api_key="sk-b", max_retries=0)
+    listed = client.models.list()
+    # beta's allow-list: only `dying`, in Anthropic's shape
+    assert [(m.id, m.type, m.display_name) for m in listed.data] == [("dying", "model", "dying")]
+    assert listed.data[0].created_at.year >= 2026 and listed.has_more is False and listed.first_id == "dying"
+    assert client.models.retrieve("dying").id == "dying"
+    raw = client.models.with_raw_response.list()
+    assert raw.headers["request-id"] == raw.headers["x-request-id"]
+    with pytest.raises(anthropic.NotFoundError) as e:  # outside the allow-list: Anthropic's error shape
+        client.models.retrieve("m")
+    assert e.value.body["error"]["type"] == "not_found_error"
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=stack.url, api_key="sk-nope", max_retries=0).models.list()
+    with pytest.raises(anthropic.BadRequestError):
+        client.models.list(limit=0)
+    # an OpenAI client on the same route still gets OpenAI's list
+    assert httpx.get(stack.url + "/v1/models", headers={"authorization": "Bearer sk-b"}).json()["object"] == "list"

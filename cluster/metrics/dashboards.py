@@ -95,7 +95,9 @@ CAPACITY = Dashboard(
         _p("Engine replicas: desired vs running",
            ('sum by (deployment) (ray_serve_autoscaling_target_replicas{deployment=~"engine-.*"})', "{{deployment}} desired"),
            ('sum by (deployment) (ray_serve_deployment_replica_healthy{deployment=~"engine-.*"})', "{{deployment}} running (healthy)"),
-           description="Desired: Ray Serve's replica target (what the capacity controller sets). Running: healthy replicas."),
+           description="Desired: Ray Serve's replica target (what the capacity controller sets). Running: healthy replicas. "
+                       "Every model's, whatever $model says: Ray Serve labels them by deployment (engine-<model>, "
+                       "its name's other characters as -), not by model."),
         _p("Routable replicas (gateway view)", (f"owc_engine_replicas_routable{{{M}}}", "{{model}} {{instance}}"),
            (f"owc_engine_replicas{{{M}}}", "{{model}} {{instance}} registered"),
            description="Replicas each gateway routes new requests to (healthy, not draining), and all registered ones."),
@@ -105,10 +107,12 @@ CAPACITY = Dashboard(
            (f"sum by (model) (owc_requests_queued{{{M}}})", "{{model}} awaiting an engine")),
         _p("KV-cache use", (f"owc:kv_cache_usage:avg{{{M}}}", "{{model}} avg"), (f"owc:kv_cache_usage:max{{{M}}}", "{{model}} max"), unit="percentunit"),
         _p("Prefix-cache hit rate",
-           ('sum by (model_name) (rate(vllm:prefix_cache_hits_total[$__rate_interval])) / sum by (model_name) (rate(vllm:prefix_cache_queries_total[$__rate_interval]))', "{{model_name}}"),
+           ('sum by (model_name) (rate(vllm:prefix_cache_hits_total{model_name=~"$model"}[$__rate_interval])) / '
+            'sum by (model_name) (rate(vllm:prefix_cache_queries_total{model_name=~"$model"}[$__rate_interval]))', "{{model_name}}"),
            unit="percentunit"),
         _p("Engine time to first token p95",
-           ("histogram_quantile(0.95, sum by (model_name, le) (rate(vllm:time_to_first_token_seconds_bucket[$__rate_interval])))", "{{model_name}}"), unit="s"),
+           ('histogram_quantile(0.95, sum by (model_name, le) (rate(vllm:time_to_first_token_seconds_bucket{model_name=~"$model"}[$__rate_interval])))',
+            "{{model_name}}"), unit="s", description="vLLM's own, by served name (owc's model name)."),
         _p("Accelerator utilisation", ("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} GPU {{gpu}}"), unit="percent",
            optional="GPU telemetry from NVIDIA's DCGM exporter; absent on CPU-only clusters."),
         _p("Capacity controller: replica target",
@@ -143,7 +147,10 @@ TENANTS = Dashboard(
         _p("Errors by tenant and status", (f'sum by (tenant, code) (rate(owc_requests_total{{{M},code=~"[45].."}}[$__rate_interval]))', "{{tenant}} {{code}}"), unit="reqps"),
         _p("Token quota used by tenant (day, month)", ("max by (tenant, period) (owc_tenant_quota_used_ratio)", "{{tenant}} {{period}}"),
            unit="percentunit"),
-        _p("Tenancy store up (min over gateways)", ("min(owc_tenancy_store_up)", "store up"), kind="stat"),
+        _p("Tenancy store up (min over gateways)", ("min(owc_tenancy_store_up)", "store up"), kind="stat",
+           description="1: every gateway process reaches the shared tenancy store (Redis). 0: one applies "
+                       "gateway.store.on_failure, or no store is configured (each process then counts its tenants' "
+                       "limits alone: the chart's tenancyStore.mode none)."),
         _p("Fair queue: requests waiting by tenant", (f"sum by (tenant) (owc_fair_queue_depth{{{M}}})", "{{tenant}}"),
            description="Requests the gateways hold for an engine slot (gateway.fair_sharing), all gateway processes."),
         _p("Fair queue: wait p95 by tenant",
@@ -203,7 +210,7 @@ def render(d: Dashboard) -> dict:
         "refresh": "30s",
         "templating": {"list": [
             {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source"},
-            {"name": "model", "type": "query", "datasource": DS, "query": "label_values(owc_requests_total, model)",
+            {"name": "model", "type": "query", "datasource": DS, "query": 'label_values(owc_requests_total{model!="unknown"}, model)',
              "includeAll": True, "multi": True, "allValue": ".*", "current": {"text": "All", "value": "$__all"}, "refresh": 2},
         ]},
         "panels": panels,

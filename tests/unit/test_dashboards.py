@@ -72,3 +72,16 @@ def test_routable_panels_read_the_routable_gauge():
     panel titled routable must read owc_engine_replicas_routable."""
     routable = [(title, expr) for _, title, expr in all_exprs() if "routable" in title.lower()]
     assert routable and any("owc_engine_replicas_routable" in e for _, e in routable), routable
+
+
+def test_the_model_selector_lists_models_and_filters_vllms_own_panels():
+    from cluster.gateway.observability.accounting import UNKNOWN
+
+    for d in DASHBOARDS:
+        (model,) = [v for v in render(d)["templating"]["list"] if v["name"] == "model"]
+        # requests refused before their model was known are counted as model="unknown": not a model to pick
+        assert f'model!="{UNKNOWN}"' in model["query"]
+        for p in d.panels:
+            for expr, _ in p.exprs:
+                for selector in re.findall(r"vllm:\w+\{([^}]*)\}|vllm:\w+\[", expr):
+                    assert 'model_name=~"$model"' in selector, (p.title, expr)  # vLLM labels its served name so

@@ -7,6 +7,8 @@ dies mid-stream ends the stream with Anthropic's `event: error`; the route's met
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import httpx
 import orjson
 import pytest
@@ -65,10 +67,17 @@ def test_a_dead_replica_does_not_fail_requests_and_the_route_is_counted(stack):
 
 
 def test_limits_allow_lists_and_bounds_answer_in_anthropics_shape(stack):
-    assert post(stack, {"model": "m", **ASK}, key="sk-limited").status_code == 200
+    ok = post(stack, {"model": "m", **ASK}, key="sk-limited")
+    assert ok.status_code == 200
+    # the tenant's limit as Anthropic's headers too, beside OpenAI's (one request a minute, burst 1)
+    assert ok.headers["anthropic-ratelimit-requests-limit"] == ok.headers["x-ratelimit-limit-requests"] == "1"
+    assert ok.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    reset = datetime.fromisoformat(ok.headers["anthropic-ratelimit-requests-reset"].replace("Z", "+00:00"))
+    assert 0 < (reset - datetime.now(timezone.utc)).total_seconds() <= 61
     r = post(stack, {"model": "m", **ASK}, key="sk-limited")
     _anthropic(r, 429, "rate_limit_error")
-    assert r.headers["retry-after"]
+    assert r.headers["retry-after"] and r.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert "anthropic-ratelimit-requests-limit" not in post(stack, {"model": "m", **ASK}).headers  # no limits: none
     _anthropic(post(stack, {"model": "m", **ASK}, key="sk-b"), 403, "permission_error")
     _anthropic(post(stack, {"model": "nope", **ASK}), 404, "not_found_error")
     _anthropic(post(stack, {"model": "m", "messages": []}), 400, "invalid_request_error")  # max_tokens missing

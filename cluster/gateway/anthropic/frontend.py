@@ -11,7 +11,9 @@ accounting); this front-end only translates what differs at the edge:
   shape by the stream relay (cluster.gateway.stream.messages);
 - every answer carries the request id as Anthropic names it, ``request-id`` (Anthropic's SDK
   reads that header for ``Message._request_id``, ``MessageStream.request_id`` and
-  ``APIStatusError.request_id``), beside owc's ``x-request-id``.
+  ``APIStatusError.request_id``), beside owc's ``x-request-id``;
+- a tenant's limits go out as Anthropic's ``anthropic-ratelimit-*`` headers beside OpenAI's
+  ``x-ratelimit-*`` (cluster.gateway.anthropic.ratelimit).
 
 ``?beta=true`` (Claude Code's) is a query string: the route is its path, the query is ignored.
 """
@@ -24,6 +26,7 @@ from typing import Any
 import orjson
 
 from cluster.gateway.anthropic.errors import anthropic_error, error_body
+from cluster.gateway.anthropic.ratelimit import anthropic_headers
 from cluster.gateway.context import COUNT_TOKENS, MESSAGES, Receive, Send
 
 PATHS = (MESSAGES, COUNT_TOKENS)
@@ -64,7 +67,8 @@ class ErrorShape:
 
     async def __call__(self, message: dict) -> None:
         if message["type"] == "http.response.start":
-            message = {**message, "headers": with_request_id(message.get("headers", ()))}
+            headers = with_request_id(message.get("headers", ()))
+            message = {**message, "headers": headers + anthropic_headers(headers)}  # the limits, as Anthropic writes them
             if message["status"] >= 400:
                 self._start = message  # held until its body is known
                 return

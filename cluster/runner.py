@@ -202,7 +202,9 @@ class LocalCluster:
         return {v: os.environ[v] for v in (gw.api_keys_env, gw.admin_keys_env) if v and os.environ.get(v)}
 
     def wait_ready(self, timeout_s: float) -> None:
-        wait_gateways_ready(self.url, self.cfg.gateway.replicas.start, timeout_s)
+        # On the Ray this process started, every gateway process shares this host's port: wait
+        # for each. On a Ray cluster of your own they may run on other nodes, out of this URL's reach.
+        wait_gateways_ready(self.url, self.cfg.gateway.replicas.start if self._started_ray else 1, timeout_s)
 
     def stop(self, serve_timeout_s: float = 6.0) -> None:
         """Graceful Serve shutdown (replicas stop their engines), bounded: a replica still

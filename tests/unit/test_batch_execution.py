@@ -89,6 +89,11 @@ def test_sdk_batch_runs_to_completion_with_output_and_error_files(tmp_path):
         assert by_id["streamed"]["status_code"] == 400 and by_id["streamed"]["body"]["error"]["param"] == "stream"
         assert (by_id["not-allowed"]["status_code"], by_id["not-allowed"]["body"]["error"]["code"]) == \
             (403, "permission_denied")
+        # A line refused by admission names its request too (the error file's request_id is the access log's).
+        logged = {r.get("custom_id"): r["request_id"] for r in (orjson.loads(x) for x in
+                                                                 (tmp_path / "access.log").read_bytes().splitlines())}
+        assert all(by_id[cid]["request_id"] == logged[cid] != "" for cid in ("unknown", "streamed", "not-allowed")), \
+            (by_id, logged)
         out_file = c.files.retrieve(done.output_file_id)
         assert out_file.purpose == "batch_output" and out_file.bytes == len(c.files.content(out_file.id).content)
         log = [orjson.loads(x) for x in (tmp_path / "access.log").read_bytes().splitlines()]

@@ -154,6 +154,8 @@ class Admission:
         line = scope.get(BATCH_LINE)
         try:
             request_id = client_request_id(headers) or request_id
+            if line is not None:  # named also when refused below: the error file's request_id, the access log's
+                line.request_id = request_id
             client = scope.get("client")
             tenant = line.tenant if line is not None else self._auth.tenant(headers, client[0] if client else None)
             ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
@@ -169,7 +171,6 @@ class Admission:
                             headers=headers, tenant=tenant, request_id=request_id, span=span)
             if line is not None:
                 job = dataclasses.replace(job, batch=line)
-                line.request_id = request_id
             job = self._conversations.prepare(job)
             await self._tenancy.admit(ticket, job)  # 429 before any engine sees it
             await self._forwarder.forward(job, receive, send, delivery, writer=writer)

@@ -16,6 +16,7 @@ from cluster.batch.errors import BatchApiError, invalid
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 COMPLETION_WINDOWS = ("24h",)
 LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
+CREATE_KEYS = ("input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after")
 MAX_CUSTOM_ID = 512
 MAX_METADATA = 16  # OpenAI's metadata: 16 pairs, keys <= 64 characters, values <= 512
 EXPIRY_S = (3600, 2592000)  # expires_after.seconds' bounds (1 hour .. 30 days)
@@ -93,6 +94,9 @@ def check_create(body: Any) -> BatchRequest:
     """A POST /v1/batches body (OpenAI's CreateBatchRequest, the endpoints owc runs)."""
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
+    for name in body:  # a misspelt field (`metdata`, `completion-window`) is refused, never silently dropped
+        if name not in CREATE_KEYS:
+            raise invalid(f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter")
     for name in ("input_file_id", "endpoint", "completion_window"):
         if name not in body:
             raise invalid(f"missing required parameter: {name!r}", param=name, code="missing_required_parameter")

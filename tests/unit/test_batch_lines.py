@@ -60,6 +60,8 @@ def test_invalid_input_is_a_400_naming_the_line(name, lines, message):
 OK_BODY = {"input_file_id": "file-x", "endpoint": CHAT, "completion_window": "24h"}
 CREATE = [
     ("no object", [1], 400, None),
+    ("unknown parameter", {**OK_BODY, "metdata": {"job": "nightly"}}, 400, "metdata"),
+    ("model is not a batch parameter", {**OK_BODY, "model": "m1"}, 400, "model"),
     ("missing input_file_id", {"endpoint": CHAT, "completion_window": "24h"}, 400, "input_file_id"),
     ("missing endpoint", {"input_file_id": "f", "completion_window": "24h"}, 400, "endpoint"),
     ("endpoint not a string", {**OK_BODY, "endpoint": 3}, 400, "endpoint"),

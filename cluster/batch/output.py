@@ -40,6 +40,43 @@ def unanswered(custom_id: str, code: str, message: str) -> bytes:
                          "error": {"code": code, "message": message}}, option=orjson.OPT_APPEND_NEWLINE)
 
 
+class UsageSum:
+    """OpenAI's Batch ``usage``: the tokens of every answered line summed (a Chat Completions or
+    Completions body's prompt/completion tokens, a Responses body's input/output tokens)."""
+
+    def __init__(self):
+        self.input = self.cached = self.output = self.reasoning = 0
+
+    def add(self, line: bytes) -> None:
+        try:
+            response = orjson.loads(line).get("response") or {}
+            usage = (response.get("body") or {}).get("usage")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if not isinstance(usage, dict):
+            return
+        chat = "input_tokens" not in usage
+        self.input += _count(usage.get("prompt_tokens" if chat else "input_tokens"))
+        self.output += _count(usage.get("completion_tokens" if chat else "output_tokens"))
+        self.cached += _count(_get(usage, "prompt_tokens_details" if chat else "input_tokens_details", "cached_tokens"))
+        self.reasoning += _count(_get(usage, "completion_tokens_details" if chat else "output_tokens_details",
+                                      "reasoning_tokens"))
+
+    def openai(self) -> dict[str, Any]:
+        return {"input_tokens": self.input, "input_tokens_details": {"cached_tokens": self.cached},
+                "output_tokens": self.output, "output_tokens_details": {"reasoning_tokens": self.reasoning},
+                "total_tokens": self.input + self.output}
+
+
+def _get(d: dict, key: str, inner: str) -> Any:
+    v = d.get(key)
+    return v.get(inner) if isinstance(v, dict) else None
+
+
+def _count(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+
 def input_offsets(path: Path) -> list[int]:
     """Where each request line (blank lines skipped, as the upload check counts them) starts."""
     out, at = [], 0

@@ -42,7 +42,7 @@ class FileRecord:
 
     @classmethod
     def loads(cls, raw: bytes | str) -> FileRecord:
-        return cls(**orjson.loads(raw))
+        return cls(**known(cls, orjson.loads(raw)))
 
 
 STAMPS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
@@ -67,6 +67,7 @@ class BatchRecord:
     errors: list[dict[str, Any]] | None = None  # OpenAI's BatchError objects (code, message, param, line)
     metadata: dict[str, str] | None = None
     output_expires_s: int | None = None  # output_expires_after.seconds (None: batch.file_expiry_s)
+    usage: dict[str, Any] | None = None  # OpenAI's batch usage, the answered lines' tokens summed at the close
     in_progress_at: int | None = None
     finalizing_at: int | None = None
     completed_at: int | None = None
@@ -89,6 +90,7 @@ class BatchRecord:
             "created_at": self.created_at, "expires_at": self.expires_at,
             **{s: getattr(self, s) for s in STAMPS},
             "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
+            "usage": self.usage,
             "metadata": self.metadata,
         }
 
@@ -97,4 +99,12 @@ class BatchRecord:
 
     @classmethod
     def loads(cls, raw: bytes | str) -> BatchRecord:
-        return cls(**orjson.loads(raw))
+        return cls(**known(cls, orjson.loads(raw)))
+
+
+def known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """A stored record's fields this version knows: during a rolling upgrade an older gateway
+    process reads the records a newer one wrote (a field added later, e.g. ``usage``) instead
+    of failing on them."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return data if names.issuperset(data) else {k: v for k, v in data.items() if k in names}

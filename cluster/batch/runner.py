@@ -23,7 +23,7 @@ import orjson
 from cluster.batch import states
 from cluster.batch.ids import new_file_id
 from cluster.batch.ledger import ERR, OK, LineLedger, Progress
-from cluster.batch.output import Results, answered, assemble, input_offsets, read_line
+from cluster.batch.output import Results, UsageSum, answered, assemble, input_offsets, read_line
 from cluster.batch.records import BatchRecord, FileRecord
 from cluster.batch.service import BatchService
 
@@ -252,8 +252,9 @@ class BatchRunner:
         await self._settle_all(b)
         done = await self.ledger.done_lines(b.id)
         written: dict[str, tuple[str, int, int]] = {}
+        usage = UsageSum()
         if done or b.status == states.EXPIRED:
-            written = await asyncio.to_thread(self._write_files, b, done)
+            written = await asyncio.to_thread(self._write_files, b, done, usage)
             for kind, got in written.items():
                 await self._record(b, kind, got, now)
         out_id, err_id = (written[k][0] if k in written else None for k in ("output", "error"))
@@ -263,7 +264,7 @@ class BatchRunner:
         def closed(r: BatchRecord) -> BatchRecord:
             if final is not None and r.status == b.status:
                 r = states.advance(r, final, now)
-            return dataclasses.replace(_counted(r, p), output_file_id=out_id, error_file_id=err_id)
+            return dataclasses.replace(_counted(r, p), output_file_id=out_id, error_file_id=err_id, usage=usage.openai())
 
         b = await self._update(b, closed)
         await self.service.index.retire(b.tenant, b.id)
@@ -273,9 +274,10 @@ class BatchRunner:
         self._hooks.closed(b.status)
         log.info("batch %s %s: %d completed, %d failed", b.id, b.status, b.completed, b.failed)
 
-    def _write_files(self, b: BatchRecord, done: dict[int, tuple[str, str]]) -> dict[str, tuple[str, int, int]]:
+    def _write_files(self, b: BatchRecord, done: dict[int, tuple[str, str]],
+                     usage: UsageSum) -> dict[str, tuple[str, int, int]]:
         """The output and error files written as part files: kind -> (file id, bytes, lines), an
-        empty one left out."""
+        empty one left out; each line's tokens added to ``usage``."""
         contents = self.service.contents
         got = {False: [new_file_id(), 0, 0], True: [new_file_id(), 0, 0]}
         files = {k: os.fdopen(os.open(contents.part(v[0]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
@@ -285,6 +287,7 @@ class BatchRunner:
             for is_err, data in assemble(self.results, b.id, done, total=b.total, missing=missing,
                                          custom_ids=self._custom_ids(b)):
                 files[is_err].write(data)
+                usage.add(data)
                 got[is_err][1] += len(data)
                 got[is_err][2] += 1
         finally:

@@ -119,6 +119,36 @@ def test_batch_completes_with_output_and_error_files(kind, tmp_path):
     asyncio.run(go())
 
 
+def test_a_closed_batch_shows_the_usage_of_its_lines(kind, tmp_path):
+    """OpenAI's Batch ``usage``: the answered lines' tokens summed (Chat Completions' and Responses'
+    shapes); a refused line counts nothing; null while the batch runs."""
+    chat = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14,
+            "prompt_tokens_details": {"cached_tokens": 8}, "completion_tokens_details": {"reasoning_tokens": 1}}
+    responses = {"input_tokens": 7, "output_tokens": 5, "total_tokens": 12,
+                 "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 3}}
+
+    class Counted(Engine):
+        async def __call__(self, call: LineCall) -> LineAnswer:
+            ans = await super().__call__(call)
+            usage = {"r0": chat, "r1": chat, "r2": responses, "r3": None}.get(call.custom_id)
+            return ans if ans.status >= 400 else LineAnswer(ans.status, {**ans.body, "usage": usage}, ans.request_id)
+
+    async def go():
+        clock = Clock()
+        svc, ledger = build(kind[0], tmp_path, clock, kind[1])
+        b = await new_batch(svc, 5)
+        assert b.openai()["usage"] is None
+        b = await run_until([BatchRunner(svc, ledger, Counted(refuse={"r4"}), clock=clock)], svc, b.id,
+                            {states.COMPLETED})
+        assert b.openai()["usage"] == {"input_tokens": 27, "input_tokens_details": {"cached_tokens": 16},
+                                       "output_tokens": 13, "output_tokens_details": {"reasoning_tokens": 5},
+                                       "total_tokens": 40}
+        await svc.close()
+        await ledger.close()
+
+    asyncio.run(go())
+
+
 def test_two_runners_run_each_line_once(kind, tmp_path):
     if kind[0] == "memory":
         pytest.skip("two processes share lines through Redis only")

@@ -266,3 +266,17 @@ def test_what_a_crash_can_leave_behind_is_cleaned_up(make):
         await svc.close()
 
     run(go())
+
+
+
+def test_records_written_by_a_newer_version_are_read_by_an_older_one():
+    """A rolling upgrade: a field a later version adds (as `usage` was) is skipped on read, not fatal."""
+    from cluster.batch.records import BatchRecord, FileRecord
+
+    f = FileRecord(id="file-1", tenant="t", bytes=3, created=1.5, expires_at=2, filename="x.jsonl", purpose="batch")
+    b = BatchRecord(id="batch_1", tenant="t", endpoint="/v1/completions", input_file_id="file-1",
+                    completion_window="24h", status="validating", created=1.5, expires_at=2)
+    for record in (f, b):
+        newer = {**orjson.loads(record.dumps()), "added_later": {"x": 1}}
+        assert type(record).loads(orjson.dumps(newer)) == record
+        assert type(record).loads(record.dumps()) == record

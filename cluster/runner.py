@@ -121,10 +121,10 @@ class LocalCluster:
         prebuild_demo_models(self.cfg, report)
         store = self.cfg.gateway.store
         if store is not None and not self.cfg.ray.address:  # one machine: its tenancy store too
-            self._redis = LocalRedis.ensure(store.url)
+            self._redis = self._local_redis(store.url, warn)
         elif not self.cfg.ray.address and (needs_fair_share_store(self.cfg) or needs_batch_store(self.cfg)
                                            or needs_stats_store(self.cfg)):
-            self._start_fair_share_store()
+            self._start_fair_share_store(warn)
         os.environ.update(RAY_ENV)
         # Rollout state of this cluster's own (its gateway processes inherit it through Ray's).
         os.environ.setdefault(ROLLOUT_DIR_ENV, str(Path(self._temp_dir) / "rollouts"))
@@ -165,12 +165,22 @@ class LocalCluster:
 
             self._rollouts = start_local(self.cfg, self._engine_key)
 
-    def _start_fair_share_store(self) -> None:
+    def _local_redis(self, url: str, warn: Callable[[str], None]) -> LocalRedis:
+        """The local Redis, its data kept beside the batch files' contents (batch and file
+        records, tenants' usage): a restart of `owc serve` forgets none of it."""
+        data_dir = Path(self.cfg.batch.store_dir).expanduser() / "redis"
+        redis = LocalRedis.ensure(url, data_dir=data_dir)
+        if redis.proc is not None and not redis.persistent:
+            warn(f"another owc serve keeps its store in {data_dir}: this one's batches, files and tenant usage "
+                 "last only until it stops")
+        return redis
+
+    def _start_fair_share_store(self, warn: Callable[[str], None]) -> None:
         """The gateway processes' shared fair-queue counts (no gateway.store to use): a local
         redis-server of their own, as for tenancy; none installed: each process decides alone."""
         url = f"redis://127.0.0.1:{free_port()}/0"
         try:
-            self._redis = LocalRedis.ensure(url)
+            self._redis = self._local_redis(url, warn)
         except RuntimeError as e:
             log.warning("fair sharing per gateway process: %s", e)
             return

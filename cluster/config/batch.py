@@ -18,7 +18,8 @@ class BatchConfig(StrictModel):
         "~/.local/share/owc/batch",
         description="Directory of the uploaded files' contents, each named by owc's file id (never by the client's "
         "filename). Every gateway process must see the same directory: local mode shares the host's; on Kubernetes a "
-        "ReadWriteMany volume mounted on every gateway pod.",
+        "ReadWriteMany volume mounted on every gateway pod. Locally the Redis `owc serve` starts keeps its data in its "
+        "`redis/` subdirectory (the records outlive a restart).",
     )
     store_url: str | None = Field(
         None, pattern=r"^rediss?://",

@@ -34,3 +34,51 @@ def test_started_when_absent_reused_when_present_and_stopped():
         started.stop()
     with pytest.raises(redis.ConnectionError):
         redis.Redis(port=port, socket_connect_timeout=0.5).ping()
+
+
+def test_its_data_outlives_a_restart_in_its_directory_and_one_server_holds_it(tmp_path):
+    """What `owc serve`'s own Redis holds (batch and file records, tenants' usage) is there again
+    after a restart — on another port, as the fair-sharing store's is free-picked each time."""
+    data = tmp_path / "redis"
+    first = LocalRedis.ensure(f"redis://127.0.0.1:{(port := free_port())}/0", data_dir=data)
+    try:
+        assert first.persistent
+        redis.Redis(port=port).set("owc:batch:b1", "record")
+        # a second server on the same directory while the first runs: started, but keeps nothing there
+        other = LocalRedis.ensure(f"redis://127.0.0.1:{(port2 := free_port())}/0", data_dir=data)
+        assert other.proc is not None and not other.persistent
+        assert redis.Redis(port=port2).get("owc:batch:b1") is None
+        other.stop()
+    finally:
+        first.stop()
+    again = LocalRedis.ensure(f"redis://127.0.0.1:{(port3 := free_port())}/0", data_dir=data)
+    try:
+        assert again.persistent and redis.Redis(port=port3).get("owc:batch:b1") == b"record"
+    finally:
+        again.stop()
+    without = LocalRedis.ensure(f"redis://127.0.0.1:{(port4 := free_port())}/0")  # no directory: nothing kept
+    try:
+        assert not without.persistent and redis.Redis(port=port4).get("owc:batch:b1") is None
+    finally:
+        without.stop()
+
+
+def test_owc_serve_keeps_its_stores_data_beside_the_batch_files(tmp_path):
+    from cluster.config.schema import OwcConfig
+    from cluster.runner import LocalCluster
+
+    cfg = OwcConfig.model_validate({"models": {"m": {"source": "external"}},
+                                    "batch": {"store_dir": str(tmp_path / "batch")}})
+    warnings: list[str] = []
+    one, two = LocalCluster(cfg, temp_dir=str(tmp_path / "ray1")), LocalCluster(cfg, temp_dir=str(tmp_path / "ray2"))
+    try:
+        one._start_fair_share_store(warnings.append)
+        assert one._redis.persistent and (tmp_path / "batch" / "redis" / "appendonlydir").is_dir()
+        assert one.cfg.gateway.fair_sharing.store_url  # the gateway processes are pointed at it
+        assert warnings == []
+        two._start_fair_share_store(warnings.append)  # a second `owc serve` on the same directory
+        assert not two._redis.persistent and "last only until it stops" in warnings[0]
+    finally:
+        for r in (one, two):
+            if r._redis is not None:
+                r._redis.stop()

@@ -21,15 +21,28 @@ def config_validate(
 
     cfg = _load(file)
     known = vllm_server_args() if engine_args else None
-    problems = [
-        f"models.{name}.engine_kwargs{'' if p.startswith(':') else '.'}{p}"
-        for name, m in cfg.models.items() for p in check_engine_kwargs(m.engine_kwargs, known)
-    ]
     from cluster.config.adapters import lora_engine_kwargs
+    from cluster.config.rollout import candidate_model
 
+    # Each engine's section by its key path: the model's, and a candidate's where it sets its
+    # own engine_kwargs or LoRA (it replaces the model's; an inherited one is checked once).
+    kwargs = {f"models.{name}": m.engine_kwargs for name, m in cfg.models.items()}
+    loras = {f"models.{name}": (m.lora, m.adapters) for name, m in cfg.models.items()}
+    for name, m in cfg.models.items():
+        if m.candidate is None:
+            continue
+        c = candidate_model(m)
+        if m.candidate.engine_kwargs is not None:
+            kwargs[f"models.{name}.candidate"] = c.engine_kwargs
+        if m.candidate.lora is not None or m.candidate.adapters is not None:
+            loras[f"models.{name}.candidate"] = (c.lora, c.adapters)
+    problems = [
+        f"{path}.engine_kwargs{'' if p.startswith(':') else '.'}{p}"
+        for path, kw in kwargs.items() for p in check_engine_kwargs(kw, known)
+    ]
     problems += [  # the LoRA flags owc derives from `lora:` and `adapters:`, through the same parser
-        f"models.{name}.lora: {p.lstrip(': ')}" for name, m in cfg.models.items()
-        for p in check_engine_kwargs(lora_engine_kwargs(m.lora, m.adapters), known)
+        f"{path}.lora: {p.lstrip(': ')}" for path, (lora, adapters) in loras.items()
+        for p in check_engine_kwargs(lora_engine_kwargs(lora, adapters), known)
     ]
     if problems:
         console.print(f"[red]invalid config[/red] {file}")

@@ -157,6 +157,26 @@ def test_config_validate_names_the_key_path(vllm, tmp_path):
     assert "models.gpt-oss-20b.engine_kwargs.max_num_seqs: invalid int value: 'x'" in r.output
 
 
+def test_config_validate_checks_a_candidates_own_engine_kwargs(vllm, tmp_path):
+    """A candidate's engine_kwargs replace the model's: the same parser checks them, under
+    `candidate` (docs/rollouts.md); a typo there would otherwise only show as a candidate engine
+    that never starts, its rollout pending until the conformance gate gives up."""
+    from cluster.cli import app
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  m:\n    source: x\n    engine_kwargs: {max_num_seqs: 4}\n"
+                   "    candidate: {engine_kwargs: {max_num_seq: 8, dtype: float16}}\n")
+    r = CliRunner().invoke(app, ["config", "validate", str(bad)])
+    assert r.exit_code == 2, r.output
+    assert "models.m.candidate.engine_kwargs.max_num_seq: not a vLLM engine argument" in r.output
+    assert "models.m.candidate.engine_kwargs.dtype: set by owc" in r.output
+    inherited = tmp_path / "inherited.yaml"  # a candidate inheriting the model's: reported once, under the model
+    inherited.write_text("models:\n  m:\n    source: x\n    engine_kwargs: {max_num_seqz: 4}\n"
+                         "    candidate: {source: y}\n")
+    r = CliRunner().invoke(app, ["config", "validate", str(inherited)])
+    assert r.exit_code == 2 and "models.m.engine_kwargs.max_num_seqz" in r.output and "candidate" not in r.output
+
+
 def test_config_validate_without_vllm_still_refuses_owcs_keys(monkeypatch, tmp_path):
     from cluster.cli import app
 

@@ -152,8 +152,13 @@ def command(state: RolloutState, settings: Rollout, what: str, now: float) -> Ro
     if what == "abort":
         return replace(state, state="aborted", weight=0, paused_by=None, reason="aborted by an operator", updated=now)
     if what == "pause":
-        if state.state != "analysing":
-            raise CommandRefused(f"only an analysing rollout can be paused (it is {state.state})")
+        # Paused for no data, it would resume by itself when data comes back: an operator's
+        # pause holds it until resume, as it holds an analysing step.
+        if state.state == "paused" and state.paused_by == "operator":
+            raise CommandRefused("the rollout is already paused by an operator")
+        if state.state not in ("analysing", "paused"):
+            raise CommandRefused(f"only an analysing rollout (or one paused for no data) can be paused "
+                                 f"(it is {state.state})")
         return replace(state, state="paused", paused_by="operator", reason="paused by an operator", updated=now)
     if state.state != "paused":
         raise CommandRefused(f"only a paused rollout can be resumed (it is {state.state})")

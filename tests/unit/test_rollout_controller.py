@@ -169,7 +169,7 @@ def test_operator_commands_reach_the_leader_through_the_configmap(api):
     refused = gateway.submit("tiny", "pause")
     now[0] = 2
     a.round()
-    assert "only an analysing rollout" in gateway.take_answer(refused)["error"]
+    assert "already paused by an operator" in gateway.take_answer(refused)["error"]
     assert gateway.pending() == [] and gateway.read("tiny")["state"] == "paused"
 
 

@@ -107,7 +107,7 @@ def test_commands_are_answered(tmp_path):
     unknown = files.submit("nope", "abort")
     a.tick()
     assert files.take_answer(pause)["state"]["state"] == "paused"
-    assert "only an analysing" in files.take_answer(again)["error"]
+    assert "already paused by an operator" in files.take_answer(again)["error"]
     assert "no rollout here" in files.take_answer(unknown)["error"]
     assert files.pending() == [] and files.read("m")["paused_by"] == "operator"
 

@@ -117,6 +117,7 @@ def test_conformance_gate():
     (ro.RolloutState(state="rolled_back"), "resume", "has ended"),
     (_analysing(), "resume", "only a paused"),
     (ro.RolloutState(), "pause", "only an analysing"),
+    (ro.RolloutState(state="paused", paused_by="operator", step=0, weight=20), "pause", "already paused"),
     (_analysing(), "explode", "unknown rollout command"),
 ])
 def test_commands(state, cmd, expect):
@@ -128,6 +129,17 @@ def test_commands(state, cmd, expect):
     assert (s.state, s.weight) == expect
     if cmd == "resume":
         assert s.window_start == 5
+
+
+def test_an_operator_pause_holds_a_step_paused_for_no_data():
+    """Paused for no data, a step resumes by itself once both versions serve again; an
+    operator's pause then (docs: pause in any state not ended) holds it until resume."""
+    no_data = ro.RolloutState(state="paused", paused_by="no_data", step=1, weight=50, window_start=0)
+    held = ro.command(no_data, R, "pause", 5)
+    assert (held.state, held.paused_by, held.weight) == ("paused", "operator", 50)
+    assert ro.advance(held, R, _w(), 100) == held  # data again: still held
+    resumed = ro.command(held, R, "resume", 110)
+    assert (resumed.state, resumed.weight, resumed.window_start) == ("analysing", 50, 110)
 
 
 def test_state_survives_a_round_trip_through_json():

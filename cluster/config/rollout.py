@@ -148,6 +148,21 @@ def rollout_targets(config: OwcConfig) -> dict[str, tuple[str, str | None]]:
     return out
 
 
+def rollout_fingerprint(config: OwcConfig, key: str) -> str:
+    """What a rollout's state belongs to: a hash of the candidate and `rollout:` sections as
+    written (unset keys left out, so a new owc default does not change it). A state document
+    of another fingerprint is another candidate's (the config changed): not taken over."""
+    import hashlib
+    import json
+
+    model, adapter = rollout_targets(config)[key]
+    m = config.models[model]
+    cand = m.adapters[adapter].candidate if adapter is not None else m.candidate
+    doc = {"adapter": adapter, "candidate": cand.model_dump(mode="json", exclude_unset=True),
+           "rollout": m.rollout.model_dump(mode="json", exclude_unset=True)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def candidates(config: OwcConfig) -> dict[str, ModelConfig]:
     """Each model's candidate version, as a whole model section."""
     return {n: candidate_model(m) for n, m in config.models.items() if m.candidate is not None}

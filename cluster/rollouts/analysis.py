@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.capacity import rollout as policy
 from cluster.capacity.rollout import Counters, RolloutState, Window, served_between
-from cluster.config.rollout import rollout_targets
+from cluster.config.rollout import rollout_fingerprint, rollout_targets
 from cluster.config.schema import OwcConfig
 from cluster.discovery.rollouts import RolloutFiles
 
@@ -86,6 +86,7 @@ class LocalAnalysis:
         self._settings = {k: config.models[m].rollout for k, (m, _) in targets.items()}
         self._served = {k: m for k, (m, _) in targets.items()}  # the `model` label of its metrics
         self.adapter_rollouts = {k for k, (_, a) in targets.items() if a is not None}
+        self._fingerprints = {k: rollout_fingerprint(config, k) for k in targets}
         self._scrape = scrape
         self._clock = clock
         self._on_change = on_change
@@ -100,6 +101,10 @@ class LocalAnalysis:
         if model not in self._states:
             doc = self._files.read(model)
             now = self._clock()
+            if doc is not None and doc.get("fingerprint", self._fingerprints[model]) != self._fingerprints[model]:
+                log.warning("rollout of %s: the state found (%s) is another candidate's or rollout's; a new "
+                            "rollout begins", model, doc.get("state"))
+                doc = None
             if doc is None:
                 st = policy.start(self._settings[model], now)
             else:  # written by an earlier analysis: its step's window starts again, in full
@@ -204,4 +209,4 @@ class LocalAnalysis:
 
     def _doc(self, model: str, st: RolloutState) -> dict:
         return {"model": model, "steps": self._settings[model].steps, "step_s": self._settings[model].step_s,
-                **st.to_dict()}
+                "fingerprint": self._fingerprints[model], **st.to_dict()}

@@ -97,6 +97,34 @@ def test_a_restart_resumes_the_step_and_runs_its_window_again(tmp_path):
     assert b.state("m").state == "promoted"
 
 
+def test_a_state_of_another_candidate_is_not_taken_over(tmp_path):
+    """$OWC_ROLLOUT_DIR kept across `owc serve` runs: the same config resumes where it was
+    (a rolled-back candidate stays rolled back); a changed candidate or rollout is a new
+    rollout, never the old one's state (an old `promoted` would put it at 100 % unanalysed)."""
+    gw, clock = Gateway(), [0.0]
+    a = _analysis(tmp_path, gw, clock)
+    a.tick()
+    gw.serve("stable", 60)
+    gw.serve("candidate", 50, code="500")
+    clock[0] = 11
+    a.tick()
+    assert a.state("m").state == "rolled_back"
+    clock[0] = 20
+    again = _analysis(tmp_path, gw, clock)  # the same config, restarted
+    again.tick()
+    assert (again.state("m").state, again.state("m").weight) == ("rolled_back", 0)
+    promote = RolloutFiles(tmp_path).submit("m", "abort")
+    again.tick()
+    assert "has ended" in RolloutFiles(tmp_path).take_answer(promote)["error"]
+    RolloutFiles(tmp_path).write("m", {**RolloutFiles(tmp_path).read("m"), "state": "promoted", "weight": 100})
+    new = parse_config({"models": {"m": {"source": "x", "candidate": {"engine_kwargs": {"max_num_seqs": 4}},
+                                         "rollout": {"steps": [20, 50], "step_s": 10, "conformance": False}}}})
+    b = LocalAnalysis(new, RolloutFiles(tmp_path), scrape=lambda url: gw.text(), clock=lambda: clock[0])
+    b.tick()
+    st = RolloutFiles(tmp_path).read("m")
+    assert (st["state"], st["step"], st["weight"], st["window_start"]) == ("analysing", 0, 20, 20)
+
+
 def test_commands_are_answered(tmp_path):
     gw, clock = Gateway(), [0.0]
     a = _analysis(tmp_path, gw, clock)

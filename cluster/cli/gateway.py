@@ -22,14 +22,19 @@ def gateway(
                                                       "omit for keyless engines")] = None,
 ) -> None:
     """Run only the gateway, in front of engines at fixed URLs (no Ray)."""
+    from cluster.gateway.edge.server import UnsafeBindError, check_port_free
     from cluster.gateway.main import config_for_upstreams, parse_upstreams, run
 
     try:
         urls = parse_upstreams(upstream)
-        run(cfg=config_for_upstreams(urls, _load(config) if config else None, host, port), upstreams=urls,
-            endpoints_file=None, metrics_port=metrics_port, engine_key=engine_key or "")
-    except ValueError as e:
+        cfg = config_for_upstreams(urls, _load(config) if config else None, host, port)
+        check_port_free(cfg.gateway.host, cfg.gateway.port, fix="pass another --port")
+        run(cfg=cfg, upstreams=urls, endpoints_file=None, metrics_port=metrics_port, engine_key=engine_key or "")
+    except (ValueError, UnsafeBindError) as e:
         console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    except OSError as e:  # e.g. the metrics port taken
+        console.print(f"[red]gateway: {e}[/red]")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         pass

@@ -20,13 +20,15 @@ def serve(
     config: Annotated[Optional[Path], typer.Argument(help="owc config YAML; the embedded CPU demo when omitted")] = None,
 ) -> None:
     """Run the cluster on a local Ray: engines, gateway, the OpenAI API."""
-    from cluster.gateway.edge.server import UnsafeBindError, auth_for_bind
+    from cluster.gateway.edge.server import UnsafeBindError, auth_for_bind, check_port_free
     from cluster.engine.failures import DeployError
     from cluster.runner import LocalCluster, install_signal_handlers
 
     cfg = _load(config)
     try:
         auth_for_bind(cfg.gateway)  # before minutes of start-up; the gateway process checks it again as it binds
+        if not cfg.ray.address:  # its gateway processes bind this host's port (on a Ray of your own: anywhere)
+            check_port_free(cfg.gateway.host, cfg.gateway.port)
     except (UnsafeBindError, OSError, ValueError) as e:
         console.print(f"[red]refusing to start:[/red] {e}")
         raise typer.Exit(2) from None

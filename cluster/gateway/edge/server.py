@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 from typing import Any
 
@@ -17,6 +18,31 @@ from cluster.gateway.edge.connections import ConnectionGuard, protocol_factory
 
 class UnsafeBindError(RuntimeError):
     pass
+
+
+class PortInUseError(UnsafeBindError):
+    pass
+
+
+def check_port_free(host: str, port: int, *, fix: str = "set gateway.port in the config") -> None:
+    """PortInUseError when something already listens on ``host:port``. Checked before a
+    gateway starts: its own SO_REUSEPORT socket would fail later, deep in start-up, on a plain
+    listener, and would silently share the port with another owc's gateway processes (the
+    kernel then splits the connections between two clusters). A bind without SO_REUSEPORT
+    fails on either."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are no clash
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+            raise PortInUseError(
+                f"port {port} on {host} is already in use (another `owc serve` or `owc gateway`? "
+                f"`owc status --url {url}` tells): stop it, or {fix}"
+            ) from None
 
 
 def check_bind_policy(gateway: GatewayConfig, keys: Any) -> None:

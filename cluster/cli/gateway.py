@@ -14,8 +14,9 @@ def gateway(
     *,
     upstream: Annotated[list[str], typer.Option(help="MODEL=URL of an OpenAI engine server; repeatable")],
     config: Annotated[Optional[Path], typer.Option(help="owc config YAML (gateway settings, models)")] = None,
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8000,
+    host: Annotated[Optional[str], typer.Option(help="Address to bind [default: the config's gateway.host, "
+                                                "else 127.0.0.1]")] = None,
+    port: Annotated[Optional[int], typer.Option(help="API port [default: the config's gateway.port, else 8000]")] = None,
     metrics_port: Annotated[Optional[int], typer.Option(help="Port of the metrics-only server (/metrics)")] = None,
     engine_key: Annotated[Optional[str], typer.Option(envvar="OWC_ENGINE_KEY", show_envvar=True,
                                                       help="Credential the engines require (owc's EngineGuard); "
@@ -27,7 +28,11 @@ def gateway(
 
     try:
         urls = parse_upstreams(upstream)
-        cfg = config_for_upstreams(urls, _load(config) if config else None, host, port)
+        loaded = _load(config) if config else None
+        # --host/--port override the config's gateway.host/port only when given.
+        host = host or (loaded.gateway.host if loaded else "127.0.0.1")
+        port = port if port is not None else (loaded.gateway.port if loaded else 8000)
+        cfg = config_for_upstreams(urls, loaded, host, port)
         check_port_free(cfg.gateway.host, cfg.gateway.port, fix="pass another --port")
         run(cfg=cfg, upstreams=urls, endpoints_file=None, metrics_port=metrics_port, engine_key=engine_key or "")
     except (ValueError, UnsafeBindError) as e:

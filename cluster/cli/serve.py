@@ -90,10 +90,20 @@ def status(
     try:
         ready = httpx.get(url.rstrip("/") + "/ready", timeout=5)
     except httpx.HTTPError as e:
-        console.print(f"[red]gateway unreachable[/red] at {url}: {e}")
+        console.print(f"[red]gateway unreachable[/red] at {escape(url)}: {escape(str(e))} (is `owc serve` running? "
+                      "--url takes its gateway.port, e.g. http://127.0.0.1:8000)")
         _print_failures(failures)
         raise typer.Exit(1) from None
-    data = ready.json()
+    try:
+        data = ready.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or "ready" not in data:
+        console.print(f"[red]no owc gateway[/red] at {escape(url)}: GET /ready answered {ready.status_code} "
+                      f"{escape(ready.headers.get('content-type', ''))}, not owc's readiness (is --url the gateway's "
+                      "API port, not an engine's or a metrics port?)")
+        _print_failures(failures)
+        raise typer.Exit(1)
     if as_json:
         if ray_address:
             data["start_failures"] = [asdict(f) for f in failures]

@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from cluster.config.adapters import AdapterSpec, LoraConfig, check_lora, migrate_adapters
 from cluster.config.autoscaling import Autoscaling
+from cluster.config.base import DEMO_MODELS, DEMO_SCHEME
 from cluster.config.base import NAME as _NAME
 from cluster.config.base import StrictModel
 from cluster.config.batch import BatchConfig
@@ -155,6 +156,14 @@ class ModelConfig(StrictModel):
         for a in v:
             if not _NAME.match(a):
                 raise ValueError(f"invalid adapter name {a!r}")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _known_demo(cls, v: str) -> str:
+        if v.startswith(DEMO_SCHEME) and v[len(DEMO_SCHEME):] not in DEMO_MODELS:
+            known = ", ".join(DEMO_SCHEME + n for n in DEMO_MODELS)
+            raise ValueError(f"unknown demo model {v!r}; known: {known} (or a local path, or a hub id)")
         return v
 
     @field_validator("aliases")

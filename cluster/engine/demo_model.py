@@ -15,8 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-DEMO_SCHEME = "demo:"
-DEMO_MODELS = ("tiny-llama", "tiny-gpt-oss")
+from cluster.config.base import DEMO_MODELS, DEMO_SCHEME
 _MARKER = "owc-demo.json"
 _BUILD_VERSION = 1
 

@@ -25,6 +25,9 @@ HINTS: tuple[tuple[str, str], ...] = (
      "or a larger `models.{model}.engine_kwargs.kv_cache_memory_bytes` (or `gpu_memory_utilization`)"),
     (r"than the derived max_model_len",
      "`models.{model}.max_model_len` is beyond the model's own context length: lower it"),
+    (r"Repo id must be in the form|is not a local folder and is not a valid model identifier",
+     "`models.{model}.source` is neither a model directory on the engine's machine nor a hub id it can fetch: "
+     "check the path (as the engines see it), give a hub id where engines have network, or `demo:tiny-llama`"),
     (r"Not enough allowed NUMA nodes",
      "tensor parallelism on CPU needs one thread range per rank: set "
      "`models.{model}.engine_env.VLLM_CPU_OMP_THREADS_BIND` (e.g. \"0|1\" for TP=2)"),
@@ -57,7 +60,7 @@ class StartFailure:
         what = f"engine {self.model}" if self.model else f"deployment {self.deployment}"
         out = [f"{what} {headline}:", f"  {self.error}"]
         if self.log_path:
-            out.append(f"  engine log: {self.log_path}")
+            out.append(f"  {'engine log' if self.model else 'log'}: {self.log_path}")
         if self.advice:
             out.append(f"  fix: {self.advice}")
         return out

@@ -60,6 +60,8 @@ def _with(path: str, value):
         (_with("models.m.dtype", "float64"), "models.m.dtype"),
         (_with("models.m.aliases", ["x", "x"]), "duplicate aliases"),
         (_with("gateway.port", 70000), "gateway.port"),
+        (_with("models.m.source", "demo:tiny-lama"),
+         "models.m.source: Value error, unknown demo model 'demo:tiny-lama'; known: demo:tiny-llama, demo:tiny-gpt-oss"),
         ({"models": {}}, "models"),
         ({"gateway": {}}, "models: Field required"),
         ({"models": {"a": {"source": "x", "aliases": ["b"]}, "b": {"source": "y"}}}, "model name 'b' used by both"),

@@ -26,6 +26,11 @@ TABLE = [
      "which is larger than the available KV cache memory (0.06 GiB).", "models.m.engine_kwargs.kv_cache_memory_bytes"),
     ("Value error, User-specified max_model_len (100000) is greater than the derived max_model_len "
      "(max_position_embeddings=4096.0 or model_max_length=None in model's config.json).", "lower it"),
+    # huggingface_hub, seen through vLLM 0.32 for a local path that does not exist; transformers' own wording.
+    ("huggingface_hub.errors.HFValidationError: Repo id must be in the form 'repo_name' or 'namespace/repo_name': "
+     "'/nonexistent/model'. Use `repo_type` argument if needed.", "`models.m.source` is neither a model directory"),
+    ("OSError: /models/llama is not a local folder and is not a valid model identifier listed on "
+     "'https://huggingface.co/models'", "`models.m.source`"),
     ("AssertionError: Not enough allowed NUMA nodes to bind threads of 2 local CPUWorkers.",
      "models.m.engine_env.VLLM_CPU_OMP_THREADS_BIND"),
     ("ModuleNotFoundError: No module named 'foo'", None),
@@ -148,3 +153,12 @@ def test_deploy_and_wait_warns_while_serve_retries_then_raises():
     assert [f.error for f in e.value.failures] == ["ValueError: boom"]
     running = iter([app("DEPLOYING", ""), app("RUNNING", "")])
     deploy_and_wait("owc", {}, warned.append, status=lambda: next(running), period_s=0)
+
+
+def test_a_deployment_that_is_not_an_engine_has_a_log_not_an_engine_log():
+    from cluster.engine.failures import StartFailure
+
+    gw = StartFailure(deployment="owc-gateway", model=None, error="OSError: x", log_path="/tmp/gw.log", advice=None)
+    assert gw.lines()[-1] == "  log: /tmp/gw.log"
+    engine = StartFailure(deployment="engine-m", model="m", error="OSError: x", log_path="/tmp/e.log", advice=None)
+    assert engine.lines()[-1] == "  engine log: /tmp/e.log"

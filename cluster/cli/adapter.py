@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from cluster.cli._common import _load, console, out
 
@@ -75,6 +76,14 @@ def _call(method: str, url: str, path: str, key: Optional[str], body: dict | Non
         data = r.json()
     except ValueError:
         data = {"error": {"message": r.text}}
+    message = (data.get("error") or {}).get("message", "") if isinstance(data, dict) else ""
+    if r.status_code == 404 and str(message).startswith("unknown route"):
+        # A gateway without admin keys has no admin routes at all (docs/security.md).
+        console.print(f"[red]{escape(url)} has no admin API[/red]: the gateway runs without admin keys. Create one "
+                      "(`owc keys create --admin NAME --file admin-keys.yaml`), set `gateway.admin_keys_file` (or "
+                      "OWC_ADMIN_KEYS) in the cluster's config, restart it, and pass the key as --api-key or "
+                      "OWC_ADMIN_KEY", highlight=False)
+        raise typer.Exit(1)
     return r.status_code, data
 
 

@@ -146,6 +146,15 @@ def test_no_admin_keys_no_adapter_routes(setup):
     with server(gateway_argv("m1=http://127.0.0.1:9", config=str(setup / "noadmin.yaml")), env=ENV) as gw:
         assert httpx.get(gw.url + "/admin/v1/adapters", headers={"Authorization": ADMIN}).status_code == 404
         assert httpx.post(gw.url + ADMIN_ROUTES, json={"name": "x", "source": "/a"}).status_code == 404
+        # The CLI says why and what to do (before: "404 unknown route: POST /admin/v1/...").
+        from typer.testing import CliRunner
+
+        from cluster.cli import app
+
+        for argv in (["adapter", "add", "m1", "x", "/a"], ["adapter", "list"], ["rollout", "status", "m1"]):
+            r = CliRunner().invoke(app, [*argv, "--url", gw.url], env={"OWC_ADMIN_KEY": "sk-admin"})
+            assert r.exit_code == 1 and f"{gw.url} has no admin API" in r.output, (argv, r.output)
+            assert "gateway.admin_keys_file" in r.output and "owc keys create --admin" in r.output, r.output
 
 
 def test_the_on_demand_load_is_single_flight(tmp_path):

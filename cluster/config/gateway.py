@@ -175,6 +175,8 @@ class GatewayReplicas(StrictModel):
     def _from_int(cls, v):
         if isinstance(v, int) and not isinstance(v, bool):
             return {"min": v, "max": v}
+        if not isinstance(v, (dict, GatewayReplicas)):
+            raise ValueError(f"expected an int (that many gateway processes) or {{min, max, initial}}, got {v!r}")
         return v
 
     @model_validator(mode="after")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+import types
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from cluster.config.schema import OwcConfig
 
@@ -25,10 +27,37 @@ def _path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "<root>"
 
 
+def _members(tp: Any) -> list[Any]:
+    if get_origin(tp) in (Union, types.UnionType):
+        return [m for a in get_args(tp) for m in _members(a)]
+    return [tp]
+
+
+def keys_at(loc: tuple[Any, ...]) -> tuple[str, ...]:
+    """The keys the schema allows at ``loc`` (a mapping's path), () where it cannot tell."""
+    tp: Any = OwcConfig
+    for part in loc:
+        for t in _members(tp):
+            if isinstance(t, type) and issubclass(t, BaseModel) and part in t.model_fields:
+                tp = t.model_fields[part].annotation
+                break
+            if get_origin(t) is dict:
+                tp = get_args(t)[1]
+                break
+        else:
+            return ()
+    return tuple(f for t in _members(tp) if isinstance(t, type) and issubclass(t, BaseModel) for f in t.model_fields)
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    close = difflib.get_close_matches(str(loc[-1]), keys_at(loc[:-1]), n=1, cutoff=0.75)
+    return f"unknown key (did you mean '{close[0]}'?)" if close else "unknown key"
+
+
 def format_errors(err: ValidationError) -> list[str]:
     out = []
     for e in err.errors():
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = _unknown_key(e["loc"]) if e["type"] == "extra_forbidden" else e["msg"]
         out.append(f"{_path(e['loc'])}: {msg}")
     return out
 

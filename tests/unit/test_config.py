@@ -74,6 +74,29 @@ def test_bad_configs_name_the_key_path(data, expected):
     assert expected in str(err.value)
 
 
+@pytest.mark.parametrize("data, expected", [
+    (_with("models.m.max_model_lenn", 1024), "models.m.max_model_lenn: unknown key (did you mean 'max_model_len'?)"),
+    (_with("gateway.prot", 8000), "gateway.prot: unknown key (did you mean 'port'?)"),
+    (_with("models.m.routing.polcy", "affinity"), "models.m.routing.polcy: unknown key (did you mean 'policy'?)"),
+    (_with("gateway.tenants", {"a": {"request_per_minute": 5}}),
+     "gateway.tenants.a.request_per_minute: unknown key (did you mean 'requests_per_minute'?)"),
+    (_with("gateway.limits.max_body_byte", 5), "gateway.limits.max_body_byte: unknown key (did you mean 'max_body_bytes'?)"),
+    (_with("rayy", {}), "rayy: unknown key (did you mean 'ray'?)"),
+    (_with("surprise", 1), "surprise: unknown key"),  # nothing close: no guess
+    (_with("gateway.replicas", "two"),
+     "gateway.replicas: Value error, expected an int (that many gateway processes) or {min, max, initial}, got 'two'"),
+])
+def test_a_newcomers_mistakes_say_what_to_write(data, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert expected in err.value.problems, err.value.problems
+
+
+def test_gateway_replicas_still_takes_an_int_or_bounds():
+    assert parse_config(_with("gateway.replicas", 3)).gateway.replicas.start == 3
+    assert parse_config(_with("gateway.replicas", {"min": 1, "max": 4})).gateway.replicas.max == 4
+
+
 def test_unknown_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")

@@ -39,6 +39,9 @@ def check_line(n: int, raw: bytes) -> dict[str, Any]:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
+        if raw.startswith(b"\xef\xbb\xbf"):  # Windows tools write one (PowerShell 5's `Out-File -Encoding utf8`)
+            raise bad_line(n, "starts with a UTF-8 byte order mark (EF BB BF): save the file as UTF-8 without "
+                              "a BOM") from None
         raise bad_line(n, "not valid JSON (each line of a batch file is one JSON object)") from None
     if not isinstance(obj, dict):
         raise bad_line(n, "not a JSON object")

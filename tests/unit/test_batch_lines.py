@@ -46,6 +46,7 @@ BAD = [
     ("too many lines", [line(str(i)) for i in range(4)], "more than 3 request lines"),
     ("no lines", [b"\n", b" "], "no request lines"),
     ("not utf-8", [b"\xff\xfe"], "line 1: not valid JSON"),
+    ("a byte order mark", [b"\xef\xbb\xbf" + line(), line("b")], "line 1: starts with a UTF-8 byte order mark"),
 ]
 
 

@@ -66,7 +66,8 @@ def _print_ready(cluster) -> None:
     out.print("Try:")
     out.print(
         f"  curl {base}/chat/completions -H 'Content-Type: application/json' "
-        f"-d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Bonjour\"}}]}}'"
+        f"-d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Bonjour\"}}], "
+        f"\"max_tokens\": 32}}'"
     )
     out.print(f"  python -c \"import openai; c = openai.OpenAI(base_url='{base}', api_key='-'); print(c.models.list())\"")
     if any(m.autoscaling.enabled for m in cluster.cfg.models.values()):

@@ -242,7 +242,9 @@ class LocalCluster:
         try:
             asyncio.run(asyncio.wait_for(serve.shutdown_async(), timeout=serve_timeout_s))
         except (Exception, asyncio.TimeoutError) as e:
-            log.warning("Serve did not shut down within %.0fs: %r", serve_timeout_s, e)
+            # Usual on a normal stop (the gateway processes drain): not an error, Ray's end stops the rest.
+            log.info("Serve still shutting down after %.0fs (%r): stopping Ray, which ends every replica and "
+                     "engine", serve_timeout_s, e)
         ray.shutdown()
 
 

@@ -33,7 +33,8 @@ def stack(tmp_path_factory):
     d = tmp_path_factory.mktemp("rollout")
     (d / "keys.yaml").write_text(yaml.safe_dump({hash_key("sk-t"): "t"}))
     (d / "admin.yaml").write_text(yaml.safe_dump({hash_key("sk-admin"): "ops"}))
-    cfg = {"models": {"fast": {"source": "external", "candidate": {"engine_kwargs": {"max_num_seqs": 64}}, "rollout": LENIENT},
+    cfg = {"models": {"fast": {"source": "external", "candidate": {"engine_kwargs": {"max_num_seqs": 64}}, "rollout": LENIENT,
+                               "aliases": ["f"]},
                       "slow": {"source": "external", "candidate": {"engine_kwargs": {"max_num_seqs": 1}}, "rollout": ROLLOUT},
                       "plain": {"source": "external"}},
            "model_cache_dir": str(d),
@@ -85,6 +86,8 @@ def test_admin_api_reads_and_commands_the_analysis(stack, analysis):
     doc = wait_for(lambda: (r := httpx.get(url, headers={"Authorization": ADMIN}).json())["state"] == "analysing" and r,
                    10, "the analysis to start step 1")
     assert (doc["step"], doc["weight"], doc["steps"]) == (0, 20, [20, 50])
+    by_alias = httpx.get(gw.url + "/admin/v1/models/f/rollout", headers={"Authorization": ADMIN}).json()
+    assert (by_alias["model"], by_alias["step"]) == ("fast", 0)  # an alias names its model's rollout
     r = httpx.post(url + "/pause", headers={"Authorization": ADMIN}, timeout=10)
     assert r.status_code == 200 and (r.json()["state"], r.json()["reason"]) == ("paused", "paused by an operator")
     r = httpx.post(url + "/pause", headers={"Authorization": ADMIN}, timeout=10)

@@ -34,10 +34,12 @@ def not_started(config: OwcConfig, model: str, served: str | None = None) -> dic
 
 def add_rollout_routes(table: RouteTable, *, config: OwcConfig, view: RolloutView) -> None:
     def rolled_out(model: str) -> str:
-        """``model``: a served model's name, or an adapter's (an adapter's rollout is known by it)."""
+        """``model``: a served model's name or alias, or an adapter's (an adapter's rollout is known by it)."""
         served = config.resolve(model)
-        if served is None or model in config.models[served].aliases:
+        if served is None:
             raise OpenAIError(404, f"The model '{model}' is not served here", param="model", code="model_not_found")
+        if model in config.models[served].aliases:
+            model = served  # an alias names its model's rollout, as it names the model on every other route
         if model not in view.rolled_out:
             rolled = view.adapter_of.get(model)
             also = f"; its adapter '{rolled}' is rolled out: /admin/v1/models/{rolled}/rollout" if rolled else ""

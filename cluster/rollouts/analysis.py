@@ -203,10 +203,24 @@ class LocalAnalysis:
         self._states[model] = st
         self._files.write(model, self._doc(model, st))
         if before is not None and (before.state, before.weight) != (st.state, st.weight):
-            log.warning("rollout of %s: %s, candidate weight %d%% (%s)", model, st.state, st.weight, st.reason or "")
+            log.warning("rollout of %s: %s, candidate weight %d%% (%s)", model, st.state, st.weight,
+                        st.reason or gates_text(st.gates))
         if self._on_change is not None and (before is None or before.state != st.state or before.weight != st.weight):
             self._on_change(model, st)
 
     def _doc(self, model: str, st: RolloutState) -> dict:
         return {"model": model, "steps": self._settings[model].steps, "step_s": self._settings[model].step_s,
                 "fingerprint": self._fingerprints[model], **st.to_dict()}
+
+
+def gates_text(gates) -> str:
+    """The last window's gates for the log of a step that passed (a rollback's reason names its own)."""
+    def n(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3g}"
+
+    measured = [g for g in gates if g.passed is not None]
+    if not measured:
+        return ""
+    return "the last window: " + ", ".join(
+        f"{g.name} {n(g.candidate)} {'within' if g.passed else 'over'} {n(g.limit)} (stable {n(g.stable)})"
+        for g in measured)

@@ -74,6 +74,20 @@ def test_a_rollback_drains_the_candidate(tmp_path):
     assert drained == [("m-candidate", 0)]
 
 
+def test_a_step_that_passes_is_logged_with_its_gates(tmp_path, caplog):
+    gw, clock = Gateway(), [0.0]
+    a = _analysis(tmp_path, gw, clock)
+    a.tick()
+    gw.serve("stable", 80)
+    gw.serve("candidate", 50)
+    clock[0] = 11
+    with caplog.at_level("WARNING", logger="cluster.rollouts.analysis"):
+        a.tick()
+    (line,) = [r.getMessage() for r in caplog.records if "candidate weight 50%" in r.getMessage()]
+    # why it went on: each measured gate's figure against its limit, and stable's (was "()")
+    assert "the last window: " in line and " within " in line and "(stable " in line, line
+
+
 def test_a_restart_resumes_the_step_and_runs_its_window_again(tmp_path):
     gw, clock = Gateway(), [0.0]
     a = _analysis(tmp_path, gw, clock)

@@ -26,7 +26,7 @@ def serve(
 
     cfg = _load(config)
     try:
-        auth_for_bind(cfg.gateway)  # before minutes of start-up; the gateway process checks it again as it binds
+        keyed = auth_for_bind(cfg.gateway).enabled  # before minutes of start-up; the gateway process checks it again as it binds
         if not cfg.ray.address:  # its gateway processes bind this host's port (on a Ray of your own: anywhere)
             check_port_free(cfg.gateway.host, cfg.gateway.port)
     except (UnsafeBindError, OSError, ValueError) as e:
@@ -37,7 +37,7 @@ def serve(
     try:
         with console.status("starting") as status:
             cluster.start(report=lambda msg: status.update(msg), warn=lambda msg: console.print(escape(msg)))
-        _print_ready(cluster)
+        _print_ready(cluster, keyed=keyed)
         while True:
             signal.pause()
     except KeyboardInterrupt as e:
@@ -56,20 +56,26 @@ def _stop(cluster, serve_timeout_s: float = 6.0) -> None:
     console.print("stopped")
 
 
-def _print_ready(cluster) -> None:
+def _print_ready(cluster, *, keyed: bool = False) -> None:
+    """``keyed``: the gateway wants a tenant credential (the examples then send one)."""
     base = cluster.url + "/v1"
     first = next(iter(cluster.cfg.models))
     out.print(f"[green]owc is serving[/green] the OpenAI API at [bold]{base}[/bold]")
     for name, m in cluster.cfg.models.items():
         aka = f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""
         out.print(f"  model [bold]{name}[/bold]{aka}: {m.replicas.start} replica(s), TP={m.tensor_parallel_size}")
-    out.print("Try:")
+        if m.candidate is not None:
+            out.print(f"    candidate rolled out in steps {m.rollout.steps} % (`owc rollout status {name}`)")
+    auth = " -H \"Authorization: Bearer $OWC_API_KEY\"" if keyed else ""
+    key = "os.environ['OWC_API_KEY']" if keyed else "'-'"
+    out.print("Try:" + (" (OWC_API_KEY: a tenant key of yours)" if keyed else ""))
     out.print(
-        f"  curl {base}/chat/completions -H 'Content-Type: application/json' "
+        f"  curl {base}/chat/completions -H 'Content-Type: application/json'{auth} "
         f"-d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Bonjour\"}}], "
         f"\"max_tokens\": 32}}'"
     )
-    out.print(f"  python -c \"import openai; c = openai.OpenAI(base_url='{base}', api_key='-'); print(c.models.list())\"")
+    out.print(f"  python -c \"import os, openai; c = openai.OpenAI(base_url='{base}', api_key={key}); "
+              "print(c.models.list())\"")
     if any(m.autoscaling.enabled for m in cluster.cfg.models.values()):
         out.print(f"Autoscaled models: run `owc monitor` and `owc controller --ray-address {cluster.gcs_address}`.")
     out.print("Ctrl-C stops everything.")

@@ -102,6 +102,12 @@ CASES = {
          ('owc_rollout_state{instance="g:1",model="m",state="promoted"}', "0x2 1x10")],
         "5m", {"model": "m"}, "m: the candidate version was rolled back",
     ),
+    "OwcRolloutAborted": (
+        [('owc_rollout_state{instance="g:1",model="m",state="aborted"}', "0x2 1x10")],
+        [('owc_rollout_state{instance="g:1",model="m",state="aborted"}', "0x12"),
+         ('owc_rollout_state{instance="g:1",model="m",state="rolled_back"}', "0x2 1x10")],
+        "5m", {"model": "m"}, "m: the rollout of its candidate version was aborted",
+    ),
     "OwcScrapeTargetDown": (
         [('up{job="owc-engine",instance="e:1"}', "0x10")],
         [('up{job="owc-engine",instance="e:1"}', "1x10")],

@@ -28,6 +28,7 @@ class InputSummary:
 
     lines: int
     urls: Mapping[str, int]  # url -> the first line (1-based) that names it
+    model: str | None = None  # the model every line names (the Batch object's `model`); None: several or none
 
 
 def bad_line(n: int, what: str) -> BatchApiError:
@@ -65,6 +66,7 @@ def check_input(lines: Iterable[bytes], *, max_lines: int) -> InputSummary:
     """Every line of an input file (blank lines skipped, as vLLM's run-batch does)."""
     seen: dict[str, int] = {}
     urls: dict[str, int] = {}
+    models: set[object] = set()
     count = 0
     for n, raw in enumerate(lines, 1):
         if not raw.strip():
@@ -79,9 +81,12 @@ def check_input(lines: Iterable[bytes], *, max_lines: int) -> InputSummary:
             raise bad_line(n, f"custom_id {cid!r} repeats line {seen[cid]} (each custom_id once per file)")
         seen[cid] = n
         urls.setdefault(obj["url"], n)
+        if len(models) < 2:
+            models.add(obj["body"].get("model") if isinstance(obj["body"], dict) else None)
     if count == 0:
         raise invalid("the file holds no request lines", param="file", code="invalid_batch_input")
-    return InputSummary(count, urls)
+    (model,) = models if len(models) == 1 else (None,)
+    return InputSummary(count, urls, model if isinstance(model, str) else None)
 
 
 @dataclass(frozen=True)

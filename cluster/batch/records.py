@@ -22,6 +22,7 @@ class FileRecord:
     purpose: str
     lines: int = 0  # request lines of a batch input file
     urls: dict[str, int] = field(default_factory=dict)  # url -> first line naming it
+    model: str | None = None  # the model every line names, if one
 
     @property
     def created_at(self) -> int:
@@ -29,7 +30,7 @@ class FileRecord:
 
     @property
     def summary(self) -> InputSummary | None:
-        return InputSummary(self.lines, self.urls) if self.purpose == "batch" and self.lines else None
+        return InputSummary(self.lines, self.urls, self.model) if self.purpose == "batch" and self.lines else None
 
     def openai(self) -> dict[str, Any]:
         """OpenAI's File object."""
@@ -67,6 +68,7 @@ class BatchRecord:
     errors: list[dict[str, Any]] | None = None  # OpenAI's BatchError objects (code, message, param, line)
     metadata: dict[str, str] | None = None
     output_expires_s: int | None = None  # output_expires_after.seconds (None: batch.file_expiry_s)
+    model: str | None = None  # the model every line of its input names (OpenAI's Batch `model`), else None
     usage: dict[str, Any] | None = None  # OpenAI's batch usage, the answered lines' tokens summed at the close
     in_progress_at: int | None = None
     finalizing_at: int | None = None
@@ -90,8 +92,11 @@ class BatchRecord:
             "created_at": self.created_at, "expires_at": self.expires_at,
             **{s: getattr(self, s) for s in STAMPS},
             "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
-            "usage": self.usage,
             "metadata": self.metadata,
+            # Set only once known (the spec's types are a string and an object, neither nullable):
+            # the model when every line names one, the usage once the batch closed.
+            **({"model": self.model} if self.model is not None else {}),
+            **({"usage": self.usage} if self.usage is not None else {}),
         }
 
     def dumps(self) -> bytes:

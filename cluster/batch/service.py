@@ -91,7 +91,7 @@ class BatchService:
                 lambda: check_input(self.contents.lines(self.contents.part(upload.id)), max_lines=self.cfg.max_lines))
             now = self._clock()
             rec = FileRecord(upload.id, tenant, upload.size, now, int(now) + (expires_after_s or self.cfg.file_expiry_s),
-                             display_name(filename), purpose, summary.lines, dict(summary.urls))
+                             display_name(filename), purpose, summary.lines, dict(summary.urls), summary.model)
             # Recorded before its content is in place (and deleted after its content is gone): a
             # crash between the two leaves a record without content (404, swept at expiry), never
             # a content no record points to.
@@ -159,7 +159,7 @@ class BatchService:
         now = self._clock()
         rec = BatchRecord(new_batch_id(), tenant, req.endpoint, f.id, req.completion_window, states.VALIDATING, now,
                           int(now) + WINDOW_S[req.completion_window], total=f.lines, metadata=req.metadata,
-                          output_expires_s=req.output_expires_s)
+                          output_expires_s=req.output_expires_s, model=f.model)
         await self._store(self.index.add_batch(rec))
         return rec
 

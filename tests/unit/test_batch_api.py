@@ -96,6 +96,7 @@ def test_batches_create_retrieve_list_cancel(gw):
     assert b.status == "validating" and b.output_file_id is None and b.error_file_id is None
     assert (b.request_counts.total, b.request_counts.completed, b.request_counts.failed) == (4, 0, 0)
     assert b.expires_at - b.created_at == 86400 and b.metadata == {"n": "0"} and b.in_progress_at is None
+    assert b.model == "m1"  # the model every line names (OpenAI's Batch `model`)
     assert c.batches.retrieve(b.id).model_dump() == b.model_dump()
     first = c.batches.list(limit=2)
     assert [x.id for x in first.data] == [made[2].id, made[1].id] and first.has_more

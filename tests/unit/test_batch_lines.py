@@ -30,6 +30,18 @@ def test_valid_input(name, lines, count, urls):
     assert (s.lines, dict(s.urls)) == (count, urls)
 
 
+@pytest.mark.parametrize("bodies, model", [
+    ([{"model": "m"}], "m"),
+    ([{"model": "m"}, {"model": "m"}], "m"),
+    ([{"model": "m"}, {"model": "n"}], None),  # several: OpenAI's Batch `model` names one
+    ([{"model": "m"}, {"prompt": "x"}], None),  # a line without one (the engine's 400 at run time)
+    ([{"model": 3}], None),
+])
+def test_the_model_every_line_names(bodies, model):
+    lines = [line(f"c{i}", body=b) for i, b in enumerate(bodies)]
+    assert check_input(lines, max_lines=10).model == model
+
+
 BAD = [
     ("not json", [line(), b"{nope"], "line 2: not valid JSON"),
     ("not an object", [b"[1, 2]"], "line 1: not a JSON object"),

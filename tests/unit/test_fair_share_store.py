@@ -244,9 +244,10 @@ def test_owc_serve_starts_a_local_store_for_the_shared_counts(tmp_path):
 
     from cluster.runner import LocalCluster
 
-    cfg = parse_config({"models": {"m": {"source": "external"}}, "monitoring": {"file_sd_dir": str(tmp_path)}})
+    cfg = parse_config({"models": {"m": {"source": "external"}}, "monitoring": {"file_sd_dir": str(tmp_path)},
+                        "batch": {"store_dir": str(tmp_path / "batch")}})
     c = LocalCluster(cfg, temp_dir=str(tmp_path / "ray"))
-    c._start_fair_share_store()  # what start() does before Ray for owc serve's defaults (no store, 2 gateways)
+    c._start_fair_share_store(warn=print)  # what start() does before Ray for owc serve's defaults (no store, 2 gateways)
     try:
         url = c.cfg.gateway.fair_sharing.store_url  # the gateway processes' config carries it
         assert url and redis.Redis.from_url(url).ping()

@@ -169,10 +169,14 @@ class LocalCluster:
         """The local Redis, its data kept beside the batch files' contents (batch and file
         records, tenants' usage): a restart of `owc serve` forgets none of it."""
         data_dir = Path(self.cfg.batch.store_dir).expanduser() / "redis"
-        redis = LocalRedis.ensure(url, data_dir=data_dir)
+        try:
+            redis = LocalRedis.ensure(url, data_dir=data_dir)
+        except RuntimeError as e:  # e.g. its append-only file unreadable: a store without it, said so
+            warn(f"{e}; starting it without persistence")
+            return LocalRedis.ensure(url)
         if redis.proc is not None and not redis.persistent:
-            warn(f"another owc serve keeps its store in {data_dir}: this one's batches, files and tenant usage "
-                 "last only until it stops")
+            warn(f"{data_dir} is in use by another Redis (another owc serve, or one left running) or cannot be "
+                 "written: this run's batches, files and tenant usage last only until it stops")
         return redis
 
     def _start_fair_share_store(self, warn: Callable[[str], None]) -> None:

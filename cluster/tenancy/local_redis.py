@@ -38,12 +38,16 @@ def _listening(host: str, port: int) -> bool:
 
 
 def _lock(data_dir: Path) -> int | None:
-    """An exclusive lock on ``data_dir`` (its fd), or None while another process holds it."""
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(data_dir / "owc.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    """An exclusive lock on ``data_dir`` (its fd), or None while another process holds it (or
+    the directory cannot be written: then no persistence, rather than no store)."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(data_dir / "owc.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError:
         os.close(fd)
         return None
     return fd
@@ -71,9 +75,12 @@ class LocalRedis:
         lock = _lock(data_dir) if data_dir is not None else None
         keep = ["--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec"] if lock is not None \
             else ["--appendonly", "no"]
+        # The server holds the lock too (an inherited fd): one that outlives an `owc serve` killed
+        # without its cleanup keeps the directory to itself, and the next run does without.
         proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1" if host != "::1" else "::1",
                                  "--save", "", *keep],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                pass_fds=(lock,) if lock is not None else ())
         deadline = time.monotonic() + timeout_s
         while not _listening(host, port):
             if proc.poll() is not None or time.monotonic() > deadline:

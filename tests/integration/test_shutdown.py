@@ -33,6 +33,7 @@ def _serve(tmp_path: Path, model_cache: str) -> tuple[subprocess.Popen, int]:
     cfg["gateway"]["port"] = port
     cfg["model_cache_dir"] = model_cache
     cfg["monitoring"] = {"file_sd_dir": str(tmp_path / "targets")}
+    cfg["batch"] = {"store_dir": str(tmp_path / "batch")}  # its local Redis's data: the test's, not the user's
     path = tmp_path / "owc.yaml"
     path.write_text(yaml.safe_dump(cfg))
     # Its own process group, as a shell gives a job: the test runner is never in the groups checked.

@@ -30,6 +30,7 @@ def test_engine_refusal_reaches_the_terminal(tmp_path, model_cache):
         "gateway": {"host": "127.0.0.1", "port": free_port()},
         "model_cache_dir": model_cache,
         "monitoring": {"file_sd_dir": str(tmp_path / "targets")},
+        "batch": {"store_dir": str(tmp_path / "batch")},  # its local Redis's data: the test's own
     }
     path = tmp_path / "owc.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -3,6 +3,8 @@ listening, reused when it is, stopped with the cluster; other hosts are left alo
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import redis
 
@@ -82,3 +84,34 @@ def test_owc_serve_keeps_its_stores_data_beside_the_batch_files(tmp_path):
         for r in (one, two):
             if r._redis is not None:
                 r._redis.stop()
+
+
+def test_a_server_left_running_keeps_its_directory_and_an_unwritable_one_means_no_persistence(tmp_path):
+    """The lock lives as long as the server (an inherited fd): an `owc serve` killed without its
+    cleanup leaves a server that still holds it, and the next run keeps nothing there rather than
+    a second server writing the same append-only file."""
+    data = tmp_path / "redis"
+    left = LocalRedis.ensure(f"redis://127.0.0.1:{free_port()}/0", data_dir=data)
+    assert left.persistent
+    os.close(left._lock)  # what the death of `owc serve` does to its own fd: the server keeps its copy
+    left._lock = None
+    try:
+        nxt = LocalRedis.ensure(f"redis://127.0.0.1:{free_port()}/0", data_dir=data)
+        try:
+            assert nxt.proc is not None and not nxt.persistent
+        finally:
+            nxt.stop()
+    finally:
+        left.stop()
+    again = LocalRedis.ensure(f"redis://127.0.0.1:{free_port()}/0", data_dir=data)  # the server gone: free
+    try:
+        assert again.persistent
+    finally:
+        again.stop()
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    nowhere = LocalRedis.ensure(f"redis://127.0.0.1:{free_port()}/0", data_dir=blocked / "redis")
+    try:
+        assert nowhere.proc is not None and not nowhere.persistent
+    finally:
+        nowhere.stop()

@@ -82,11 +82,12 @@ def check_input(lines: Iterable[bytes], *, max_lines: int) -> InputSummary:
         seen[cid] = n
         urls.setdefault(obj["url"], n)
         if len(models) < 2:
-            models.add(obj["body"].get("model") if isinstance(obj["body"], dict) else None)
+            model = obj["body"].get("model") if isinstance(obj["body"], dict) else None
+            models.add(model if isinstance(model, str) else None)  # any other (a list) fails on its own at run time
     if count == 0:
         raise invalid("the file holds no request lines", param="file", code="invalid_batch_input")
     (model,) = models if len(models) == 1 else (None,)
-    return InputSummary(count, urls, model if isinstance(model, str) else None)
+    return InputSummary(count, urls, model)
 
 
 @dataclass(frozen=True)

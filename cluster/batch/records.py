@@ -39,7 +39,7 @@ class FileRecord:
                 "status": "processed", "status_details": None}
 
     def dumps(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self))
+        return dump(self)
 
     @classmethod
     def loads(cls, raw: bytes | str) -> FileRecord:
@@ -100,11 +100,24 @@ class BatchRecord:
         }
 
     def dumps(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self))
+        return dump(self)
 
     @classmethod
     def loads(cls, raw: bytes | str) -> BatchRecord:
         return cls(**known(cls, orjson.loads(raw)))
+
+
+# Fields added after records were first stored: written only when set, so that a record without
+# them is read by a gateway process of the version before (a rolling upgrade), as it always was.
+LATER = ("model", "usage")
+
+
+def dump(record: Any) -> bytes:
+    d = dataclasses.asdict(record)
+    for name in LATER:
+        if d.get(name, 0) is None:
+            del d[name]
+    return orjson.dumps(d)
 
 
 def known(cls: type, data: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ def test_valid_input(name, lines, count, urls):
     ([{"model": "m"}, {"model": "n"}], None),  # several: OpenAI's Batch `model` names one
     ([{"model": "m"}, {"prompt": "x"}], None),  # a line without one (the engine's 400 at run time)
     ([{"model": 3}], None),
+    ([{"model": ["m"]}, {"model": {"a": 1}}], None),  # unhashable: still no 500
 ])
 def test_the_model_every_line_names(bodies, model):
     lines = [line(f"c{i}", body=b) for i, b in enumerate(bodies)]

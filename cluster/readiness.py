@@ -27,7 +27,12 @@ def wait_gateways_ready(url: str, processes: int, timeout_s: float, *,
         try:
             r = get(url + "/ready", timeout=2)
             if r.status_code == 200:
-                ready.add(str(r.json().get("process", "")))
+                try:
+                    ready.add(str(r.json().get("process", "")))
+                except (ValueError, AttributeError):  # something else answers there
+                    last = f"not an owc gateway's /ready: {r.text[:200]}"
+                    sleep(0.25)
+                    continue
                 if len(ready) >= processes:
                     return
                 last = f"{len(ready)} of {processes} gateway processes ready"

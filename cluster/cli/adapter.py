@@ -79,7 +79,8 @@ def _call(method: str, url: str, path: str, key: Optional[str], body: dict | Non
     message = (data.get("error") or {}).get("message", "") if isinstance(data, dict) else ""
     if r.status_code == 404 and str(message).startswith("unknown route"):
         # A gateway without admin keys has no admin routes at all (docs/security.md).
-        console.print(f"[red]{escape(url)} has no admin API[/red]: the gateway runs without admin keys. Create one "
+        console.print(f"[red]{escape(url)} has no admin API[/red]: the gateway runs without admin keys (or --url is "
+                      "not the gateway's API port). Create one "
                       "(`owc keys create --admin NAME --file admin-keys.yaml`), set `gateway.admin_keys_file` (or "
                       "OWC_ADMIN_KEYS) in the cluster's config, restart it, and pass the key as --api-key or "
                       "OWC_ADMIN_KEY", highlight=False)

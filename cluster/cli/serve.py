@@ -26,7 +26,7 @@ def serve(
 
     cfg = _load(config)
     try:
-        keyed = auth_for_bind(cfg.gateway).enabled  # before minutes of start-up; the gateway process checks it again as it binds
+        keyed = auth_for_bind(cfg.gateway).api_keys  # before minutes of start-up; the gateway process checks it again as it binds
         if not cfg.ray.address:  # its gateway processes bind this host's port (on a Ray of your own: anywhere)
             check_port_free(cfg.gateway.host, cfg.gateway.port)
     except (UnsafeBindError, OSError, ValueError) as e:
@@ -57,7 +57,7 @@ def _stop(cluster, serve_timeout_s: float = 6.0) -> None:
 
 
 def _print_ready(cluster, *, keyed: bool = False) -> None:
-    """``keyed``: the gateway wants a tenant credential (the examples then send one)."""
+    """``keyed``: the gateway wants a tenant API key (the examples then send one)."""
     base = cluster.url + "/v1"
     first = next(iter(cluster.cfg.models))
     out.print(f"[green]owc is serving[/green] the OpenAI API at [bold]{base}[/bold]")

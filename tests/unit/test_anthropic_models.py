@@ -32,7 +32,7 @@ def test_pages(query, ids, more):
 
 
 @pytest.mark.parametrize("query, param", [
-    ({"limit": "0"}, "limit"), ({"limit": "1001"}, "limit"), ({"limit": "x"}, "limit"), ({"limit": "-1"}, "limit"),
+    ({"limit": "0"}, "limit"), ({"limit": "1001"}, "limit"), ({"limit": "x"}, "limit"), ({"limit": "-1"}, "limit"), ({"limit": "²"}, "limit"),
     ({"after_id": "zz"}, "after_id"), ({"before_id": "zz"}, "before_id"),
     ({"after_id": "a", "before_id": "c"}, "after_id"),
 ])

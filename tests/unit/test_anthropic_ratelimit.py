@@ -40,3 +40,9 @@ def test_the_headers_anthropic_names():
 ])
 def test_nothing_else_becomes_an_anthropic_header(headers):
     assert anthropic_headers(headers) == []
+
+
+def test_a_reset_under_a_second_is_never_given_as_a_time_already_past():
+    headers = [(b"x-ratelimit-reset-requests", b"250ms")]
+    assert anthropic_headers(headers, clock=lambda: 1764979200.5) == [
+        (b"anthropic-ratelimit-requests-reset", b"2025-12-06T00:00:01Z")]

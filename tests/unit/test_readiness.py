@@ -65,3 +65,15 @@ def test_connection_errors_are_waited_out():
 
     wait_gateways_ready("http://gw", 2, 10, get=get, clock=a.clock, sleep=a.sleep)
     assert a.calls == 2
+
+
+def test_something_else_answering_200_is_not_a_ready_gateway():
+    now = [0.0]
+
+    def get(url, timeout):
+        return httpx.Response(200, text="<html>hello</html>")
+
+    with pytest.raises(TimeoutError) as e:
+        wait_gateways_ready("http://gw", 1, 3, get=get, clock=lambda: now[0],
+                            sleep=lambda s: now.__setitem__(0, now[0] + s))
+    assert "not an owc gateway's /ready" in str(e.value)

@@ -32,7 +32,7 @@ def model(card: Mapping[str, Any]) -> dict[str, Any]:
 def page(cards: Sequence[Mapping[str, Any]], query: Mapping[str, str]) -> dict[str, Any]:
     """One page of the list, as Anthropic's API cuts it; a bad ``limit`` or an unknown id is a 400."""
     raw = query.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
         raise OpenAIError(400, f"limit: must be an integer from 1 to 1000, got {raw!r}", param="limit")
     limit = int(raw)
     ids = [c["id"] for c in cards]

@@ -7,6 +7,7 @@ limit, not its ``input-tokens-*``/``output-tokens-*``.) No HTTP library here."""
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +41,7 @@ def anthropic_headers(headers: Sequence[tuple[bytes, bytes]],
             seconds = reset_seconds(value)
             if seconds is None:
                 continue
-            at = datetime.fromtimestamp(clock() + seconds, tz=timezone.utc)
+            at = datetime.fromtimestamp(math.ceil(clock() + seconds), tz=timezone.utc)  # never before it
             value = at.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
         out.append((b"anthropic-ratelimit-" + kind + b"-" + field, value))
     return out

@@ -124,6 +124,11 @@ class Authenticator:
         )
 
     @property
+    def api_keys(self) -> bool:
+        """Tenant API keys are configured (a client sends one as `Authorization: Bearer`)."""
+        return self._keys.enabled
+
+    @property
     def enabled(self) -> bool:
         """Some tenant credential is configured (what binding beyond loopback needs)."""
         return self._keys.enabled or self.jwt is not None or self._header is not None

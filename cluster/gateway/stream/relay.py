@@ -132,7 +132,8 @@ class _Events:
             # tool arguments); the usage is in the final response event, relayed as is.
             tokens = b".delta\n" in chunk
             take_response_usage(chunk, delivery)
-            self.sent = chunk
+            if _SEQUENCE in chunk:
+                self.sent = chunk
         elif b'"choices":[]' in chunk:
             # A fast engine's whole answer may arrive in one read with its usage.
             chunk, tokens = take_usage(chunk, delivery, strip=self.strip_usage)

@@ -126,7 +126,7 @@ def add_routes(
         cards = [model_card(n) for n in config.models if allowed(tenants, tenant, n)]
         cards += [adapter_card(n, a) for n, m in config.models.items() for a in list(m.adapters)
                   if allowed(tenants, tenant, n, a)]  # LoRA adapters, each with its parent model
-        if anthropic_models.HEADER.decode() in request.headers:  # an Anthropic client: its Models API's page
+        if anthropic_models.is_anthropic(request.scope):  # an Anthropic client (app.py's dispatch): its page
             return JSONResponse(anthropic_models.page(cards, request.query_params))
         return JSONResponse({"object": "list", "data": cards})
 
@@ -137,7 +137,7 @@ def add_routes(
         if served is None or not allowed(tenants, request.state.tenant, served, adapter):
             raise OpenAIError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
         card = adapter_card(served, adapter) if adapter else model_card(served)
-        if anthropic_models.HEADER.decode() in request.headers:
+        if anthropic_models.is_anthropic(request.scope):
             return JSONResponse(anthropic_models.model(card))
         return JSONResponse(card)
 

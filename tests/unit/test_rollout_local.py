@@ -74,13 +74,20 @@ def test_a_rollback_drains_the_candidate(tmp_path):
     assert drained == [("m-candidate", 0)]
 
 
-def test_a_step_that_passes_is_logged_with_its_gates(tmp_path, caplog):
+def _step_1_served(tmp_path) -> tuple[Gateway, list[float], LocalAnalysis]:
+    """Step 1's window begun, both versions served healthily through it, its end reached: the
+    next tick passes the step."""
     gw, clock = Gateway(), [0.0]
     a = _analysis(tmp_path, gw, clock)
     a.tick()
     gw.serve("stable", 80)
     gw.serve("candidate", 50)
     clock[0] = 11
+    return gw, clock, a
+
+
+def test_a_step_that_passes_is_logged_with_its_gates(tmp_path, caplog):
+    gw, clock, a = _step_1_served(tmp_path)
     with caplog.at_level("WARNING", logger="cluster.rollouts.analysis"):
         a.tick()
     (line,) = [r.getMessage() for r in caplog.records if "candidate weight 50%" in r.getMessage()]
@@ -89,12 +96,7 @@ def test_a_step_that_passes_is_logged_with_its_gates(tmp_path, caplog):
 
 
 def test_a_restart_resumes_the_step_and_runs_its_window_again(tmp_path):
-    gw, clock = Gateway(), [0.0]
-    a = _analysis(tmp_path, gw, clock)
-    a.tick()
-    gw.serve("stable", 80)
-    gw.serve("candidate", 50)
-    clock[0] = 11
+    gw, clock, a = _step_1_served(tmp_path)
     a.tick()
     assert (a.state("m").state, a.state("m").step) == ("analysing", 1)  # step 2 (50 %) began at 11
     clock[0] = 15

@@ -130,3 +130,42 @@ async def test_engine_closing_mid_body_is_an_error_and_close_aborts():
     r.close()
     assert not up._idle.get(("127.0.0.1", port))  # a broken connection is never pooled
     server.close()
+
+
+def _slow_connect(base: type[asyncio.AbstractEventLoop]) -> type[asyncio.AbstractEventLoop]:
+    """A loop whose connections are handed over only once their first events have run: what a
+    gateway's busy loop does between the connect and the request's write."""
+
+    class Loop(base):  # type: ignore[misc, valid-type]
+        async def create_connection(self, *args, **kwargs):
+            got = await super().create_connection(*args, **kwargs)
+            await asyncio.sleep(0.05)
+            return got
+
+    return Loop
+
+
+@pytest.mark.parametrize("base", ["asyncio", "uvloop"])
+def test_engine_resetting_a_connection_as_it_accepts_it_is_a_refusal_nothing_sent(base):
+    """An engine SIGKILLed while the gateway connects to it: the connection is accepted (the
+    kernel finishes the handshake of a dying process) and reset before the request is written.
+    Nothing was sent, so it is a refusal another replica may take. Before, the write failed on
+    the closed transport (an AssertionError, or uvloop's RuntimeError) and the client got a 500
+    "internal gateway error" (a CI run of test_routing's SIGKILL test)."""
+    import uvloop
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()  # RST: the engine's process is gone
+
+    async def main() -> None:
+        port = free_port()
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        try:
+            with pytest.raises(ConnectFailed, match="before the request was sent"):
+                await EngineClient(connect_timeout_s=2).post("127.0.0.1", port, "/", b"{}", {})
+        finally:
+            server.close()
+
+    base_loop = asyncio.SelectorEventLoop if base == "asyncio" else uvloop.Loop
+    with asyncio.Runner(loop_factory=_slow_connect(base_loop)) as runner:
+        runner.run(main())

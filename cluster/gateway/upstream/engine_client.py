@@ -112,15 +112,20 @@ class _Conn(asyncio.Protocol):
 
     # used by EngineClient
     def send(self, data: bytes) -> None:
+        """Write the request. Raises EngineError, nothing sent, when the connection is already
+        gone: an engine that dies as it accepts resets the connection between the connect and
+        this write (uvloop closes the transport, then calls connection_lost)."""
         self.sink = None
         self._headers = {}
         self._chunks.clear()
         self._buffered = 0
         self.complete = False
         self._keep_alive = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise EngineError("engine closed the connection before the request was sent")
         self._head = asyncio.get_running_loop().create_future()
-        assert self.transport is not None
-        self.transport.write(data)
+        transport.write(data)
 
     async def head(self) -> tuple[int, dict[str, str]]:
         assert self._head is not None
@@ -282,7 +287,17 @@ class EngineClient:
                 # The pooled connection broke with the request sent, and the engine now refuses
                 # new ones: it went away, maybe while running the request. Lost, not refused.
                 raise EngineError(f"{broken}; then {e}") from None
-            conn.send(data)
+            try:
+                conn.send(data)
+            except EngineError as e:
+                conn.close()
+                if reused:  # closed as it was taken from the pool: nothing sent, a fresh one
+                    continue
+                # Reset as it was opened (the engine dying): nothing sent, like a refusal, unless
+                # a pooled connection broke with the request sent before (then it was lost).
+                if broken is None:
+                    raise ConnectFailed(f"engine {key[0]}:{key[1]}: {e}") from None
+                raise EngineError(f"{broken}; then {e}") from None
             try:
                 status, hdrs = await conn.head()
             except EngineError as e:

@@ -58,6 +58,12 @@ class OpenAIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+def model_not_found(model: str) -> OpenAIError:
+    """A model name the gateway does not serve (or not to this tenant): says where the names are."""
+    return OpenAIError(404, f"The model '{model}' does not exist; GET /v1/models lists the models you can use",
+                       param="model", code="model_not_found")
+
+
 def from_upstream(status: int, body: bytes) -> OpenAIError:
     """Normalise an engine's error response (vLLM's own shape varies) to ours."""
     message, param = None, None

@@ -21,7 +21,7 @@ from cluster.config.schema import OwcConfig
 from cluster.discovery.sources import EndpointSource
 from cluster.gateway.anthropic import models as anthropic_models
 from cluster.gateway.auth.authenticator import Authenticator, Principal, allowed
-from cluster.gateway.errors import OpenAIError
+from cluster.gateway.errors import OpenAIError, model_not_found
 from cluster.routing.router import Routing
 
 Access = Literal["public", "tenant", "admin"]
@@ -135,7 +135,7 @@ def add_routes(
         served = config.resolve(model)
         adapter = model if served is not None and model in config.models[served].adapters else None
         if served is None or not allowed(tenants, request.state.tenant, served, adapter):
-            raise OpenAIError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
+            raise model_not_found(model)
         card = adapter_card(served, adapter) if adapter else model_card(served)
         if anthropic_models.is_anthropic(request.scope):
             return JSONResponse(anthropic_models.model(card))

@@ -102,8 +102,10 @@ def test_unknown_model_is_404_model_not_found(client):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert e.value.code == "model_not_found"
-    with pytest.raises(openai.NotFoundError):
+    assert "GET /v1/models lists the models" in e.value.message  # where to find the right name
+    with pytest.raises(openai.NotFoundError) as e:
         client.models.retrieve("nope")
+    assert "GET /v1/models lists the models" in e.value.message
 
 
 CHAT = "/v1/chat/completions"

@@ -26,7 +26,7 @@ from cluster.gateway.responses.conversations import Conversations
 from cluster.gateway.responses.ids import ResponseIds
 from cluster.gateway.stream.resume import not_resumable
 from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send
-from cluster.gateway.errors import OpenAIError
+from cluster.gateway.errors import OpenAIError, model_not_found
 from cluster.gateway.context import ClientGone
 from cluster.gateway.forwarder import Forwarder
 from cluster.gateway.admission.tenancy import GatewayTenancy
@@ -205,7 +205,7 @@ class Admission:
         not take, and a usage event asked for on every chat or completions stream."""
         served = self._config.resolve(req.model)
         if served is None:
-            raise OpenAIError(404, f"The model '{req.model}' does not exist", param="model", code="model_not_found")
+            raise model_not_found(req.model)
         adapter = req.model if req.model in self._config.models[served].adapters else None
         if not allowed(self._config.gateway.tenants, tenant, served, adapter):
             what = f"adapter '{adapter}'" if adapter and allowed(self._config.gateway.tenants, tenant, served) \

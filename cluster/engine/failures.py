@@ -36,11 +36,12 @@ HINTS: tuple[tuple[str, str], ...] = (
 # Exceptions that only say "see above": the root cause is another line.
 _WRAPPERS = re.compile(
     r"See (?:the )?(?:stack trace|root cause)|initialization failed|^(?:[\w.]*\.)?(?:ServerStartError|RayTaskError|"
-    r"RayActorError|ActorDiedError|EngineDeadError)\b"
+    r"RayActorError|ActorDiedError|EngineDeadError)\b|: Traceback \(most recent call last\)"
 )
 # vLLM's log prefixes: "(EngineCore pid=1) ERROR 12-05 01:20:55 [core.py:1] ".
 _PREFIX = re.compile(r"^(?:\([\w-]+ pid=\d+\)\s*)?(?:(?:ERROR|WARNING|INFO|DEBUG|CRITICAL)\s+\S+\s+\S+\s+\[[^\]]*\]\s*)?")
-_EXCEPTION = re.compile(r"^(?:(?:[A-Za-z_][\w.]*)?(?:Error|Exception|Exit)|[\w.-]+: error)(?::\s*\S.*)?$")
+# An exception line; or the gateway process's own refusal (cluster.gateway.main: "gateway: <why>").
+_EXCEPTION = re.compile(r"^(?:(?:[A-Za-z_][\w.]*)?(?:Error|Exception|Exit)|[\w.-]+: error)(?::\s*\S.*)?$|^gateway: \S.*$")
 _PYDANTIC_INPUT = re.compile(r"\s*\[type=\w+, input_value=.*$")  # the arguments it was given: noise
 _NOT_MESSAGE = ("File ", "For further information", "Traceback")
 _LOG_PATH = re.compile(r"\blog (/\S+?\.log):")

@@ -162,3 +162,29 @@ def test_a_deployment_that_is_not_an_engine_has_a_log_not_an_engine_log():
     assert gw.lines()[-1] == "  log: /tmp/gw.log"
     engine = StartFailure(deployment="engine-m", model="m", error="OSError: x", log_path="/tmp/e.log", advice=None)
     assert engine.lines()[-1] == "  engine log: /tmp/e.log"
+
+
+def test_a_gateway_process_refusing_to_start_is_told_by_its_own_words(tmp_path):
+    """The gateway process (cluster.gateway.main) states why it stopped on one line,
+    "gateway: <why>"; Serve wraps the replica's start error in "RuntimeError: Traceback (most
+    recent call last):", which was shown instead. With the log, and with it gone (the tail
+    that the start error carries)."""
+    log = tmp_path / "gateway-abc.log"
+    text = "stored-response ids are valid on this gateway process only\ngateway: [Errno 98] Address already in use\n"
+    proc = ServerProcess(Command([sys.executable, "-c", f"import sys; sys.stderr.write({text!r}); sys.exit(2)"]),
+                         log_path=log)
+    proc.start()
+    with pytest.raises(ServerStartError) as e:
+        asyncio.run(proc.wait_ready(30))
+    message = ("The deployment failed to start 3 times in a row. Error:\n"
+               "ray::ServeReplica:owc:owc-gateway.initialize_and_get_metadata() (pid=1, ip=127.0.0.1)\n"
+               "RuntimeError: Traceback (most recent call last):\n"
+               '  File "/v/ray/serve/_private/replica.py", line 1, in initialize_and_get_metadata\n'
+               f"cluster.process.ServerStartError: {e.value}")
+    for present in (True, False):
+        if not present:
+            log.unlink()
+        f = diagnose("owc-gateway", message)
+        assert f.error == "gateway: [Errno 98] Address already in use", (present, f.error)
+        assert f.lines()[-1] == f"  log: {log}"
+    assert engine_error("RuntimeError: Traceback (most recent call last):\nOSError: x\n") == "OSError: x"

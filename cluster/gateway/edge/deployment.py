@@ -44,13 +44,19 @@ class GatewayReplica:
             "--endpoints-file", self._sync.endpoints_file, "--metrics-port", str(metrics_port),
             "--parent-pid", str(os.getpid()),
         ])
-        self._proc = ServerProcess(command, log_path=self._dir / "gateway.log", host=host, port=config.gateway.port)
+        # Beside the engines' logs, not in the process's own directory: a process that does not
+        # start leaves its log for the start error that names it (removed after a clean stop).
+        log_dir = Path(tempfile.gettempdir()) / "owc-logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._log = log_dir / f"gateway-{self._sd_name}.log"
+        self._proc = ServerProcess(command, log_path=self._log, host=host, port=config.gateway.port)
         self._drain_s = config.gateway.autoscaling.drain_timeout_s
         self._proc.start()
         try:
             await self._proc.wait_ready(60)
         except BaseException:
             await self._proc.stop_async(grace_s=2)
+            shutil.rmtree(self._dir, ignore_errors=True)
             raise
         if self._sd_dir is not None:
             write_targets(self._sd_dir, f"gateway-{self._sd_name}", [
@@ -72,6 +78,7 @@ class GatewayReplica:
         # drain timeout, then exits; only a process still there after that is killed.
         await self._proc.stop_async(grace_s=self._drain_s + 5)
         shutil.rmtree(self._dir, ignore_errors=True)
+        self._log.unlink(missing_ok=True)
 
 
 def gateway_deployment(cfg: OwcConfig, env: dict[str, str] | None = None):

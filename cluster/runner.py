@@ -223,20 +223,26 @@ class LocalCluster:
     def stop(self, serve_timeout_s: float = 6.0) -> None:
         """Graceful Serve shutdown (replicas stop their engines), bounded: a replica still
         loading its model would hold it for minutes. Then Ray itself goes, and with it every
-        worker; engine processes die with their replica (they watch their parent)."""
-        import ray
-        from ray import serve
-
+        worker; engine processes die with their replica (they watch their parent). The local
+        tenancy store, if owc started one, goes after them."""
         if self._rollouts is not None:
             self._rollouts.stop()
         if self._sd_dir is not None:
             remove_targets(self._sd_dir, self._sd_name)
-        if self._redis is not None:
-            self._redis.stop()
-            self._redis = None
+        try:
+            self._stop_ray(serve_timeout_s)
+        finally:
+            # Last: the gateway processes settle the usage of the streams they drain in it.
+            if self._redis is not None:
+                self._redis.stop()
+                self._redis = None
+
+    def _stop_ray(self, serve_timeout_s: float) -> None:
+        import ray
+        from ray import serve
+
         if not ray.is_initialized():
             return
-
         if self._started_ray:
             # Started before Ray goes down, in its own session: it finishes the job even if
             # this process ends abruptly during the shutdown.

@@ -115,3 +115,27 @@ def test_a_server_left_running_keeps_its_directory_and_an_unwritable_one_means_n
         assert nowhere.proc is not None and not nowhere.persistent
     finally:
         nowhere.stop()
+
+
+def test_owc_serve_stops_its_store_after_the_gateways(tmp_path, monkeypatch):
+    """The gateway processes drain their streams during Serve's shutdown and settle their usage
+    in the store: it stops after Ray's end (it stopped first, and the drained requests' usage
+    and the batch runners met a refused connection). Also when Ray's end fails."""
+    from cluster.config.schema import OwcConfig
+    from cluster.runner import LocalCluster
+
+    cfg = OwcConfig.model_validate({"models": {"m": {"source": "external"}},
+                                    "batch": {"store_dir": str(tmp_path / "batch")}})
+    c = LocalCluster(cfg, temp_dir=str(tmp_path / "ray"))
+    c._start_fair_share_store(lambda _: None)
+    proc = c._redis.proc
+    seen: list[bool] = []
+
+    def ray_end(_timeout: float) -> None:
+        seen.append(proc.poll() is None)
+        raise RuntimeError("ray.shutdown failed")
+
+    monkeypatch.setattr(c, "_stop_ray", ray_end)
+    with pytest.raises(RuntimeError):
+        c.stop()
+    assert seen == [True] and c._redis is None and proc.poll() is not None

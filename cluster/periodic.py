@@ -1,7 +1,8 @@
 """One periodic background task: run ``tick`` every ``period_s`` seconds; a failing tick is
 logged and the loop goes on (a background loop that dies leaves the process blind: stale
-endpoints, load-blind routing, keys never reloaded); ``stop`` cancels the task and waits for
-it. Discovery's endpoint sync and file source, the gateway's stats poller, JWKS refresher,
+endpoints, load-blind routing, keys never reloaded); the same failure again (a store that
+stays down) is logged on one line, on its 2nd, 4th, 8th... time, and the recovery once;
+``stop`` cancels the task and waits for it. Discovery's endpoint sync and file source, the gateway's stats poller, JWKS refresher,
 key reloader and loop-lag timer all run on it."""
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Periodic:
         self._clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._failing: tuple[type, str] | None = None  # the failure the last ticks repeat
+        self._failures = 0
 
     @property
     def running(self) -> bool:
@@ -73,8 +76,21 @@ class Periodic:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - logged; the loop must survive any failure
-                if self._traceback:
-                    self._log.exception("%s failed", self._what)
-                else:
-                    self._log.warning("%s failed: %s", self._what, e)
+                self._failed(e)
+            else:
+                if self._failures:
+                    self._log.warning("%s recovered after %d failed ticks", self._what, self._failures)
+                    self._failing, self._failures = None, 0
             await self._sleep(self.period_s - (self._clock() - t0) if self._fixed_rate else self.period_s)
+
+    def _failed(self, e: Exception) -> None:
+        self._failures += 1
+        again = (type(e), str(e))
+        if again != self._failing:
+            self._failing = again
+            if self._traceback:
+                self._log.exception("%s failed", self._what)
+            else:
+                self._log.warning("%s failed: %s", self._what, e)
+        elif self._failures & (self._failures - 1) == 0:  # 2, 4, 8...: a lasting failure, not a flood
+            self._log.warning("%s still failing (%d ticks): %s: %s", self._what, self._failures, type(e).__name__, e)

@@ -29,6 +29,34 @@ async def test_a_failing_tick_is_logged_and_the_loop_goes_on(caplog):
     assert "reading x failed: torn file" in caplog.text
 
 
+@pytest.mark.parametrize("traceback", [False, True])
+async def test_a_lasting_failure_is_logged_on_its_2nd_4th_8th_tick_and_its_recovery_once(caplog, traceback):
+    """A store that stays down for 20 ticks: 1 + 4 lines (2, 4, 8, 16), not 20 tracebacks; a
+    different failure is told in full; the recovery is told once."""
+    calls = []
+
+    def tick():
+        calls.append(1)
+        n = len(calls)
+        if n <= 20:
+            raise ConnectionError("store down")
+        if n == 21:
+            raise ValueError("torn")
+
+    p = Periodic(tick, period_s=0.001, what="batch runner", log=log, traceback=traceback)
+    with caplog.at_level(logging.WARNING, logger="test-periodic"):
+        p.start()
+        while len(calls) < 25:
+            await asyncio.sleep(0.005)
+        await p.stop()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["batch runner failed" + ("" if traceback else ": store down"),
+                     *(f"batch runner still failing ({n} ticks): ConnectionError: store down" for n in (2, 4, 8, 16)),
+                     "batch runner failed" + ("" if traceback else ": torn"),
+                     "batch runner recovered after 21 failed ticks"]
+    assert [r.exc_info is not None for r in caplog.records] == [traceback, *[False] * 4, traceback, False]
+
+
 async def test_stop_waits_for_the_task_to_end():
     ended = asyncio.Event()
 

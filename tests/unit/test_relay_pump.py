@@ -134,3 +134,21 @@ def test_the_writer_is_found_on_uvicorns_cycle_only():
     assert client_writer(plain_send) is None
     cycle = RequestResponseCycle.__new__(RequestResponseCycle)
     assert client_writer(cycle.send) is not None
+
+
+def test_a_client_reset_in_the_same_loop_turn_is_not_written_to():
+    """uvloop closes a reset client's transport and calls uvicorn's connection_lost one callback
+    later; an engine read in between must not write (uvloop raises RuntimeError: the request
+    then ended as a gateway error with a traceback, not as the client's disconnect)."""
+    from types import SimpleNamespace
+
+    from cluster.gateway.edge.client_writer import ClientWriter
+
+    class Closed:
+        def is_closing(self) -> bool:
+            return True
+
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+    ClientWriter(SimpleNamespace(disconnected=False, transport=Closed())).write(b"data: x\n\n")

@@ -42,7 +42,9 @@ class ClientWriter:
 
     def write(self, body: bytes) -> None:
         c = self._cycle
-        if body and not c.disconnected:
+        # Closing: the client reset its connection in this same loop turn, before uvicorn heard
+        # of it (uvloop closes the transport, then calls connection_lost): a write would raise.
+        if body and not c.disconnected and not c.transport.is_closing():
             c.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
 
     async def drain(self) -> None:

@@ -84,6 +84,11 @@ OVERVIEW = Dashboard(
             f"(model, version) (rate(owc_requests_total{{{M}}}[$__rate_interval]))) / sum by (model, version) "
             f"(rate(owc_requests_total{{{M}}}[$__rate_interval]))", "{{model}} {{version}} 5xx share"),
            description="Candidate against stable, as the rollout's gates compare them (over the step's window there)."),
+        _p("Rollout: gates, the candidate's share of each limit",
+           (f'max by (model, gate) (owc_rollout_gate{{{M},of="candidate"}}) / max by (model, gate) '
+            f'(owc_rollout_gate{{{M},of="limit"}})', "{{model}} {{gate}}"),
+           unit="percentunit", description="Each gate in the analysis' last window: the candidate's figure over its "
+           "limit. Above 100 % the gate fails (a rollback names it); no line: the gate was not measured (no sample)."),
     ),
 )
 

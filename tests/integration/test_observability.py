@@ -33,6 +33,7 @@ EXEMPT = {
     "Batch: lines done/s by tenant and outcome": "no batch runs in this session",
     # No model of the session has a candidate (tests/unit/test_rollout_gateway.py reads owc_rollout_* on fake engines).
     "Rollout: candidate weight and state": "no rollout in this session",
+    "Rollout: gates, the candidate's share of each limit": "no rollout in this session",
 }
 
 

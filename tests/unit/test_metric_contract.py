@@ -5,6 +5,7 @@ rules and dashboards use is listed."""
 from __future__ import annotations
 
 import re
+import tempfile
 from types import SimpleNamespace
 
 import yaml
@@ -50,7 +51,11 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     record_adapter_requests(registry, Routing({}, stats=StatsStore(stale_after_s=1)), cfg)
     # owc_rollout_*: a model with a candidate's rollout, read from the analysis's state (cluster.gateway.app)
     rolled = parse_config({"models": {"m": {"source": "external", "candidate": {"source": "other"}}}})
-    view = RolloutView(rolled, RolloutFiles(Path("/nonexistent")))
+    files = RolloutFiles(Path(tempfile.mkdtemp(prefix="owc-contract-")))
+    files.write("m", {"state": "analysing", "weight": 10, "gates": [  # a last window's gates
+        {"name": "max_ttft_p95_ratio", "stable": 0.1, "candidate": 0.2, "limit": 0.15, "passed": False}]})
+    view = RolloutView(rolled, files)
+    view.reload()
     registry.register(view)
     view.pick("m", None, [Endpoint("m", "r", "http://x", version="candidate")])  # stable picked, absent: a fallback
     for h in (g.duration.labels("m", "/r"), g.ttft.labels("m", "stable"), g.itl.labels("m", "stable"), g.decision_seconds.labels("p"),

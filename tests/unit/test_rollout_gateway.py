@@ -181,6 +181,13 @@ def test_a_slow_candidate_is_rolled_back_and_stable_serves_on(stack, analysis):
     assert metric(gw.metrics_url, "owc_rollout_state", model="slow", state="analysing") == 0
     assert metric(gw.metrics_url, "owc_rollout_candidate_weight", model="slow") == 0
     assert metric(gw.metrics_url, "owc_rollout_candidate_weight", model="fast") == 100
+    # The gate that rolled it back, against its limit, as the analysis' last window had it.
+    ttft = {g["name"]: g for g in doc["gates"]}["max_ttft_p95_ratio"]
+    assert metric(gw.metrics_url, "owc_rollout_gate_passed", model="slow", gate="max_ttft_p95_ratio") == 0
+    for of in ("stable", "candidate", "limit"):
+        assert metric(gw.metrics_url, "owc_rollout_gate", model="slow", gate="max_ttft_p95_ratio", of=of) == \
+            pytest.approx(ttft[of])
+    assert ttft["candidate"] > ttft["limit"]
     r = httpx.post(gw.url + "/admin/v1/models/slow/rollout/resume", headers={"Authorization": ADMIN}, timeout=10)
     assert r.status_code == 409 and "has ended" in r.json()["error"]["message"]
 

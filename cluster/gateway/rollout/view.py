@@ -48,6 +48,7 @@ class RolloutView:
         self._draw = draw
         self._weights: dict[str, float] = {k: 0.0 for k in self.targets}
         self._states: dict[str, str] = {k: "pending" for k in self.targets}
+        self._gates: dict[str, list[dict]] = {k: [] for k in self.targets}  # the last window's gates
         self._mtimes: dict[str, int | None] = {}
         self._fallbacks: dict[tuple[str, str], int] = {}  # (model, version picked but not routable) -> requests
         self._loop = Periodic(self._reload_off_loop, period_s=period_s, what="reading rollout state", log=log,
@@ -63,6 +64,8 @@ class RolloutView:
             self._weights[model] = float(weight) if isinstance(weight, (int, float)) else 0.0
             state = doc.get("state") if doc else "pending"
             self._states[model] = state if state in STATES else "pending"
+            gates = doc.get("gates") if doc else None
+            self._gates[model] = [g for g in gates if isinstance(g, dict)] if isinstance(gates, list) else []
             self._mtimes[model] = mtime
 
     def weight(self, model: str) -> float | None:
@@ -106,8 +109,9 @@ class RolloutView:
             pick_version(weight, session if self._sticky[model] else None, self._draw) == CANDIDATE
 
     def collect(self):
-        """owc_rollout_candidate_weight and owc_rollout_state, as this process last read them,
-        and owc_rollout_version_fallbacks_total (a collector on the process's registry: read at scrape time)."""
+        """owc_rollout_candidate_weight, owc_rollout_state and the gates' figures, as this process
+        last read them, and owc_rollout_version_fallbacks_total (a collector on the process's
+        registry: read at scrape time)."""
         w = GaugeMetricFamily("owc_rollout_candidate_weight",
                               "The candidate's % of the model's traffic during a rollout (0 after a rollback).",
                               labels=["model"])
@@ -125,6 +129,27 @@ class RolloutView:
         yield w
         yield s
         yield f
+        yield from self._gate_families()
+
+    def _gate_families(self):
+        """owc_rollout_gate (each gate's stable, candidate and limit figures in the analysis' last
+        window) and owc_rollout_gate_passed (1 within its limit, 0 over; absent while unmeasured)."""
+        g = GaugeMetricFamily("owc_rollout_gate", "A rollout gate's figure in the analysis' last window: the stable "
+                              "and candidate versions' values and the candidate's limit.", labels=["model", "gate", "of"])
+        p = GaugeMetricFamily("owc_rollout_gate_passed", "1: the candidate was within the gate's limit in the "
+                              "analysis' last window, 0: over it.", labels=["model", "gate"])
+        for model in self.targets:
+            for gate in self._gates[model]:
+                name = gate.get("name")
+                if not isinstance(name, str):
+                    continue
+                for of in ("stable", "candidate", "limit"):
+                    if isinstance(v := gate.get(of), (int, float)):
+                        g.add_metric([model, name, of], float(v))
+                if isinstance(gate.get("passed"), bool):
+                    p.add_metric([model, name], 1.0 if gate["passed"] else 0.0)
+        yield g
+        yield p
 
     async def _reload_off_loop(self) -> None:
         """``reload`` on a worker thread: on Kubernetes it is a call to the API server

@@ -31,7 +31,8 @@ from cluster.engine.demo_model import build_demo_model, demo_name, is_demo_sourc
 from cluster.engine.failures import DeployError, StartFailure, failing, model_names
 from cluster.engine.guard import ENGINE_KEY_ENV
 from cluster.engine.launcher import Launcher, vllm_launcher
-from cluster.local_stores import needs_batch_store, needs_fair_share_store, needs_stats_store
+from cluster.local_stores import (needs_batch_store, needs_fair_share_store, needs_stats_store, release,
+                                  rollout_state_dir)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class LocalCluster:
         self._sd_name = f"ray-{uuid.uuid4().hex[:12]}"
         self._engine_key: str | None = None
         self._rollouts = None  # the rollout analysis (cluster.rollouts.local), when a model has a candidate
+        self._rollout_dir: tuple[Path, int | None] | None = None  # chosen by this run (cluster.local_stores)
 
     @property
     def gcs_address(self) -> str:
@@ -127,7 +129,9 @@ class LocalCluster:
             self._start_fair_share_store(warn)
         os.environ.update(RAY_ENV)
         # Rollout state of this cluster's own (its gateway processes inherit it through Ray's).
-        os.environ.setdefault(ROLLOUT_DIR_ENV, str(Path(self._temp_dir) / "rollouts"))
+        if rollout_targets(self.cfg) and not os.environ.get(ROLLOUT_DIR_ENV):
+            self._rollout_dir = rollout_state_dir(self.cfg, self._temp_dir, warn)  # (directory, its lock)
+            os.environ[ROLLOUT_DIR_ENV] = str(self._rollout_dir[0])
         report("starting Ray")
         if self.cfg.ray.address:
             self._engine_key = os.environ.get(ENGINE_KEY_ENV)  # a Ray of your own: set on its nodes
@@ -227,6 +231,10 @@ class LocalCluster:
         tenancy store, if owc started one, goes after them."""
         if self._rollouts is not None:
             self._rollouts.stop()
+        if self._rollout_dir is not None:  # chosen by this run, not the caller's $OWC_ROLLOUT_DIR
+            os.environ.pop(ROLLOUT_DIR_ENV, None)
+            release(self._rollout_dir[1])
+            self._rollout_dir = None
         if self._sd_dir is not None:
             remove_targets(self._sd_dir, self._sd_name)
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import threading
 import time
@@ -119,7 +120,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     v1, v2 = train(work, a.cache, "v1", 8), train(work, a.cache, "v2", 32 if a.broken else 8)
     cfg = config(v1, v2, a.step_s, a.min_requests, a.cache)
-    cluster = LocalCluster(cfg, temp_dir=tempfile.mkdtemp(prefix="owc-adapter-rollout-"))
+    temp = tempfile.mkdtemp(prefix="owc-adapter-rollout-")
+    os.environ["OWC_ROLLOUT_DIR"] = f"{temp}/rollouts"  # a new rollout each run (owc serve resumes its own)
+    cluster = LocalCluster(cfg, temp_dir=temp)
     rows: list[dict] = []
     base: list[int] = []
     base_errors: Counter = Counter()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import os
 import tempfile
 import threading
 import time
@@ -227,7 +228,9 @@ def partition() -> dict:
 
 def run(a) -> None:
     cfg = config(False, 3600, a.cache, mirror=True)  # one 50 % step that does not end during the run
-    cluster = LocalCluster(cfg, temp_dir=tempfile.mkdtemp(prefix="owc-mirror-"))
+    temp = tempfile.mkdtemp(prefix="owc-mirror-")
+    os.environ["OWC_ROLLOUT_DIR"] = f"{temp}/rollouts"  # a new rollout each run (owc serve resumes its own)
+    cluster = LocalCluster(cfg, temp_dir=temp)
     try:
         t_start = time.monotonic()
         cluster.start(report=print, ready_timeout_s=900)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import threading
 import time
@@ -85,7 +86,9 @@ def main() -> None:
         return run(a)
     cfg = config(a.slow, a.step_s, a.cache, a.conformance, candidate_seqs=a.candidate_max_num_seqs,
                  gateways=a.gateways)
-    cluster = LocalCluster(cfg, temp_dir=tempfile.mkdtemp(prefix="owc-rollout-"))
+    temp = tempfile.mkdtemp(prefix="owc-rollout-")
+    os.environ["OWC_ROLLOUT_DIR"] = f"{temp}/rollouts"  # a new rollout each run (owc serve resumes its own)
+    cluster = LocalCluster(cfg, temp_dir=temp)
     try:
         t_start = time.monotonic()
         cluster.start(report=print, ready_timeout_s=900)

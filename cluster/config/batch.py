@@ -19,7 +19,7 @@ class BatchConfig(StrictModel):
         description="Directory of the uploaded files' contents, each named by owc's file id (never by the client's "
         "filename). Every gateway process must see the same directory: local mode shares the host's; on Kubernetes a "
         "ReadWriteMany volume mounted on every gateway pod. Locally the Redis `owc serve` starts keeps its data in its "
-        "`redis/` subdirectory (the records outlive a restart).",
+        "`redis/` subdirectory (the records outlive a restart), and `owc serve` its rollouts' state in `rollouts/`.",
     )
     store_url: str | None = Field(
         None, pattern=r"^rediss?://",

@@ -37,7 +37,7 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
-def _lock(data_dir: Path) -> int | None:
+def lock_dir(data_dir: Path) -> int | None:
     """An exclusive lock on ``data_dir`` (its fd), or None while another process holds it (or
     the directory cannot be written: then no persistence, rather than no store)."""
     try:
@@ -72,7 +72,7 @@ class LocalRedis:
             raise RuntimeError(f"gateway.store {url} is not listening and redis-server is not installed "
                                "(`make tools` installs it)")
         host, port = addr
-        lock = _lock(data_dir) if data_dir is not None else None
+        lock = lock_dir(data_dir) if data_dir is not None else None
         keep = ["--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec"] if lock is not None \
             else ["--appendonly", "no"]
         # The server holds the lock too (an inherited fd): one that outlives an `owc serve` killed

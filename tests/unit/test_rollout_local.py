@@ -228,3 +228,22 @@ def test_a_gateway_process_killed_mid_step_changes_nothing(tmp_path):
     st = a.state("m")
     assert (st.state, st.step, st.weight, st.window_start) == ("analysing", 1, 50, 10.5), st.reason
     assert st.gates and all(g.passed for g in st.gates), st.gates  # judged on gw1's and gw3's counts
+
+
+def test_owc_serve_keeps_its_rollouts_beside_its_other_state(tmp_path):
+    """`owc serve`'s rollout state outlives a restart (<batch.store_dir>/rollouts, as its Redis's
+    data): a rolled-back candidate stays rolled back (the test above) instead of getting traffic
+    again. A second `owc serve` on the same directory gets a directory of its run, and says so."""
+    from cluster.local_stores import release, rollout_state_dir
+
+    cfg = parse_config({"models": {"m": {"source": "x", "candidate": {"engine_kwargs": {"max_num_seqs": 4}}}},
+                        "batch": {"store_dir": str(tmp_path / "batch")}})
+    warned: list[str] = []
+    first, lock = rollout_state_dir(cfg, str(tmp_path / "run1"), warned.append)
+    assert (first, warned) == (tmp_path / "batch" / "rollouts", []) and lock is not None
+    second, none = rollout_state_dir(cfg, str(tmp_path / "run2"), warned.append)
+    assert (second, none) == (tmp_path / "run2" / "rollouts", None) and "start over" in warned[0]
+    release(lock)  # the first one stopped: the next run resumes its rollouts
+    again, lock = rollout_state_dir(cfg, str(tmp_path / "run3"), warned.append)
+    assert again == first and lock is not None and len(warned) == 1
+    release(lock)

@@ -151,3 +151,13 @@ def test_dashboards_filter_by_model_only_metrics_with_a_model_label():
                     if 'model=~"$model"' in matchers and base in table and "model" not in table[base][1]:
                         wrong.add((d.uid, p["title"], base))
     assert not wrong, sorted(wrong)
+
+
+def test_every_rejection_reason_is_named_in_the_table():
+    """The reasons a dashboard or alert may filter on: each one the gateway creates at 0, and the
+    closed tenancy store's, is named in owc_rejections_total's row (insufficient_quota was not)."""
+    from cluster.gateway.observability.metrics import REJECTION_REASONS
+
+    row = next(line for line in DOC.read_text().splitlines() if line.startswith("| `owc_rejections_total`"))
+    missing = [r for r in (*REJECTION_REASONS, "tenancy_store_unavailable") if f"`{r}`" not in row]
+    assert missing == []

@@ -1,7 +1,7 @@
 """Which local Redis `owc serve` starts on one machine for its gateway processes when the
-config names none: the one their fair-queue counts, Batch API records and shared engine-stats
-scrapes live in (`LocalCluster` starts it; a configured `gateway.store` serves all three); and
-where it keeps its rollouts' state."""
+config names none: the one their fair-queue counts, Batch API records, shared engine-stats
+scrapes and tenants' limits, quotas and usage live in (`LocalCluster` starts it; a configured
+`gateway.store` serves all four); and where it keeps its rollouts' state."""
 
 from __future__ import annotations
 
@@ -26,6 +26,18 @@ def needs_stats_store(cfg: OwcConfig) -> bool:
     gw = cfg.gateway
     return gw.routing_stats.share_across_gateways and gw.store is None and gw.fair_sharing.store_url is None \
         and gw.replicas.max > 1
+
+
+def needs_tenancy_store(cfg: OwcConfig) -> bool:
+    """Tenants with limits or quotas and no Redis configured for them: without one each gateway
+    process counts alone (owc serve's two grant twice every limit) and quotas restart at zero
+    with the cluster, so the local store carries them too (it becomes gateway.store)."""
+    from cluster.tenancy.model import Limits
+    from cluster.tenancy.service import limits_of
+
+    gw = cfg.gateway
+    return gw.store is None and gw.fair_sharing.store_url is None and any(
+        limits_of(t) != Limits() or t.batch_daily_tokens for t in gw.tenants.values())
 
 
 def needs_batch_store(cfg: OwcConfig) -> bool:
@@ -57,3 +69,24 @@ def rollout_state_dir(cfg: OwcConfig, temp_dir: str, warn: Callable[[str], None]
 def release(lock: int | None) -> None:
     if lock is not None:
         os.close(lock)
+
+
+def with_local_store(cfg: OwcConfig, url: str) -> OwcConfig:
+    """The config the gateway processes get once the local store runs at ``url``: their
+    fair-queue counts (and through them batch records and stats scrapes) there, and the
+    tenants' limits too when they have any (``needs_tenancy_store``: it becomes gateway.store)."""
+    from cluster.config.gateway import StoreConfig
+
+    update: dict = {"fair_sharing": cfg.gateway.fair_sharing.model_copy(update={"store_url": url})}
+    if needs_tenancy_store(cfg):
+        update["store"] = StoreConfig(url=url)
+    return cfg.model_copy(update={"gateway": cfg.gateway.model_copy(update=update)})
+
+
+def per_process_limits(cfg: OwcConfig, why: Exception, warn: Callable[[str], None]) -> None:
+    """Tells ``warn`` what a cluster without its local store loses on tenants' limits, if anything."""
+    if needs_tenancy_store(cfg):
+        n = cfg.gateway.replicas.max
+        warn(f"{why}: the tenants' limits are counted by each gateway process alone"
+             + (f" (its {n} processes grant up to {n}x each limit)" if n > 1 else "")
+             + " and their quotas restart at zero with the cluster")

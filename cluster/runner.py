@@ -31,8 +31,8 @@ from cluster.engine.demo_model import build_demo_model, demo_name, is_demo_sourc
 from cluster.engine.failures import DeployError, StartFailure, failing, model_names
 from cluster.engine.guard import ENGINE_KEY_ENV
 from cluster.engine.launcher import Launcher, vllm_launcher
-from cluster.local_stores import (needs_batch_store, needs_fair_share_store, needs_stats_store, release,
-                                  rollout_state_dir)
+from cluster.local_stores import (needs_batch_store, needs_fair_share_store, needs_stats_store, needs_tenancy_store,
+                                  per_process_limits, release, rollout_state_dir, with_local_store)
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class LocalCluster:
         if store is not None and not self.cfg.ray.address:  # one machine: its tenancy store too
             self._redis = self._local_redis(store.url, warn)
         elif not self.cfg.ray.address and (needs_fair_share_store(self.cfg) or needs_batch_store(self.cfg)
-                                           or needs_stats_store(self.cfg)):
+                                           or needs_stats_store(self.cfg) or needs_tenancy_store(self.cfg)):
             self._start_fair_share_store(warn)
         os.environ.update(RAY_ENV)
         # Rollout state of this cluster's own (its gateway processes inherit it through Ray's).
@@ -184,16 +184,16 @@ class LocalCluster:
         return redis
 
     def _start_fair_share_store(self, warn: Callable[[str], None]) -> None:
-        """The gateway processes' shared fair-queue counts (no gateway.store to use): a local
-        redis-server of their own, as for tenancy; none installed: each process decides alone."""
+        """The gateway processes' shared fair-queue counts and tenants' limits (no gateway.store to
+        use: cluster.local_stores): a local redis-server; none installed: each process alone."""
         url = f"redis://127.0.0.1:{free_port()}/0"
         try:
             self._redis = self._local_redis(url, warn)
         except RuntimeError as e:
             log.warning("fair sharing per gateway process: %s", e)
+            per_process_limits(self.cfg, e, warn)
             return
-        fs = self.cfg.gateway.fair_sharing.model_copy(update={"store_url": url})
-        self.cfg = self.cfg.model_copy(update={"gateway": self.cfg.gateway.model_copy(update={"fair_sharing": fs})})
+        self.cfg = with_local_store(self.cfg, url)
 
     def _init_local_ray(self, metrics_port: int) -> None:
         import ray

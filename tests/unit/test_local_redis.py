@@ -139,3 +139,34 @@ def test_owc_serve_stops_its_store_after_the_gateways(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         c.stop()
     assert seen == [True] and c._redis is None and proc.poll() is not None
+
+
+@pytest.mark.parametrize(("gateway", "shared"), [
+    ({"tenants": {"acme": {"requests_per_minute": 60, "daily_tokens": 1000}}}, True),  # owc serve's defaults + limits
+    ({"tenants": {"acme": {"max_concurrent": 4}}, "replicas": 1}, True),  # one process: its quotas outlive a restart
+    ({"tenants": {"acme": {"weight": 3, "priority": 1}}}, False),  # no limit to count
+    ({}, False),
+    ({"tenants": {"acme": {"daily_tokens": 1000}}, "store": {"url": "redis://10.0.0.5:6379/0"}}, False),  # its own
+])
+def test_owc_serve_counts_tenants_limits_in_its_local_store(tmp_path, gateway, shared):
+    """owc serve's defaults (two gateway processes, no gateway.store) with tenant limits: the
+    local Redis it starts anyway carries them, so the limits hold across both processes and a
+    daily quota outlives a restart. Before, each process counted alone: max_concurrent 4 let 8
+    requests run through the one port, and the day's usage restarted at zero."""
+    from cluster.config.schema import OwcConfig
+    from cluster.local_stores import needs_tenancy_store
+    from cluster.runner import LocalCluster
+
+    cfg = OwcConfig.model_validate({"models": {"m": {"source": "external"}}, "gateway": gateway,
+                                    "batch": {"store_dir": str(tmp_path / "batch")}})
+    assert needs_tenancy_store(cfg) == shared
+    if not shared:
+        return
+    c = LocalCluster(cfg, temp_dir=str(tmp_path / "ray"))
+    c._start_fair_share_store(lambda _: None)
+    try:
+        store = c.cfg.gateway.store  # what the gateway processes are given
+        assert store is not None and store.url == c.cfg.gateway.fair_sharing.store_url
+        assert redis.Redis.from_url(store.url).ping() and c._redis.persistent
+    finally:
+        c._redis.stop()

@@ -188,3 +188,24 @@ def test_a_gateway_process_refusing_to_start_is_told_by_its_own_words(tmp_path):
         assert f.error == "gateway: [Errno 98] Address already in use", (present, f.error)
         assert f.lines()[-1] == f"  log: {log}"
     assert engine_error("RuntimeError: Traceback (most recent call last):\nOSError: x\n") == "OSError: x"
+
+
+def test_a_gateway_replica_that_stops_keeps_its_processs_log(tmp_path):
+    """docs/operations.md: a gateway process's log stays after its replica stops (the cluster's
+    stop, a scale-down), as an engine's does; only its working directory goes. It was removed
+    with the replica, so the log of an incident one stops the cluster to look into was gone."""
+
+    from cluster.gateway.edge.deployment import GatewayReplica
+
+    async def nothing(*_a, **_k):
+        return None
+
+    replica = GatewayReplica.__new__(GatewayReplica)  # its state, without Ray or a process
+    replica._sync, replica._sd_dir = SimpleNamespace(stop=nothing), None
+    replica._proc, replica._drain_s = SimpleNamespace(stop_async=nothing), 0
+    replica._dir = tmp_path / "gw"
+    replica._dir.mkdir()
+    replica._log = tmp_path / "gateway-abc.log"
+    replica._log.write_text("tenancy store redis://127.0.0.1:1/0 failed\n")
+    asyncio.run(replica.__del__())
+    assert replica._log.exists() and not replica._dir.exists()

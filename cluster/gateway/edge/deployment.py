@@ -45,7 +45,8 @@ class GatewayReplica:
             "--parent-pid", str(os.getpid()),
         ])
         # Beside the engines' logs, not in the process's own directory: a process that does not
-        # start leaves its log for the start error that names it (removed after a clean stop).
+        # start leaves its log for the start error that names it, and one stopped (a scale-down,
+        # the cluster's stop) for whoever looks into what happened.
         log_dir = Path(tempfile.gettempdir()) / "owc-logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         self._log = log_dir / f"gateway-{self._sd_name}.log"
@@ -77,8 +78,7 @@ class GatewayReplica:
         # SIGTERM: the process drains (no new connections, its streams finish) for up to the
         # drain timeout, then exits; only a process still there after that is killed.
         await self._proc.stop_async(grace_s=self._drain_s + 5)
-        shutil.rmtree(self._dir, ignore_errors=True)
-        self._log.unlink(missing_ok=True)
+        shutil.rmtree(self._dir, ignore_errors=True)  # its log stays, as an engine's does (owc-logs)
 
 
 def gateway_deployment(cfg: OwcConfig, env: dict[str, str] | None = None):

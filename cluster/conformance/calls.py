@@ -112,14 +112,21 @@ def response(r: Any) -> Observation:
             "state": r.status, "usage": _usage(r.usage)}
 
 
+_FINAL_NAMES = {"incomplete": "response.incomplete", "failed": "response.failed"}
+
+
 def responses_stream(client: Any, **kwargs: Any) -> Observation:
     """A streamed response: the sequence of event types, and the final response's parts."""
     events: list[str] = []
     final = None
     for event in client.responses.create(stream=True, **kwargs):
-        events.append(event.type)
         if event.type in ("response.completed", "response.incomplete", "response.failed"):
             final = event.response
+            # Named as OpenAI names it for the response's status: vLLM says response.completed
+            # for a response cut by max_output_tokens, the gateway response.incomplete.
+            events.append(_FINAL_NAMES.get(final.status, "response.completed"))
+        else:
+            events.append(event.type)
     out: Observation = {"events": events}
     if final is not None:
         types, calls, reasoning = _items(final.output)

@@ -120,3 +120,20 @@ def test_the_readme_shows_the_committed_results():
     text = (repo / "docs" / "gpt-oss.md").read_text()
     block = text.split("<!-- conformance:start -->", 1)[1].split("<!-- conformance:end -->", 1)[0]
     assert block.strip() == markdown(doc)
+
+
+def test_a_stream_cut_by_max_output_tokens_compares_by_its_status():
+    """Bare vLLM ends it with response.completed (status incomplete), the gateway with OpenAI's
+    response.incomplete: the row compares what the stream says, not which of the two spelled it."""
+    from types import SimpleNamespace
+
+    from cluster.conformance.calls import responses_stream
+
+    def client(final_type: str):
+        final = SimpleNamespace(type=final_type, response=SimpleNamespace(status="incomplete", output=[],
+                                                                           output_text="", usage=None))
+        events = [SimpleNamespace(type="response.created"), final]
+        return SimpleNamespace(responses=SimpleNamespace(create=lambda **_: iter(events)))
+
+    bare, owc = responses_stream(client("response.completed")), responses_stream(client("response.incomplete"))
+    assert bare == owc and bare["events"] == ["response.created", "response.incomplete"]

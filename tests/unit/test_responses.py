@@ -13,10 +13,12 @@ import httpx
 import openai
 import pytest
 import yaml
+from openai._models import construct_type
+from openai.types.responses import ResponseStreamEvent
 
-from cluster.gateway.context import Delivery
+from cluster.gateway.context import Delivery, Job
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.stream.relay import responses_error_event, take_response_usage
+from cluster.gateway.stream.relay import _Events, responses_error_event, take_response_usage
 from tests.conftest import fake_engine_argv, gateway_argv, metric, server
 
 KEY = "sk-resp"
@@ -189,3 +191,36 @@ def test_a_broken_responses_stream_ends_with_the_specs_error_event(after, number
         "type": "error", "code": "engine_stream_broken", "message": "the engine's stream broke", "param": None,
         "sequence_number": number}
     assert body["error"]["code"] == "engine_stream_broken" and body["error"]["type"]
+
+
+# vLLM 0.32's last event of a stream cut by max_output_tokens (recorded from the tiny gpt-oss, trimmed):
+# named response.completed, its response "incomplete".
+_VLLM_CUT = (b'event: response.output_item.done\ndata: {"item":{"id":"rs_1","summary":[],"type":"reasoning",'
+             b'"content":[{"text":"Thinking","type":"reasoning_text"}],"encrypted_content":null,"status":null},'
+             b'"output_index":0,"sequence_number":8,"type":"response.output_item.done"}\n\n'
+             b'event: response.completed\ndata: {"response":{"id":"resp_1","incomplete_details":{"reason":'
+             b'"max_output_tokens"},"object":"response","output":[],"status":"incomplete","usage":{"input_tokens":68,'
+             b'"output_tokens":5,"output_tokens_details":{"reasoning_tokens":2},"total_tokens":73}},'
+             b'"sequence_number":9,"type":"response.completed"}\n\n')
+
+
+@pytest.mark.parametrize("status, name", [("incomplete", "response.incomplete"), ("failed", "response.failed"),
+                                          ("completed", "response.completed")])
+def test_the_final_event_is_named_after_the_responses_status_as_openai_names_it(status, name):
+    """The Agents SDK raises on `response.incomplete` (as on an unstreamed answer whose status
+    is incomplete): under vLLM's name a streamed run took a cut turn for a finished one."""
+    chunk = _VLLM_CUT.replace(b'"status":"incomplete"', b'"status":"%s"' % status.encode())
+    d = Delivery()
+    events = _Events(Job(request_id="r", route=ROUTE, model="m", tenant="t", data={}, body=b"", stream=True,
+                         headers={}), d)
+    out = events.feed(chunk)
+    done, final = out.split(b"\n\n")[:2]
+    assert done == chunk.split(b"\n\n")[0]  # the events before it, unchanged
+    event_line, data = final.split(b"\n", 1)
+    assert event_line == b"event: " + name.encode()
+    # as the OpenAI SDK's stream reads it: the event class chosen by its type
+    parsed = construct_type(type_=ResponseStreamEvent, value=json.loads(data.removeprefix(b"data: ")))
+    assert type(parsed).__name__ == {"response.incomplete": "ResponseIncompleteEvent", "response.failed":
+                                     "ResponseFailedEvent"}.get(name, "ResponseCompletedEvent")
+    assert parsed.type == name and parsed.sequence_number == 9 and parsed.response.status == status
+    assert d.completion_tokens == 5  # the usage still read

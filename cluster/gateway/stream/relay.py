@@ -23,6 +23,7 @@ from cluster.gateway.stream.messages import MessagesStream, strip_thinking_body
 from cluster.gateway.stream.reasoning import StreamStrip, strip_body
 from cluster.gateway.stream.resume import StreamLedger, ledger_for
 from cluster.gateway.stream.splice import Diverged
+from cluster.gateway.stream.terminal import terminal_named
 
 # The Responses stream's last event (completed, incomplete or failed) carries the whole
 # response, usage included. An event line ends with a raw newline, which JSON text cannot
@@ -131,7 +132,8 @@ class _Events:
             # Named events, no [DONE]: the token events are the deltas (text, reasoning,
             # tool arguments); the usage is in the final response event, relayed as is.
             tokens = b".delta\n" in chunk
-            take_response_usage(chunk, delivery)
+            if take_response_usage(chunk, delivery):
+                chunk = terminal_named(chunk)
             if _SEQUENCE in chunk:
                 self.sent = chunk
         elif b'"choices":[]' in chunk:

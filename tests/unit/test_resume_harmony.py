@@ -20,13 +20,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cluster.gateway.context import CHAT, RESPONSES, Job
+from cluster.gateway.context import CHAT, RESPONSES, Delivery, Job
 from cluster.gateway.stream.grammar import remainder
 from cluster.gateway.stream.harmony import ids, token_bytes
 from cluster.gateway.stream.harmony_chat import HarmonyChatLedger, constrained
 from cluster.gateway.stream.harmony_responses import ResponsesLedger
 from cluster.gateway.stream.resume import StreamLedger, ledger_for, not_resumable
+from cluster.gateway.stream.relay import _Events
 from cluster.gateway.stream.splice import Diverged
+from cluster.gateway.upstream.engine_client import EngineError
 
 REC = json.loads((Path(__file__).parent / "data" / "gptoss_resume_streams.json").read_text())
 CASES = [(kind, name, i) for kind in ("chat", "responses") for name, r in REC[kind].items()
@@ -245,3 +247,30 @@ def test_an_unbounded_harmony_chat_stream_asks_the_engine_for_its_context():
     assert body["max_tokens"] == 4096 - len(body["prompt"])
     constrained_ = HarmonyChatLedger(REC["chat"]["chat_tools"]["engine_request"])
     assert constrained_.render[0] == "/v1/chat/completions/render"  # its render carries vLLM's bound
+
+
+def test_a_continuation_the_engine_refuses_in_band_breaks_the_stream():
+    """vLLM answers the continuation 200, then its error event (a structured output whose grammar
+    it cannot compile: the same request broke the first engine's stream). Read as an event with no
+    tokens, the client's stream ended with neither a final event nor an error; now the stream broke
+    there, and the relay resumes it elsewhere or ends it with the Responses error event."""
+    rec = REC["responses"]["responses"]
+    cont = rec["continuations"][0]
+    ledger = ResponsesLedger(rec["request"])
+    for e in _events(rec["sse"])[:cont["after_events"]]:
+        ledger.take(e)
+    _continue(ledger, rec, cont)
+    refused = (b'data: {"error": {"message": "Invalid grammar specification: \'triggers\'", "type": "BadRequestError",'
+               b' "param": null, "code": 400}}\n\ndata: [DONE]\n\n')
+    assert ledger.take(refused) == b""
+    assert ledger.failed == "Invalid grammar specification: 'triggers'"
+    events = _Events(Job(request_id="r", route=RESPONSES, model="m", tenant="t", data=rec["request"], body=b"",
+                         stream=True, headers={}), Delivery())
+    events.ledger = ledger
+    with pytest.raises(EngineError, match="triggers"):
+        events.broke()
+    assert ledger.resumable  # the relay tries another replica first
+    _continue(ledger, rec, cont)  # ... whose continuation reads as before
+    assert ledger.failed is None
+    out = b"".join(ledger.take(e) for e in _events(cont["sse"]))
+    assert b"event: response.completed" in out

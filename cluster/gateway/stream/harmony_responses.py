@@ -55,6 +55,10 @@ class ResponsesLedger:
         self._splice: Splice | None = None
         self._restart: int | None = None  # where an open function call's message began
         self._emitter: Emitter | None = None
+        # A continuation's engine refused or failed it in-band (vLLM answers its token-in
+        # endpoint 200, then an error event and [DONE], e.g. a grammar it cannot compile): the
+        # stream broke there, as a dropped connection would (the relay reads it: _Events.broke).
+        self.failed: str | None = None
 
     # --- reading events -------------------------------------------------------------
     def take(self, chunk: bytes) -> bytes:
@@ -92,7 +96,16 @@ class ResponsesLedger:
 
     def _continued(self, event: bytes) -> bytes:
         assert self._emitter is not None and self._splice is not None
-        tokens, finish, _, usage = continuation_chunk(orjson.loads(event[6:]))
+        if self.failed is not None:
+            return b""
+        obj = orjson.loads(event[6:])
+        err = obj.get("error")
+        if isinstance(err, dict) and not obj.get("choices"):
+            # Read as an event with no tokens, it ended the client's stream with neither a
+            # final event nor an error.
+            self.failed = str(err.get("message") or "engine error")
+            return b""
+        tokens, finish, _, usage = continuation_chunk(obj)
         self._output += tokens
         events = self._emitter.segments(self._splice.segments(tokens, finished=finish is not None))
         if finish is not None:
@@ -142,6 +155,7 @@ class ResponsesLedger:
         assert self._splice is not None
         del self._output[self._splice.cut:]
         self.continuing = True
+        self.failed = None
         self.resumes += 1
 
     def usage(self) -> dict[str, Any]:

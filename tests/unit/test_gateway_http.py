@@ -126,6 +126,8 @@ CHAT = "/v1/chat/completions"
         (b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', {"content-type": "application/json"}, 400, "invalid_value", "stream"),
         (b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "frobnicate": 1}', {"content-type": "application/json"}, 400, "unsupported_parameter", "frobnicate"),
         (b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "audio": {"voice": "x"}}', {"content-type": "application/json"}, 400, "unsupported_parameter", "audio"),
+        # a structured output's malformed JSON Schema: the gateway's 400, not the engine's grammar error
+        (b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "nonsense"}}}}', {"content-type": "application/json"}, 400, "invalid_json_schema", "response_format.json_schema.schema"),
         (b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}]}', {"content-type": "text/plain"}, 415, "unsupported_media_type", None),
         (b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}]}', {}, 415, "unsupported_media_type", None),
         (b'{"model": "fake-model", "messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}', {"content-type": "application/json"}, 413, "request_too_large", None),

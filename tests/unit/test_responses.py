@@ -16,6 +16,7 @@ import yaml
 from openai._models import construct_type
 from openai.types.responses import ResponseStreamEvent
 
+from cluster.gateway.admission.schemas import check_schemas
 from cluster.gateway.context import Delivery, Job
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.stream.relay import _Events, responses_error_event, take_response_usage
@@ -135,6 +136,9 @@ def test_ignored_openai_parameters_are_accepted(client):
     ({"model": "fake-model", "input": "x", "request_id": "mine"}, 400, "unsupported_parameter", "request_id"),
     ({"model": "fake-model", "input": "x", "frobnicate": 1}, 400, "unsupported_parameter", "frobnicate"),
     ({"model": "fake-model", "input": "x", "conversation": "conv_1"}, 400, "unsupported_parameter", "conversation"),
+    # A malformed structured-output schema, streamed or not: vLLM would close the stream after response.in_progress.
+    ({"model": "fake-model", "input": "x", "stream": True, "text": {"format": {"type": "json_schema", "name": "a",
+      "schema": {"type": "object", "properties": {"a": {"type": "strin"}}}}}}, 400, "invalid_json_schema", "text.format.schema"),
     # Responses streams have no usage option (the usage is in response.completed).
     ({"model": "fake-model", "input": "x", "stream_options": {"include_usage": True}}, 400, "unsupported_parameter",
      "stream_options"),
@@ -224,3 +228,24 @@ def test_the_final_event_is_named_after_the_responses_status_as_openai_names_it(
                                      "ResponseFailedEvent"}.get(name, "ResponseCompletedEvent")
     assert parsed.type == name and parsed.sequence_number == 9 and parsed.response.status == status
     assert d.completion_tokens == 5  # the usage still read
+
+
+@pytest.mark.parametrize("schema, problem", [
+    ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": False}, None),
+    ({"type": "array", "items": [{"type": "string"}]}, None),  # Draft 7's tuple form: the engine judges it
+    ({"$defs": {"s": {"type": "string"}}, "prefixItems": [{"$ref": "#/$defs/s"}]}, None),  # Draft 2020-12's
+    ({"type": "nonsense"}, "'nonsense' is not valid under any of the given schemas (at 'type')"),
+    ({"type": "object", "required": "a"}, "'a' is not of type 'array' (at 'required')"),
+    (None, "None is not of type 'object', 'boolean'"),
+])
+def test_which_structured_output_schemas_reach_the_engine(schema, problem):
+    for route, body in ((ROUTE, {"text": {"format": {"type": "json_schema", "name": "a", "schema": schema}}}),
+                        ("/v1/chat/completions", {"response_format": {"type": "json_schema",
+                                                                      "json_schema": {"name": "a", "schema": schema}}})):
+        if problem is None:
+            check_schemas(body, route)
+            continue
+        with pytest.raises(OpenAIError) as caught:
+            check_schemas(body, route)
+        assert caught.value.status == 400 and caught.value.code == "invalid_json_schema"
+        assert caught.value.message.endswith(": " + problem)

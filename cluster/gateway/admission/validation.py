@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.admission.params import ALL, CHAT, COMPLETIONS, RESPONSES, without_accepted
+from cluster.gateway.admission.schemas import check_schemas
 
 NonNegInt = Annotated[int, Field(ge=0, strict=True)]
 PosInt = Annotated[int, Field(ge=1, strict=True)]
@@ -179,7 +180,7 @@ def validate(data: dict[str, Any], schema: type[BaseModel]) -> BaseModel:
     try:
         # Clients send explicit nulls for parameters they do not use: those are no requests.
         checked = without_accepted(data, schema.ROUTE)
-        return schema.model_validate({k: v for k, v in checked.items() if k not in UNSUPPORTED or schema.ROUTE not in ALL})
+        req = schema.model_validate({k: v for k, v in checked.items() if k not in UNSUPPORTED or schema.ROUTE not in ALL})
     except ValidationError as err:
         first = err.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
@@ -190,3 +191,5 @@ def validate(data: dict[str, Any], schema: type[BaseModel]) -> BaseModel:
         if first["type"] == "missing":
             raise OpenAIError(400, f"missing required parameter '{param}'", param=param, code="missing_required_parameter") from None
         raise OpenAIError(400, f"invalid value for '{param}': {first['msg']}", param=param, code="invalid_value") from None
+    check_schemas(data, schema.ROUTE)  # a structured output's or a tool's JSON Schema (cluster.gateway.admission.schemas)
+    return req

@@ -9,6 +9,7 @@ serve` on the same directory gets a server without persistence, and says so (``p
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -53,6 +54,17 @@ def lock_dir(data_dir: Path) -> int | None:
     return fd
 
 
+URL_FILE = "url"
+
+
+def local_store_url(data_dir: Path) -> str | None:
+    """The URL of the Redis `owc serve` last started on ``data_dir`` (it may have stopped since)."""
+    try:
+        return (data_dir / URL_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 class LocalRedis:
     """The redis-server owc started (None when it started none); ``persistent``: its data is
     kept in a directory of its own across restarts."""
@@ -90,6 +102,9 @@ class LocalRedis:
                 raise RuntimeError(f"redis-server for gateway.store {url} did not start"
                                    + (f" (its data: {data_dir})" if lock is not None else ""))
             time.sleep(0.05)
+        if lock is not None:  # where `owc usage` finds it while it runs (its port is free-picked)
+            with contextlib.suppress(OSError):
+                (data_dir / URL_FILE).write_text(url)
         return cls(proc, persistent=lock is not None, lock=lock)
 
     def stop(self) -> None:

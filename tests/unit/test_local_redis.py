@@ -170,3 +170,30 @@ def test_owc_serve_counts_tenants_limits_in_its_local_store(tmp_path, gateway, s
         assert redis.Redis.from_url(store.url).ping() and c._redis.persistent
     finally:
         c._redis.stop()
+
+
+def test_owc_usage_finds_the_redis_owc_serve_runs(tmp_path):
+    """owc serve's Redis (tenants' usage: cluster.local_stores) listens on a port picked at its
+    start: `owc usage --config` of that cluster finds it (the URL it leaves beside its data),
+    says when it is not running, and when nothing was ever started there."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    config = tmp_path / "owc.yaml"
+    config.write_text(yaml.safe_dump({"models": {"m": {"source": "external"}},
+                                      "batch": {"store_dir": str(tmp_path / "batch")}}))
+    usage = lambda: CliRunner().invoke(app, ["usage", "--config", str(config), "--format", "json"])  # noqa: E731
+    r = usage()
+    assert r.exit_code == 2 and "no tenancy store found" in r.output
+    store = LocalRedis.ensure(f"redis://127.0.0.1:{free_port()}/0", data_dir=tmp_path / "batch" / "redis")
+    try:
+        r = usage()
+        assert r.exit_code == 0 and json.loads(r.output) == [], r.output
+    finally:
+        store.stop()
+    r = usage()
+    assert r.exit_code == 1 and "is owc serve running?" in r.output

@@ -140,7 +140,7 @@ class GatewayMetrics:
         self.fair_share_up = Gauge(
             "owc_fair_share_store_up", "1 while this gateway process shares its fair-queue counts of saturated models "
             "with the others (gateway.fair_sharing.share_across_gateways), 0 while it decides alone (the store down, "
-            "slow, or none).", registry=registry,
+            "slow, or none). Set at each exchange: only while a model is saturated.", registry=registry,
         )
         self.fair_share_errors = Counter(
             "owc_fair_share_store_errors", "Exchanges of fair-queue counts with the shared store that failed "

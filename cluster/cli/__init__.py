@@ -12,7 +12,7 @@ from cluster.cli.config import config_validate
 from cluster.cli.conformance import conformance
 from cluster.cli.controller import controller, simulate
 from cluster.cli.gateway import gateway
-from cluster.cli.keys import keys_create
+from cluster.cli.keys import keys_create, keys_list, keys_revoke
 from cluster.cli.models import demo_model
 from cluster.cli.monitor import monitor
 from cluster.cli.serve import serve, status
@@ -24,6 +24,8 @@ app.add_typer(config_app, name="config")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored as SHA-256 hashes).")
 app.add_typer(keys_app, name="keys")
 keys_app.command("create")(keys_create)
+keys_app.command("list")(keys_list)
+keys_app.command("revoke")(keys_revoke)
 adapter_app = typer.Typer(no_args_is_help=True, help="LoRA adapters: train one, add, list, remove at run time.")
 app.add_typer(adapter_app, name="adapter")
 adapter_app.command("train")(adapter_cli.train)

@@ -77,6 +77,35 @@ def test_owc_keys_create_prints_once_and_writes_only_the_hash(tmp_path):
     assert KeyTable.load(files=[str(f)], env_var=None).lookup(key) == "team-a"  # kept
 
 
+def test_owc_keys_list_and_revoke(tmp_path):
+    """A platform team lists who holds keys (names and the start of each hash, never a key) and
+    revokes one key by that start, or every key of a tenant; a plaintext entry too."""
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    f = tmp_path / "keys.yaml"
+    keys = [CliRunner().invoke(app, ["keys", "create", "--tenant", t, "--file", str(f)]).output.strip().splitlines()[-1]
+            for t in ("team-a", "team-a", "team-b")]
+    f.write_text(f.read_text() + "owc-plain-key-of-c: team-c\n")
+    r = CliRunner().invoke(app, ["keys", "list", "--file", str(f)])
+    rows = [line.split("\t") for line in r.output.splitlines()]
+    assert r.exit_code == 0 and [n for n, _ in rows] == ["team-a", "team-a", "team-b", "team-c"]
+    assert all(h.startswith("sha256:") and h.endswith("…") for _, h in rows) and not any(k in r.output for k in keys)
+    first = hash_key(keys[0])
+    r = CliRunner().invoke(app, ["keys", "revoke", first[7:19], "--file", str(f)])  # the start, without sha256:
+    assert r.exit_code == 0, r.output
+    table = KeyTable.load(files=[str(f)], env_var=None)
+    assert (table.lookup(keys[0]), table.lookup(keys[1]), table.lookup(keys[2])) == (None, "team-a", "team-b")
+    r = CliRunner().invoke(app, ["keys", "revoke", "--tenant", "team-c", "--file", str(f)])  # a plaintext entry
+    assert r.exit_code == 0 and KeyTable.load(files=[str(f)], env_var=None).lookup("owc-plain-key-of-c") is None
+    r = CliRunner().invoke(app, ["keys", "revoke", "sha256:", "--file", str(f)])  # the start of every hash
+    assert r.exit_code == 1 and "give more of it" in r.output
+    r = CliRunner().invoke(app, ["keys", "revoke", "--tenant", "nobody", "--file", str(f)])
+    assert r.exit_code == 1 and "no key of 'nobody'" in r.output
+    assert oct(f.stat().st_mode & 0o777) == "0o600"
+
+
 def test_env_keys_may_be_hashes():
     store = KeyStore.load(file=None, env_var="K", environ={"K": f"sk-x=x,{hash_key('sk-y')}=y"})
     assert store.tenant_for("Bearer sk-x") == "x" and store.tenant_for("Bearer sk-y") == "y"

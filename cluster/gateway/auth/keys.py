@@ -87,6 +87,32 @@ def add_to_file(path: str | Path, key_hash: str, name: str) -> None:
     p = Path(path).expanduser()
     current = _file_entries(p) if p.exists() else {}
     current[key_hash] = name
+    _write_entries(p, current)
+
+
+def remove_from_file(path: str | Path, *, name: str | None = None, prefix: str | None = None) -> dict[str, str]:
+    """Remove a keys file's entries of ``name``, or the one whose hash starts with ``prefix``
+    (``sha256:`` optional; it must name exactly one); returns them, ``hash -> name``. Raises
+    ValueError when nothing matches, or a prefix matches several."""
+    p = Path(path).expanduser()
+    current = _file_entries(p)
+    by_hash = {(k.lower() if is_hash(k) else hash_key(k)): (k, v) for k, v in current.items()}  # plaintext ones too
+    if prefix is not None:
+        want = prefix.lower() if prefix.lower().startswith(HASH_PREFIX) else HASH_PREFIX + prefix.lower()
+        gone = {h: kv for h, kv in by_hash.items() if h.startswith(want)}
+        if len(gone) > 1:
+            raise ValueError(f"{prefix} is the start of {len(gone)} keys' hashes in {p}: give more of it")
+    else:
+        gone = {h: kv for h, kv in by_hash.items() if kv[1] == name}
+    if not gone:
+        raise ValueError(f"no key of {name!r} in {p}" if prefix is None else f"no key hash starting {prefix} in {p}")
+    for _, (k, _) in gone.items():
+        del current[k]
+    _write_entries(p, current)
+    return {h: v for h, (_, v) in gone.items()}
+
+
+def _write_entries(p: Path, current: dict) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -80,3 +80,32 @@ def test_prefix_key_rendering_survives_any_content_part():
 
     odd = [{"type": "text", "text": 5}, {"type": "text", "text": ["x"]}, None, 3, {"type": "image_url"}]
     assert canonical_prompt({"messages": [{"role": "user", "content": odd}]}, 100) == "\x1euser\x1d" + "\x1f" * 5
+
+
+@pytest.mark.parametrize("route, choice, refused", [
+    ("chat", "auto", False),
+    ("chat", {"type": "function", "function": {"name": "f"}}, False),
+    ("responses", {"type": "function", "name": "f"}, False),
+    ("responses", "required", False),
+    # vLLM 0.32 takes these and enforces nothing: mode 'required' unheld, the tool list unrestricted
+    ("chat", {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": []}}, True),
+    ("responses", {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "f"}]}, True),
+    ("responses", {"type": "file_search"}, True),  # a hosted tool, chosen: OpenAI's 400 too
+    ("responses", {"type": "web_search_preview"}, True),
+])
+def test_a_tool_choice_the_engine_would_ignore_is_a_400(route, choice, refused):
+    """Review 7: tool_choice allowed_tools (and a hosted tool's) answered 200 with a freer choice
+    than asked (plain text where 'required' was set), as on bare vLLM."""
+    from cluster.gateway.admission.validation import ResponsesRequest
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}] if route == "chat" else \
+        [{"type": "function", "name": "f", "parameters": {}}]
+    body = {"model": "m", "tools": tools, "tool_choice": choice}
+    body |= {"messages": [{"role": "user", "content": "x"}]} if route == "chat" else {"input": "x"}
+    schema = ChatCompletionRequest if route == "chat" else ResponsesRequest
+    if not refused:
+        validate(body, schema)
+        return
+    with pytest.raises(OpenAIError) as e:
+        validate(body, schema)
+    assert (e.value.status, e.value.param, e.value.code) == (400, "tool_choice", "unsupported_value")

@@ -192,4 +192,21 @@ def validate(data: dict[str, Any], schema: type[BaseModel]) -> BaseModel:
             raise OpenAIError(400, f"missing required parameter '{param}'", param=param, code="missing_required_parameter") from None
         raise OpenAIError(400, f"invalid value for '{param}': {first['msg']}", param=param, code="invalid_value") from None
     check_schemas(data, schema.ROUTE)  # a structured output's or a tool's JSON Schema (cluster.gateway.admission.schemas)
+    _check_tool_choice(data.get("tool_choice"))
     return req
+
+
+# tool_choice kinds vLLM takes and ignores (nothing enforces them): a 400, not a silently freer choice.
+_TOOL_CHOICE_REFUSED = {
+    "allowed_tools": "send only the allowed tools in 'tools', with tool_choice 'auto' or 'required'",
+    **{t: "hosted tools are not supported" for t in (
+        "file_search", "web_search", "web_search_preview", "computer_use_preview", "code_interpreter",
+        "image_generation", "mcp")},
+}
+
+
+def _check_tool_choice(choice: Any) -> None:
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if isinstance(kind, str) and kind in _TOOL_CHOICE_REFUSED:
+        raise OpenAIError(400, f"unsupported value for 'tool_choice': type '{kind}' is not supported: "
+                          f"{_TOOL_CHOICE_REFUSED[kind]}", param="tool_choice", code="unsupported_value")

@@ -23,7 +23,7 @@ from cluster.gateway.stream.messages import MessagesStream, strip_thinking_body
 from cluster.gateway.stream.reasoning import StreamStrip, strip_body
 from cluster.gateway.stream.resume import StreamLedger, ledger_for
 from cluster.gateway.stream.splice import Diverged
-from cluster.gateway.stream.terminal import terminal_named
+from cluster.gateway.stream.terminal import FinalEvent, terminal_named
 
 # The Responses stream's last event (completed, incomplete or failed) carries the whole
 # response, usage included. An event line ends with a raw newline, which JSON text cannot
@@ -132,8 +132,8 @@ class _Events:
             # Named events, no [DONE]: the token events are the deltas (text, reasoning,
             # tool arguments); the usage is in the final response event, relayed as is.
             tokens = b".delta\n" in chunk
-            if take_response_usage(chunk, delivery):
-                chunk = terminal_named(chunk)
+            if (final := take_response_usage(chunk, delivery)) is not None:
+                chunk = terminal_named(chunk, final)
             if _SEQUENCE in chunk:
                 self.sent = chunk
         elif b'"choices":[]' in chunk:
@@ -296,25 +296,25 @@ def take_usage(chunk: bytes, delivery: Delivery, *, strip: bool) -> tuple[bytes,
     return (chunk[:start] + chunk[end:] if strip else chunk), start > 0
 
 
-def take_response_usage(chunk: bytes, delivery: Delivery) -> bool:
+def take_response_usage(chunk: bytes, delivery: Delivery) -> FinalEvent | None:
     """Read the usage of a Responses stream's final event (``response.usage``) when the
-    chunk holds it; True when it did. The event itself is relayed unchanged."""
+    chunk holds it; the event as found (None: no final event here). It is not changed."""
     for marker in _FINAL_EVENTS:
         at = chunk.rfind(marker)
         if at >= 0:
             break
     else:
-        return False
+        return None
     start = chunk.find(b"data:", at)
     end = chunk.find(b"\n\n", start)
     if start < 0 or end < 0:
-        return False
+        return None
     try:
         response = orjson.loads(chunk[start + 5:end]).get("response")
         delivery.usage(response.get("usage"))
     except (orjson.JSONDecodeError, AttributeError):
-        return False
-    return True
+        return None
+    return FinalEvent(at, start, end, response)
 
 
 def responses_error_event(err: OpenAIError, *, after: bytes = b"") -> bytes:

@@ -30,7 +30,8 @@ import httpx
 import pytest
 import yaml
 
-from loadtests.fault_load import Load, Outcome, wait_until, write
+from loadtests.fault_load import Load, Outcome, write
+from cluster.routing.hashing import ranking
 from tests.conftest import gateway_argv, metric, server
 from tests.integration.gpt_oss.conftest import MODEL
 
@@ -51,7 +52,9 @@ KINDS = {  # name: (route, body)
     "responses_tools": ("/v1/responses", {"input": ASK, "max_output_tokens": 96, "tool_choice": "required",
                                           "tools": [{"type": "function", **TOOL, "strict": True}]}),
 }
-# The first wave, one stream after the other: round robin puts every kind on both engines (4
+# The first wave, one stream after the other, every other one on the victim (session affinity
+# pins each to its engine: round robin did too, until a loaded CI run's gateway read two of them
+# out of order and the victim got one kind twice and another not): every kind on both engines (4
 # running on each: max-num-seqs 4); each then goes on in a closed loop. The long kinds first and
 # the tool calls (~18 tokens) last, so that the engine is killed (once its 4th stream has its
 # first token) while every kind's stream is still running there: with the short ones first, a
@@ -66,7 +69,7 @@ NAMES = {"chat": "engine SIGKILL, gpt-oss chat streams (reasoning, tools)",
 def gateway(gptoss_engine, gptoss_engine_b, tmp_path_factory):
     d = tmp_path_factory.mktemp("gw")
     (d / "owc.yaml").write_text(yaml.safe_dump({
-        "models": {MODEL: {"source": "external", "routing": {"policy": "round_robin"}}},
+        "models": {MODEL: {"source": "external", "routing": {"policy": "session_affinity"}}},
         "gateway": {"api_keys_env": None, "access_log": {"path": str(d / "access.log")}},
     }))
     with server(gateway_argv(f"{MODEL}={gptoss_engine.url}", f"{MODEL}={gptoss_engine_b.url}",
@@ -117,13 +120,24 @@ def _read(kind: str, raw: str) -> dict:
     return {"items": items, "response": data[-1]["response"], "end": data[-1]["type"]}
 
 
-async def _stream(client: httpx.AsyncClient, url: str, kind: str) -> Outcome:
-    """One stream, classified."""
+def _homed(replica_id: str) -> str:
+    """A session id whose home, by the gateway's session affinity, is ``replica_id``."""
+    ids = [f"{MODEL}-0", f"{MODEL}-1"]  # the gateway's names for its two --upstream engines, in order
+    return next(sid for sid in (f"session-{n}" for n in range(100))
+                if ids[ranking(sid.encode(), ids)[0]] == replica_id)
+
+
+SURVIVOR, VICTIM = _homed(f"{MODEL}-0"), _homed(f"{MODEL}-1")
+
+
+async def _stream(client: httpx.AsyncClient, url: str, kind: str, session: str,
+                  begun: asyncio.Event | None = None) -> Outcome:
+    """One stream on ``session``'s engine, classified; ``begun`` is set once its first token is read."""
     route, body = KINDS[kind]
     started, ttft, raw, rid = time.monotonic(), None, "", None
     try:
-        async with client.stream("POST", url + route, json={"model": MODEL, "temperature": 0, "stream": True,
-                                                            **body}) as r:
+        async with client.stream("POST", url + route, headers={"X-Session-Id": session},
+                                 json={"model": MODEL, "temperature": 0, "stream": True, **body}) as r:
             rid = r.headers.get("x-request-id")
             if r.status_code != 200:
                 return Outcome(started, "failed" if r.status_code >= 500 else "lost",
@@ -132,6 +146,8 @@ async def _stream(client: httpx.AsyncClient, url: str, kind: str) -> Outcome:
                 raw += chunk
                 if ttft is None and '"delta"' in chunk:
                     ttft = time.monotonic() - started
+                    if begun is not None:
+                        begun.set()
     except httpx.HTTPError as e:
         return Outcome(started, "lost", ttft, raw, detail=f"{kind} cut: {e!r}", ended=time.monotonic(), stream=True)
     whole = raw.rstrip().endswith("data: [DONE]") if route == CHAT else '"type":"response.completed"' in raw
@@ -140,38 +156,34 @@ async def _stream(client: httpx.AsyncClient, url: str, kind: str) -> Outcome:
                    detail=f"{kind} {rid}", ended=time.monotonic(), stream=True)
 
 
-FIRST_TOKENS = "vllm:time_to_first_token_seconds_count"
-
-
-def _begun(engine, before: float) -> float:
-    """The streams running on ``engine`` once the wave's 4 there have their first token out."""
-    return metric(engine.url, "vllm:num_requests_running") if metric(engine.url, FIRST_TOKENS) - before >= 4 else 0
-
-
 async def _scenario(gateway, victim) -> dict:
     async with httpx.AsyncClient(timeout=300) as client:
-        # The uninterrupted run of each kind, twice (both replicas, round robin).
-        expected = {k: [_read(k, (await _stream(client, gateway.url, k)).text.split("\n", 1)[1]) for _ in range(2)]
-                    for k in KINDS}
+        # The uninterrupted run of each kind on each replica.
+        expected = {k: [_read(k, (await _stream(client, gateway.url, k, s)).text.split("\n", 1)[1])
+                        for s in (SURVIVOR, VICTIM)] for k in KINDS}
         assert all(a == b for a, b in expected.values()), "the two replicas answer differently"
         loads = {api: Load([gateway.url], model=MODEL) for api in NAMES}
         stop = asyncio.Event()
 
-        async def worker(kind: str) -> None:
+        async def worker(kind: str, session: str, begun: asyncio.Event) -> None:
             while not stop.is_set():
-                out = await _stream(client, gateway.url, kind)
+                out = await _stream(client, gateway.url, kind, session, None if begun.is_set() else begun)
+                begun.set()  # a first stream that failed says so in its outcome
                 loads["chat" if kind.startswith("chat") else "responses"].outcomes.append(out)
 
-        before = metric(victim.url, FIRST_TOKENS)
-        workers = []
-        for kind in WAVE:  # in turn: round robin gives each kind to both engines
-            workers.append(asyncio.create_task(worker(kind)))
-            await asyncio.sleep(0.005)  # in order at the gateway (round robin), yet all 4 running on each engine
+        workers, on_victim = [], []
+        for i, kind in enumerate(WAVE):  # every other one on the victim, each kind once there
+            begun = asyncio.Event()
+            if i % 2:
+                on_victim.append(begun)
+            workers.append(asyncio.create_task(worker(kind, VICTIM if i % 2 else SURVIVOR, begun)))
+            await asyncio.sleep(0.005)  # all 4 running on each engine
         try:
-            # Its 4 streams have begun (their first bytes are out; none can have ended yet: the
-            # shortest writes 18 tokens in lockstep with the others).
-            running = await wait_until(lambda: _begun(victim, before), 120, lambda: "the 4 streams begun",
-                                       period_s=0.01)
+            # The victim's 4 streams have their first token out (none can have ended yet: the
+            # shortest writes 18 tokens in lockstep with the others), read from the streams
+            # themselves: polling the engine's metrics lags.
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in on_victim)), 120)
+            running = await asyncio.to_thread(metric, victim.url, "vllm:num_requests_running")
             os.kill(victim.pid, signal.SIGKILL)
             killed_at = time.monotonic()
             await asyncio.sleep(3)
@@ -218,7 +230,8 @@ def test_engine_sigkilled_under_gpt_oss_streams_loses_nothing_and_resumes_them(g
     for rec in records.values():
         assert rec["lost"] == 0 and rec["failed"] == 0, rec
         assert rec["detail"]["text_mismatches"] == [], rec
-        assert all(n >= 1 for n in rec["detail"]["resumed_by_kind"].values()), rec["detail"]  # each kind cut, resumed
+        # each kind cut and resumed
+        assert all(n >= 1 for n in rec["detail"]["resumed_by_kind"].values()), rec["detail"]["resumed_by_kind"]
     # Every stream running on the engine when it died was resumed, and none that was not open
     # there: a closed-loop worker whose stream ended may have opened its next one on the victim
     # between the read of its running count and the kill (a CI run resumed 5 with 4 read running).

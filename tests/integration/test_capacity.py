@@ -131,10 +131,12 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
             # ~2.5x: ~14 s past the load's end, the decision comes ~5 s after it).
             recent = sorted(served, key=lambda x: x[0])[-8:]
             per_token = statistics.median(d / LOAD_TOKENS for _, d, _ in recent)
-            # At most 1500: a stream alone is not always faster than the load (one CI run's two
+            # At most 2500: a stream alone is not always faster than the load (one CI run's two
             # streams ran at 7-30 tokens/s, a vLLM step's fixed cost on 2 shared cores) and must
-            # end well inside the engines' 300-s drain timeout, or the drain stops its engine.
-            long_tokens = int(min(1500, LOAD_TOKENS + 35 / per_token))
+            # end well inside the engines' 600-s drain timeout, or the drain stops its engine.
+            # (At most 1500, another CI run's streams ran alone at ~160 tokens/s, 4x the load's
+            # speed, and one ended 0.25 s before the scale-down.)
+            long_tokens = int(min(2500, LOAD_TOKENS + 35 / per_token))
             print(f"long streams: {long_tokens} tokens ({per_token * 1000:.1f} ms/token under load)", flush=True)
             streams = [pool.submit(_long_stream, cluster.url, i, s, long_tokens) for i, s in enumerate(sessions)]
             time.sleep(0.2)

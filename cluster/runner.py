@@ -174,10 +174,10 @@ class LocalCluster:
         records, tenants' usage): a restart of `owc serve` forgets none of it."""
         data_dir = Path(self.cfg.batch.store_dir).expanduser() / "redis"
         try:
-            redis = LocalRedis.ensure(url, data_dir=data_dir)
+            redis = LocalRedis.ensure(url, data_dir=data_dir, restart=True)
         except RuntimeError as e:  # e.g. its append-only file unreadable: a store without it, said so
             warn(f"{e}; starting it without persistence")
-            return LocalRedis.ensure(url)
+            return LocalRedis.ensure(url, restart=True)
         if redis.proc is not None and not redis.persistent:
             warn(f"{data_dir} is in use by another Redis (another owc serve, or one left running) or cannot be "
                  "written: this run's batches, files and tenant usage last only until it stops")

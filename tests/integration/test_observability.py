@@ -1,7 +1,7 @@
 """Live proof of the metric contract: `owc monitor` runs a real Prometheus with the shipped
 config and rules against the session cluster; a scripted workload (200s, streams, a 404, a
-400, a 429) runs; then every dashboard panel's expression and every recording rule returns
-data, and the request counts in PromQL equal what the script sent."""
+400, a 429, a batch of two lines) runs; then every dashboard panel's expression and every
+recording rule returns data, and the request counts in PromQL equal what the script sent."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 import time
 
 import httpx
+import orjson
 import pytest
 
 from cluster.metrics.dashboards import DASHBOARDS, render
@@ -29,8 +30,6 @@ EXEMPT = {
     "Capacity controller: holding, by reason": "no `owc controller` process in this session",
     # The session's tiny Llama does not reason (tests/unit/test_reasoning_tokens.py counts the metric).
     "Reasoning tokens/s by tenant": "no reasoning model in this session",
-    # No batch runs in the session (tests/unit/test_batch_execution.py counts the metric on a fake engine).
-    "Batch: lines done/s by tenant and outcome": "no batch runs in this session",
     # No model of the session has a candidate (tests/unit/test_rollout_gateway.py reads owc_rollout_* on fake engines).
     "Rollout: candidate weight and state": "no rollout in this session",
     "Rollout: gates, the candidate's share of each limit": "no rollout in this session",
@@ -77,7 +76,24 @@ def workload(base: str) -> collections.Counter:
         call("sk-limited", "/v1/chat/completions", chat, 200)
         call("sk-limited", "/v1/chat/completions", chat, 429)
         assert c.get("/v1/models", headers=auth).status_code == 200
+        batch(c, auth)
     return sent
+
+
+def batch(c: httpx.Client, auth: dict) -> None:
+    """A batch of two lines, run to completion: the Batch panels' series (its lines are not
+    interactive requests: owc_requests_total does not count them)."""
+    line = {"method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "tiny-llama", "max_tokens": 4, "messages": [{"role": "user", "content": "Salut"}]}}
+    data = b"".join(orjson.dumps({"custom_id": f"obs{i}", **line}) + b"\n" for i in range(2))
+    f = c.post("/v1/files", headers=auth, files={"file": ("obs.jsonl", data)}, data={"purpose": "batch"})
+    assert f.status_code == 200, f.text
+    b = c.post("/v1/batches", headers=auth, json={"input_file_id": f.json()["id"], "endpoint": line["url"],
+                                                  "completion_window": "24h"})
+    assert b.status_code == 200, b.text
+    done = wait_for(lambda: (x := c.get(f"/v1/batches/{b.json()['id']}", headers=auth).json())["status"]
+                    in ("completed", "failed") and x, 180, "the batch to complete", period_s=0.5)
+    assert done["status"] == "completed" and done["request_counts"]["completed"] == 2, done
 
 
 def test_live_prometheus_sees_everything(cluster, prometheus):

@@ -4,12 +4,15 @@ listening, reused when it is, stopped with the cluster; other hosts are left alo
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 import pytest
 import redis
 
 from cluster.process import free_port
 from cluster.tenancy.local_redis import LocalRedis, local_address
+from tests.conftest import wait_for
 
 @pytest.mark.parametrize(("url", "addr"), [
     ("redis://127.0.0.1:7001/0", ("127.0.0.1", 7001)),
@@ -197,3 +200,35 @@ def test_owc_usage_finds_the_redis_owc_serve_runs(tmp_path):
         store.stop()
     r = usage()
     assert r.exit_code == 1 and "is owc serve running?" in r.output
+
+
+def test_a_server_that_dies_while_owc_serve_runs_is_started_again_with_its_data(tmp_path):
+    """`owc serve`'s Redis (restart=True) SIGKILLed: it listens again on its port, with what it
+    held up to its last fsync'd second; stopped by owc, it stays stopped. Without restart, a
+    dead server stays dead."""
+    data = tmp_path / "redis"
+    port = free_port()
+    r = LocalRedis.ensure(f"redis://127.0.0.1:{port}/0", data_dir=data, restart=True)
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    try:
+        client.set("owc:usage:t1", "41")
+        time.sleep(1.5)  # the append-only file's fsync, each second
+        first = r.proc
+        os.kill(first.pid, signal.SIGKILL)
+        wait_for(lambda: r.restarts == 1, 20, "the server started again")
+        assert r.proc is not None and r.proc.pid != first.pid and r.persistent
+        assert client.get("owc:usage:t1") == b"41"
+    finally:
+        r.stop()
+    time.sleep(2)  # longer than the watcher's wait: stopped is stopped
+    with pytest.raises(redis.ConnectionError):
+        client.ping()
+    plain = LocalRedis.ensure(f"redis://127.0.0.1:{(port2 := free_port())}/0")
+    try:
+        os.kill(plain.proc.pid, signal.SIGKILL)
+        plain.proc.wait()
+        time.sleep(2)
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(port=port2, socket_connect_timeout=0.5).ping()
+    finally:
+        plain.stop()

@@ -16,7 +16,7 @@ from cluster.config.auth import TenantConfig
 from cluster.tenancy.charging import Outcome, charge, settlement
 from cluster.tenancy.line_charge import LineCharge, Part
 from cluster.tenancy.local_store import LocalStore
-from cluster.tenancy.model import UNAVAILABLE, Decision, Limits
+from cluster.tenancy.model import UNAVAILABLE, Decision, Limits, month_of
 
 log = logging.getLogger(__name__)
 OPEN, CLOSED, LOCAL = "open", "closed", "local"
@@ -79,6 +79,8 @@ class Tenancy:
         self._retry_s = retry_s
         self._clock = clock
         self._down_until = 0.0
+        # What the store last said each tenant had used: (day, day_used, month, month_used).
+        self._seen: dict[str, tuple[int, int | None, int, int | None]] = {}
         self._hooks.store_up(store is not None)
 
     @property
@@ -125,6 +127,8 @@ class Tenancy:
                     tenant, lim, cost)
                 self._up()
                 self._report(tenant, lim, d)
+                if d.day_used is not None or d.month_used is not None:
+                    self._seen[tenant] = (d.day, d.day_used, d.month, d.month_used)
                 return Ticket(tenant, model, estimate, d, lim)
             except Exception as e:  # the store is down or answered nonsense: never a 500
                 self._failed(e)
@@ -132,8 +136,28 @@ class Tenancy:
             return Ticket(tenant, model, estimate, Decision(None, source="open"), Limits())
         if self.on_failure == CLOSED:
             return Ticket(tenant, model, estimate, Decision(UNAVAILABLE, retry_s=self._retry_s, source="open"), lim)
-        share = lim.divided(max(1, int(self._gateways())))
+        share = self._outage_share(tenant, lim)
         return Ticket(tenant, model, estimate, self._local.reserve_now(tenant, share, cost, hold=hold), share)
+
+    def _outage_share(self, tenant: str, lim: Limits) -> Limits:
+        """This gateway's share of ``tenant``'s limits while the store is down (on_failure
+        `local`): of each limit a 1/n part (n live gateways); of its quotas, of what the store
+        last said was left of them this day and month, so that a tenant over its quota stays
+        over it through the outage instead of starting afresh."""
+        n = max(1, int(self._gateways()))
+        share, seen = lim.divided(n), self._seen.get(tenant)
+        if seen is None:
+            return share
+        day, day_used, month, month_used = seen
+        today = int(time.time() // 86400)
+        this_month = month_of(today)[0]
+
+        def left(limit: int | None, used: int | None, current: bool, part: int | None) -> int | None:
+            return part if limit is None or used is None or not current else max(0, limit - used) // n
+
+        return dataclasses.replace(
+            share, daily_tokens=left(lim.daily_tokens, day_used, day == today, share.daily_tokens),
+            monthly_tokens=left(lim.monthly_tokens, month_used, month == this_month, share.monthly_tokens))
 
     async def settle(self, ticket: Ticket | None, outcome: Outcome, *, reasoning: int = 0) -> None:
         """Charge a finished request for what its client received (refund or top-up of its

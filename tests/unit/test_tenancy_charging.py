@@ -4,6 +4,7 @@ the in-process store's decisions (cluster.tenancy.local_store), table-driven."""
 from __future__ import annotations
 
 import asyncio
+import time
 from types import MappingProxyType
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from cluster.tenancy.charging import (Outcome, Window, charge, format_reset, output_allowance, prompt_estimate,
                                       ratelimit_headers, reservation, settlement)
 from cluster.tenancy.local_store import LocalStore
-from cluster.tenancy.model import Limits
+from cluster.tenancy.model import Decision, Limits, month_of
 
 DEFAULTS = {"default": 1024, "low": 2048, "high": 32768}
 
@@ -124,6 +125,52 @@ def test_limits_divided_among_gateways():
     assert (share.requests_per_minute, share.tokens_per_minute, share.max_concurrent, share.daily_tokens) == \
         (20, 300, 1, 333)
     assert share.burst == pytest.approx(10 / 3) and lim.divided(1) is lim
+
+
+class FailingStore:
+    """A shared store that answers with the usage ``used`` until it is ``down``."""
+
+    url = "redis://store"
+
+    def __init__(self, day: int, month: int, day_used: int, month_used: int):
+        self.seen, self.down = (day, month, day_used, month_used), False
+
+    async def reserve(self, tenant, limits, cost, *, hold=None):
+        if self.down:
+            raise ConnectionError("store down")
+        day, month, day_used, month_used = self.seen
+        return Decision(None, day=day, month=month, day_used=day_used + cost, month_used=month_used + cost,
+                        source="redis", cost=cost)
+
+
+TODAY = int(time.time() // 86400)
+
+
+@pytest.mark.parametrize("seen_day, seen_month, day_used, month_used, gateways, admitted", [
+    # the store last said 920 of 1000 today (the 20 reserved then included): 80 left, 40 each of 2 gateways
+    (TODAY, month_of(TODAY)[0], 900, 900, 2, [True, True, False]),
+    (TODAY, month_of(TODAY)[0], 1000, 1000, 1, [False]),  # over its daily quota: still over through the outage
+    (TODAY, month_of(TODAY)[0], 100, 49_980, 1, [False]),  # this month's quota: 0 left
+    (TODAY - 1, month_of(TODAY)[0], 995, 1000, 1, [True, True]),  # seen yesterday: today is whole (1000, one gateway)
+    (TODAY - 1, month_of(TODAY)[0], 995, 1000, 50, [True, False]),  # ... and 1/50 of it per gateway: 20
+])
+def test_a_store_outage_keeps_what_the_store_said_was_used(seen_day, seen_month, day_used, month_used, gateways,
+                                                          admitted):
+    """on_failure `local`: each gateway's share of a quota is of what was left at the store's last
+    answer, not of the whole quota afresh."""
+    from cluster.config.auth import TenantConfig
+    from cluster.tenancy.service import Tenancy
+
+    store = FailingStore(seen_day, seen_month, day_used, month_used)
+    t = Tenancy({"t": TenantConfig(daily_tokens=1000, monthly_tokens=50_000)}, store=store,
+                gateways=lambda: gateways, clock=lambda: 0.0)
+
+    async def go():
+        assert (await t.admit("t", "m", cost=20, estimate=20)).decision.admitted
+        store.down = True
+        return [(await t.admit("t", "m", cost=20, estimate=20)).decision.admitted for _ in admitted]
+
+    assert asyncio.run(go()) == admitted
 
 
 def test_the_requests_limit_header_is_the_bucket_remaining_counts_down_from():

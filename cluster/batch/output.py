@@ -146,8 +146,7 @@ class Results:
 def assemble(results: Results, batch_id: str, done: dict[int, tuple[str, str]], *, total: int,
              missing: tuple[str, str] | None, custom_ids: Iterator[str]) -> Iterator[tuple[bool, bytes]]:
     """(is an error line, the line) in input order: each done line's winning result; a line not
-    done gets ``missing`` (code, message) in the error file, or nothing when ``missing`` is None
-    (a cancelled batch: partial output only)."""
+    done gets ``missing`` (code, message) in the error file, or nothing when ``missing`` is None."""
     for line, cid in zip(range(total), custom_ids):
         got = done.get(line)
         data = results.read(batch_id, line, got[1]) if got else None

@@ -29,6 +29,7 @@ from cluster.batch.service import BatchService
 
 log = logging.getLogger(__name__)
 EXPIRED_LINE = ("batch_expired", "This request could not be executed before the completion window expired.")
+CANCELLED_LINE = ("batch_cancelled", "This request was not executed: its batch was cancelled.")
 UNLIMITED = 1 << 62  # output files are always stored (they do not count against the tenant's upload bound)
 
 
@@ -253,7 +254,7 @@ class BatchRunner:
         done = await self.ledger.done_lines(b.id)
         written: dict[str, tuple[str, int, int]] = {}
         usage = UsageSum()
-        if done or b.status == states.EXPIRED:
+        if done or b.status in (states.EXPIRED, states.CANCELLING):
             written = await asyncio.to_thread(self._write_files, b, done, usage)
             for kind, got in written.items():
                 await self._record(b, kind, got, now)
@@ -283,7 +284,8 @@ class BatchRunner:
         files = {k: os.fdopen(os.open(contents.part(v[0]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
                  for k, v in got.items()}
         try:
-            missing = EXPIRED_LINE if b.status == states.EXPIRED else None
+            # A line never run is in the error file, named by its custom_id: what to send again.
+            missing = {states.EXPIRED: EXPIRED_LINE, states.CANCELLING: CANCELLED_LINE}.get(b.status)
             for is_err, data in assemble(self.results, b.id, done, total=b.total, missing=missing,
                                          custom_ids=self._custom_ids(b)):
                 files[is_err].write(data)

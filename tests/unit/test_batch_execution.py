@@ -132,6 +132,9 @@ def test_sdk_batch_runs_to_completion_with_output_and_error_files(tmp_path):
         gone = finished(c, b2.id)
         assert gone.status == "cancelled" and gone.cancelled_at
         assert len(rows(c, gone.output_file_id)) == gone.request_counts.completed < 400
+        # every line not run in the error file, named: nothing lost silently
+        unrun = [r for r in rows(c, gone.error_file_id) if (r["error"] or {}).get("code") == "batch_cancelled"]
+        assert len(unrun) == 400 - gone.request_counts.completed - gone.request_counts.failed > 0
 
 
 @pytest.fixture

@@ -264,7 +264,11 @@ def test_cancel_in_progress_finishes_in_flight_lines(kind, tmp_path):
         done = await run_until([runner], svc, batch.id, {states.CANCELLED})
         assert sorted(eng.calls) == ["r0", "r1"]  # no line taken after the cancel
         assert [x["custom_id"] for x in await lines_of(svc, done.output_file_id)] == ["r0", "r1"]
-        assert done.error_file_id is None and done.cancelled_at and done.completed == 2
+        # the lines never run: in the error file, named, to send again
+        err = await lines_of(svc, done.error_file_id)
+        assert [(x["custom_id"], x["error"]["code"], x["response"]) for x in err] == \
+            [(f"r{i}", "batch_cancelled", None) for i in range(2, 6)]
+        assert done.cancelled_at and (done.completed, done.failed) == (2, 0)
 
     asyncio.run(go())
 

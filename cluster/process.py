@@ -101,6 +101,13 @@ class ServerProcess:
         tail = self._log_path.read_bytes()[-2000:].decode(errors="replace")
         return f"; log {self._log_path}:\n{tail}"
 
+    def reap(self) -> None:
+        """The server has exited (killed, crashed): what it started and left in its group
+        (vLLM's engine core, tensor-parallel workers, each holding the model's memory, on a
+        GPU host its GPU's) is killed now, not at the replica's stop, which may never come."""
+        if self._proc is not None and self._proc.poll() is not None:
+            _killpg(self._proc.pid, signal.SIGKILL)
+
     async def stop_async(self, grace_s: float = 10.0) -> None:
         """``stop`` for async code: waits without blocking the event loop."""
         proc = self._proc

@@ -46,6 +46,36 @@ def engine_pids(port: int) -> list[int]:
     return engines or pids
 
 
+def group_of(pids: list[int]) -> list[int]:
+    """Every other process of the killed servers' process groups: vLLM's engine core under its
+    API server (none of them may outlive the kill: ServerProcess.reap)."""
+    import psutil
+
+    groups = {os.getpgid(p) for p in pids}
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid not in pids and os.getpgid(proc.pid) in groups:
+                out.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return out
+
+
+def still_running(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still running (a zombie is not)."""
+    import psutil
+
+    out = []
+    for p in pids:
+        try:
+            if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def _targets(sd_dir: Path, prefix: str) -> list[str]:
     return [t for f in sd_dir.glob(f"{prefix}-*.json") for g in json.loads(f.read_text() or "[]") for t in g["targets"]]
 
@@ -82,19 +112,22 @@ async def scenario(cluster, sd_dir: Path) -> dict:
             target, running, waiting = await wait_until(busy, 120, lambda: "an engine with 4 running, 4 queued",
                                                         period_s=0.02)
             pids = engine_pids(int(target.rsplit(":", 1)[1]))
+            group = group_of(pids)
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             killed_at = time.monotonic()
             await wait_until(lambda: _routable(sd_dir) < 2, 60, lambda: "the dead engine out of routing")
             await wait_until(lambda: _routable(sd_dir) == 2, 600, lambda: "the engine replaced")
             recovered_at = time.monotonic()
+            orphans = still_running(group)  # what the dead server started, still running once it is replaced
             await asyncio.sleep(5)
         finally:
             stop.set()
             await asyncio.gather(*workers, return_exceptions=True)
     mismatches = [o.text[:80] for o in load.outcomes if o.kind == "succeeded" and o.text not in set(expected)]
     return load.record("engine_sigkill_ray", fault_at=killed_at, recovered_at=recovered_at, resumed=resumed(sd_dir),
-                       running_at_kill=running, queued_at_kill=waiting, killed_pids=pids,
+                       running_at_kill=running, queued_at_kill=waiting, killed_pids=pids, its_group=group,
+                       orphans_after_recovery=orphans,
                        streams_in_flight_at_kill=len(load.in_flight_at(killed_at)), text_mismatches=mismatches)
 
 

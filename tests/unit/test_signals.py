@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from cluster.runner import Interrupted, install_signal_handlers
+from cluster.signals import Interrupted, install_signal_handlers, ray_signals_as_interrupt
 
 
 @pytest.fixture
@@ -30,3 +30,18 @@ def test_both_signals_unwind_into_the_teardown_path(restored, sig):
         os.kill(os.getpid(), sig)
         signal.sigtimedwait([], 1)  # the handler runs on the main thread at the next bytecode; wait for it
     assert isinstance(e.value, KeyboardInterrupt) and str(e.value) == signal.Signals(sig).name
+
+
+@pytest.mark.parametrize("code, raised", [
+    (signal.SIGTERM, Interrupted),  # Ray's own handler during ray.init: sys.exit(signum)
+    (signal.SIGINT, Interrupted),
+    (1, SystemExit),  # any other exit is not a signal: left as it is
+    (None, SystemExit),
+])
+def test_rays_exit_on_a_signal_during_its_start_unwinds_into_the_teardown(code, raised):
+    with pytest.raises(raised) as e:
+        with ray_signals_as_interrupt():
+            raise SystemExit(code)
+    assert type(e.value) is raised
+    if raised is Interrupted:
+        assert str(e.value) == signal.Signals(code).name

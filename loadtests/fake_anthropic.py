@@ -61,6 +61,12 @@ def add_anthropic_routes(app: web.Application, engine) -> None:
         n_out = body.get("max_tokens")
         if not isinstance(n_out, int) or isinstance(n_out, bool) or n_out < 1:
             return _bad("max_tokens: Field required (a positive integer)")
+        thinking = body.get("thinking")
+        if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+            # vLLM 0.32 passes the budget on as thinking_token_budget, which an engine without a
+            # reasoning_config refuses (gpt-oss's reasoning parser sets none up by itself).
+            return _bad("thinking_token_budget is set but reasoning_config is not configured. Please set "
+                        "--reasoning-parser and/or --reasoning-config to use thinking_token_budget.")
         n_out = min(n_out, engine.default_max_tokens)
         n_in = max(1, len(json.dumps(body["messages"]).split()))
         usage = {"input_tokens": n_in, "output_tokens": n_out}

@@ -88,11 +88,13 @@ def charge(outcome: Outcome, *, estimate: int) -> tuple[int, int]:
     """(prompt, completion) tokens a finished request is charged: the engine's usage when
     it reported one; a stream cut short is charged the prompt estimate and one token per
     event relayed; a request that delivered nothing (refused, failed before any output) is
-    charged nothing."""
-    if outcome.prompt_tokens is not None or outcome.completion_tokens is not None:
-        return outcome.prompt_tokens or 0, outcome.completion_tokens or 0
-    if outcome.token_events > 0:
-        return estimate, outcome.token_events
+    charged nothing. (A Messages stream tells its input tokens at its start and its output
+    tokens at its end: cut in between, it is charged its input and the events relayed.)"""
+    prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
+    if completion is None and outcome.token_events > 0:
+        return (estimate if prompt is None else prompt), outcome.token_events
+    if prompt is not None or completion is not None:
+        return prompt or 0, completion or 0
     return 0, 0
 
 

@@ -167,6 +167,19 @@ def test_the_stream_reader_reads_usage_and_relays_the_events_unchanged():
     assert (d.prompt_tokens, d.completion_tokens) == (68, 18)  # message_delta left the input tokens out
 
 
+def test_a_stream_cut_before_its_message_delta_is_charged_the_tokens_relayed():
+    """message_start's usage says output_tokens 0 (nothing generated yet): a stream whose client
+    left (or whose engine died) after some deltas is charged its input and one token per delta
+    relayed, as a chat stream cut short is — not 0 output tokens."""
+    from cluster.tenancy.charging import Outcome, charge
+
+    cut = STREAM[:STREAM.index(b"event: content_block_stop")]  # start, a block, one delta
+    d = Delivery()
+    MessagesStream(strip_thinking=False).chunk(cut, d)
+    assert (d.prompt_tokens, d.completion_tokens) == (68, None)
+    assert charge(Outcome(499, d.prompt_tokens, d.completion_tokens, token_events=1), estimate=10) == (68, 1)
+
+
 def test_strip_leaves_thinking_blocks_out_and_renumbers_the_rest():
     d = Delivery()
     reader = MessagesStream(strip_thinking=True)

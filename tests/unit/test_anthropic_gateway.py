@@ -81,6 +81,11 @@ def test_limits_allow_lists_and_bounds_answer_in_anthropics_shape(stack):
     _anthropic(post(stack, {"model": "m", **ASK}, key="sk-b"), 403, "permission_error")
     _anthropic(post(stack, {"model": "nope", **ASK}), 404, "not_found_error")
     _anthropic(post(stack, {"model": "m", "messages": []}), 400, "invalid_request_error")  # max_tokens missing
+    served = metric(stack.engine.url, "owc_fake_generation_requests_total")
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):  # no turns at all: Anthropic's 400, never the engine's answer
+        body = _anthropic(post(stack, {"model": "m", "messages": [], "max_tokens": 4}, path=path), 400, "invalid_request_error")
+        assert "messages" in body["error"]["message"]
+    assert metric(stack.engine.url, "owc_fake_generation_requests_total") == served
     _anthropic(post(stack, {"model": "m", **ASK}, key=None), 401, "authentication_error")
     _anthropic(post(stack, {"model": "m", **ASK}, key="sk-nobody"), 401, "authentication_error")
     big = {"model": "m", **ASK, "system": "x" * 5000}

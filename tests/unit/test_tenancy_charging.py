@@ -57,6 +57,7 @@ def test_reservation_is_prompt_estimate_plus_allowance():
     (Outcome(499, None, None, token_events=5), (10, 5)),  # a stream cut short: estimate + events relayed
     (Outcome(502), (0, 0)),  # nothing delivered
     (Outcome(200, 7, None), (7, 0)),
+    (Outcome(499, 68, None, token_events=5), (68, 5)),  # a Messages stream cut short: its input + events relayed
 ])
 def test_charge_is_what_the_client_received(outcome, charged):
     assert charge(outcome, estimate=10) == charged

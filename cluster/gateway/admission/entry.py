@@ -33,7 +33,7 @@ from cluster.gateway.admission.tenancy import GatewayTenancy
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.gateway.observability.tracing import RequestTracer
 from cluster.gateway.admission.params import CHAT, COMPLETIONS, drop_for_engine
-from cluster.gateway.anthropic.requests import CountTokensRequest, MessagesRequest
+from cluster.gateway.anthropic.requests import CountTokensRequest, MessagesRequest, adaptive_thinking
 from cluster.gateway.admission.validation import ChatCompletionRequest, CompletionRequest, ResponsesRequest, parse_json, validate
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ ROUTES: dict[str, type] = {
     "/v1/messages": MessagesRequest,
     "/v1/messages/count_tokens": CountTokensRequest,
 }
+ANTHROPIC = ("/v1/messages", "/v1/messages/count_tokens")
 
 
 # A client's X-Request-Id reaches the engine, the response and the access log: bounded and
@@ -226,6 +227,8 @@ class Admission:
             strip_usage = rewrite = True
         cfg = self._config.models[served]
         harmony = cfg.harmony(served)
+        if harmony and route in ANTHROPIC and "reasoning_config" not in cfg.engine_kwargs:
+            rewrite = adaptive_thinking(data, route) or rewrite  # a budget gpt-oss's engine cannot enforce
         resume = bool(req.stream) and cfg.resume_streams and \
             not_resumable(route, data, parsed_chat=cfg.parses_chat_output, harmony=harmony) is None
         if resume and route in (CHAT, COMPLETIONS):

@@ -11,6 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from cluster.gateway.context import COUNT_TOKENS, MESSAGES
+from cluster.gateway.errors import OpenAIError
 
 PosInt = Annotated[int, Field(ge=1, strict=True)]
 Num = Annotated[float, Field(allow_inf_nan=False)]
@@ -34,7 +35,7 @@ class _Prompt(BaseModel):
     model_config = ConfigDict(extra="allow")
     ROUTE: ClassVar[str]
     model: StrictStr = Field(min_length=1)
-    messages: list[Message]
+    messages: list[Message] = Field(min_length=1)  # Anthropic's 400 too: an empty conversation is no request
     system: StrictStr | list[dict[str, Any]] | None = None
     tools: list[Tool] | None = None
     tool_choice: dict[str, Any] | None = None
@@ -58,3 +59,31 @@ class CountTokensRequest(_Prompt):
     @property
     def stream(self) -> bool:  # a count is one JSON answer
         return False
+
+
+MIN_BUDGET = 1024  # Anthropic's (and vLLM's) least thinking.budget_tokens
+
+
+def adaptive_thinking(data: dict[str, Any], route: str) -> bool:
+    """Rewrite, in place, ``thinking: {"type": "enabled", "budget_tokens": N}`` as
+    ``{"type": "adaptive"}`` (its ``display`` kept) for an engine that cannot enforce a thinking
+    budget; True when rewritten. vLLM 0.32 turns the budget into ``thinking_token_budget`` and
+    refuses it with a 400 unless the engine has a ``reasoning_config`` — which gpt-oss's
+    reasoning parser (``openai_gptoss``, no reasoning start/end strings) never gets by itself —
+    so every agent that asks for extended thinking (what Claude Code sends) would fail. Anthropic
+    treats the budget as a ceiling the model need not reach: the model still reasons, within
+    ``max_tokens``. The budget is checked first, as Anthropic checks it (at least 1024, below
+    ``max_tokens``), so a bad one is still the 400 it was."""
+    thinking = data.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return False
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < MIN_BUDGET:
+        raise OpenAIError(400, f"thinking.budget_tokens: must be an integer of at least {MIN_BUDGET}",
+                          param="thinking.budget_tokens")
+    max_tokens = data.get("max_tokens")
+    if route == MESSAGES and isinstance(max_tokens, int) and budget >= max_tokens:
+        raise OpenAIError(400, "max_tokens must be greater than thinking.budget_tokens",
+                          param="thinking.budget_tokens")
+    data["thinking"] = {"type": "adaptive", **({"display": thinking["display"]} if "display" in thinking else {})}
+    return True

@@ -76,10 +76,17 @@ class MessagesStream:
         name, data = _parse(event)
         if data is None:
             return event
-        if name in (b"message_start", b"message_delta"):
-            holder = data if name == b"message_delta" else data.get("message")
+        if name == b"message_start":
+            # Only its input tokens: its output_tokens (0, nothing generated yet) is no usage. A
+            # stream cut before message_delta is charged one token per token event relayed, as a
+            # chat stream cut short is (cluster.tenancy.charging.charge), not 0.
+            message = data.get("message")
+            usage = message.get("usage") if isinstance(message, dict) else None
+            if isinstance(usage, dict):
+                delivery.usage({"input_tokens": usage.get("input_tokens")})
+        elif name == b"message_delta":
             prompt = delivery.prompt_tokens
-            delivery.usage(holder.get("usage") if isinstance(holder, dict) else None)
+            delivery.usage(data.get("usage"))
             if delivery.prompt_tokens is None:  # a message_delta may leave the input tokens out
                 delivery.prompt_tokens = prompt
         elif name == b"error":

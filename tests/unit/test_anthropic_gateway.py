@@ -85,6 +85,13 @@ def test_limits_allow_lists_and_bounds_answer_in_anthropics_shape(stack):
     for path in ("/v1/messages", "/v1/messages/count_tokens"):  # no turns at all: Anthropic's 400, never the engine's answer
         body = _anthropic(post(stack, {"model": "m", "messages": [], "max_tokens": 4}, path=path), 400, "invalid_request_error")
         assert "messages" in body["error"]["message"]
+    tool = {"name": "get_weather", "input_schema": {"type": "object"}}
+    for bad, said in (({"tool_choice": {"type": "tool", "name": "nope"}, "tools": [tool]}, "'nope'"),
+                      ({"tool_choice": {"type": "tool", "name": "get_weather"}}, "needs tools"),
+                      ({"tool_choice": {"type": "any"}}, "needs tools")):  # Anthropic's 400s, not an answer without tools
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            body = _anthropic(post(stack, {"model": "m", **ASK, **bad}, path=path), 400, "invalid_request_error")
+            assert said in body["error"]["message"], body
     assert metric(stack.engine.url, "owc_fake_generation_requests_total") == served
     _anthropic(post(stack, {"model": "m", **ASK}, key=None), 401, "authentication_error")
     _anthropic(post(stack, {"model": "m", **ASK}, key="sk-nobody"), 401, "authentication_error")

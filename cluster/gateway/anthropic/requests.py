@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 
 from cluster.gateway.context import COUNT_TOKENS, MESSAGES
 from cluster.gateway.errors import OpenAIError
@@ -40,6 +40,18 @@ class _Prompt(BaseModel):
     tools: list[Tool] | None = None
     tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _tool_choice_names_a_tool(self) -> _Prompt:
+        """Anthropic's 400: `any` or `tool` without tools, or `tool` naming one not given (vLLM
+        took them and answered as if no tool were asked for)."""
+        kind = (self.tool_choice or {}).get("type")
+        if kind in ("any", "tool") and not self.tools:
+            raise ValueError(f"tool_choice.type '{kind}' needs tools")
+        name = (self.tool_choice or {}).get("name")
+        if kind == "tool" and name not in {t.name for t in self.tools or ()}:
+            raise ValueError(f"tool_choice.name: tool {name!r} is not among the tools given")
+        return self
 
 
 class MessagesRequest(_Prompt):

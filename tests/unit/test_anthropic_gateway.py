@@ -88,12 +88,16 @@ def test_limits_allow_lists_and_bounds_answer_in_anthropics_shape(stack):
     tool = {"name": "get_weather", "input_schema": {"type": "object"}}
     for bad, said in (({"tool_choice": {"type": "tool", "name": "nope"}, "tools": [tool]}, "'nope'"),
                       ({"tool_choice": {"type": "tool", "name": "get_weather"}}, "needs tools"),
-                      ({"tool_choice": {"type": "any"}}, "needs tools")):  # Anthropic's 400s, not an answer without tools
+                      ({"tool_choice": {"type": "any"}}, "needs tools"),  # Anthropic's 400s, not an answer without tools
+                      ({"messages": [{"role": "user", "content": ""}]}, "non-empty content"),
+                      ({"messages": [{"role": "user", "content": []}]}, "non-empty content"),
+                      ({"messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}]}, "text content blocks")):
         for path in ("/v1/messages", "/v1/messages/count_tokens"):
             body = _anthropic(post(stack, {"model": "m", **ASK, **bad}, path=path), 400, "invalid_request_error")
             assert said in body["error"]["message"], body
     assert metric(stack.engine.url, "owc_fake_generation_requests_total") == served
-    _anthropic(post(stack, {"model": "m", **ASK}, key=None), 401, "authentication_error")
+    missing = _anthropic(post(stack, {"model": "m", **ASK}, key=None), 401, "authentication_error")
+    assert "x-api-key" in missing["error"]["message"]  # as Anthropic's clients send a key
     _anthropic(post(stack, {"model": "m", **ASK}, key="sk-nobody"), 401, "authentication_error")
     big = {"model": "m", **ASK, "system": "x" * 5000}
     _anthropic(post(stack, big), 413, "request_too_large")

@@ -57,9 +57,16 @@ def error_body(status: int, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type(status), "message": message or f"HTTP {status}"}}
 
 
+MISSING_KEY = "missing API key: send 'x-api-key: <key>' (or 'Authorization: Bearer <key>')"
+
+
 def anthropic_error(status: int, body: bytes) -> bytes:
-    """An error response's body (any shape) as Anthropic's, for ``status``."""
-    return orjson.dumps(error_body(status, message_of(body)))
+    """An error response's body (any shape) as Anthropic's, for ``status``; a missing key is
+    told as Anthropic's clients send one."""
+    message = message_of(body)
+    if status == 401 and message.startswith("missing API key"):
+        message = MISSING_KEY
+    return orjson.dumps(error_body(status, message))
 
 
 def error_event(status: int, message: str) -> bytes:

@@ -42,6 +42,19 @@ class _Prompt(BaseModel):
     thinking: dict[str, Any] | None = None
 
     @model_validator(mode="after")
+    def _turns_have_content(self) -> _Prompt:
+        """Anthropic's 400s: every turn has content but a final assistant one (a prefill), and
+        no text block is empty (vLLM answered them)."""
+        last = len(self.messages) - 1
+        for i, m in enumerate(self.messages):
+            if not m.content and not (i == last and m.role == "assistant"):
+                raise ValueError(f"messages.{i}: all messages must have non-empty content except for the "
+                                 "optional final assistant message")
+            if isinstance(m.content, list) and any(b.get("type") == "text" and not b.get("text") for b in m.content):
+                raise ValueError(f"messages.{i}: text content blocks must be non-empty")
+        return self
+
+    @model_validator(mode="after")
     def _tool_choice_names_a_tool(self) -> _Prompt:
         """Anthropic's 400: `any` or `tool` without tools, or `tool` naming one not given (vLLM
         took them and answered as if no tool were asked for)."""

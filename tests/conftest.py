@@ -49,6 +49,14 @@ def gateway_argv(*upstreams: str, config: str | None = None) -> list[str]:
     return argv
 
 
+def homed_session(index: int, replica_ids: list[str]) -> str:
+    """A session id (``s<k>``) whose home by the gateway's session affinity (rendezvous
+    hashing, cluster.routing.hashing) is ``replica_ids[index]``."""
+    from cluster.routing.hashing import ranking
+
+    return next(f"s{k}" for k in range(1000) if ranking(f"s{k}".encode(), replica_ids)[0] == index)
+
+
 def wait_for(pred, timeout_s: float, what: str, *, period_s: float = 0.2):
     """Poll ``pred`` until it returns something truthy (returned), or fail naming ``what``."""
     deadline = time.monotonic() + timeout_s

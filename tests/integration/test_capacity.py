@@ -23,8 +23,7 @@ from cluster.capacity.actuators import RayServeActuator
 from cluster.capacity.controller import CapacityController
 from cluster.capacity.signals import PrometheusSignals
 from cluster.capacity.simulator import EngineProfile, OwcPolicy, TraceRequest, simulate
-from cluster.routing.hashing import ranking
-from tests.conftest import REPO, metric, wait_for
+from tests.conftest import REPO, homed_session, metric, wait_for
 from tests.integration.conftest import API_KEY
 
 pytestmark = pytest.mark.integration
@@ -122,8 +121,7 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
             # load stops: what is left (2 in flight) fits one replica, so the controller scales
             # down while they run, whichever replica Serve stops.
             ids = [e.replica_id for e in _registry_endpoints()]
-            sessions = [next(f"s{k}" for k in range(1000) if ranking(f"s{k}".encode(), ids)[0] == i)
-                        for i in range(len(ids))]
+            sessions = [homed_session(i, ids) for i in range(len(ids))]
             # Long enough to be running when the scale-down begins, which is only once the
             # load's last LOAD_TOKENS-token requests are done (they run alongside the streams'
             # first LOAD_TOKENS tokens) and the controller has seen 3 s of low load: LOAD_TOKENS

@@ -25,7 +25,7 @@ from cluster.gateway.edge.connections import CLOSED_KEY
 from cluster.gateway.responses.conversations import Conversations
 from cluster.gateway.responses.ids import ResponseIds
 from cluster.gateway.stream.resume import not_resumable
-from cluster.gateway.context import CLIENT_CLOSED, Delivery, Job, Receive, Send
+from cluster.gateway.context import CLIENT_CLOSED, COUNT_TOKENS, MESSAGES, Delivery, Job, Receive, Send
 from cluster.gateway.errors import OpenAIError, model_not_found
 from cluster.gateway.context import ClientGone
 from cluster.gateway.forwarder import Forwarder
@@ -49,7 +49,6 @@ ROUTES: dict[str, type] = {
     "/v1/messages": MessagesRequest,
     "/v1/messages/count_tokens": CountTokensRequest,
 }
-ANTHROPIC = ("/v1/messages", "/v1/messages/count_tokens")
 
 
 # A client's X-Request-Id reaches the engine, the response and the access log: bounded and
@@ -227,7 +226,7 @@ class Admission:
             strip_usage = rewrite = True
         cfg = self._config.models[served]
         harmony = cfg.harmony(served)
-        if harmony and route in ANTHROPIC and "reasoning_config" not in cfg.engine_kwargs:
+        if harmony and route in (MESSAGES, COUNT_TOKENS) and "reasoning_config" not in cfg.engine_kwargs:
             rewrite = adaptive_thinking(data, route) or rewrite  # a budget gpt-oss's engine cannot enforce
         resume = bool(req.stream) and cfg.resume_streams and \
             not_resumable(route, data, parsed_chat=cfg.parses_chat_output, harmony=harmony) is None

@@ -31,8 +31,7 @@ import pytest
 import yaml
 
 from loadtests.fault_load import Load, Outcome, write
-from cluster.routing.hashing import ranking
-from tests.conftest import gateway_argv, metric, server
+from tests.conftest import gateway_argv, homed_session, metric, server
 from tests.integration.gpt_oss.conftest import MODEL
 
 pytestmark = pytest.mark.integration
@@ -120,14 +119,8 @@ def _read(kind: str, raw: str) -> dict:
     return {"items": items, "response": data[-1]["response"], "end": data[-1]["type"]}
 
 
-def _homed(replica_id: str) -> str:
-    """A session id whose home, by the gateway's session affinity, is ``replica_id``."""
-    ids = [f"{MODEL}-0", f"{MODEL}-1"]  # the gateway's names for its two --upstream engines, in order
-    return next(sid for sid in (f"session-{n}" for n in range(100))
-                if ids[ranking(sid.encode(), ids)[0]] == replica_id)
-
-
-SURVIVOR, VICTIM = _homed(f"{MODEL}-0"), _homed(f"{MODEL}-1")
+# The gateway's names for its two --upstream engines, in order: the shared one survives.
+SURVIVOR, VICTIM = (homed_session(i, [f"{MODEL}-0", f"{MODEL}-1"]) for i in (0, 1))
 
 
 async def _stream(client: httpx.AsyncClient, url: str, kind: str, session: str,

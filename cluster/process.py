@@ -78,11 +78,11 @@ class ServerProcess:
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if not self.alive():
-                    raise ServerStartError(f"process exited with code {self.returncode} during start-up{self._log_hint()}")
+                    raise ServerStartError(f"process exited with code {self.returncode} during start-up{self.log_hint()}")
                 if await self.probe(session, timeout_s=2.0):
                     return
                 await asyncio.sleep(0.25)
-        raise ServerStartError(f"process not healthy after {timeout_s:.0f}s{self._log_hint()}")
+        raise ServerStartError(f"process not healthy after {timeout_s:.0f}s{self.log_hint()}")
 
     async def probe(self, session: aiohttp.ClientSession, timeout_s: float) -> bool:
         try:
@@ -95,7 +95,8 @@ class ServerProcess:
     def returncode(self) -> int | None:
         return self._proc.poll() if self._proc else None
 
-    def _log_hint(self) -> str:
+    def log_hint(self) -> str:
+        """The log's path and its end, to append to an error that says why the process stopped."""
         if not self._log_path or not self._log_path.exists():
             return ""
         tail = self._log_path.read_bytes()[-2000:].decode(errors="replace")

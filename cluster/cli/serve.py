@@ -20,7 +20,7 @@ def serve(
     config: Annotated[Optional[Path], typer.Argument(help="owc config YAML; the embedded CPU demo when omitted")] = None,
 ) -> None:
     """Run the cluster on a local Ray: engines, gateway, the OpenAI API."""
-    from cluster.gateway.edge.server import UnsafeBindError, auth_for_bind, check_port_free
+    from cluster.gateway.edge.server import UnsafeBindError, auth_for_bind, check_local_ports
     from cluster.engine.failures import DeployError
     from cluster.runner import LocalCluster
     from cluster.signals import install_signal_handlers
@@ -28,8 +28,8 @@ def serve(
     cfg = _load(config)
     try:
         keyed = auth_for_bind(cfg.gateway).api_keys  # before minutes of start-up; the gateway process checks it again as it binds
-        if not cfg.ray.address:  # its gateway processes bind this host's port (on a Ray of your own: anywhere)
-            check_port_free(cfg.gateway.host, cfg.gateway.port)
+        if not cfg.ray.address:  # its gateway processes bind this host's ports (on a Ray of your own: anywhere)
+            check_local_ports(cfg.gateway)
     except (UnsafeBindError, OSError, ValueError) as e:
         console.print(f"[red]refusing to start:[/red] {e}")
         raise typer.Exit(2) from None

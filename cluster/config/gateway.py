@@ -256,7 +256,7 @@ class GatewayConfig(StrictModel):
     metrics_port: int | None = Field(
         None, ge=1, le=65535,
         description="Port of each gateway process's metrics-only server (/metrics); a free port per process when "
-        "unset (local mode; leave it unset with several gateway replicas on one host: the port is not shared). "
+        "unset (local mode; `owc serve` refuses a fixed one with gateway.replicas above 1: the port is not shared). "
         "Not the API port: the API port serves no metrics.",
     )
     cpus: float = Field(0.5, gt=0, description="Logical Ray CPUs per gateway replica.")

@@ -6,6 +6,7 @@ it binds (before: an OSError traceback, or the same silent sharing)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -46,6 +47,39 @@ def test_owc_serve_refuses_a_taken_port_before_starting_anything(tmp_path, monke
     assert r.exit_code == 2, (r.output, r.exception)
     assert f"port {port} on 127.0.0.1 is already in use" in r.output and "gateway.port" in r.output, r.output
     assert f"owc status --url http://127.0.0.1:{port}" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("gateway, refused", [
+    ({}, "gateway.metrics_port is fixed ({mp}), but gateway.replicas allows 2 gateway processes"),  # the default 2
+    ({"replicas": {"min": 1, "max": 3}}, "allows 3 gateway processes"),  # autoscaled up to 3
+    ({"replicas": 1, "taken": True}, "port {mp} on 127.0.0.1 is already in use"),
+    ({"replicas": 1}, None),  # one process: its port of its own
+], ids=["two-processes", "autoscaled", "one-process-port-taken", "one-process"])
+def test_owc_serve_refuses_a_fixed_metrics_port_that_cannot_bind(tmp_path, monkeypatch, gateway, refused):
+    """A fixed metrics port is one process's: before, with owc serve's default two gateway
+    processes, the second failed to bind it and Serve retried it for as long as the cluster ran
+    ("gateway process exited with code 2")."""
+    import cluster.runner
+
+    class Started(Exception):
+        pass
+
+    def started(*a, **k):
+        raise Started
+
+    monkeypatch.setattr(cluster.runner, "LocalCluster", started)
+    mp, gw = free_port(), dict(gateway)
+    taken = gw.pop("taken", False)
+    cfg = tmp_path / "owc.yaml"
+    cfg.write_text(yaml.safe_dump({"models": {"m": {"source": "demo:tiny-llama"}},
+                                   "gateway": {"port": free_port(), "metrics_port": mp, **gw}}))
+    with listener(mp, reuseport=False) if taken else contextlib.nullcontext():
+        r = CliRunner().invoke(app, ["serve", str(cfg)])
+    if refused is None:
+        assert isinstance(r.exception, Started), r.output
+        return
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert "refusing to start" in r.output and refused.format(mp=mp) in r.output and "Traceback" not in r.output
 
 
 def test_owc_serve_on_a_ray_of_your_own_does_not_check_this_host(tmp_path, monkeypatch):

@@ -62,3 +62,26 @@ def test_the_engine_replicas_health_check_reaps_a_dead_engines_group(tmp_path):
         wait_for(lambda: not _running(child), 5, "the orphaned child killed")
     finally:
         proc.stop(grace_s=1)
+
+
+def test_a_gateway_process_that_exits_says_why_in_its_health_check(tmp_path):
+    """Its start is judged on the shared API port, where another gateway process may answer
+    for it: its exit then reaches Serve through the health check, which now carries the end of
+    its log (before: "gateway process exited with code 2" and nothing else)."""
+    import asyncio
+
+    from cluster.gateway.edge.deployment import GatewayReplica
+
+    proc = ServerProcess(Command([sys.executable, "-c", "import sys; sys.exit('gateway: [Errno 98] Address already in use')"]),
+                         log_path=tmp_path / "gateway.log")
+    proc.start()
+    wait_for(lambda: not proc.alive(), 10, "the process gone")
+    class Replica(GatewayReplica):
+        def __del__(self) -> None:  # Serve's stop: nothing was started here
+            pass
+
+    replica = object.__new__(Replica)  # its Serve constructor starts a whole gateway
+    replica._proc = proc
+    with pytest.raises(RuntimeError) as e:
+        asyncio.run(replica.check_health())
+    assert "exited with code 1" in str(e.value) and "Address already in use" in str(e.value), e.value

@@ -67,7 +67,9 @@ class GatewayReplica:
 
     async def check_health(self) -> None:
         if not self._proc.alive():
-            raise RuntimeError(f"gateway process exited with code {self._proc.returncode}")
+            # Its own words (e.g. a port it could not bind): its start was judged on the shared API
+            # port, where another process may have answered for it.
+            raise RuntimeError(f"gateway process exited with code {self._proc.returncode}{self._proc.log_hint()}")
         if not self._sync.running:
             raise RuntimeError("endpoint sync stopped")
 

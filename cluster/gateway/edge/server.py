@@ -45,6 +45,24 @@ def check_port_free(host: str, port: int, *, fix: str = "set gateway.port in the
             ) from None
 
 
+def check_local_ports(gateway: GatewayConfig) -> None:
+    """What `owc serve`'s gateway processes bind on this host, checked before minutes of
+    start-up: the API port (check_port_free) and a fixed metrics port. That one is not shared
+    (each process serves its own metrics), so it allows one process only: with two, the second
+    could never bind it and Serve retried it for as long as the cluster ran."""
+    check_port_free(gateway.host, gateway.port)
+    if gateway.metrics_port is None:
+        return
+    if gateway.replicas.max > 1:
+        raise UnsafeBindError(
+            f"gateway.metrics_port is fixed ({gateway.metrics_port}), but gateway.replicas allows "
+            f"{gateway.replicas.max} gateway processes on this host and each needs a metrics port of its own: "
+            "leave metrics_port unset (each process then takes a free one, listed for Prometheus in "
+            "monitoring.file_sd_dir), or set gateway.replicas: 1"
+        )
+    check_port_free(gateway.host, gateway.metrics_port, fix="set gateway.metrics_port in the config, or leave it unset")
+
+
 def check_bind_policy(gateway: GatewayConfig, keys: Any) -> None:
     """Binding beyond loopback without a tenant credential (``keys.enabled``: API keys, a
     JWT issuer or a trusted proxy header) is refused."""

@@ -11,11 +11,11 @@ import sys
 import time
 from types import SimpleNamespace
 
-import psutil
 import pytest
 
 from cluster.engine.replica import EngineReplica, EngineUnhealthy
 from cluster.process import Command, ServerProcess
+from loadtests.engine_faults import still_running
 from tests.conftest import wait_for
 
 # A server that starts a child in its own process group, as vLLM's API server starts its engine core.
@@ -23,10 +23,7 @@ PARENT = "import subprocess, sys, time; c = subprocess.Popen(['sleep', '300']); 
 
 
 def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    return bool(still_running([pid]))
 
 
 def _killed_server(tmp_path) -> tuple[ServerProcess, int]:

@@ -151,7 +151,7 @@ async def _stream(client: httpx.AsyncClient, url: str, kind: str, session: str,
                   mid: tuple[MidWay, int] | None = None) -> Outcome:
     """One stream on ``session``'s engine, classified; ``mid``: where to say when it is mid-way."""
     route, body = KINDS[kind]
-    started, ttft, raw, rid = time.monotonic(), None, "", None
+    started, ttft, raw, rid, end = time.monotonic(), None, "", None, False
     try:
         async with client.stream("POST", url + route, headers={"X-Session-Id": session},
                                  json={"model": MODEL, "temperature": 0, "stream": True, **body}) as r:
@@ -164,7 +164,8 @@ async def _stream(client: httpx.AsyncClient, url: str, kind: str, session: str,
                 if ttft is None and '"delta"' in chunk:
                     ttft = time.monotonic() - started
                 if mid is not None:
-                    mid[0].mark(mid[1], ttft is not None and not any(e in chunk for e in END))
+                    end = end or any(e in raw[-len(chunk) - 32:] for e in END)  # what follows it is no token
+                    mid[0].mark(mid[1], ttft is not None and not end)
     except httpx.HTTPError as e:
         return Outcome(started, "lost", ttft, raw, detail=f"{kind} cut: {e!r}", ended=time.monotonic(), stream=True)
     finally:

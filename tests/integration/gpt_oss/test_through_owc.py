@@ -205,3 +205,42 @@ def test_metrics_and_access_log_carry_the_new_route(sdk, gateway):
         time.sleep(0.05)
     assert row["route"] == "/v1/responses" and row["completion_tokens"] == r.usage.output_tokens
     assert row["reasoning_tokens"] == r.usage.output_tokens_details.reasoning_tokens
+
+
+PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+WITH_IMAGE = {  # route: (the body with an image part, the same body with its text only)
+    "/v1/chat/completions": [{"messages": [{"role": "user", "content": [{"type": "text", "text": ASK}, *image]}],
+                              "max_tokens": 24, "temperature": 0}
+                             for image in ([{"type": "image_url", "image_url": {"url": PNG}}], [])],
+    "/v1/responses": [{"input": [{"role": "user", "content": [{"type": "input_text", "text": ASK}, *image]}],
+                       "max_output_tokens": 24, "temperature": 0}
+                      for image in ([{"type": "input_image", "image_url": PNG}], [])],
+    "/v1/messages": [{"messages": [{"role": "user", "content": [{"type": "text", "text": ASK}, *image]}],
+                      "max_tokens": 24, "temperature": 0}
+                     for image in ([{"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                  "data": PNG.split(",", 1)[1]}}], [])],
+}
+
+
+def _answer(route: str, body: dict) -> str:
+    if route == "/v1/chat/completions":
+        return body["choices"][0]["message"]["content"] or body["choices"][0]["message"].get("reasoning") or ""
+    if route == "/v1/responses":
+        return json.dumps([o.get("content") for o in body["output"]])
+    return json.dumps([(b["type"], b.get("text") or b.get("thinking")) for b in body["content"]])  # no signatures
+
+
+@pytest.mark.parametrize("route", list(WITH_IMAGE))
+def test_an_image_to_gpt_oss_is_refused_not_dropped(engine, gateway, route):
+    """vLLM's harmony path keeps only the text: bare vLLM answers the request with an image
+    exactly as the one without it (greedy). owc refuses it (cluster.gateway.admission.text_only)."""
+    import httpx
+
+    with_image, text_only = WITH_IMAGE[route]
+    bare = [httpx.post(engine.url + route, json={"model": MODEL, **b}, timeout=120) for b in (with_image, text_only)]
+    assert [r.status_code for r in bare] == [200, 200], [r.text for r in bare]
+    assert _answer(route, bare[0].json()) == _answer(route, bare[1].json())  # the image changed nothing: dropped
+    r = httpx.post(gateway.url + route, json={"model": MODEL, **with_image}, timeout=120,
+                   headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 400, r.text
+    assert "text-only" in r.text and "image" in r.text

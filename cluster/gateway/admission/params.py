@@ -9,6 +9,7 @@ equal). A dotted name is a field inside an object parameter (`stream_options.inc
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,18 +68,28 @@ def accepted_on(route: str) -> dict[str, Accepted]:
     return {name: a for name, a in ACCEPTED.items() if route in a.routes}
 
 
+@functools.cache
+def _names(route: str, *, for_engine: bool) -> tuple[tuple[str, str], ...]:
+    """The accepted parameters of ``route`` as (parent, child) pairs (child "" for a top-level
+    one), split once: read on every request. ``for_engine``: only those vLLM does not take there."""
+    return tuple((parent, child) for name, a in ACCEPTED.items()
+                 if route in a.routes and not (for_engine and route in a.engine)
+                 for parent, _, child in [name.partition(".")])
+
+
 def without_accepted(data: dict[str, Any], route: str) -> dict[str, Any]:
     """``data`` less every accepted parameter of ``route`` (a copy; nested ones too): what
     the schema checks."""
     out = dict(data)
-    for name in accepted_on(route):
-        parent, _, child = name.partition(".")
+    for parent, child in _names(route, for_engine=False):
+        if parent not in out:
+            continue
         if not child:
-            out.pop(parent, None)
-        elif isinstance(out.get(parent), dict) and child in out[parent]:
+            del out[parent]
+        elif isinstance(out[parent], dict) and child in out[parent]:
             out[parent] = {k: v for k, v in out[parent].items() if k != child}
             if not out[parent]:
-                out.pop(parent)
+                del out[parent]
     return out
 
 
@@ -87,15 +98,13 @@ def drop_for_engine(data: dict[str, Any], route: str) -> bool:
     something was removed (the engine's body must be re-serialised). An object parameter
     left empty goes too, unless vLLM takes it on this route (``engine_fields``)."""
     dropped = False
-    for name, a in accepted_on(route).items():
-        if route in a.engine:
+    for parent, child in _names(route, for_engine=True):
+        if parent not in data:
             continue
-        parent, _, child = name.partition(".")
         if not child:
-            if parent in data:
-                del data[parent]
-                dropped = True
-        elif isinstance(data.get(parent), dict) and child in data[parent]:
+            del data[parent]
+            dropped = True
+        elif isinstance(data[parent], dict) and child in data[parent]:
             rest = {k: v for k, v in data[parent].items() if k != child}
             if rest or parent in ENGINE_OBJECTS.get(route, ()):
                 data[parent] = rest

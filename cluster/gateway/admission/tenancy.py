@@ -12,6 +12,7 @@ import os
 from cluster.config.schema import OwcConfig
 from cluster.gateway.context import Delivery, Job, Send
 from cluster.gateway.errors import OpenAIError
+from cluster.gateway.observability.children import Children
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.tenancy.charging import Outcome, plain_number, prompt_estimate, ratelimit_header_pairs, reservation, retry_after
 from cluster.tenancy.model import CONCURRENCY, DAILY, MONTHLY, TOO_LARGE, UNAVAILABLE, month_of
@@ -39,9 +40,10 @@ class RequestTicket:
 
 def build_tenancy(config: OwcConfig, metrics: GatewayMetrics) -> Tenancy:
     gw = config.gateway
+    child = Children()  # the quota gauge is set on every request
     hooks = Hooks(store_error=metrics.tenancy_store_errors.inc,
                   store_up=lambda up: metrics.tenancy_store_up.set(1 if up else 0),
-                  quota=lambda t, period, ratio: metrics.tenant_quota_used.labels(t, period).set(ratio))
+                  quota=lambda t, period, ratio: child(metrics.tenant_quota_used, t, period).set(ratio))
     store = None
     if gw.store is not None:
         from cluster.tenancy.redis_store import RedisStore

@@ -43,6 +43,7 @@ from cluster.gateway.flowcontrol.capacity import Capacity, learn_capacity, other
 from cluster.gateway.flowcontrol.preemption import TakeBack
 from cluster.gateway.flowcontrol.shared import Counts, SharedSlots
 from cluster.gateway.flowcontrol.shared_dispatch import ModelState, SharedDispatch
+from cluster.gateway.observability.children import Children
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.routing.router import Routing
 
@@ -75,6 +76,7 @@ class FairQueue(SharedDispatch, BatchSlots, TakeBack):
         self._routing = routing
         self._endpoints = endpoints
         self._metrics = metrics
+        self._child = Children()  # label sets looked up once (the request path)
         self._clock = clock
         self._shared = shared
         self.batch_unknown_limit = batch_unknown_limit  # batch lines per process on a replica of unknown capacity
@@ -215,7 +217,7 @@ class FairQueue(SharedDispatch, BatchSlots, TakeBack):
                 cap = self.capacity(model, endpoints, view)
                 exclude = None if st.order else self._admits(st, cap, tenant, revocable)
             if exclude is not None:
-                self._metrics.fair_wait.labels(model, tenant).observe(0.0)
+                self._child(self._metrics.fair_wait, model, tenant).observe(0.0)
                 ep = self._granted(st, tenant, pick(endpoints, exclude))
                 self._take_back(model, st, tenant, ep.replica_id, cap)
                 return ep

@@ -71,10 +71,8 @@ class Accounting:
             child(m.duration, model, req.route).observe(latency)
         if delivery.decisions:
             policy = self._routing.policy(model)
-            m.decisions.labels(model, policy).inc(len(delivery.decisions))
-            hist = m.decision_seconds.labels(policy)
-            for d in delivery.decisions:
-                hist.observe(d)
+            child(m.decisions, model, policy).inc(len(delivery.decisions))
+            observe_all(child(m.decision_seconds, policy), delivery.decisions)
             for plugin, seconds in delivery.plugin_timings:
                 m.observe_plugin(plugin, seconds)
         for reason in delivery.retry_reasons:

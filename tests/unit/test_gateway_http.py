@@ -96,6 +96,7 @@ def test_request_id_generated_and_propagated(gateway):
     assert r.json()["id"] == "cmpl-req-42"  # the engine saw it
     r = httpx.post(gateway.url + "/v1/completions", json=body)
     assert len(r.headers["x-request-id"]) == 32 and r.json()["id"] == "cmpl-" + r.headers["x-request-id"]
+    assert "server" not in r.headers  # what the gateway runs on is not advertised (uvicorn's default is)
 
 
 def test_unknown_model_is_404_model_not_found(client):

@@ -168,6 +168,7 @@ def make_server(app, *, log_level: str = "warning", side: bool = False,
         lifespan="off" if side else "on",
         access_log=False,
         proxy_headers=False,
+        server_header=False,  # no `server: uvicorn`: what the gateway runs on is nobody's business
         log_level=log_level,
         timeout_keep_alive=connections.bounds.keepalive_timeout_s if connections is not None else 30,
         timeout_graceful_shutdown=drain_timeout_s,

@@ -99,7 +99,9 @@ class ServerProcess:
         """The log's path and its end, to append to an error that says why the process stopped."""
         if not self._log_path or not self._log_path.exists():
             return ""
-        tail = self._log_path.read_bytes()[-2000:].decode(errors="replace")
+        with open(self._log_path, "rb") as f:  # its end only: a long-lived process's log can be large
+            f.seek(max(0, f.seek(0, 2) - 2000))
+            tail = f.read().decode(errors="replace")
         return f"; log {self._log_path}:\n{tail}"
 
     def reap(self) -> None:

@@ -118,7 +118,10 @@ class LocalCluster:
         from ray import serve
 
         from cluster.app import APP_NAME, build_application
+        from cluster.gateway.edge.server import check_one_metrics_port
 
+        if not self.cfg.ray.address:  # its gateway processes share this host
+            check_one_metrics_port(self.cfg.gateway)
         prebuild_demo_models(self.cfg, report)
         store = self.cfg.gateway.store
         if store is not None and not self.cfg.ray.address:  # one machine: its tenancy store too

@@ -49,7 +49,9 @@ def config(slow: bool, step_s: float, cache: str, conformance: bool = False, mir
             "rollout": {"steps": [50] if mirror else [20, 50], "step_s": step_s, "conformance": conformance,
                         "mirror": mirror},
         }},
-        "gateway": {"port": free_port(), "metrics_port": free_port(), "replicas": gateways},
+        # a fixed metrics port is one process's (cluster.gateway.edge.server.check_local_ports): with
+        # more, each takes a free one and announces it (files.gateways())
+        "gateway": {"port": free_port(), "metrics_port": free_port() if gateways == 1 else None, "replicas": gateways},
         "monitoring": {"file_sd_dir": None}, "model_cache_dir": cache,
     })
 

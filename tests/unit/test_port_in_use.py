@@ -117,3 +117,18 @@ def test_owc_gateway_refuses_a_taken_port(reuseport):
     assert r.returncode == 2, output
     assert f"port {port} on 127.0.0.1 is already in use" in output and "--port" in output, output
     assert "Traceback" not in output
+
+
+def test_every_local_cluster_refuses_a_shared_fixed_metrics_port(tmp_path):
+    """Not only `owc serve`: a LocalCluster started by other code (the load tests) refuses it
+    too, before Ray or anything else starts (loadtests.rollout_real --gateways 2 ran one)."""
+    from cluster.config.loader import parse_config
+    from cluster.gateway.edge.server import UnsafeBindError
+    from cluster.runner import LocalCluster
+
+    cfg = parse_config({"models": {"m": {"source": "demo:tiny-llama"}},
+                        "gateway": {"port": free_port(), "metrics_port": free_port(), "replicas": 2},
+                        "model_cache_dir": str(tmp_path)})
+    with pytest.raises(UnsafeBindError, match="metrics_port is fixed"):
+        LocalCluster(cfg, temp_dir=str(tmp_path)).start()
+    assert not list(tmp_path.iterdir())  # nothing built or started

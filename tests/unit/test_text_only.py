@@ -11,7 +11,7 @@ import openai
 import pytest
 import yaml
 
-from cluster.gateway.admission.text_only import non_text_content
+from cluster.gateway.admission.text_only import non_text_content, note_tool_media
 from cluster.gateway.context import CHAT, COMPLETIONS, COUNT_TOKENS, MESSAGES, RESPONSES
 from tests.conftest import fake_engine_argv, gateway_argv, server
 
@@ -36,9 +36,6 @@ def _user(*parts):
      "input[0].content[0].type"),
     (MESSAGES, {"messages": [_user(TEXT, IMAGE_BLOCK)]}, "messages[0].content[1].type"),
     (MESSAGES, {"messages": [_user({"type": "document", "source": {}})]}, "messages[0].content[0].type"),
-    (MESSAGES, {"messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]},
-                             _user({"type": "tool_result", "tool_use_id": "t", "content": [TEXT, IMAGE_BLOCK]})]},
-     "messages[1].content[0].type"),
     (COUNT_TOKENS, {"messages": [_user(IMAGE_BLOCK)]}, "messages[0].content[0].type"),
 ])
 def test_a_part_that_is_not_text_is_a_400_naming_it(route, data, param):
@@ -58,9 +55,35 @@ def test_a_part_that_is_not_text_is_a_400_naming_it(route, data, param):
     (MESSAGES, {"messages": [_user(TEXT), {"role": "assistant", "content": [{"type": "thinking", "thinking": "t"}]}]}),
     (MESSAGES, {"messages": [_user({"type": "tool_result", "tool_use_id": "t", "content": "4"})]}),
     (COMPLETIONS, {"prompt": [IMAGE_URL]}),  # no content parts on this route
+    # parts vLLM 0.32's chat reads as text (its TEXT_PART_TYPES)
+    (CHAT, {"messages": [_user({"type": "input_text", "text": "x"}),
+                         {"role": "assistant", "content": [{"type": "thinking", "thinking": "t"},
+                                                           {"type": "output_text", "text": "y"}]}]}),
+    # Anthropic's tool search: a tool_result naming a deferred tool
+    (MESSAGES, {"messages": [_user(TEXT),
+                             {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "search", "input": {}}]},
+                             _user({"type": "tool_result", "tool_use_id": "t",
+                                    "content": [{"type": "tool_reference", "tool_name": "get_weather"}]})]}),
+    # vLLM's tool changes in a system turn
+    (MESSAGES, {"messages": [{"role": "system", "content": [{"type": "tool_addition",
+                                                              "tool": {"type": "tool_reference", "name": "get_weather"}}]},
+                             _user(TEXT)]}),
+    # media inside a tool_result: noted, not refused (note_tool_media)
+    (MESSAGES, {"messages": [_user({"type": "tool_result", "tool_use_id": "t", "content": [TEXT, IMAGE_BLOCK]})]}),
 ])
 def test_text_passes(route, data):
     assert non_text_content(route, data, "gpt-oss-20b") is None
+
+
+def test_media_an_agents_tool_read_is_a_note_the_model_reads():
+    """A tool_result's block goes back with every later turn: a 400 there would end the session."""
+    data = {"messages": [_user(TEXT), _user({"type": "tool_result", "tool_use_id": "t", "content": [TEXT, IMAGE_BLOCK]}),
+                         _user({"type": "tool_result", "tool_use_id": "u", "content": "plain"})]}
+    assert note_tool_media(MESSAGES, data, "gpt-oss-20b") is True
+    assert data["messages"][1]["content"][0]["content"] == [TEXT, {"type": "text", "text": "[image omitted: gpt-oss-20b reads text only]"}]
+    assert data["messages"][2]["content"][0]["content"] == "plain"
+    assert note_tool_media(MESSAGES, data, "gpt-oss-20b") is False  # nothing left to note
+    assert note_tool_media(CHAT, {"messages": [_user(IMAGE_URL)]}, "gpt-oss-20b") is False
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +110,10 @@ def test_gpt_oss_refuses_an_image_on_every_route_and_other_models_pass_it_on(gat
     with pytest.raises(anthropic.BadRequestError) as a:
         ant.messages.create(model="gpt-oss-fake", max_tokens=4, messages=[_user(TEXT, IMAGE_BLOCK)])
     assert a.value.body["error"]["type"] == "invalid_request_error" and "image" in a.value.body["error"]["message"]
+    # an image an agent's tool read is noted for the model, and the session goes on
+    turns = [_user(TEXT), {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "read", "input": {}}]},
+             _user({"type": "tool_result", "tool_use_id": "t", "content": [IMAGE_BLOCK]})]
+    assert ant.messages.create(model="gpt-oss-fake", max_tokens=4, messages=turns).content
     # a model that is not gpt-oss: its engine decides (the fake engine answers)
     r = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
                    json={"model": "vision", "messages": [_user(TEXT, IMAGE_URL)], "max_tokens": 4})

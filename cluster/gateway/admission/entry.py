@@ -30,7 +30,7 @@ from cluster.gateway.errors import OpenAIError, model_not_found
 from cluster.gateway.context import ClientGone
 from cluster.gateway.forwarder import Forwarder
 from cluster.gateway.admission.tenancy import GatewayTenancy
-from cluster.gateway.admission.text_only import non_text_content
+from cluster.gateway.admission.text_only import non_text_content, note_tool_media
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.gateway.observability.tracing import RequestTracer
 from cluster.gateway.admission.params import CHAT, COMPLETIONS, drop_for_engine
@@ -227,8 +227,10 @@ class Admission:
             strip_usage = rewrite = True
         cfg = self._config.models[served]
         harmony = cfg.harmony(served)
-        if harmony and (unreadable := non_text_content(route, data, req.model)) is not None:
-            raise unreadable  # vLLM's harmony path would drop it and answer as if it had not been sent
+        if harmony:  # text only: vLLM's harmony path would drop media and answer as if it had not been sent
+            if (unreadable := non_text_content(route, data, req.model)) is not None:
+                raise unreadable
+            rewrite = note_tool_media(route, data, req.model) or rewrite
         if harmony and route in (MESSAGES, COUNT_TOKENS) and "reasoning_config" not in cfg.engine_kwargs:
             rewrite = adaptive_thinking(data, route) or rewrite  # a budget gpt-oss's engine cannot enforce
         resume = bool(req.stream) and cfg.resume_streams and \

@@ -1,10 +1,17 @@
-"""Content a text-only model cannot read: an image, audio, a file or a document sent to a
-harmony (gpt-oss) model. vLLM's harmony path keeps only the text of each message (chat and
-Messages: the parts' ``text``; Responses: an ``input_image`` becomes empty text), so the
-request would be answered as if the part had not been sent. OpenAI answers a text-only model's
-image with a 400 (``Invalid content type. image_url is only supported by certain models.``);
-so does the gateway, on every route, before the engine. Pure: the request's JSON in, the
-error (or None) out."""
+"""Content a text-only model cannot read: an image, audio, a video, a file or a document sent
+to a harmony (gpt-oss) model. vLLM's harmony path keeps only the text of each message (chat and
+Messages: the parts' ``text``; Responses: an ``input_image`` becomes empty text), so the request
+would be answered as if the part had not been sent. OpenAI answers a text-only model's image
+with a 400 (``Invalid content type. image_url is only supported by certain models.``); so does
+the gateway, on every route, before the engine.
+
+One exception: media inside a Messages ``tool_result`` (an agent's tool read a screenshot or a
+PDF) is replaced by a text note that says so, which the model reads. The block is sent again
+with every later turn of the session, so a 400 there would end the agent's session for good.
+
+The media part types are listed (a blocklist): any other part (text, refusal, thinking, tool
+bookkeeping, a vLLM extension) goes to the engine as before. Pure: the request's JSON in, the
+error (or None) out; ``note_tool_media`` edits the request in place."""
 
 from __future__ import annotations
 
@@ -13,49 +20,53 @@ from typing import Any
 from cluster.gateway.context import CHAT, COUNT_TOKENS, MESSAGES, RESPONSES
 from cluster.gateway.errors import OpenAIError
 
-# The part types each route's text is made of; any other part is content the model cannot read.
-TEXT_PARTS = {
-    CHAT: frozenset({"text", "refusal"}),
-    RESPONSES: frozenset({"input_text", "output_text", "text", "refusal", "summary_text", "reasoning_text"}),
-    # tool_use and thinking blocks are the model's own turns; a tool_result's content is checked inside
-    MESSAGES: frozenset({"text", "tool_use", "tool_result", "thinking", "redacted_thinking"}),
+# The part types of each route that carry media (OpenAI's, vLLM's extensions, Anthropic's).
+MEDIA_PARTS = {
+    CHAT: frozenset({"image_url", "input_audio", "audio_url", "video_url", "file", "image_embeds", "audio_embeds",
+                     "image_pil", "input_image", "input_file"}),
+    RESPONSES: frozenset({"input_image", "input_file", "input_audio"}),
+    MESSAGES: frozenset({"image", "document"}),
 }
-TEXT_PARTS[COUNT_TOKENS] = TEXT_PARTS[MESSAGES]
+MEDIA_PARTS[COUNT_TOKENS] = MEDIA_PARTS[MESSAGES]
 
 
 def non_text_content(route: str, data: dict[str, Any], model: str) -> OpenAIError | None:
-    """The 400 for the first part of ``data`` that is not text, else None (other routes: None)."""
-    allowed = TEXT_PARTS.get(route)
-    if allowed is None:
+    """The 400 for the first media part of ``data``'s turns, else None (other routes: None)."""
+    media = MEDIA_PARTS.get(route)
+    if media is None:
         return None
-    if route == RESPONSES:
-        turns, key = data.get("input"), "input"
-    else:
-        turns, key = data.get("messages"), "messages"
+    key = "input" if route == RESPONSES else "messages"
+    turns = data.get(key)
     if not isinstance(turns, list):
         return None
     for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if not isinstance(content, list):
             continue
-        found = _first_other(turn.get("content"), allowed)
-        if found is not None:
-            j, kind = found
-            return OpenAIError(
-                400, f"Invalid content type. {kind} is not supported by '{model}', a text-only model: "
-                "send text only", param=f"{key}[{i}].content[{j}].type", code="unsupported_content")
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in media:
+                return OpenAIError(
+                    400, f"Invalid content type. {kind} is not supported by '{model}', a text-only model: "
+                    "send text only", param=f"{key}[{i}].content[{j}].type", code="unsupported_content")
     return None
 
 
-def _first_other(content: Any, allowed: frozenset[str]) -> tuple[int, str] | None:
-    """(index, type) of the first part of ``content`` that is not text; a string is text."""
-    if not isinstance(content, list):
-        return None
-    for j, part in enumerate(content):
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
-        if isinstance(kind, str) and kind not in allowed:
-            return j, kind
-        if kind == "tool_result" and (inner := _first_other(part.get("content"), allowed)) is not None:
-            return j, f"{inner[1]} in a tool_result"
-    return None
+def note_tool_media(route: str, data: dict[str, Any], model: str) -> bool:
+    """Replace, in place, each media block inside a Messages ``tool_result`` by a text note the
+    model reads; True when one was (the engine's body must be re-serialised)."""
+    if route not in (MESSAGES, COUNT_TOKENS) or not isinstance(data.get("messages"), list):
+        return False
+    noted = False
+    for turn in data["messages"]:
+        content = turn.get("content") if isinstance(turn, dict) else None
+        for part in content if isinstance(content, list) else ():
+            inner = part.get("content") if isinstance(part, dict) and part.get("type") == "tool_result" else None
+            if not isinstance(inner, list):
+                continue
+            for k, block in enumerate(inner):
+                kind = block.get("type") if isinstance(block, dict) else None
+                if kind in MEDIA_PARTS[MESSAGES]:
+                    inner[k] = {"type": "text", "text": f"[{kind} omitted: {model} reads text only]"}
+                    noted = True
+    return noted

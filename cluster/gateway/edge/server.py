@@ -51,16 +51,21 @@ def check_local_ports(gateway: GatewayConfig) -> None:
     (each process serves its own metrics), so it allows one process only: with two, the second
     could never bind it and Serve retried it for as long as the cluster ran."""
     check_port_free(gateway.host, gateway.port)
-    if gateway.metrics_port is None:
-        return
-    if gateway.replicas.max > 1:
+    check_one_metrics_port(gateway)
+    if gateway.metrics_port is not None:
+        check_port_free(gateway.host, gateway.metrics_port, fix="set gateway.metrics_port in the config, or leave it unset")
+
+
+def check_one_metrics_port(gateway: GatewayConfig) -> None:
+    """UnsafeBindError when a fixed metrics port would be bound by more than one gateway process
+    on this host (every local cluster: `owc serve`, and the runner for its other users)."""
+    if gateway.metrics_port is not None and gateway.replicas.max > 1:
         raise UnsafeBindError(
             f"gateway.metrics_port is fixed ({gateway.metrics_port}), but gateway.replicas allows "
             f"{gateway.replicas.max} gateway processes on this host and each needs a metrics port of its own: "
             "leave metrics_port unset (each process then takes a free one, listed for Prometheus in "
             "monitoring.file_sd_dir), or set gateway.replicas: 1"
         )
-    check_port_free(gateway.host, gateway.metrics_port, fix="set gateway.metrics_port in the config, or leave it unset")
 
 
 def check_bind_policy(gateway: GatewayConfig, keys: Any) -> None:

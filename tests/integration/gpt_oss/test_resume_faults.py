@@ -157,8 +157,8 @@ async def _stream(client: httpx.AsyncClient, url: str, kind: str, session: str,
                                  json={"model": MODEL, "temperature": 0, "stream": True, **body}) as r:
             rid = r.headers.get("x-request-id")
             if r.status_code != 200:
-                return Outcome(started, "failed" if r.status_code >= 500 else "lost",
-                               detail=f"{kind} {r.status_code}", ended=time.monotonic(), stream=True)
+                return Outcome(started, "failed" if r.status_code >= 500 else "lost", text=f"{kind}\n",
+                               detail=f"{kind} {session} HTTP {r.status_code} {rid}", ended=time.monotonic(), stream=True)
             async for chunk in r.aiter_text():
                 raw += chunk
                 if ttft is None and '"delta"' in chunk:
@@ -167,7 +167,7 @@ async def _stream(client: httpx.AsyncClient, url: str, kind: str, session: str,
                     end = end or any(e in raw[-len(chunk) - 32:] for e in END)  # what follows it is no token
                     mid[0].mark(mid[1], ttft is not None and not end)
     except httpx.HTTPError as e:
-        return Outcome(started, "lost", ttft, raw, detail=f"{kind} cut: {e!r}", ended=time.monotonic(), stream=True)
+        return Outcome(started, "lost", ttft, f"{kind}\n{raw}", detail=f"{kind} {session} cut: {e!r}", ended=time.monotonic(), stream=True)
     finally:
         if mid is not None:
             mid[0].mark(mid[1], False)
@@ -199,7 +199,11 @@ async def _scenario(gateway, victim) -> dict:
             await asyncio.sleep(0.005)  # all 4 running on each engine
         try:
             try:
-                await asyncio.wait_for(mid.all_of(list(range(1, len(WAVE), 2))), 120)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs all_of in a task of its
+                # own and hands its result back loop turns later, when a stream's end may have been
+                # read; here nothing runs between all_of's check and the kill
+                async with asyncio.timeout(120):
+                    await mid.all_of(list(range(1, len(WAVE), 2)))
             except TimeoutError:
                 raise AssertionError(f"the victim's workers never had a stream mid-way at once: {mid.now}, "
                                      f"outcomes {[o.detail for load in loads.values() for o in load.outcomes]}")
@@ -254,9 +258,8 @@ def test_engine_sigkilled_under_gpt_oss_streams_loses_nothing_and_resumes_them(g
         assert rec["detail"]["text_mismatches"] == [], rec
         # each kind cut mid-way (each of the victim's workers had one stream so at the kill) and resumed
         assert all(n >= 1 for n in rec["detail"]["resumed_by_kind"].values()), (rec["detail"], on_victim)
-    # and none resumed that was not open at the kill
-    assert sum(r["resumed"] for r in records.values()) <= \
-        sum(r["detail"]["streams_in_flight_at_kill"] for r in records.values()), records
+    # and none other: one stream of each of the victim's workers, none of the survivor's
+    assert sum(r["resumed"] for r in records.values()) == len(WAVE) // 2, (records, on_victim)
     assert metric(gateway.metrics_url, "owc_stream_resumes_total", model=MODEL, result="failed") == 0
     assert sum(r["resumed"] for r in records.values()) == \
         metric(gateway.metrics_url, "owc_stream_resumes_total", model=MODEL, result="resumed")

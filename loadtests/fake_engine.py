@@ -38,8 +38,9 @@ class FakeEngine:
     def __init__(self, *, model: str, ttft_s: float, itl_s: float, max_num_seqs: int, default_max_tokens: int = 16,
                  adapters: tuple[str, ...] = (), die_after_tokens: int = 0, die_in_usage: bool = False,
                  error_after_tokens: int = 0, auto_tool_choice: bool = True,
-                 lora_ttft_s: dict[str, float] | None = None):
+                 lora_ttft_s: dict[str, float] | None = None, done_linger_s: float = 0.0):
         self.model = model
+        self.done_linger_s = done_linger_s  # a pause between a stream's [DONE] and its end (a busy engine's)
         self.lora_ttft_s = dict(lora_ttft_s or {})  # extra TTFT of a request naming this LoRA (a slow retrained adapter)
         # False: as vLLM started without --enable-auto-tool-choice (tool_choice "auto" is a 400)
         self.auto_tool_choice = auto_tool_choice
@@ -255,6 +256,8 @@ class FakeEngine:
                 os._exit(1)
             await resp.write(event)
         await resp.write(b"data: [DONE]\n\n")
+        if self.done_linger_s:
+            await asyncio.sleep(self.done_linger_s)
         await resp.write_eof()
         return resp
 
@@ -386,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="after streaming this many tokens in all, end each stream with vLLM's engine-dead error event")
     p.add_argument("--die-in-usage", action="store_true",
                    help="exit abruptly half-way through writing a stream's usage event")
+    p.add_argument("--done-linger-ms", type=float, default=0.0,
+                   help="pause between a stream's [DONE] and the end of its response")
     p.add_argument("--no-auto-tool-choice", action="store_true",
                    help='as vLLM without --enable-auto-tool-choice: tool_choice "auto" with tools is a 400')
     a = p.parse_args(argv)
@@ -395,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
         engine = FakeEngine(model=a.model, ttft_s=a.ttft_ms / 1000, itl_s=a.itl_ms / 1000, max_num_seqs=a.max_num_seqs,
                             adapters=tuple(a.lora), die_after_tokens=a.die_after_tokens,
                             die_in_usage=a.die_in_usage, error_after_tokens=a.error_after_tokens,
-                            auto_tool_choice=not a.no_auto_tool_choice,
+                            auto_tool_choice=not a.no_auto_tool_choice, done_linger_s=a.done_linger_ms / 1000,
                             lora_ttft_s={n: float(ms) / 1000 for n, _, ms in (x.rpartition("=") for x in a.lora_ttft_ms)})
         # vLLM aborts a request whose client went away; aiohttp does so only when asked.
         runner = web.AppRunner(engine.app(), access_log=None, handle_signals=True, handler_cancellation=True)

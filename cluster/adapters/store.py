@@ -65,7 +65,7 @@ class AdapterStore:
     def __init__(self, config: OwcConfig, path: Path):
         self._config = config
         self.path = path
-        self._mtime: float | None = None
+        self._mtime: int | None = -1  # the file's, when last read (None: there was none); -1: never read
         self._runtime: dict[str, set[str]] = {}  # model -> names this store put in its map
         self.refresh()
 
@@ -81,8 +81,8 @@ class AdapterStore:
             mtime = self.path.stat().st_mtime_ns
         except FileNotFoundError:
             mtime = None
-        if mtime == self._mtime and mtime is not None:
-            return False
+        if mtime == self._mtime and (mtime is not None or not self._runtime):
+            return False  # unchanged (no file, and nothing from one to take out: nothing to read)
         self._mtime = mtime
         self._apply(read_entries(self.path))
         return True

@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     from vllm.logger import configure_logging_from_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+    from cluster.engine.lora_cpu import patch_cpu_lora
+
+    patch_cpu_lora()  # a base-model token batched with LoRA ones gets no adapter (vLLM-CPU; lora_cpu.py)
     cli_env_setup()
     parser = make_arg_parser(FlexibleArgumentParser(prog="owc-engine"))
     args = server_namespace(parser, argv[split + 1:], json.loads(ns.kwargs))
@@ -77,6 +80,11 @@ def vllm_command(*, cli_args: list[str], kwargs_json: str, env: dict[str, str]) 
     ]
     return Command(argv=argv, env=env)
 
+
+if __name__ == "__mp_main__":  # vLLM's engine core, spawned from this module: its LoRA ops corrected too
+    from cluster.engine.lora_cpu import patch_cpu_lora
+
+    patch_cpu_lora()
 
 if __name__ == "__main__":
     main()

@@ -216,3 +216,24 @@ def test_a_starting_replica_loads_the_recorded_adapters(setup):
             {"models": {"m1": {"r1": {"source": "/adapters/r1"}, "bad": {"source": "/fail/x"}}, "m2": {"r2": {"source": "/y"}}}}))
         problems = asyncio.run(load_recorded(e.url, "m1", str(setup / "rec"), ENGINE_KEY))
         assert engine_adapters(e.url) == {"r1"} and len(problems) == 1 and problems[0].startswith("bad: 400")
+
+
+def test_adding_a_served_name_from_another_source_is_refused(stack, setup):
+    # Review 10: the engines answered "already loaded" and kept the first weights, while the
+    # store and `owc adapter list` took the new source (a replica started later would load it).
+    gw, engines = stack
+    h = {"Authorization": ADMIN}
+
+    def add(source: str) -> httpx.Response:
+        return httpx.post(gw.url + ADMIN_ROUTES, json={"name": "ver", "source": source}, headers=h, timeout=30)
+
+    assert add("/adapters/ver-1").status_code == 200
+    assert add("/adapters/ver-1").status_code == 200  # the same source again: nothing changes
+    r = add("/adapters/ver-2")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "adapter_exists", r.text
+    assert json.loads((setup / "owc-adapters.json").read_text())["models"]["m1"]["ver"]["source"] == "/adapters/ver-1"
+    listed = httpx.get(gw.url + ADMIN_ROUTES, headers=h).json()["adapters"]
+    assert next(a for a in listed if a["name"] == "ver")["source"] == "/adapters/ver-1"
+    assert httpx.delete(gw.url + ADMIN_ROUTES + "/ver", headers=h, timeout=30).status_code == 200
+    assert add("/adapters/ver-2").status_code == 200  # removed first: the new version is served
+    assert httpx.delete(gw.url + ADMIN_ROUTES + "/ver", headers=h, timeout=30).status_code == 200

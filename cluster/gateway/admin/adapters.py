@@ -69,6 +69,13 @@ def add_adapter_routes(table: RouteTable, *, config: OwcConfig, loader: AdapterL
         if owner is not None and not (owner == model and name in loader.store.runtime(model)):
             raise OpenAIError(409, f"the name '{name}' is already served (model or adapter of '{owner}')",
                               param="name", code="name_taken")
+        current = config.models[model].adapters.get(name)
+        if current is not None and current.source != source:
+            # The engines keep the weights loaded under a name (vLLM answers "already loaded"), so a new
+            # source under the same name would be recorded and listed without being served.
+            raise OpenAIError(409, f"adapter '{name}' is already served from {current.source}: remove it first, "
+                              "add the new version under another name, or roll it out as a candidate "
+                              "(docs/rollouts.md)", param="source", code="adapter_exists")
         ok, results = await loader.add(model, name, source, _who(request))
         _note(request, replicas=len(results), failed=sum(not r.ok for r in results))
         body = {"model": model, "name": name, "source": source, "added": ok, "replicas": [r.row() for r in results]}

@@ -195,7 +195,8 @@ class Admission:
             await self._tenancy.settle(ticket, status or 500, delivery)  # charged once, for what was received
             self._accounting.settle(Settled(
                 request_id=request_id, route=route, status=status or 500, tenant=tenant,
-                model=job.model if job else UNKNOWN, stream=job.stream if job else False, data=data, span=span,
+                model=job.model if job else UNKNOWN, adapter=job.adapter if job else None,
+                stream=job.stream if job else False, data=data, span=span,
                 batch=(line.batch_id, line.custom_id) if line is not None else None,
             ), delivery)
 
@@ -205,6 +206,10 @@ class Admission:
         name reaches the engine unchanged), without the parameters owc accepts and vLLM does
         not take, and a usage event asked for on every chat or completions stream."""
         served = self._config.resolve(req.model)
+        loader = getattr(self._forwarder, "adapters", None)
+        if loader is not None and (served is None or req.model in self._config.models[served].adapters) \
+                and loader.store.refresh():  # run-time adapters another gateway process added or removed just now
+            served = self._config.resolve(req.model)
         if served is None:
             raise model_not_found(req.model)
         adapter = req.model if req.model in self._config.models[served].adapters else None

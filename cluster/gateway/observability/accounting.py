@@ -36,6 +36,7 @@ class Settled:
     status: int
     tenant: str = UNKNOWN
     model: str = UNKNOWN
+    adapter: str | None = None  # the LoRA adapter the request named (model is its base model)
     stream: bool = False
     data: dict[str, Any] | None = None  # the parsed body, when it got that far
     span: Any = None
@@ -101,7 +102,8 @@ class Accounting:
 
     def _log_record(self, req: Settled, delivery: Delivery, latency: float) -> dict[str, Any]:
         record = {
-            "request_id": req.request_id, "tenant": req.tenant, "model": req.model, "route": req.route,
+            "request_id": req.request_id, "tenant": req.tenant, "model": req.model, "adapter": req.adapter,
+            "route": req.route,
             "status": req.status, "stream": req.stream, "prompt_tokens": delivery.prompt_tokens,
             "completion_tokens": delivery.completion_tokens, "reasoning_tokens": delivery.reasoning_tokens,
             "latency_s": round(latency, 6),

@@ -95,7 +95,8 @@ class _Events:
     for the rest: clients cannot use half an event anyway, and usage events must be read and
     stripped whole), the resume ledger, the usage, TTFT and inter-token gaps, the strips."""
 
-    __slots__ = ("delivery", "tail", "last", "responses", "messages", "strip", "ledger", "strip_usage", "rename", "sent")
+    __slots__ = ("delivery", "tail", "last", "responses", "messages", "strip", "ledger", "strip_usage", "rename", "sent",
+                 "final", "finished")
 
     def __init__(self, job: Job, delivery: Delivery):
         self.delivery = delivery
@@ -109,6 +110,10 @@ class _Events:
         self.strip_usage = job.strip_usage
         self.rename = job.rename
         self.sent = b""  # a Responses stream's last events relayed: an error event numbers itself after them
+        # The stream's last event: a client that leaves once it has it got the whole answer (not a 499).
+        self.final = (b"event: message_stop",) if self.messages is not None else \
+            (b"event: response.completed", b"event: response.incomplete") if self.responses else (b"data: [DONE]",)
+        self.finished = False
 
     def feed(self, chunk: bytes) -> bytes:
         """What of the engine's ``chunk`` goes to the client now (b"": nothing yet)."""
@@ -149,6 +154,8 @@ class _Events:
             self.last = now
         if self.strip is not None:
             chunk = self.strip.chunk(chunk)
+        if any(f in chunk for f in self.final):
+            self.finished = True
         return renamed(chunk, self.rename) if self.rename else chunk
 
     def broke(self) -> None:
@@ -222,8 +229,8 @@ async def _relay_stream(
                     events.broke()
             break
         except EngineError as e:
-            if gone.done():  # we closed it because the client went away
-                delivery.status = CLIENT_CLOSED
+            if gone.done():  # we closed it because the client went away (after the last event: answered)
+                delivery.status = 200 if events.finished else CLIENT_CLOSED
                 return False
             # Headers are gone already: end the stream with an SSE error event, not a hang.
             if timed_out():
@@ -266,7 +273,7 @@ async def _relay_stream(
     if tail:
         await send({"type": "http.response.body", "body": tail, "more_body": True})
     if gone.done():
-        delivery.status = CLIENT_CLOSED
+        delivery.status = 200 if events.finished else CLIENT_CLOSED
         return False
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return True

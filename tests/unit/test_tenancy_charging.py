@@ -144,7 +144,10 @@ class FailingStore:
                         source="redis", cost=cost)
 
 
-TODAY = int(time.time() // 86400)
+# Noon (UTC) of a fixed day, the wall clock the test runs on: with the real one, a run across
+# midnight compared the store's "today" with the next day's (a CI run at 00:16 UTC failed so).
+NOON = 20_793 * 86400 + 43_200
+TODAY = NOON // 86400
 
 
 @pytest.mark.parametrize("seen_day, seen_month, day_used, month_used, gateways, admitted", [
@@ -156,11 +159,13 @@ TODAY = int(time.time() // 86400)
     (TODAY - 1, month_of(TODAY)[0], 995, 1000, 50, [True, False]),  # ... and 1/50 of it per gateway: 20
 ])
 def test_a_store_outage_keeps_what_the_store_said_was_used(seen_day, seen_month, day_used, month_used, gateways,
-                                                          admitted):
+                                                          admitted, monkeypatch):
     """on_failure `local`: each gateway's share of a quota is of what was left at the store's last
     answer, not of the whole quota afresh."""
     from cluster.config.auth import TenantConfig
     from cluster.tenancy.service import Tenancy
+
+    monkeypatch.setattr(time, "time", lambda: NOON)
 
     store = FailingStore(seen_day, seen_month, day_used, month_used)
     t = Tenancy({"t": TenantConfig(daily_tokens=1000, monthly_tokens=50_000)}, store=store,

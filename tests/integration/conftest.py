@@ -28,7 +28,7 @@ from tests.conftest import metric  # noqa: F401  (re-exported for the tests)
 CAPACITY_TEST_SETTINGS = {
     "enabled": True, "target_ongoing_per_replica": 3, "down_utilization": 0.9, "target_queue_per_replica": 100,
     "ttft_slo_s": 60, "up_cooldown_s": 0, "down_cooldown_s": 0, "down_stabilization_s": 3, "stale_after_s": 30,
-    "drain_timeout_s": 600,  # test_capacity's long streams run inside it, on a slow CI machine too
+    "drain_timeout_s": 900,  # test_capacity's long streams run inside it, on a slow CI machine too
 }
 ENGINE_KWARGS = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "max_num_seqs": 16}
 

@@ -33,6 +33,7 @@ TOLERANCE_S = 15.0
 # The closed loop's request length. The scale-down waits for the load's last requests, and the
 # long streams must outlast them: short requests keep that tail (and so the streams) short.
 LOAD_TOKENS = 100
+LONG_TOKENS = 4000  # each long stream's, below
 
 
 def _registry_endpoints():
@@ -123,18 +124,15 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
             ids = [e.replica_id for e in _registry_endpoints()]
             sessions = [homed_session(i, ids) for i in range(len(ids))]
             # Long enough to be running when the scale-down begins, which is only once the
-            # load's last LOAD_TOKENS-token requests are done (they run alongside the streams'
-            # first LOAD_TOKENS tokens) and the controller has seen 3 s of low load: LOAD_TOKENS
-            # plus ~35 s at the load's recent speed per token (streams alone often run faster,
-            # ~2.5x: ~14 s past the load's end, the decision comes ~5 s after it).
+            # load's last LOAD_TOKENS-token requests are done and the controller has seen 3 s of
+            # low load: ~8-10 s after the load stops. A fixed length: a stream alone ran at 7-30
+            # tokens/s in one CI run and at 160-270 in another (whose 1,401-token streams, sized
+            # from the load's speed, ended 3.5 s before the decision). 4,000 tokens last ~15 s at
+            # the fastest seen and ~570 s at the slowest, inside the engines' drain timeout
+            # (CAPACITY_TEST_SETTINGS: 900 s): a drain that stopped its engine would cut them.
             recent = sorted(served, key=lambda x: x[0])[-8:]
             per_token = statistics.median(d / LOAD_TOKENS for _, d, _ in recent)
-            # At most 2500: a stream alone is not always faster than the load (one CI run's two
-            # streams ran at 7-30 tokens/s, a vLLM step's fixed cost on 2 shared cores) and must
-            # end well inside the engines' 600-s drain timeout, or the drain stops its engine.
-            # (At most 1500, another CI run's streams ran alone at ~160 tokens/s, 4x the load's
-            # speed, and one ended 0.25 s before the scale-down.)
-            long_tokens = int(min(2500, LOAD_TOKENS + 35 / per_token))
+            long_tokens = LONG_TOKENS
             print(f"long streams: {long_tokens} tokens ({per_token * 1000:.1f} ms/token under load)", flush=True)
             streams = [pool.submit(_long_stream, cluster.url, i, s, long_tokens) for i, s in enumerate(sessions)]
             time.sleep(0.2)

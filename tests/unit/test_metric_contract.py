@@ -54,7 +54,7 @@ def gateway_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     files = RolloutFiles(Path(tempfile.mkdtemp(prefix="owc-contract-")))
     files.write("m", {"state": "analysing", "weight": 10, "gates": [  # a last window's gates
         {"name": "max_ttft_p95_ratio", "stable": 0.1, "candidate": 0.2, "limit": 0.15, "passed": False}]})
-    view = RolloutView(rolled, files)
+    view = RolloutView(rolled, files, draw=lambda: 0.99)  # 99 >= weight 10: stable picked, every run
     view.reload()
     registry.register(view)
     view.pick("m", None, [Endpoint("m", "r", "http://x", version="candidate")])  # stable picked, absent: a fallback

@@ -54,11 +54,12 @@ class SlowClient:
         self.gone = False
         self.drains = 0
 
-    def write(self, body: bytes) -> None:
+    def write(self, body: bytes) -> bool:  # as ClientWriter.write: True when its side is full
         assert not self.paused, "written while the client's side was full"
         self.out.append(body)
         if len(self.out) % self.every == 0:
             self.paused = True
+        return self.paused
 
     async def drain(self) -> None:
         await asyncio.sleep(0.01)
@@ -151,4 +152,4 @@ def test_a_client_reset_in_the_same_loop_turn_is_not_written_to():
         def write(self, data: bytes) -> None:
             raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
 
-    ClientWriter(SimpleNamespace(disconnected=False, transport=Closed())).write(b"data: x\n\n")
+    ClientWriter(SimpleNamespace(disconnected=False, transport=Closed(), flow=SimpleNamespace(write_paused=False))).write(b"data: x\n\n")

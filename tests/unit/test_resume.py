@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from cluster.gateway.admission.params import CHAT, COMPLETIONS, RESPONSES
-from cluster.gateway.stream.resume import StreamLedger, not_resumable
+from cluster.gateway.stream.resumable import not_resumable
+from cluster.gateway.stream.resume import StreamLedger
 
 REC = json.loads((Path(__file__).parent / "data" / "vllm_streams_with_token_ids.json").read_text())
 

@@ -25,7 +25,8 @@ from cluster.gateway.stream.grammar import remainder
 from cluster.gateway.stream.harmony import ids, token_bytes
 from cluster.gateway.stream.harmony_chat import HarmonyChatLedger, constrained
 from cluster.gateway.stream.harmony_responses import ResponsesLedger
-from cluster.gateway.stream.resume import StreamLedger, ledger_for, not_resumable
+from cluster.gateway.stream.resumable import not_resumable
+from cluster.gateway.stream.resume import StreamLedger, ledger_for
 from cluster.gateway.stream.relay import _Events
 from cluster.gateway.stream.splice import Diverged
 from cluster.gateway.upstream.engine_client import EngineError

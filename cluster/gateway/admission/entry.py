@@ -24,7 +24,7 @@ from cluster.gateway.edge.client_writer import client_writer
 from cluster.gateway.edge.connections import CLOSED_KEY
 from cluster.gateway.responses.conversations import Conversations
 from cluster.gateway.responses.ids import ResponseIds
-from cluster.gateway.stream.resume import not_resumable
+from cluster.gateway.stream.resumable import not_resumable
 from cluster.gateway.context import CLIENT_CLOSED, COUNT_TOKENS, MESSAGES, Delivery, Job, Receive, Send
 from cluster.gateway.errors import OpenAIError, model_not_found
 from cluster.gateway.context import ClientGone

@@ -40,12 +40,14 @@ class ClientWriter:
         """The client reads slower than the engine writes (its socket buffer is full)."""
         return self._cycle.flow.write_paused
 
-    def write(self, body: bytes) -> None:
+    def write(self, body: bytes) -> bool:
+        """Write ``body`` as one chunk; True: the client's connection is full (``paused``)."""
         c = self._cycle
         # Closing: the client reset its connection in this same loop turn, before uvicorn heard
         # of it (uvloop closes the transport, then calls connection_lost): a write would raise.
         if body and not c.disconnected and not c.transport.is_closing():
             c.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        return c.flow.write_paused
 
     async def drain(self) -> None:
         """Until the client's connection takes writes again (or is gone)."""

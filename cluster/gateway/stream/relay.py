@@ -110,10 +110,7 @@ class _Events:
         self.strip_usage = job.strip_usage
         self.rename = job.rename
         self.sent = b""  # a Responses stream's last events relayed: an error event numbers itself after them
-        # The stream's last event: a client that leaves once it has it got the whole answer (not a 499).
-        self.final = (b"event: message_stop",) if self.messages is not None else \
-            (b"event: response.completed", b"event: response.incomplete") if self.responses else (b"data: [DONE]",)
-        self.finished = False
+        self.finished = False  # the stream's last event passed: a client that leaves then got the whole answer (not a 499)
 
     def feed(self, chunk: bytes) -> bytes:
         """What of the engine's ``chunk`` goes to the client now (b"": nothing yet)."""
@@ -129,10 +126,11 @@ class _Events:
             chunk = self.ledger.take(chunk)
             if not chunk:  # events only the ledger needed (a harmony header token's ids)
                 return b""
-        now = time.perf_counter()
+        now = _clock()
         delivery = self.delivery
         if self.messages is not None:
             chunk, tokens = self.messages.chunk(chunk, delivery)
+            finished = b"event: message_stop" in chunk
         elif self.responses:
             # Named events, no [DONE]: the token events are the deltas (text, reasoning,
             # tool arguments); the usage is in the final response event, relayed as is.
@@ -141,11 +139,14 @@ class _Events:
                 chunk = terminal_named(chunk, final)
             if _SEQUENCE in chunk:
                 self.sent = chunk
+            finished = b"event: response.completed" in chunk or b"event: response.incomplete" in chunk
         elif b'"choices":[]' in chunk:
             # A fast engine's whole answer may arrive in one read with its usage.
             chunk, tokens = take_usage(chunk, delivery, strip=self.strip_usage)
+            finished = chunk.endswith(_DONE)
         else:
             tokens = not chunk.startswith(b"data: [DONE]")
+            finished = not tokens or chunk.endswith(_DONE)  # [DONE] is the stream's last event
         if tokens:
             if delivery.ttft_s is None:
                 delivery.ttft_s = now - delivery.started
@@ -154,16 +155,15 @@ class _Events:
             self.last = now
         if self.strip is not None:
             chunk = self.strip.chunk(chunk)
-        if any(f in chunk for f in self.final):
+        if finished:
             self.finished = True
         return renamed(chunk, self.rename) if self.rename else chunk
 
     def broke(self) -> None:
         """Raise when the ledger read the engine's own error event: the stream broke there,
         as if its connection had (what came before it has been relayed)."""
-        failed = getattr(self.ledger, "failed", None)
-        if failed is not None:
-            raise EngineError(f"the engine reported an error mid-stream: {failed}")
+        if self.ledger is not None and self.ledger.failed is not None:
+            raise EngineError(f"the engine reported an error mid-stream: {self.ledger.failed}")
 
     def rest(self) -> bytes:
         """The stream's unfinished last event, at its end."""
@@ -184,13 +184,14 @@ async def _pump(resp: Response, first: bytes, events: _Events, writer: ClientWri
     """Relay the rest of ``resp``'s stream from its read callback straight to the client's
     connection (cluster.gateway.edge.client_writer): no task wakes per event. Returns when
     the engine finished; raises what broke the read (EngineError, a Diverged continuation)."""
-    def sink(chunk: bytes) -> None:
-        out = events.feed(chunk)
-        if out:
-            writer.write(out)
-            if writer.paused:  # the client reads slower than the engine writes
-                resp.pause()
-        events.broke()
+    ledger, feed = events.ledger, events.feed
+
+    def sink(chunk: bytes) -> None:  # every read of the engine's stream: the token path
+        out = feed(chunk)
+        if out and writer.write(out):  # the client reads slower than the engine writes
+            resp.pause()
+        if ledger is not None and ledger.failed is not None:
+            events.broke()
 
     sink(first)
     conn = resp.pump(sink)
@@ -337,3 +338,5 @@ def responses_error_event(err: OpenAIError, *, after: bytes = b"") -> bytes:
 
 
 _SEQUENCE = b'"sequence_number":'
+_DONE = b"data: [DONE]\n\n"
+_clock = time.perf_counter

@@ -12,7 +12,7 @@ stream) and its usage into the whole request's. Resuming from ids, not text: tex
 re-tokenises differently. Under greedy decoding the client's text is the uninterrupted
 run's.
 
-Not resumable (``not_resumable`` says why; such a stream ends with the SSE error event):
+Not resumable (``cluster.gateway.stream.resumable.not_resumable`` says why; such a stream ends with the SSE error event):
 ``n`` > 1, log probabilities, tools, structured outputs, stop strings (vLLM holds back text
 that may start one, so the ids run ahead of the text), ``echo``/``suffix``/``best_of``, a
 batch of prompts, and chat on a model whose output another reasoning parser reads.
@@ -31,67 +31,12 @@ import orjson
 from cluster.gateway.context import CHAT, COMPLETIONS, RESPONSES, Job
 from cluster.gateway.errors import OpenAIError
 from cluster.gateway.stream.splice import harmony_prompt
-from cluster.gateway.stream.token_events import token_event
+from cluster.gateway.stream.token_events import TokenFrame, token_event
 
 # Sampling parameters a continuation keeps (as /v1/completions takes them).
 _CARRIED = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
             "repetition_penalty", "logit_bias", "ignore_eos", "skip_special_tokens", "stop_token_ids",
             "include_stop_str_in_output", "spaces_between_special_tokens", "priority", "cache_salt")
-# Parameters whose output a continuation cannot reproduce.
-_BLOCKING = {
-    "tools": "tools", "functions": "tools", "response_format": "structured outputs",
-    "structured_outputs": "structured outputs", "logprobs": "logprobs", "top_logprobs": "logprobs",
-    "stop": "stop strings", "echo": "echo", "suffix": "suffix", "return_tokens_as_token_ids": "token-id text",
-}
-
-
-# Responses parameters whose stream a harmony continuation cannot reproduce.
-_RESPONSES_BLOCKING = {
-    "previous_response_id": "previous_response_id", "conversation": "conversation", "background": "background",
-    "stop": "stop strings", "top_logprobs": "logprobs", "enable_response_messages": "response messages",
-}
-
-
-def not_resumable(route: str, data: dict[str, Any], *, parsed_chat: bool, harmony: bool = False) -> str | None:
-    """Why a stream of this request cannot be resumed; None when it can. ``parsed_chat``:
-    the model's chat output goes through a parser (reasoning, harmony); ``harmony``: the
-    model is gpt-oss."""
-    if harmony and route in (CHAT, RESPONSES):
-        return _harmony_blocking(route, data)
-    if route not in (CHAT, COMPLETIONS):
-        return "route"
-    if route == CHAT and parsed_chat:
-        return "parsed output"
-    if (data.get("n") or 1) > 1 or (data.get("best_of") or 1) > 1:
-        return "n > 1"
-    for name, why in _BLOCKING.items():
-        if data.get(name) not in (None, False, [], ""):
-            return why
-    if route == COMPLETIONS:
-        p = data.get("prompt")
-        if not (isinstance(p, str) or (isinstance(p, list) and p and all(isinstance(t, int) for t in p))):
-            return "batch of prompts"
-    return None
-
-
-def _harmony_blocking(route: str, data: dict[str, Any]) -> str | None:
-    if route == RESPONSES:
-        for name, why in _RESPONSES_BLOCKING.items():
-            if data.get(name) not in (None, False, [], ""):
-                return why
-        if any(not isinstance(t, dict) or t.get("type") != "function" for t in data.get("tools") or ()):
-            return "built-in tools"
-        return None
-    if (data.get("n") or 1) > 1:
-        return "n > 1"
-    for name in ("logprobs", "top_logprobs", "stop", "functions"):
-        if data.get(name) not in (None, False, [], ""):
-            return _BLOCKING[name]
-    if data.get("include_reasoning") is False:
-        return "hidden reasoning"  # vLLM then sends no token ids
-    return None
-
-
 def ledger_for(job: Job):
     """The ledger that reads a resumable stream of ``job`` (``job.resume``)."""
     if job.harmony and job.route == CHAT:
@@ -179,6 +124,8 @@ class StreamLedger:
         # stream, e.g. a replica stopped by its drain timeout): the stream broke; what came
         # before it still goes to the client, the relay then resumes (cluster.gateway.stream.relay).
         self.failed: str | None = None
+        self._frame: TokenFrame | None = None
+        self._learn = 8  # tries left
 
     # --- reading events -------------------------------------------------------------
     def take(self, chunk: bytes) -> bytes:
@@ -186,6 +133,16 @@ class StreamLedger:
         client gets them: the ids recorded and removed, a continuation's in the original shape."""
         fast = self._meta is not None and not self.continuing
         if fast and chunk.find(b"\n\n") == len(chunk) - 2:  # one event, the common read
+            if self._frame is not None and (read := self._frame.read(chunk)) is not None:
+                kept, tid, text = read  # the stream's plain token event (token_events.TokenFrame)
+                if text or self.finish_reason:
+                    if self.held:
+                        self.delivered += self.held
+                        self.held = []
+                    self.delivered.append(tid)
+                else:
+                    self.held.append(tid)
+                return kept
             kept = self._token_event(chunk, b"\n\n")
             if kept is not None:
                 return kept
@@ -222,6 +179,9 @@ class StreamLedger:
         kept, ids, text, finish = read
         if finish:
             self.finish_reason = finish
+        elif sep and text and self._frame is None and self._learn > 0:  # learnt from the stream's own event
+            self._learn -= 1
+            self._frame = TokenFrame.learn(event, kept, ids, chat=self.route == CHAT)
         if text or self.finish_reason:
             self.delivered += self.held + ids
             self.held = []

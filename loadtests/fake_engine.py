@@ -111,13 +111,16 @@ class FakeEngine:
         return app
 
     async def load_lora(self, request: web.Request) -> web.Response:
-        """vLLM's run-time load: a path containing "fail" fails, as a missing one would."""
+        """vLLM's run-time load: a path containing "fail" is not found (404), one containing
+        "broken" fails to load (500, as vLLM answers an adapter whose files it cannot read)."""
         body = await request.json()
         name, path = body.get("lora_name"), body.get("lora_path", "")
         if name in self.adapters:
             return _error(400, f"The lora adapter '{name}' has already been loaded.")
         if "fail" in path:
-            return _error(400, f"No adapter found for {path}")
+            return _error(404, f"Loading lora {name} failed: No adapter found for {path}")
+        if "broken" in path:
+            return _error(500, f"Error while reading the adapter's weights from {path}")
         self.adapters += (name,)
         return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
 

@@ -102,12 +102,29 @@ def test_add_serves_on_every_replica_then_remove_is_a_404(stack, setup):
 
 def test_a_failed_load_is_undone_and_not_recorded(stack):
     gw, engines = stack
-    r = httpx.post(gw.url + ADMIN_ROUTES, json={"name": "broken", "source": "/fail/broken"},
+    failed = metric(gw.metrics_url, "owc_adapter_loads_total", model="m1", result="failed") or 0
+    # the engines fail to load it (vLLM's 500): a 502, counted failed (alert OwcAdapterLoadsFailing)
+    r = httpx.post(gw.url + ADMIN_ROUTES, json={"name": "broken", "source": "/broken/x"},
                    headers={"Authorization": ADMIN}, timeout=30)
     assert r.status_code == 502 and r.json()["error"]["code"] == "adapter_load_failed"
     assert [x["ok"] for x in r.json()["replicas"]] == [False, False]
     assert chat(gw.url, "broken").status_code == 404
-    assert metric(gw.metrics_url, "owc_adapter_loads_total", model="m1", result="failed") >= 2
+    assert metric(gw.metrics_url, "owc_adapter_loads_total", model="m1", result="failed") == failed + 2
+
+
+def test_an_adapter_the_engines_refuse_is_the_admins_400_and_no_alert(stack):
+    # Review 10: a mistyped source (vLLM's 404 "No adapter found") was a 502 server_error and
+    # counted failed, which fires OwcAdapterLoadsFailing while nothing served failed.
+    gw, engines = stack
+    failed = metric(gw.metrics_url, "owc_adapter_loads_total", model="m1", result="failed") or 0
+    r = httpx.post(gw.url + ADMIN_ROUTES, json={"name": "typo", "source": "/fail/typo"},
+                   headers={"Authorization": ADMIN}, timeout=30)
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "adapter_rejected" and err["param"] == "source", r.text
+    assert "No adapter found for /fail/typo" in err["message"] and not r.json()["added"]
+    assert chat(gw.url, "typo").status_code == 404 and not any("typo" in engine_adapters(e.url) for e in engines)
+    assert metric(gw.metrics_url, "owc_adapter_loads_total", model="m1", result="rejected") >= 2
+    assert (metric(gw.metrics_url, "owc_adapter_loads_total", model="m1", result="failed") or 0) == failed
 
 
 def test_admin_calls_are_audited(stack, setup):
@@ -201,7 +218,7 @@ def test_the_cli_adds_lists_and_removes(stack):
     row = next(line.split() for line in r.output.splitlines() if " cli " in line)
     assert r.exit_code == 0 and row[:4] == ["m1", "cli", "runtime", "/adapters/cli"] and "loaded" in row[-1], r.output
     r = run(app, ["adapter", "add", "m1", "nope", "/fail/x", "--url", gw.url], env=env)
-    assert r.exit_code == 1 and "502" in r.output and "engine answered 400" in r.output, r.output
+    assert r.exit_code == 1 and "400" in r.output and "engine answered 404" in r.output, r.output
     r = run(app, ["adapter", "remove", "m1", "cli", "--url", gw.url], env=env)
     assert r.exit_code == 0 and not any("cli" in engine_adapters(e.url) for e in engines)
     assert run(app, ["adapter", "list", "--url", gw.url], env={"OWC_ADMIN_KEY": ""}).exit_code == 2
@@ -215,7 +232,7 @@ def test_a_starting_replica_loads_the_recorded_adapters(setup):
         (setup / "rec" / "owc-adapters.json").write_text(json.dumps(
             {"models": {"m1": {"r1": {"source": "/adapters/r1"}, "bad": {"source": "/fail/x"}}, "m2": {"r2": {"source": "/y"}}}}))
         problems = asyncio.run(load_recorded(e.url, "m1", str(setup / "rec"), ENGINE_KEY))
-        assert engine_adapters(e.url) == {"r1"} and len(problems) == 1 and problems[0].startswith("bad: 400")
+        assert engine_adapters(e.url) == {"r1"} and len(problems) == 1 and problems[0].startswith("bad: 404")
 
 
 def test_adding_a_served_name_from_another_source_is_refused(stack, setup):

@@ -79,7 +79,13 @@ def add_adapter_routes(table: RouteTable, *, config: OwcConfig, loader: AdapterL
         ok, results = await loader.add(model, name, source, _who(request))
         _note(request, replicas=len(results), failed=sum(not r.ok for r in results))
         body = {"model": model, "name": name, "source": source, "added": ok, "replicas": [r.row() for r in results]}
-        if not ok:
+        failed = [r for r in results if not r.ok]
+        if failed and all(r.rejected for r in failed):  # the engines refused the adapter itself: the admin's to fix
+            body["error"] = {"message": f"the engines refused adapter '{name}' from {source}; it was not added: "
+                             f"{failed[0].detail}", "type": "invalid_request_error", "param": "source",
+                             "code": "adapter_rejected"}
+            return JSONResponse(body, status_code=400)
+        if failed:
             body["error"] = {"message": "the adapter did not load on every live replica; it was not added",
                              "type": "server_error", "param": None, "code": "adapter_load_failed"}
         return JSONResponse(body, status_code=200 if ok else 502)

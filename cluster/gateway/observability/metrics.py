@@ -271,7 +271,7 @@ class GatewayMetrics:
                 self.rejections.labels(m, reason)
             for reason in RETRY_REASONS:
                 self.retries.labels(m, reason)
-            for result in ("ok", "failed"):
+            for result in ("ok", "rejected", "failed"):
                 self.adapter_loads.labels(m, result)
             for result in ("resumed", "failed"):
                 self.resumes.labels(m, result)

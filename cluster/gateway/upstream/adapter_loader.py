@@ -62,6 +62,7 @@ class ReplicaResult:
     url: str
     ok: bool
     detail: str = ""
+    rejected: bool = False  # the engine answered and refused the adapter itself (4xx: not found, invalid)
 
     def row(self) -> dict:
         return {"replica_id": self.replica_id, "url": self.url, "ok": self.ok, "detail": self.detail}
@@ -103,23 +104,28 @@ class AdapterLoader:
         if self.on_change is not None:
             self.on_change(rid, name, loaded)
 
-    async def load(self, model: str, ep: Endpoint, name: str, source: str) -> ReplicaResult:
-        """One load on one replica; an adapter it has already counts as loaded."""
+    async def load(self, model: str, ep: Endpoint, name: str, source: str, *, admin: bool = False) -> ReplicaResult:
+        """One load on one replica; an adapter it has already counts as loaded. ``admin``: an
+        admin's add, whose refusals (the engine's 4xx: a source not found, an invalid adapter)
+        are answered to the admin and counted ``rejected``, not ``failed`` (no alert: nothing
+        served failed); an on-demand load's refusal fails requests and counts ``failed``."""
         t0 = time.perf_counter()
         self.loads_started += 1
+        rejected = False
         try:
             r = await self._client.post(f"{ep.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": source})
             ok = r.status_code == 200 or (r.status_code == 400 and "already" in r.text)
+            rejected = not ok and 400 <= r.status_code < 500
             detail = "" if ok else f"engine answered {r.status_code}: {r.text[:300]}"
         except httpx.HTTPError as e:
             ok, detail = False, f"engine unreachable: {type(e).__name__}"
-        self._metrics.adapter_loads.labels(model, "ok" if ok else "failed").inc()
+        self._metrics.adapter_loads.labels(model, "ok" if ok else "rejected" if rejected and admin else "failed").inc()
         self._metrics.adapter_load_seconds.labels(model).observe(time.perf_counter() - t0)
         if ok:
             self._changed(ep.replica_id, name, True)
         else:
             log.warning("loading adapter %s on %s failed: %s", name, ep.url, detail)
-        return ReplicaResult(ep.replica_id, ep.url, ok, detail)
+        return ReplicaResult(ep.replica_id, ep.url, ok, detail, rejected)
 
     async def unload(self, ep: Endpoint, name: str) -> ReplicaResult:
         """One unload; an adapter the replica does not have counts as unloaded."""
@@ -160,7 +166,7 @@ class AdapterLoader:
     async def add(self, model: str, name: str, source: str, who: str | None) -> tuple[bool, list[ReplicaResult]]:
         """Load on every live replica; recorded (durable) only when all of them loaded it."""
         eps = self.live(model)
-        results = list(await asyncio.gather(*(self.load(model, e, name, source) for e in eps)))
+        results = list(await asyncio.gather(*(self.load(model, e, name, source, admin=True) for e in eps)))
         if not all(r.ok for r in results):
             done = [e for e, r in zip(eps, results) if r.ok]
             await asyncio.gather(*(self.unload(e, name) for e in done))  # announced everywhere or nowhere

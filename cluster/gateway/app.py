@@ -165,7 +165,7 @@ def build_app(
         )
     admission = Admission(
         config=config, auth=auth, forwarder=forwarder, metrics=metrics, tracer=tracer,
-        accounting=accounting, conversations=conversations,
+        accounting=accounting, conversations=conversations, adapters=adapters.store,
     )
 
     lag = LoopLag(metrics.loop_lag.set)

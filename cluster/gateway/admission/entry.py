@@ -14,6 +14,7 @@ import re
 
 import orjson
 
+from cluster.adapters.store import AdapterStore
 from cluster.config.rollout import has_rollout
 from cluster.config.schema import OwcConfig
 from cluster.routing.versions import VERSIONS
@@ -117,8 +118,10 @@ class Admission:
         self, *, config: OwcConfig, auth: Authenticator, forwarder: Forwarder, accounting: Accounting,
         metrics: GatewayMetrics, tracer: RequestTracer | None = None,
         tenancy: GatewayTenancy | None = None, conversations: Conversations | None = None,
+        adapters: AdapterStore | None = None,
     ):
         self._config = config
+        self._adapters = adapters  # the run-time adapters (cluster.adapters.store): re-read when a name is new
         self._auth = auth
         self._forwarder = forwarder
         self._accounting = accounting
@@ -206,9 +209,9 @@ class Admission:
         name reaches the engine unchanged), without the parameters owc accepts and vLLM does
         not take, and a usage event asked for on every chat or completions stream."""
         served = self._config.resolve(req.model)
-        loader = getattr(self._forwarder, "adapters", None)
-        if loader is not None and (served is None or req.model in self._config.models[served].adapters) \
-                and loader.store.refresh():  # run-time adapters another gateway process added or removed just now
+        store = self._adapters
+        if store is not None and (served is None or req.model in self._config.models[served].adapters) \
+                and store.refresh():  # run-time adapters another gateway process added or removed just now
             served = self._config.resolve(req.model)
         if served is None:
             raise model_not_found(req.model)

@@ -86,6 +86,22 @@ def test_media_an_agents_tool_read_is_a_note_the_model_reads():
     assert note_tool_media(CHAT, {"messages": [_user(IMAGE_URL)]}, "gpt-oss-20b") is False
 
 
+def test_a_function_call_outputs_parts_are_one_text_with_media_noted():
+    """vLLM's harmony path takes a function_call_output's output as a string and fails a list."""
+    call = {"type": "function_call", "call_id": "c", "name": "look", "arguments": "{}"}
+    out = {"type": "function_call_output", "call_id": "c",
+           "output": [{"type": "input_text", "text": "a cat"}, INPUT_IMAGE, {"type": "input_file", "file_id": "f"}]}
+    other = {"type": "function_call_output", "call_id": "d", "output": [{"type": "input_text", "text": "x"}, {"type": "new"}]}
+    data = {"input": [_user({"type": "input_text", "text": "look"}), call, out, other,
+                      {"type": "function_call_output", "call_id": "e", "output": "plain"}]}
+    assert non_text_content(RESPONSES, data, "gpt-oss-20b") is None  # an output's media: noted, not refused
+    assert note_tool_media(RESPONSES, data, "gpt-oss-20b") is True
+    assert data["input"][2]["output"] == ("a cat\n[input_image omitted: gpt-oss-20b reads text only]\n"
+                                          "[input_file omitted: gpt-oss-20b reads text only]")
+    assert data["input"][3] == other and data["input"][4]["output"] == "plain"  # an unknown part: as sent
+    assert note_tool_media(RESPONSES, data, "gpt-oss-20b") is False
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     d = tmp_path_factory.mktemp("text_only")

@@ -8,6 +8,9 @@ the gateway, on every route, before the engine.
 One exception: media inside a Messages ``tool_result`` (an agent's tool read a screenshot or a
 PDF) is replaced by a text note that says so, which the model reads. The block is sent again
 with every later turn of the session, so a 400 there would end the agent's session for good.
+The same for a Responses ``function_call_output`` whose output is a list of parts (OpenAI's
+input_text, input_image, input_file): vLLM's harmony path takes a string there and fails a
+list, so the parts become one text, media as the note.
 
 The media part types are listed (a blocklist): any other part (text, refusal, thinking, tool
 bookkeeping, a vLLM extension) goes to the engine as before. Pure: the request's JSON in, the
@@ -54,7 +57,10 @@ def non_text_content(route: str, data: dict[str, Any], model: str) -> OpenAIErro
 
 def note_tool_media(route: str, data: dict[str, Any], model: str) -> bool:
     """Replace, in place, each media block inside a Messages ``tool_result`` by a text note the
-    model reads; True when one was (the engine's body must be re-serialised)."""
+    model reads (Responses: each function call output's parts by their text); True when one was
+    (the engine's body must be re-serialised)."""
+    if route == RESPONSES:
+        return _outputs_as_text(data, model)
     if route not in (MESSAGES, COUNT_TOKENS) or not isinstance(data.get("messages"), list):
         return False
     noted = False
@@ -69,4 +75,27 @@ def note_tool_media(route: str, data: dict[str, Any], model: str) -> bool:
                 if kind in MEDIA_PARTS[MESSAGES]:
                     inner[k] = {"type": "text", "text": f"[{kind} omitted: {model} reads text only]"}
                     noted = True
+    return noted
+
+
+_OUTPUT_TEXT = frozenset({"input_text", "output_text", "text"})
+
+
+def _outputs_as_text(data: dict[str, Any], model: str) -> bool:
+    """Each ``function_call_output`` (or custom tool's) whose output is a list of parts, as one
+    text: the parts' texts and, for media, the note, a line each. A list with a part of another
+    kind is left as sent (the engine answers it)."""
+    items = data.get("input")
+    noted = False
+    for item in items if isinstance(items, list) else ():
+        output = item.get("output") if isinstance(item, dict) and \
+            item.get("type") in ("function_call_output", "custom_tool_call_output") else None
+        if not isinstance(output, list):
+            continue
+        kinds = [p.get("type") if isinstance(p, dict) else None for p in output]
+        if not all(k in _OUTPUT_TEXT or k in MEDIA_PARTS[RESPONSES] for k in kinds):
+            continue
+        item["output"] = "\n".join(str(p.get("text") or "") if k in _OUTPUT_TEXT else
+                                   f"[{k} omitted: {model} reads text only]" for p, k in zip(output, kinds))
+        noted = True
     return noted

@@ -244,3 +244,29 @@ def test_an_image_to_gpt_oss_is_refused_not_dropped(engine, gateway, route):
                    headers={"Authorization": f"Bearer {API_KEY}"})
     assert r.status_code == 400, r.text
     assert "text-only" in r.text and "image" in r.text
+
+
+def test_a_function_call_output_of_parts_is_answered_as_its_text(engine, gateway):
+    """OpenAI takes a function_call_output's output as a string or a list of parts; vLLM's harmony
+    path fails the list. owc sends the parts as one text (cluster.gateway.admission.text_only):
+    the answer is the one to that text sent as a string (greedy)."""
+    import httpx
+
+    tools = [{"type": "function", "name": "get_weather", "description": "Get the weather",
+              "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}]
+
+    def body(output) -> dict:
+        return {"model": MODEL, "tools": tools, "max_output_tokens": MAX, "temperature": 0, "input": [
+            {"role": "user", "content": ASK},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"location":"Paris"}'},
+            {"type": "function_call_output", "call_id": "call_1", "output": output}]}
+
+    parts = [{"type": "input_text", "text": "sunny"}, {"type": "input_text", "text": "22 C"}]
+    bare = httpx.post(engine.url + "/v1/responses", json=body(parts), timeout=120)
+    assert bare.status_code != 200, bare.text  # what this mends (vLLM 0.32)
+    r = httpx.post(gateway.url + "/v1/responses", json=body(parts), timeout=120,
+                   headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 200, r.text
+    as_text = httpx.post(engine.url + "/v1/responses", json=body("sunny\n22 C"), timeout=120)
+    assert as_text.status_code == 200, as_text.text
+    assert _answer("/v1/responses", r.json()) == _answer("/v1/responses", as_text.json())

@@ -32,7 +32,8 @@ class Periodic:
         self._fixed_rate = fixed_rate
         self._traceback = traceback
         self._clock = clock
-        self._wake = asyncio.Event()
+        self._woken = False  # wake() called since the last sleep began
+        self._waiter: asyncio.Future[None] | None = None  # the sleep in progress
         self._task: asyncio.Task[None] | None = None
         self._failing: tuple[type, str] | None = None  # the failure the last ticks repeat
         self._failures = 0
@@ -57,12 +58,24 @@ class Periodic:
 
     def wake(self) -> None:
         """Run the next tick now rather than at the end of the period."""
-        self._wake.set()
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
-        self._wake.clear()
+        """Until ``seconds`` have passed or ``wake`` is called: one future and one timer (issue 34:
+        ``asyncio.wait_for`` on an Event, a task per sleep, was most of an idle gateway's
+        wake-ups' CPU, at tens of sleeps a second)."""
+        if not self._woken:
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(max(0.0, seconds), _settle, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        self._woken = False
 
     async def _run(self) -> None:
         if self._first_after:
@@ -94,3 +107,8 @@ class Periodic:
                 self._log.warning("%s failed: %s", self._what, e)
         elif self._failures & (self._failures - 1) == 0:  # 2, 4, 8...: a lasting failure, not a flood
             self._log.warning("%s still failing (%d ticks): %s: %s", self._what, self._failures, type(e).__name__, e)
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

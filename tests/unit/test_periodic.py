@@ -96,6 +96,22 @@ async def test_wake_runs_the_next_tick_now():
     assert calls == [1]
 
 
+async def test_a_wake_during_a_tick_runs_the_next_one_at_once_and_once():
+    calls = []
+
+    async def tick() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            p.wake()  # before its sleep began: that sleep is skipped, the one after is whole
+            p.wake()
+
+    p = Periodic(tick, period_s=30, what="t", log=log)
+    p.start()
+    await asyncio.sleep(0.05)
+    await p.stop()
+    assert calls == [1, 1]
+
+
 @pytest.mark.parametrize("fixed_rate, at_most", [(True, 6), (False, 4)])
 async def test_fixed_rate_counts_the_period_from_each_ticks_start(fixed_rate, at_most):
     """A tick that takes half the period: at a fixed rate ~one tick per period, otherwise

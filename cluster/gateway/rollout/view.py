@@ -157,6 +157,10 @@ class RolloutView:
         await asyncio.to_thread(self.reload)
 
     async def start(self) -> None:
+        """Follow the rollouts' state; nothing to follow (no loop, no thread hop 4 times a second)
+        when the config has no candidate."""
+        if not self.targets:
+            return
         await self._reload_off_loop()
         self._loop.start()
 

@@ -254,3 +254,33 @@ def test_adding_a_served_name_from_another_source_is_refused(stack, setup):
     assert httpx.delete(gw.url + ADMIN_ROUTES + "/ver", headers=h, timeout=30).status_code == 200
     assert add("/adapters/ver-2").status_code == 200  # removed first: the new version is served
     assert httpx.delete(gw.url + ADMIN_ROUTES + "/ver", headers=h, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("status, body, rejected", [
+    (404, '{"error":{"message":"Loading lora x failed: No adapter found for /p","type":"NotFoundError","code":404}}', True),
+    (400, '{"error":{"message":"bad adapter","type":"BadRequestError","code":400}}', True),
+    (404, '{"detail":"Not Found"}', False),  # no such route: the engine was started without runtime LoRA loading
+    (401, '{"error":{"message":"Unauthorized","type":"AuthenticationError","code":401}}', False),  # the engine key
+    (429, '{"error":{"message":"busy","type":"RateLimitError","code":429}}', False),
+    (500, '{"error":{"message":"cannot read the weights","type":"InternalServerError","code":500}}', False),
+])
+def test_only_the_engines_refusal_of_the_adapter_is_counted_rejected(tmp_path, status, body, rejected):
+    cfg = parse_config({"models": {"m": {"source": "x"}}, "model_cache_dir": str(tmp_path)})
+    registry = CollectorRegistry()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, text=body)
+
+    async def run() -> list:
+        loader = AdapterLoader(config=cfg, endpoints=StaticEndpoints({"m": ["http://e1:1"]}),
+                               store=AdapterStore(cfg, tmp_path / "s.json"),
+                               metrics=GatewayMetrics(registry, replicas=lambda: []), transport=httpx.MockTransport(handler))
+        ok, results = await loader.add("m", "x", "/p", "ops")
+        await loader.close()
+        assert not ok
+        return results
+
+    results = asyncio.run(run())
+    assert [r.rejected for r in results] == [rejected]
+    outcome = "rejected" if rejected else "failed"
+    assert registry.get_sample_value("owc_adapter_loads_total", {"model": "m", "result": outcome}) == 1

@@ -153,3 +153,37 @@ def test_a_client_reset_in_the_same_loop_turn_is_not_written_to():
             raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
 
     ClientWriter(SimpleNamespace(disconnected=False, transport=Closed(), flow=SimpleNamespace(write_paused=False))).write(b"data: x\n\n")
+
+
+async def test_a_client_that_leaves_after_the_epilogue_got_the_whole_answer():
+    """The engine broke after the stream's last token: the relay writes the end itself (usage and
+    [DONE], StreamLedger.epilogue). A client that leaves then has the whole answer: a 200, not a
+    499 (review of the end-of-stream check: the epilogue did not pass through the check)."""
+    from cluster.gateway.stream.relay import _relay_stream
+
+    head = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
+    events = [head + b'"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null,'
+                     b'"prompt_token_ids":[1,2],"token_ids":[]}]}\n\n',
+              head + b'"delta":{"content":"a"},"logprobs":null,"finish_reason":null,"token_ids":[5]}]}\n\n',
+              head + b'"delta":{"content":"b"},"logprobs":null,"finish_reason":"stop","stop_reason":null,'
+                     b'"token_ids":[6]}]}\n\n']
+    server, port = await _engine([*events, b""], break_after=len(events))  # no usage, no [DONE]: the connection drops
+    async with server:
+        client, resp, first = await _open(port)
+        gone: asyncio.Future = asyncio.get_running_loop().create_future()
+        bodies: list[bytes] = []
+
+        async def send(message: dict) -> None:
+            body = message.get("body", b"")
+            bodies.append(body)
+            if body.endswith(b"data: [DONE]\n\n"):
+                gone.set_result(None)  # the client leaves once it has the end
+
+        job = Job(request_id="r", route="/v1/chat/completions", model="m", tenant="t", stream=True, headers={},
+                  data={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, body=b"{}", resume=True)
+        delivery = Delivery()
+        done = await _relay_stream([resp], first, send, out_headers=[], job=job, delivery=delivery, gone=gone,
+                                   timed_out=lambda: False, on_broken=lambda: None, resume=None)
+        assert not done and b"data: [DONE]" in b"".join(bodies) and b"token_ids" not in b"".join(bodies)
+        assert delivery.status == 200
+        client.close()

@@ -66,7 +66,7 @@ class HarmonyChatLedger:
         named = isinstance(data.get("tool_choice"), dict)
         self._tool_finish = not named
         self._constrained = constrained(data)
-        self.failed: str | None = None  # as StreamLedger's: its engine error events are read as the stream's break
+        self.failed: str | None = None  # never set: an engine error event here is relayed as it is (not resumed)
 
     # --- reading events -------------------------------------------------------------
     def take(self, chunk: bytes) -> bytes:

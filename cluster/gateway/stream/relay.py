@@ -247,6 +247,7 @@ async def _relay_stream(
                     if end.startswith(b"data: {"):
                         end, _ = take_usage(end, delivery, strip=job.strip_usage)
                     await send({"type": "http.response.body", "body": end, "more_body": True})
+                    events.finished = events.finished or end.endswith(_DONE)  # the client has the whole answer
                     events.tail = b""  # the broken connection's unfinished event: the epilogue replaces it
                     break
                 if ledger is not None and resume is not None and ledger.resumable:

@@ -115,7 +115,9 @@ class AdapterLoader:
         try:
             r = await self._client.post(f"{ep.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": source})
             ok = r.status_code == 200 or (r.status_code == 400 and "already" in r.text)
-            rejected = not ok and 400 <= r.status_code < 500
+            # vLLM's own refusal of the adapter (its error body; a 404 without it is a missing route: runtime
+            # loading off), not the engine key refused (401/403) nor a busy engine (408/429): those fail
+            rejected = not ok and r.status_code in (400, 404, 422) and '"error"' in r.text
             detail = "" if ok else f"engine answered {r.status_code}: {r.text[:300]}"
         except httpx.HTTPError as e:
             ok, detail = False, f"engine unreachable: {type(e).__name__}"

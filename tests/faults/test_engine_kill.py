@@ -104,6 +104,21 @@ async def _kill(load: Load, engines, expected: list[str], stop: asyncio.Event, w
     hit = load.in_flight_at(killed_at)
     recovered_at = max(o.ended for o in hit) if hit else killed_at
     # Every answer's text against the uninterrupted run's (the prompts are sent in turn).
-    mismatches = [o.text[:80] for o in load.outcomes if o.kind == "succeeded" and o.text not in set(expected)]
+    mismatches = [_mismatch(o, expected, killed_at) for o in load.outcomes if o.kind == "succeeded" and o.text not in set(expected)]
     return {"killed_at": killed_at, "recovered_at": recovered_at, "running": running, "waiting": waiting,
             "in_flight": len(hit), "mismatches": mismatches}
+
+
+def _mismatch(o, expected: list[str], killed_at: float) -> str:
+    """A stream whose text is none of the uninterrupted run's, with where it parts from the closest
+    one and whether it was in flight at the kill (a resumed stream) or not (batching alone)."""
+    def common(a: str, b: str) -> int:
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+
+    k, j = max((common(o.text, e), j) for j, e in enumerate(expected))
+    when = "in flight at the kill" if o.started <= killed_at < o.ended else "not in flight at the kill"
+    return (f"{o.text[:80]!r}: parts from prompt {j}'s text at character {k} of {len(expected[j])} "
+            f"({expected[j][max(0, k - 10):k + 10]!r} expected there); {when}")

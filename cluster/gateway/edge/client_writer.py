@@ -35,13 +35,9 @@ class ClientWriter:
     def gone(self) -> bool:
         return self._cycle.disconnected
 
-    @property
-    def paused(self) -> bool:
-        """The client reads slower than the engine writes (its socket buffer is full)."""
-        return self._cycle.flow.write_paused
-
     def write(self, body: bytes) -> bool:
-        """Write ``body`` as one chunk; True: the client's connection is full (``paused``)."""
+        """Write ``body`` as one chunk; True: the client's connection is full (it reads slower than
+        the engine writes: pause the engine's read until ``drain``)."""
         c = self._cycle
         # Closing: the client reset its connection in this same loop turn, before uvicorn heard
         # of it (uvloop closes the transport, then calls connection_lost): a write would raise.

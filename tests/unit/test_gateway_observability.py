@@ -206,7 +206,7 @@ def test_traces_continue_the_callers_trace(stack, collector):
 def test_whole_answer_in_one_read_still_counts_ttft_and_usage(strip):
     """A fast engine's events can reach the gateway in one read, usage event included."""
     from cluster.gateway.context import Delivery
-    from cluster.gateway.stream.relay import take_usage
+    from cluster.gateway.stream.final_events import take_usage
 
     events = b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[{"text":"b"}]}\n\n'
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'

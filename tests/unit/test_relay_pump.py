@@ -54,12 +54,16 @@ class SlowClient:
         self.gone = False
         self.drains = 0
 
-    def write(self, body: bytes) -> bool:  # as ClientWriter.write: True when its side is full
+    def write(self, body: bytes, *, last: bool = False) -> bool:  # as ClientWriter.write: True when its side is full
         assert not self.paused, "written while the client's side was full"
         self.out.append(body)
+        self.last = last
         if len(self.out) % self.every == 0:
             self.paused = True
         return self.paused
+
+    def release(self) -> None:  # as ClientWriter.release: no head held here
+        pass
 
     async def drain(self) -> None:
         await asyncio.sleep(0.01)

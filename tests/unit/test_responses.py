@@ -19,7 +19,8 @@ from openai.types.responses import ResponseStreamEvent
 from cluster.gateway.admission.schemas import check_schemas
 from cluster.gateway.context import Delivery, Job
 from cluster.gateway.errors import OpenAIError
-from cluster.gateway.stream.relay import _Events, responses_error_event, take_response_usage
+from cluster.gateway.stream.final_events import responses_error_event, take_response_usage
+from cluster.gateway.stream.relay import _Events
 from tests.conftest import fake_engine_argv, gateway_argv, metric, server
 
 KEY = "sk-resp"

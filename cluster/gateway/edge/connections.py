@@ -33,6 +33,9 @@ FD_RESERVE = 256
 LINGER_S = 0.5
 # Where the app learns that the connection layer ended the request (body deadline).
 CLOSED_KEY = "owc.closed"
+# A future the app may leave here (cluster.gateway.edge.client_writer.ClientWriter.lost): resolved
+# when the client's connection is lost (no task per request waiting on uvicorn's receive).
+GONE_KEY = "owc.gone"
 
 
 def raise_open_file_limit() -> int:
@@ -167,6 +170,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self._disarm()
         self._guard.forget(self)
         super().connection_lost(exc)
+        cycle = self.cycle
+        gone = cycle.scope.pop(GONE_KEY, None) if cycle is not None else None  # type: ignore[misc]
+        if gone is not None and not gone.done():
+            gone.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         if self._refused or self._phase == "refused":

@@ -23,13 +23,8 @@ from cluster.gateway.stream.messages import MessagesStream, strip_thinking_body
 from cluster.gateway.stream.reasoning import StreamStrip, strip_body
 from cluster.gateway.stream.resume import StreamLedger, ledger_for
 from cluster.gateway.stream.splice import Diverged
-from cluster.gateway.stream.terminal import FinalEvent, terminal_named
-
-# The Responses stream's last event (completed, incomplete or failed) carries the whole
-# response, usage included. An event line ends with a raw newline, which JSON text cannot
-# hold: a model's output never matches these.
-_FINAL_EVENTS = (b"event: response.completed\n", b"event: response.incomplete\n", b"event: response.failed\n")
-
+from cluster.gateway.stream.final_events import SEQUENCE, responses_error_event, take_response_usage, take_usage
+from cluster.gateway.stream.terminal import terminal_named
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +73,15 @@ async def respond(
                 first = renamed(first, job.rename)
             ctype = resp.headers.get("content-type", "application/json").encode()
             delivery.status = resp.status
-            await send({"type": "http.response.start", "status": resp.status,
-                        "headers": [(b"content-type", ctype), (b"content-length", str(len(first)).encode()), *out_headers]})
-            await send({"type": "http.response.body", "body": first, "more_body": False})
+            if writer is not None:
+                writer.hold()  # the head leaves with the body: one write (ClientWriter.hold)
+            try:
+                await send({"type": "http.response.start", "status": resp.status, "headers": [
+                    (b"content-type", ctype), (b"content-length", str(len(first)).encode()), *out_headers]})
+                await send({"type": "http.response.body", "body": first, "more_body": False})
+            finally:
+                if writer is not None:
+                    writer.release()
     finally:
         # A finished response hands its connection back to the pool (keep-alive); an
         # unfinished one drops it, so that the engine aborts the request.
@@ -137,7 +138,7 @@ class _Events:
             tokens = b".delta\n" in chunk
             if (final := take_response_usage(chunk, delivery)) is not None:
                 chunk = terminal_named(chunk, final)
-            if _SEQUENCE in chunk:
+            if SEQUENCE in chunk:
                 self.sent = chunk
             finished = b"event: response.completed" in chunk or b"event: response.incomplete" in chunk
         elif b'"choices":[]' in chunk:
@@ -188,12 +189,18 @@ async def _pump(resp: Response, first: bytes, events: _Events, writer: ClientWri
 
     def sink(chunk: bytes) -> None:  # every read of the engine's stream: the token path
         out = feed(chunk)
-        if out and writer.write(out):  # the client reads slower than the engine writes
-            resp.pause()
+        if out:
+            # The stream's last event with the engine's end in this read: the client's end goes with it.
+            last = events.finished and resp.complete and not events.tail and (ledger is None or ledger.failed is None)
+            if writer.write(out, last=last):  # the client reads slower than the engine writes
+                resp.pause()
         if ledger is not None and ledger.failed is not None:
             events.broke()
 
-    sink(first)
+    try:
+        sink(first)
+    finally:
+        writer.release()  # the response head, when the first bytes held no whole event
     conn = resp.pump(sink)
     while True:
         await conn.wait()
@@ -210,14 +217,20 @@ async def _relay_stream(
 ) -> bool:
     """Relay the SSE stream; True when the engine (or the replica that resumed it) finished it.
     ``writer``: the client's connection, written from the engine read (else each event is sent)."""
-    await send({"type": "http.response.start", "status": 200, "headers": [
-        (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-        (b"x-accel-buffering", b"no"), *out_headers,
-    ]})
+    if writer is not None:
+        writer.hold()  # the head leaves with the first events (ClientWriter.hold; _pump releases it)
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"), *out_headers,
+        ]})
+    finally:
+        pumped = writer is not None and writer.usable
+        if writer is not None and not pumped:
+            writer.release()
     delivery.status = 200
     events = _Events(job, delivery)
     ledger, messages, responses = events.ledger, events.messages, events.responses
-    pumped = writer is not None and writer.usable
     while True:
         try:
             if pumped:
@@ -277,7 +290,10 @@ async def _relay_stream(
     if gone.done():
         delivery.status = 200 if events.finished else CLIENT_CLOSED
         return False
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    if pumped:
+        await writer.end(send)  # its terminator maybe written with the last event
+    else:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
     return True
 
 
@@ -288,56 +304,5 @@ async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes
         yield chunk
 
 
-def take_usage(chunk: bytes, delivery: Delivery, *, strip: bool) -> tuple[bytes, bool]:
-    """Read the usage of the final `"choices":[]` event; drop that event when the gateway,
-    not the client, asked for it (``strip``). Also says whether token events precede it in
-    the chunk."""
-    at = chunk.find(b'"choices":[]')
-    start = chunk.rfind(b"data:", 0, at)
-    end = chunk.find(b"\n\n", at)
-    if start < 0 or end < 0:
-        return chunk, True
-    end += 2
-    try:
-        delivery.usage(orjson.loads(chunk[start + 5:end]).get("usage"))
-    except (orjson.JSONDecodeError, AttributeError):
-        return chunk, True
-    return (chunk[:start] + chunk[end:] if strip else chunk), start > 0
-
-
-def take_response_usage(chunk: bytes, delivery: Delivery) -> FinalEvent | None:
-    """Read the usage of a Responses stream's final event (``response.usage``) when the
-    chunk holds it; the event as found (None: no final event here). It is not changed."""
-    for marker in _FINAL_EVENTS:
-        at = chunk.rfind(marker)
-        if at >= 0:
-            break
-    else:
-        return None
-    start = chunk.find(b"data:", at)
-    end = chunk.find(b"\n\n", start)
-    if start < 0 or end < 0:
-        return None
-    try:
-        response = orjson.loads(chunk[start + 5:end]).get("response")
-        delivery.usage(response.get("usage"))
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return FinalEvent(at, start, end, response)
-
-
-def responses_error_event(err: OpenAIError, *, after: bytes = b"") -> bytes:
-    """A broken Responses stream's end: the spec's `error` event (type, code, message, param,
-    the sequence number after the last event relayed, ``after``), with the OpenAI error object
-    beside them, on which the OpenAI SDK raises."""
-    at = after.rfind(_SEQUENCE)
-    digits = after[at + len(_SEQUENCE):].lstrip()[:20] if at >= 0 else b""
-    n = len(digits) - len(digits.lstrip(b"0123456789"))
-    event = {"type": "error", "code": err.code, "message": err.message, "param": err.param,
-             "sequence_number": int(digits[:n]) + 1 if n else 0, **err.body()}
-    return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
-
-
-_SEQUENCE = b'"sequence_number":'
 _DONE = b"data: [DONE]\n\n"
 _clock = time.perf_counter

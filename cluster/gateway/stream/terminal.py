@@ -11,7 +11,7 @@ _TERMINAL = {"incomplete": b"response.incomplete", "failed": b"response.failed"}
 
 class FinalEvent(NamedTuple):
     """A Responses stream's final event in a chunk, as the relay found and read it
-    (cluster.gateway.stream.relay.take_response_usage)."""
+    (cluster.gateway.stream.final_events.take_response_usage)."""
 
     at: int  # where its `event:` line begins
     start: int  # its `data:` line

@@ -214,6 +214,11 @@ class Response:
     def pause(self) -> None:
         self._conn.pause()
 
+    @property
+    def complete(self) -> bool:
+        """The whole body has been read."""
+        return self._conn.complete
+
     async def read(self) -> bytes:
         return b"".join([c async for c in self._conn.body()])
 
@@ -223,6 +228,9 @@ class Response:
             return
         self._done = True
         if self._conn.reusable:
+            # Paused by a slow client at the stream's last read: a pooled connection reads again
+            # (its next answer, or the engine closing it).
+            self._conn.resume()
             self._pool._idle.setdefault(self._key, []).append(self._conn)
         else:
             self._conn.close()

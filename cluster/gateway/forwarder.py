@@ -26,7 +26,7 @@ from cluster.gateway.upstream.engine_client import ConnectFailed, EngineClient, 
 from cluster.gateway.errors import RETRY_SOON, OpenAIError, from_upstream
 from cluster.gateway.flowcontrol.fair_queue import FairQueue
 from cluster.gateway.flowcontrol.preemption import Preempted
-from cluster.gateway.observability.children import Children
+from cluster.gateway.observability.children import Children, add
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.gateway.responses.conversations import owner_endpoints
 from cluster.gateway.rollout.version import versioned
@@ -81,15 +81,15 @@ class Forwarder:
             in_flight, queued = child(m.batch_in_flight, job.model), child(m.batch_waiting, job.model)
         else:
             in_flight, queued = child(m.in_flight, job.model), child(m.queued, job.model)
-        in_flight.inc()
-        queued.inc()
+        add(in_flight)
+        add(queued)
         answered = False
 
         def on_answer() -> None:
             nonlocal answered
             if not answered:
                 answered = True
-                queued.dec()
+                add(queued, -1)
 
         engine_span, trace_headers = (self._tracer.engine_span(job.span, job.model)
                                       if self._tracer is not None and job.span is not None else (None, None))
@@ -127,7 +127,7 @@ class Forwarder:
                 first = await self._slot(job, info, endpoints, receive, delivery, again=True)
         finally:
             on_answer()
-            in_flight.dec()
+            add(in_flight, -1)
             if engine_span is not None:
                 ep = delivery.endpoint
                 RequestTracer.finish(engine_span, delivery.status or 500, {
@@ -199,7 +199,7 @@ class Forwarder:
         # answers (a non-streamed response comes all at the end), a disconnect cancels the
         # call; after, it closes the engine connection. Either way vLLM aborts the request.
         loop = asyncio.get_running_loop()
-        gone = loop.create_task(wait_disconnect(receive))
+        gone = writer.lost() if writer is not None and writer.watched else loop.create_task(wait_disconnect(receive))
         given, begun = first, []
 
         async def opened() -> tuple[Response, bytes]:  # from its start ``open`` gives the replica back itself

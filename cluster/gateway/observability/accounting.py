@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.gateway.observability.access_log import AccessLog, prompt_of
-from cluster.gateway.observability.children import Children, observe_all
+from cluster.gateway.observability.children import Children, add, observe, observe_all
 from cluster.gateway.context import Delivery
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.gateway.context import RESPONSES
@@ -27,7 +27,7 @@ def _prompt(route: str, data: dict[str, Any]) -> Any:
     return prompt_of(data)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__
 class Settled:
     """One request as it ended."""
 
@@ -67,27 +67,27 @@ class Accounting:
         # scales on and a rollout's gates compare, and a backlog must move neither.
         interactive = req.batch is None
         if interactive:
-            child(m.requests, model, req.tenant, req.route, str(req.status), version).inc()
+            add(child(m.requests, model, req.tenant, req.route, str(req.status), version))
         if model != UNKNOWN and interactive and not req.mirror:
-            child(m.duration, model, req.route).observe(latency)
+            observe(child(m.duration, model, req.route), latency)
         if delivery.decisions:
             policy = self._routing.policy(model)
-            child(m.decisions, model, policy).inc(len(delivery.decisions))
+            add(child(m.decisions, model, policy), len(delivery.decisions))
             observe_all(child(m.decision_seconds, policy), delivery.decisions)
             for plugin, seconds in delivery.plugin_timings:
-                m.observe_plugin(plugin, seconds)
+                observe(child(m.plugin_seconds, plugin), seconds)
         for reason in delivery.retry_reasons:
             m.retries.labels(model, reason).inc()
         if delivery.ttft_s is not None and interactive:
-            child(m.ttft, model, version).observe(delivery.ttft_s)
+            observe(child(m.ttft, model, version), delivery.ttft_s)
             if self._interactive_ttft is not None and not req.mirror:  # a copy's TTFT is no client's
                 self._interactive_ttft(model, delivery.ttft_s)
         if delivery.itl and interactive:
             observe_all(child(m.itl, model, version), delivery.itl)
         if delivery.prompt_tokens:
-            child(m.prompt_tokens, model, req.tenant, version).inc(delivery.prompt_tokens)
+            add(child(m.prompt_tokens, model, req.tenant, version), delivery.prompt_tokens)
         if delivery.completion_tokens:
-            child(m.completion_tokens, model, req.tenant, version).inc(delivery.completion_tokens)
+            add(child(m.completion_tokens, model, req.tenant, version), delivery.completion_tokens)
         if delivery.reasoning_tokens:
             m.reasoning_tokens.labels(model, req.tenant, version).inc(delivery.reasoning_tokens)
         if req.span is not None:

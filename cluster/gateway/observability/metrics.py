@@ -247,25 +247,18 @@ class GatewayMetrics:
         for code in AUTH_FAILURE_CODES:
             for throttled in ("false", "true"):
                 self.auth_failures.labels(code, throttled)
-        self._plugin_children: dict[str, object] = {}
         if replicas is not None:
             registry.register(_ReplicaCollector(replicas))
 
     def auth_failed(self, code: str, throttled: bool) -> None:
         self.auth_failures.labels(code, "true" if throttled else "false").inc()
 
-    def observe_plugin(self, plugin: str, seconds: float) -> None:
-        child = self._plugin_children.get(plugin)
-        if child is None:
-            child = self._plugin_children[plugin] = self.plugin_seconds.labels(plugin)
-        child.observe(seconds)  # type: ignore[attr-defined]
-
     def init_models(self, policies: dict[str, str], plugins: Iterable[str] = ()) -> None:
         """Create each model's labelled series at 0, so that rates and alerts see them
         before the first event (a retry or rejection may never have happened yet).
         ``policies``: model -> its routing policy label; ``plugins``: the routing plugins."""
         for plugin in plugins:
-            self._plugin_children.setdefault(plugin, self.plugin_seconds.labels(plugin))
+            self.plugin_seconds.labels(plugin)
         for m, policy in policies.items():
             for reason in REJECTION_REASONS:
                 self.rejections.labels(m, reason)

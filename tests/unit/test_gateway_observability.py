@@ -165,6 +165,22 @@ def test_access_log_lines(stack):
     assert any(x["status"] == 404 and x["model"] == "unknown" for x in rows)
 
 
+@pytest.mark.parametrize("clock", [[0.0], [1796620107.4567, 1796620107.9999996, 1796620108.0004, 1796620108.0005],
+                                   [1.9995, 1.0005, 59.999, 86399.9999999, 951782400.25]])
+def test_access_log_timestamps_are_isoformat_milliseconds(clock):
+    """The line's ts (its date and time formatted once a second) is datetime's isoformat of the
+    clock, to the millisecond, on second boundaries and the microsecond rounding too."""
+    from datetime import datetime, timezone
+
+    buf, times = io.BytesIO(), iter(clock)
+    log = AccessLog(AccessLogConfig(), stream=buf, clock=lambda: next(times))
+    for _ in clock:
+        log.write({"request_id": "r"})
+    log.flush()
+    got = [json.loads(line)["ts"] for line in buf.getvalue().splitlines()]
+    assert got == [datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds") for t in clock]
+
+
 def test_access_log_includes_prompts_only_when_enabled():
     buf = io.BytesIO()
     log = AccessLog(AccessLogConfig(include_prompts=True), stream=buf, clock=lambda: 0.0)

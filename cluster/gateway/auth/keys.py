@@ -147,7 +147,8 @@ class KeyTable:
         return bool(self._by_hash)
 
     def lookup(self, key: str) -> str | None:
-        return self._by_hash.get(hash_key(key))
+        by_hash = self._by_hash
+        return by_hash.get(hash_key(key)) if by_hash else None  # no hash of every request's key for an empty table
 
     def replace(self, other: KeyTable) -> None:
         """Take ``other``'s entries (a reload): one reference swap, so a lookup sees the

@@ -43,7 +43,7 @@ from cluster.gateway.flowcontrol.capacity import Capacity, learn_capacity, other
 from cluster.gateway.flowcontrol.preemption import TakeBack
 from cluster.gateway.flowcontrol.shared import Counts, SharedSlots
 from cluster.gateway.flowcontrol.shared_dispatch import ModelState, SharedDispatch
-from cluster.gateway.observability.children import Children
+from cluster.gateway.observability.children import Children, observe
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.routing.router import Routing
 
@@ -217,7 +217,7 @@ class FairQueue(SharedDispatch, BatchSlots, TakeBack):
                 cap = self.capacity(model, endpoints, view)
                 exclude = None if st.order else self._admits(st, cap, tenant, revocable)
             if exclude is not None:
-                self._child(self._metrics.fair_wait, model, tenant).observe(0.0)
+                observe(self._child(self._metrics.fair_wait, model, tenant), 0.0)
                 ep = self._granted(st, tenant, pick(endpoints, exclude))
                 self._take_back(model, st, tenant, ep.replica_id, cap)
                 return ep

@@ -37,12 +37,19 @@ class AccessLog:
             self._out = sys.stdout.buffer
         self._queue: queue.SimpleQueue[bytes | threading.Event | None] = queue.SimpleQueue()
         self._pending: list[bytes] = []
+        self._second, self._prefix = -1, ""
         self._lock = threading.Lock()
         self._writer = threading.Thread(target=self._write_lines, name="access-log", daemon=True)
         self._writer.start()
 
     def write(self, record: dict[str, Any]) -> None:
-        ts = datetime.fromtimestamp(self._clock(), tz=timezone.utc).isoformat(timespec="milliseconds")
+        # As datetime's isoformat(timespec="milliseconds") of the clock (rounded to microseconds,
+        # then cut to milliseconds), its date and time formatted once a second.
+        second, micros = divmod(round(self._clock() * 1_000_000), 1_000_000)
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        ts = f"{self._prefix}.{micros // 1000:03d}+00:00"
         line = orjson.dumps({"ts": ts, **record}, option=orjson.OPT_APPEND_NEWLINE)
         with self._lock:
             self._pending.append(line)

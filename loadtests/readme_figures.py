@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import re
 import sys
 from collections.abc import Callable
@@ -109,15 +110,18 @@ def _cpu_block(doc: dict) -> list[str]:
     rows = ["", f"CPU seconds per 1k output tokens of each front's processes over the c=16 phases "
             f"({st['max_tokens']} tokens: {st['tput_requests']} requests, {st['long_tokens']} tokens: "
             f"{st['long_requests']} requests):", "",
-            f"| front | {st['max_tokens']} tokens | {st['long_tokens']} tokens | throughput ratio, {st['long_tokens']} tokens |",
-            "|---|---|---|---|"]
+            f"| front | {st['max_tokens']} tokens | {st['long_tokens']} tokens | ÷ vllm-router, paired per run "
+            f"({st['max_tokens']} / {st['long_tokens']} tokens) | throughput ratio, {st['long_tokens']} tokens |",
+            "|---|---|---|---|---|"]
     for name, label in (("owc-gateway", "owc gateway, 1 process"), ("owc-gateway-2proc", "owc gateway, 2 processes"),
                         ("vllm-router", "vllm-router")):
         if name in s and "cpu_s_per_1k_tokens_long" in s[name]:
             e = s[name]
+            paired = " / ".join(_spread(_paired(doc, name, key), _ratio)
+                                for key in ("cpu_s_per_1k_tokens", "cpu_s_per_1k_tokens_long"))
             rows.append(f"| {label} | {_spread(e['cpu_s_per_1k_tokens'], lambda x: f'{x:.3f}')} | "
                         f"{_spread(e['cpu_s_per_1k_tokens_long'], lambda x: f'{x:.3f}')} | "
-                        f"{_spread(e['tput_ratio_long'], _ratio)} |")
+                        f"{paired if name != 'vllm-router' else '1'} | {_spread(e['tput_ratio_long'], _ratio)} |")
     rows.append("")
     v = s["verdict"]
     for key, what in (("cpu_vs_router_ok", f"{st['max_tokens']} tokens, 1 process"),
@@ -127,6 +131,13 @@ def _cpu_block(doc: dict) -> list[str]:
         if key in v:
             rows.append(f"- CPU per 1k tokens ≤ vllm-router's, {what}: **{'met' if v[key] else 'not met'}**.")
     return rows
+
+
+def _paired(doc: dict, name: str, key: str) -> dict:
+    """Median (min, max) over the runs of ``name``'s ``key`` over vllm-router's in the same run:
+    the router's own CPU moves between runs as much as owc's (the medians alone can hide it)."""
+    xs = [r["results"][name][key] / r["results"]["vllm-router"][key] for r in doc["runs"]]
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
 def loadtests_block(_: dict) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import re
 import sys
@@ -117,11 +118,11 @@ def _cpu_block(doc: dict) -> list[str]:
                         ("vllm-router", "vllm-router")):
         if name in s and "cpu_s_per_1k_tokens_long" in s[name]:
             e = s[name]
-            paired = " / ".join(_spread(_paired(doc, name, key), _ratio)
-                                for key in ("cpu_s_per_1k_tokens", "cpu_s_per_1k_tokens_long"))
+            paired = "1" if name == "vllm-router" else " / ".join(
+                _spread(_paired(doc, name, key), _ratio) for key in ("cpu_s_per_1k_tokens", "cpu_s_per_1k_tokens_long"))
             rows.append(f"| {label} | {_spread(e['cpu_s_per_1k_tokens'], lambda x: f'{x:.3f}')} | "
                         f"{_spread(e['cpu_s_per_1k_tokens_long'], lambda x: f'{x:.3f}')} | "
-                        f"{paired if name != 'vllm-router' else '1'} | {_spread(e['tput_ratio_long'], _ratio)} |")
+                        f"{paired} | {_spread(e['tput_ratio_long'], _ratio)} |")
     rows.append("")
     v = s["verdict"]
     for key, what in (("cpu_vs_router_ok", f"{st['max_tokens']} tokens, 1 process"),
@@ -136,8 +137,9 @@ def _cpu_block(doc: dict) -> list[str]:
 def _paired(doc: dict, name: str, key: str) -> dict:
     """Median (min, max) over the runs of ``name``'s ``key`` over vllm-router's in the same run:
     the router's own CPU moves between runs as much as owc's (the medians alone can hide it)."""
-    xs = [r["results"][name][key] / r["results"]["vllm-router"][key] for r in doc["runs"]]
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+    xs = [r["results"][name][key] / r["results"]["vllm-router"][key] for r in doc["runs"]
+          if r["results"].get(name, {}).get(key) is not None and r["results"].get("vllm-router", {}).get(key)]
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)} if xs else {"median": math.nan, "min": math.nan, "max": math.nan}
 
 
 def loadtests_block(_: dict) -> str:

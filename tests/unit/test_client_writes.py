@@ -198,3 +198,33 @@ def test_a_pooled_connection_paused_by_a_slow_client_reads_again():
     resp.release()
     assert not conn.paused and resumed == [False, True]
     assert client._idle[("127.0.0.1", 1)] == [conn]
+
+
+async def test_nothing_follows_an_end_already_written():
+    """An engine that sends bytes after its answer (here: not HTTP) fails its connection after
+    the client got the whole stream, its end included: no error event after the terminator."""
+    writes = [_chunk(e) for e in EVENTS[:-1]] + [_chunk(EVENTS[-1]) + b"0\r\n\r\nnot http at all\r\n\r\n"]
+    done, transport, cycle, completed = await _relay(writes)
+    assert done and completed == [1] and cycle.response_complete
+    assert _parsed(b"".join(transport.writes)) == (200, b"".join(EVENTS), True)
+    assert b"".join(transport.writes).endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+
+
+async def test_the_disconnect_watch_reads_the_connection_again_as_receive_would():
+    """uvicorn pauses reading a connection whose body came faster than the app read it, and its
+    ``receive`` resumes it before waiting. The future that replaces a task awaiting ``receive``
+    (ClientWriter.lost) must resume it too: paused, the client's FIN is never seen, and a client
+    that left would not abort the engine's request."""
+    resumed: list[bool] = []
+
+    class T(Transport):
+        def resume_reading(self) -> None:
+            resumed.append(True)
+
+    transport = T()
+    cycle, _ = _cycle(transport)
+    cycle.flow.pause_reading()  # what uvicorn's on_body does past its high-water mark
+    lost = client_writer(cycle.send).lost()
+    assert not cycle.flow.read_paused and resumed == [True] and not lost.done()
+    cycle.disconnected = True
+    assert client_writer(cycle.send).lost().done()  # already gone: resolved at once

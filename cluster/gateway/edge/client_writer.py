@@ -97,6 +97,9 @@ class ClientWriter:
             future.set_result(None)
         else:
             c.scope[GONE_KEY] = future  # type: ignore[literal-required]
+            # As ``receive`` does before it waits: uvicorn pauses reading a connection whose body
+            # came faster than the app read it; paused, the client's FIN would never be seen.
+            c.flow.resume_reading()
         return future
 
     @property

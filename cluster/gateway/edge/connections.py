@@ -239,9 +239,10 @@ class GuardedProtocol(HttpToolsProtocol):
             self._guard.idle(self)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self._phase == "done" and not self.transport.is_closing():
-            self._guard.idle(self)
+        super().on_response_complete()  # starts a request the client sent before this answer was complete
+        cycle = self.cycle
+        if self._phase == "done" and not self.transport.is_closing() and (cycle is None or cycle.response_complete):
+            self._guard.idle(self)  # not while that next request is served: the connection would be evictable
 
     # -- deadlines ----------------------------------------------------------------------
     def _arm(self, seconds: float, reason: str) -> None:

@@ -10,6 +10,7 @@ the line itself: issue 34's profile)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import queue
 import sys
 import threading
@@ -43,9 +44,13 @@ class AccessLog:
         self._writer.start()
 
     def write(self, record: dict[str, Any]) -> None:
-        # As datetime's isoformat(timespec="milliseconds") of the clock (rounded to microseconds,
-        # then cut to milliseconds), its date and time formatted once a second.
-        second, micros = divmod(round(self._clock() * 1_000_000), 1_000_000)
+        # As datetime's isoformat(timespec="milliseconds") of the clock (its fraction rounded to
+        # microseconds as datetime.fromtimestamp rounds it, then cut to milliseconds), its date and
+        # time formatted once a second. One writer: the event loop.
+        fraction, whole = math.modf(self._clock())
+        second, micros = int(whole), round(fraction * 1_000_000)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
         if second != self._second:
             self._second = second
             self._prefix = datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")

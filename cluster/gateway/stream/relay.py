@@ -42,7 +42,8 @@ async def respond(
     resumable stream (``job.resume``) whose engine breaks is continued elsewhere; ``writer``:
     the client's connection, which a stream's events are written to from the engine read."""
     current = [resp]  # the engine response being relayed (a continuation's, once resumed)
-    gone.add_done_callback(lambda t: None if t.cancelled() else current[0].close())
+    # The client left: the engine's request is aborted (its connection closed), unless it is over.
+    gone.add_done_callback(lambda t: None if t.cancelled() or current[0].complete else current[0].close())
     completed = False
     try:
         if resp.status in (401, 403):
@@ -85,7 +86,7 @@ async def respond(
     finally:
         # A finished response hands its connection back to the pool (keep-alive); an
         # unfinished one drops it, so that the engine aborts the request.
-        if completed and not gone.done():
+        if (completed and not gone.done()) or current[0].complete:  # a client that left after the end: pooled too
             current[0].release()
         else:
             current[0].close()
@@ -243,6 +244,8 @@ async def _relay_stream(
                     events.broke()
             break
         except EngineError as e:
+            if pumped and writer.ended:  # the client has the whole answer, its end included: nothing may follow
+                break
             if gone.done():  # we closed it because the client went away (after the last event: answered)
                 delivery.status = 200 if events.finished else CLIENT_CLOSED
                 return False
@@ -285,7 +288,7 @@ async def _relay_stream(
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return False
     tail = events.rest()
-    if tail:
+    if tail and not (pumped and writer.ended):
         await send({"type": "http.response.body", "body": tail, "more_body": True})
     if gone.done():
         delivery.status = 200 if events.finished else CLIENT_CLOSED

@@ -216,8 +216,8 @@ class Response:
 
     @property
     def complete(self) -> bool:
-        """The whole body has been read."""
-        return self._conn.complete
+        """The whole body has been read and handed over (none of it still buffered)."""
+        return self._conn.complete and not self._conn._chunks
 
     async def read(self) -> bytes:
         return b"".join([c async for c in self._conn.body()])

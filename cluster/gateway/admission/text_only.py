@@ -55,6 +55,11 @@ def non_text_content(route: str, data: dict[str, Any], model: str) -> OpenAIErro
     return None
 
 
+def _omitted(kind: str, model: str) -> str:
+    """The note that stands for a media part the model cannot read."""
+    return f"[{kind} omitted: {model} reads text only]"
+
+
 def note_tool_media(route: str, data: dict[str, Any], model: str) -> bool:
     """Replace, in place, each media block inside a Messages ``tool_result`` by a text note the
     model reads (Responses: each function call output's parts by their text); True when one was
@@ -73,7 +78,7 @@ def note_tool_media(route: str, data: dict[str, Any], model: str) -> bool:
             for k, block in enumerate(inner):
                 kind = block.get("type") if isinstance(block, dict) else None
                 if kind in MEDIA_PARTS[MESSAGES]:
-                    inner[k] = {"type": "text", "text": f"[{kind} omitted: {model} reads text only]"}
+                    inner[k] = {"type": "text", "text": _omitted(kind, model)}
                     noted = True
     return noted
 
@@ -96,6 +101,6 @@ def _outputs_as_text(data: dict[str, Any], model: str) -> bool:
         if not all(k in _OUTPUT_TEXT or k in MEDIA_PARTS[RESPONSES] for k in kinds):
             continue
         item["output"] = "\n".join(str(p.get("text") or "") if k in _OUTPUT_TEXT else
-                                   f"[{k} omitted: {model} reads text only]" for p, k in zip(output, kinds))
+                                   _omitted(k, model) for p, k in zip(output, kinds))
         noted = True
     return noted

@@ -147,7 +147,7 @@ class _Events:
             chunk, tokens = take_usage(chunk, delivery, strip=self.strip_usage)
             finished = chunk.endswith(_DONE)
         else:
-            tokens = not chunk.startswith(b"data: [DONE]")
+            tokens = not chunk.startswith(_DONE)  # whole events only: [DONE] is one
             finished = not tokens or chunk.endswith(_DONE)  # [DONE] is the stream's last event
         if tokens:
             if delivery.ttft_s is None:

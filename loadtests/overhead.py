@@ -192,6 +192,12 @@ def summarise(runs: list[dict], names: list[str]) -> dict:
             long_cpu = [r["results"][name]["cpu_s_per_1k_tokens_long"] for r in runs if "cpu_s_per_1k_tokens_long" in r["results"][name]]
             if long_cpu:
                 entry["cpu_s_per_1k_tokens_long"] = _spread(long_cpu)
+        if name.startswith("owc-gateway") and "vllm-router" in names:  # issue 34: CPU over the router's, paired per run
+            for key, out_key in (("cpu_s_per_1k_tokens", "cpu_vs_router"), ("cpu_s_per_1k_tokens_long", "cpu_vs_router_long")):
+                paired = [r["results"][name][key] / r["results"]["vllm-router"][key] for r in runs
+                          if key in r["results"][name] and r["results"]["vllm-router"].get(key)]
+                if paired:
+                    entry[out_key] = _spread(paired)
         errors = sum(r["results"][name][k]["errors"] for r in runs for k in ("ttft_c1", "tput_c16", "tput_c16_long")
                      if k in r["results"][name])
         entry["errors"] = errors

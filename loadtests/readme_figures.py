@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import re
 import sys
 from collections.abc import Callable
@@ -119,7 +117,7 @@ def _cpu_block(doc: dict) -> list[str]:
         if name in s and "cpu_s_per_1k_tokens_long" in s[name]:
             e = s[name]
             paired = "1" if name == "vllm-router" else " / ".join(
-                _spread(_paired(doc, name, key), _ratio) for key in ("cpu_s_per_1k_tokens", "cpu_s_per_1k_tokens_long"))
+                _spread(e[key], _ratio) for key in ("cpu_vs_router", "cpu_vs_router_long"))
             rows.append(f"| {label} | {_spread(e['cpu_s_per_1k_tokens'], lambda x: f'{x:.3f}')} | "
                         f"{_spread(e['cpu_s_per_1k_tokens_long'], lambda x: f'{x:.3f}')} | "
                         f"{paired} | {_spread(e['tput_ratio_long'], _ratio)} |")
@@ -132,14 +130,6 @@ def _cpu_block(doc: dict) -> list[str]:
         if key in v:
             rows.append(f"- CPU per 1k tokens ≤ vllm-router's, {what}: **{'met' if v[key] else 'not met'}**.")
     return rows
-
-
-def _paired(doc: dict, name: str, key: str) -> dict:
-    """Median (min, max) over the runs of ``name``'s ``key`` over vllm-router's in the same run:
-    the router's own CPU moves between runs as much as owc's (the medians alone can hide it)."""
-    xs = [r["results"][name][key] / r["results"]["vllm-router"][key] for r in doc["runs"]
-          if r["results"].get(name, {}).get(key) is not None and r["results"].get("vllm-router", {}).get(key)]
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)} if xs else {"median": math.nan, "min": math.nan, "max": math.nan}
 
 
 def loadtests_block(_: dict) -> str:

@@ -139,3 +139,20 @@ def test_every_relative_link_resolves(page):
         elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
             broken.append(target)
     assert not broken, f"{page.name}: links to nothing: {broken}"
+
+
+def test_the_overhead_summary_pairs_owcs_cpu_with_the_routers_per_run():
+    """The CPU table's owc ÷ vllm-router is each run's ratio (the router's own figure moves
+    between runs), not the ratio of the medians."""
+    from loadtests.overhead import summarise
+
+    def result(ttft: float, tput: float, cpu: float | None = None) -> dict:
+        out = {"ttft_c1": {"ttft_p50_s": ttft, "errors": 0}, "tput_c16": {"output_tokens_per_s": tput, "errors": 0}}
+        return out | ({"cpu_s_per_1k_tokens": cpu} if cpu is not None else {})
+
+    runs = [{"results": {"bare-vllm": result(1, 100), "owc-gateway": result(1, 90, 0.05), "vllm-router": result(1, 80, 0.10)}},
+            {"results": {"bare-vllm": result(1, 100), "owc-gateway": result(1, 90, 0.09), "vllm-router": result(1, 80, 0.06)}}]
+    s = summarise(runs, ["bare-vllm", "owc-gateway", "vllm-router"])
+    assert s["owc-gateway"]["cpu_vs_router"] == {"median": 1.0, "min": 0.5, "max": 1.5, "n": 2}
+    assert "cpu_vs_router_long" not in s["owc-gateway"] and "cpu_vs_router" not in s["vllm-router"]
+    assert s["owc-gateway"]["cpu_s_per_1k_tokens"]["median"] / s["vllm-router"]["cpu_s_per_1k_tokens"]["median"] != 1.0

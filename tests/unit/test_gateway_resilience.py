@@ -105,6 +105,22 @@ def _chat(url: str, stream: bool = False, max_tokens: int = 4) -> httpx.Response
                                         "max_tokens": max_tokens, "stream": stream}, timeout=30)
 
 
+def _refused_probe(url: str):
+    """A probe for queue_full. The gateway sees the engine's queue one scrape late, so a probe can
+    be admitted and queue behind the others: it gives up after 1 s (its client leaving cancels it
+    on the engine) instead of waiting out the whole queue, and the next probe sees the queue."""
+
+    def probe():
+        try:
+            r = httpx.post(url + CHAT, json={"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                             "max_tokens": 4}, timeout=1.0)
+        except httpx.TimeoutException:
+            return None
+        return r.status_code == 429 and r
+
+    return probe
+
+
 @pytest.fixture(scope="module")
 def good():
     with server(fake_engine_argv("m", itl_ms=1)) as e:
@@ -162,11 +178,11 @@ def test_full_queues_are_a_429_with_retry_after(tmp_path):
             server(gateway_argv(f"m={slow.url}", config=_config(tmp_path, params={"queue_bound": {"max_queue_per_replica": 2}}))) as gw:
         with ThreadPoolExecutor(4) as pool:
             busy = []
-            for n in range(3):  # 1 running, then 2 queued
-                busy.append(pool.submit(_chat, gw.url, False, 40))
+            for n in range(3):  # 1 running, then 2 queued: ~7 s of work at 60 tokens x 40 ms each
+                busy.append(pool.submit(_chat, gw.url, False, 60))
                 wait_for(lambda n=n: metric(slow.url, "vllm:num_requests_running") + metric(
                     slow.url, "vllm:num_requests_waiting") == n + 1, 10, "the engine queue")
-            r = wait_for(lambda: (x := _chat(gw.url)).status_code == 429 and x, 5, "a 429")
+            r = wait_for(_refused_probe(gw.url), 6, "a 429")
             assert r.json()["error"]["code"] == "queue_full" and r.headers["retry-after"] == "1"
             assert all(f.result().status_code == 200 for f in busy)
         assert metric(gw.metrics_url, "owc_rejections_total", model="m", reason="queue_full") >= 1

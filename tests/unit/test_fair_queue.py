@@ -342,6 +342,40 @@ async def test_headroom_keeps_a_slot_for_the_lighter_tenant():
     await asyncio.wait_for(queued, 1)
 
 
+async def _at_share_after(a_held: int, b_held: int, seconds: float) -> asyncio.Future:
+    """A held ``a_held`` slots of 8 and B ``b_held`` for ``seconds``; then A holds 4 (its
+    share), B 3, one slot is free (under the headroom of 2), and A asks for a fifth."""
+    s = Stack(batch=8, headroom=2, active_window_s=60)
+    now = [0.0]
+    s.fair._clock = lambda: now[0]
+    b = [await s.request("B") for _ in range(b_held)]  # B first: alone, it may take them all
+    a = [await asyncio.wait_for(s.request("A"), 1) for _ in range(a_held)]
+    now[0] = seconds
+    while len(b) > 3:
+        s.done(b.pop())
+    while len(a) < 4:
+        a.append(await asyncio.wait_for(s.request("A"), 1))
+    while len(b) < 3:
+        b.append(await asyncio.wait_for(s.request("B"), 1))
+    fifth = asyncio.ensure_future(s.request("A"))
+    await settle()
+    return fifth
+
+
+async def test_a_light_tenant_at_its_share_is_not_held_to_it_while_the_flood_took_more():
+    # B held 6 of 8 for 30 s, A 1: A's burst to its share (4) and one more goes straight
+    # through; held to the instant count, it waited in the queue for one of its own to end.
+    fifth = await _at_share_after(1, 6, 30.0)
+    assert fifth.done() and fifth.result().replica_id == "r0"
+
+
+async def test_no_credit_where_both_used_their_shares_or_the_flood_has_just_begun():
+    for a_held, b_held, seconds in ((4, 4, 30.0), (1, 6, 0.0)):
+        fifth = await _at_share_after(a_held, b_held, seconds)
+        assert not fifth.done()  # at its share: the free slot is the headroom
+        fifth.cancel()
+
+
 async def test_headroom_lapses_when_the_other_tenant_goes_quiet():
     clock = [0.0]
     s = Stack(batch=2, headroom=1, active_window_s=5)

@@ -43,6 +43,7 @@ from cluster.gateway.flowcontrol.capacity import Capacity, learn_capacity, other
 from cluster.gateway.flowcontrol.preemption import TakeBack
 from cluster.gateway.flowcontrol.shared import Counts, SharedSlots
 from cluster.gateway.flowcontrol.shared_dispatch import ModelState, SharedDispatch
+from cluster.gateway.flowcontrol.slot_usage import credit
 from cluster.gateway.observability.children import Children, observe
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.routing.router import Routing
@@ -149,23 +150,40 @@ class FairQueue(SharedDispatch, BatchSlots, TakeBack):
 
     def over_share(self, st: ModelState, tenant: str, cap: Capacity) -> bool:
         """The tenant holds its fair share of the model's slots or more while other tenants
-        are active (one alone has them all). Behind a balancer each gateway sees its part of
-        every tenant's requests: the share is of the slots the other gateways do not hold, or
-        of all of them with this gateway's mix of tenants taken for the others' requests too.
-        With the shared view: the tenant's requests on every process, of all the slots, its
-        share among the tenants active on any process."""
+        are active (one alone has them all), less its credit (cluster.gateway.flowcontrol.
+        slot_usage: the part of its share it left unused on average while others used more).
+        Behind a balancer each gateway sees its part of every tenant's requests: the share is
+        of the slots the other gateways do not hold, or of all of them with this gateway's mix
+        of tenants taken for the others' requests too. With the shared view: the tenant's
+        requests and average on every process, of all the slots, its share among the tenants
+        active on any process."""
         active = self._active(st)
         if cap.view is not None:
             active = list(dict.fromkeys([*active, *cap.view.tenants]))
         if len(active) < 2 or tenant not in active:
             return False
-        part = self._weight(tenant) / sum(self._weight(t) for t in active)
+        weights = {t: self._weight(t) for t in active}
+        part = weights[tenant] / sum(weights.values())
         mine = st.in_flight.get(tenant, 0)
         if cap.view is not None:
-            return mine + cap.view.tenants.get(tenant, 0) >= cap.total * part
-        if mine >= max(0, cap.total - cap.others) * part:
+            held = mine + cap.view.tenants.get(tenant, 0) - self._credit(st, tenant, weights, cap.total, cap.view)
+            return held >= cap.total * part
+        base = max(0, cap.total - cap.others)
+        held = mine - self._credit(st, tenant, weights, base, None)
+        if held >= base * part:
             return True
-        return cap.others > 0 and cap.own > 0 and mine * (cap.own + cap.others) / cap.own >= cap.total * part
+        return cap.others > 0 and cap.own > 0 and held * (cap.own + cap.others) / cap.own >= cap.total * part
+
+    def _credit(self, st: ModelState, tenant: str, weights: Mapping[str, float], total: int,
+                view: Counts | None) -> float:
+        """``tenant``'s credit against the active tenants' shares of ``total`` slots, from
+        their averages (this process's, plus the others' in ``view``)."""
+        if not st.usage:
+            return 0.0
+        now, norm = self._clock(), sum(weights.values())
+        theirs = view.usage if view is not None else {}
+        averages = {t: st.usage.average(t, st.in_flight.get(t, 0), now) + theirs.get(t, 0.0) for t in weights}
+        return credit(tenant, {t: total * w / norm for t, w in weights.items()}, averages)
 
     def _admits(self, st: ModelState, cap: Capacity, tenant: str, revocable: bool = False) -> frozenset[str] | None:
         """The replicas to exclude for the tenant's next request; None: it may not go now.
@@ -225,7 +243,9 @@ class FairQueue(SharedDispatch, BatchSlots, TakeBack):
                                                           self._clock(), revocable), receive, front=again)
 
     def _granted(self, st: ModelState, tenant: str, ep: Endpoint) -> Endpoint:
-        st.in_flight[tenant] = st.in_flight.get(tenant, 0) + 1
+        held = st.in_flight.get(tenant, 0)
+        st.usage.held(tenant, held, self._clock())
+        st.in_flight[tenant] = held + 1
         return ep
 
     def finished(self, model: str, tenant: str) -> None:
@@ -233,7 +253,9 @@ class FairQueue(SharedDispatch, BatchSlots, TakeBack):
         st = self._models[model]
         if self._shared is not None:
             self._shared.released(model)
-        left = st.in_flight.get(tenant, 0) - 1
+        held = st.in_flight.get(tenant, 0)
+        st.usage.held(tenant, held, self._clock())
+        left = held - 1
         if left > 0:
             st.in_flight[tenant] = left
         else:

@@ -41,15 +41,19 @@ class Counts:
     tenants: Mapping[str, int] = field(default_factory=dict)  # tenant -> requests (0: active, none holding)
     replicas: Mapping[str, int] = field(default_factory=dict)  # replica id (or PENDING) -> requests
     least: Mapping[str, int] = field(default_factory=dict)  # tenant -> the fewest one other process holds
+    usage: Mapping[str, float] = field(default_factory=dict)  # tenant -> slots held on average (slot_usage)
 
     def fields(self) -> dict[str, int]:
-        return {**{"t:" + t: n for t, n in self.tenants.items()}, **{"r:" + r: n for r, n in self.replicas.items()}}
+        """Flat integer fields (the store sums them over processes): the averages in thousandths."""
+        return {**{"t:" + t: n for t, n in self.tenants.items()}, **{"r:" + r: n for r, n in self.replicas.items()},
+                **{"u:" + t: round(1000 * a) for t, a in self.usage.items() if a >= 0.0005}}
 
     @classmethod
     def from_fields(cls, flat: Mapping[str, int]) -> Counts:
         tenants = {k[2:]: int(v) for k, v in flat.items() if k.startswith("t:")}
         return cls(tenants, {k[2:]: int(v) for k, v in flat.items() if k.startswith("r:")},
-                   {k[4:]: int(v) for k, v in flat.items() if k.startswith("l:t:")})
+                   {k[4:]: int(v) for k, v in flat.items() if k.startswith("l:t:")},
+                   {k[2:]: int(v) / 1000 for k, v in flat.items() if k.startswith("u:")})
 
     @property
     def pending(self) -> int:
@@ -149,13 +153,13 @@ class SharedSlots:
                     del s.claims[claim]
 
     def mine(self, model: str, in_flight: Mapping[str, int], active: list[str],
-             replicas: Mapping[str, int]) -> Counts:
+             replicas: Mapping[str, int], usage: Mapping[str, float] | None = None) -> Counts:
         """This process's counts: its tenants' requests plus pending claims, its active tenants
-        at 0, its requests per replica, its claims as PENDING."""
+        at 0, its requests per replica, its claims as PENDING, its tenants' average slots held."""
         claims = self.share(model).claims
         tenants = {t: 0 for t in active}
         for src in (in_flight, claims):
             for t, n in src.items():
                 tenants[t] = tenants.get(t, 0) + n
         pending = sum(claims.values())
-        return Counts(tenants, {**replicas, **({PENDING: pending} if pending else {})})
+        return Counts(tenants, {**replicas, **({PENDING: pending} if pending else {})}, usage=dict(usage or {}))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from cluster.gateway.flowcontrol.fair_order import FairOrder
 from cluster.gateway.flowcontrol.preemption import Preemptible
 from cluster.gateway.flowcontrol.shared import Counts, SharedSlots
+from cluster.gateway.flowcontrol.slot_usage import SlotUsage
 
 TICK_S = 0.02  # how often a model with waiters re-checks room that no release announced (other gateways, new replicas)
 
@@ -21,6 +22,7 @@ class ModelState:
     seen: dict[str, float] = field(default_factory=dict)  # tenant -> when it last sent a request of this model
     batch: int = 0  # batch lines of this model holding a slot (cluster.gateway.flowcontrol.batch_class)
     preemptible: Preemptible = field(default_factory=Preemptible)  # grants that may be taken back
+    usage: SlotUsage = field(default_factory=SlotUsage)  # each tenant's slots held on average
 
 
 class SharedDispatch:
@@ -74,7 +76,9 @@ class SharedDispatch:
     def _mine(self, model: str, st: ModelState) -> Counts:
         replicas = {e.replica_id: n for e in self._endpoints(model) if (n := self._routing.in_flight(e.replica_id))}
         assert self._shared is not None
-        return self._shared.mine(model, st.in_flight, self._active(st), replicas)
+        active, now = self._active(st), self._clock()
+        usage = {t: st.usage.average(t, st.in_flight.get(t, 0), now) for t in active}
+        return self._shared.mine(model, st.in_flight, active, replicas, usage)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

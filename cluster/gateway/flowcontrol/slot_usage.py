@@ -1,0 +1,59 @@
+"""Each tenant's engine slots held on average over the last seconds, and the credit a light
+tenant has for the part of its fair share that others have been using.
+
+The fair queue keeps the last ``headroom`` slots from a tenant holding its fair share or
+more. A light tenant's requests arrive in bursts (a Poisson stream of long generations), so
+counted by the slots it holds *now* it reaches its share now and then, and its next request
+then waited behind the flood's (it took the slot only after one of its own generations ended:
+hundreds of milliseconds on vLLM-CPU, the slowest of its requests in the fairness runs).
+Counted over time it is far under its share, and the flooding tenant far over. So a tenant
+may hold, beyond its share, what it left unused on average while other tenants used more than
+theirs (``credit``): no more than they took over their shares, so that tenants that have all
+used their shares (or a flood that has just begun: no average yet) are held to the plain
+share, as before.
+
+The average is exponentially weighted in time (``tau_s``): ``held`` is called with a
+tenant's count before it changes, ``average`` reads it at any time. Pure: the clock is
+passed in; no I/O."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+TAU_S = 5.0  # the averaging time: several of a light tenant's generations, well under the active window
+
+
+class SlotUsage:
+    """Per tenant: (average slots held, when it was last brought up to date)."""
+
+    def __init__(self, tau_s: float = TAU_S):
+        self._tau_s = tau_s
+        self._avg: dict[str, tuple[float, float]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._avg)
+
+    def held(self, tenant: str, count: int, now: float) -> None:
+        """``tenant`` held ``count`` slots since its last update, until ``now`` (its count is
+        about to change)."""
+        self._avg[tenant] = (self.average(tenant, count, now), now)
+
+    def average(self, tenant: str, count: int, now: float) -> float:
+        """The tenant's average at ``now``, ``count`` being what it has held since its last update."""
+        got = self._avg.get(tenant)
+        if got is None:
+            return 0.0
+        avg, since = got
+        return count + (avg - count) * math.exp(-max(0.0, now - since) / self._tau_s)
+
+
+def credit(tenant: str, shares: Mapping[str, float], averages: Mapping[str, float]) -> float:
+    """The slots ``tenant`` may hold beyond its share (``shares``: each active tenant's fair
+    share of the slots; ``averages``: the slots each held on average): the part of its share
+    it left unused, up to what the other tenants held over theirs."""
+    unused = shares.get(tenant, 0.0) - averages.get(tenant, 0.0)
+    if unused <= 0:
+        return 0.0
+    taken = sum(max(0.0, averages.get(t, 0.0) - s) for t, s in shares.items() if t != tenant)
+    return min(unused, taken)

@@ -1,0 +1,50 @@
+"""A tenant's slots held on average (an exponentially weighted time average) and the credit a
+light tenant has against its fair share (cluster.gateway.flowcontrol.slot_usage), as tables."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cluster.gateway.flowcontrol.slot_usage import SlotUsage, credit
+
+# (changes: [(time, count held until then)], read at, count held since the last change, expected)
+AVERAGE_CASES = [
+    ("never held: 0", [], 10.0, 3, 0.0),
+    ("held 2 for one tau from 0", [(0.0, 0)], 5.0, 2, 2 * (1 - math.exp(-1))),
+    ("held 2 long: 2", [(0.0, 0)], 500.0, 2, 2.0),
+    ("held 6, then 0 for one tau", [(0.0, 0), (500.0, 6)], 505.0, 0, 6 * math.exp(-1)),
+    ("read at the change: no time, no change", [(0.0, 0), (5.0, 4)], 5.0, 9, 4 * (1 - math.exp(-1))),
+    ("a clock going back counts no time", [(0.0, 0), (500.0, 3)], 400.0, 0, 3.0),
+]
+
+
+@pytest.mark.parametrize("changes,at,count,expected", [c[1:] for c in AVERAGE_CASES], ids=[c[0] for c in AVERAGE_CASES])
+def test_average(changes, at, count, expected):
+    u = SlotUsage(tau_s=5.0)
+    for t, held in changes:
+        u.held("A", held, t)
+    assert u.average("A", count, at) == pytest.approx(expected)
+    assert bool(u) == bool(changes)
+
+
+# (shares, averages, tenant, expected credit)
+CREDIT_CASES = [
+    ("light tenant, flood over its share: what it left unused, up to what the flood took",
+     {"A": 4, "B": 4}, {"A": 1.0, "B": 6.5}, "A", 2.5),
+    ("bounded by what the others took", {"A": 4, "B": 4}, {"A": 0.0, "B": 5.0}, "A", 1.0),
+    ("bounded by what it left unused", {"A": 4, "B": 4}, {"A": 3.5, "B": 8.0}, "A", 0.5),
+    ("the flood has none", {"A": 4, "B": 4}, {"A": 1.0, "B": 6.5}, "B", 0.0),
+    ("both used their shares: none", {"A": 4, "B": 4}, {"A": 4.0, "B": 4.0}, "A", 0.0),
+    ("a flood just begun (no average yet): none", {"A": 4, "B": 4}, {"A": 1.0}, "A", 0.0),
+    ("weights: shares 6 and 2", {"A": 2, "B": 6}, {"A": 0.5, "B": 7.5}, "A", 1.5),
+    ("three tenants: two took over theirs", {"A": 2, "B": 2, "C": 2}, {"A": 0.0, "B": 3.0, "C": 2.5}, "A", 1.5),
+    ("a tenant with no share (not active)", {"B": 8}, {"A": 0.0, "B": 8.0}, "A", 0.0),
+]
+
+
+@pytest.mark.parametrize("shares,averages,tenant,expected", [c[1:] for c in CREDIT_CASES],
+                         ids=[c[0] for c in CREDIT_CASES])
+def test_credit(shares, averages, tenant, expected):
+    assert credit(tenant, shares, averages) == pytest.approx(expected)

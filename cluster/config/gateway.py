@@ -119,7 +119,9 @@ class FairSharing(StrictModel):
     headroom: int = Field(
         2, ge=0, le=1024, description="Engine slots of a model (over its replicas) that a tenant at or over its fair "
         "share may not take while other tenants are active: a lighter tenant's request then finds a slot free instead "
-        "of waiting for one to finish. With `preempt`, a request whose slot can be taken back (non-streamed) may take "
+        "of waiting for one to finish. A tenant's share counts the slots it holds less its credit: the part of its "
+        "share it left unused on average over the last seconds while other tenants held more than theirs (a light "
+        "tenant's burst is not held to its share while the flood has been taking it). With `preempt`, a request whose slot can be taken back (non-streamed) may take "
         "the headroom too: the lighter tenant then takes its slot back. A tenant alone has the whole model. Shares are "
         "of the slots the other gateways "
         "do not hold, and of the free slots beyond the headroom each gateway hands such a tenant only its part (its "

@@ -182,3 +182,27 @@ async def test_a_request_taken_back_before_its_send_began_gives_its_replica_back
     except Preempted:
         pass
     assert s.routing.in_flight(ep.replica_id) == 0
+
+
+async def test_a_light_tenant_within_its_credit_takes_a_slot_back_above_its_plain_share():
+    # B held 6 of 8 for 30 s, A 1 (cluster.gateway.flowcontrol.slot_usage). Then A holds 4 (its
+    # share), B 4: A's fifth request, sent to the full replica, takes one of B's back; held to
+    # the instant count A would be over its share and wait, taking nothing.
+    for seconds, taken in ((30.0, 1), (0.0, 0)):
+        s = Stack(batch=8, headroom=2, dispatch_margin=1, active_window_s=60)
+        now = [0.0]
+        s.fair._clock = lambda now=now: now[0]
+        t = Taken(s)
+        b = {f"B{i}": await t.request("B", f"B{i}") for i in range(6)}
+        await asyncio.wait_for(s.request("A"), 1)
+        now[0] = seconds
+        for label in ("B5", "B4"):
+            s.fair.settled("m", t.held[label])
+            s.done(b[label])
+        for _ in range(3):
+            await asyncio.wait_for(s.request("A"), 1)
+        fifth = asyncio.ensure_future(s.request("A"))
+        await settle()
+        assert (len(t.taken), fifth.done()) == (taken, bool(taken)), seconds
+        assert all(label.startswith("B") for label in t.taken)
+        fifth.cancel()

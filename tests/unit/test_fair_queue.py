@@ -370,7 +370,8 @@ async def test_a_light_tenant_at_its_share_is_not_held_to_it_while_the_flood_too
 
 
 async def test_no_credit_where_both_used_their_shares_or_the_flood_has_just_begun():
-    for a_held, b_held, seconds in ((4, 4, 30.0), (1, 6, 0.0)):
+    # and none for a tenant that has just arrived (A's first request at 30 s: B held 6 alone)
+    for a_held, b_held, seconds in ((4, 4, 30.0), (1, 6, 0.0), (0, 6, 30.0)):
         fifth = await _at_share_after(a_held, b_held, seconds)
         assert not fifth.done()  # at its share: the free slot is the headroom
         fifth.cancel()

@@ -39,13 +39,15 @@ BATCH = 8
 class Gateway:
     """One gateway process's fair queue in front of replica r0 (max_num_seqs 8)."""
 
-    def __init__(self, shared: SharedSlots | None, metrics: GatewayMetrics | None = None):
+    def __init__(self, shared: SharedSlots | None, metrics: GatewayMetrics | None = None, *,
+                 clock=time.monotonic, **policy):
         self.stats = StatsStore(stale_after_s=1e9)
         self.routing = Routing.build({"m": RoutingConfig(policy="least_load").spec()}, stats=self.stats)
         self.eps = [Endpoint("m", "r0", "http://127.0.0.1:9000")]
         self.metrics = metrics or GatewayMetrics(CollectorRegistry())
-        self.fair = FairQueue(policy=FairSharing(**POLICY), tenants={}, max_num_seqs={"m": BATCH}, routing=self.routing,
-                              endpoints=lambda model: self.eps, metrics=self.metrics, shared=shared)
+        self.fair = FairQueue(policy=FairSharing(**{**POLICY, **policy}), tenants={}, max_num_seqs={"m": BATCH},
+                              routing=self.routing, endpoints=lambda model: self.eps, metrics=self.metrics,
+                              shared=shared, clock=clock)
 
     def pick(self, eps, exclude):
         ep = self.routing.choose(eps, RequestInfo(model="m"), exclude)
@@ -63,9 +65,9 @@ class Gateway:
         self.fair.scraped("r0")
 
 
-def shared(url: str, ttl_s: float = 2.0) -> SharedSlots:
+def shared(url: str, ttl_s: float = 2.0, clock=time.monotonic) -> SharedSlots:
     return SharedSlots(RedisSlotShare(url, ttl_s=ttl_s, timeout_s=0.5),
-                       threshold=POLICY["headroom"] + POLICY["dispatch_margin"])
+                       threshold=POLICY["headroom"] + POLICY["dispatch_margin"], clock=clock)
 
 
 async def test_a_tenant_on_one_process_only_is_seen_by_the_others(redis_server):
@@ -94,6 +96,37 @@ async def test_without_the_shared_view_the_other_process_gives_the_headroom_away
     b = [await g2.request("B") for _ in range(6)]
     assert len(b) == 6
     await g2.fair.close()
+
+
+async def test_a_light_tenants_credit_reads_the_floods_average_on_another_process(redis_server):
+    # B held 6 of 8 through g2 for 30 s, A 1 through g1. A's burst on g1 to its share (4) and
+    # one more goes at once: g2's published average of B (u: fields) shows B took A's unused
+    # share. g1 alone has no average of B, and would hold A to its share: the headroom.
+    url, _ = redis_server
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    g1 = Gateway(shared(url, clock=clock), clock=clock, active_window_s=60)
+    g2 = Gateway(shared(url, clock=clock), clock=clock, active_window_s=60)
+    try:
+        b = [await asyncio.wait_for(g2.request("B"), 1) for _ in range(6)]
+        a = [await asyncio.wait_for(g1.request("A"), 1)]
+        g1.scrape(running=7)
+        await asyncio.sleep(0.1)  # g1, saturated, publishes A (active)
+        now[0] = 30.0
+        for grant in b[3:]:
+            g2.routing.release(grant.replica_id)
+            g2.fair.released("m")
+            g2.fair.finished("m", "B")
+        await asyncio.sleep(0.1)  # g2's ticker, the model no longer hot at its clock, has ended
+        g2.scrape(running=4)  # g2's next scrape: saturated again, its counts and B's average published
+        await asyncio.sleep(0.2)
+        a += [await asyncio.wait_for(g1.request("A"), 1) for _ in range(3)]  # 7 of 8: A 4, B 3
+        fifth = await asyncio.wait_for(g1.request("A"), 1)
+        assert fifth.replica_id == "r0" and g1.routing.in_flight("r0") == 5
+        assert g1.fair._shared.share("m").view.usage["B"] > 5
+    finally:
+        await g1.fair.close()
+        await g2.fair.close()
 
 
 async def test_a_process_that_dies_holding_slots_has_its_counts_expire(redis_server):

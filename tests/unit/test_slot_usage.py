@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from cluster.gateway.flowcontrol.shared import Counts
 from cluster.gateway.flowcontrol.slot_usage import SlotUsage, credit
 
 # (changes: [(time, count held until then)], read at, count held since the last change, expected)
@@ -40,6 +41,9 @@ CREDIT_CASES = [
     ("a flood just begun (no average yet): none", {"A": 4, "B": 4}, {"A": 1.0}, "A", 0.0),
     ("weights: shares 6 and 2", {"A": 2, "B": 6}, {"A": 0.5, "B": 7.5}, "A", 1.5),
     ("three tenants: two took over theirs", {"A": 2, "B": 2, "C": 2}, {"A": 0.0, "B": 3.0, "C": 2.5}, "A", 1.5),
+    # two light tenants owed what one flood took: split by what each left unused, never more in all
+    ("two owed, split evenly", {"A": 2, "B": 2, "C": 2}, {"A": 0.0, "B": 0.0, "C": 4.0}, "A", 1.0),
+    ("two owed, split by unused", {"A": 2, "B": 2, "C": 2}, {"A": 0.0, "B": 1.0, "C": 5.0}, "B", 1.0),
     ("a tenant with no share (not active)", {"B": 8}, {"A": 0.0, "B": 8.0}, "A", 0.0),
 ]
 
@@ -48,3 +52,30 @@ CREDIT_CASES = [
                          ids=[c[0] for c in CREDIT_CASES])
 def test_credit(shares, averages, tenant, expected):
     assert credit(tenant, shares, averages) == pytest.approx(expected)
+
+
+def test_credit_is_for_the_time_the_tenant_was_active():
+    shares, averages = {"A": 4, "B": 4}, {"A": 1.0, "B": 6.5}
+    u = SlotUsage(tau_s=5.0)
+    assert u.presence("A", 10.0) == 0.0  # never active here: owed nothing
+    u.joined("A", 10.0)
+    assert u.presence("A", 10.0) == 0.0  # just arrived: nothing for what B held before
+    assert u.presence("A", 15.0) == pytest.approx(1 - math.exp(-1))
+    assert u.presence("A", 500.0) == pytest.approx(1.0)
+    assert credit("A", shares, averages, u.presence("A", 15.0)) == pytest.approx(2.5 * (1 - math.exp(-1)))
+    assert credit("A", shares, averages, 0.0) == 0.0
+
+
+# (counts, their fields) -- the shared store sums fields as integers; averages in thousandths
+FIELDS_CASES = [
+    (Counts({"A": 2}, {"r0": 2}, usage={"A": 1.2345}), {"t:A": 2, "r:r0": 2, "u:A": 1234}),
+    (Counts({"B": 0}, {}, usage={"B": 0.0001, "C": -1.0}), {"t:B": 0}),  # nothing to publish under half a thousandth
+]
+
+
+@pytest.mark.parametrize("counts,fields", FIELDS_CASES)
+def test_averages_travel_in_the_shared_fields(counts, fields):
+    assert counts.fields() == fields
+    back = Counts.from_fields({**fields, "l:t:A": 1})
+    assert back.usage == {t[2:]: v / 1000 for t, v in fields.items() if t.startswith("u:")}
+    assert back.tenants == {t[2:]: v for t, v in fields.items() if t.startswith("t:")}

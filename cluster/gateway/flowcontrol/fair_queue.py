@@ -43,7 +43,7 @@ from cluster.gateway.flowcontrol.capacity import Capacity, learn_capacity, other
 from cluster.gateway.flowcontrol.preemption import TakeBack
 from cluster.gateway.flowcontrol.shared import Counts, SharedSlots
 from cluster.gateway.flowcontrol.shared_dispatch import ModelState, SharedDispatch
-from cluster.gateway.flowcontrol.slot_usage import credit
+from cluster.gateway.flowcontrol.shares import Shares
 from cluster.gateway.observability.children import Children, observe
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.routing.router import Routing
@@ -62,7 +62,7 @@ class _Waiter:
     revocable: bool = False  # its slot can be taken back until it answers (a non-streamed request)
 
 
-class FairQueue(SharedDispatch, BatchSlots, TakeBack):
+class FairQueue(Shares, SharedDispatch, BatchSlots, TakeBack):
     def __init__(
         self, *, policy: FairSharing, tenants: Mapping[str, TenantConfig], max_num_seqs: Mapping[str, int | None],
         routing: Routing, endpoints: Callable[[str], list[Endpoint]], metrics: GatewayMetrics,
@@ -144,47 +144,6 @@ class FairQueue(SharedDispatch, BatchSlots, TakeBack):
             self._shared.observe(model, free, total, not unbounded)
         return Capacity(frozenset(at_limit), frozenset(busy), free, total, own, others, unbounded, routable, view)
 
-    def _weight(self, tenant: str) -> float:
-        cfg = self._tenants.get(tenant)
-        return cfg.weight if cfg else 1.0
-
-    def over_share(self, st: ModelState, tenant: str, cap: Capacity) -> bool:
-        """The tenant holds its fair share of the model's slots or more while other tenants
-        are active (one alone has them all), less its credit (cluster.gateway.flowcontrol.
-        slot_usage: the part of its share it left unused on average while others used more).
-        Behind a balancer each gateway sees its part of every tenant's requests: the share is
-        of the slots the other gateways do not hold, or of all of them with this gateway's mix
-        of tenants taken for the others' requests too. With the shared view: the tenant's
-        requests and average on every process, of all the slots, its share among the tenants
-        active on any process."""
-        active = self._active(st)
-        if cap.view is not None:
-            active = list(dict.fromkeys([*active, *cap.view.tenants]))
-        if len(active) < 2 or tenant not in active:
-            return False
-        weights = {t: self._weight(t) for t in active}
-        part = weights[tenant] / sum(weights.values())
-        mine = st.in_flight.get(tenant, 0)
-        if cap.view is not None:
-            held = mine + cap.view.tenants.get(tenant, 0) - self._credit(st, tenant, weights, cap.total, cap.view)
-            return held >= cap.total * part
-        base = max(0, cap.total - cap.others)
-        held = mine - self._credit(st, tenant, weights, base, None)
-        if held >= base * part:
-            return True
-        return cap.others > 0 and cap.own > 0 and held * (cap.own + cap.others) / cap.own >= cap.total * part
-
-    def _credit(self, st: ModelState, tenant: str, weights: Mapping[str, float], total: int,
-                view: Counts | None) -> float:
-        """``tenant``'s credit against the active tenants' shares of ``total`` slots, from
-        their averages (this process's, plus the others' in ``view``)."""
-        if not st.usage:
-            return 0.0
-        now, norm = self._clock(), sum(weights.values())
-        theirs = view.usage if view is not None else {}
-        averages = {t: st.usage.average(t, st.in_flight.get(t, 0), now) + theirs.get(t, 0.0) for t in weights}
-        return credit(tenant, {t: total * w / norm for t, w in weights.items()}, averages)
-
     def _admits(self, st: ModelState, cap: Capacity, tenant: str, revocable: bool = False) -> frozenset[str] | None:
         """The replicas to exclude for the tenant's next request; None: it may not go now.
         ``revocable``: a request whose slot can be taken back (preemption on) may take the
@@ -221,9 +180,13 @@ class FairQueue(SharedDispatch, BatchSlots, TakeBack):
         st = self._models.get(model)
         if st is None:
             st = self._models[model] = ModelState()
-        if tenant not in st.seen:
+        now = self._clock()
+        last = st.seen.get(tenant)
+        if last is None:
             self._depth(model, st, tenant)  # its depth series exists (at 0) from its first request
-        st.seen[tenant] = self._clock()
+        if last is None or now - last > self._policy.active_window_s:
+            st.usage.joined(tenant, now)  # active from now (credit: cluster.gateway.flowcontrol.slot_usage)
+        st.seen[tenant] = now
         if not self._policy.enabled or pinned:
             return self._granted(st, tenant, pick(endpoints, frozenset()))
         if not st.order:

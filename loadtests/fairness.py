@@ -64,17 +64,23 @@ from cluster.tenancy.local_redis import LocalRedis
 OUT = Path("loadtests/results/fairness.json")
 TARGET_RATIO = 1.5  # A's TTFT p95 with B present / alone
 B_SHARE_TARGET = 0.8  # B's completions/s with fair queueing over B's with first come, first served
-COMPARED = ("fair", "fifo", "fair-2gw", "fair-3gw", "vllm-priority")  # the phases with B flooding
-ALONE = {"fair-2gw": "alone-2gw", "fair-3gw": "alone-3gw"}  # A alone through the same front (else "alone")
+COMPARED = ("fair", "fifo", "fair-2gw", "fair-3gw", "vllm-priority",  # the phases with B flooding
+            "fair-nocredit", "fair-2gw-nocredit", "fair-3gw-nocredit")
+ALONE = {"fair-2gw": "alone-2gw", "fair-3gw": "alone-3gw",  # A alone through the same front (else "alone")
+         "fair-2gw-nocredit": "alone-2gw", "fair-3gw-nocredit": "alone-3gw"}
 GROUPS = {"fair-2gw": 2, "fair-3gw": 3}  # fair gateway processes behind one round-robin client, sharing counts
+# --credit-pairs: each fair front again with fair_sharing.credit_window_s 0 (no credit for a light
+# tenant's unused share), interleaved in the same runs: the credit's effect paired per run
+NO_CREDIT = {"fair-nocredit": 1, "fair-2gw-nocredit": 2, "fair-3gw-nocredit": 3}
 A_PRIORITY = -1  # A's vLLM request priority in the vllm-priority phase (lower goes first; B's is 0)
 
 
-def gateway_config(path: Path, model: str, *, fair: bool, store_url: str | None = None) -> Path:
+def gateway_config(path: Path, model: str, *, fair: bool, store_url: str | None = None, credit: bool = True) -> Path:
     """The defaults, but for the tenants, the access log and (the processes of one front) the
     store their fair queues share counts through (`owc serve` starts one as this does)."""
     gw = {"tenants": {"A": {}, "B": {}}, "access_log": {"enabled": False},
-          "fair_sharing": {"enabled": fair, **({"store_url": store_url} if store_url else {})}}
+          "fair_sharing": {"enabled": fair, **({"store_url": store_url} if store_url else {}),
+                           **({} if credit else {"credit_window_s": 0})}}
     path.write_text(yaml.safe_dump({"models": {model: {"source": "external"}}, "gateway": gw}))
     return path
 
@@ -149,6 +155,15 @@ def summarise(runs: list[dict], rate_a: float, cap: float) -> dict:
             out[name]["engine_running_mean"] = spread([r[name]["engine"]["running_mean"] for r in runs])
         if all("ttfts_s" in r[name]["a"] for r in runs):  # every run's A requests together: the p95 of ~3x the samples
             out[name]["a_ttft_p95_ratio_pooled"] = pooled_p95(runs, name) / pooled_p95(runs, alone)
+    for name in [n for n in NO_CREDIT if n in out]:  # the credit's effect, paired per run
+        with_credit = name.replace("-nocredit", "")
+        if with_credit in out:
+            out[name]["credit_vs_none_a_ttft_p95"] = spread([r[with_credit]["a"]["ttft_p95_s"] / r[name]["a"]["ttft_p95_s"]
+                                                             for r in runs])
+            out[name]["credit_vs_none_b"] = spread([r[with_credit]["b"]["completed_per_s"] / r[name]["b"]["completed_per_s"]
+                                                    for r in runs])
+    if "solo-fair" not in runs[0]:  # a diagnosis of some phases (--only): no verdict
+        return out
     out["solo_throughput_ratio"] = solo_ratios(runs, "solo-fair", "solo-fifo")["req_per_s"]  # fair on / off
     if "solo_shared_vs_own" in out:  # its requests/s, under the key the figures read
         out["solo_shared_ratio"] = out["solo_shared_vs_own"]["req_per_s"]
@@ -209,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vllm-priority", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure vLLM's priority scheduling (a second engine with scheduling_policy priority, "
                         f"a fair_sharing-off gateway, A's requests at priority {A_PRIORITY})")
+    p.add_argument("--credit-pairs", action="store_true",
+                   help="also measure each fair front with fair_sharing.credit_window_s 0 (phases fair-nocredit, "
+                        "fair-2gw-nocredit, fair-3gw-nocredit), paired with it per run")
     p.add_argument("--engine-cores", default="0",
                    help="run the engine on these cores only (taskset -c, e.g. 0: its compute threads, its API "
                         "server and its engine core process; vLLM-CPU uses every core it is allowed)")
@@ -246,11 +264,15 @@ def main(argv: list[str] | None = None) -> int:
         gateways = {}
         fronts = [("fair", True, "main", None), ("fifo", False, "main", None), ("fair-shared", True, "main", store_url)]
         fronts += [(f"{g}-{i}", True, "main", store_url) for g, n in GROUPS.items() for i in range(n)]
+        if a.credit_pairs:
+            fronts += [(f"{g}-{i}", True, "main", store_url if n > 1 else None) for g, n in NO_CREDIT.items()
+                       for i in range(n)]
         if a.vllm_priority:
             fronts.append(("priority", False, "priority", None))
         for name, fair, behind, shared in fronts:
             # Each gateway is given the engine's max_num_seqs, as `owc serve` would from engine_kwargs.
-            cfg_path = gateway_config(tmp / f"{name}.yaml", model, fair=fair, store_url=shared)
+            cfg_path = gateway_config(tmp / f"{name}.yaml", model, fair=fair, store_url=shared,
+                                      credit="-nocredit" not in name)
             doc = yaml.safe_load(cfg_path.read_text())
             doc["models"][model]["engine_kwargs"] = {"max_num_seqs": a.max_num_seqs}
             cfg_path.write_text(yaml.safe_dump(doc))
@@ -261,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         for g, n in GROUPS.items():  # A alone and A with B, through the same processes
             members = [f"{g}-{i}" for i in range(n)]
             targets[ALONE[g]], targets[g] = (members, None), (members, members)
+        if a.credit_pairs:  # A with B through each fair front without the credit; A alone as for the front with it
+            for g, n in NO_CREDIT.items():
+                members = [f"{g}-{i}" for i in range(n)]
+                targets[g] = (members, members)
         if a.vllm_priority:  # vLLM's own priority scheduling instead of the gateway's queue
             targets["vllm-priority"] = (["priority"], ["priority"])
         if front:  # this process (tenant A's client, the capacity loops) too; the engine started before it

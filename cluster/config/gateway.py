@@ -120,18 +120,24 @@ class FairSharing(StrictModel):
         2, ge=0, le=1024, description="Engine slots of a model (over its replicas) that a tenant at or over its fair "
         "share may not take while other tenants are active: a lighter tenant's request then finds a slot free instead "
         "of waiting for one to finish. A tenant's share counts the slots it holds less its credit: the part of its "
-        "share it left unused on average over the last seconds while other tenants held more than theirs (a light "
-        "tenant's burst is not held to its share while the flood has been taking it). With `preempt`, a request whose slot can be taken back (non-streamed) may take "
-        "the headroom too: the lighter tenant then takes its slot back. A tenant alone has the whole model. Shares are "
-        "of the slots the other gateways "
-        "do not hold, and of the free slots beyond the headroom each gateway hands such a tenant only its part (its "
-        "part of the model's load), so that gateways behind one balancer keep the headroom together.",
+        "share it left unused on average over the last seconds, while active, when other tenants held more than "
+        "theirs (a light tenant's burst is not held to its share while the flood has been taking it). With "
+        "`preempt`, a request whose slot can be taken back (non-streamed) may take the headroom too: the lighter "
+        "tenant then takes its slot back. A tenant alone has the whole model. Shares are of the slots the other "
+        "gateways do not hold, and of the free slots beyond the headroom each gateway hands such a tenant only its "
+        "part (its part of the model's load), so that gateways behind one balancer keep the headroom together.",
     )
     preempt: bool = Field(
-        True, description="A tenant under its fair share sent to a replica with no free running slot takes one back: "
+        True, description="A tenant under its fair share (less its credit, see headroom) sent to a replica with no "
+        "free running slot takes one back: "
         "the youngest request there of a tenant over its share (of a priority no higher) that has not answered its "
         "client yet (non-streamed, or a stream before its first byte) is aborted and waits again at the head of its "
         "tenant's queue. Each request is taken back once at most; its engine work so far is lost.",
+    )
+    credit_window_s: float = Field(
+        5.0, ge=0, le=600, description="Seconds over which each tenant's slots held are averaged for its credit (see "
+        "headroom): a tenant that left part of its share unused on average, while active, when others held more "
+        "than theirs may hold that much beyond its share. 0: no credit, a tenant is held to the share it holds now.",
     )
     active_window_s: float = Field(
         10.0, gt=0, description="A tenant that sent a request of the model within this many seconds is active: it "

@@ -342,10 +342,10 @@ async def test_headroom_keeps_a_slot_for_the_lighter_tenant():
     await asyncio.wait_for(queued, 1)
 
 
-async def _at_share_after(a_held: int, b_held: int, seconds: float) -> asyncio.Future:
+async def _at_share_after(a_held: int, b_held: int, seconds: float, **policy) -> asyncio.Future:
     """A held ``a_held`` slots of 8 and B ``b_held`` for ``seconds``; then A holds 4 (its
     share), B 3, one slot is free (under the headroom of 2), and A asks for a fifth."""
-    s = Stack(batch=8, headroom=2, active_window_s=60)
+    s = Stack(batch=8, headroom=2, active_window_s=60, **policy)
     now = [0.0]
     s.fair._clock = lambda: now[0]
     b = [await s.request("B") for _ in range(b_held)]  # B first: alone, it may take them all
@@ -367,6 +367,9 @@ async def test_a_light_tenant_at_its_share_is_not_held_to_it_while_the_flood_too
     # through; held to the instant count, it waited in the queue for one of its own to end.
     fifth = await _at_share_after(1, 6, 30.0)
     assert fifth.done() and fifth.result().replica_id == "r0"
+    fifth = await _at_share_after(1, 6, 30.0, credit_window_s=0)  # no credit: held to its share, as before
+    assert not fifth.done()
+    fifth.cancel()
 
 
 async def test_no_credit_where_both_used_their_shares_or_the_flood_has_just_begun():

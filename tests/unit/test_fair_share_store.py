@@ -117,8 +117,9 @@ async def test_a_light_tenants_credit_reads_the_floods_average_on_another_proces
             g2.routing.release(grant.replica_id)
             g2.fair.released("m")
             g2.fair.finished("m", "B")
-        await asyncio.sleep(0.1)  # g2's ticker, the model no longer hot at its clock, has ended
-        g2.scrape(running=4)  # g2's next scrape: saturated again, its counts and B's average published
+        # g2's ticker still runs (started at 0 s) but the model is no longer hot at its clock: the
+        # scrape, saturated again, keeps it going, and g2's counts and B's average are published.
+        g2.scrape(running=4)
         await asyncio.sleep(0.2)
         a += [await asyncio.wait_for(g1.request("A"), 1) for _ in range(3)]  # 7 of 8: A 4, B 3
         fifth = await asyncio.wait_for(g1.request("A"), 1)

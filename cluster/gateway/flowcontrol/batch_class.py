@@ -54,7 +54,7 @@ class BatchSlots:
         then, and while no replica is routable. Given back with ``batch_finished``."""
         st = self._models.get(model)
         if st is None:
-            st = self._models[model] = ModelState()
+            st = self._models[model] = self._model_state()
         locks = self.__dict__.setdefault("_batch_turns", {})
         async with locks.setdefault(model, asyncio.Lock()):  # one waiting line per model polls; the others queue
             return await self._batch_wait(model, st, pick)

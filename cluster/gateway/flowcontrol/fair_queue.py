@@ -44,6 +44,7 @@ from cluster.gateway.flowcontrol.preemption import TakeBack
 from cluster.gateway.flowcontrol.shared import Counts, SharedSlots
 from cluster.gateway.flowcontrol.shared_dispatch import ModelState, SharedDispatch
 from cluster.gateway.flowcontrol.shares import Shares
+from cluster.gateway.flowcontrol.slot_usage import TAU_S, SlotUsage
 from cluster.gateway.observability.children import Children, observe
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.routing.router import Routing
@@ -88,6 +89,9 @@ class FairQueue(Shares, SharedDispatch, BatchSlots, TakeBack):
         self._theirs: dict[str, int] = {}  # replica id -> the other gateways' requests on it at the last scrape
         self._ticker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+
+    def _model_state(self) -> ModelState:
+        return ModelState(usage=SlotUsage(self._policy.credit_window_s or TAU_S))
 
     @property
     def enabled(self) -> bool:
@@ -179,7 +183,7 @@ class FairQueue(Shares, SharedDispatch, BatchSlots, TakeBack):
         queue. ``revocable``: its slot can be taken back until it answers (it may use the headroom)."""
         st = self._models.get(model)
         if st is None:
-            st = self._models[model] = ModelState()
+            st = self._models[model] = self._model_state()
         now = self._clock()
         last = st.seen.get(tenant)
         if last is None:

@@ -9,7 +9,9 @@ request of a tenant over its share on the same replica that has not answered its
 tenant's queue, to be sent once there is room. Its client sees nothing but a later answer;
 the engine work it had done is lost, which is why the youngest goes (the least work), a
 request is taken back once at most, and only for a tenant under its share of a class no
-higher than the victim's (never for a tenant itself over its share).
+higher than the victim's (never for a tenant itself over its share). "Over its share" is the
+fair queue's (cluster.gateway.flowcontrol.shares): the slots a tenant holds less its credit
+for the part of its share it left unused over time.
 
 Pure: no I/O, no clock; the fair queue (cluster.gateway.flowcontrol.fair_queue) decides when
 and the forwarder registers what may be taken back and acts on it."""

@@ -107,15 +107,17 @@ class SharedDispatch:
 
     def _wake(self) -> None:
         """The ticker started once a model this process holds requests or active tenants of
-        looks saturated (a scrape landed), so that the others see them without a new request."""
-        if self._ticker is not None and not self._ticker.done():
-            return
+        looks saturated (a scrape landed), so that the others see them without a new request.
+        Each such model's capacity is computed on every scrape, the ticker running or not: a
+        running ticker about to end (the model no longer hot at its last look) would otherwise
+        end without seeing the saturation this scrape shows."""
+        running = self._ticker is not None and not self._ticker.done()
         for model, st in list(self._models.items()):
             if st.in_flight or self._active(st):
-                self.capacity(model, self._endpoints(model), self._view(model))
-                if self._ticking(model, st):
+                self.capacity(model, self._endpoints(model), self._view(model))  # hot or not, as of this scrape
+                if not running and self._ticking(model, st):
                     self._start_ticker()
-                    return
+                    running = True
 
     def _ticking(self, model: str, st: ModelState) -> bool:
         sh = self._shared

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cluster.config.auth import TenantConfig
+from cluster.config.gateway import FairSharing
 from cluster.gateway.flowcontrol.capacity import Capacity
 from cluster.gateway.flowcontrol.shared import Counts
 from cluster.gateway.flowcontrol.shared_dispatch import ModelState
@@ -15,8 +16,9 @@ from cluster.gateway.flowcontrol.slot_usage import credit
 
 
 class Shares:
-    """Relies on FairQueue's ``_tenants``, ``_clock`` and ``_active``."""
+    """Relies on FairQueue's ``_policy``, ``_tenants``, ``_clock`` and ``_active``."""
 
+    _policy: FairSharing
     _tenants: Mapping[str, TenantConfig]
 
     def _weight(self, tenant: str) -> float:
@@ -60,7 +62,7 @@ class Shares:
         their averages (this process's, plus the others' in ``view``) and the time it has been
         active here."""
         theirs = view.usage if view is not None else {}
-        if not st.usage and not theirs:
+        if not self._policy.credit_window_s or not st.usage and not theirs:
             return 0.0
         now, norm = self._clock(), sum(weights.values())
         averages = {t: st.usage.average(t, st.in_flight.get(t, 0), now) + theirs.get(t, 0.0) for t in weights}

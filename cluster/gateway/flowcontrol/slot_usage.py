@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-TAU_S = 5.0  # the averaging time: several of a light tenant's generations (the active window is 10 s)
+TAU_S = 5.0  # the averaging time (gateway.fair_sharing.credit_window_s): several of a light tenant's generations
 
 
 class SlotUsage:

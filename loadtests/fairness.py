@@ -342,10 +342,11 @@ def main(argv: list[str] | None = None) -> int:
                      "shared_store": "local redis-server (the fair-2gw, fair-3gw and fair-shared fronts)",
                      "front_priority": " ".join(front) or "none", "engine_cores": a.engine_cores or "all",
                      "front_cores": front_cores,
-                     "a_priority_vllm": A_PRIORITY if a.vllm_priority else None},
+                     "a_priority_vllm": A_PRIORITY if a.vllm_priority else None,
+                     "credit_window_s": FairSharing().credit_window_s, "credit_pairs": a.credit_pairs},
         "runs": runs,
     }
-    if not a.only or "fair" not in runs[0]:  # some phases only: the one-tenant ratios, no verdict
+    if not a.only or "fair" not in runs[0] or "fifo" in runs[0]:  # some phases: what they compare, no verdict
         doc["summary"] = summarise(runs, rate_a, cap)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(doc, indent=1) + "\n")

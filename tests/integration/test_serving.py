@@ -126,8 +126,9 @@ def test_client_disconnect_aborts_engine_request(cluster, http):
     body = {"model": "tiny-llama", "prompt": "x", "max_tokens": 900, "stream": True, "ignore_eos": True}
     with http.stream("POST", "/v1/completions", json=body, timeout=60) as r:
         for i, _ in enumerate(r.iter_raw()):
-            if i == 0:  # vLLM's gauge follows its scheduler's stats: it may read 0 at the first chunk (a CI run did)
-                wait_for(lambda: metric(url, "vllm:num_requests_running") == 1, 2, "the engine to run the stream",
+            if i == 0:  # vLLM's gauge follows its scheduler's stats: it read 0 at the first chunk in one CI run and
+                # stayed there for 2 s in another (a loaded 2-core machine; the stream runs on, unread, meanwhile)
+                wait_for(lambda: metric(url, "vllm:num_requests_running") >= 1, 10, "the engine to run the stream",
                          period_s=0.02)
             if i >= 5:
                 break

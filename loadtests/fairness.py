@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                      "credit_window_s": FairSharing().credit_window_s, "credit_pairs": a.credit_pairs},
         "runs": runs,
     }
-    if not a.only or "fair" not in runs[0] or "fifo" in runs[0]:  # some phases: what they compare, no verdict
+    if "fifo" in runs[0] or "fair" not in runs[0]:  # a whole run, or what some phases (--only) compare
         doc["summary"] = summarise(runs, rate_a, cap)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(doc, indent=1) + "\n")

@@ -65,22 +65,29 @@ OUT = Path("loadtests/results/fairness.json")
 TARGET_RATIO = 1.5  # A's TTFT p95 with B present / alone
 B_SHARE_TARGET = 0.8  # B's completions/s with fair queueing over B's with first come, first served
 COMPARED = ("fair", "fifo", "fair-2gw", "fair-3gw", "vllm-priority",  # the phases with B flooding
-            "fair-nocredit", "fair-2gw-nocredit", "fair-3gw-nocredit")
+            "fair-nocredit", "fair-2gw-nocredit", "fair-3gw-nocredit", "fair-2gw-nonotify", "fair-3gw-nonotify")
 ALONE = {"fair-2gw": "alone-2gw", "fair-3gw": "alone-3gw",  # A alone through the same front (else "alone")
-         "fair-2gw-nocredit": "alone-2gw", "fair-3gw-nocredit": "alone-3gw"}
+         "fair-2gw-nocredit": "alone-2gw", "fair-3gw-nocredit": "alone-3gw",
+         "fair-2gw-nonotify": "alone-2gw", "fair-3gw-nonotify": "alone-3gw"}
 GROUPS = {"fair-2gw": 2, "fair-3gw": 3}  # fair gateway processes behind one round-robin client, sharing counts
 # --credit-pairs: each fair front again with fair_sharing.credit_window_s 0 (no credit for a light
 # tenant's unused share), interleaved in the same runs: the credit's effect paired per run
 NO_CREDIT = {"fair-nocredit": 1, "fair-2gw-nocredit": 2, "fair-3gw-nocredit": 3}
+# --notify-pairs: each front of several processes again with fair_sharing.notify_releases off (another
+# process's release seen at the next poll, not at once), paired per run in the same way
+NO_NOTIFY = {"fair-2gw-nonotify": 2, "fair-3gw-nonotify": 3}
+PAIRED = {"-nocredit": "credit_vs_none", "-nonotify": "notify_vs_none"}  # phase suffix -> the summary keys' prefix
 A_PRIORITY = -1  # A's vLLM request priority in the vllm-priority phase (lower goes first; B's is 0)
 
 
-def gateway_config(path: Path, model: str, *, fair: bool, store_url: str | None = None, credit: bool = True) -> Path:
+def gateway_config(path: Path, model: str, *, fair: bool, store_url: str | None = None, credit: bool = True,
+                   notify: bool = True) -> Path:
     """The defaults, but for the tenants, the access log and (the processes of one front) the
     store their fair queues share counts through (`owc serve` starts one as this does)."""
     gw = {"tenants": {"A": {}, "B": {}}, "access_log": {"enabled": False},
           "fair_sharing": {"enabled": fair, **({"store_url": store_url} if store_url else {}),
-                           **({} if credit else {"credit_window_s": 0})}}
+                           **({} if credit else {"credit_window_s": 0}),
+                           **({} if notify else {"notify_releases": False})}}
     path.write_text(yaml.safe_dump({"models": {model: {"source": "external"}}, "gateway": gw}))
     return path
 
@@ -155,13 +162,13 @@ def summarise(runs: list[dict], rate_a: float, cap: float) -> dict:
             out[name]["engine_running_mean"] = spread([r[name]["engine"]["running_mean"] for r in runs])
         if all("ttfts_s" in r[name]["a"] for r in runs):  # every run's A requests together: the p95 of ~3x the samples
             out[name]["a_ttft_p95_ratio_pooled"] = pooled_p95(runs, name) / pooled_p95(runs, alone)
-    for name in [n for n in NO_CREDIT if n in out]:  # the credit's effect, paired per run
-        with_credit = name.replace("-nocredit", "")
-        if with_credit in out:
-            out[name]["credit_vs_none_a_ttft_p95"] = spread([r[with_credit]["a"]["ttft_p95_s"] / r[name]["a"]["ttft_p95_s"]
-                                                             for r in runs])
-            out[name]["credit_vs_none_b"] = spread([r[with_credit]["b"]["completed_per_s"] / r[name]["b"]["completed_per_s"]
-                                                    for r in runs])
+    for name in [n for n in (*NO_CREDIT, *NO_NOTIFY) if n in out]:  # the credit's, the notices' effect, paired per run
+        suffix = "-" + name.rsplit("-", 1)[1]
+        on, key = name.removesuffix(suffix), PAIRED[suffix]
+        if on in out:
+            out[name][f"{key}_a_ttft_p95"] = spread([r[on]["a"]["ttft_p95_s"] / r[name]["a"]["ttft_p95_s"] for r in runs])
+            out[name][f"{key}_b"] = spread([r[on]["b"]["completed_per_s"] / r[name]["b"]["completed_per_s"]
+                                            for r in runs])
     if "solo-fair" not in runs[0]:  # a diagnosis of some phases (--only): no verdict
         return out
     out["solo_throughput_ratio"] = solo_ratios(runs, "solo-fair", "solo-fifo")["req_per_s"]  # fair on / off
@@ -227,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--credit-pairs", action="store_true",
                    help="also measure each fair front with fair_sharing.credit_window_s 0 (phases fair-nocredit, "
                         "fair-2gw-nocredit, fair-3gw-nocredit), paired with it per run")
+    p.add_argument("--notify-pairs", action="store_true",
+                   help="also measure the fronts of 2 and 3 processes with fair_sharing.notify_releases off (phases "
+                        "fair-2gw-nonotify, fair-3gw-nonotify), paired with them per run")
     p.add_argument("--engine-cores", default="0",
                    help="run the engine on these cores only (taskset -c, e.g. 0: its compute threads, its API "
                         "server and its engine core process; vLLM-CPU uses every core it is allowed)")
@@ -267,12 +277,14 @@ def main(argv: list[str] | None = None) -> int:
         if a.credit_pairs:
             fronts += [(f"{g}-{i}", True, "main", store_url if n > 1 else None) for g, n in NO_CREDIT.items()
                        for i in range(n)]
+        if a.notify_pairs:
+            fronts += [(f"{g}-{i}", True, "main", store_url) for g, n in NO_NOTIFY.items() for i in range(n)]
         if a.vllm_priority:
             fronts.append(("priority", False, "priority", None))
         for name, fair, behind, shared in fronts:
             # Each gateway is given the engine's max_num_seqs, as `owc serve` would from engine_kwargs.
             cfg_path = gateway_config(tmp / f"{name}.yaml", model, fair=fair, store_url=shared,
-                                      credit="-nocredit" not in name)
+                                      credit="-nocredit" not in name, notify="-nonotify" not in name)
             doc = yaml.safe_load(cfg_path.read_text())
             doc["models"][model]["engine_kwargs"] = {"max_num_seqs": a.max_num_seqs}
             cfg_path.write_text(yaml.safe_dump(doc))
@@ -283,10 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         for g, n in GROUPS.items():  # A alone and A with B, through the same processes
             members = [f"{g}-{i}" for i in range(n)]
             targets[ALONE[g]], targets[g] = (members, None), (members, members)
-        if a.credit_pairs:  # A with B through each fair front without the credit; A alone as for the front with it
-            for g, n in NO_CREDIT.items():
-                members = [f"{g}-{i}" for i in range(n)]
-                targets[g] = (members, members)
+        # A with B through each front without the credit / the notices; A alone as through the front with them
+        for g, n in {**(NO_CREDIT if a.credit_pairs else {}), **(NO_NOTIFY if a.notify_pairs else {})}.items():
+            members = [f"{g}-{i}" for i in range(n)]
+            targets[g] = (members, members)
         if a.vllm_priority:  # vLLM's own priority scheduling instead of the gateway's queue
             targets["vllm-priority"] = (["priority"], ["priority"])
         if front:  # this process (tenant A's client, the capacity loops) too; the engine started before it

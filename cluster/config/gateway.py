@@ -168,6 +168,12 @@ class FairSharing(StrictModel):
         0.05, gt=0, le=1, description="Seconds one exchange with that store may take; slower counts as failed (then "
         "per process, the store retried after a second).",
     )
+    notify_releases: bool = Field(
+        True, description="With the shared counts: a process that releases a slot of a saturated model tells the "
+        "others at once (Redis pub/sub on the same store), and one whose requests wait for a slot looks again then, "
+        "not at its next poll (0.1 s). Off, or a store whose ACL denies pub/sub channels: releases are seen at the "
+        "polls.",
+    )
 
 
 class GatewayReplicas(StrictModel):

@@ -93,7 +93,7 @@ def build_shared_slots(config: OwcConfig, metrics: GatewayMetrics) -> SharedSlot
 
     peers = RedisSlotShare(url, timeout_s=fs.store_timeout_s, on_up=lambda up: metrics.fair_share_up.set(int(up)),
                            on_error=metrics.fair_share_errors.inc, on_exchange=metrics.fair_share_exchanges.inc)
-    return SharedSlots(peers, threshold=fs.headroom + fs.dispatch_margin)
+    return SharedSlots(peers, threshold=fs.headroom + fs.dispatch_margin, notify=fs.notify_releases)
 
 
 def build_app(

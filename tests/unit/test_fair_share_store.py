@@ -65,9 +65,9 @@ class Gateway:
         self.fair.scraped("r0")
 
 
-def shared(url: str, ttl_s: float = 2.0, clock=time.monotonic) -> SharedSlots:
+def shared(url: str, ttl_s: float = 2.0, clock=time.monotonic, notify: bool = True) -> SharedSlots:
     return SharedSlots(RedisSlotShare(url, ttl_s=ttl_s, timeout_s=0.5),
-                       threshold=POLICY["headroom"] + POLICY["dispatch_margin"], clock=clock)
+                       threshold=POLICY["headroom"] + POLICY["dispatch_margin"], clock=clock, notify=notify)
 
 
 async def test_a_tenant_on_one_process_only_is_seen_by_the_others(redis_server):
@@ -259,7 +259,7 @@ async def test_a_burst_of_decisions_costs_two_exchanges_each_carrying_the_claims
         def __init__(self):
             self.sent: list[dict] = []
 
-        async def exchange(self, model, mine):
+        async def exchange(self, model, mine, notify=False):
             self.sent.append(dict(mine))
             await asyncio.sleep(0.01)
             return {}
@@ -327,3 +327,73 @@ async def test_the_headroom_goes_to_a_request_that_can_be_taken_back_where_the_f
     finally:
         await g1.fair.close()
         await g2.fair.close()
+
+
+@pytest.mark.parametrize("notify", [True, False])
+async def test_a_release_on_one_process_reaches_the_requests_waiting_on_another_at_once(redis_server, monkeypatch,
+                                                                                       notify):
+    # B alone, through both processes, fills the replica (8 of 8, no margin); g1's next one waits.
+    # g2 releases one of its slots: its notice makes g1 look at the counts at once and grant it.
+    # Without notices g1 would see the room only at its next poll or refresh (here 30 s).
+    monkeypatch.setattr("cluster.gateway.flowcontrol.shared.POLL_S", 30.0)
+    monkeypatch.setattr("cluster.gateway.flowcontrol.shared.REFRESH_S", 30.0)
+    url, _ = redis_server
+    g1 = Gateway(shared(url, notify=notify), dispatch_margin=0)
+    g2 = Gateway(shared(url, notify=notify), dispatch_margin=0)
+    try:
+        held = [await asyncio.wait_for(g2.request("B"), 1) for _ in range(6)]
+        g1.scrape(running=6)
+        for _ in range(2):
+            await asyncio.wait_for(g1.request("B"), 1)
+        waiting = asyncio.ensure_future(g1.request("B"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # 8 of 8 on the shared counts
+        g2.routing.release(held[0].replica_id)
+        g2.fair.released("m")
+        g2.fair.finished("m", "B")
+        if notify:
+            assert (await asyncio.wait_for(waiting, 1)).replica_id == "r0"
+        else:
+            await asyncio.sleep(1)
+            assert not waiting.done()
+            waiting.cancel()
+    finally:
+        await g1.fair.close()
+        await g2.fair.close()
+
+
+async def test_release_notices_go_to_the_other_processes_only(redis_server):
+    url, _ = redis_server
+    p1, p2 = RedisSlotShare(url, timeout_s=0.5), RedisSlotShare(url, timeout_s=0.5)
+    heard: list[str] = []
+    try:
+        p1.listen(heard.append)
+        await asyncio.sleep(0.2)  # subscribed
+        await p1.exchange("m", {"t:B": 1}, notify=True)  # its own: not heard
+        await p2.exchange("m", {"t:B": 2})  # no release: no notice
+        await p2.exchange("model/with:colons", {"t:B": 1}, notify=True)
+        await asyncio.sleep(0.2)
+        assert heard == ["model/with:colons"]
+    finally:
+        await p1.close()
+        await p2.close()
+
+
+async def test_a_store_that_denies_pubsub_loses_the_notices_not_the_exchange(redis_server):
+    # Redis 7's ACL users get no channels by default (acl-pubsub-default resetchannels): the
+    # script's PUBLISH fails inside pcall and the counts are still exchanged.
+    import redis
+
+    url, _ = redis_server
+    redis.Redis.from_url(url).acl_setuser("gw", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all"],
+                                          reset_channels=True)
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    limited = RedisSlotShare(f"redis://gw:pw@127.0.0.1:{port}/0", timeout_s=0.5)
+    other = RedisSlotShare(url, timeout_s=0.5)
+    try:
+        await other.exchange("m", {"t:A": 1})
+        assert await limited.exchange("m", {"t:B": 2}, notify=True) == {"t:A": 1, "l:t:A": 1}
+        assert limited.up
+    finally:
+        await limited.close()
+        await other.close()

@@ -89,6 +89,8 @@ class FairQueue(Shares, SharedDispatch, BatchSlots, TakeBack):
         self._theirs: dict[str, int] = {}  # replica id -> the other gateways' requests on it at the last scrape
         self._ticker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        if shared is not None:
+            shared.on_freed = self._freed  # another process's release: waiting requests look again at once
 
     def _model_state(self) -> ModelState:
         return ModelState(usage=SlotUsage(self._policy.credit_window_s or TAU_S))
@@ -229,6 +231,7 @@ class FairQueue(Shares, SharedDispatch, BatchSlots, TakeBack):
             st.in_flight.pop(tenant, None)
         if st.order:
             self._dispatch(model)
+        self._release(model, st)
 
     async def _wait(self, model: str, st: ModelState, tenant: str, waiter: _Waiter, receive: Receive, *,
                     front: bool = False) -> Endpoint:

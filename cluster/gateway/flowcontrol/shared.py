@@ -12,8 +12,10 @@ counts for a short TTL only, so a dead process's counts expire.
 
 When the exchanges happen: before each grant while the model is hot (the grant's tenant
 counted in ``*`` meanwhile, so that two processes deciding at once see each other's claim);
-while requests wait, at most every ``POLL_S`` (room another process freed); after a release
-that no grant followed, within a tick; and every ``REFRESH_S`` while this process holds
+after a release, at once (``notify``: the exchange that publishes it tells the other processes,
+and one whose requests wait for a slot exchanges at once to find that room: ``on_freed``),
+else within a tick; while requests wait, at most every ``POLL_S`` (room no notice announced:
+a store that denies pub/sub, ``notify`` off); and every ``REFRESH_S`` while this process holds
 requests or active tenants of a hot model. Never while no model is saturated, never per
 streamed token. No view (the store down or slow): the fair queue decides as one process
 does, from the scrapes. Pure: no I/O here, no HTTP library.
@@ -61,10 +63,13 @@ class Counts:
 
 
 class Peers(Protocol):
-    async def exchange(self, model: str, mine: Mapping[str, int]) -> Mapping[str, int] | None:
+    async def exchange(self, model: str, mine: Mapping[str, int], notify: bool = False) -> Mapping[str, int] | None:
         """Publish this process's counts of ``model`` (``Counts.fields``); the other live
         processes' fields summed, or None when there is no shared view now (the store down or
-        slower than its bound)."""
+        slower than its bound). ``notify``: the counts carry a release; tell the others."""
+
+    def listen(self, on_freed: Callable[[str], None]) -> None:
+        """From now on, ``on_freed(model)`` when another process publishes a release."""
 
     async def close(self) -> None: ...
 
@@ -77,6 +82,7 @@ class _Share:
     synced: float = -math.inf  # when that exchange was sent
     dirty: bool = False  # a release since it, not yet published
     busy: bool = False  # a dispatch pass waits on an exchange
+    nudged: bool = False  # another process released slots while ``busy``: look again after it
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one exchange of the model at a time
     started: int = 0  # exchanges started
     finished: int = 0  # the number of the last one finished
@@ -85,11 +91,16 @@ class _Share:
 class SharedSlots:
     """Per model: whether it is hot, this process's pending claims, the last view of the others."""
 
-    def __init__(self, peers: Peers, *, threshold: int, clock: Callable[[], float] = time.monotonic):
-        """``threshold``: free slots at or under which a model is saturated (headroom + margin)."""
+    def __init__(self, peers: Peers, *, threshold: int, clock: Callable[[], float] = time.monotonic,
+                 notify: bool = True):
+        """``threshold``: free slots at or under which a model is saturated (headroom + margin);
+        ``notify``: releases told to the other processes, theirs heard (``on_freed``)."""
         self.peers = peers
         self._threshold = threshold
         self._clock = clock
+        self.notify = notify
+        self.on_freed: Callable[[str], None] | None = None  # the fair queue's: another process released slots
+        self._listening = False
         self._models: dict[str, _Share] = {}
 
     def share(self, model: str) -> _Share:
@@ -134,11 +145,15 @@ class SharedSlots:
             async with s.lock:
                 if s.finished > after:
                     return s.view
+                if self.notify and not self._listening and self.on_freed is not None:
+                    self._listening = True  # the first exchange: the model is hot (subscribed once, for all models)
+                    self.peers.listen(self._heard)
                 s.started += 1
                 number = s.started
+                notify = s.dirty and self.notify  # a release goes out with these counts
                 s.dirty, s.synced = False, self._clock()
                 try:
-                    theirs = await self.peers.exchange(model, mine().fields())
+                    theirs = await self.peers.exchange(model, mine().fields(), notify)
                     s.view = None if theirs is None else Counts.from_fields(theirs)
                 except Exception:  # the adapter reports its failures; a bug there must not fail the request
                     s.view = None
@@ -151,6 +166,10 @@ class SharedSlots:
                     s.claims[claim] = left
                 else:
                     del s.claims[claim]
+
+    def _heard(self, model: str) -> None:
+        if self.on_freed is not None and model in self._models:
+            self.on_freed(model)
 
     def mine(self, model: str, in_flight: Mapping[str, int], active: list[str],
              replicas: Mapping[str, int], usage: Mapping[str, float] | None = None) -> Counts:

@@ -61,6 +61,7 @@ class SharedDispatch:
                     break
         finally:
             sh.share(model).busy = False
+            self._after(model, st)
 
     # -- the other gateway processes ------------------------------------------------------------
 
@@ -98,6 +99,44 @@ class SharedDispatch:
             share.busy = False
         if st.order:
             self._dispatch(model)
+        self._after(model, st)
+
+    def _after(self, model: str, st: ModelState) -> None:
+        """A pass or publish is over: a release this process made meanwhile goes out now (the
+        others may be waiting for it); else, if another process released slots meanwhile and
+        requests here still wait, look at the counts again."""
+        sh = self._shared
+        assert sh is not None
+        share = sh.share(model)
+        if share.busy:
+            return
+        if sh.notify and share.dirty and sh.hot(model):
+            share.nudged = False
+            self._spawn(self._publish(model, st))
+        elif share.nudged:
+            share.nudged = False
+            if st.order:
+                self._spawn(self._publish(model, st))
+
+    def _freed(self, model: str) -> None:
+        """Another process released slots of ``model`` (its notice): requests waiting here look
+        at the counts at once (one exchange, then the grants as ever), not at the next poll."""
+        st = self._models.get(model)
+        if st is None or not st.order or self._shared is None:
+            return
+        share = self._shared.share(model)
+        if share.busy:
+            share.nudged = True  # the exchange under way may have been read before that release
+        else:
+            self._spawn(self._publish(model, st))
+
+    def _release(self, model: str, st: ModelState) -> None:
+        """This process released a slot of a hot model and no grant here took it: publish the
+        release now (its notice lets another process's waiting requests have the slot), not at
+        the next tick. An exchange under way publishes it when it ends (``_after``)."""
+        sh = self._shared
+        if sh is not None and sh.notify and not sh.share(model).busy and sh.share(model).dirty and sh.hot(model):
+            self._spawn(self._publish(model, st))
 
     # -- room nobody announced ------------------------------------------------------------------
 

@@ -272,13 +272,21 @@ def main(argv: list[str] | None = None) -> int:
             engines["priority"] = start_engine("engine-priority", scheduling_policy="priority")
         env = {"OWC_API_KEYS": ",".join(f"{k}={t}" for t, k in KEYS.items())}
         gateways = {}
+        # Each front of several processes counts in a Redis database of its own: the processes of the
+        # phase before (their tenants active for active_window_s, their counts refreshed meanwhile) are
+        # not counted in this one's shares.
+        groups = [*GROUPS, *NO_CREDIT, *NO_NOTIFY]
+
+        def db(group: str) -> str:
+            return store_url.rsplit("/", 1)[0] + f"/{1 + groups.index(group)}"
+
         fronts = [("fair", True, "main", None), ("fifo", False, "main", None), ("fair-shared", True, "main", store_url)]
-        fronts += [(f"{g}-{i}", True, "main", store_url) for g, n in GROUPS.items() for i in range(n)]
+        fronts += [(f"{g}-{i}", True, "main", db(g)) for g, n in GROUPS.items() for i in range(n)]
         if a.credit_pairs:
-            fronts += [(f"{g}-{i}", True, "main", store_url if n > 1 else None) for g, n in NO_CREDIT.items()
+            fronts += [(f"{g}-{i}", True, "main", db(g) if n > 1 else None) for g, n in NO_CREDIT.items()
                        for i in range(n)]
         if a.notify_pairs:
-            fronts += [(f"{g}-{i}", True, "main", store_url) for g, n in NO_NOTIFY.items() for i in range(n)]
+            fronts += [(f"{g}-{i}", True, "main", db(g)) for g, n in NO_NOTIFY.items() for i in range(n)]
         if a.vllm_priority:
             fronts.append(("priority", False, "priority", None))
         for name, fair, behind, shared in fronts:
@@ -351,11 +359,13 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"model": model, "max_num_seqs": a.max_num_seqs, "max_tokens": a.max_tokens, "seconds": a.seconds,
                      "capacity_req_per_s": cap, "rate_a": rate_a, "rate_b": 10 * rate_a,
                      "fair_sharing": FairSharing().model_dump(include={"dispatch_margin", "headroom", "preempt", "share_across_gateways"}),
-                     "shared_store": "local redis-server (the fair-2gw, fair-3gw and fair-shared fronts)",
+                     "shared_store": "local redis-server (the fronts of 2 and 3 processes, each in a database of its own, "
+                                     "and fair-shared)",
                      "front_priority": " ".join(front) or "none", "engine_cores": a.engine_cores or "all",
                      "front_cores": front_cores,
                      "a_priority_vllm": A_PRIORITY if a.vllm_priority else None,
-                     "credit_window_s": FairSharing().credit_window_s, "credit_pairs": a.credit_pairs},
+                     "credit_window_s": FairSharing().credit_window_s, "credit_pairs": a.credit_pairs,
+                     "notify_pairs": a.notify_pairs},
         "runs": runs,
     }
     if "fifo" in runs[0] or "fair" not in runs[0]:  # a whole run, or what some phases (--only) compare

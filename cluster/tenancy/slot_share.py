@@ -9,11 +9,12 @@ and ``on_error`` (the gateway's metrics).
 An exchange that publishes a release (``notify``) also tells the other processes on the model's
 channel (``owc:fq:{model}:freed``, Redis pub/sub, from the same script: after the counts it
 carries are stored), so that a process whose requests wait for a slot looks again at once
-instead of at its next poll; ``listen`` subscribes this process, on a connection of its own
-(a subscription blocks on its reads: the exchanges' fail-fast bound would cut it), and
-reconnects after ``retry_s`` when the store drops it. A store whose ACL denies the channel
-loses only the notices: the script calls PUBLISH with pcall and the exchange goes on. Never
-imports the gateway."""
+instead of at its next poll; ``listen`` subscribes this process to a model's channel (at the
+model's first exchange), on a connection of its own (a subscription waits on its reads: the
+exchanges' fail-fast bound would cut it), and reconnects after ``retry_s`` when the store drops
+it. A store whose ACL denies the channel loses only the notices: the script calls PUBLISH with
+pcall and the exchange goes on; the subscription's refusal is logged once and asked again after
+``DENIED_RETRY_S``. Never imports the gateway."""
 
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ def key_prefix(model: str) -> str:
 
 
 FREED = ":freed"  # the channel suffix: a process released slots of the model
+DENIED_RETRY_S = 60.0  # a store that refused the subscription is asked again this much later
 
 
 def freed_model(channel: str) -> str | None:
@@ -111,6 +113,8 @@ class RedisSlotShare:
         self._clock = clock
         self._down_until = 0.0
         self._listener: asyncio.Task | None = None
+        self._models: list[str] = []  # whose release channels this process listens on
+        self._on_freed: Callable[[str], None] | None = None
         on_up(True)
 
     @property
@@ -142,40 +146,80 @@ class RedisSlotShare:
             self._on_up(False)
         self._down_until = self._clock() + self._retry_s
 
-    def listen(self, on_freed: Callable[[str], None]) -> None:
-        """Call ``on_freed(model)`` for each release another process publishes (from a task of
-        this loop, until ``close``)."""
+    def listen(self, model: str, on_freed: Callable[[str], None]) -> None:
+        """From now on (until ``close``), ``on_freed(model)`` for each release of ``model``
+        another process publishes, from a task of this loop."""
+        self._on_freed = on_freed
+        if model not in self._models:
+            self._models.append(model)
         if self._listener is None:
-            self._listener = asyncio.get_running_loop().create_task(self._listen(on_freed))
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
 
-    async def _listen(self, on_freed: Callable[[str], None]) -> None:
+    async def _listen(self) -> None:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ResponseError
 
         failed = False
         while True:
-            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=self._timeout_s, decode_responses=True)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=self._timeout_s, socket_keepalive=True,
+                                             health_check_interval=30, retry=Retry(NoBackoff(), 0),
+                                             decode_responses=True)
+            pubsub = client.pubsub()
+            wait_s = self._retry_s
             try:
-                await pubsub.psubscribe(key_prefix("*") + FREED)
-                if failed:
-                    log.warning("fair-share store %s: release notices again", self.url)
-                    failed = False
-                async for msg in pubsub.listen():
-                    model = freed_model(msg.get("channel") or "")
-                    if model is not None and msg.get("data") != self.id and msg.get("type") == "pmessage":
-                        on_freed(model)
+                subscribed = 0
+                while True:
+                    if subscribed < len(self._models):  # a model's first exchange: its channel, confirmed
+                        new = [key_prefix(m) + FREED for m in self._models[subscribed:]]
+                        await pubsub.subscribe(*new)
+                        await self._confirmed(pubsub, len(new))
+                        subscribed += len(new)
+                        if failed:
+                            log.warning("fair-share store %s: release notices again", self.url)
+                            failed = False
+                    self._deliver(await pubsub.get_message(timeout=1.0))
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001 - the polls still find the room; notices resume with the store
+            except ResponseError as e:  # the store's ACL denies the channel (NOPERM): not worth asking every second
+                if not failed:
+                    log.warning("fair-share store %s refuses release notices (%s): other processes' releases are "
+                                "seen at the polls; grant this user '+subscribe +publish &owc:fq:*'", self.url, e)
+                    failed = True
+                wait_s = DENIED_RETRY_S
+            except Exception as e:  # noqa: BLE001 - down or dropped: the polls still find the room
                 if not failed:
                     log.warning("fair-share store %s: no release notices (%r); other processes' releases are "
-                                "seen at the next poll until it is back", self.url, e)
+                                "seen at the polls until it is back", self.url, e)
                     failed = True
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+                with contextlib.suppress(Exception):
                     await client.aclose()
-            await asyncio.sleep(self._retry_s)
+            await asyncio.sleep(wait_s)
+
+    async def _confirmed(self, pubsub, n: int) -> None:
+        """Until the store confirmed ``n`` subscriptions (a refusal raises); notices read meanwhile delivered."""
+        while n:
+            msg = await pubsub.get_message(timeout=1.0)
+            if msg is None:
+                raise TimeoutError("no confirmation of the release channels' subscription")
+            if msg["type"] == "subscribe":
+                n -= 1
+            else:
+                self._deliver(msg)
+
+    def _deliver(self, msg: dict | None) -> None:
+        if msg is None or msg["type"] != "message" or msg["data"] == self.id:
+            return
+        model = freed_model(msg["channel"])
+        if model is not None and self._on_freed is not None:
+            try:
+                self._on_freed(model)
+            except Exception:  # a bug there is not the store's failure: the next notice is delivered as ever
+                log.exception("release notice for %s", model)
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -28,7 +28,7 @@ from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.routing.router import Routing
 from cluster.routing.stats import StatsStore
 from cluster.routing.types import ReplicaStats, RequestInfo
-from cluster.tenancy.slot_share import RedisSlotShare
+from cluster.tenancy.slot_share import FREED, RedisSlotShare, key_prefix
 from tests.conftest import fake_engine_argv, gateway_argv, metric, server
 from tests.unit.test_fair_queue import Client, Grant, settle
 
@@ -329,6 +329,21 @@ async def test_the_headroom_goes_to_a_request_that_can_be_taken_back_where_the_f
         await g2.fair.close()
 
 
+async def subscribed(url: str, model: str, n: int) -> None:
+    """Until ``n`` processes listen for the model's release notices."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(url)
+    try:
+        for _ in range(200):
+            if (await r.pubsub_numsub(key_prefix(model) + FREED))[0][1] >= n:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{n} listeners for {model}'s notices not there in 10 s")
+    finally:
+        await r.aclose()
+
+
 @pytest.mark.parametrize("notify", [True, False])
 async def test_a_release_on_one_process_reaches_the_requests_waiting_on_another_at_once(redis_server, monkeypatch,
                                                                                        notify):
@@ -348,6 +363,8 @@ async def test_a_release_on_one_process_reaches_the_requests_waiting_on_another_
         waiting = asyncio.ensure_future(g1.request("B"))
         await asyncio.sleep(0.3)
         assert not waiting.done()  # 8 of 8 on the shared counts
+        if notify:
+            await subscribed(url, "m", 2)  # each listens from its first exchange of the model
         g2.routing.release(held[0].replica_id)
         g2.fair.released("m")
         g2.fair.finished("m", "B")
@@ -362,38 +379,86 @@ async def test_a_release_on_one_process_reaches_the_requests_waiting_on_another_
         await g2.fair.close()
 
 
+class NoticePeers:
+    """A store that answers at once with no other process, and records the notices sent."""
+
+    def __init__(self):
+        self.notices = 0
+        self.exchanges = 0
+
+    async def exchange(self, model, mine, notify=False):
+        self.exchanges += 1
+        self.notices += notify
+        return {}
+
+    def listen(self, model, on_freed):
+        pass
+
+    async def close(self):
+        pass
+
+
+@pytest.mark.parametrize(("waiting_here", "notices"), [(False, 1), (True, 0)])
+async def test_a_release_is_announced_only_where_no_grant_here_took_it(waiting_here, notices):
+    peers = NoticePeers()
+    g = Gateway(SharedSlots(peers, threshold=2), dispatch_margin=0)
+    try:
+        held = [await asyncio.wait_for(g.request("B"), 1) for _ in range(8)]
+        waiting = asyncio.ensure_future(g.request("B")) if waiting_here else None
+        await settle()
+        before = peers.notices
+        g.routing.release(held[0].replica_id)
+        g.fair.released("m")
+        g.fair.finished("m", "B")
+        if waiting is not None:
+            await asyncio.wait_for(waiting, 1)  # the freed slot went to the request waiting here
+        for _ in range(5):
+            await settle()
+        assert peers.notices - before == notices
+    finally:
+        await g.fair.close()
+
+
 async def test_release_notices_go_to_the_other_processes_only(redis_server):
     url, _ = redis_server
     p1, p2 = RedisSlotShare(url, timeout_s=0.5), RedisSlotShare(url, timeout_s=0.5)
     heard: list[str] = []
     try:
-        p1.listen(heard.append)
-        await asyncio.sleep(0.2)  # subscribed
+        p1.listen("m", heard.append)
+        p1.listen("model/with:colons", heard.append)
+        await subscribed(url, "model/with:colons", 1)
         await p1.exchange("m", {"t:B": 1}, notify=True)  # its own: not heard
         await p2.exchange("m", {"t:B": 2})  # no release: no notice
+        await p2.exchange("other", {"t:B": 2}, notify=True)  # a model it does not listen for
         await p2.exchange("model/with:colons", {"t:B": 1}, notify=True)
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.3)
         assert heard == ["model/with:colons"]
     finally:
         await p1.close()
         await p2.close()
 
 
-async def test_a_store_that_denies_pubsub_loses_the_notices_not_the_exchange(redis_server):
+async def test_a_store_that_denies_pubsub_loses_the_notices_not_the_exchange(redis_server, caplog, monkeypatch):
     # Redis 7's ACL users get no channels by default (acl-pubsub-default resetchannels): the
-    # script's PUBLISH fails inside pcall and the counts are still exchanged.
+    # script's PUBLISH fails inside pcall and the counts are still exchanged; the subscription's
+    # refusal is logged once, not at every retry.
     import redis
 
+    monkeypatch.setattr("cluster.tenancy.slot_share.DENIED_RETRY_S", 0.3)  # asked again: refused again, not logged
     url, _ = redis_server
     redis.Redis.from_url(url).acl_setuser("gw", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all"],
                                           reset_channels=True)
     port = url.rsplit(":", 1)[1].split("/")[0]
-    limited = RedisSlotShare(f"redis://gw:pw@127.0.0.1:{port}/0", timeout_s=0.5)
+    limited = RedisSlotShare(f"redis://gw:pw@127.0.0.1:{port}/0", timeout_s=0.5, retry_s=0.2)
     other = RedisSlotShare(url, timeout_s=0.5)
     try:
+        limited.listen("m", lambda model: None)
         await other.exchange("m", {"t:A": 1})
         assert await limited.exchange("m", {"t:B": 2}, notify=True) == {"t:A": 1, "l:t:A": 1}
         assert limited.up
+        await asyncio.sleep(1.5)  # several retry periods
+        refusals = [r for r in caplog.records if "refuses release notices" in r.getMessage()]
+        assert len(refusals) == 1 and not [r for r in caplog.records if "notices again" in r.getMessage()]
     finally:
         await limited.close()
         await other.close()

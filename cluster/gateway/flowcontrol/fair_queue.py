@@ -325,6 +325,8 @@ class FairQueue(Shares, SharedDispatch, BatchSlots, TakeBack):
                 waiter.future.set_exception(err)
             if once:
                 break
+        if granted and self._shared is not None:
+            self._shared.granted(model, granted)  # the releases these took need no notice
         return granted
 
     def _depth(self, model: str, st: ModelState, tenant: str) -> None:
@@ -334,6 +336,7 @@ class FairQueue(Shares, SharedDispatch, BatchSlots, TakeBack):
         return OpenAIError(429, f"{why}; retry shortly", code="queue_full", headers=RETRY_SOON)
 
     async def close(self) -> None:
+        self._closed = True
         if self._ticker is not None:
             self._ticker.cancel()
         for task in list(self._tasks):

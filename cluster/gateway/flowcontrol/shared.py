@@ -24,11 +24,14 @@ does, from the scrapes. Pure: no I/O here, no HTTP library.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 HOT_HOLD_S = 1.0  # a model stays hot this long after it last looked saturated (scrapes swing)
 POLL_S = 0.1  # while requests wait: the others' counts read at most this often (room they freed)
@@ -68,8 +71,8 @@ class Peers(Protocol):
         processes' fields summed, or None when there is no shared view now (the store down or
         slower than its bound). ``notify``: the counts carry a release; tell the others."""
 
-    def listen(self, on_freed: Callable[[str], None]) -> None:
-        """From now on, ``on_freed(model)`` when another process publishes a release."""
+    def listen(self, model: str, on_freed: Callable[[str], None]) -> None:
+        """From now on, ``on_freed(model)`` when another process publishes a release of ``model``."""
 
     async def close(self) -> None: ...
 
@@ -83,7 +86,10 @@ class _Share:
     dirty: bool = False  # a release since it, not yet published
     busy: bool = False  # a dispatch pass waits on an exchange
     nudged: bool = False  # another process released slots while ``busy``: look again after it
+    queued: bool = False  # an exchange without a grant is spawned and has not started yet
+    unannounced: int = 0  # releases here no local grant took and no notice told yet
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one exchange of the model at a time
+    listening: bool = False  # this process hears the model's release notices
     started: int = 0  # exchanges started
     finished: int = 0  # the number of the last one finished
 
@@ -100,7 +106,6 @@ class SharedSlots:
         self._clock = clock
         self.notify = notify
         self.on_freed: Callable[[str], None] | None = None  # the fair queue's: another process released slots
-        self._listening = False
         self._models: dict[str, _Share] = {}
 
     def share(self, model: str) -> _Share:
@@ -132,6 +137,13 @@ class SharedSlots:
         s = self._models.get(model)
         if s is not None and self.hot(model):
             s.dirty = True
+            s.unannounced += self.notify
+
+    def granted(self, model: str, n: int) -> None:
+        """A dispatch pass here granted ``n`` waiting requests: releases they took need no notice."""
+        s = self._models.get(model)
+        if s is not None and s.unannounced:
+            s.unannounced = max(0, s.unannounced - n)
 
     async def exchange(self, model: str, mine: Callable[[], Counts], claim: str | None = None) -> Counts | None:
         """One round trip: this process's counts (``mine()``, with ``claim``'s grant pending)
@@ -145,12 +157,19 @@ class SharedSlots:
             async with s.lock:
                 if s.finished > after:
                     return s.view
-                if self.notify and not self._listening and self.on_freed is not None:
-                    self._listening = True  # the first exchange: the model is hot (subscribed once, for all models)
-                    self.peers.listen(self._heard)
+                if self.notify and not s.listening and self.on_freed is not None:
+                    s.listening = True  # the model's first exchange (it is hot): its notices from now on
+                    try:
+                        self.peers.listen(model, self._heard)
+                    except Exception:  # a bug in the adapter: no notices, the polls as before
+                        log.exception("listening for %s's release notices", model)
                 s.started += 1
                 number = s.started
-                notify = s.dirty and self.notify  # a release goes out with these counts
+                # Releases no grant here took go out with a notice; a grant's exchange tells none (its
+                # pass takes the room, or hands what it leaves to ``unannounced``: fair_queue's _pass).
+                notify = self.notify and claim is None and s.unannounced > 0
+                if notify:
+                    s.unannounced = 0
                 s.dirty, s.synced = False, self._clock()
                 try:
                     theirs = await self.peers.exchange(model, mine().fields(), notify)
@@ -168,7 +187,7 @@ class SharedSlots:
                     del s.claims[claim]
 
     def _heard(self, model: str) -> None:
-        if self.on_freed is not None and model in self._models:
+        if self.on_freed is not None and model in self._models and self.notify:
             self.on_freed(model)
 
     def mine(self, model: str, in_flight: Mapping[str, int], active: list[str],

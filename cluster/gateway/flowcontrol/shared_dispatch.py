@@ -37,6 +37,7 @@ class SharedDispatch:
     _shared: SharedSlots | None
     _ticker: asyncio.Task | None
     _tasks: set[asyncio.Task]  # exchanges under way (kept: the loop holds tasks weakly)
+    _closed: bool = False  # the queue is closing: no new exchange
 
     def _dispatch(self, model: str) -> None:
         st = self._models[model]
@@ -61,7 +62,7 @@ class SharedDispatch:
                     break
         finally:
             sh.share(model).busy = False
-            self._after(model, st)
+        self._after(model, st)  # not when cancelled (the queue closing)
 
     # -- the other gateway processes ------------------------------------------------------------
 
@@ -82,16 +83,28 @@ class SharedDispatch:
         return self._shared.mine(model, st.in_flight, active, replicas, usage)
 
     def _spawn(self, coro) -> None:
+        if self._closed:
+            coro.close()
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _publish_soon(self, model: str, st: ModelState) -> None:
+        assert self._shared is not None
+        self._shared.share(model).queued = True  # until it starts: no second one meanwhile
+        self._spawn(self._publish(model, st))
+
     async def _publish(self, model: str, st: ModelState) -> None:
-        """One exchange without a grant (a poll, a release published, a refresh); then the
-        waiters, if any, on the fresh view."""
+        """One exchange without a grant (a poll, a release published, a refresh, a notice
+        heard); then the waiters, if any, on the fresh view."""
         sh = self._shared
         assert sh is not None
         share = sh.share(model)
+        share.queued = False
+        if share.busy:  # a pass started meanwhile: its end publishes (``_after``), and looks again if nudged
+            share.nudged = True
+            return
         share.busy = True
         try:
             await sh.exchange(model, lambda: self._mine(model, st))
@@ -102,21 +115,21 @@ class SharedDispatch:
         self._after(model, st)
 
     def _after(self, model: str, st: ModelState) -> None:
-        """A pass or publish is over: a release this process made meanwhile goes out now (the
-        others may be waiting for it); else, if another process released slots meanwhile and
-        requests here still wait, look at the counts again."""
+        """An exchange here is over (and the grants it allowed made): releases here that no grant
+        took go out now with their notice (another process may be waiting for the room); else,
+        if another process's notice came meanwhile and requests still wait, the counts again."""
         sh = self._shared
         assert sh is not None
         share = sh.share(model)
-        if share.busy:
+        if share.busy or share.queued:
             return
-        if sh.notify and share.dirty and sh.hot(model):
+        if share.unannounced and sh.hot(model):
             share.nudged = False
-            self._spawn(self._publish(model, st))
+            self._publish_soon(model, st)
         elif share.nudged:
             share.nudged = False
             if st.order:
-                self._spawn(self._publish(model, st))
+                self._publish_soon(model, st)
 
     def _freed(self, model: str) -> None:
         """Another process released slots of ``model`` (its notice): requests waiting here look
@@ -127,16 +140,18 @@ class SharedDispatch:
         share = self._shared.share(model)
         if share.busy:
             share.nudged = True  # the exchange under way may have been read before that release
-        else:
-            self._spawn(self._publish(model, st))
+        elif not share.queued:  # (a queued one starts after this notice: it reads the room)
+            self._publish_soon(model, st)
 
     def _release(self, model: str, st: ModelState) -> None:
-        """This process released a slot of a hot model and no grant here took it: publish the
-        release now (its notice lets another process's waiting requests have the slot), not at
-        the next tick. An exchange under way publishes it when it ends (``_after``)."""
+        """This process released a slot of a hot model and no grant here took it: the release
+        goes out now with its notice, not at the next tick. An exchange under way or queued
+        sends it when it ends (``_after``)."""
         sh = self._shared
-        if sh is not None and sh.notify and not sh.share(model).busy and sh.share(model).dirty and sh.hot(model):
-            self._spawn(self._publish(model, st))
+        if sh is not None and sh.notify:
+            share = sh.share(model)
+            if share.unannounced and not share.busy and not share.queued and sh.hot(model):
+                self._publish_soon(model, st)
 
     # -- room nobody announced ------------------------------------------------------------------
 
@@ -173,8 +188,9 @@ class SharedDispatch:
                 if sh is not None and self._ticking(model, st):
                     self.capacity(model, self._endpoints(model), self._view(model))  # still saturated?
                     holding = bool(st.in_flight or self._active(st))
-                    if not sh.share(model).busy and sh.due(model, waiting=bool(st.order), holding=holding):
-                        self._spawn(self._publish(model, st))
+                    share = sh.share(model)
+                    if not (share.busy or share.queued) and sh.due(model, waiting=bool(st.order), holding=holding):
+                        self._publish_soon(model, st)
                         continue
                 if st.order:
                     self._dispatch(model)

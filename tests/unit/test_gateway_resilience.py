@@ -90,12 +90,13 @@ class BadEngine:
             writer.close()
 
 
-def _config(tmp_path, timeout_s: float = 30, **routing) -> str:
+def _config(tmp_path, timeout_s: float = 30, fair_sharing: bool = True, **routing) -> str:
     path = tmp_path / "owc.yaml"
     path.write_text(yaml.safe_dump({
         "models": {"m": {"source": "external", "routing": {"policy": "round_robin", **routing}}},
         "gateway": {"api_keys_env": None, "limits": {"request_timeout_s": timeout_s},
-                    "routing_stats": {"period_s": 0.1, "stale_after_s": 1}},
+                    "routing_stats": {"period_s": 0.1, "stale_after_s": 1},
+                    "fair_sharing": {"enabled": fair_sharing}},
     }))
     return str(path)
 
@@ -174,8 +175,13 @@ def test_per_request_timeout_is_a_504(tmp_path):
 
 
 def test_full_queues_are_a_429_with_retry_after(tmp_path):
+    # Routing's queue bound, without the fair queue: with it, once the gateway has learned the
+    # replica's batch (1) from a scrape, a request beyond batch + dispatch_margin waits in the
+    # gateway's own queue (up to max_wait_s) instead of reaching this bound, and whether a probe
+    # got there first depended on the scrapes' timing (it failed that way in a fresh-clone CI).
+    cfg = _config(tmp_path, fair_sharing=False, params={"queue_bound": {"max_queue_per_replica": 2}})
     with server(fake_engine_argv("m", itl_ms=40, max_num_seqs=1)) as slow, \
-            server(gateway_argv(f"m={slow.url}", config=_config(tmp_path, params={"queue_bound": {"max_queue_per_replica": 2}}))) as gw:
+            server(gateway_argv(f"m={slow.url}", config=cfg)) as gw:
         with ThreadPoolExecutor(4) as pool:
             busy = []
             for n in range(3):  # 1 running, then 2 queued: ~7 s of work at 60 tokens x 40 ms each

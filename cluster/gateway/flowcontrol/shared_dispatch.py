@@ -145,13 +145,10 @@ class SharedDispatch:
 
     def _release(self, model: str, st: ModelState) -> None:
         """This process released a slot of a hot model and no grant here took it: the release
-        goes out now with its notice, not at the next tick. An exchange under way or queued
-        sends it when it ends (``_after``)."""
-        sh = self._shared
-        if sh is not None and sh.notify:
-            share = sh.share(model)
-            if share.unannounced and not share.busy and not share.queued and sh.hot(model):
-                self._publish_soon(model, st)
+        goes out now with its notice, not at the next tick (``_after``; an exchange under way or
+        queued sends it when it ends)."""
+        if self._shared is not None:
+            self._after(model, st)
 
     # -- room nobody announced ------------------------------------------------------------------
 

@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=40.0, help="length of each phase (A sends ~C/8 x this requests)")
     p.add_argument("--max-num-seqs", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--warmup-seconds", type=float, default=40.0,
+                   help="a phase of A with B flooding through the one-process fair front before run 0, not counted "
+                        "(run 0 of a freshly started engine was slow in every phase without it)")
     p.add_argument("--solo-seconds", type=float, default=10.0, help="length of each one-tenant throughput phase")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--only", default="", help="comma-separated phases to run (a diagnosis; the summary needs them all)")
@@ -319,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
                                        max_tokens=a.max_tokens, seconds=seconds))
         rate_a = cap / 8
         print(f"capacity {cap:.2f} req/s; A at {rate_a:.2f}/s, B at {10 * rate_a:.2f}/s", file=sys.stderr)
+        warmup = None
+        if a.warmup_seconds > 0:
+            asyncio.run(engine_idle(engines["main"].url))
+            warmup = phase("warmup", [gateways["fair"].url], [gateways["fair"].url], model=model, rate_a=rate_a,
+                           seconds=a.warmup_seconds, max_tokens=a.max_tokens, seed=99, tmp=tmp, front=front)
+            warmup["a"].pop("ttfts_s")
+            print(f"warm-up: {json.dumps(warmup)}", file=sys.stderr)
         runs = []
         names = list(targets) + ["solo-fair", "solo-fifo", "solo-shared"]
         if a.only:
@@ -365,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                      "front_cores": front_cores,
                      "a_priority_vllm": A_PRIORITY if a.vllm_priority else None,
                      "credit_window_s": FairSharing().credit_window_s, "credit_pairs": a.credit_pairs,
-                     "notify_pairs": a.notify_pairs},
+                     "notify_pairs": a.notify_pairs, "warmup_seconds": a.warmup_seconds},
+        "warmup": warmup,
         "runs": runs,
     }
     if "fifo" in runs[0] or "fair" not in runs[0]:  # a whole run, or what some phases (--only) compare

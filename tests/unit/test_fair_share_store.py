@@ -329,6 +329,34 @@ async def test_the_headroom_goes_to_a_request_that_can_be_taken_back_where_the_f
         await g2.fair.close()
 
 
+@pytest.mark.parametrize("on_g2, granted", [(1, False), (2, True)])
+async def test_the_headroom_goes_to_a_revocable_request_where_every_other_process_holds_headroom_to_take_back(
+        redis_server, on_g2, granted):
+    # g1 holds more of the flood's requests than g2; the headroom is still g1's to give once g2
+    # holds ``headroom`` (2) of them: a light tenant's request on either process finds some to take back.
+    url, _ = redis_server
+    g1, g2 = Gateway(shared(url)), Gateway(shared(url))
+
+    def b_on(g):
+        return asyncio.ensure_future(g.fair.slot("m", "B", g.eps, g.pick, Client().receive,
+                                                 give_back=lambda e: None, revocable=True))
+    try:
+        await g1.request("A")  # A active, holding 1
+        for _ in range(4):  # B on g1: its share (4 of 8)
+            await asyncio.wait_for(g1.request("B"), 1)
+        g2.scrape(running=5)  # saturated as g2 sees it
+        for _ in range(on_g2):  # B on g2, revocable: the one holding fewest may take the headroom
+            await asyncio.wait_for(b_on(g2), 1)
+        g1.scrape(running=5 + on_g2)
+        on_g1 = b_on(g1)  # 8 - 5 - on_g2 free, at most the headroom
+        await asyncio.sleep(0.3)
+        assert on_g1.done() is granted
+        on_g1.cancel()
+    finally:
+        await g1.fair.close()
+        await g2.fair.close()
+
+
 async def subscribed(url: str, model: str, n: int) -> None:
     """Until ``n`` processes listen for the model's release notices."""
     import redis.asyncio as aioredis

@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--warmup-seconds", type=float, default=40.0,
                    help="a phase of A with B flooding through the one-process fair front before run 0, not counted "
-                        "(run 0 of a freshly started engine was slow in every phase without it)")
+                        "(kept in the JSON's warmup; run 0's slowness is its seed's bursts of A, not the engine's "
+                        "first minutes: docs/tenancy.md)")
     p.add_argument("--solo-seconds", type=float, default=10.0, help="length of each one-tenant throughput phase")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--only", default="", help="comma-separated phases to run (a diagnosis; the summary needs them all)")

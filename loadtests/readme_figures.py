@@ -590,6 +590,9 @@ def tenancy_block(doc: dict) -> str:
     return "\n".join(lines)
 
 
+FAIR_FRONTS = ("fair", "fair-2gw", "fair-3gw")
+
+
 def fairness_block(doc: dict) -> str:
     st, sm = doc["settings"], doc["summary"]
     labels = {"fair": "fair queueing (1 gateway)", "fifo": "first come, first served (fair_sharing off)",
@@ -751,7 +754,8 @@ def headline_block(overhead: dict) -> str:
         "[benchmarks](docs/benchmarks.md#routing-on-a-shared-prefix-workload-make-bench) |",
         f"| fair sharing: a light tenant's TTFT p95, another flooding at {fst['rate_b'] / fst['rate_a']:.0f}× its rate, "
         "vs alone | "
-        f"{fair['fair']['a_ttft_p95_ratio']['median']:.2f}× with the fair queue, "
+        + " / ".join(f"{fair[k]['a_ttft_p95_ratio']['median']:.2f}×" for k in FAIR_FRONTS if k in fair)
+        + " with the fair queue in 1 / 2 (`owc serve`'s default) / 3 gateway processes, "
         f"{fair['fifo']['a_ttft_p95_ratio']['median']:.1f}× first come, first served | "
         "[tenancy](docs/tenancy.md#fair-sharing-under-saturation) |",
         f"| tenant limits across 1–{max(req)} gateway processes on one Redis | "

@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_a = cap / 8
         print(f"capacity {cap:.2f} req/s; A at {rate_a:.2f}/s, B at {10 * rate_a:.2f}/s", file=sys.stderr)
         warmup = None
-        if a.warmup_seconds > 0:
+        if a.warmup_seconds > 0 and not a.only:  # --only: a diagnosis of some phases, as they come
             asyncio.run(engine_idle(engines["main"].url))
             warmup = phase("warmup", [gateways["fair"].url], [gateways["fair"].url], model=model, rate_a=rate_a,
                            seconds=a.warmup_seconds, max_tokens=a.max_tokens, seed=99, tmp=tmp, front=front)

@@ -590,7 +590,7 @@ def tenancy_block(doc: dict) -> str:
     return "\n".join(lines)
 
 
-FAIR_FRONTS = ("fair", "fair-2gw", "fair-3gw")
+FAIR_FRONTS = {"fair": "1", "fair-2gw": "2 (`owc serve`'s default)", "fair-3gw": "3"}
 
 
 def fairness_block(doc: dict) -> str:
@@ -755,7 +755,8 @@ def headline_block(overhead: dict) -> str:
         f"| fair sharing: a light tenant's TTFT p95, another flooding at {fst['rate_b'] / fst['rate_a']:.0f}× its rate, "
         "vs alone | "
         + " / ".join(f"{fair[k]['a_ttft_p95_ratio']['median']:.2f}×" for k in FAIR_FRONTS if k in fair)
-        + " with the fair queue in 1 / 2 (`owc serve`'s default) / 3 gateway processes, "
+        + " with the fair queue in " + " / ".join(label for k, label in FAIR_FRONTS.items() if k in fair)
+        + " gateway processes, "
         f"{fair['fifo']['a_ttft_p95_ratio']['median']:.1f}× first come, first served | "
         "[tenancy](docs/tenancy.md#fair-sharing-under-saturation) |",
         f"| tenant limits across 1–{max(req)} gateway processes on one Redis | "

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 # KEYS: none (built from the model's hash tag, as cluster.tenancy.lua does for tenants).
 # ARGV: key prefix, this process's id, TTL ms, the channel to tell of a release ('' none), then
 # field, count pairs (this process's counts).
-# Returns the other live processes' fields summed, flat: field, count, ...; and for each tenant
-# field ``t:X`` the least any other live process holds, as ``l:t:X`` (0 where one has none).
+# Returns the other live processes' fields summed, flat: field, count, ...; and for each field
+# ``v:X`` (tenant X's requests that can be taken back) the least any other live process holds,
+# as ``l:v:X`` (0 where one has none).
 EXCHANGE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -66,7 +67,7 @@ end
 local out = {}
 for _, f in ipairs(names) do
   out[#out + 1] = f; out[#out + 1] = tostring(sums[f])
-  if string.sub(f, 1, 2) == 't:' then
+  if string.sub(f, 1, 2) == 'v:' then
     out[#out + 1] = 'l:' .. f
     out[#out + 1] = tostring(held[f] < others and 0 or least[f])
   end

@@ -133,7 +133,8 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
             # a drain that stopped its engine would cut them). On the machine of 2026-12-07
             # (5.1 ms/token under load) 4,000 tokens were done in 8.9 s, 0.15 s before the
             # decision: a fast machine gets ~30 s at the load's speed, 6,000 tokens at most (~13 s
-            # alone there; 860 s at the slowest speed seen, still inside the drain timeout).
+            # alone there; 860 s at the slowest speed seen, still inside the drain timeout). A
+            # machine ~1.5x faster again would end 6,000 tokens before the decision too.
             recent = sorted(served, key=lambda x: x[0])[-8:]
             per_token = statistics.median(d / LOAD_TOKENS for _, d, _ in recent)
             long_tokens = min(MAX_LONG_TOKENS, max(LONG_TOKENS, int(30 / per_token)))

@@ -98,10 +98,13 @@ def test_victims_youngest_once_and_of_a_lower_class():
     assert p.victim("r0", over, lambda t: True) is gs[1]  # A is not over its share
     assert p.victim(None, over, lambda t: True) is gs[2]  # any replica: the youngest anywhere
     assert p.victim(None, over, lambda t: t != "C") is gs[1]  # C's class is higher than the waiter's
+    assert p.tenants == {"B": 2, "C": 1, "A": 1}  # per tenant, what the other gateway processes are told
     p.take_back(gs[1])
     assert gs[1].preempted and p.victim("r0", over, lambda t: True) is gs[0]
+    p.drop(gs[1])  # the forwarder settles a request taken back too: counted once
     p.drop(gs[0])
     assert p.victim("r0", over, lambda t: True) is None
+    assert p.tenants == {"C": 1, "A": 1}
 
 
 def test_a_request_taken_back_goes_first_in_its_flow_and_is_charged_once():

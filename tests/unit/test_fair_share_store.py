@@ -293,17 +293,28 @@ async def test_the_exchange_returns_the_fewest_any_other_process_holds(redis_ser
     url, _ = redis_server
     p = [RedisSlotShare(url, timeout_s=0.5) for _ in range(3)]
     try:
-        await p[0].exchange("least", {"t:B": 3, "r:r0": 3})
-        await p[1].exchange("least", {"t:B": 1, "t:A": 1, "r:r0": 2})
+        await p[0].exchange("least", {"t:B": 3, "v:B": 3, "r:r0": 3})
+        await p[1].exchange("least", {"t:B": 1, "v:B": 1, "t:A": 1, "v:A": 1, "r:r0": 2})
         got = await p[2].exchange("least", {"t:B": 0})
-        # sums of the others, and per tenant the fewest one of them holds (0: one has none)
-        assert got == {"t:B": 4, "l:t:B": 1, "t:A": 1, "l:t:A": 0, "r:r0": 5}
+        # sums of the others, and per tenant the fewest requests that can be taken back one of
+        # them holds (0: one has none)
+        assert got == {"t:B": 4, "v:B": 4, "l:v:B": 1, "t:A": 1, "v:A": 1, "l:v:A": 0, "r:r0": 5}
     finally:
         for x in p:
             await x.close()
 
 
-async def test_the_headroom_goes_to_a_request_that_can_be_taken_back_where_the_fewest_are(redis_server):
+async def revocable_b(g: Gateway, *, answered: bool = False):
+    """One of B's requests on ``g`` that may take the headroom (non-streamed), held as the
+    forwarder holds it: one that can be taken back until it answers (``answered``: already)."""
+    ep = await g.fair.slot("m", "B", g.eps, g.pick, Client().receive, give_back=lambda e: None, revocable=True)
+    grant = g.fair.preemptible("m", "B", ep.replica_id, lambda: None)
+    if answered:
+        g.fair.settled("m", grant)
+    return ep
+
+
+async def test_the_headroom_goes_to_a_revocable_request_where_the_fewest_are(redis_server):
     # Preemption: a request can only take back a slot of its own process, so a process holding
     # more of the flood's requests than another may not give it the headroom; the one holding
     # fewest may (non-streamed: revocable).
@@ -311,17 +322,13 @@ async def test_the_headroom_goes_to_a_request_that_can_be_taken_back_where_the_f
     g1, g2 = Gateway(shared(url)), Gateway(shared(url))
     try:
         await g1.request("A")  # A active (on g1 only), holding 1
-        for _ in range(5):  # B on g1: its share (4 of 8), then one more beyond the headroom
-            await asyncio.wait_for(g1.request("B"), 1)
+        for _ in range(5):  # B on g1: its share (4 of 8), then one more
+            await asyncio.wait_for(revocable_b(g1), 1)
         g2.scrape(running=6)  # saturated as g2 sees it too
-
-        def b_on(g):
-            return asyncio.ensure_future(g.fair.slot("m", "B", g.eps, g.pick, Client().receive,
-                                                     give_back=lambda e: None, revocable=True))
-        on_g1 = b_on(g1)
+        on_g1 = asyncio.ensure_future(revocable_b(g1))
         await asyncio.sleep(0.3)
         assert not on_g1.done()  # g1 holds 5 of B's, g2 none: not g1's to give
-        on_g2 = b_on(g2)
+        on_g2 = asyncio.ensure_future(revocable_b(g2))
         assert (await asyncio.wait_for(on_g2, 1)).replica_id == "r0"  # g2 holds fewest: the headroom
         on_g1.cancel()
     finally:
@@ -329,29 +336,34 @@ async def test_the_headroom_goes_to_a_request_that_can_be_taken_back_where_the_f
         await g2.fair.close()
 
 
-@pytest.mark.parametrize("on_g2, granted", [(1, False), (2, True)])
+@pytest.mark.parametrize("on_g2, answered, g1_answered, granted", [
+    (1, False, False, False),  # g2 holds 1 of B's to take back: fewer than the headroom
+    (2, False, False, True),  # g2 holds 2 (the headroom): g1 may give it although it holds more
+    (2, True, False, False),  # g2 holds 2 that answered already (streams past their first byte): none to take back
+    (1, False, True, True),  # g1's 4 answered: it holds none to take back, fewer than g2's 1
+])
 async def test_the_headroom_goes_to_a_revocable_request_where_every_other_process_holds_headroom_to_take_back(
-        redis_server, on_g2, granted):
+        redis_server, on_g2, answered, g1_answered, granted):
     # g1 holds more of the flood's requests than g2; the headroom is still g1's to give once g2
-    # holds ``headroom`` (2) of them: a light tenant's request on either process finds some to take back.
+    # holds ``headroom`` (2) that can be taken back: a light tenant's request on either process
+    # finds some to take back.
     url, _ = redis_server
     g1, g2 = Gateway(shared(url)), Gateway(shared(url))
-
-    def b_on(g):
-        return asyncio.ensure_future(g.fair.slot("m", "B", g.eps, g.pick, Client().receive,
-                                                 give_back=lambda e: None, revocable=True))
     try:
         await g1.request("A")  # A active, holding 1
         for _ in range(4):  # B on g1: its share (4 of 8)
-            await asyncio.wait_for(g1.request("B"), 1)
+            await asyncio.wait_for(revocable_b(g1, answered=g1_answered), 1)
         g2.scrape(running=5)  # saturated as g2 sees it
-        for _ in range(on_g2):  # B on g2, revocable: the one holding fewest may take the headroom
-            await asyncio.wait_for(b_on(g2), 1)
+        for _ in range(on_g2):  # B on g2: the one holding fewest may take the headroom
+            await asyncio.wait_for(revocable_b(g2, answered=answered), 1)
         g1.scrape(running=5 + on_g2)
-        on_g1 = b_on(g1)  # 8 - 5 - on_g2 free, at most the headroom
-        await asyncio.sleep(0.3)
-        assert on_g1.done() is granted
-        on_g1.cancel()
+        on_g1 = asyncio.ensure_future(revocable_b(g1))  # 8 - 5 - on_g2 free, at most the headroom
+        if granted:
+            assert (await asyncio.wait_for(on_g1, 1)).replica_id == "r0"
+        else:
+            await asyncio.sleep(0.3)  # three polls of the others' counts
+            assert not on_g1.done()
+            on_g1.cancel()
     finally:
         await g1.fair.close()
         await g2.fair.close()
@@ -482,7 +494,7 @@ async def test_a_store_that_denies_pubsub_loses_the_notices_not_the_exchange(red
     try:
         limited.listen("m", lambda model: None)
         await other.exchange("m", {"t:A": 1})
-        assert await limited.exchange("m", {"t:B": 2}, notify=True) == {"t:A": 1, "l:t:A": 1}
+        assert await limited.exchange("m", {"t:B": 2}, notify=True) == {"t:A": 1}
         assert limited.up
         await asyncio.sleep(1.5)  # several retry periods
         refusals = [r for r in caplog.records if "refuses release notices" in r.getMessage()]

@@ -165,11 +165,11 @@ class FairQueue(Shares, SharedDispatch, BatchSlots, TakeBack):
             # until their next exchange: all of them).
             part = cap.own / (cap.own + cap.others) if cap.others and cap.view is None else 1.0
             # A request whose slot can be taken back may take the headroom too; with other processes
-            # only where this one holds no more of the tenant's requests than the one holding fewest,
-            # or each of the others holds ``headroom`` of them already: each holds some to take back
-            # (a request can only take back its own process's).
+            # only where this one holds no more of the tenant's requests that can be taken back than
+            # the one holding fewest, or each of the others holds ``headroom`` of them already: each
+            # holds some to take back (a request can only take back its own process's).
             spread = cap.view is None or \
-                min(st.in_flight.get(tenant, 0), self._policy.headroom) <= cap.view.least.get(tenant, 0)
+                min(st.preemptible.tenants.get(tenant, 0), self._policy.headroom) <= cap.view.least.get(tenant, 0)
             headroom = 0 if revocable and self._policy.preempt and spread else self._policy.headroom
             return cap.busy if (cap.free - headroom) * part >= 1 else None
         return cap.at_limit

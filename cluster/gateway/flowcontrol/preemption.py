@@ -42,14 +42,23 @@ class Preemptible:
     """The grants of one model that may be taken back now, per replica."""
 
     grants: dict[str, dict[Grant, None]] = field(default_factory=dict)  # insertion-ordered sets: O(1) drop
+    tenants: dict[str, int] = field(default_factory=dict)  # tenant -> its grants here (none: absent)
 
     def hold(self, grant: Grant) -> None:
         self.grants.setdefault(grant.replica_id, {})[grant] = None
+        self.tenants[grant.tenant] = self.tenants.get(grant.tenant, 0) + 1
 
     def drop(self, grant: Grant) -> None:
         held = self.grants.get(grant.replica_id)
-        if held is not None and held.pop(grant, 0) is None and not held:
+        if held is None or held.pop(grant, 0) is not None:
+            return  # not held (dropped already, or taken back)
+        if not held:
             del self.grants[grant.replica_id]
+        left = self.tenants[grant.tenant] - 1
+        if left:
+            self.tenants[grant.tenant] = left
+        else:
+            del self.tenants[grant.tenant]
 
     def victim(self, replica_id: str | None, over_share: Callable[[str], bool],
                lower: Callable[[str], bool]) -> Grant | None:

@@ -45,20 +45,24 @@ class Counts:
 
     tenants: Mapping[str, int] = field(default_factory=dict)  # tenant -> requests (0: active, none holding)
     replicas: Mapping[str, int] = field(default_factory=dict)  # replica id (or PENDING) -> requests
-    least: Mapping[str, int] = field(default_factory=dict)  # tenant -> the fewest one other process holds
+    # tenant -> the fewest requests that can still be taken back (preemption) one other process holds
+    least: Mapping[str, int] = field(default_factory=dict)
     usage: Mapping[str, float] = field(default_factory=dict)  # tenant -> slots held on average (slot_usage)
+    revocable: Mapping[str, int] = field(default_factory=dict)  # tenant -> its requests that can be taken back
 
     def fields(self) -> dict[str, int]:
         """Flat integer fields (the store sums them over processes): the averages in thousandths."""
         return {**{"t:" + t: n for t, n in self.tenants.items()}, **{"r:" + r: n for r, n in self.replicas.items()},
-                **{"u:" + t: round(1000 * a) for t, a in self.usage.items() if a >= 0.0005}}
+                **{"u:" + t: round(1000 * a) for t, a in self.usage.items() if a >= 0.0005},
+                **{"v:" + t: n for t, n in self.revocable.items() if n}}
 
     @classmethod
     def from_fields(cls, flat: Mapping[str, int]) -> Counts:
         tenants = {k[2:]: int(v) for k, v in flat.items() if k.startswith("t:")}
         return cls(tenants, {k[2:]: int(v) for k, v in flat.items() if k.startswith("r:")},
-                   {k[4:]: int(v) for k, v in flat.items() if k.startswith("l:t:")},
-                   {k[2:]: int(v) / 1000 for k, v in flat.items() if k.startswith("u:")})
+                   {k[4:]: int(v) for k, v in flat.items() if k.startswith("l:v:")},
+                   {k[2:]: int(v) / 1000 for k, v in flat.items() if k.startswith("u:")},
+                   {k[2:]: int(v) for k, v in flat.items() if k.startswith("v:")})
 
     @property
     def pending(self) -> int:
@@ -191,13 +195,16 @@ class SharedSlots:
             self.on_freed(model)
 
     def mine(self, model: str, in_flight: Mapping[str, int], active: list[str],
-             replicas: Mapping[str, int], usage: Mapping[str, float] | None = None) -> Counts:
+             replicas: Mapping[str, int], *, usage: Mapping[str, float] | None = None,
+             revocable: Mapping[str, int] | None = None) -> Counts:
         """This process's counts: its tenants' requests plus pending claims, its active tenants
-        at 0, its requests per replica, its claims as PENDING, its tenants' average slots held."""
+        at 0, its requests per replica, its claims as PENDING, its tenants' average slots held,
+        its tenants' requests that can still be taken back."""
         claims = self.share(model).claims
         tenants = {t: 0 for t in active}
         for src in (in_flight, claims):
             for t, n in src.items():
                 tenants[t] = tenants.get(t, 0) + n
         pending = sum(claims.values())
-        return Counts(tenants, {**replicas, **({PENDING: pending} if pending else {})}, usage=dict(usage or {}))
+        return Counts(tenants, {**replicas, **({PENDING: pending} if pending else {})}, usage=dict(usage or {}),
+                      revocable=dict(revocable or {}))

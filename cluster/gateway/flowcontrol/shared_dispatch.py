@@ -80,7 +80,8 @@ class SharedDispatch:
         assert self._shared is not None
         active, now = self._active(st), self._clock()
         usage = {t: st.usage.average(t, st.in_flight.get(t, 0), now) for t in {*active, *st.in_flight}}
-        return self._shared.mine(model, st.in_flight, active, replicas, usage)
+        return self._shared.mine(model, st.in_flight, active, replicas, usage=usage,
+                                 revocable=st.preemptible.tenants)
 
     def _spawn(self, coro) -> None:
         if self._closed:

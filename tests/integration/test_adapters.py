@@ -12,6 +12,7 @@ their adapter active is reported (loadtests/results/lora-routing.json)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -161,6 +162,8 @@ def lora_series(text: str) -> list:
 FOUND = ("active", "resident", "registered", "loaded_on_demand", "unknown")
 CLIENTS, ROUNDS = 3, 10  # closed-loop clients per adapter, requests each: 60 requests (the first of each
 # adapter may find it only registered or resident: a few of 60, not of 36)
+MIN_S = 5.0  # and each client goes on until the traffic has run this long: a fast machine's 60 requests
+# took 1.6 s in one CI run, in which the 0.1-s watcher saw one replica busy once
 DOMINANT = 0.9  # the least share of a replica's busy samples its own adapter must have
 ACTIVE_SHARE = 0.8  # the least share of requests that must find their adapter active
 
@@ -191,8 +194,10 @@ def test_lora_routing_runs_each_adapter_on_its_own_replica_with_max_loras_1(stac
             await asyncio.sleep(0.1)
 
     async def client(c: httpx.AsyncClient, adapter: str, i: int) -> list[int]:
-        codes = []
-        for k in range(ROUNDS):
+        codes, began = [], time.monotonic()
+        for k in itertools.count():
+            if k >= ROUNDS and time.monotonic() - began >= MIN_S:
+                break
             q = QUESTIONS[(i * ROUNDS + k) % len(QUESTIONS)]  # varied prompts: their prefix homes spread
             r = await c.post(gw.url + "/v1/chat/completions", json={
                 "model": adapter, "messages": [{"role": "user", "content": q}], "max_tokens": 16, "temperature": 0})
@@ -212,7 +217,7 @@ def test_lora_routing_runs_each_adapter_on_its_own_replica_with_max_loras_1(stac
     t0 = time.time()
     codes = asyncio.run(run())
     wall = time.time() - t0
-    assert codes == [200] * (2 * CLIENTS * ROUNDS)
+    assert len(codes) >= 2 * CLIENTS * ROUNDS and set(codes) == {200}, codes
     found = {f: int(metric(gw.metrics_url, "owc_adapter_requests_total", model=MODEL, found=f) - found0[f])
              for f in FOUND}
     share = found["active"] / sum(found.values())

@@ -33,8 +33,7 @@ TOLERANCE_S = 15.0
 # The closed loop's request length. The scale-down waits for the load's last requests, and the
 # long streams must outlast them: short requests keep that tail (and so the streams) short.
 LOAD_TOKENS = 100
-LONG_TOKENS = 4000  # each long stream's at least, below
-MAX_LONG_TOKENS = 6000  # and at most
+LONG_TOKENS = 6000  # each long stream's, below
 
 
 def _registry_endpoints():
@@ -126,18 +125,16 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
             sessions = [homed_session(i, ids) for i in range(len(ids))]
             # Long enough to be running when the scale-down begins, which is only once the
             # load's last LOAD_TOKENS-token requests are done and the controller has seen 3 s of
-            # low load: ~8-10 s after the load stops. A stream alone ran at 7-30 tokens/s in one CI
-            # run and at 160-270 in another (whose 1,401-token streams, sized from the load's
-            # speed alone, ended 3.5 s before the decision), so 4,000 tokens at least: ~570 s at
-            # the slowest seen, inside the engines' drain timeout (CAPACITY_TEST_SETTINGS: 900 s;
-            # a drain that stopped its engine would cut them). On the machine of 2026-12-07
-            # (5.1 ms/token under load) 4,000 tokens were done in 8.9 s, 0.15 s before the
-            # decision: a fast machine gets ~30 s at the load's speed, 6,000 tokens at most (~13 s
-            # alone there; 860 s at the slowest speed seen, still inside the drain timeout). A
-            # machine ~1.5x faster again would end 6,000 tokens before the decision too.
+            # low load: ~7-10 s after the load stops. A fixed length: a stream alone ran at 7-30
+            # tokens/s in one CI run and at ~550 in another, whose load ran at 14.1 ms/token, ~7x
+            # slower than its streams alone (sizing from the load's speed failed both ways: 1,401
+            # tokens ended 3.5 s before the decision in one run, 4,000 ended 0.14 s before it in
+            # another). 6,000 tokens last ~11 s at the fastest seen and ~860 s at the slowest,
+            # inside the engines' drain timeout (CAPACITY_TEST_SETTINGS: 900 s): a drain that
+            # stopped its engine would cut them.
             recent = sorted(served, key=lambda x: x[0])[-8:]
             per_token = statistics.median(d / LOAD_TOKENS for _, d, _ in recent)
-            long_tokens = min(MAX_LONG_TOKENS, max(LONG_TOKENS, int(30 / per_token)))
+            long_tokens = LONG_TOKENS
             print(f"long streams: {long_tokens} tokens ({per_token * 1000:.1f} ms/token under load)", flush=True)
             streams = [pool.submit(_long_stream, cluster.url, i, s, long_tokens) for i, s in enumerate(sessions)]
             time.sleep(0.2)

@@ -47,13 +47,14 @@ def monitor(
     proc.start()
     rc = 0
     try:
+        # Both stop it, as for owc serve: SIGINT too even when started with it ignored (a background
+        # job). Set before the ready line: a script that signals once it reads that line is heard.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         asyncio.run(proc.wait_ready(60))
         out.print(f"[green]Prometheus[/green] at [bold]{proc.url}[/bold] scraping {sd} (rules: owc-recording, owc-alerts)")
         out.print(f"  targets: {proc.url}/targets   alerts: {proc.url}/alerts   Ctrl-C stops it.")
         sys.stdout.flush()
-        # Both stop it, as for owc serve: SIGINT too even when started with it ignored (a background job).
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         while proc.alive():
             time.sleep(1)
         console.print(f"[red]Prometheus exited ({proc.returncode}); see {run_dir / 'prometheus.log'}[/red]")

@@ -80,9 +80,9 @@ def one(c: httpx.Client, k: int) -> dict:
     try:
         with c.stream("POST", "/v1/completions", json=body) as r:
             row["status"], row["version"] = r.status_code, r.headers.get("x-owc-version")
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    _event(row, line[6:], t0)
+            parser = SSEParser()  # not iter_lines: it splits inside JSON at U+2028 and kin
+            for data in (d for chunk in r.iter_bytes() for d in parser.feed(chunk)):
+                _event(row, data, t0)
     except httpx.HTTPError as e:
         row["error"] = repr(e)
     return row

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from cluster.bench.driver import SSEParser
 from cluster.config.loader import parse_config
 from cluster.discovery.rollouts import RolloutFiles, rollout_dir
 from cluster.process import free_port
@@ -153,9 +154,10 @@ def main() -> None:
                     try:
                         with c.stream("POST", "/v1/completions", json=body) as r:
                             row["status"], row["version"] = r.status_code, r.headers.get("x-owc-version")
-                            for line in r.iter_lines():
-                                if line.startswith("data: {"):
-                                    fin = json.loads(line[6:])["choices"][0].get("finish_reason")
+                            parser = SSEParser()  # not iter_lines: it splits inside JSON at U+2028 and kin
+                            for data in (d for chunk in r.iter_bytes() for d in parser.feed(chunk)):
+                                if data.startswith("{"):
+                                    fin = json.loads(data)["choices"][0].get("finish_reason")
                                     row["finish"] = fin or row["finish"]
                     except httpx.HTTPError as e:
                         row["error"] = repr(e)

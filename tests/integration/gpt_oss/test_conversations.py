@@ -24,7 +24,7 @@ import yaml
 
 from cluster.gateway.auth.keys import hash_key
 from cluster.gateway.responses.ids import KEY_ENV, ResponseIds, derive_key
-from tests.conftest import gateway_argv, server, wait_for
+from tests.conftest import gateway_argv, server, sse_data, wait_for
 from tests.integration.gpt_oss.conftest import MODEL, STORE_BOUND
 
 pytestmark = pytest.mark.integration
@@ -187,8 +187,8 @@ def test_expose_is_bare_vllm(engines, gateways):
 
     def events(url, headers):
         with httpx.stream("POST", url + "/v1/responses", json=body, headers=headers, timeout=60) as r:
-            lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
-        return [(d["type"], d.get("output_index"), d.get("delta")) for d in (json.loads(ln[6:]) for ln in lines)]
+            data = list(sse_data(r))
+        return [(d["type"], d.get("output_index"), d.get("delta")) for d in map(json.loads, data)]
 
     assert events(g1.url, {"Authorization": "Bearer sk-alpha"}) == events(engines[0].url, {})
 

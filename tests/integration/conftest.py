@@ -28,7 +28,7 @@ from tests.conftest import metric  # noqa: F401  (re-exported for the tests)
 CAPACITY_TEST_SETTINGS = {
     "enabled": True, "target_ongoing_per_replica": 3, "down_utilization": 0.9, "target_queue_per_replica": 100,
     "ttft_slo_s": 60, "up_cooldown_s": 0, "down_cooldown_s": 0, "down_stabilization_s": 3, "stale_after_s": 30,
-    "drain_timeout_s": 900,  # test_capacity's long streams run inside it, on a slow CI machine too
+    "drain_timeout_s": 1200,  # test_capacity's long streams run inside it, on a slow CI machine too
 }
 ENGINE_KWARGS = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "max_num_seqs": 16}
 
@@ -111,8 +111,9 @@ def cluster(model_cache, tmp_path_factory, file_sd_dir):
             # Autoscaled between 1 and 2 replicas by the capacity test's controller (windows
             # shortened to seconds); no queue bound: that test is about scaling, not admission.
             "tiny-llama": model_entry(
-                aliases=["demo"], max_model_len=8192, replicas={"min": 1, "max": 2},
-                # beyond the demo model's 4096 positions (RoPE; random weights): streams ≥ 10 s
+                aliases=["demo"], max_model_len=16384, replicas={"min": 1, "max": 2},
+                # beyond the demo model's 4096 positions (RoPE; random weights): test_capacity's long
+                # streams last ≥ 10 s on a fast machine (32 MiB of the 64-MiB float32 KV cache)
                 engine_env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
                             "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
                 routing={"params": {"queue_bound": {"max_queue_per_replica": 1000}}}, autoscaling=CAPACITY_TEST_SETTINGS,

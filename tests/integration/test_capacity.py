@@ -7,6 +7,8 @@ scaling within a stated tolerance."""
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import queue
 import statistics
 import threading
 import time
@@ -23,17 +25,23 @@ from cluster.capacity.actuators import RayServeActuator
 from cluster.capacity.controller import CapacityController
 from cluster.capacity.signals import PrometheusSignals
 from cluster.capacity.simulator import EngineProfile, OwcPolicy, TraceRequest, simulate
-from tests.conftest import REPO, homed_session, metric, wait_for
+from tests.conftest import REPO, homed_session, metric, sse_data, wait_for
+from tests.integration import closed_loop
 from tests.integration.conftest import API_KEY
 
 pytestmark = pytest.mark.integration
 MODEL = "tiny-llama"
 # The simulator's scale-up and scale-down must land within this many seconds of the real ones.
 TOLERANCE_S = 15.0
-# The closed loop's request length. The scale-down waits for the load's last requests, and the
-# long streams must outlast them: short requests keep that tail (and so the streams) short.
-LOAD_TOKENS = 100
-LONG_TOKENS = 6000  # each long stream's, below
+# The closed loop's shortest request (worker i's are 30 * i tokens longer). Not too short: the
+# controller counts requests inside the gateway, and on a 2-core machine starting the second
+# engine, a request's time outside it (its client's turn, the gateway's parsing and admission)
+# left under 2.7 of the 8 inside for seconds in one CI run, with 100-token requests (a scale-down
+# while the second replica started, then up again).
+LOAD_TOKENS = 250
+# Each long stream's length: LONG_S at the speed of a stream alone on this machine, measured
+# before the load, within [LONG_MIN, LONG_MAX] (the session's tiny-llama has a 16,384 context).
+LONG_S, LONG_MIN, LONG_MAX = 20.0, 4000, 11000
 
 
 def _registry_endpoints():
@@ -57,20 +65,30 @@ def _long_stream(url: str, i: int, session: str, tokens: int) -> dict:
             c.stream("POST", f"{url}/v1/completions", json=body) as r:
         if r.status_code != 200:
             raise AssertionError(f"{r.status_code}: {r.read().decode()}")
-        for line in r.iter_lines():
-            if not line.startswith("data: {"):
+        for data in sse_data(r):
+            if not data.startswith("{"):
                 continue
             try:
-                event = orjson.loads(line[6:])
-            except orjson.JSONDecodeError:  # seen once in CI
-                raise _failed(r, "an event cut short", events, began, line) from None
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise _failed(r, "an event cut short", events, began, data) from None
             if "error" in event:
-                raise _failed(r, "an error event", events, began, line)
+                raise _failed(r, "an error event", events, began, data)
             for ch in event.get("choices", []):
                 events += 1 if ch.get("text") else 0
                 finish = ch.get("finish_reason") or finish
             usage = event.get("usage") or usage
     return {"began": began, "ended": time.monotonic(), "finish": finish, "usage": usage, "events": events}
+
+
+def _alone_tokens_per_s(url: str, tokens: int = 400) -> float:
+    """Decode speed of one request alone on the one replica (the load has not begun)."""
+    began = time.monotonic()
+    r = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "alone", "max_tokens": tokens,
+                                                  "ignore_eos": True},
+                   headers={"Authorization": f"Bearer {API_KEY}"}, timeout=300)
+    assert r.status_code == 200, r.text
+    return tokens / (time.monotonic() - began)
 
 
 def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster, prometheus):
@@ -80,22 +98,22 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
     assert ctl.models == [MODEL] and actuator.replicas(MODEL) == (1, 1)
     wait_for(lambda: (sig := signals.read(MODEL)) is not None and time.time() - sig.at < 5, 30,
              "Prometheus to have the gateway's series")
-    t0 = time.monotonic()
-    served: list[tuple[float, float, int]] = []  # (arrival, duration, prompt tokens) since t0
+    alone = _alone_tokens_per_s(cluster.url)
+    long_tokens = int(min(LONG_MAX, max(LONG_MIN, alone * LONG_S)))
     decisions: list[tuple[float, str, int]] = []
-    stop_load, stop_ctl = threading.Event(), threading.Event()
-    client = httpx.Client(base_url=cluster.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=300,
-                          limits=httpx.Limits(max_connections=128))
-
-    def worker(i: int) -> None:
-        """Closed loop: one LOAD_TOKENS-token request after another, so 8 workers keep 8 in
-        flight (over 3 per replica) whatever the machine's speed."""
-        while not stop_load.is_set():
-            t = time.monotonic() - t0
-            r = client.post("/v1/completions", json={"model": MODEL, "prompt": f"load {i}", "max_tokens": LOAD_TOKENS,
-                                                     "ignore_eos": True})
-            assert r.status_code == 200, r.text
-            served.append((t, time.monotonic() - t0 - t, r.json()["usage"]["prompt_tokens"]))
+    stop_ctl = threading.Event()
+    # Closed loop: one stream after another, so 8 workers keep 8 in flight (over 3 per replica)
+    # whatever the machine's speed. Each worker's streams have their own length: streams of one
+    # length, batched together, ended at the same step, and the gateway's in-flight gauge read
+    # 0-3 of 8 while their clients came back. When the load stops, each worker leaves its
+    # stream: no tail for the scale-down to wait for, which the long streams would have to outlast.
+    mp = multiprocessing.get_context("spawn")
+    ready, stop_load, out = mp.Event(), mp.Event(), mp.Queue()
+    load = mp.Process(target=closed_loop.run, args=(cluster.url, API_KEY, MODEL, [LOAD_TOKENS + 30 * i for i in range(8)],
+                                                   ready, stop_load, out), daemon=True)
+    load.start()
+    assert ready.wait(60), "the load's process did not start"
+    t0 = time.monotonic()
 
     def controller() -> None:  # the controller loop, every second, recording its decisions
         while not stop_ctl.is_set():
@@ -107,9 +125,8 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
     def decided(prefix: str):
         return next(((t, r, n) for t, r, n in decisions if r.startswith(prefix)), None)
 
-    with ThreadPoolExecutor(6) as pool, ThreadPoolExecutor(8) as load_pool:
+    with ThreadPoolExecutor(6) as pool:
         loop = pool.submit(controller)
-        loaders = [load_pool.submit(worker, i) for i in range(8)]
         try:
             t_up, reason, target = wait_for(lambda: decided("up"), 60, "the controller to scale up")
             assert (reason, target) == ("up:load", 2)
@@ -123,19 +140,16 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
             # down while they run, whichever replica Serve stops.
             ids = [e.replica_id for e in _registry_endpoints()]
             sessions = [homed_session(i, ids) for i in range(len(ids))]
-            # Long enough to be running when the scale-down begins, which is only once the
-            # load's last LOAD_TOKENS-token requests are done and the controller has seen 3 s of
-            # low load: ~7-10 s after the load stops. A fixed length: a stream alone ran at 7-30
-            # tokens/s in one CI run and at ~550 in another, whose load ran at 14.1 ms/token, ~7x
-            # slower than its streams alone (sizing from the load's speed failed both ways: 1,401
-            # tokens ended 3.5 s before the decision in one run, 4,000 ended 0.14 s before it in
-            # another). 6,000 tokens last ~11 s at the fastest seen and ~860 s at the slowest,
-            # inside the engines' drain timeout (CAPACITY_TEST_SETTINGS: 900 s): a drain that
-            # stopped its engine would cut them.
-            recent = sorted(served, key=lambda x: x[0])[-8:]
-            per_token = statistics.median(d / LOAD_TOKENS for _, d, _ in recent)
-            long_tokens = LONG_TOKENS
-            print(f"long streams: {long_tokens} tokens ({per_token * 1000:.1f} ms/token under load)", flush=True)
+            # Long enough to be running when the scale-down begins: the controller must first
+            # see 3 s of low load, ~5 s after the load stops (it leaves its streams). Sized from
+            # a stream alone, not from the load: one CI run's load ran at 14.1 ms/token, ~7x slower
+            # than its streams alone, and 4,000 tokens sized from it ended 0.14 s before the
+            # decision. Streams alone have run at 7 tokens/s on a loaded CI machine (the floor,
+            # 4,000 tokens: ~570 s, inside the engines' drain timeout in CAPACITY_TEST_SETTINGS,
+            # 1,200 s; a drain that stopped its engine would cut them) and at ~850 here at first,
+            # slower as the context grows (the ceiling, 11,000 tokens: ≥ 13 s at 850 tokens/s;
+            # 16,000 took 165 s here).
+            print(f"long streams: {long_tokens} tokens ({alone:.0f} tokens/s alone)", flush=True)
             streams = [pool.submit(_long_stream, cluster.url, i, s, long_tokens) for i, s in enumerate(sessions)]
             time.sleep(0.2)
             stop_load.set()
@@ -143,7 +157,9 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
             t_down, reason, target = wait_for(lambda: decided("down"), 120, "the controller to scale down")
             assert (reason, target) == ("down:low_load", 1)
             # the leaving replica stops taking requests but stays until its streams are done
-            wait_for(lambda: any(e.draining for e in _registry_endpoints()), 20, "a replica draining")
+            leaving = wait_for(lambda: next((e.replica_id for e in _registry_endpoints() if e.draining), None), 20,
+                               "a replica draining")
+            t_drain = time.monotonic()
             try:
                 results = [f.result() for f in streams]
             except AssertionError as e:  # the gateway's and engines' log lines about that request, for the next look
@@ -155,24 +171,35 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
             t_streams = time.monotonic() - t0
             wait_for(lambda: len(_registry_endpoints()) == 1 and actuator.replicas(MODEL) == (1, 1), 60,
                      "the drained replica gone")
-            print(f"timeline: up {t_up:.1f}s, second replica after {startup_s:.1f}s, load stopped {t_stop:.1f}s "
-                  f"(last load request done {max(t + d for t, d, _ in served):.1f}s), down {t_down:.1f}s, streams "
-                  f"done {t_streams:.1f}s, replica gone {time.monotonic() - t0:.1f}s; {long_tokens} tokens per stream "
-                  f"at {per_token * 1000:.1f} ms/token under load, streams {[round(r['ended'] - r['began'], 1) for r in results]}s")
+            t_gone = time.monotonic() - t0
         finally:
             stop_load.set()
             stop_ctl.set()
             loop.result()
             print("decisions:", decisions[:3], "…", decisions[-6:])
-        for f in loaders:
-            f.result()
+            try:
+                served_at, errors = out.get(timeout=120)
+            except queue.Empty:
+                served_at, errors = [], ["the load's process gave nothing back"]
+            load.join(10)
+            if errors:
+                print("load errors:", errors[:3])
+
+    assert not errors, errors[:3]
+    served = [(t - t0, d, p) for t, d, p in served_at]  # (arrival since t0, duration, prompt tokens)
+    print(f"timeline: up {t_up:.1f}s, second replica after {startup_s:.1f}s, load stopped {t_stop:.1f}s "
+          f"(last load request left {max(t + d for t, d, _ in served):.1f}s), down {t_down:.1f}s, streams "
+          f"done {t_streams:.1f}s, replica gone {t_gone:.1f}s; {long_tokens} tokens per stream ({alone:.0f} tokens/s "
+          f"alone), load requests {statistics.median(d for _, d, _ in served):.1f}s (median), streams "
+          f"{[round(r['ended'] - r['began'], 1) for r in results]}s")
 
     assert not [d for d in decisions if d[1].startswith(("up", "down"))][2:], decisions  # no flapping
     t_down += t0
     for r in results:
         assert r["finish"] == "length" and r["usage"]["completion_tokens"] == long_tokens, r
-        assert r["ended"] > t_down  # running when the scale-down began …
-        assert r["ended"] - r["began"] >= 10  # … and long
+        assert r["ended"] > t_down  # running when the scale-down began
+    # … and the leaving replica's stream still ran when it began to drain: its engine waited for it
+    assert results[ids.index(leaving)]["ended"] > t_drain, (ids, leaving, results, t_drain)
     assert ctl.metrics.last_reconcile._value.get() > 0
 
     # The simulator replays what was served — every request at its arrival time, with the
@@ -193,8 +220,13 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
     actual_down = t_down - t0
     print(f"scale-up at {t_up:.1f}s (simulated {sim_up:.1f}s), scale-down at {actual_down:.1f}s "
           f"(simulated {sim_down:.1f}s)")
-    why = f"simulated {sim.events}, real {decisions}, {len(trace)} requests, {profile}"
+    # The load as the client saw it, every 2 s: requests in flight, and the mean duration of those begun then.
+    load = [(s, sum(1 for t, d, _ in served if t <= s < t + d),
+             round(statistics.fmean([d for t, d, _ in served if s <= t < s + 2] or [0]), 2))
+            for s in range(0, int(max(t + d for t, d, _ in served)) + 1, 2)]
+    why = (f"simulated {sim.events}, real {[(round(t, 1), r, n) for i, (t, r, n) in enumerate(decisions) if not i or r != decisions[i - 1][1]]}, load "
+           f"(s, in flight, mean s) {load}, startup {startup_s:.1f}s, {len(trace)} requests, {profile}")
+    print(why, flush=True)
     assert sim.peak_replicas == 2, why
     assert abs(sim_up - t_up) <= TOLERANCE_S, why
     assert abs(sim_down - actual_down) <= TOLERANCE_S, why
-    client.close()

@@ -41,8 +41,8 @@ async def test_a_light_tenant_overtakes_a_flooding_tenants_backlog(cluster):
                                 headers={"Authorization": f"Bearer {FLOOD_KEY}"}) as r:
                 assert r.status_code == 200, await r.aread()
                 started += 1
-                async for _ in r.aiter_bytes():
-                    pass
+                async for line in r.aiter_lines():
+                    assert not line.startswith('data: {"error"'), line  # an error event ends it as a failure
 
         # The light tenant is active (a request within gateway.fair_sharing.active_window_s), so the
         # flood may not take the model's last `headroom` slots once it holds its share.
@@ -65,7 +65,10 @@ async def test_a_light_tenant_overtakes_a_flooding_tenants_backlog(cluster):
             # The light request went ahead of the flood's queued requests: they are still waiting.
             assert first_token_at is not None and backlog_then >= 1, (first_token_at, backlog, backlog_then)
             assert first_token_at < 10, first_token_at
-            assert all(not t.done() for t in flood)  # the flood's streams run on (long ones)
+            # No flood stream failed meanwhile (one that ended did so by finishing its 4,000 tokens,
+            # as on a fast machine: the backlog assertion above is what shows the overtaking).
+            failed = [repr(t.exception()) for t in flood if t.done() and not t.cancelled() and t.exception()]
+            assert not failed, (f"{len(failed)} of {len(flood)} flood streams failed", failed[:3])
         finally:
             for t in flood:
                 t.cancel()

@@ -44,13 +44,14 @@ def monitor(
     run_dir = data_dir.expanduser()
     prepare(run_dir, sd, interval_s=scrape_interval)
     proc = prometheus_process(binary, run_dir, port=port)
-    proc.start()
     rc = 0
+    # Both stop it, as for owc serve: SIGINT too even when started with it ignored (a background
+    # job). Set before Prometheus starts, so before the ready line: a script that signals once it
+    # reads that line is heard, and no signal finds Prometheus started outside the try.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        # Both stop it, as for owc serve: SIGINT too even when started with it ignored (a background
-        # job). Set before the ready line: a script that signals once it reads that line is heard.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        proc.start()
         asyncio.run(proc.wait_ready(60))
         out.print(f"[green]Prometheus[/green] at [bold]{proc.url}[/bold] scraping {sd} (rules: owc-recording, owc-alerts)")
         out.print(f"  targets: {proc.url}/targets   alerts: {proc.url}/alerts   Ctrl-C stops it.")
@@ -65,5 +66,8 @@ def monitor(
         console.print(f"[red]{e}[/red]")
         rc = 1
     finally:
+        # A second Ctrl-C does not cut the stop short (its SIGKILL fallback included).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         proc.stop(grace_s=5)
     raise typer.Exit(rc)

@@ -5,8 +5,12 @@ under half of them for seconds."""
 
 from __future__ import annotations
 
+import multiprocessing
+import queue
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import orjson
@@ -61,3 +65,31 @@ def run(url: str, api_key: str, model: str, tokens: list[int], ready, stop, out)
         th.join()
     client.close()
     out.put((served, errors))
+
+
+@contextmanager
+def running(url: str, api_key: str, model: str, tokens: list[int]) -> Iterator[tuple[object, dict]]:
+    """The load in a spawned process, started (its clients about to send) when this yields
+    ``(stop, result)``: set ``stop`` to end it. On the way out it is stopped whatever
+    happened, ``result`` gets ``served`` and ``errors``, and a process that gave nothing back
+    is killed. A load that failed is the error raised (the cause of whatever failed after)."""
+    mp = multiprocessing.get_context("spawn")
+    ready, stop, out = mp.Event(), mp.Event(), mp.Queue()
+    proc = mp.Process(target=run, args=(url, api_key, model, tokens, ready, stop, out), daemon=True)
+    result: dict = {"served": [], "errors": []}
+    proc.start()
+    try:
+        if not ready.wait(60):
+            raise AssertionError("the load's process did not start within 60 s")
+        yield stop, result
+    finally:
+        stop.set()
+        try:
+            result["served"], result["errors"] = out.get(timeout=120)
+        except queue.Empty:
+            result["errors"] = ["the load's process gave nothing back within 120 s"]
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+        if result["errors"]:
+            raise AssertionError(f"the load failed: {result['errors'][:3]}")

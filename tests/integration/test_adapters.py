@@ -165,7 +165,12 @@ CLIENTS, ROUNDS = 3, 10  # closed-loop clients per adapter, requests each: 60 re
 MIN_S = 5.0  # and each client goes on until the traffic has run this long: a fast machine's 60 requests
 # took 1.6 s in one CI run, in which the 0.1-s watcher saw one replica busy once
 DOMINANT = 0.9  # the least share of a replica's busy samples its own adapter must have
-ACTIVE_SHARE = 0.8  # the least share of requests that must find their adapter active
+# The least share of requests that must find their adapter in a slot of the replica routing
+# chose (active there, or resident: idle in a slot). Not "active" alone: whether a replica is
+# busy at its last scrape depends on the machine's speed. One CI run's fast machine (78 requests
+# in 5.2 s) was idle between a client's requests so often that 0.72 found theirs active and
+# 0.99 in a slot; the committed slow run, 0.97 and 0.98.
+HIT_SHARE = 0.9
 
 
 def test_lora_routing_runs_each_adapter_on_its_own_replica_with_max_loras_1(stack, adapters):
@@ -174,9 +179,9 @@ def test_lora_routing_runs_each_adapter_on_its_own_replica_with_max_loras_1(stac
     sampled every 0.1 s while the traffic runs, shows it running one of them in >= 90 % of
     its busy samples (not 100 %: a decision between two scrapes, e.g. on a replica whose
     last scrape failed, may still send one batch to the other adapter's replica: a few of
-    its ~50 samples), and >= 80 % of the requests found their adapter active
-    (owc_adapter_requests_total: each adapter's first requests find it only registered or
-    resident). Written to loadtests/results/lora-routing.json."""
+    its ~50 samples), and >= 90 % of the requests found their adapter in a slot there, active
+    or resident (owc_adapter_requests_total: each adapter's first requests find it only
+    registered). Written to loadtests/results/lora-routing.json."""
     gw, procs, _, _ = stack
     if not all("b" in listed(p.url) for p in procs):  # run alone: B is not added yet
         r = admin("POST", gw.url, f"/admin/v1/models/{MODEL}/adapters", {"name": "b", "source": adapters["b"]})
@@ -221,6 +226,7 @@ def test_lora_routing_runs_each_adapter_on_its_own_replica_with_max_loras_1(stac
     found = {f: int(metric(gw.metrics_url, "owc_adapter_requests_total", model=MODEL, found=f) - found0[f])
              for f in FOUND}
     share = found["active"] / sum(found.values())
+    hits = (found["active"] + found["resident"]) / sum(found.values())
     replicas = {}
     for i, p in enumerate(procs):
         # every combination vLLM reported since the traffic began (each series keeps its last time)
@@ -239,7 +245,7 @@ def test_lora_routing_runs_each_adapter_on_its_own_replica_with_max_loras_1(stac
         "requests": len(codes), "clients_per_adapter": CLIENTS, "max_tokens": 16, "wall_s": round(wall, 1),
         "found": found, "share_found_active": round(share, 3),
         "share_found_in_a_slot": round((found["active"] + found["resident"]) / sum(found.values()), 3),
-        "replicas": replicas, "thresholds": {"dominant_share": DOMINANT, "share_found_active": ACTIVE_SHARE},
+        "replicas": replicas, "thresholds": {"dominant_share": DOMINANT, "share_found_in_a_slot": HIT_SHARE},
         "command": "pytest tests/integration/test_adapters.py -k lora_routing",
     }
     print(json.dumps(result, indent=2))
@@ -248,7 +254,7 @@ def test_lora_routing_runs_each_adapter_on_its_own_replica_with_max_loras_1(stac
         assert r["busy_samples"] >= 3, (name, result)  # the watcher saw it work
         assert r["dominant_share"] >= DOMINANT, (name, result)
     assert replicas["replica-0"]["dominant"] != replicas["replica-1"]["dominant"], result
-    assert share >= ACTIVE_SHARE, result
+    assert hits >= HIT_SHARE, result
 
 
 def test_a_replica_that_joins_after_the_add_serves_it_then_remove_is_a_404(stack):

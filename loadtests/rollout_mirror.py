@@ -24,7 +24,7 @@ import aiohttp
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster.bench.driver import SSEParser
+from cluster.bench.driver import SSEParser, sse_payloads
 from cluster.discovery.rollouts import RolloutFiles, rollout_dir
 from cluster.runner import LocalCluster
 from loadtests.rollout_real import RESULTS, config
@@ -80,8 +80,7 @@ def one(c: httpx.Client, k: int) -> dict:
     try:
         with c.stream("POST", "/v1/completions", json=body) as r:
             row["status"], row["version"] = r.status_code, r.headers.get("x-owc-version")
-            parser = SSEParser()  # not iter_lines: it splits inside JSON at U+2028 and kin
-            for data in (d for chunk in r.iter_bytes() for d in parser.feed(chunk)):
+            for data in sse_payloads(r.iter_bytes()):  # not iter_lines (sse_payloads says why)
                 _event(row, data, t0)
     except httpx.HTTPError as e:
         row["error"] = repr(e)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from cluster.bench.driver import SSEParser
+from cluster.bench.driver import sse_payloads
 from cluster.config.loader import parse_config
 from cluster.discovery.rollouts import RolloutFiles, rollout_dir
 from cluster.process import free_port
@@ -154,8 +154,7 @@ def main() -> None:
                     try:
                         with c.stream("POST", "/v1/completions", json=body) as r:
                             row["status"], row["version"] = r.status_code, r.headers.get("x-owc-version")
-                            parser = SSEParser()  # not iter_lines: it splits inside JSON at U+2028 and kin
-                            for data in (d for chunk in r.iter_bytes() for d in parser.feed(chunk)):
+                            for data in sse_payloads(r.iter_bytes()):  # not iter_lines (sse_payloads says why)
                                 if data.startswith("{"):
                                     fin = json.loads(data)["choices"][0].get("finish_reason")
                                     row["finish"] = fin or row["finish"]

@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cluster.bench.driver import SSEParser
 from cluster.process import Command, ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,15 +47,6 @@ def gateway_argv(*upstreams: str, config: str | None = None) -> list[str]:
     if config:
         argv += ["--config", config]
     return argv
-
-
-def sse_data(r: httpx.Response) -> Iterator[str]:
-    """A stream's ``data:`` payloads, split where SSE splits them. Not httpx's iter_lines: it
-    also splits at U+0085, U+2028 and U+2029, which JSON leaves unescaped and a random-weights
-    model emits (an event "cut short", seen in CI)."""
-    parser = SSEParser()
-    for chunk in r.iter_bytes():
-        yield from parser.feed(chunk)
 
 
 def homed_session(index: int, replica_ids: list[str]) -> str:

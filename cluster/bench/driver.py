@@ -16,7 +16,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -63,6 +63,15 @@ class SSEParser:
             if data:
                 events.append(b"\n".join(data).decode())
         return events
+
+
+def sse_payloads(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The ``data:`` payloads of a stream's byte chunks (``response.iter_bytes()``), split where
+    SSE splits them. Not httpx's ``iter_lines``: it also splits at U+0085, U+2028 and U+2029,
+    which JSON leaves unescaped and a random-weights model emits."""
+    parser = SSEParser()
+    for chunk in chunks:
+        yield from parser.feed(chunk)
 
 
 @dataclass

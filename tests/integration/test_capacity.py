@@ -19,11 +19,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from ray import serve
 
+from cluster.bench.driver import sse_payloads
 from cluster.capacity.actuators import RayServeActuator
 from cluster.capacity.controller import CapacityController
 from cluster.capacity.signals import PrometheusSignals
 from cluster.capacity.simulator import EngineProfile, OwcPolicy, TraceRequest, simulate
-from tests.conftest import REPO, homed_session, metric, sse_data, wait_for
+from tests.conftest import REPO, homed_session, metric, wait_for
 from tests.integration import closed_loop
 from tests.integration.conftest import API_KEY
 
@@ -63,7 +64,7 @@ def _long_stream(url: str, i: int, session: str, tokens: int) -> dict:
             c.stream("POST", f"{url}/v1/completions", json=body) as r:
         if r.status_code != 200:
             raise AssertionError(f"{r.status_code}: {r.read().decode()}")
-        for data in sse_data(r):
+        for data in sse_payloads(r.iter_bytes()):
             if not data.startswith("{"):
                 continue
             try:
@@ -207,11 +208,11 @@ def test_controller_adds_a_replica_under_load_and_drains_one_when_quiet(cluster,
     print(f"scale-up at {t_up:.1f}s (simulated {sim_up:.1f}s), scale-down at {actual_down:.1f}s "
           f"(simulated {sim_down:.1f}s)")
     # The load as the client saw it, every 2 s: requests in flight, and the mean duration of those begun then.
-    load = [(s, sum(1 for t, d, _ in served if t <= s < t + d),
-             round(statistics.fmean([d for t, d, _ in served if s <= t < s + 2] or [0]), 2))
-            for s in range(0, int(max(t + d for t, d, _ in served)) + 1, 2)]
+    in_flight = [(s, sum(1 for t, d, _ in served if t <= s < t + d),
+                  round(statistics.fmean([d for t, d, _ in served if s <= t < s + 2] or [0]), 2))
+                 for s in range(0, int(max(t + d for t, d, _ in served)) + 1, 2)]
     why = (f"simulated {sim.events}, real {[(round(t, 1), r, n) for i, (t, r, n) in enumerate(decisions) if not i or r != decisions[i - 1][1]]}, load "
-           f"(s, in flight, mean s) {load}, startup {startup_s:.1f}s, {len(trace)} requests, {profile}")
+           f"(s, in flight, mean s) {in_flight}, startup {startup_s:.1f}s, {len(trace)} requests, {profile}")
     print(why, flush=True)
     assert sim.peak_replicas == 2, why
     assert abs(sim_up - t_up) <= TOLERANCE_S, why

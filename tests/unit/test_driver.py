@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from cluster.bench.driver import RequestResult, SSEParser, percentile, run_closed_loop, summarise
+from cluster.bench.driver import RequestResult, SSEParser, percentile, run_closed_loop, sse_payloads, summarise
 from tests.conftest import fake_engine_argv, server
 
 
@@ -26,6 +26,12 @@ def test_sse_parser_handles_split_and_joined_events():
     assert p.feed(b': 1}\n\ndata: {"b": 2}\n\nda') == ['{"a": 1}', '{"b": 2}']
     assert p.feed(b"ta: [DONE]\r\n\r\n") == ["[DONE]"]
     assert p.feed(b": keep-alive comment\n\n") == []
+
+
+def test_sse_payloads_keep_json_whole_at_the_line_breaks_str_splitlines_knows():
+    text = '{"text": "a\u2028b\x85c\u2029d"}'  # unescaped by JSON; httpx's iter_lines splits there
+    chunks = [f"data: {text}\n\ndata: [DO".encode(), b"NE]\n\n"]
+    assert list(sse_payloads(chunks)) == [text, "[DONE]"]
 
 
 def test_summarise_counts_only_successes():

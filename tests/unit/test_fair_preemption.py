@@ -209,3 +209,38 @@ async def test_a_light_tenant_within_its_credit_takes_a_slot_back_above_its_plai
         assert (len(t.taken), fifth.done()) == (taken, bool(taken)), seconds
         assert all(label.startswith("B") for label in t.taken)
         fifth.cancel()
+
+
+async def _burst_takes_back(**policy) -> list[str]:
+    """B held 6 of 8 and A 1 for 30 s; then 6 more of A's requests arrive one after another.
+    Each one taken back is given back at once (the forwarder closing its engine connection)."""
+    s = Stack(batch=8, headroom=2, dispatch_margin=2, active_window_s=60, **policy)
+    now = [0.0]
+    s.fair._clock = lambda: now[0]
+    t = Taken(s)
+    b = {f"B{i}": await t.request("B", f"B{i}") for i in range(6)}
+    await asyncio.wait_for(s.request("A"), 1)
+    now[0] = 30.0
+    waiting = []
+    for _ in range(6):
+        waiting.append(asyncio.ensure_future(s.request("A")))
+        await settle()
+        for label in t.taken:
+            if label in b:
+                s.done(b.pop(label))
+        await settle()
+    for w in waiting:
+        w.cancel()
+    return t.taken
+
+
+async def test_a_light_tenants_burst_takes_back_slots_from_the_flood_below_its_share_now():
+    # B held 6 on average, 2 over its share, out of A's unused 3: A's credit is 2, spent 3 times
+    # over in a burst (6), and B is in debt for it: over its share while A is owed, even holding
+    # less than its share now. Each of A's requests beyond the one free slot takes one
+    # of B's back (all sent at one instant here): B goes from 6 to 1.
+    assert len(await _burst_takes_back()) == 5
+    # credit_burst 1: A's credit and B's debt 2 each: A takes back until it holds 6, B 2
+    assert len(await _burst_takes_back(credit_burst=1)) == 4
+    # no credit: held to the shares counted now, A takes back until both hold 4
+    assert len(await _burst_takes_back(credit_window_s=0)) == 2

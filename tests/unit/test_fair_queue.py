@@ -372,6 +372,34 @@ async def test_a_light_tenant_at_its_share_is_not_held_to_it_while_the_flood_too
     fifth.cancel()
 
 
+async def _burst_after_flood(**policy) -> asyncio.Future:
+    """B held 6 of 8 and A 1 for 30 s (A's credit: 2 slots on average); then A holds 6, B 1, one
+    slot is free (under the headroom of 2), and A asks for a seventh."""
+    s = Stack(batch=8, headroom=2, active_window_s=60, **policy)
+    now = [0.0]
+    s.fair._clock = lambda: now[0]
+    b = [await s.request("B") for _ in range(6)]
+    a = [await asyncio.wait_for(s.request("A"), 1)]
+    now[0] = 30.0
+    while len(b) > 1:
+        s.done(b.pop())
+    while len(a) < 6:
+        a.append(await asyncio.wait_for(s.request("A"), 1))
+    seventh = asyncio.ensure_future(s.request("A"))
+    await settle()
+    return seventh
+
+
+async def test_a_light_tenant_spends_its_credit_in_a_burst():
+    # Its average credit (2 slots beyond its share of 4) is spent credit_burst (3) times over at
+    # once: a burst of 7 arriving together goes straight through, as it would with the engine alone.
+    seventh = await _burst_after_flood()
+    assert seventh.done() and seventh.result().replica_id == "r0"
+    seventh = await _burst_after_flood(credit_burst=1)  # its average credit only: 6 - 2 = its share
+    assert not seventh.done()
+    seventh.cancel()
+
+
 async def test_no_credit_where_both_used_their_shares_or_the_flood_has_just_begun():
     # and none for a tenant that has just arrived (A's first request at 30 s: B held 6 alone)
     for a_held, b_held, seconds in ((4, 4, 30.0), (1, 6, 0.0), (0, 6, 30.0)):

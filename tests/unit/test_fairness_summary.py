@@ -1,4 +1,4 @@
-"""loadtests.fairness's summary: each variant phase (no credit, no release notices) paired per
+"""loadtests.fairness's summary: each variant phase (no credit, no release notices, no burst) paired per
 run with the same front that has it."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ def phase(p95: float, b: float) -> dict:
     ("fair-2gw-nonotify", "fair-2gw", "notify_vs_none"),
     ("fair-nocredit", "fair", "credit_vs_none"),
     ("fair-3gw-nocredit", "fair-3gw", "credit_vs_none"),
+    ("fair-noburst", "fair", "burst_vs_none"),
+    ("fair-2gw-noburst", "fair-2gw", "burst_vs_none"),
 ])
 def test_a_variant_is_paired_per_run_with_its_front(variant, front, key):
     runs = [{"alone": phase(0.1, 0), "alone-2gw": phase(0.1, 0), "alone-3gw": phase(0.1, 0), "fifo": phase(1.0, 20),

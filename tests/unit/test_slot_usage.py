@@ -1,5 +1,6 @@
-"""A tenant's slots held on average (an exponentially weighted time average) and the credit a
-light tenant has against its fair share (cluster.gateway.flowcontrol.slot_usage), as tables."""
+"""A tenant's slots held on average (an exponentially weighted time average), the credit a
+light tenant has against its fair share and the debt of the tenants over theirs
+(cluster.gateway.flowcontrol.slot_usage), as tables."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import pytest
 
 from cluster.gateway.flowcontrol.shared import Counts
-from cluster.gateway.flowcontrol.slot_usage import SlotUsage, credit
+from cluster.gateway.flowcontrol.slot_usage import SlotUsage, balance, credit
 
 # (changes: [(time, count held until then)], read at, count held since the last change, expected)
 AVERAGE_CASES = [
@@ -52,6 +53,29 @@ CREDIT_CASES = [
                          ids=[c[0] for c in CREDIT_CASES])
 def test_credit(shares, averages, tenant, expected):
     assert credit(tenant, shares, averages) == pytest.approx(expected)
+
+
+# (shares, averages, presence of each tenant, expected balance of each: credit +, debt -)
+BALANCE_CASES = [
+    ("the flood owes the light tenant its credit", {"A": 4, "B": 4}, {"A": 1.0, "B": 6.5}, {}, {"A": 2.5, "B": -2.5}),
+    ("both at their shares: nothing", {"A": 4, "B": 4}, {"A": 4.0, "B": 4.0}, {}, {"A": 0.0, "B": 0.0}),
+    ("a tenant just arrived is owed nothing, and nothing is owed it", {"A": 4, "B": 4}, {"A": 0.0, "B": 8.0},
+     {"A": 0.0}, {"A": 0.0, "B": 0.0}),
+    ("two floods owe by how far each is over", {"A": 2, "B": 2, "C": 2}, {"A": 0.0, "B": 3.0, "C": 3.0}, {},
+     {"A": 2.0, "B": -1.0, "C": -1.0}),
+    ("two owed, one flood owes both", {"A": 2, "B": 2, "C": 2}, {"A": 0.0, "B": 1.0, "C": 5.0}, {},
+     {"A": 2.0, "B": 1.0, "C": -3.0}),
+    ("a part-present tenant: its part of the credit, and of the debt", {"A": 4, "B": 4}, {"A": 1.0, "B": 6.5},
+     {"A": 0.5}, {"A": 1.25, "B": -1.25}),
+]
+
+
+@pytest.mark.parametrize("shares,averages,presence,expected", [c[1:] for c in BALANCE_CASES],
+                         ids=[c[0] for c in BALANCE_CASES])
+def test_balance(shares, averages, presence, expected):
+    got = {t: balance(t, shares, averages, lambda u: presence.get(u, 1.0)) for t in shares}
+    assert got == pytest.approx(expected)
+    assert sum(got.values()) == pytest.approx(0.0)  # what one is owed, the others owe
 
 
 def test_credit_is_for_the_time_the_tenant_was_active():

@@ -1,6 +1,7 @@
 """Whether a tenant holds its fair share of a model's slots or more: FairQueue's side of the
 shares (cluster.gateway.flowcontrol.fair_queue), counted now, less the tenant's credit for the
-part of its share it left unused over time (cluster.gateway.flowcontrol.slot_usage). Pure: no
+part of its share it left unused over time, or plus its debt for the part of the others'
+it held (cluster.gateway.flowcontrol.slot_usage). Pure: no
 I/O, no HTTP library."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from cluster.config.gateway import FairSharing
 from cluster.gateway.flowcontrol.capacity import Capacity
 from cluster.gateway.flowcontrol.shared import Counts
 from cluster.gateway.flowcontrol.shared_dispatch import ModelState
-from cluster.gateway.flowcontrol.slot_usage import credit
+from cluster.gateway.flowcontrol.slot_usage import balance
 
 
 class Shares:
@@ -28,7 +29,8 @@ class Shares:
     def over_share(self, st: ModelState, tenant: str, cap: Capacity) -> bool:
         """The tenant holds its fair share of the model's slots or more while other tenants
         are active (one alone has them all), less its credit (cluster.gateway.flowcontrol.
-        slot_usage: the part of its share it left unused on average while others used more).
+        slot_usage: the part of its share it left unused on average while others used more), or
+        plus its debt (the part of the others' credits it holds: over its share by that much).
         Behind a balancer each gateway sees its part of every tenant's requests: the share is
         of the slots the other gateways do not hold, or of all of them with this gateway's mix
         of tenants taken for the others' requests too. With the shared view: the tenant's
@@ -44,9 +46,7 @@ class Shares:
         mine = st.in_flight.get(tenant, 0)
         if cap.view is not None:
             held = mine + cap.view.tenants.get(tenant, 0)
-            # the credit (exp() per tenant) only where the count alone says over
-            return held >= cap.total * part and \
-                held - self._credit(st, tenant, weights, cap.total, cap.view) >= cap.total * part
+            return held - self._balance(st, tenant, weights, cap.total, cap.view) >= cap.total * part
         base = max(0, cap.total - cap.others)
 
         def over(held: float) -> bool:
@@ -54,17 +54,18 @@ class Shares:
                 return True
             return cap.others > 0 and cap.own > 0 and held * (cap.own + cap.others) / cap.own >= cap.total * part
 
-        return over(mine) and over(mine - self._credit(st, tenant, weights, base, None))
+        return over(mine - self._balance(st, tenant, weights, base, None))
 
-    def _credit(self, st: ModelState, tenant: str, weights: Mapping[str, float], total: int,
-                view: Counts | None) -> float:
-        """``tenant``'s credit against the active tenants' shares of ``total`` slots, from
-        their averages (this process's, plus the others' in ``view``) and the time it has been
-        active here."""
+    def _balance(self, st: ModelState, tenant: str, weights: Mapping[str, float], total: int,
+                 view: Counts | None) -> float:
+        """``tenant``'s credit (positive) or debt (negative) against the active tenants' shares
+        of ``total`` slots, from their averages (this process's, plus the others' in ``view``)
+        and the time each has been active here, times ``credit_burst``: a light tenant spends
+        its average credit in bursts, taking slots back from the tenants in debt."""
         theirs = view.usage if view is not None else {}
         if not self._policy.credit_window_s or not st.usage and not theirs:
             return 0.0
         now, norm = self._clock(), sum(weights.values())
         averages = {t: st.usage.average(t, st.in_flight.get(t, 0), now) + theirs.get(t, 0.0) for t in weights}
-        return credit(tenant, {t: total * w / norm for t, w in weights.items()}, averages,
-                      st.usage.presence(tenant, now))
+        return self._policy.credit_burst * balance(tenant, {t: total * w / norm for t, w in weights.items()}, averages,
+                                                   lambda t: st.usage.presence(t, now))

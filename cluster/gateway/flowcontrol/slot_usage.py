@@ -14,6 +14,13 @@ that has just arrived, or come back, is owed nothing for what others held while 
 Tenants that have all used their shares, or a flood that has only just begun, are held to the
 plain share.
 
+The other side of a credit is a **debt** (``balance``): a tenant that held more than its share
+on average, out of what the tenants owed a credit left unused, is over its share by as much
+while they are owed it, even when it holds less than its share now. A light tenant's burst,
+which its credit lets it hold beyond its share, can then take slots back from the flood until
+the burst is served, not only until the flood is down to its share now. The debts sum to the
+credits: what one tenant is owed, the others owe.
+
 The average is exponentially weighted in time (``tau_s``): ``held`` is called with a
 tenant's count before it changes, ``average`` reads it at any time. Pure: the clock is
 passed in; no I/O."""
@@ -21,7 +28,7 @@ passed in; no I/O."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 TAU_S = 5.0  # the averaging time (gateway.fair_sharing.credit_window_s): several of a light tenant's generations
 
@@ -75,3 +82,16 @@ def credit(tenant: str, shares: Mapping[str, float], averages: Mapping[str, floa
     taken = sum(-u for u in unused.values() if u < 0)
     owed = sum(u for u in unused.values() if u > 0)
     return presence * min(mine, taken * mine / owed)
+
+
+def balance(tenant: str, shares: Mapping[str, float], averages: Mapping[str, float],
+            presence: Callable[[str], float]) -> float:
+    """``tenant``'s credit (positive: ``credit``) or debt (negative): its part, by how far its
+    average is over its share, of the credits of the tenants owed one (``presence``: the part
+    of the averaging time each tenant was active). 0 for a tenant at its share."""
+    mine = shares.get(tenant, 0.0) - averages.get(tenant, 0.0)
+    if mine >= 0:
+        return credit(tenant, shares, averages, presence(tenant))
+    over = {t: averages.get(t, 0.0) - s for t, s in shares.items() if averages.get(t, 0.0) > s}
+    owed = sum(credit(t, shares, averages, presence(t)) for t, s in shares.items() if averages.get(t, 0.0) < s)
+    return -owed * over.get(tenant, 0.0) / sum(over.values()) if over else 0.0

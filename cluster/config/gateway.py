@@ -130,7 +130,8 @@ class FairSharing(StrictModel):
     preempt: bool = Field(
         True, description="A tenant under its fair share (less its credit, see headroom) sent to a replica with no "
         "free running slot takes one back: "
-        "the youngest request there of a tenant over its share (of a priority no higher) that has not answered its "
+        "the youngest request there of a tenant over its share or in debt (see credit_burst; of a priority no higher) "
+        "that has not answered its "
         "client yet (non-streamed, or a stream before its first byte) is aborted and waits again at the head of its "
         "tenant's queue. Each request is taken back once at most; its engine work so far is lost.",
     )
@@ -143,9 +144,11 @@ class FairSharing(StrictModel):
         3.0, ge=1, le=20, description="How many times its credit (see credit_window_s) a tenant may hold beyond its "
         "share at once. The credit is an average over the window, and a light tenant spends it in bursts shorter "
         "than the window (its requests arriving close together): its unused share over the window pays for a burst "
-        "of several times as many slots for a generation's length, taken back (preempt) from the tenants that held "
-        "more than their shares on average, even below their shares now. The burst still raises its average, which "
-        "lowers its credit. 1: a tenant holds at most its average credit beyond its share at any time.",
+        "of several times as many slots for a generation's length. Its requests take them back (preempt) from the "
+        "tenants in debt, which held more than their shares on average while others left theirs unused: such a "
+        "tenant's slots may be taken back even while it holds less than its share now (its debt, this many times its "
+        "part of the others' credits). The burst still raises the tenant's average, which lowers its credit. 1: a "
+        "tenant holds at most its average credit beyond its share at any time.",
     )
     active_window_s: float = Field(
         10.0, gt=0, description="A tenant that sent a request of the model within this many seconds is active: it "

@@ -244,3 +244,19 @@ async def test_a_light_tenants_burst_takes_back_slots_from_the_flood_below_its_s
     assert len(await _burst_takes_back(credit_burst=1)) == 4
     # no credit: held to the shares counted now, A takes back until both hold 4
     assert len(await _burst_takes_back(credit_window_s=0)) == 2
+
+
+async def test_a_tenant_in_debt_below_its_share_now_still_takes_a_free_slot():
+    # The debt decides whose slot may be taken back, not what a tenant's own requests may take:
+    # B (6 of 8 on average for 30 s, A 1) holds 3 now, A 3, two slots free (the headroom). B's
+    # next request, which cannot be taken back (a stream), takes one: B is under its share.
+    s = Stack(batch=8, headroom=2, active_window_s=60)
+    now = [0.0]
+    s.fair._clock = lambda: now[0]
+    b = [await s.request("B") for _ in range(6)]
+    a = [await asyncio.wait_for(s.request("A"), 1)]
+    now[0] = 30.0
+    for _ in range(3):
+        s.done(b.pop())
+    a += [await asyncio.wait_for(s.request("A"), 1) for _ in range(2)]
+    assert (await asyncio.wait_for(s.request("B"), 1)).replica_id == "r0"

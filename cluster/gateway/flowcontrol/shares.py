@@ -26,11 +26,14 @@ class Shares:
         cfg = self._tenants.get(tenant)
         return cfg.weight if cfg else 1.0
 
-    def over_share(self, st: ModelState, tenant: str, cap: Capacity) -> bool:
+    def over_share(self, st: ModelState, tenant: str, cap: Capacity, *, debt: bool = False) -> bool:
         """The tenant holds its fair share of the model's slots or more while other tenants
         are active (one alone has them all), less its credit (cluster.gateway.flowcontrol.
-        slot_usage: the part of its share it left unused on average while others used more), or
-        plus its debt (the part of the others' credits it holds: over its share by that much).
+        slot_usage: the part of its share it left unused on average while others used more).
+        ``debt``: plus its debt (its part of the others' credits, while it held more than its
+        share on average), so that a tenant in debt is over its share even holding less now.
+        The debt decides only whose slot may be taken back (preemption); what a tenant's own
+        requests may take (admission, and whether it may take a slot back) counts its credit.
         Behind a balancer each gateway sees its part of every tenant's requests: the share is
         of the slots the other gateways do not hold, or of all of them with this gateway's mix
         of tenants taken for the others' requests too. With the shared view: the tenant's
@@ -45,27 +48,38 @@ class Shares:
         part = weights[tenant] / sum(weights.values())
         mine = st.in_flight.get(tenant, 0)
         if cap.view is not None:
-            held = mine + cap.view.tenants.get(tenant, 0)
-            return held - self._balance(st, tenant, weights, cap.total, cap.view) >= cap.total * part
-        base = max(0, cap.total - cap.others)
+            held, total = mine + cap.view.tenants.get(tenant, 0), cap.total
+        else:
+            held, total = mine, max(0, cap.total - cap.others)
 
-        def over(held: float) -> bool:
-            if held >= base * part:
+        def over(count: float) -> bool:
+            if cap.view is not None:
+                return count >= cap.total * part
+            if count >= total * part:
                 return True
-            return cap.others > 0 and cap.own > 0 and held * (cap.own + cap.others) / cap.own >= cap.total * part
+            return cap.others > 0 and cap.own > 0 and count * (cap.own + cap.others) / cap.own >= cap.total * part
 
-        return over(mine - self._balance(st, tenant, weights, base, None))
+        counted = over(held)
+        # The averages (an exp() per tenant) only where they can change the answer: a credit only
+        # where the count says over, a debt only where it says under or the credit is weighed too.
+        if not debt:
+            return counted and over(held - max(0.0, self._balance(st, tenant, weights, total, cap.view)))
+        return over(held - self._balance(st, tenant, weights, total, cap.view, debt_only=not counted))
 
     def _balance(self, st: ModelState, tenant: str, weights: Mapping[str, float], total: int,
-                 view: Counts | None) -> float:
+                 view: Counts | None, *, debt_only: bool = False) -> float:
         """``tenant``'s credit (positive) or debt (negative) against the active tenants' shares
         of ``total`` slots, from their averages (this process's, plus the others' in ``view``)
         and the time each has been active here, times ``credit_burst``: a light tenant spends
-        its average credit in bursts, taking slots back from the tenants in debt."""
+        its average credit in bursts, taking slots back from the tenants in debt. ``debt_only``:
+        0 for a tenant at or under its share on average (its credit is not asked)."""
         theirs = view.usage if view is not None else {}
         if not self._policy.credit_window_s or not st.usage and not theirs:
             return 0.0
         now, norm = self._clock(), sum(weights.values())
         averages = {t: st.usage.average(t, st.in_flight.get(t, 0), now) + theirs.get(t, 0.0) for t in weights}
-        return self._policy.credit_burst * balance(tenant, {t: total * w / norm for t, w in weights.items()}, averages,
-                                                   lambda t: st.usage.presence(t, now))
+        shares = {t: total * w / norm for t, w in weights.items()}
+        if debt_only and averages[tenant] <= shares[tenant]:
+            return 0.0
+        # Presence is this process's view: a tenant active only on other processes is owed nothing here.
+        return self._policy.credit_burst * balance(tenant, shares, averages, lambda t: st.usage.presence(t, now))

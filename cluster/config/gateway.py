@@ -121,7 +121,8 @@ class FairSharing(StrictModel):
         "share may not take while other tenants are active: a lighter tenant's request then finds a slot free instead "
         "of waiting for one to finish. A tenant's share counts the slots it holds less its credit: the part of its "
         "share it left unused on average over the last seconds, while active, when other tenants held more than "
-        "theirs (a light tenant's burst is not held to its share while the flood has been taking it). With "
+        "theirs (a light tenant's burst is not held to its share while the flood has been taking it), or plus its debt "
+        "(see credit_burst). With "
         "`preempt`, a request whose slot can be taken back (non-streamed) may take the headroom too: the lighter "
         "tenant then takes its slot back. A tenant alone has the whole model. Shares are of the slots the other "
         "gateways do not hold, and of the free slots beyond the headroom each gateway hands such a tenant only its "
@@ -146,9 +147,9 @@ class FairSharing(StrictModel):
         "than the window (its requests arriving close together): its unused share over the window pays for a burst "
         "of several times as many slots for a generation's length. Its requests take them back (preempt) from the "
         "tenants in debt, which held more than their shares on average while others left theirs unused: such a "
-        "tenant's slots may be taken back even while it holds less than its share now (its debt, this many times its "
-        "part of the others' credits). The burst still raises the tenant's average, which lowers its credit. 1: a "
-        "tenant holds at most its average credit beyond its share at any time.",
+        "tenant counts as over its share (headroom, preempt) by this many times its part of the others' credits, even "
+        "while it holds less than its share now. The burst still raises the tenant's average, which lowers its "
+        "credit. 1: a tenant holds at most its average credit beyond its share at any time.",
     )
     active_window_s: float = Field(
         10.0, gt=0, description="A tenant that sent a request of the model within this many seconds is active: it "

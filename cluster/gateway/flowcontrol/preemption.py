@@ -11,9 +11,9 @@ the engine work it had done is lost, which is why the youngest goes (the least w
 request is taken back once at most, and only for a tenant under its share of a class no
 higher than the victim's (never for a tenant itself over its share). "Over its share" is the
 fair queue's (cluster.gateway.flowcontrol.shares): the slots a tenant holds less its credit
-for the part of its share it left unused over time; for the victim also plus its debt (its
-part of the others' credits), so that a light tenant's burst takes slots back from a tenant
-that held more than its share on average even while it holds less now.
+for the part of its share it left unused over time, or plus its debt (its part of the others'
+credits), so that a light tenant's burst takes slots back from a tenant that held more than
+its share on average even while it holds less now.
 
 Pure: no I/O, no clock; the fair queue (cluster.gateway.flowcontrol.fair_queue) decides when
 and the forwarder registers what may be taken back and acts on it."""
@@ -120,7 +120,7 @@ class TakeBack:
 
         def in_debt_or_over(t: str) -> bool:
             if t not in seen:
-                seen[t] = self.over_share(st, t, cap, debt=True)
+                seen[t] = self.over_share(st, t, cap)
             return seen[t]
 
         victim = st.preemptible.victim(replica_id, in_debt_or_over, lambda t: self._priority(t) <= rank)

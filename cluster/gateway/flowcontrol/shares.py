@@ -26,14 +26,14 @@ class Shares:
         cfg = self._tenants.get(tenant)
         return cfg.weight if cfg else 1.0
 
-    def over_share(self, st: ModelState, tenant: str, cap: Capacity, *, debt: bool = False) -> bool:
+    def over_share(self, st: ModelState, tenant: str, cap: Capacity) -> bool:
         """The tenant holds its fair share of the model's slots or more while other tenants
         are active (one alone has them all), less its credit (cluster.gateway.flowcontrol.
-        slot_usage: the part of its share it left unused on average while others used more).
-        ``debt``: plus its debt (its part of the others' credits, while it held more than its
-        share on average), so that a tenant in debt is over its share even holding less now.
-        The debt decides only whose slot may be taken back (preemption); what a tenant's own
-        requests may take (admission, and whether it may take a slot back) counts its credit.
+        slot_usage: the part of its share it left unused on average while others used more),
+        or plus its debt (its part of the others' credits, while it held more than its share on
+        average): a tenant in debt is over its share even holding less now, for its own
+        requests (kept from the headroom and the dispatch margin while the tenants it owes are
+        active) and as a victim of preemption.
         Behind a balancer each gateway sees its part of every tenant's requests: the share is
         of the slots the other gateways do not hold, or of all of them with this gateway's mix
         of tenants taken for the others' requests too. With the shared view: the tenant's
@@ -59,12 +59,9 @@ class Shares:
                 return True
             return cap.others > 0 and cap.own > 0 and count * (cap.own + cap.others) / cap.own >= cap.total * part
 
-        counted = over(held)
-        # The averages (an exp() per tenant) only where they can change the answer: a credit only
-        # where the count says over, a debt only where it says under or the credit is weighed too.
-        if not debt:
-            return counted and over(held - max(0.0, self._balance(st, tenant, weights, total, cap.view)))
-        return over(held - self._balance(st, tenant, weights, total, cap.view, debt_only=not counted))
+        # The averages (an exp() per tenant) only where they can change the answer: under by its
+        # count, only a debt can make it over (none while its own average is under its share).
+        return over(held - self._balance(st, tenant, weights, total, cap.view, debt_only=not over(held)))
 
     def _balance(self, st: ModelState, tenant: str, weights: Mapping[str, float], total: int,
                  view: Counts | None, *, debt_only: bool = False) -> float:

@@ -342,20 +342,21 @@ async def test_headroom_keeps_a_slot_for_the_lighter_tenant():
     await asyncio.wait_for(queued, 1)
 
 
-async def _at_share_after(a_held: int, b_held: int, seconds: float, **policy) -> asyncio.Future:
-    """A held ``a_held`` slots of 8 and B ``b_held`` for ``seconds``; then A holds 4 (its
-    share), B 3, one slot is free (under the headroom of 2), and A asks for a fifth."""
+async def _at_share_after(a_held: int, b_held: int, seconds: float, *, a_now: int = 4, b_now: int = 3,
+                          **policy) -> asyncio.Future:
+    """A held ``a_held`` slots of 8 and B ``b_held`` for ``seconds``; then A holds ``a_now`` (4:
+    its share), B ``b_now``, one slot is free (under the headroom of 2), and A asks for one more."""
     s = Stack(batch=8, headroom=2, active_window_s=60, **policy)
     now = [0.0]
     s.fair._clock = lambda: now[0]
     b = [await s.request("B") for _ in range(b_held)]  # B first: alone, it may take them all
     a = [await asyncio.wait_for(s.request("A"), 1) for _ in range(a_held)]
     now[0] = seconds
-    while len(b) > 3:
+    while len(b) > b_now:
         s.done(b.pop())
-    while len(a) < 4:
+    while len(a) < a_now:
         a.append(await asyncio.wait_for(s.request("A"), 1))
-    while len(b) < 3:
+    while len(b) < b_now:
         b.append(await asyncio.wait_for(s.request("B"), 1))
     fifth = asyncio.ensure_future(s.request("A"))
     await settle()
@@ -372,30 +373,13 @@ async def test_a_light_tenant_at_its_share_is_not_held_to_it_while_the_flood_too
     fifth.cancel()
 
 
-async def _burst_after_flood(**policy) -> asyncio.Future:
-    """B held 6 of 8 and A 1 for 30 s (A's credit: 2 slots on average); then A holds 6, B 1, one
-    slot is free (under the headroom of 2), and A asks for a seventh."""
-    s = Stack(batch=8, headroom=2, active_window_s=60, **policy)
-    now = [0.0]
-    s.fair._clock = lambda: now[0]
-    b = [await s.request("B") for _ in range(6)]
-    a = [await asyncio.wait_for(s.request("A"), 1)]
-    now[0] = 30.0
-    while len(b) > 1:
-        s.done(b.pop())
-    while len(a) < 6:
-        a.append(await asyncio.wait_for(s.request("A"), 1))
-    seventh = asyncio.ensure_future(s.request("A"))
-    await settle()
-    return seventh
-
-
 async def test_a_light_tenant_spends_its_credit_in_a_burst():
     # Its average credit (2 slots beyond its share of 4) is spent credit_burst (3) times over at
     # once: a burst of 7 arriving together goes straight through, as it would with the engine alone.
-    seventh = await _burst_after_flood()
+    # (B held 6 of 8 and A 1 for 30 s: A's credit 2; then A holds 6, B 1, and asks for a seventh.)
+    seventh = await _at_share_after(1, 6, 30.0, a_now=6, b_now=1)
     assert seventh.done() and seventh.result().replica_id == "r0"
-    seventh = await _burst_after_flood(credit_burst=1)  # its average credit only: 6 - 2 = its share
+    seventh = await _at_share_after(1, 6, 30.0, a_now=6, b_now=1, credit_burst=1)  # 6 - 2 = its share
     assert not seventh.done()
     seventh.cancel()
 

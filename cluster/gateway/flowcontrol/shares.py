@@ -53,11 +53,10 @@ class Shares:
             held, total = mine, max(0, cap.total - cap.others)
 
         def over(count: float) -> bool:
-            if cap.view is not None:
-                return count >= cap.total * part
             if count >= total * part:
                 return True
-            return cap.others > 0 and cap.own > 0 and count * (cap.own + cap.others) / cap.own >= cap.total * part
+            return cap.view is None and cap.others > 0 and cap.own > 0 and \
+                count * (cap.own + cap.others) / cap.own >= cap.total * part
 
         # The averages (an exp() per tenant) only where they can change the answer: under by its
         # count, only a debt can make it over (none while its own average is under its share).

@@ -75,13 +75,8 @@ def credit(tenant: str, shares: Mapping[str, float], averages: Mapping[str, floa
     that time the tenant was active): the part of its share it left unused, out of what the
     other tenants held over theirs, split between the tenants that left some unused by how
     much each did."""
-    unused = {t: s - averages.get(t, 0.0) for t, s in shares.items()}
-    mine = unused.get(tenant, 0.0)
-    if mine <= 0 or presence <= 0:
-        return 0.0
-    taken = sum(-u for u in unused.values() if u < 0)
-    owed = sum(u for u in unused.values() if u > 0)
-    return presence * min(mine, taken * mine / owed)
+    unused, taken, owed = _ledger(shares, averages)
+    return _credit(unused.get(tenant, 0.0), taken, owed, presence)
 
 
 def balance(tenant: str, shares: Mapping[str, float], averages: Mapping[str, float],
@@ -89,9 +84,22 @@ def balance(tenant: str, shares: Mapping[str, float], averages: Mapping[str, flo
     """``tenant``'s credit (positive: ``credit``) or debt (negative): its part, by how far its
     average is over its share, of the credits of the tenants owed one (``presence``: the part
     of the averaging time each tenant was active). 0 for a tenant at its share."""
-    mine = shares.get(tenant, 0.0) - averages.get(tenant, 0.0)
+    unused, taken, owed = _ledger(shares, averages)
+    mine = unused.get(tenant, 0.0)
     if mine >= 0:
-        return credit(tenant, shares, averages, presence(tenant))
-    over = {t: averages.get(t, 0.0) - s for t, s in shares.items() if averages.get(t, 0.0) > s}
-    owed = sum(credit(t, shares, averages, presence(t)) for t, s in shares.items() if averages.get(t, 0.0) < s)
-    return -owed * over.get(tenant, 0.0) / sum(over.values()) if over else 0.0
+        return _credit(mine, taken, owed, presence(tenant))
+    credits = sum(_credit(u, taken, owed, presence(t)) for t, u in unused.items() if u > 0)
+    return credits * mine / taken  # taken > 0: this tenant is over its share
+
+
+def _ledger(shares: Mapping[str, float], averages: Mapping[str, float]) -> tuple[dict[str, float], float, float]:
+    """Each tenant's share less its average (over its share: negative), and the sums of what the
+    tenants over their shares took and of what the others left unused."""
+    unused = {t: s - averages.get(t, 0.0) for t, s in shares.items()}
+    return unused, sum(-u for u in unused.values() if u < 0), sum(u for u in unused.values() if u > 0)
+
+
+def _credit(mine: float, taken: float, owed: float, presence: float) -> float:
+    if mine <= 0 or presence <= 0:
+        return 0.0
+    return presence * min(mine, taken * mine / owed)

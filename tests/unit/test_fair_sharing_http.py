@@ -115,3 +115,47 @@ def test_a_light_tenant_takes_a_slot_back_from_the_flood(tmp_path, preempt):
         else:
             # without: A waits for one of B's to end (~0.95 s)
             assert got["A"] >= min(t for _, _, t in (got["B0"], got["B1"])) - 0.02 and taken == 0, got
+
+
+async def taken_twice_run(url: str) -> dict:
+    """B sends 2 non-streamed requests (both slots, ~1 s each), then A one short stream at 0.3,
+    0.7 and 1.1 s: each finds both slots taken by B's."""
+    out: dict = {}
+    t0 = time.monotonic()
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+        async def flood(i: int) -> None:
+            body = {"model": "fake", "prompt": "hi", "max_tokens": 10}
+            r = await c.post("/v1/completions", json=body, headers={"Authorization": "Bearer sk-b"})
+            out[f"B{i}"] = (r.status_code, r.json()["choices"][0]["text"], time.monotonic() - t0)
+
+        async def light(i: int, at: float) -> None:
+            await asyncio.sleep(at)
+            body = {"model": "fake", "prompt": "hi", "max_tokens": 1, "stream": True}
+            sent = time.monotonic()
+            async with c.stream("POST", "/v1/completions", json=body, headers={"Authorization": "Bearer sk-a"}) as r:
+                async for _ in r.aiter_bytes():
+                    out.setdefault(f"A{i}", time.monotonic() - sent)
+
+        b = [asyncio.create_task(flood(i)) for i in range(BATCH)]
+        await asyncio.gather(*(light(i, at) for i, at in enumerate((0.3, 0.7, 1.1))), *b)
+    return out
+
+
+def test_a_request_taken_back_once_can_be_taken_back_again(tmp_path):
+    # A's first stream takes back B1 (the youngest), its second B0 (taken back fewer times than
+    # B1, sent again meanwhile), its third one of them a second time: each starts at once. Taken
+    # back once at most, the third would wait for one of B's to end. B's both answer in full.
+    path = tmp_path / "owc.yaml"
+    path.write_text(yaml.safe_dump({
+        "models": {"fake": {"source": "external", "engine_kwargs": {"max_num_seqs": BATCH}}},
+        "gateway": {"access_log": {"enabled": False}, "routing_stats": {"period_s": 0.05},
+                    "fair_sharing": {"dispatch_margin": 0, "headroom": 0}},
+    }))
+    with server(fake_engine_argv("fake", ttft_ms=5, itl_ms=100, max_num_seqs=BATCH)) as engine, \
+            server(gateway_argv(f"fake={engine.url}", config=str(path)), env={"OWC_API_KEYS": KEYS}) as gw:
+        got = asyncio.run(taken_twice_run(gw.url))
+        whole = " ".join(f"tok{i}" for i in range(10))
+        assert [got[f"B{i}"][:2] for i in range(BATCH)] == [(200, whole)] * BATCH, got  # nothing lost
+        assert metric(gw.metrics_url, "owc_fair_preemptions_total", model="fake", tenant="flood") == 3, got
+        assert metric(engine.url, "owc_fake_aborted_requests_total") == 3
+        assert max(got[f"A{i}"] for i in range(3)) < 0.3, got  # none waited for a generation's end

@@ -131,11 +131,10 @@ class FairSharing(StrictModel):
     preempt: bool = Field(
         True, description="A tenant under its fair share (less its credit, see headroom) sent to a replica with no "
         "free running slot takes one back: "
-        "of the requests there of a tenant over its share or in debt (see credit_burst; of a priority no higher) "
-        "that have not answered their "
-        "client yet (non-streamed, or a stream before its first byte), one taken back fewest times before (the "
-        "youngest of those) is aborted and waits again at the head of its tenant's queue. Each request is taken back "
-        "twice at most; its engine work so far is lost.",
+        "the youngest request there of a tenant over its share or in debt (see credit_burst; of a priority no higher) "
+        "that has not answered its "
+        "client yet (non-streamed, or a stream before its first byte) is aborted and waits again at the head of its "
+        "tenant's queue. Each request is taken back once at most; its engine work so far is lost.",
     )
     credit_window_s: float = Field(
         5.0, ge=0, le=600, description="Seconds over which each tenant's slots held are averaged for its credit (see "

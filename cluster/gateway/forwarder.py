@@ -25,7 +25,7 @@ from cluster.gateway.upstream.wake import taking_requests, wait_for_replica
 from cluster.gateway.upstream.engine_client import ConnectFailed, EngineClient, EngineError, Response
 from cluster.gateway.errors import RETRY_SOON, OpenAIError, from_upstream
 from cluster.gateway.flowcontrol.fair_queue import FairQueue
-from cluster.gateway.flowcontrol.preemption import MAX_TAKE_BACKS, Preempted
+from cluster.gateway.flowcontrol.preemption import Preempted
 from cluster.gateway.observability.children import Children, add
 from cluster.gateway.observability.metrics import GatewayMetrics
 from cluster.gateway.responses.conversations import owner_endpoints
@@ -110,21 +110,21 @@ class Forwarder:
             if self.mirror is not None:  # mirror mode: maybe a copy for the candidate, never awaited
                 self.mirror.offer(job, info)
             headers = {"Content-Type": "application/json", "X-Request-Id": job.request_id, **(trace_headers or {})}
-            first, taken = await self._slot(job, info, endpoints, receive, delivery), 0
+            first, taken = await self._slot(job, info, endpoints, receive, delivery), False
             while True:
                 try:
                     await self._send(job, receive, send, info=info, endpoints=endpoints, headers=headers,
                                      delivery=delivery, on_answer=on_answer, first=first, writer=writer, taken=taken)
                     break
                 except Preempted:  # its slot taken back before it answered: it waits again, first of its tenant
-                    taken += 1
+                    taken = True
                 finally:
                     if first is not None and job.batch is not None:
                         self._fair.batch_finished(job.model)
                     elif first is not None:
                         self._fair.finished(job.model, job.tenant)
                 first = None
-                first = await self._slot(job, info, endpoints, receive, delivery, taken=taken)
+                first = await self._slot(job, info, endpoints, receive, delivery, again=True)
         finally:
             on_answer()
             add(in_flight, -1)
@@ -143,7 +143,7 @@ class Forwarder:
         return [e for e in self._endpoints.endpoints(model) if version in (None, e.version)]
 
     async def _slot(self, job: Job, info: RequestInfo, endpoints: list[Endpoint], receive: Receive,
-                    delivery: Delivery, *, taken: int = 0) -> Endpoint | None:
+                    delivery: Delivery, *, again: bool = False) -> Endpoint | None:
         """The replica the request's first attempt goes to, taken: once it has room, in the
         tenant's fair turn (cluster.gateway.flowcontrol.fair_queue). None without a fair queue."""
         if self._fair is None:
@@ -168,8 +168,8 @@ class Forwarder:
             job.batch.sent = True
             return ep
         return await self._fair.slot(job.model, job.tenant, endpoints, pick, receive, pinned=job.pin is not None,
-                                     give_back=lambda ep: self._routing.release(ep.replica_id, job.adapter), again=taken > 0,
-                                     revocable=not job.stream and taken < MAX_TAKE_BACKS)
+                                     give_back=lambda ep: self._routing.release(ep.replica_id, job.adapter), again=again,
+                                     revocable=not job.stream and not again)
 
     def _choose(self, endpoints, info: RequestInfo, exclude: frozenset[str], delivery: Delivery,
                 lost: str | None) -> Endpoint:
@@ -193,7 +193,7 @@ class Forwarder:
 
     async def _send(self, job: Job, receive: Receive, send: Send, *, info: RequestInfo, endpoints: list[Endpoint],
                     headers: dict[str, str], delivery: Delivery, on_answer: Callable[[], None],
-                    first: Endpoint | None = None, writer: ClientWriter | None = None, taken: int = 0) -> None:
+                    first: Endpoint | None = None, writer: ClientWriter | None = None, taken: bool = False) -> None:
         deadline = Deadline(self._request_timeout_s)
         # Once the body is consumed, receive() only returns on disconnect. Before the engine
         # answers (a non-streamed response comes all at the end), a disconnect cancels the
@@ -212,8 +212,8 @@ class Forwarder:
 
         opening = deadline.opening = loop.create_task(opened())
         # Until it answers, a request granted by the fair queue may have its slot taken back.
-        grant = self._fair.preemptible(job.model, job.tenant, first.replica_id, opening.cancel, taken=taken) \
-            if first is not None and job.batch is None and job.pin is None else None
+        grant = self._fair.preemptible(job.model, job.tenant, first.replica_id, opening.cancel) \
+            if first is not None and job.batch is None and job.pin is None and not taken else None
         try:
             try:
                 await first_of(gone, opening)

@@ -1,7 +1,7 @@
 """Preemption in the fair queue (cluster.gateway.flowcontrol.preemption): a tenant under its
-share that would wait for a slot takes one back from a tenant over its share — of the requests
-that have not answered yet, the youngest of those taken back fewest times before, twice at most —
-and the one taken back waits again at the head of its tenant's queue. The forwarder's side (abort, wait again, answer) is in
+share that would wait for a slot takes one back from a tenant over its share — the youngest
+request that has not answered yet, once — and the one taken back waits again at the head of
+its tenant's queue. The forwarder's side (abort, wait again, answer) is in
 test_fair_sharing_http.py's preemption test."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 from cluster.config.auth import TenantConfig
 from cluster.gateway.flowcontrol.fair_order import FairOrder
 from cluster.gateway.flowcontrol.preemption import Grant as Held
-from cluster.gateway.flowcontrol.preemption import MAX_TAKE_BACKS, Preemptible
+from cluster.gateway.flowcontrol.preemption import Preemptible
 from tests.unit.test_fair_queue import Client, Grant, Stack, settle
 
 
@@ -107,30 +107,6 @@ def test_victims_youngest_once_and_of_a_lower_class():
     assert p.tenants == {"C": 1, "A": 1}
 
 
-def test_victims_taken_back_fewest_times_first():
-    # (since, times taken back before) of B's grants on r0 -> which is taken back
-    cases = [
-        ([(1.0, 0), (3.0, 0)], 3.0),  # none taken back before: the youngest
-        ([(1.0, 0), (3.0, 1)], 1.0),  # the younger was taken back once: the older, never taken back
-        ([(1.0, 1), (3.0, 1)], 3.0),  # both once: the youngest, a second time
-        ([(1.0, 1), (2.0, 0), (3.0, 0)], 3.0),
-    ]
-    for grants, expected in cases:
-        p = Preemptible()
-        for since, taken in grants:
-            p.hold(Held("B", "r0", since, lambda: None, taken=taken))
-        assert p.victim("r0", lambda t: True, lambda t: True).since == expected, grants
-
-
-async def test_a_request_is_taken_back_at_most_twice():
-    s = Stack(batch=2)
-    t = Taken(s)
-    g = await s.request("B")
-    assert s.fair.preemptible("m", "B", g.replica_id, lambda: None, taken=1) is not None  # once before: again
-    assert s.fair.preemptible("m", "B", g.replica_id, lambda: None, taken=MAX_TAKE_BACKS) is None
-    assert t.taken == []
-
-
 def test_a_request_taken_back_goes_first_in_its_flow_and_is_charged_once():
     order = FairOrder()
     for i in range(3):
@@ -186,7 +162,7 @@ async def test_a_request_taken_back_before_its_send_began_gives_its_replica_back
     s = Stack(batch=2)
 
     class TakesBackAtOnce:  # the fair queue's side, taking the grant back the moment it is registered
-        def preemptible(self, model, tenant, replica_id, abort, taken=0):
+        def preemptible(self, model, tenant, replica_id, abort):
             abort()
             return type("G", (), {"preempted": True})()
 

@@ -2,19 +2,14 @@
 
 Without it a tenant under its share that finds every engine slot busy waits in the engine's
 queue until one of the flooding tenant's generations ends: the headroom covers a light
-tenant's first requests, not a burst of them. With it, such a grant takes back a request of a
-tenant over its share on the same replica that has not answered its client yet (a
-non-streamed request, or a stream before its first byte): its engine connection is closed
+tenant's first requests, not a burst of them. With it, such a grant takes back the youngest
+request of a tenant over its share on the same replica that has not answered its client yet
+(a non-streamed request, or a stream before its first byte): its engine connection is closed
 (vLLM aborts it at its next step, freeing the slot) and it waits again at the head of its
 tenant's queue, to be sent once there is room. Its client sees nothing but a later answer;
-the engine work it had done is lost, which is why the youngest of those taken back fewest
-times before goes (the least work), a request is taken back ``MAX_TAKE_BACKS`` times at most,
-and only for a tenant under its share of a class no higher than the victim's (never for a
-tenant itself over its share). A request taken back once can be taken back again, so it may
-still take the headroom and counts among its process's requests that can be taken back: taken
-back once at most, such requests, first of their tenant's queue there, kept the tenant's
-others behind them from the headroom (with three gateway processes under a non-streamed
-flood the engine ran 6.5-6.8 of 8 slots; 7.4-7.5 with twice). "Over its share" is the
+the engine work it had done is lost, which is why the youngest goes (the least work), a
+request is taken back once at most, and only for a tenant under its share of a class no
+higher than the victim's (never for a tenant itself over its share). "Over its share" is the
 fair queue's (cluster.gateway.flowcontrol.shares): the slots a tenant holds less its credit
 for the part of its share it left unused over time, or plus its debt (its part of the others'
 credits), so that a light tenant's burst takes slots back from a tenant that held more than
@@ -33,9 +28,6 @@ class Preempted(Exception):
     """The request's slot was taken back before it answered its client: it waits again."""
 
 
-MAX_TAKE_BACKS = 2  # times one request's slot may be taken back
-
-
 @dataclass(eq=False)
 class Grant:
     """A request holding an engine slot that may still be taken back."""
@@ -45,7 +37,6 @@ class Grant:
     since: float
     abort: Callable[[], None]  # closes its engine connection (the forwarder's)
     preempted: bool = False
-    taken: int = 0  # times this request's slot was taken back before
 
 
 @dataclass
@@ -73,15 +64,13 @@ class Preemptible:
 
     def victim(self, replica_id: str | None, over_share: Callable[[str], bool],
                lower: Callable[[str], bool]) -> Grant | None:
-        """Of the grants on the replica (None: on any) of a tenant over its share whose class is
-        ``lower`` than or equal to the waiting tenant's, one taken back fewest times before, the
-        youngest of those; None: nothing to take back."""
+        """The youngest grant on the replica (None: on any) of a tenant over its share whose
+        class is ``lower`` than or equal to the waiting tenant's; None: nothing to take back."""
         best: Grant | None = None
         held = self.grants.get(replica_id, ()) if replica_id is not None else \
             [g for gs in self.grants.values() for g in gs]
         for g in held:
-            if not g.preempted and (best is None or (g.taken, -g.since) < (best.taken, -best.since)) \
-                    and lower(g.tenant) and over_share(g.tenant):
+            if not g.preempted and (best is None or g.since > best.since) and lower(g.tenant) and over_share(g.tenant):
                 best = g
         return best
 
@@ -97,15 +86,13 @@ class TakeBack:
     share is sent to a replica with no free running slot. Relies on FairQueue's state
     (``_models``, ``_policy``, ``_tenants``, ``_clock``, ``_metrics``) and ``over_share``."""
 
-    def preemptible(self, model: str, tenant: str, replica_id: str, abort: Callable[[], None],
-                    taken: int = 0) -> Grant | None:
+    def preemptible(self, model: str, tenant: str, replica_id: str, abort: Callable[[], None]) -> Grant | None:
         """Register a granted request, until ``settled``, as one that may be taken back
-        (``abort`` closes its engine connection; ``taken``: times its slot was taken back
-        before); None when preemption is off or it was taken back ``MAX_TAKE_BACKS`` times."""
+        (``abort`` closes its engine connection); None when preemption is off."""
         st = self._models.get(model)
-        if not self._policy.preempt or st is None or taken >= MAX_TAKE_BACKS:
+        if not self._policy.preempt or st is None:
             return None
-        grant = Grant(tenant, replica_id, self._clock(), abort, taken=taken)
+        grant = Grant(tenant, replica_id, self._clock(), abort)
         st.preemptible.hold(grant)
         return grant
 
